@@ -1,0 +1,1 @@
+"""The hospital node: Flower ClientApp, local (DP) training, data loading."""

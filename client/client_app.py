@@ -1,0 +1,99 @@
+"""FedEmo ClientApp: the hospital node's side of the federation (Flower Message API).
+
+It answers three kinds of message from the coordinator:
+
+- ``query`` "feature-moments": per-mel-band sums and counts of this node's
+  training audio, from which the coordinator builds the global normalisation.
+- ``train``: local training from the global weights; replies with new weights
+  and counts.
+- ``evaluate``: evaluates the global weights on this node's test split and
+  replies with a confusion matrix and moment sums, never per-sample outputs.
+
+Everything node-specific (data folder, dataset format) comes from the node
+config, so the same app runs in simulation and on a real SuperNode.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch.utils.data import DataLoader
+
+from client.local_training import evaluate, resolve_device, train_epochs
+from client.node_data import ClientSamples, client_samples
+from client.torch_data import NUM_MODEL_INPUTS
+from shared_models.registry import build_model
+from shared_models.run_settings import RunSettings
+
+app = ClientApp()
+
+
+def _setup(msg: Message, context: Context) -> tuple[RunSettings, ClientSamples, torch.device]:
+    settings = RunSettings.from_config(context.run_config)
+    torch.set_num_threads(settings.client_threads)
+    config = msg.content["config"] if "config" in msg.content else ConfigRecord()
+    # In simulation the coordinator resolves the shared dataset folder once and
+    # sends it; a deployed node ignores it and reads its own node config.
+    data_dir = str(config.get("data-dir", settings.data_dir))
+    return settings, client_samples(settings, context.node_config, data_dir), resolve_device(settings.device)
+
+
+def _global_model(msg: Message, settings: RunSettings, device: torch.device) -> torch.nn.Module:
+    model = build_model(settings.model, valence_arousal=settings.valence_arousal)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model.to(device)
+
+
+def _reply(msg: Message, samples: ClientSamples, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics), "client": ConfigRecord({"client-id": samples.client_id})})
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    settings, samples, device = _setup(msg, context)
+    model = _global_model(msg, settings, device)
+    server_round = int(msg.content["config"].get("server-round", 0))
+    samples.train.reseed([settings.seed, server_round, int(samples.client_id) if samples.client_id.isdigit() else 0])
+    generator = torch.Generator().manual_seed(settings.seed * 100_003 + server_round)
+    loader = DataLoader(samples.train, batch_size=settings.batch_size, shuffle=True, generator=generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
+                                momentum=settings.momentum, weight_decay=settings.weight_decay)
+    stats = train_epochs(model, loader, optimizer, epochs=settings.local_epochs,
+                         n_inputs=NUM_MODEL_INPUTS[settings.task], device=device)
+    metrics = {"num-examples": len(samples.train), "skipped": samples.skipped, **stats}
+    return _reply(msg, samples, metrics, ArrayRecord(model.cpu().state_dict()))
+
+
+@app.evaluate()
+def evaluate_global(msg: Message, context: Context) -> Message:
+    settings, samples, device = _setup(msg, context)
+    model = _global_model(msg, settings, device)
+    loader = DataLoader(samples.test, batch_size=max(settings.batch_size, 64))
+    counts = evaluate(model, loader, n_inputs=NUM_MODEL_INPUTS[settings.task], device=device)
+    metrics = {
+        "num-examples": counts.n,
+        "loss-sum": counts.loss_sum,
+        "confusion": [int(v) for v in counts.confusion.ravel()],
+        "skipped": samples.skipped,
+    }
+    if counts.va_moments is not None:
+        metrics["va-moments"] = [float(v) for v in counts.va_moments.ravel()]
+    return _reply(msg, samples, metrics)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    settings, samples, _ = _setup(msg, context)
+    what = str(msg.content["config"].get("query", ""))
+    if what != "feature-moments":
+        raise ValueError(f"unknown query {what!r}")
+    # Sums over this node's clean training clips only: the normalisation must not see test data.
+    sums, squares, frames = samples.train.feature_moments()
+    metrics = {"mel-sum": sums.tolist(), "mel-sumsq": squares.tolist(), "frames": frames,
+               "num-examples": len(samples.train)}
+    return _reply(msg, samples, metrics)
+

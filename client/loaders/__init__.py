@@ -1,0 +1,1 @@
+"""Readers for the published emotion datasets, each in its own module."""

@@ -1,0 +1,93 @@
+"""Local training and evaluation loops, shared by the ClientApp and the centralised baseline.
+
+Evaluation returns counts, not per-sample outputs: a confusion matrix and the
+sufficient statistics of the concordance correlation (sums of predictions,
+targets, their squares and products). Counts can be summed across hospitals
+to give exactly the pooled metric, and they reveal far less than predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from shared_models.taxonomy import NUM_EMOTIONS
+from shared_models.voice_models import ccc_loss
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present, so the same config runs on a laptop and a GPU box."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _split_batch(batch, n_inputs: int, device: torch.device):
+    inputs = tuple(t.to(device, non_blocking=True) for t in batch[:n_inputs])
+    return inputs, batch[n_inputs].to(device), batch[n_inputs + 1].to(device)
+
+
+def _forward(model: nn.Module, inputs):
+    """Logits and (optional) valence/arousal predictions from any FedEmo model."""
+    out = model(*inputs)
+    return out if isinstance(out, tuple) else (out, None)
+
+
+def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
+                 epochs: int, n_inputs: int, device: torch.device, va_weight: float = 1.0) -> dict[str, float]:
+    """Plain local training; returns mean loss and the number of samples seen."""
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    total_loss, seen = 0.0, 0
+    for _ in range(epochs):
+        for batch in loader:
+            inputs, labels, va = _split_batch(batch, n_inputs, device)
+            if len(labels) == 0:  # Poisson sampling can draw an empty batch
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            logits, va_pred = _forward(model, inputs)
+            loss = criterion(logits, labels)
+            if va_pred is not None:
+                loss = loss + va_weight * ccc_loss(va_pred, va)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(labels)
+            seen += len(labels)
+    return {"train-loss": total_loss / max(seen, 1), "train-samples": float(seen)}
+
+
+@dataclass
+class EvalCounts:
+    """What a client reports after evaluating: sums that aggregate exactly."""
+
+    loss_sum: float
+    n: int
+    confusion: np.ndarray  # (7, 7) int64, rows = true class, columns = predicted
+    va_moments: np.ndarray | None = None  # (2, 5): per dimension sum p, sum t, sum pp, sum tt, sum pt
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, *, n_inputs: int, device: torch.device) -> EvalCounts:
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    confusion = np.zeros((NUM_EMOTIONS, NUM_EMOTIONS), dtype=np.int64)
+    loss_sum, n = 0.0, 0
+    va_moments = None
+    for batch in loader:
+        inputs, labels, va = _split_batch(batch, n_inputs, device)
+        logits, va_pred = _forward(model, inputs)
+        loss_sum += float(criterion(logits, labels))
+        n += len(labels)
+        pred = logits.argmax(dim=1).cpu().numpy()
+        np.add.at(confusion, (labels.cpu().numpy(), pred), 1)
+        if va_pred is not None:
+            p, t = va_pred.double().cpu(), va.double().cpu()
+            moments = torch.stack([p.sum(0), t.sum(0), (p * p).sum(0), (t * t).sum(0), (p * t).sum(0)], dim=1)
+            va_moments = moments.numpy() if va_moments is None else va_moments + moments.numpy()
+    return EvalCounts(loss_sum=loss_sum, n=n, confusion=confusion, va_moments=va_moments)

@@ -1,0 +1,127 @@
+"""The run folder: what a run leaves behind for people and machines.
+
+``runs/<run-id>/`` holds ``config.json`` (the resolved run config and the
+software versions), ``metrics.jsonl`` (one JSON object per round, appended and
+flushed as the round ends, so a crashed run still documents its past rounds),
+``global_model.pt`` (the final global weights) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from flwr.app import Message
+
+from server.global_metrics import ccc_from_moments, classification_metrics
+from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
+
+
+def new_run_id(name: str = "") -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return name or f"{stamp}-{os.getpid()}"
+
+
+def software_versions() -> dict[str, str]:
+    import flwr
+    import opacus
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "flwr": flwr.__version__,
+            "opacus": opacus.__version__, "numpy": np.__version__}
+
+
+def _client_id(reply: Message) -> str:
+    content = reply.content
+    if "client" in content:
+        return str(content["client"].get("client-id", reply.metadata.src_node_id))
+    return str(reply.metadata.src_node_id)
+
+
+def _failures(replies: list[Message]) -> list[dict[str, Any]]:
+    return [{"node_id": r.metadata.src_node_id, "reason": r.error.reason} for r in replies if r.has_error()]
+
+
+def evaluation_summary(replies: list[Message]) -> dict[str, Any]:
+    """Global metrics from the summed counts of all evaluation replies, plus per-client counts."""
+    ok = [r for r in replies if not r.has_error()]
+    confusion = np.zeros((NUM_EMOTIONS, NUM_EMOTIONS), dtype=np.int64)
+    loss_sum, n, va = 0.0, 0, None
+    clients = []
+    for r in ok:
+        m = r.content["metrics"]
+        c = np.asarray(m["confusion"], dtype=np.int64).reshape(NUM_EMOTIONS, NUM_EMOTIONS)
+        confusion += c
+        loss_sum += float(m["loss-sum"])
+        n += int(m["num-examples"])
+        if "va-moments" in m:
+            moments = np.asarray(m["va-moments"], dtype=np.float64)
+            va = moments if va is None else va + moments
+        clients.append({"client": _client_id(r), "num_examples": int(m["num-examples"]),
+                        "accuracy": float(np.trace(c) / c.sum()) if c.sum() else None,
+                        "skipped": int(m.get("skipped", 0))})
+    out: dict[str, Any] = {"loss": loss_sum / n if n else None, "eval_examples": n}
+    out.update({k.replace("-", "_"): v for k, v in classification_metrics(confusion).items()})
+    if va is not None and n:
+        out["ccc_valence"], out["ccc_arousal"] = ccc_from_moments(va, n)
+    out["confusion"] = {"labels": list(EMOTIONS), "counts": confusion.tolist()}
+    out["evaluate"] = {"clients": sorted(clients, key=lambda c: c["client"]), "failures": _failures(replies)}
+    return out
+
+
+def training_summary(replies: list[Message]) -> dict[str, Any]:
+    clients = []
+    for r in replies:
+        if r.has_error():
+            continue
+        m = r.content["metrics"]
+        clients.append({"client": _client_id(r), "num_examples": int(m["num-examples"]),
+                        "train_loss": float(m["train-loss"]), "skipped": int(m.get("skipped", 0))})
+    return {"clients": sorted(clients, key=lambda c: c["client"]), "failures": _failures(replies)}
+
+
+@dataclass
+class RunRecord:
+    run_dir: Path
+    started: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls, runs_dir: Path, run_id: str, config: dict[str, Any], extra: dict[str, Any]) -> "RunRecord":
+        run_dir = Path(runs_dir) / run_id
+        if (run_dir / "metrics.jsonl").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; choose another run-name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record = cls(run_dir)
+        record.write_json("config.json", {"run_id": run_id, "run_config": config,
+                                          "versions": software_versions(), **extra})
+        return record
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> Path:
+        path = self.run_dir / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    def log_round(self, entry: dict[str, Any]) -> None:
+        entry = {"elapsed_s": round(time.time() - self.started, 2), **entry}
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def save_weights(self, state_dict: dict[str, torch.Tensor]) -> Path:
+        path = self.run_dir / "global_model.pt"
+        torch.save(state_dict, path)
+        return path
+
+    def rounds(self) -> Iterable[dict[str, Any]]:
+        with open(self.run_dir / "metrics.jsonl", encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]

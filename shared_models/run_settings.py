@@ -1,0 +1,128 @@
+"""The run configuration, parsed and checked once, for the coordinator and the nodes alike.
+
+Flower hands both sides the same flat run config (pyproject's
+``[tool.flwr.app.config]`` fused with a config file from ``configs/``). Parsing
+it here, with a clear error per bad key, means a typo in a config stops the run
+at start with the key's name instead of failing inside 50 clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from shared_models.registry import MODELS, model_task
+
+TASKS = ("face", "voice", "fusion")
+PARTITIONERS = ("iid", "dirichlet", "natural", "demographic")
+DATASET_TASKS = {"fer2013": "face", "rafdb": "face", "cremad": "voice", "ravdess": "voice"}
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+class ConfigError(ValueError):
+    """A run configuration value is missing, mistyped or out of range."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every key of ``[tool.flwr.app.config]``; the defaults live there, not here."""
+
+    task: str
+    dataset: str
+    data_dir: str
+    synthesize_if_missing: bool
+    synth_samples: int
+    model: str
+    valence_arousal: bool
+    partitioner: str
+    dirichlet_alpha: float
+    demographic_attribute: str
+    demographic_alpha: float
+    min_partition_size: int
+    test_fraction: float
+    seed: int
+    num_supernodes: int
+    client_num_cpus: float
+    client_num_gpus: float
+    num_server_rounds: int
+    fraction_train: float
+    fraction_evaluate: float
+    min_available_nodes: int
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    augment: bool
+    device: str
+    client_threads: int
+    runs_dir: str
+    run_name: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "RunSettings":
+        """Parse Flower's flat run config (hyphenated keys); unknown keys are refused."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(config) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown run-config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        missing = sorted(set(known) - set(config))
+        if missing:
+            raise ConfigError(f"run-config lacks keys: {', '.join(missing)} (defaults live in pyproject.toml)")
+        values = {f.name: _coerce(key, config[key], _TYPES[f.type]) for key, f in known.items()}
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def to_config(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def validate(self) -> None:
+        def need(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise ConfigError(f"run-config {key} = {getattr(self, key.replace('-', '_'))!r}: {why}")
+
+        need(self.task in TASKS, "task", f"choose one of {', '.join(TASKS)}")
+        need(self.dataset in DATASET_TASKS, "dataset", f"choose one of {', '.join(DATASET_TASKS)}")
+        need(self.model in MODELS, "model", f"choose one of {', '.join(MODELS)}")
+        need(model_task(self.model) == self.task, "model", f"serves task {model_task(self.model)!r}, not {self.task!r}")
+        fits = DATASET_TASKS[self.dataset] == self.task or (self.task == "fusion" and self.dataset == "cremad")
+        need(fits, "dataset", f"cannot serve task {self.task!r}")
+        need(not (self.valence_arousal and self.task == "face"), "valence-arousal",
+             "the face datasets have no valence/arousal targets")
+        need(self.partitioner in PARTITIONERS, "partitioner", f"choose one of {', '.join(PARTITIONERS)}")
+        need(self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0")
+        need(self.demographic_alpha > 0, "demographic-alpha", "must be > 0")
+        need(self.min_partition_size >= 2, "min-partition-size", "must be >= 2 (a train and a test sample)")
+        need(0 < self.test_fraction < 1, "test-fraction", "must be between 0 and 1")
+        need(self.synth_samples > 0, "synth-samples", "must be > 0")
+        need(self.num_supernodes >= 1, "num-supernodes", "must be >= 1")
+        need(self.client_num_cpus > 0, "client-num-cpus", "must be > 0")
+        need(0 <= self.client_num_gpus <= 1, "client-num-gpus", "must be in [0, 1]")
+        need(self.num_server_rounds >= 1, "num-server-rounds", "must be >= 1")
+        need(0 < self.fraction_train <= 1, "fraction-train", "must be in (0, 1]")
+        need(0 < self.fraction_evaluate <= 1, "fraction-evaluate", "must be in (0, 1]")
+        need(self.min_available_nodes >= 1, "min-available-nodes", "must be >= 1")
+        need(self.local_epochs >= 1, "local-epochs", "must be >= 1")
+        need(self.batch_size >= 1, "batch-size", "must be >= 1")
+        need(self.learning_rate > 0, "learning-rate", "must be > 0")
+        need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        need(self.weight_decay >= 0, "weight-decay", "must be >= 0")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+             "choose auto, cpu or cuda[:N]")
+        need(self.client_threads >= 1, "client-threads", "must be >= 1")
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """TOML gives ints where floats are meant (lr = 1); anything else mistyped is an error."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"run-config {key} = {value!r}: expected true or false")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"run-config {key} = {value!r}: expected an integer")
+    if not isinstance(value, kind):
+        raise ConfigError(f"run-config {key} = {value!r}: expected {kind.__name__}")
+    return value

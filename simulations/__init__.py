@@ -1,0 +1,1 @@
+"""Research tooling: synthetic datasets, client partitioning, simulation and baseline runs."""

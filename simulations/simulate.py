@@ -1,0 +1,87 @@
+"""Run a FedEmo simulation on Flower's own simulation engine (Ray virtual client engine).
+
+This is what ``flwr run .`` does inside its managed SuperLink, minus the
+background daemon and the app packaging: the same ServerApp and ClientApp,
+the same fused run config, Flower's VCE with per-client resources. Running it
+in-process keeps a researcher's run self-contained and its output in one
+terminal and one run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from shared_models.run_settings import RunSettings
+from simulations.run_config import load_run_config, project_dir
+
+
+def backend_config(settings: RunSettings) -> dict[str, Any]:
+    """Ray resources: each virtual client reserves these CPUs/GPU share."""
+    resources: dict[str, Any] = {"num_cpus": settings.client_num_cpus, "num_gpus": settings.client_num_gpus}
+    return {"client_resources": resources, "init_args": {"logging_level": "error", "log_to_driver": True}}
+
+
+def _resolve_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """Relative data and run folders mean relative to where the user typed the command."""
+    out = dict(config)
+    for key in ("data-dir", "runs-dir"):
+        out[key] = str(Path(str(out[key])).expanduser().resolve())
+    return out
+
+
+def run_simulation(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Path:
+    """Run one simulation; returns the run folder it wrote."""
+    config, settings = load_run_config(config_file, overrides)
+    config = _resolve_paths(config)
+    if not settings.run_name:
+        config["run-name"] = time.strftime("%Y%m%d-%H%M%S") + f"-{settings.task}-{os.getpid()}"
+    settings = RunSettings.from_config(config)
+    os.environ.setdefault("FLWR_HOME", str(Path(settings.runs_dir) / ".flwr"))
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.supercore.telemetry import EventType
+
+    from client.client_app import app as client_app
+    from server.server_app import app as server_app
+
+    run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
+    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+    run.federation_id = NOOP_FEDERATION_ID
+    run.override_config = config
+    TaskIdentity.task_id = run.primary_task_id
+    TaskIdentity.run_id = run.run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    server_context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=config)
+
+    started = time.time()
+    _run_simulation(
+        num_supernodes=settings.num_supernodes,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=backend_config(settings),
+        server_app_context=server_context,
+        app_dir=str(project_dir()),
+        run=run,
+    )
+    run_dir = Path(settings.runs_dir) / settings.run_name
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise RuntimeError(f"simulation ended without a summary in {run_dir}; see the log above for the error")
+    summary = json.loads(summary_path.read_text())
+    summary["wall_clock_s"] = round(time.time() - started, 2)
+    summary["num_supernodes"] = settings.num_supernodes
+    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return run_dir
