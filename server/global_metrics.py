@@ -7,6 +7,7 @@ pooled test set would give, so federated evaluation needs no raw predictions.
 from __future__ import annotations
 
 import numpy as np
+from flwr.app import MetricRecord, RecordDict
 
 from shared_models.taxonomy import NUM_EMOTIONS
 
@@ -48,3 +49,30 @@ def ccc_from_moments(moments: np.ndarray, n: int) -> list[float]:
         denom = vp + vt + (mp - mt) ** 2
         out.append(float(2 * cov / denom) if denom > 0 else 0.0)
     return out
+
+
+
+def sum_counts(metric_records) -> tuple[np.ndarray, float, int, np.ndarray | None]:
+    """Summed confusion, loss sum, example count and valence/arousal moments of evaluation replies."""
+    confusion = np.zeros((NUM_EMOTIONS, NUM_EMOTIONS), dtype=np.int64)
+    loss_sum, n, va = 0.0, 0, None
+    for metrics in metric_records:
+        confusion += np.asarray(metrics["confusion"], dtype=np.int64).reshape(NUM_EMOTIONS, NUM_EMOTIONS)
+        loss_sum += float(metrics["loss-sum"])
+        n += int(metrics["num-examples"])
+        if "va-moments" in metrics:
+            moments = np.asarray(metrics["va-moments"], dtype=np.float64)
+            va = moments if va is None else va + moments
+    return confusion, loss_sum, n, va
+
+
+def aggregate_evaluation(records: list[RecordDict], weighting_key: str) -> MetricRecord:
+    """Flower ``evaluate_metrics_aggr_fn``: sum the clients' counts, then compute the metrics.
+
+    Flower's default would average confusion matrices weighted by examples,
+    which is not a confusion matrix; summing is exact.
+    """
+    confusion, loss_sum, n, _ = sum_counts(record["metrics"] for record in records)
+    out = {"loss": loss_sum / n if n else float("nan"), "eval-examples": n}
+    out.update(classification_metrics(confusion))
+    return MetricRecord(out)

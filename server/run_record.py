@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from flwr.app import Message
 
-from server.global_metrics import ccc_from_moments, classification_metrics
+from server.global_metrics import ccc_from_moments, classification_metrics, sum_counts
 from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
 
 
@@ -52,27 +52,20 @@ def _failures(replies: list[Message]) -> list[dict[str, Any]]:
 def evaluation_summary(replies: list[Message]) -> dict[str, Any]:
     """Global metrics from the summed counts of all evaluation replies, plus per-client counts."""
     ok = [r for r in replies if not r.has_error()]
-    confusion = np.zeros((NUM_EMOTIONS, NUM_EMOTIONS), dtype=np.int64)
-    loss_sum, n, va = 0.0, 0, None
+    confusion, loss_sum, n, va = sum_counts(r.content["metrics"] for r in ok)
     clients = []
     for r in ok:
         m = r.content["metrics"]
-        c = np.asarray(m["confusion"], dtype=np.int64).reshape(NUM_EMOTIONS, NUM_EMOTIONS)
-        confusion += c
-        loss_sum += float(m["loss-sum"])
-        n += int(m["num-examples"])
-        if "va-moments" in m:
-            moments = np.asarray(m["va-moments"], dtype=np.float64)
-            va = moments if va is None else va + moments
+        c = np.asarray(m["confusion"], dtype=np.int64)
         clients.append({"client": _client_id(r), "num_examples": int(m["num-examples"]),
-                        "accuracy": float(np.trace(c) / c.sum()) if c.sum() else None,
+                        "accuracy": float(np.trace(c.reshape(NUM_EMOTIONS, NUM_EMOTIONS)) / c.sum()) if c.sum() else None,
                         "skipped": int(m.get("skipped", 0))})
     out: dict[str, Any] = {"loss": loss_sum / n if n else None, "eval_examples": n}
     out.update({k.replace("-", "_"): v for k, v in classification_metrics(confusion).items()})
     if va is not None and n:
         out["ccc_valence"], out["ccc_arousal"] = ccc_from_moments(va, n)
     out["confusion"] = {"labels": list(EMOTIONS), "counts": confusion.tolist()}
-    out["evaluate"] = {"clients": sorted(clients, key=lambda c: c["client"]), "failures": _failures(replies)}
+    out["evaluate"] = {"clients": sorted(clients, key=lambda c: (len(c["client"]), c["client"])), "failures": _failures(replies)}
     return out
 
 
@@ -84,7 +77,7 @@ def training_summary(replies: list[Message]) -> dict[str, Any]:
         m = r.content["metrics"]
         clients.append({"client": _client_id(r), "num_examples": int(m["num-examples"]),
                         "train_loss": float(m["train-loss"]), "skipped": int(m.get("skipped", 0))})
-    return {"clients": sorted(clients, key=lambda c: c["client"]), "failures": _failures(replies)}
+    return {"clients": sorted(clients, key=lambda c: (len(c["client"]), c["client"])), "failures": _failures(replies)}
 
 
 @dataclass

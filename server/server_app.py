@@ -27,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from server.global_metrics import aggregate_evaluation
 from server.run_record import RunRecord, evaluation_summary, new_run_id, training_summary
 from shared_models.audio_features import combine_moments
 from shared_models.registry import build_model, count_parameters
@@ -62,6 +63,7 @@ def main(grid: Grid, context: Context) -> None:
         min_train_nodes=1,
         min_evaluate_nodes=1,
         min_available_nodes=settings.min_available_nodes,
+        evaluate_metrics_aggr_fn=aggregate_evaluation,
     )
     rounds = RoundLog(record, settings.num_server_rounds)
     rounds.attach(strategy)

@@ -52,8 +52,7 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
-    from client.client_app import app as client_app
-    from server.server_app import app as server_app
+    from flwr.common.config import get_project_config
 
     run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
     run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
@@ -64,16 +63,21 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     server_context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=config)
 
+    # Load the apps by reference from the app folder, as `flwr run` does: every
+    # virtual node then gets the same fused run config from pyproject + overrides.
+    app_dir = project_dir()
+    components = get_project_config(app_dir)["tool"]["flwr"]["app"]["components"]
     started = time.time()
     _run_simulation(
         num_supernodes=settings.num_supernodes,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=client_app,
-        server_app=server_app,
+        client_app_attr=components["clientapp"],
+        server_app_attr=components["serverapp"],
         backend_name="ray",
         backend_config=backend_config(settings),
         server_app_context=server_context,
-        app_dir=str(project_dir()),
+        app_dir=str(app_dir),
+        is_app=True,
         run=run,
     )
     run_dir = Path(settings.runs_dir) / settings.run_name
