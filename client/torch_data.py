@@ -71,7 +71,8 @@ class EmotionSamples(Dataset):
     def features(self, i: int, augmented: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel segments and mask of clip i; clean features of evaluation sets are cached."""
         if augmented:
-            return clip_segments(self.wave_augment.augment(self.waves[i], self.rng), self.feature_config)
+            # augment() ends with peak normalisation then gain, so segments() skips re-normalising.
+            return self.wave_augment.segments(self.waves[i], self.rng, self.feature_config)
         if self.augment:  # a training set: clean features are needed once (moments), not kept
             return clip_segments(self.waves[i], self.feature_config)
         if i not in self._feature_cache:

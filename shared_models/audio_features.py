@@ -1,0 +1,348 @@
+"""Audio features of the CNN-BiLSTM-attention speech-emotion recipe, shared by nodes and coordinator.
+
+Pipeline (one clip): ``read_waveform`` (mono, 16 kHz) -> ``clip_segments``:
+peak-normalise to -3 dBFS, cut into consecutive non-overlapping 0.5 s
+segments (at most 6, i.e. a 3 s window: longer clips are centre-cropped,
+the last segment is zero-padded), log-mel each segment. The model sees a
+(segments, mels, frames) stack plus a mask of real segments.
+
+Log-mel convention
+------------------
+FedEmo uses the librosa / Slaney convention that published speech-emotion
+pipelines use (``librosa.feature.melspectrogram`` + ``power_to_db`` with
+``ref=1.0, top_db=None``): Slaney mel scale (linear below 1 kHz, logarithmic
+above), Slaney area normalisation of each triangle (2 / bandwidth), centred
+frames with zero ("constant") padding, periodic Hann window, power spectrum,
+``10 * log10(max(S, 1e-10))``. torchaudio's ``MelSpectrogram`` defaults differ
+(HTK scale, no normalisation, reflect padding), so every option is spelled out
+in ``_mel_transform``; ``tests/test_voice_data.py`` checks the result against
+an independent numpy implementation of the formulas.
+
+Normalisation
+-------------
+There is no per-clip or per-segment min-max scaling anywhere: it would wipe
+out the level and spectral-balance differences that carry emotion (loud,
+bright anger vs quiet, dull sadness). Instead every node computes per-mel-band
+moments of its training features (``feature_moments``), the federation sums
+them (``combine_moments``) and the model stores the global mean/std as buffers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+import torchaudio.transforms as AT
+
+from client.loaders.base import DatasetFormatError
+
+SAMPLE_RATE = 16000
+AMIN = 1e-10  # librosa power_to_db floor
+SILENCE_DB = 10.0 * math.log10(AMIN)  # -100 dB: the log-mel of digital silence
+STD_FLOOR = 1e-3  # combine_moments never returns a smaller std (constant bands stay finite)
+
+
+@dataclass(frozen=True)
+class LogMelConfig:
+    """The feature recipe. Frozen (hashable) so the mel transform is cached per config."""
+
+    n_mels: int = 128
+    n_fft: int = 1024
+    hop_length: int = 256
+    segment_seconds: float = 0.5
+    max_segments: int = 6  # 6 x 0.5 s = 3 s window
+    peak_dbfs: float = -3.0
+
+    @property
+    def segment_samples(self) -> int:
+        return int(round(self.segment_seconds * SAMPLE_RATE))
+
+    @property
+    def frames_per_segment(self) -> int:
+        """Centred framing gives 1 + samples // hop frames (32 for 0.5 s at hop 256)."""
+        return 1 + self.segment_samples // self.hop_length
+
+
+DEFAULT_CONFIG = LogMelConfig()
+
+
+# ---------------------------------------------------------------------------
+# Reading and level
+# ---------------------------------------------------------------------------
+
+
+def read_waveform(path: str | Path) -> np.ndarray:
+    """Decode a clip to float32 mono at 16 kHz.
+
+    Voice loaders only index files, so this is where a clip that passed the
+    header check can still turn out to be broken; it raises
+    ``DatasetFormatError`` naming the file rather than feeding garbage on.
+    """
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, OSError...
+        raise DatasetFormatError(path, f"unreadable audio file ({exc})") from exc
+    if data.shape[0] == 0:
+        raise DatasetFormatError(path, "audio file has zero frames (no audio)")
+    wave = data.mean(axis=1, dtype=np.float32)
+    if not np.all(np.isfinite(wave)):
+        raise DatasetFormatError(path, "audio contains NaN or infinite samples")
+    if rate != SAMPLE_RATE:
+        wave = resample(wave, rate, SAMPLE_RATE)
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Band-limited resampling (torchaudio's windowed sinc).
+
+    Its cost grows with ``new_rate / gcd(orig_rate, new_rate)``, so callers
+    that pick arbitrary ratios (speed/pitch augmentation) pass small rational
+    approximations instead of raw rates.
+    """
+    if orig_rate == new_rate:
+        return np.asarray(wave, dtype=np.float32)
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), int(orig_rate), int(new_rate))
+    return out.numpy()
+
+
+def normalize_peak(wave: np.ndarray, dbfs: float = -3.0) -> np.ndarray:
+    """Scale so the largest absolute sample is ``dbfs`` dB full scale.
+
+    Equalises recording gain across corpora and microphones. A silent clip is
+    returned as (float32) silence instead of dividing by zero.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    if peak < np.finfo(np.float32).tiny:
+        return np.zeros_like(wave)
+    return (wave * (10.0 ** (dbfs / 20.0) / peak)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Log-mel and segmentation
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_transform(cfg: LogMelConfig) -> AT.MelSpectrogram:
+    """Built once per config: the filterbank and window are reused for every clip."""
+    return AT.MelSpectrogram(
+        sample_rate=SAMPLE_RATE,
+        n_fft=cfg.n_fft,
+        hop_length=cfg.hop_length,
+        n_mels=cfg.n_mels,
+        f_min=0.0,
+        f_max=SAMPLE_RATE / 2,
+        window_fn=torch.hann_window,  # periodic, like scipy/librosa "hann"
+        power=2.0,
+        center=True,
+        pad_mode="constant",
+        norm="slaney",
+        mel_scale="slaney",
+    )
+
+
+def log_mel(waves: np.ndarray | torch.Tensor, cfg: LogMelConfig = DEFAULT_CONFIG) -> torch.Tensor:
+    """Log-mel (dB, librosa ``power_to_db`` with ref 1, no top_db) of (..., samples) -> (..., mels, frames)."""
+    x = torch.as_tensor(np.asarray(waves, dtype=np.float32) if isinstance(waves, np.ndarray) else waves)
+    with torch.no_grad():
+        power = _mel_transform(cfg)(x.float())
+        return 10.0 * torch.log10(torch.clamp(power, min=AMIN))
+
+
+def clip_segments(
+    wave: np.ndarray, cfg: LogMelConfig = DEFAULT_CONFIG, *, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (max_segments, n_mels, frames) float32 and mask (max_segments,) bool of one clip.
+
+    Clips longer than the window are centre-cropped (emotional speech rarely
+    starts or ends the take, and the centre avoids leading/trailing silence);
+    shorter ones are zero-padded to a whole segment. Missing segments hold the
+    log of silence (-100 dB) and are masked out. ``normalize=False`` is for
+    waves that ``WaveAugment.augment`` already normalised and re-levelled.
+    """
+    wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+    if wave.size == 0:
+        raise ValueError("clip_segments needs a non-empty waveform")
+    if normalize:
+        wave = normalize_peak(wave, cfg.peak_dbfs)
+    seg = cfg.segment_samples
+    window = seg * cfg.max_segments
+    if wave.size > window:
+        start = (wave.size - window) // 2
+        wave = wave[start : start + window]
+    n_seg = -(-wave.size // seg)
+    padded = np.zeros(n_seg * seg, dtype=np.float32)
+    padded[: wave.size] = wave
+    features = torch.full((cfg.max_segments, cfg.n_mels, cfg.frames_per_segment), SILENCE_DB, dtype=torch.float32)
+    features[:n_seg] = log_mel(padded.reshape(n_seg, seg), cfg)
+    mask = torch.zeros(cfg.max_segments, dtype=torch.bool)
+    mask[:n_seg] = True
+    return features, mask
+
+
+# ---------------------------------------------------------------------------
+# Global normalisation statistics
+# ---------------------------------------------------------------------------
+
+
+def _silent_frames(frames: np.ndarray) -> np.ndarray:
+    """(k, mels, T) -> (k, T) True where a frame is digital silence in every band (zero padding)."""
+    return frames.max(axis=1) <= SILENCE_DB + 1e-3
+
+
+def feature_moments(
+    features: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-mel-band sum, sum of squares (float64) and frame count over real segments.
+
+    Works on one clip (segments, mels, frames) or a batch (clips, segments,
+    mels, frames) with a matching mask. Frames that are digital silence in every
+    band (the zero padding that completes the last real segment) are left out,
+    so a short clip's padding does not drag the mean towards -100 dB. Sums, not
+    means, so clients' moments add up exactly (``combine_moments``).
+    """
+    feats = features.numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    m = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    real = feats[m.astype(bool)].astype(np.float64)  # (k, mels, T)
+    keep = ~_silent_frames(real)  # (k, T)
+    frames = np.moveaxis(real, 1, 2)[keep]  # (count, mels)
+    return frames.sum(axis=0), np.square(frames).sum(axis=0), int(frames.shape[0])
+
+
+def combine_moments(moments: Iterable[tuple[np.ndarray, np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled per-band mean and std (float32, std >= 1e-3) from summed moments of any number of parts."""
+    total_sum = total_sq = None
+    count = 0
+    for s, sq, n in moments:
+        total_sum = np.asarray(s, np.float64) if total_sum is None else total_sum + s
+        total_sq = np.asarray(sq, np.float64) if total_sq is None else total_sq + sq
+        count += int(n)
+    if total_sum is None or count == 0:
+        raise ValueError("combine_moments needs at least one non-empty set of moments")
+    mean = total_sum / count
+    var = np.maximum(total_sq / count - np.square(mean), 0.0)
+    return mean.astype(np.float32), np.maximum(np.sqrt(var), STD_FLOOR).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Train-time augmentation
+# ---------------------------------------------------------------------------
+
+_MAX_RATIO_DENOMINATOR = 64  # speed/pitch ratios are rounded to p/q with q <= 64 (error < 0.03%)
+_PV_N_FFT = 512  # phase-vocoder STFT, as torchaudio.functional.pitch_shift uses
+_PV_HOP = _PV_N_FFT // 4
+
+
+def _ratio(x: float) -> Fraction:
+    return Fraction(x).limit_denominator(_MAX_RATIO_DENOMINATOR)
+
+
+def change_speed(wave: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``factor`` times faster (length / factor; pitch moves with it, like tape).
+
+    Implemented as resampling by the rational approximation p/q of ``factor``
+    (kept small so the sinc kernel is small: ~1 ms per 3 s clip).
+    """
+    r = _ratio(factor)
+    return resample(wave, r.numerator, r.denominator)
+
+
+def time_stretch(wave: np.ndarray, factor: float) -> np.ndarray:
+    """Make the clip ``factor`` times longer at the same pitch (phase vocoder)."""
+    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+    window = torch.hann_window(_PV_N_FFT)
+    spec = torch.stft(x, _PV_N_FFT, _PV_HOP, window=window, return_complex=True)
+    advance = torch.linspace(0, math.pi * _PV_HOP, spec.shape[-2])[..., None]
+    stretched = AF.phase_vocoder(spec, 1.0 / factor, advance)
+    out = torch.istft(stretched, _PV_N_FFT, _PV_HOP, window=window, length=int(round(len(wave) * factor)))
+    return out.numpy()
+
+
+def pitch_shift(wave: np.ndarray, semitones: float) -> np.ndarray:
+    """Shift pitch by ``semitones`` keeping the length.
+
+    Same algorithm as ``torchaudio.functional.pitch_shift`` (phase-vocoder
+    stretch by r = 2^(s/12), then resample back by r) but with r rounded to a
+    small fraction p/q: torchaudio resamples between rates like 16000 and
+    17959, whose gcd is 1, and takes ~10 s per 3 s clip on one core; this
+    takes ~15 ms. The pitch error of the rounding is below 0.03%.
+    """
+    r = _ratio(2.0 ** (semitones / 12.0))
+    stretched = time_stretch(wave, float(r))
+    shifted = resample(stretched, r.numerator, r.denominator)
+    out = np.zeros(len(wave), dtype=np.float32)
+    n = min(len(wave), len(shifted))
+    out[:n] = shifted[:n]
+    return out
+
+
+def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Add white noise at ``snr_db`` relative to the clip's mean power (silent clips unchanged)."""
+    power = float(np.mean(np.square(wave, dtype=np.float64)))
+    if power <= 0.0:
+        return np.asarray(wave, dtype=np.float32)
+    noise = rng.standard_normal(len(wave)) * math.sqrt(power / 10.0 ** (snr_db / 10.0))
+    return (wave + noise).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class WaveAugment:
+    """Train-time waveform augmentation; each step is drawn with its own probability.
+
+    Order: speed -> pitch -> noise -> peak normalisation -> gain. Gain comes
+    after normalisation on purpose: ``clip_segments`` peak-normalises, so a
+    gain applied before it would be undone and teach nothing. Applied after,
+    it varies the post-normalisation level the way differing crest factors of
+    real takes do. ``augment`` therefore returns an already normalised wave:
+    feed it to ``clip_segments(wave, cfg, normalize=False)``, or call
+    ``segments`` which does both.
+
+    Pitch shift uses ``pitch_shift`` (phase vocoder + rational resampling,
+    ~15 ms per clip) instead of torchaudio's (~10 s per clip on one core).
+    Deterministic given the generator passed in.
+    """
+
+    p_noise: float = 0.5
+    snr_db: tuple[float, float] = (15.0, 35.0)
+    p_pitch: float = 0.3
+    max_semitones: float = 2.0
+    p_speed: float = 0.5
+    speed: tuple[float, float] = (0.85, 1.15)
+    p_gain: float = 0.5
+    max_gain_db: float = 6.0
+    peak_dbfs: float = DEFAULT_CONFIG.peak_dbfs
+
+    def augment(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """An augmented, peak-normalised (then possibly re-levelled) copy of ``wave``."""
+        out = np.asarray(wave, dtype=np.float32)
+        # Draw every decision up front so the random stream does not depend on the audio.
+        draws = rng.random(4)
+        speed = rng.uniform(*self.speed)
+        semitones = rng.uniform(-self.max_semitones, self.max_semitones)
+        snr = rng.uniform(*self.snr_db)
+        gain_db = rng.uniform(-self.max_gain_db, self.max_gain_db)
+        if draws[0] < self.p_speed:
+            out = change_speed(out, speed)
+        if draws[1] < self.p_pitch:
+            out = pitch_shift(out, semitones)
+        if draws[2] < self.p_noise:
+            out = add_noise(out, snr, rng)
+        out = normalize_peak(out, self.peak_dbfs)
+        if draws[3] < self.p_gain:
+            out = out * np.float32(10.0 ** (gain_db / 20.0))
+        return out
+
+    def segments(
+        self, wave: np.ndarray, rng: np.random.Generator, cfg: LogMelConfig = DEFAULT_CONFIG
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``clip_segments`` of an augmented clip (the train-time counterpart of ``clip_segments``)."""
+        return clip_segments(self.augment(wave, rng), cfg, normalize=False)
