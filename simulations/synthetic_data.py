@@ -33,7 +33,7 @@ def synthesize(dataset: str, out_dir: str | Path, n: int, seed: int, *, with_fac
         from simulations.synth_voices import ravdess_takes_per_actor
 
         # RAVDESS has a fixed design per actor (60 speech takes); n beyond 24 x 60 is capped there.
-        per_actor = min(max(1, n // 24), ravdess_takes_per_actor())
+        per_actor = min(max(1, n // 24), len(ravdess_takes_per_actor()))
         write_ravdess(out_dir, n_actors=24, seed=seed, clips_per_actor=per_actor)
     else:
         raise ValueError(f"no synthetic generator for {dataset!r}; choose one of {', '.join(SYNTHETIC_DATASETS)}")
