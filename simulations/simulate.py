@@ -10,6 +10,7 @@ terminal and one run folder.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -42,6 +43,8 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     settings = RunSettings.from_config(config)
     os.environ.setdefault("FLWR_HOME", str(Path(settings.runs_dir) / ".flwr"))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Opacus installs a root log handler on import; without this every Flower line prints twice.
+    logging.getLogger("flwr").propagate = False
 
     from flwr.app import Context, RecordDict
     from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
