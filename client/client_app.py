@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
-from client.local_training import evaluate, resolve_device, train_epochs
+from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import ClientSamples, client_samples
 from client.torch_data import NUM_MODEL_INPUTS
 from shared_models.registry import build_model
@@ -60,8 +60,7 @@ def train(msg: Message, context: Context) -> Message:
     samples.train.reseed([settings.seed, server_round, int(samples.client_id) if samples.client_id.isdigit() else 0])
     generator = torch.Generator().manual_seed(settings.seed * 100_003 + server_round)
     loader = DataLoader(samples.train, batch_size=settings.batch_size, shuffle=True, generator=generator)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
-                                momentum=settings.momentum, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(model, settings)
     stats = train_epochs(model, loader, optimizer, epochs=settings.local_epochs,
                          n_inputs=NUM_MODEL_INPUTS[settings.task], device=device)
     metrics = {"num-examples": len(samples.train), "skipped": samples.skipped, **stats}

@@ -28,6 +28,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def make_optimizer(model: nn.Module, settings) -> torch.optim.Optimizer:
+    """The local optimizer a run config names; created fresh each round (clients keep no state)."""
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum,
+                           weight_decay=settings.weight_decay)
+
+
 def _split_batch(batch, n_inputs: int, device: torch.device):
     inputs = tuple(t.to(device, non_blocking=True) for t in batch[:n_inputs])
     return inputs, batch[n_inputs].to(device), batch[n_inputs + 1].to(device)

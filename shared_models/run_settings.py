@@ -52,6 +52,7 @@ class RunSettings:
     min_available_nodes: int
     local_epochs: int
     batch_size: int
+    optimizer: str
     learning_rate: float
     momentum: float
     weight_decay: float
@@ -107,6 +108,7 @@ class RunSettings:
         need(self.min_available_nodes >= 1, "min-available-nodes", "must be >= 1")
         need(self.local_epochs >= 1, "local-epochs", "must be >= 1")
         need(self.batch_size >= 1, "batch-size", "must be >= 1")
+        need(self.optimizer in ("adam", "sgd"), "optimizer", "choose adam or sgd")
         need(self.learning_rate > 0, "learning-rate", "must be > 0")
         need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         need(self.weight_decay >= 0, "weight-decay", "must be >= 0")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from client.local_training import evaluate, resolve_device, train_epochs
+from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import train_test_split
 from client.loaders.registry import load_dataset
 from client.torch_data import NUM_MODEL_INPUTS, EmotionSamples
@@ -64,8 +64,7 @@ def run_centralised(config_file: str | Path | None = None, overrides: dict[str, 
         mean, std = combine_moments([train.feature_moments()])
         model.set_feature_stats(torch.as_tensor(mean), torch.as_tensor(std))
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(model, settings)
     n_inputs = NUM_MODEL_INPUTS[settings.task]
     generator = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(train, batch_size=settings.batch_size, shuffle=True, generator=generator)

@@ -54,13 +54,15 @@ Subjects: every subject has fixed demographics and a ``FaceIdentity`` (small
 fixed offsets of face geometry and a resting expression) and contributes
 10-40 images, so a natural per-subject partitioning is possible.
 
-Calibration (``FaceDifficulty`` defaults): a 3-conv GroupNorm CNN (16-32-64
-channels, Adam 1e-3, batch 32, 1 CPU thread) trained for 5 epochs on the ~2,400
-Training rows of a 3,000-face FER2013-layout set reaches 57-64% on the test rows
-(chance 14%, majority class 25%; 69% after 12 epochs). On 4,000 faces of new
-subjects it reaches 57-61% overall but 40-49% on African-American faces (vs
-60-64% Caucasian) and 43-47% on 70+ faces (vs 59-64% for 20-39). Disgust, the
-rarest class, is almost never predicted after 5 epochs, as on real FER2013.
+Calibration (``FaceDifficulty`` defaults): FedEmo's ``face_cnn`` (Adam 1e-3,
+batch 32, flip/shift augmentation) trained centrally on 3,000 faces reaches
+about 67% after 5 epochs (chance 14%, majority class 25%), after a plateau at
+the majority class for its first 1-2 epochs. With the earlier, harder setting
+(intensity 0.2-1.1, jitter 0.3, noise 12, occlusion 0.25, rotation 12) a small
+3-conv CNN reached 57-64% after 5 epochs, but face_cnn under federated
+averaging stayed at the majority class for 10+ rounds, so the defaults were
+eased. The group knobs are unchanged: on new subjects, African-American faces
+scored 8-20 points and 70+ faces 10-17 points below the majority groups.
 What made the task learnable in few epochs was feature *salience* (size and
 contrast of eyes, brows, mouth); what caps accuracy is expression jitter and
 weak intensities, so tune ``expression_jitter``/``intensity_range`` first.
@@ -90,19 +92,19 @@ class FaceDifficulty:
     ``expression_jitter``, or lower ``intensity_range``, to make the task harder.
     """
 
-    noise_std: float = 12.0
+    noise_std: float = 10.0
     """Gaussian pixel noise std on the 0-255 scale (per sample scaled by U(0.5, 1.5))."""
-    occlusion_prob: float = 0.25
+    occlusion_prob: float = 0.2
     """Probability of one occluder (glasses bar over the eyes, or a hand over mouth/cheek)."""
-    rotation_deg: float = 12.0
+    rotation_deg: float = 10.0
     """Max in-plane head rotation, degrees (uniform in +-)."""
     shift_frac: float = 0.07
     """Max face-centre shift as a fraction of the half image size."""
     scale_jitter: float = 0.10
     """Max relative face-size change (uniform in +-)."""
-    intensity_range: tuple[float, float] = (0.2, 1.1)
+    intensity_range: tuple[float, float] = (0.35, 1.15)
     """Per-sample expression intensity, uniform in this range (1 = full prototype)."""
-    expression_jitter: float = 0.3
+    expression_jitter: float = 0.22
     """Per-parameter expression noise, as a fraction of each parameter's typical swing."""
     lighting_strength: float = 0.45
     """Typical lighting gradient: relative brightness change from centre to edge (Gaussian, per sample)."""
