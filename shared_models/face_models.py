@@ -76,7 +76,7 @@ class FaceCNNTrunk(nn.Module):
 
     def __init__(
         self,
-        width: int = 32,
+        width: int = 16,
         norm_groups: int = 8,
         pool_size: int = 3,
         embed_dim: int = 128,
@@ -103,14 +103,20 @@ class FaceCNNTrunk(nn.Module):
 class FaceCNN(nn.Module):
     """Compact face classifier: :class:`FaceCNNTrunk` + dropout + linear head.
 
-    Returns logits (B, num_classes).
+    Returns logits (B, num_classes). Defaults (width 16, no dropout) were
+    chosen by measurement on the synthetic faces: with width 32 and dropout
+    0.3, centralised Adam training sat at the majority class for 1-2 epochs and
+    FedAvg for about 10 rounds; width 16 without dropout leaves that plateau
+    within the first epoch, reaches the same accuracy (about 77% after 5
+    epochs) and is about 3x cheaper per sample. DP noise is the regulariser
+    under differential privacy, so dropout adds little there.
     """
 
     def __init__(
         self,
         num_classes: int = NUM_EMOTIONS,
-        width: int = 32,
-        dropout: float = 0.3,
+        width: int = 16,
+        dropout: float = 0.0,
         norm_groups: int = 8,
         pool_size: int = 3,
         embed_dim: int = 128,

@@ -38,7 +38,7 @@ class FusionNet(nn.Module):
     def __init__(
         self,
         num_classes: int = NUM_EMOTIONS,
-        face_width: int = 32,
+        face_width: int = 16,
         face_norm_groups: int = 8,
         face_embed_dim: int = 128,
         n_mels: int = 128,
