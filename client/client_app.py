@@ -15,6 +15,8 @@ config, so the same app runs in simulation and on a real SuperNode.
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -57,7 +59,7 @@ def train(msg: Message, context: Context) -> Message:
     settings, samples, device = _setup(msg, context)
     model = _global_model(msg, settings, device)
     server_round = int(msg.content["config"].get("server-round", 0))
-    samples.train.reseed([settings.seed, server_round, int(samples.client_id) if samples.client_id.isdigit() else 0])
+    samples.train.reseed([settings.seed, server_round, zlib.crc32(samples.client_id.encode())])
     generator = torch.Generator().manual_seed(settings.seed * 100_003 + server_round)
     loader = DataLoader(samples.train, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = make_optimizer(model, settings)

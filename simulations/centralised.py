@@ -3,7 +3,7 @@
 It pools exactly the rows the simulated clients train on and tests on exactly
 the rows they test on (same partitioner, same per-client splits, same seed),
 and trains for as many passes over the data as the federation makes
-(rounds x local epochs), so the only difference left is federation itself.
+(rounds x local epochs x fraction of clients sampled), so the only difference left is federation itself.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def run_centralised(config_file: str | Path | None = None, overrides: dict[str, 
     settings = RunSettings.from_config(config)
     torch.manual_seed(settings.seed)
     data_dir = prepare_data_dir(settings)
-    epochs = epochs or settings.num_server_rounds * settings.local_epochs
+    # As many passes over the data as the federation makes on average (sampled clients x local epochs).
+    epochs = epochs or max(1, round(settings.num_server_rounds * settings.local_epochs * settings.fraction_train))
     record = RunRecord.create(Path(settings.runs_dir), settings.run_name, settings.to_config(),
                               {"data_dir": str(data_dir), "mode": "centralised", "epochs": epochs})
     data = load_dataset(settings.dataset, data_dir, settings.task)
