@@ -28,6 +28,7 @@ from shared_models.run_settings import RunSettings
 
 _CACHE_SIZE = 64
 _datasets: "OrderedDict[tuple, EmotionData]" = OrderedDict()
+_partitions: "OrderedDict[tuple, list[np.ndarray]]" = OrderedDict()
 _samples: "OrderedDict[tuple, ClientSamples]" = OrderedDict()
 
 
@@ -82,8 +83,10 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
     key = ("sim", settings.dataset, data_dir, settings.task, spec, pid, settings.test_fraction, settings.augment)
     if key not in _samples:
         data = _load(settings.dataset, data_dir, settings.task)
-        parts_key = ("parts", settings.dataset, data_dir, settings.task, spec)
-        parts = _samples.get(parts_key) or _remember(_samples, parts_key, partition(data, spec))
+        parts_key = (settings.dataset, data_dir, settings.task, spec)
+        if parts_key not in _partitions:
+            _remember(_partitions, parts_key, partition(data, spec))
+        parts = _partitions[parts_key]
         train_rows, test_rows = train_test_split(parts[pid], settings.test_fraction, settings.seed, pid)
         _remember(_samples, key, _build(str(pid), data, train_rows, test_rows, settings))
     return _samples[key]

@@ -34,7 +34,8 @@ def test_face_federation_learns_and_writes_its_run_folder(tmp_path):
     assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4, 5]
     initial, final = rounds[0], rounds[-1]
     assert final["accuracy"] > initial["accuracy"] + 0.1, (initial["accuracy"], final["accuracy"])
-    assert final["accuracy"] > 1 / 7 + 0.1  # clearly above chance
+    # Clearly above chance, and not by predicting the majority class (whose macro-F1 is about 0.06).
+    assert final["accuracy"] > 1 / 7 + 0.15 and final["macro_f1"] > initial["macro_f1"] + 0.2
     for entry in rounds:
         counts = np.asarray(entry["confusion"]["counts"])
         assert counts.sum() == entry["eval_examples"] == sum(c["num_examples"] for c in entry["evaluate"]["clients"])
