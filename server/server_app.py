@@ -70,8 +70,12 @@ def main(grid: Grid, context: Context) -> None:
     initial = ArrayRecord(model.state_dict())
 
     # Round 0: the untrained global model, evaluated on every node, is the baseline to beat.
-    replies = grid.send_and_receive(strategy.configure_evaluate(0, initial, ConfigRecord(dict(node_config)), grid))
+    replies = list(grid.send_and_receive(strategy.configure_evaluate(0, initial, ConfigRecord(dict(node_config)), grid)))
     strategy.aggregate_evaluate(0, replies)
+    if replies and all(r.has_error() for r in replies):
+        # Every node failed before any training: the cause is shared (config or data), so stop here.
+        raise RuntimeError(f"all {len(replies)} nodes failed to evaluate the initial model; first reason: "
+                           f"{replies[0].error.reason}")
 
     result = strategy.start(
         grid=grid,

@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetFormatError, PartitionError, FileNotFoundError, FileExistsError) as err:
         print(f"fedemo: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a simulation that stopped; the cause is chained below it
+        cause = err.__cause__ or err
+        print(f"fedemo: error: {err}" + (f"\n  cause: {cause}" if cause is not err else ""), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

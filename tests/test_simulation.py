@@ -84,3 +84,15 @@ def test_cli_reports_config_errors_by_key(tmp_path, capsys):
     assert "partitioner" in capsys.readouterr().err
     assert fedemo(["simulate", "--set", "task=voice", "--set", "model=voice_crnn"]) == 2  # fer2013 is faces
     assert "dataset" in capsys.readouterr().err
+
+
+def test_a_federation_whose_nodes_all_fail_stops_with_their_reason(tmp_path, capsys):
+    code = fedemo(["simulate", str(REPO / "configs" / "quickstart.toml"),
+                   "--set", f'data-dir="{tmp_path / "fer"}"', "--set", f'runs-dir="{tmp_path / "runs"}"',
+                   "--set", "synth-samples=200", "--set", "partitioner=demographic",
+                   "--set", 'demographic-attribute="ethnicity"'])  # FER2013's sidecar has no ethnicity
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "all 4 nodes failed" in err and "ethnicity" in err
+    rounds = read_rounds(next((tmp_path / "runs").iterdir()))
+    assert len(rounds) == 1 and len(rounds[0]["evaluate"]["failures"]) == 4  # the failures are on record
