@@ -25,7 +25,9 @@ def test_flwr_run_from_the_repo_root(tmp_path):
     assert flwr, "the flwr CLI is installed with flwr[simulation]"
     flwr_home = tmp_path / "flwr-home"
     # As in an activated venv: `flwr` starts `flower-superlink` from PATH.
-    env = {**os.environ, "FLWR_HOME": str(flwr_home),
+    # FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION: without it the managed SuperLink `uv sync`s
+    # the app's dependencies into a fresh 6 GB environment on every new FLWR_HOME (see README).
+    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "PATH": f"{Path(flwr).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     run_config = (f'data-dir="{tmp_path / "data"}" runs-dir="{tmp_path / "runs"}" run-name="flwr-run" '
                   "synth-samples=300 num-server-rounds=1")
