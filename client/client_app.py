@@ -16,14 +16,17 @@ config, so the same app runs in simulation and on a real SuperNode.
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
+from client.dp_training import make_private, plan_round, steps_taken
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import ClientSamples, client_samples
+from client.privacy_ledger import LedgerError, PrivacyLedger
 from client.torch_data import NUM_MODEL_INPUTS
 from shared_models.registry import build_model
 from shared_models.run_settings import RunSettings
@@ -58,15 +61,55 @@ def _reply(msg: Message, samples: ClientSamples, metrics: dict, arrays: ArrayRec
 def train(msg: Message, context: Context) -> Message:
     settings, samples, device = _setup(msg, context)
     model = _global_model(msg, settings, device)
-    server_round = int(msg.content["config"].get("server-round", 0))
+    config = msg.content["config"]
+    server_round = int(config.get("server-round", 0))
     samples.train.reseed([settings.seed, server_round, zlib.crc32(samples.client_id.encode())])
     generator = torch.Generator().manual_seed(settings.seed * 100_003 + server_round)
     loader = DataLoader(samples.train, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = make_optimizer(model, settings)
-    stats = train_epochs(model, loader, optimizer, epochs=settings.local_epochs,
-                         n_inputs=NUM_MODEL_INPUTS[settings.task], device=device)
-    metrics = {"num-examples": len(samples.train), "skipped": samples.skipped, **stats}
-    return _reply(msg, samples, metrics, ArrayRecord(model.cpu().state_dict()))
+    n_inputs = NUM_MODEL_INPUTS[settings.task]
+    metrics: dict = {"num-examples": len(samples.train), "skipped": samples.skipped}
+    if not settings.dp:
+        metrics.update(train_epochs(model, loader, optimizer, epochs=settings.local_epochs,
+                                    n_inputs=n_inputs, device=device))
+        return _reply(msg, samples, metrics, ArrayRecord(model.cpu().state_dict()))
+
+    # Sample-level DP-SGD: check the ledger first, record the spend before replying.
+    ledger = open_ledger(settings, context, config, samples)
+    run = str(context.run_id)
+    plan = plan_round(ledger, run, batches_per_epoch=len(loader), local_epochs=settings.local_epochs,
+                      num_rounds=settings.num_server_rounds, max_grad_norm=settings.dp_max_grad_norm,
+                      max_noise=settings.dp_max_noise_multiplier)
+    ledger.check(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)  # raises: the node declines
+    private_model, private_optimizer, private_loader, engine = make_private(
+        model, optimizer, loader, plan, accountant=ledger.accountant, secure_mode=settings.dp_secure_mode)
+    metrics.update(train_epochs(private_model, private_loader, private_optimizer, epochs=settings.local_epochs,
+                                n_inputs=n_inputs, device=device, private=True))
+    event = ledger.record(run=run, server_round=server_round, noise_multiplier=plan.noise_multiplier,
+                          sample_rate=plan.sample_rate, steps=steps_taken(engine), max_grad_norm=plan.max_grad_norm)
+    metrics.update({
+        "dp-epsilon": event.epsilon_after, "dp-delta": ledger.delta, "dp-noise-multiplier": event.noise_multiplier,
+        "dp-sample-rate": event.sample_rate, "dp-steps": event.steps,
+        "dp-steps-total": sum(e.steps for e in ledger.events), "dp-max-grad-norm": event.max_grad_norm,
+        "dp-budget": ledger.epsilon_budget, "dp-budget-remaining": max(0.0, ledger.epsilon_budget - event.epsilon_after),
+    })
+    reply = _reply(msg, samples, metrics, ArrayRecord(private_model._module.cpu().state_dict()))
+    reply.content["client"]["dp-accountant"] = ledger.accountant
+    return reply
+
+
+def open_ledger(settings: RunSettings, context: Context, config: ConfigRecord, samples: ClientSamples) -> PrivacyLedger:
+    """The ledger of this node's dataset: node config's state folder, else the run's (simulation)."""
+    if "state-dir" in context.node_config:
+        state_dir = Path(str(context.node_config["state-dir"]))
+    else:
+        root = settings.state_dir or str(config.get("state-root", ""))
+        if not root:
+            raise LedgerError("DP is on but this node has no state folder: set node-config state-dir")
+        state_dir = Path(root) / f"client-{samples.client_id}"
+    delta = settings.dp_delta or 1.0 / (10 * max(len(samples.train), 1))
+    return PrivacyLedger.open(state_dir, dataset_id=samples.dataset_id, epsilon_budget=settings.dp_epsilon,
+                              delta=delta, accountant=settings.dp_accountant)
 
 
 @app.evaluate()

@@ -48,24 +48,37 @@ def _forward(model: nn.Module, inputs):
 
 
 def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
-                 epochs: int, n_inputs: int, device: torch.device, va_weight: float = 1.0) -> dict[str, float]:
-    """Plain local training; returns mean loss and the number of samples seen."""
+                 epochs: int, n_inputs: int, device: torch.device, va_weight: float = 1.0,
+                 private: bool = False) -> dict[str, float]:
+    """Local training; returns mean loss and the number of samples seen.
+
+    Under DP-SGD (``private``) every Poisson batch is a step, even an empty
+    one: skipping it would reveal that the batch was empty, and the accountant
+    assumes each step released a noisy update. The valence/arousal loss is
+    then a per-sample MSE, because CCC uses batch statistics and would tie one
+    sample's gradient to the others, defeating per-sample clipping.
+    """
     model.train()
     criterion = nn.CrossEntropyLoss()
     total_loss, seen = 0.0, 0
     for _ in range(epochs):
         for batch in loader:
             inputs, labels, va = _split_batch(batch, n_inputs, device)
-            if len(labels) == 0:  # Poisson sampling can draw an empty batch
+            if len(labels) == 0 and not private:
                 continue
             optimizer.zero_grad(set_to_none=True)
             logits, va_pred = _forward(model, inputs)
-            loss = criterion(logits, labels)
-            if va_pred is not None:
-                loss = loss + va_weight * ccc_loss(va_pred, va)
+            if len(labels) == 0:  # an empty DP step still goes through the (noisy) optimizer
+                loss = logits.sum() * 0.0
+            else:
+                loss = criterion(logits, labels)
+            if va_pred is not None and len(labels):
+                va_loss = nn.functional.mse_loss(va_pred, va) if private else ccc_loss(va_pred, va)
+                loss = loss + va_weight * va_loss
             loss.backward()
             optimizer.step()
-            total_loss += float(loss.detach()) * len(labels)
+            if len(labels):
+                total_loss += float(loss.detach()) * len(labels)
             seen += len(labels)
     return {"train-loss": total_loss / max(seen, 1), "train-samples": float(seen)}
 

@@ -41,6 +41,7 @@ class ClientSamples:
     client_id: str
     train: EmotionSamples
     test: EmotionSamples
+    dataset_id: str = ""  # what the privacy budget belongs to: this node's data, named stably
 
     @property
     def skipped(self) -> int:
@@ -73,7 +74,9 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
         if key not in _samples:
             data = _load(dataset, root, settings.task)
             train_rows, test_rows = _node_split(data, settings)
-            _remember(_samples, key, _build(client_id, data, train_rows, test_rows, settings))
+            samples = _build(client_id, data, train_rows, test_rows, settings)
+            samples.dataset_id = str(node_config.get("dataset-id", f"{dataset}:{Path(root).resolve()}"))
+            _remember(_samples, key, samples)
         return _samples[key]
 
     from simulations.partitioners import PartitionSpec, partition
@@ -88,7 +91,9 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
             _remember(_partitions, parts_key, partition(data, spec))
         parts = _partitions[parts_key]
         train_rows, test_rows = train_test_split(parts[pid], settings.test_fraction, settings.seed, pid)
-        _remember(_samples, key, _build(str(pid), data, train_rows, test_rows, settings))
+        samples = _build(str(pid), data, train_rows, test_rows, settings)
+        samples.dataset_id = f"{settings.dataset}:{data_dir}#{spec.method}-{num}-seed{spec.seed}/{pid}"
+        _remember(_samples, key, samples)
     return _samples[key]
 
 

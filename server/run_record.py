@@ -75,8 +75,13 @@ def training_summary(replies: list[Message]) -> dict[str, Any]:
         if r.has_error():
             continue
         m = r.content["metrics"]
-        clients.append({"client": _client_id(r), "num_examples": int(m["num-examples"]),
-                        "train_loss": float(m["train-loss"]), "skipped": int(m.get("skipped", 0))})
+        entry = {"client": _client_id(r), "num_examples": int(m["num-examples"]),
+                 "train_loss": float(m["train-loss"]), "skipped": int(m.get("skipped", 0))}
+        dp = {k[3:].replace("-", "_"): m[k] for k in m if k.startswith("dp-")}
+        if dp:  # what the node spent this round, as its ledger computed it
+            dp["accountant"] = str(r.content["client"].get("dp-accountant", ""))
+            entry["dp"] = dp
+        clients.append(entry)
     return {"clients": sorted(clients, key=lambda c: (len(c["client"]), c["client"])), "failures": _failures(replies)}
 
 

@@ -52,7 +52,8 @@ def main(grid: Grid, context: Context) -> None:
 
     model = build_model(settings.model, valence_arousal=settings.valence_arousal)
     log(INFO, "Model %s: %d parameters", settings.model, count_parameters(model))
-    node_config = ConfigRecord({"data-dir": str(data_dir)})
+    # Shared folders of a simulation, resolved once here: the dataset and the nodes' ledgers.
+    node_config = ConfigRecord({"data-dir": str(data_dir), "state-root": str(record.run_dir / "node-state")})
     if settings.task in ("voice", "fusion"):
         mean, std = global_feature_stats(grid, settings, node_config)
         model.set_feature_stats(torch.as_tensor(mean), torch.as_tensor(std))

@@ -59,6 +59,14 @@ class RunSettings:
     augment: bool
     device: str
     client_threads: int
+    dp: bool
+    dp_epsilon: float
+    dp_delta: float
+    dp_max_grad_norm: float
+    dp_max_noise_multiplier: float
+    dp_accountant: str
+    dp_secure_mode: bool
+    state_dir: str
     runs_dir: str
     run_name: str
 
@@ -114,6 +122,11 @@ class RunSettings:
         need(self.weight_decay >= 0, "weight-decay", "must be >= 0")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "choose auto, cpu or cuda[:N]")
+        need(self.dp_epsilon > 0, "dp-epsilon", "must be > 0")
+        need(0 <= self.dp_delta < 1, "dp-delta", "must be in [0, 1) (0: 1/(10 n))")
+        need(self.dp_max_grad_norm > 0, "dp-max-grad-norm", "must be > 0")
+        need(self.dp_max_noise_multiplier > 0.05, "dp-max-noise-multiplier", "must be > 0.05")
+        need(self.dp_accountant in ("prv", "rdp"), "dp-accountant", "choose prv or rdp")
         need(self.client_threads >= 1, "client-threads", "must be >= 1")
 
 

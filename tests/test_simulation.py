@@ -96,3 +96,31 @@ def test_a_federation_whose_nodes_all_fail_stops_with_their_reason(tmp_path, cap
     assert "all 4 nodes failed" in err and "ethnicity" in err
     rounds = read_rounds(next((tmp_path / "runs").iterdir()))
     assert len(rounds) == 1 and len(rounds[0]["evaluate"]["failures"]) == 4  # the failures are on record
+
+
+def test_dp_federation_reports_recomputable_epsilon_and_nodes_refuse_past_budget(tmp_path):
+    from client.privacy_ledger import PrivacyLedger, epsilon_of
+
+    base = {"data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "synth-samples": 400,
+            "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 2, "local-epochs": 1,
+            "dp": True, "dp-epsilon": 2.0, "dp-accountant": "rdp", "state-dir": str(tmp_path / "state")}
+    run_dir = run_simulation(None, {**base, "run-name": "dp1"})
+    rounds = read_rounds(run_dir)
+    history: dict[str, list] = {}
+    for entry in rounds[1:]:
+        assert not entry["train"]["failures"]
+        for c in entry["train"]["clients"]:
+            dp = c["dp"]
+            history.setdefault(c["client"], []).append((dp["noise_multiplier"], dp["sample_rate"], dp["steps"]))
+            # The reported epsilon is the accountant's, recomputed from the reported mechanism history.
+            assert dp["epsilon"] == pytest.approx(epsilon_of(history[c["client"]], dp["delta"], dp["accountant"]))
+            assert dp["epsilon"] <= 2.0 and dp["accountant"] == "rdp" and dp["max_grad_norm"] == 1.0
+    for client in history:
+        ledger = PrivacyLedger.load(tmp_path / "state" / f"client-{client}" / "privacy_ledger.json")
+        assert ledger.mechanisms() == history[client]  # the ledger holds exactly what was reported
+
+    # The budget belongs to the data: a second run on the same ledgers finds it spent and is declined.
+    rounds = read_rounds(run_simulation(None, {**base, "run-name": "dp2"}))
+    failures = rounds[1]["train"]["failures"]
+    assert len(failures) == 2 and all("declined" in f["reason"] for f in failures)
+    assert rounds[1]["train"]["clients"] == []

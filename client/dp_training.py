@@ -1,0 +1,92 @@
+"""Sample-level DP-SGD for one local round, with a noise level calibrated for the whole run.
+
+Flower's own Opacus example builds a fresh PrivacyEngine every round, so its
+epsilon never composes. Here the node's ledger holds every past event; the
+noise multiplier is calibrated once per run so that everything already spent
+plus the whole planned run (rounds x local epochs x 1/q steps at sample rate
+q = 1 / batches per epoch) stays within the dataset's budget, and each round is checked
+against the ledger before it trains and recorded after it.
+
+Poisson sampling (Opacus's DPDataLoader) is what the accountants assume, so
+it is always on: the epsilon reported is that of the sampling actually used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader
+
+from client.privacy_ledger import BudgetExceeded, PrivacyLedger, epsilon_of
+
+_MIN_SIGMA = 0.05
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    max_grad_norm: float
+
+
+def calibrate_noise(prior: list[tuple[float, float, int]], sample_rate: float, steps: int, *,
+                    target_epsilon: float, delta: float, accountant: str, max_noise: float = 10.0,
+                    tolerance: float = 0.01) -> float:
+    """Smallest noise multiplier (to ``tolerance``) keeping prior + planned steps within the target.
+
+    Beyond ``max_noise`` the updates are noise, not learning: a node whose
+    remaining budget would need more declines instead of pretending to train.
+    """
+    def eps(sigma: float) -> float:
+        return epsilon_of(prior + [(sigma, sample_rate, steps)], delta, accountant)
+
+    lo, hi = _MIN_SIGMA, max_noise
+    if eps(hi) > target_epsilon:
+        raise BudgetExceeded(f"run declined: no noise multiplier up to {hi:g} (dp-max-noise-multiplier) keeps epsilon within "
+                             f"{target_epsilon:g} for the planned training; the remaining budget is too small")
+    while hi - lo > tolerance:
+        mid = (lo + hi) / 2
+        if eps(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def plan_round(ledger: PrivacyLedger, run: str, *, batches_per_epoch: int, local_epochs: int,
+               num_rounds: int, max_grad_norm: float, max_noise: float) -> DPPlan:
+    """This run's noise level: the one already recorded for it, or a fresh calibration.
+
+    Opacus samples each record with q = 1 / (batches per epoch) and takes that
+    many steps per epoch, so those are the figures accounted for.
+    """
+    sample_rate = 1.0 / batches_per_epoch
+    steps_per_round = local_epochs * batches_per_epoch
+    earlier = [e for e in ledger.events if e.run == run]
+    if earlier:  # a run keeps one noise level, also across a node restart
+        sigma = earlier[0].noise_multiplier
+    else:
+        prior = ledger.mechanisms()
+        sigma = calibrate_noise(prior, sample_rate, steps_per_round * num_rounds,
+                                target_epsilon=ledger.epsilon_budget, delta=ledger.delta,
+                                accountant=ledger.accountant, max_noise=max_noise)
+    return DPPlan(sigma, sample_rate, steps_per_round, max_grad_norm)
+
+
+def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, plan: DPPlan, *,
+                 accountant: str, secure_mode: bool) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader, PrivacyEngine]:
+    engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
+    private_model, private_optimizer, private_loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader,
+        noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, poisson_sampling=True,
+    )
+    return private_model, private_optimizer, private_loader, engine
+
+
+def steps_taken(engine: PrivacyEngine) -> int:
+    """DP-SGD steps the engine's accountant counted this round (each a noisy release)."""
+    return int(sum(steps for _, _, steps in engine.accountant.history))

@@ -1,0 +1,197 @@
+"""A node's privacy ledger: every DP event ever spent on its dataset, in one file.
+
+Budgets belong to the data, not to a run: the ledger composes across rounds and
+across runs, and survives crashes and restarts.
+
+- Every write is atomic (temporary file, fsync, rename, fsync of the folder),
+  so a crash leaves either the old ledger or the new one, never half of one.
+- A ledger that cannot be read is an error, never a silent reset. So is a
+  missing ledger in a state folder that says it had one (``node.json``): a
+  deleted ledger would otherwise hand the data a fresh budget.
+- Epsilon is always recomputed from the recorded events (noise multiplier,
+  sample rate, steps) with the recorded accountant, so anyone holding the file
+  can recompute it with Opacus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opacus.accountants import create_accountant
+
+LEDGER_FILE = "privacy_ledger.json"
+NODE_FILE = "node.json"
+SCHEMA_VERSION = 1
+ACCOUNTANTS = ("prv", "rdp")
+
+
+class LedgerError(RuntimeError):
+    """The ledger is missing, corrupt or inconsistent; the node must not train."""
+
+
+class BudgetExceeded(RuntimeError):
+    """Training this round would spend more than the dataset's remaining budget."""
+
+
+@dataclass(frozen=True)
+class DPEvent:
+    run: str
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    accountant: str
+    max_grad_norm: float
+    epsilon_after: float
+    time: float = field(default_factory=time.time)
+
+
+def epsilon_of(events: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
+    """Epsilon of composed (noise multiplier, sample rate, steps) events under an Opacus accountant."""
+    if not events:
+        return 0.0
+    if accountant not in ACCOUNTANTS:
+        raise LedgerError(f"unknown accountant {accountant!r}; choose one of {', '.join(ACCOUNTANTS)}")
+    merged: list[list] = []
+    for sigma, q, steps in events:  # identical consecutive mechanisms compose as one with more steps
+        if merged and merged[-1][0] == sigma and merged[-1][1] == q:
+            merged[-1][2] += steps
+        else:
+            merged.append([sigma, q, steps])
+    acc = create_accountant(accountant)
+    acc.history = [tuple(m) for m in merged]
+    return float(acc.get_epsilon(delta))
+
+
+@dataclass
+class PrivacyLedger:
+    path: Path
+    dataset_id: str
+    epsilon_budget: float
+    delta: float
+    accountant: str
+    events: list[DPEvent] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ files
+    @classmethod
+    def open(cls, state_dir: str | Path, *, dataset_id: str, epsilon_budget: float, delta: float,
+             accountant: str) -> "PrivacyLedger":
+        """Open the node's ledger, creating it only in a state folder that never had one."""
+        state_dir = Path(state_dir)
+        path, node = state_dir / LEDGER_FILE, state_dir / NODE_FILE
+        if path.exists():
+            ledger = cls.load(path)
+            if ledger.dataset_id != dataset_id:
+                raise LedgerError(f"{path}: records dataset {ledger.dataset_id!r}, but this node now serves "
+                                  f"{dataset_id!r}; use a separate state folder per dataset")
+            return ledger
+        if node.exists():
+            raise LedgerError(f"{path} is missing but {node} shows this node kept one: refusing to start "
+                              "with a fresh budget; restore the ledger from backup")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        ledger = cls(path, dataset_id, epsilon_budget, delta, accountant)
+        ledger.save()
+        _atomic_write(node, {"schema_version": SCHEMA_VERSION, "dataset_id": dataset_id, "ledger": LEDGER_FILE})
+        return ledger
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PrivacyLedger":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            if raw.get("schema_version") != SCHEMA_VERSION:
+                raise LedgerError(f"{path}: schema_version {raw.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+            budget = raw["budget"]
+            return cls(path=path, dataset_id=raw["dataset_id"], epsilon_budget=float(budget["epsilon"]),
+                       delta=float(budget["delta"]), accountant=raw["accountant"],
+                       events=[DPEvent(**e) for e in raw["events"]])
+        except LedgerError:
+            raise
+        except FileNotFoundError as err:
+            raise LedgerError(f"{path}: privacy ledger not found") from err
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise LedgerError(f"{path}: privacy ledger is unreadable or corrupt ({err}); "
+                              "the node will not train until it is restored") from err
+
+    def save(self) -> None:
+        _atomic_write(self.path, {
+            "schema_version": SCHEMA_VERSION,
+            "dataset_id": self.dataset_id,
+            "accountant": self.accountant,
+            "budget": {"epsilon": self.epsilon_budget, "delta": self.delta},
+            "events": [asdict(e) for e in self.events],
+        })
+
+    # ---------------------------------------------------------------- budget
+    def mechanisms(self) -> list[tuple[float, float, int]]:
+        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.events]
+
+    def spent(self) -> float:
+        return epsilon_of(self.mechanisms(), self.delta, self.accountant)
+
+    def remaining(self) -> float:
+        return max(0.0, self.epsilon_budget - self.spent())
+
+    def check(self, noise_multiplier: float, sample_rate: float, steps: int) -> float:
+        """Epsilon after a planned round; raises BudgetExceeded if it would pass the budget."""
+        after = epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
+        if after > self.epsilon_budget:
+            raise BudgetExceeded(
+                f"round declined: it would bring epsilon to {after:.3f} (budget {self.epsilon_budget:g} at "
+                f"delta {self.delta:.2e}, spent {self.spent():.3f}); ledger {self.path}")
+        return after
+
+    def record(self, *, run: str, server_round: int, noise_multiplier: float, sample_rate: float, steps: int,
+               max_grad_norm: float) -> DPEvent:
+        """Append a spent round and persist it before anything is sent."""
+        after = epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
+        event = DPEvent(run=run, round=server_round, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                        steps=steps, accountant=self.accountant, max_grad_norm=max_grad_norm, epsilon_after=after)
+        self.events.append(event)
+        self.save()
+        return event
+
+    def summary(self) -> dict[str, Any]:
+        per_run: dict[str, dict[str, Any]] = {}
+        for e in self.events:
+            r = per_run.setdefault(e.run, {"rounds": 0, "steps": 0, "epsilon_after": 0.0})
+            r["rounds"] += 1
+            r["steps"] += e.steps
+            r["epsilon_after"] = e.epsilon_after
+        return {"dataset_id": self.dataset_id, "accountant": self.accountant, "delta": self.delta,
+                "budget": self.epsilon_budget, "spent": self.spent(), "remaining": self.remaining(),
+                "runs": per_run}
+
+    def describe(self) -> str:
+        """The ledger in plain words, for hospital staff and auditors."""
+        s = self.summary()
+        lines = [f"Privacy ledger {self.path}",
+                 f"  dataset {s['dataset_id']}: budget epsilon {s['budget']:g} at delta {s['delta']:.2e} "
+                 f"({s['accountant'].upper()} accountant)",
+                 f"  spent epsilon {s['spent']:.3f}, remaining {s['remaining']:.3f}"]
+        for run, r in s["runs"].items():
+            lines.append(f"  run {run}: {r['rounds']} rounds, {r['steps']} DP-SGD steps, "
+                         f"epsilon {r['epsilon_after']:.3f} after it")
+        if not s["runs"]:
+            lines.append("  no training recorded yet")
+        return "\n".join(lines)
+
+
+def _atomic_write(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
