@@ -3,6 +3,7 @@
     fedemo simulate CONFIG [--set key=value ...]     federated simulation (Flower engine)
     fedemo baseline CONFIG [--set key=value ...]     centralised baseline on the same rows
     fedemo data synth DATASET --out DIR [--n N] [--seed S] [--with-faces]
+    fedemo ledger STATE_DIR [--json]                 a node's privacy budget: spent, remaining, per run
 
 Errors a user can fix (bad config, malformed data) are printed as one line
 naming the file or key, with exit code 2, instead of a traceback.
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from client.loaders.base import DatasetFormatError
+from client.privacy_ledger import LedgerError
 from shared_models.run_settings import ConfigError
 from simulations.partitioners import PartitionError
 
@@ -68,6 +70,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from client.privacy_ledger import LEDGER_FILE, PrivacyLedger
+
+    path = args.state_dir / LEDGER_FILE if args.state_dir.is_dir() else args.state_dir
+    ledger = PrivacyLedger.load(path)
+    print(json.dumps(ledger.summary(), indent=2) if args.json else ledger.describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedemo", description="Federated emotion recognition (Flower + Opacus)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--epochs", type=int, default=None, help="default: rounds x local epochs of the config")
     p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("ledger", help="show a node's privacy ledger in plain words (spent, remaining, per run)")
+    p.add_argument("state_dir", type=Path, help="the node's state folder (or its privacy_ledger.json)")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.set_defaults(func=cmd_ledger)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write a synthetic dataset in a published format")
@@ -96,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetFormatError, PartitionError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, DatasetFormatError, PartitionError, LedgerError, FileNotFoundError, FileExistsError) as err:
         print(f"fedemo: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # a simulation that stopped; the cause is chained below it

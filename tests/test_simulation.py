@@ -124,3 +124,15 @@ def test_dp_federation_reports_recomputable_epsilon_and_nodes_refuse_past_budget
     failures = rounds[1]["train"]["failures"]
     assert len(failures) == 2 and all("declined" in f["reason"] for f in failures)
     assert rounds[1]["train"]["clients"] == []
+
+
+def test_ledger_command_describes_spent_and_remaining_budget(tmp_path, capsys):
+    from client.privacy_ledger import PrivacyLedger
+
+    ledger = PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=3.0, delta=1e-5, accountant="rdp")
+    ledger.record(run="42", server_round=1, noise_multiplier=1.5, sample_rate=0.1, steps=10, max_grad_norm=1.0)
+    assert fedemo(["ledger", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "budget epsilon 3" in out and "remaining" in out and "run 42: 1 rounds, 10 DP-SGD steps" in out
+    assert fedemo(["ledger", str(tmp_path / "nowhere")]) == 2
+    assert "not found" in capsys.readouterr().err
