@@ -26,8 +26,7 @@ from server.server_app import prepare_data_dir
 from shared_models.audio_features import combine_moments
 from shared_models.registry import build_model
 from simulations.partitioners import PartitionSpec, partition
-from simulations.run_config import load_run_config
-from simulations.simulate import _resolve_paths
+from simulations.run_config import prepare_run
 
 
 def pooled_rows(data, settings) -> tuple[np.ndarray, np.ndarray]:
@@ -43,12 +42,7 @@ def pooled_rows(data, settings) -> tuple[np.ndarray, np.ndarray]:
 
 def run_centralised(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
                     epochs: int | None = None) -> Path:
-    config, settings = load_run_config(config_file, overrides)
-    config = _resolve_paths(config)
-    config["run-name"] = settings.run_name or time.strftime("%Y%m%d-%H%M%S") + f"-{settings.task}-centralised"
-    from shared_models.run_settings import RunSettings
-
-    settings = RunSettings.from_config(config)
+    _, settings = prepare_run(config_file, overrides, label="centralised")
     torch.manual_seed(settings.seed)
     data_dir = prepare_data_dir(settings)
     # As many passes over the data as the federation makes on average (sampled clients x local epochs).

@@ -6,6 +6,7 @@ here, so a config means exactly what it means to ``flwr run . --run-config``.
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -62,3 +63,18 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             out[key.strip()] = raw  # a bare string
     return out
+
+
+def prepare_run(config_file: str | Path | None, overrides: dict[str, Any] | None, label: str
+                ) -> tuple[dict[str, Any], RunSettings]:
+    """A run's config ready to start: absolute folders and a run name.
+
+    Relative ``data-dir``/``runs-dir`` mean relative to where the user typed
+    the command; an empty ``run-name`` becomes ``<time>-<task>-<label>``.
+    """
+    config, settings = load_run_config(config_file, overrides)
+    for key in ("data-dir", "runs-dir"):
+        config[key] = str(Path(str(config[key])).expanduser().resolve())
+    if not settings.run_name:
+        config["run-name"] = f"{time.strftime('%Y%m%d-%H%M%S')}-{settings.task}-{label}"
+    return config, RunSettings.from_config(config)

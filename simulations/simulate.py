@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shared_models.run_settings import RunSettings
-from simulations.run_config import load_run_config, project_dir
+from simulations.run_config import prepare_run, project_dir
 
 
 def backend_config(settings: RunSettings) -> dict[str, Any]:
@@ -26,21 +26,9 @@ def backend_config(settings: RunSettings) -> dict[str, Any]:
     return {"client_resources": resources, "init_args": {"logging_level": "error", "log_to_driver": True}}
 
 
-def _resolve_paths(config: dict[str, Any]) -> dict[str, Any]:
-    """Relative data and run folders mean relative to where the user typed the command."""
-    out = dict(config)
-    for key in ("data-dir", "runs-dir"):
-        out[key] = str(Path(str(out[key])).expanduser().resolve())
-    return out
-
-
 def run_simulation(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Path:
     """Run one simulation; returns the run folder it wrote."""
-    config, settings = load_run_config(config_file, overrides)
-    config = _resolve_paths(config)
-    if not settings.run_name:
-        config["run-name"] = time.strftime("%Y%m%d-%H%M%S") + f"-{settings.task}-{os.getpid()}"
-    settings = RunSettings.from_config(config)
+    config, settings = prepare_run(config_file, overrides, label=str(os.getpid()))
     os.environ.setdefault("FLWR_HOME", str(Path(settings.runs_dir) / ".flwr"))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Opacus installs a root log handler on import; without this every Flower line prints twice.
