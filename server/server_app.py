@@ -147,6 +147,7 @@ class RoundLog:
         self.num_rounds = num_rounds
         self.pending_train: dict[int, dict] = {}
         self.history: list[dict] = []
+        self.privacy: dict[str, dict] = {}  # client -> its latest DP report (epsilon spent so far, ...)
 
     def attach(self, strategy) -> None:
         aggregate_train, aggregate_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
@@ -165,6 +166,9 @@ class RoundLog:
 
     def log(self, server_round: int, evaluation: dict) -> None:
         entry = {"round": server_round, **evaluation, "train": self.pending_train.pop(server_round, None)}
+        for client in (entry["train"] or {}).get("clients", []):
+            if "dp" in client:
+                self.privacy[client["client"]] = client["dp"]
         self.record.log_round(entry)
         self.history.append(entry)
         trained = len(entry["train"]["clients"]) if entry["train"] else 0
@@ -172,6 +176,8 @@ class RoundLog:
         extra = ""
         if "ccc_valence" in entry:
             extra = f" ccc-v {entry['ccc_valence']:.3f} ccc-a {entry['ccc_arousal']:.3f}"
+        if self.privacy:
+            extra += f"  max client epsilon {max(p['epsilon'] for p in self.privacy.values()):.3f}"
         log(INFO, "[fedemo] round %d/%d  loss %.4f  accuracy %.3f  macro-F1 %.3f  UAR %.3f%s  "
             "(%d clients trained, %d evaluated on %d samples, %d failures)",
             server_round, self.num_rounds, entry["loss"] or float("nan"), entry["accuracy"], entry["macro_f1"],
@@ -182,7 +188,11 @@ class RoundLog:
             keys = ("round", "loss", "accuracy", "macro_f1", "uar", "ccc_valence", "ccc_arousal", "eval_examples")
             return {k: entry[k] for k in keys if k in entry}
 
+        privacy = {}
+        if self.privacy:
+            privacy = {"max_epsilon": max(p["epsilon"] for p in self.privacy.values()), "clients": self.privacy}
         return {
+            "privacy": privacy,
             "rounds": len(self.history) - 1,
             "elapsed_s": round(time.time() - self.record.started, 2),
             "initial": headline(self.history[0]) if self.history else {},

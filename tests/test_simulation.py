@@ -115,7 +115,10 @@ def test_dp_federation_reports_recomputable_epsilon_and_nodes_refuse_past_budget
             # The reported epsilon is the accountant's, recomputed from the reported mechanism history.
             assert dp["epsilon"] == pytest.approx(epsilon_of(history[c["client"]], dp["delta"], dp["accountant"]))
             assert dp["epsilon"] <= 2.0 and dp["accountant"] == "rdp" and dp["max_grad_norm"] == 1.0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["privacy"]["max_epsilon"] == max(c["epsilon"] for c in summary["privacy"]["clients"].values())
     for client in history:
+        assert summary["privacy"]["clients"][client]["steps_total"] == sum(h[2] for h in history[client])
         ledger = PrivacyLedger.load(tmp_path / "state" / f"client-{client}" / "privacy_ledger.json")
         assert ledger.mechanisms() == history[client]  # the ledger holds exactly what was reported
 
