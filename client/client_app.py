@@ -80,13 +80,15 @@ def train(msg: Message, context: Context) -> Message:
     plan = plan_round(ledger, run, batches_per_epoch=len(loader), local_epochs=settings.local_epochs,
                       num_rounds=settings.num_server_rounds, max_grad_norm=settings.dp_max_grad_norm,
                       max_noise=settings.dp_max_noise_multiplier)
-    ledger.check(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)  # raises: the node declines
+    planned_epsilon = ledger.check(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)  # raises: declines
     private_model, private_optimizer, private_loader, engine = make_private(
         model, optimizer, loader, plan, accountant=ledger.accountant, secure_mode=settings.dp_secure_mode)
     metrics.update(train_epochs(private_model, private_loader, private_optimizer, epochs=settings.local_epochs,
                                 n_inputs=n_inputs, device=device, private=True))
+    steps = steps_taken(engine)  # Opacus's Poisson loader takes exactly the planned steps; recompute if not
     event = ledger.record(run=run, server_round=server_round, noise_multiplier=plan.noise_multiplier,
-                          sample_rate=plan.sample_rate, steps=steps_taken(engine), max_grad_norm=plan.max_grad_norm)
+                          sample_rate=plan.sample_rate, steps=steps, max_grad_norm=plan.max_grad_norm,
+                          epsilon_after=planned_epsilon if steps == plan.steps_per_round else None)
     metrics.update({
         "dp-epsilon": event.epsilon_after, "dp-delta": ledger.delta, "dp-noise-multiplier": event.noise_multiplier,
         "dp-sample-rate": event.sample_rate, "dp-steps": event.steps,

@@ -41,7 +41,7 @@ class ClientSamples:
     client_id: str
     train: EmotionSamples
     test: EmotionSamples
-    dataset_id: str = ""  # what the privacy budget belongs to: this node's data, named stably
+    dataset_id: str  # what the privacy budget belongs to: this node's data, named stably
 
     @property
     def skipped(self) -> int:
@@ -74,9 +74,8 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
         if key not in _samples:
             data = _load(dataset, root, settings.task)
             train_rows, test_rows = _node_split(data, settings)
-            samples = _build(client_id, data, train_rows, test_rows, settings)
-            samples.dataset_id = str(node_config.get("dataset-id", f"{dataset}:{Path(root).resolve()}"))
-            _remember(_samples, key, samples)
+            dataset_id = str(node_config.get("dataset-id", f"{dataset}:{Path(root).resolve()}"))
+            _remember(_samples, key, _build(client_id, dataset_id, data, train_rows, test_rows, settings))
         return _samples[key]
 
     from simulations.partitioners import PartitionSpec, partition
@@ -91,9 +90,8 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
             _remember(_partitions, parts_key, partition(data, spec))
         parts = _partitions[parts_key]
         train_rows, test_rows = train_test_split(parts[pid], settings.test_fraction, settings.seed, pid)
-        samples = _build(str(pid), data, train_rows, test_rows, settings)
-        samples.dataset_id = f"{settings.dataset}:{data_dir}#{spec.method}-{num}-seed{spec.seed}/{pid}"
-        _remember(_samples, key, samples)
+        dataset_id = f"{settings.dataset}:{data_dir}#{spec.method}-{num}-seed{spec.seed}/{pid}"
+        _remember(_samples, key, _build(str(pid), dataset_id, data, train_rows, test_rows, settings))
     return _samples[key]
 
 
@@ -105,12 +103,14 @@ def _node_split(data: EmotionData, settings: RunSettings) -> tuple[np.ndarray, n
     return train_test_split(np.arange(len(data)), settings.test_fraction, settings.seed, 0)
 
 
-def _build(client_id: str, data: EmotionData, train_rows, test_rows, settings: RunSettings) -> ClientSamples:
+def _build(client_id: str, dataset_id: str, data: EmotionData, train_rows, test_rows,
+           settings: RunSettings) -> ClientSamples:
     seed = [settings.seed, zlib.crc32(client_id.encode())]
     return ClientSamples(
         client_id=client_id,
         train=EmotionSamples(data.subset(train_rows), settings.task, augment=settings.augment, seed=seed),
         test=EmotionSamples(data.subset(test_rows), settings.task, augment=False, seed=seed),
+        dataset_id=dataset_id,
     )
 
 

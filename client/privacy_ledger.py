@@ -147,9 +147,16 @@ class PrivacyLedger:
         return after
 
     def record(self, *, run: str, server_round: int, noise_multiplier: float, sample_rate: float, steps: int,
-               max_grad_norm: float) -> DPEvent:
-        """Append a spent round and persist it before anything is sent."""
-        after = epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
+               max_grad_norm: float, epsilon_after: float | None = None) -> DPEvent:
+        """Append a spent round and persist it before anything is sent.
+
+        ``epsilon_after`` is what :meth:`check` returned for exactly these
+        figures; passing it spares a second accountant computation (seconds
+        with PRV). Without it the epsilon is computed here.
+        """
+        after = epsilon_after
+        if after is None:
+            after = epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
         event = DPEvent(run=run, round=server_round, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
                         steps=steps, accountant=self.accountant, max_grad_norm=max_grad_norm, epsilon_after=after)
         self.events.append(event)

@@ -45,6 +45,11 @@ def _client_id(reply: Message) -> str:
     return str(reply.metadata.src_node_id)
 
 
+def _by_client(entry: dict[str, Any]) -> tuple[int, str]:
+    """Natural order of client ids: "2" before "10"."""
+    return len(entry["client"]), entry["client"]
+
+
 def _failures(replies: list[Message]) -> list[dict[str, Any]]:
     return [{"node_id": r.metadata.src_node_id, "reason": r.error.reason} for r in replies if r.has_error()]
 
@@ -65,7 +70,7 @@ def evaluation_summary(replies: list[Message]) -> dict[str, Any]:
     if va is not None and n:
         out["ccc_valence"], out["ccc_arousal"] = ccc_from_moments(va, n)
     out["confusion"] = {"labels": list(EMOTIONS), "counts": confusion.tolist()}
-    out["evaluate"] = {"clients": sorted(clients, key=lambda c: (len(c["client"]), c["client"])), "failures": _failures(replies)}
+    out["evaluate"] = {"clients": sorted(clients, key=_by_client), "failures": _failures(replies)}
     return out
 
 
@@ -82,7 +87,7 @@ def training_summary(replies: list[Message]) -> dict[str, Any]:
             dp["accountant"] = str(r.content["client"].get("dp-accountant", ""))
             entry["dp"] = dp
         clients.append(entry)
-    return {"clients": sorted(clients, key=lambda c: (len(c["client"]), c["client"])), "failures": _failures(replies)}
+    return {"clients": sorted(clients, key=_by_client), "failures": _failures(replies)}
 
 
 @dataclass
