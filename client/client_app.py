@@ -23,15 +23,21 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
+from client.central_dp_clipping import central_dp_clipping_mod
 from client.dp_training import make_private, plan_round, steps_taken
+from client.fairness_weights import WeightedSamples
+from client.group_counts import group_count_metrics, planned_eval_releases, release_noised_counts, sample_groups
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import ClientSamples, client_samples
+from client.outgoing_audit import outgoing_audit_mod
 from client.privacy_ledger import LedgerError, PrivacyLedger
+from client.secure_aggregation import secure_aggregation_mod
 from client.torch_data import NUM_MODEL_INPUTS
 from shared_models.registry import build_model
+from shared_models.run_settings import UPDATE_WEIGHT_KEY
 from shared_models.run_settings import RunSettings
 
-app = ClientApp()
+app = ClientApp(mods=[outgoing_audit_mod])  # a deployed node logs what it sends (client/outgoing_audit.py)
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunSettings, ClientSamples, torch.device]:
@@ -51,13 +57,14 @@ def _global_model(msg: Message, settings: RunSettings, device: torch.device) -> 
 
 
 def _reply(msg: Message, samples: ClientSamples, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
+    metrics = {**metrics, UPDATE_WEIGHT_KEY: 1}  # equal weights: what client-level central DP averages by
     content = RecordDict({"metrics": MetricRecord(metrics), "client": ConfigRecord({"client-id": samples.client_id})})
     if arrays is not None:
         content["arrays"] = arrays
     return Message(content=content, reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[secure_aggregation_mod, central_dp_clipping_mod])  # each passes through unless its mode is on
 def train(msg: Message, context: Context) -> Message:
     settings, samples, device = _setup(msg, context)
     model = _global_model(msg, settings, device)
@@ -65,7 +72,9 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config.get("server-round", 0))
     samples.train.reseed([settings.seed, server_round, zlib.crc32(samples.client_id.encode())])
     generator = torch.Generator().manual_seed(settings.seed * 100_003 + server_round)
-    loader = DataLoader(samples.train, batch_size=settings.batch_size, shuffle=True, generator=generator)
+    # fairness-reweight: each sample's loss weighted by 1 / its group's share on this node (per sample, DP-safe)
+    train_set = WeightedSamples(samples.train, settings.fairness_reweight) if settings.fairness_reweight else samples.train
+    loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = make_optimizer(model, settings)
     n_inputs = NUM_MODEL_INPUTS[settings.task]
     metrics: dict = {"num-examples": len(samples.train), "skipped": samples.skipped}
@@ -79,7 +88,9 @@ def train(msg: Message, context: Context) -> Message:
     run = str(context.run_id)
     plan = plan_round(ledger, run, batches_per_epoch=len(loader), local_epochs=settings.local_epochs,
                       num_rounds=settings.num_server_rounds, max_grad_norm=settings.dp_max_grad_norm,
-                      max_noise=settings.dp_max_noise_multiplier)
+                      max_noise=settings.dp_max_noise_multiplier,
+                      reserved=planned_eval_releases(settings.dataset, settings.eval_dp_noise_multiplier,
+                                                     settings.num_server_rounds))
     planned_epsilon = ledger.check(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)  # raises: declines
     private_model, private_optimizer, private_loader, engine = make_private(
         model, optimizer, loader, plan, accountant=ledger.accountant, secure_mode=settings.dp_secure_mode)
@@ -101,9 +112,12 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def open_ledger(settings: RunSettings, context: Context, config: ConfigRecord, samples: ClientSamples) -> PrivacyLedger:
-    """The ledger of this node's dataset: node config's state folder, else the run's (simulation)."""
+    """The ledger of this node's dataset: node config's state folder, else the run's (simulation only)."""
     if "state-dir" in context.node_config:
-        state_dir = Path(str(context.node_config["state-dir"]))
+        state_dir = Path(str(context.node_config["state-dir"])).expanduser()
+    elif "data-path" in context.node_config:  # a deployed node never keeps its budget in the coordinator's folders
+        raise LedgerError('DP is on but this node has no state folder for its privacy ledger: add '
+                          'state-dir="/absolute/path" to its --node-config')
     else:
         root = settings.state_dir or str(config.get("state-root", ""))
         if not root:
@@ -119,7 +133,8 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     settings, samples, device = _setup(msg, context)
     model = _global_model(msg, settings, device)
     loader = DataLoader(samples.test, batch_size=max(settings.batch_size, 64))
-    counts = evaluate(model, loader, n_inputs=NUM_MODEL_INPUTS[settings.task], device=device)
+    counts = evaluate(model, loader, n_inputs=NUM_MODEL_INPUTS[settings.task], device=device,
+                      groups=sample_groups(samples.test.data, settings.dataset))
     metrics = {
         "num-examples": counts.n,
         "loss-sum": counts.loss_sum,
@@ -128,6 +143,14 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     }
     if counts.va_moments is not None:
         metrics["va-moments"] = [float(v) for v in counts.va_moments.ravel()]
+    group_confusion = counts.group_confusion
+    if settings.eval_dp_noise_multiplier > 0:  # noised per-group counts: checked against and spent from the ledger
+        config = msg.content["config"] if "config" in msg.content else ConfigRecord()
+        group_confusion, event = release_noised_counts(
+            group_confusion, ledger=open_ledger(settings, context, config, samples), run=str(context.run_id),
+            server_round=int(config.get("server-round", 0)), noise_multiplier=settings.eval_dp_noise_multiplier)
+        metrics.update({"grp-dp-noise-multiplier": event.noise_multiplier, "grp-dp-epsilon": event.epsilon_after})
+    metrics.update(group_count_metrics(group_confusion, settings.dataset))
     return _reply(msg, samples, metrics)
 
 

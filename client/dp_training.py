@@ -58,19 +58,22 @@ def calibrate_noise(prior: list[tuple[float, float, int]], sample_rate: float, s
 
 
 def plan_round(ledger: PrivacyLedger, run: str, *, batches_per_epoch: int, local_epochs: int,
-               num_rounds: int, max_grad_norm: float, max_noise: float) -> DPPlan:
+               num_rounds: int, max_grad_norm: float, max_noise: float,
+               reserved: list[tuple[float, float, int]] | None = None) -> DPPlan:
     """This run's noise level: the one already recorded for it, or a fresh calibration.
 
     Opacus samples each record with q = 1 / (batches per epoch) and takes that
-    many steps per epoch, so those are the figures accounted for.
+    many steps per epoch, so those are the figures accounted for. ``reserved``
+    are other releases the run still plans (noised evaluation counts), left
+    room for in the calibration.
     """
     sample_rate = 1.0 / batches_per_epoch
     steps_per_round = local_epochs * batches_per_epoch
-    earlier = [e for e in ledger.events if e.run == run]
+    earlier = [e for e in ledger.events if e.run == run and e.kind == "train"]
     if earlier:  # a run keeps one noise level, also across a node restart
         sigma = earlier[0].noise_multiplier
     else:
-        prior = ledger.mechanisms()
+        prior = ledger.mechanisms() + list(reserved or [])
         sigma = calibrate_noise(prior, sample_rate, steps_per_round * num_rounds,
                                 target_epsilon=ledger.epsilon_budget, delta=ledger.delta,
                                 accountant=ledger.accountant, max_noise=max_noise)

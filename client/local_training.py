@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 
 from shared_models.taxonomy import NUM_EMOTIONS
 from shared_models.voice_models import ccc_loss
@@ -57,6 +57,10 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     assumes each step released a noisy update. The valence/arousal loss is
     then a per-sample MSE, because CCC uses batch statistics and would tie one
     sample's gradient to the others, defeating per-sample clipping.
+
+    Items with one more field than ``(*inputs, label, va)`` carry a per-sample
+    loss weight (``client.fairness_weights``): the classification loss is then
+    the mean of weight x cross-entropy, still one term per sample.
     """
     model.train()
     criterion = nn.CrossEntropyLoss()
@@ -64,12 +68,15 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     for _ in range(epochs):
         for batch in loader:
             inputs, labels, va = _split_batch(batch, n_inputs, device)
+            weights = batch[n_inputs + 2].to(device) if len(batch) > n_inputs + 2 else None
             if len(labels) == 0 and not private:
                 continue
             optimizer.zero_grad(set_to_none=True)
             logits, va_pred = _forward(model, inputs)
             if len(labels) == 0:  # an empty DP step still goes through the (noisy) optimizer
                 loss = logits.sum() * 0.0
+            elif weights is not None:
+                loss = (nn.functional.cross_entropy(logits, labels, reduction="none") * weights).mean()
             else:
                 loss = criterion(logits, labels)
             if va_pred is not None and len(labels):
@@ -91,11 +98,23 @@ class EvalCounts:
     n: int
     confusion: np.ndarray  # (7, 7) int64, rows = true class, columns = predicted
     va_moments: np.ndarray | None = None  # (2, 5): per dimension sum p, sum t, sum pp, sum tt, sum pt
+    group_confusion: dict[str, np.ndarray] | None = None  # attribute -> (groups, 7, 7) int64, per demographic group
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, *, n_inputs: int, device: torch.device) -> EvalCounts:
+def evaluate(model: nn.Module, loader: DataLoader, *, n_inputs: int, device: torch.device,
+             groups: dict[str, tuple[np.ndarray, int]] | None = None) -> EvalCounts:
+    """Counts of one pass over ``loader``.
+
+    ``groups`` maps a demographic attribute to (group index of every sample in
+    loader order, number of groups); it adds one confusion matrix per group,
+    so the loader must not shuffle.
+    """
+    if groups and not isinstance(loader.sampler, SequentialSampler):
+        raise ValueError("per-group evaluation needs a loader in dataset order (shuffle=False)")
     model.eval()
+    group_confusion = {attr: np.zeros((size, NUM_EMOTIONS, NUM_EMOTIONS), dtype=np.int64)
+                       for attr, (_, size) in (groups or {}).items()}
     criterion = nn.CrossEntropyLoss(reduction="sum")
     confusion = np.zeros((NUM_EMOTIONS, NUM_EMOTIONS), dtype=np.int64)
     loss_sum, n = 0.0, 0
@@ -106,9 +125,13 @@ def evaluate(model: nn.Module, loader: DataLoader, *, n_inputs: int, device: tor
         loss_sum += float(criterion(logits, labels))
         n += len(labels)
         pred = logits.argmax(dim=1).cpu().numpy()
-        np.add.at(confusion, (labels.cpu().numpy(), pred), 1)
+        true = labels.cpu().numpy()
+        np.add.at(confusion, (true, pred), 1)
+        for attr, (codes, _) in (groups or {}).items():
+            np.add.at(group_confusion[attr], (codes[n - len(true):n], true, pred), 1)
         if va_pred is not None:
             p, t = va_pred.double().cpu(), va.double().cpu()
             moments = torch.stack([p.sum(0), t.sum(0), (p * p).sum(0), (t * t).sum(0), (p * t).sum(0)], dim=1)
             va_moments = moments.numpy() if va_moments is None else va_moments + moments.numpy()
-    return EvalCounts(loss_sum=loss_sum, n=n, confusion=confusion, va_moments=va_moments)
+    return EvalCounts(loss_sum=loss_sum, n=n, confusion=confusion, va_moments=va_moments,
+                      group_confusion=group_confusion if groups else None)

@@ -80,6 +80,11 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
 
     from simulations.partitioners import PartitionSpec, partition
 
+    if "partition-id" not in node_config:
+        raise ValueError("this node has no data: name its folder in its node config (data-path=\"...\" "
+                         "dataset-format=\"...\"), or simulate (partition-id) with a run-config data-dir")
+    if not data_dir:
+        raise ValueError("a simulated node needs the run's data-dir, which is empty (a deployment config?)")
     pid, num = int(node_config["partition-id"]), int(node_config["num-partitions"])
     spec = PartitionSpec.from_settings(settings, num)
     key = ("sim", settings.dataset, data_dir, settings.task, spec, pid, settings.test_fraction, settings.augment)

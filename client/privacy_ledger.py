@@ -22,12 +22,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from opacus.accountants import create_accountant
 
 LEDGER_FILE = "privacy_ledger.json"
 NODE_FILE = "node.json"
 SCHEMA_VERSION = 1
 ACCOUNTANTS = ("prv", "rdp")
+# What a ledger event released: a DP-SGD training round, or noised per-group evaluation counts
+# (one Gaussian mechanism per attribute histogram, sample rate 1). Files without "kind" are training.
+EVENT_KINDS = ("train", "eval-counts")
 
 
 class LedgerError(RuntimeError):
@@ -49,6 +53,7 @@ class DPEvent:
     max_grad_norm: float
     epsilon_after: float
     time: float = field(default_factory=time.time)
+    kind: str = "train"  # EVENT_KINDS; for "eval-counts", max_grad_norm holds the L2 sensitivity per histogram
 
 
 def epsilon_of(events: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
@@ -65,7 +70,8 @@ def epsilon_of(events: list[tuple[float, float, int]], delta: float, accountant:
             merged.append([sigma, q, steps])
     acc = create_accountant(accountant)
     acc.history = [tuple(m) for m in merged]
-    return float(acc.get_epsilon(delta))
+    with np.errstate(divide="ignore"):  # PRV takes log(1 - q) = log(0) for sample rate 1 (eval counts); harmless
+        return float(acc.get_epsilon(delta))
 
 
 @dataclass
@@ -147,18 +153,21 @@ class PrivacyLedger:
         return after
 
     def record(self, *, run: str, server_round: int, noise_multiplier: float, sample_rate: float, steps: int,
-               max_grad_norm: float, epsilon_after: float | None = None) -> DPEvent:
+               max_grad_norm: float, epsilon_after: float | None = None, kind: str = "train") -> DPEvent:
         """Append a spent round and persist it before anything is sent.
 
         ``epsilon_after`` is what :meth:`check` returned for exactly these
         figures; passing it spares a second accountant computation (seconds
         with PRV). Without it the epsilon is computed here.
         """
+        if kind not in EVENT_KINDS:
+            raise LedgerError(f"unknown ledger event kind {kind!r}; known: {', '.join(EVENT_KINDS)}")
         after = epsilon_after
         if after is None:
             after = epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
         event = DPEvent(run=run, round=server_round, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                        steps=steps, accountant=self.accountant, max_grad_norm=max_grad_norm, epsilon_after=after)
+                        steps=steps, accountant=self.accountant, max_grad_norm=max_grad_norm, epsilon_after=after,
+                        kind=kind)
         self.events.append(event)
         self.save()
         return event
@@ -166,9 +175,12 @@ class PrivacyLedger:
     def summary(self) -> dict[str, Any]:
         per_run: dict[str, dict[str, Any]] = {}
         for e in self.events:
-            r = per_run.setdefault(e.run, {"rounds": 0, "steps": 0, "epsilon_after": 0.0})
-            r["rounds"] += 1
-            r["steps"] += e.steps
+            r = per_run.setdefault(e.run, {"rounds": 0, "steps": 0, "eval_releases": 0, "epsilon_after": 0.0})
+            if e.kind == "train":
+                r["rounds"] += 1
+                r["steps"] += e.steps
+            else:
+                r["eval_releases"] += 1
             r["epsilon_after"] = e.epsilon_after
         return {"dataset_id": self.dataset_id, "accountant": self.accountant, "delta": self.delta,
                 "budget": self.epsilon_budget, "spent": self.spent(), "remaining": self.remaining(),
@@ -182,7 +194,8 @@ class PrivacyLedger:
                  f"({s['accountant'].upper()} accountant)",
                  f"  spent epsilon {s['spent']:.3f}, remaining {s['remaining']:.3f}"]
         for run, r in s["runs"].items():
-            lines.append(f"  run {run}: {r['rounds']} rounds, {r['steps']} DP-SGD steps, "
+            evals = f", {r['eval_releases']} noised evaluation-count releases" if r["eval_releases"] else ""
+            lines.append(f"  run {run}: {r['rounds']} rounds, {r['steps']} DP-SGD steps{evals}, "
                          f"epsilon {r['epsilon_after']:.3f} after it")
         if not s["runs"]:
             lines.append("  no training recorded yet")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
+from shared_models.demographic_groups import metric_key, parse_metric_key
 from shared_models.taxonomy import NUM_EMOTIONS
 
 
@@ -66,6 +67,39 @@ def sum_counts(metric_records) -> tuple[np.ndarray, float, int, np.ndarray | Non
     return confusion, loss_sum, n, va
 
 
+def sum_group_counts(metric_records) -> dict[str, dict[str, np.ndarray]]:
+    """Attribute -> group -> summed 7x7 confusion of the replies' ``grp.<attribute>.<group>`` keys.
+
+    Integer sums, so the pooled per-group counts are exact; every reply has
+    the same keys (the dataset's fixed schema), the first one fixes the order.
+    """
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for metrics in metric_records:
+        for key in metrics:
+            parsed = parse_metric_key(key)
+            if parsed is None:
+                continue
+            attribute, group = parsed
+            counts = np.asarray(metrics[key], dtype=np.int64).reshape(NUM_EMOTIONS, NUM_EMOTIONS)
+            by_group = groups.setdefault(attribute, {})
+            by_group[group] = by_group[group] + counts if group in by_group else counts
+    return groups
+
+
+def group_summary(client_metrics: list[tuple[str, dict]]) -> dict:
+    """metrics.jsonl's "groups" (summed per-group confusion lists) and, when the nodes noised them, "groups_dp".
+
+    ``client_metrics`` is (client id, evaluation MetricRecord) of every reply without error.
+    """
+    groups = sum_group_counts(m for _, m in client_metrics)
+    out: dict = {"groups": {a: {g: c.tolist() for g, c in by_group.items()} for a, by_group in groups.items()}}
+    noised = [(cid, m) for cid, m in client_metrics if "grp-dp-noise-multiplier" in m]
+    if noised:
+        out["groups_dp"] = {"noise_multiplier": float(noised[0][1]["grp-dp-noise-multiplier"]), "sensitivity": 1,
+                            "epsilon_by_client": {cid: float(m["grp-dp-epsilon"]) for cid, m in noised}}
+    return out
+
+
 def aggregate_evaluation(records: list[RecordDict], weighting_key: str) -> MetricRecord:
     """Flower ``evaluate_metrics_aggr_fn``: sum the clients' counts, then compute the metrics.
 
@@ -75,4 +109,7 @@ def aggregate_evaluation(records: list[RecordDict], weighting_key: str) -> Metri
     confusion, loss_sum, n, _ = sum_counts(record["metrics"] for record in records)
     out = {"loss": loss_sum / n if n else float("nan"), "eval-examples": n}
     out.update(classification_metrics(confusion))
+    for attribute, by_group in sum_group_counts(record["metrics"] for record in records).items():
+        for group, counts in by_group.items():  # summed, not averaged: exact pooled per-group counts
+            out[metric_key(attribute, group)] = [int(v) for v in counts.ravel()]
     return MetricRecord(out)

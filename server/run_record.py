@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from flwr.app import Message
 
-from server.global_metrics import ccc_from_moments, classification_metrics, sum_counts
+from server.global_metrics import ccc_from_moments, classification_metrics, group_summary, sum_counts
 from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
 
 
@@ -70,6 +70,7 @@ def evaluation_summary(replies: list[Message]) -> dict[str, Any]:
     if va is not None and n:
         out["ccc_valence"], out["ccc_arousal"] = ccc_from_moments(va, n)
     out["confusion"] = {"labels": list(EMOTIONS), "counts": confusion.tolist()}
+    out.update(group_summary([(_client_id(r), r.content["metrics"]) for r in ok]))  # "groups" (+ "groups_dp")
     out["evaluate"] = {"clients": sorted(clients, key=_by_client), "failures": _failures(replies)}
     return out
 

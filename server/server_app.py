@@ -27,11 +27,14 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from server.central_dp import wrap_strategy
 from server.global_metrics import aggregate_evaluation
+from server.report import coordinator_key, write_report
 from server.run_record import RunRecord, evaluation_summary, new_run_id, training_summary
+from server.secure_aggregation import run_secure_aggregation
 from shared_models.audio_features import combine_moments
 from shared_models.registry import build_model, count_parameters
-from shared_models.run_settings import RunSettings
+from shared_models.run_settings import UPDATE_WEIGHT_KEY, RunSettings
 
 app = ServerApp()
 
@@ -42,11 +45,12 @@ def main(grid: Grid, context: Context) -> None:
     random.seed(settings.seed)  # Flower samples clients with `random`
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
+    signing_key = coordinator_key(settings.signing_key, settings.runs_dir)  # unusable key: stop before training
 
     data_dir = prepare_data_dir(settings)
     run_id = new_run_id(settings.run_name)
     record = RunRecord.create(Path(settings.runs_dir).resolve(), run_id, settings.to_config(),
-                              {"data_dir": str(data_dir), "flower_run_id": context.run_id})
+                              {"data_dir": str(data_dir or ""), "flower_run_id": context.run_id})
     log(INFO, "FedEmo run %s: task=%s dataset=%s (%s) model=%s, writing to %s", run_id, settings.task,
         settings.dataset, data_dir, settings.model, record.run_dir)
 
@@ -54,6 +58,8 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "Model %s: %d parameters", settings.model, count_parameters(model))
     # Shared folders of a simulation, resolved once here: the dataset and the nodes' ledgers.
     node_config = ConfigRecord({"data-dir": str(data_dir), "state-root": str(record.run_dir / "node-state")})
+    if data_dir is None:  # deployment: every node reads its own data-path (node config); none is sent
+        del node_config["data-dir"]
     if settings.task in ("voice", "fusion"):
         mean, std = global_feature_stats(grid, settings, node_config)
         model.set_feature_stats(torch.as_tensor(mean), torch.as_tensor(std))
@@ -65,6 +71,8 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_nodes=1,
         min_available_nodes=settings.min_available_nodes,
         evaluate_metrics_aggr_fn=aggregate_evaluation,
+        # Client-level DP needs equal weights: one node's influence must be bounded by the clipping norm alone.
+        weighted_by_key=UPDATE_WEIGHT_KEY if settings.central_dp != "off" else "num-examples",
     )
     rounds = RoundLog(record, settings.num_server_rounds)
     rounds.attach(strategy)
@@ -78,24 +86,43 @@ def main(grid: Grid, context: Context) -> None:
         raise RuntimeError(f"all {len(replies)} nodes failed to evaluate the initial model; first reason: "
                            f"{replies[0].error.reason}")
 
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=settings.num_server_rounds,
-        train_config=ConfigRecord(dict(node_config)),
-        evaluate_config=ConfigRecord(dict(node_config)),
-    )
-    final = result.arrays if result.arrays is not None else initial  # no round aggregated: keep initial
+    # Client-level central DP wraps FedAvg once the population it samples from is known.
+    central = wrap_strategy(strategy, settings, population=len(list(grid.get_node_ids())))
+    if central is not None:
+        strategy, rounds.central = central.strategy, central
+
+    extra: dict = {}
+    if settings.secure_aggregation:  # SecAgg+ runs on Flower's legacy workflow: server/secure_aggregation.py
+        final, extra = run_secure_aggregation(grid, context, settings, strategy, rounds, initial, node_config)
+    else:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=settings.num_server_rounds,
+            train_config=ConfigRecord(dict(node_config)),
+            evaluate_config=ConfigRecord(dict(node_config)),
+        )
+        final = result.arrays if result.arrays is not None else initial  # no round aggregated: keep initial
     weights = record.save_weights(final.to_torch_state_dict())
-    summary = rounds.summary()
+    summary = {**rounds.summary(), **extra}
     record.write_json("summary.json", summary)
     log(INFO, "FedEmo run %s finished in %.1f s: accuracy %.3f (initial %.3f); weights in %s", run_id,
         summary["elapsed_s"], summary["final"].get("accuracy", float("nan")),
         summary["initial"].get("accuracy", float("nan")), weights)
+    # The auditor's report (server/report.py): per-group figures, privacy, signed with the coordinator's key.
+    report = write_report(record.run_dir, signing_key)
+    log(INFO, "Signed report %s and %s; check them with `fedemo verify %s`", report, report.with_suffix(".html"),
+        record.run_dir)
 
 
-def prepare_data_dir(settings: RunSettings) -> Path:
-    """The dataset folder as an absolute path, synthesised first when allowed and empty."""
+def prepare_data_dir(settings: RunSettings) -> Path | None:
+    """The dataset folder as an absolute path, synthesised first when allowed and empty.
+
+    An empty ``data-dir`` means the coordinator holds no data (a deployment:
+    each hospital's node names its own folder); then there is nothing to do.
+    """
+    if not settings.data_dir:
+        return None
     data_dir = Path(settings.data_dir).expanduser().resolve()
     if data_dir.is_dir() and any(data_dir.iterdir()):
         return data_dir
@@ -148,6 +175,7 @@ class RoundLog:
         self.pending_train: dict[int, dict] = {}
         self.history: list[dict] = []
         self.privacy: dict[str, dict] = {}  # client -> its latest DP report (epsilon spent so far, ...)
+        self.central = None  # server.central_dp.CentralDP when client-level DP is on
 
     def attach(self, strategy) -> None:
         aggregate_train, aggregate_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
@@ -166,6 +194,8 @@ class RoundLog:
 
     def log(self, server_round: int, evaluation: dict) -> None:
         entry = {"round": server_round, **evaluation, "train": self.pending_train.pop(server_round, None)}
+        if self.central is not None:  # client-level spend after this round's release
+            entry["central_dp"] = self.central.spent()
         for client in (entry["train"] or {}).get("clients", []):
             if "dp" in client:
                 self.privacy[client["client"]] = client["dp"]
@@ -178,6 +208,8 @@ class RoundLog:
             extra = f" ccc-v {entry['ccc_valence']:.3f} ccc-a {entry['ccc_arousal']:.3f}"
         if self.privacy:
             extra += f"  max client epsilon {max(p['epsilon'] for p in self.privacy.values()):.3f}"
+        if "central_dp" in entry:
+            extra += f"  client-level epsilon {entry['central_dp']['epsilon']:.3f}"
         log(INFO, "[fedemo] round %d/%d  loss %.4f  accuracy %.3f  macro-F1 %.3f  UAR %.3f%s  "
             "(%d clients trained, %d evaluated on %d samples, %d failures)",
             server_round, self.num_rounds, entry["loss"] or float("nan"), entry["accuracy"], entry["macro_f1"],
@@ -191,6 +223,8 @@ class RoundLog:
         privacy = {}
         if self.privacy:
             privacy = {"max_epsilon": max(p["epsilon"] for p in self.privacy.values()), "clients": self.privacy}
+        if self.central is not None:
+            privacy["central_dp"] = self.central.spent()
         return {
             "privacy": privacy,
             "rounds": len(self.history) - 1,

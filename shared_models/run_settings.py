@@ -9,12 +9,16 @@ at start with the key's name instead of failing inside 50 clients.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Mapping
 
 from shared_models.registry import MODELS, model_task
 
 TASKS = ("face", "voice", "fusion")
+UPDATE_WEIGHT_KEY = "update-weight"  # every train reply carries it as 1: client-level DP averages by it
+CENTRAL_DP_MODES = ("off", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive")
 PARTITIONERS = ("iid", "dirichlet", "natural", "demographic")
+REWEIGHT_ATTRIBUTES = ("sex", "age", "race", "ethnicity")  # demographic attributes a run may reweight by
 DATASET_TASKS = {"fer2013": "face", "rafdb": "face", "cremad": "voice", "ravdess": "voice"}
 
 
@@ -67,7 +71,27 @@ class RunSettings:
     dp_accountant: str
     dp_secure_mode: bool
     state_dir: str
+    central_dp: str
+    central_dp_noise_multiplier: float
+    central_dp_clipping_norm: float
+    central_dp_epsilon: float
+    central_dp_delta: float
+    central_dp_target_quantile: float
+    central_dp_clip_lr: float
+    central_dp_clipped_count_stddev: float
+    secure_aggregation: bool
+    secagg_num_shares: float
+    secagg_reconstruction_threshold: float
+    secagg_clip_norm: float
+    secagg_clipping_range: float
+    secagg_quantization_range: int
+    secagg_max_weight: float
+    fairness_min_group_size: int
+    fairness_gap_threshold: float
+    eval_dp_noise_multiplier: float
+    fairness_reweight: str
     runs_dir: str
+    signing_key: str
     run_name: str
 
     @classmethod
@@ -128,6 +152,41 @@ class RunSettings:
         need(self.dp_max_noise_multiplier > 0.05, "dp-max-noise-multiplier", "must be > 0.05")
         need(self.dp_accountant in ("prv", "rdp"), "dp-accountant", "choose prv or rdp")
         need(self.client_threads >= 1, "client-threads", "must be >= 1")
+        need(self.fairness_min_group_size >= 1, "fairness-min-group-size", "must be >= 1")
+        need(self.fairness_gap_threshold >= 0, "fairness-gap-threshold", "must be >= 0")
+        need(self.eval_dp_noise_multiplier == 0 or self.eval_dp_noise_multiplier >= 0.1, "eval-dp-noise-multiplier",
+             "must be 0 (off) or >= 0.1")
+        need(self.fairness_reweight in ("", *REWEIGHT_ATTRIBUTES), "fairness-reweight",
+             f"choose \"\" (off) or one of {', '.join(REWEIGHT_ATTRIBUTES)}")
+        need(self.central_dp in CENTRAL_DP_MODES, "central-dp", f"choose one of {', '.join(CENTRAL_DP_MODES)}")
+        need(self.central_dp == "off" or self.central_dp_noise_multiplier > 0, "central-dp-noise-multiplier",
+             "must be > 0 when central-dp is on (no noise, no privacy)")
+        need(self.central_dp_clipping_norm > 0, "central-dp-clipping-norm", "must be > 0")
+        need(self.central_dp_epsilon >= 0, "central-dp-epsilon", "must be >= 0 (0: no limit)")
+        need(0 <= self.central_dp_delta < 1, "central-dp-delta", "must be in [0, 1) (0: 1/(10 nodes))")
+        need(0 <= self.central_dp_target_quantile <= 1, "central-dp-target-quantile", "must be in [0, 1]")
+        need(self.central_dp_clip_lr > 0, "central-dp-clip-lr", "must be > 0")
+        need(self.central_dp_clipped_count_stddev >= 0, "central-dp-clipped-count-stddev", "must be >= 0")
+        need(not self.signing_key or not _inside(self.signing_key, self.runs_dir), "signing-key",
+             "lies inside runs-dir; keep the coordinator's key outside run folders")
+        need(0 < self.secagg_num_shares <= 1, "secagg-num-shares", "must be in (0, 1] (a share of the sampled nodes)")
+        need(0 < self.secagg_reconstruction_threshold <= 1, "secagg-reconstruction-threshold",
+             "must be in (0, 1] (a share of secagg-num-shares)")
+        need(self.secagg_clip_norm > 0, "secagg-clip-norm", "must be > 0")
+        need(self.secagg_clipping_range >= self.secagg_clip_norm, "secagg-clipping-range",
+             "must be >= secagg-clip-norm, or SecAgg+ cuts off coordinates of a clipped update")
+        need(self.secagg_max_weight >= 1, "secagg-max-weight", "must be >= 1 (the largest node's training samples)")
+        # SecAgg+ sums every node's quantised vector modulo 2**32: the sum must not wrap around.
+        need(2 <= self.secagg_quantization_range < 2**32, "secagg-quantization-range", "must be in [2, 2**32)")
+        need(not self.secure_aggregation or self.num_supernodes * self.secagg_quantization_range < 2**32,
+             "secagg-quantization-range", f"times num-supernodes ({self.num_supernodes}) must stay below 2**32")
+        from shared_models.privacy_modes import check_supported_combination
+
+        check_supported_combination(self)  # privacy settings that do not work together (docs/privacy.md)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return Path(path).expanduser().resolve().is_relative_to(Path(folder).expanduser().resolve())
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

@@ -29,6 +29,10 @@ def backend_config(settings: RunSettings) -> dict[str, Any]:
 def run_simulation(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Path:
     """Run one simulation; returns the run folder it wrote."""
     config, settings = prepare_run(config_file, overrides, label=str(os.getpid()))
+    if settings.central_dp != "off":  # a plan over the client-level budget stops here, before any work
+        from server.central_dp import check_central_budget
+
+        check_central_budget(settings, population=settings.num_supernodes)
     os.environ.setdefault("FLWR_HOME", str(Path(settings.runs_dir) / ".flwr"))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Opacus installs a root log handler on import; without this every Flower line prints twice.

@@ -1,0 +1,84 @@
+"""A node's per-group evaluation counts: which group each test sample is in, and what it sends.
+
+The node evaluates the global model on its test split and reports, for every
+demographic attribute of the dataset's fixed schema and every group, a 7x7
+confusion matrix flattened into one list-valued metric (``grp.race.asian``).
+Every node sends every key, with zeros for groups it has none of, because
+Flower aggregates only keys that all replies share. Never per-sample outputs.
+
+Optionally the counts are released through a Gaussian mechanism and recorded
+in the node's privacy ledger. One person is one test sample and sits in one
+group per attribute, so adding or removing them changes one cell of each
+attribute's histogram by 1: each attribute's histogram is a Gaussian
+mechanism with L2 sensitivity 1, i.e. one Opacus accountant step at sample
+rate 1 with the configured noise multiplier. A release of A attributes is A
+such steps, composed into the same ledger history as DP-SGD training. The
+noised counts are then rounded and clipped at 0 (post-processing, free).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+
+from client.loaders.base import EmotionData
+from client.privacy_ledger import DPEvent, PrivacyLedger
+from shared_models.demographic_groups import group_schema, metric_key
+from shared_models.taxonomy import NUM_EMOTIONS, UNKNOWN
+
+EVAL_EVENT_KIND = "eval-counts"
+COUNT_SENSITIVITY = 1.0  # L2 sensitivity of one attribute's histogram (one person, one cell, +-1)
+
+
+def sample_groups(data: EmotionData, dataset: str) -> dict[str, tuple[np.ndarray, int]]:
+    """Attribute -> (schema index of each row's group, number of groups); values outside the schema are unknown."""
+    out = {}
+    for attribute, groups in group_schema(dataset).items():
+        index = {g: i for i, g in enumerate(groups)}
+        values = data.demographics.get(attribute, np.full(len(data), UNKNOWN, dtype=object))
+        codes = np.array([index.get(str(v), index[UNKNOWN]) for v in values], dtype=np.int64)
+        out[attribute] = (codes, len(groups))
+    return out
+
+
+def group_count_metrics(group_confusion: dict[str, np.ndarray], dataset: str) -> dict[str, list[int]]:
+    """The reply's group keys: one flattened 7x7 int list per (attribute, group) of the schema."""
+    metrics = {}
+    for attribute, groups in group_schema(dataset).items():
+        counts = np.asarray(group_confusion[attribute], dtype=np.int64).reshape(len(groups), NUM_EMOTIONS * NUM_EMOTIONS)
+        for i, group in enumerate(groups):
+            metrics[metric_key(attribute, group)] = [int(v) for v in counts[i]]
+    return metrics
+
+
+def noised_counts(group_confusion: dict[str, np.ndarray], noise_multiplier: float) -> dict[str, np.ndarray]:
+    """Gaussian noise of std ``noise_multiplier`` x sensitivity on every cell, then rounded and clipped at 0.
+
+    The generator is seeded from the OS (128 bits), never from the run seed,
+    which the coordinator knows. Like Opacus outside its secure mode, the
+    floating-point Gaussian is not hardened against precision attacks.
+    """
+    rng = np.random.default_rng(secrets.randbits(128))
+    std = noise_multiplier * COUNT_SENSITIVITY
+    return {attribute: np.clip(np.rint(np.asarray(counts, dtype=np.float64) + rng.normal(0.0, std, np.shape(counts))),
+                               0, None).astype(np.int64)
+            for attribute, counts in group_confusion.items()}
+
+
+def release_noised_counts(group_confusion: dict[str, np.ndarray], *, ledger: PrivacyLedger, run: str,
+                          server_round: int, noise_multiplier: float) -> tuple[dict[str, np.ndarray], DPEvent]:
+    """Check the ledger, record the release, then noise: raises BudgetExceeded (nothing sent) when it won't fit."""
+    steps = len(group_confusion)
+    epsilon_after = ledger.check(noise_multiplier, 1.0, steps)
+    event = ledger.record(run=run, server_round=server_round, noise_multiplier=noise_multiplier, sample_rate=1.0,
+                          steps=steps, max_grad_norm=COUNT_SENSITIVITY, epsilon_after=epsilon_after,
+                          kind=EVAL_EVENT_KIND)
+    return noised_counts(group_confusion, noise_multiplier), event
+
+
+def planned_eval_releases(dataset: str, noise_multiplier: float, num_rounds: int) -> list[tuple[float, float, int]]:
+    """The eval-count releases a run still plans after round 0, for the training calibration to leave room."""
+    if noise_multiplier <= 0:
+        return []
+    return [(noise_multiplier, 1.0, len(group_schema(dataset)) * num_rounds)]

@@ -1,0 +1,80 @@
+"""What leaves a hospital's node: every reply's structure, written to the node's own state folder.
+
+A ClientApp mod (the outermost one, so it sees each reply exactly as Flower
+will send it) appends one JSON line per reply to
+``<state-dir>/outgoing_messages.jsonl``: the message type, the round, and for
+every record its type and keys; for arrays their shapes and dtypes, for
+metrics whether each is a scalar or a list and its length, for config values
+their type and length. No values are written (the file describes traffic, it
+is not a copy of it), so a hospital's privacy officer, or a test, can check
+that only model arrays and fixed-size aggregates ever leave the node.
+
+It is on for any node whose node config names a ``state-dir`` (a deployed
+hospital) and off otherwise (simulations). Failing to write the audit line
+is logged and never fails the reply.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from logging import WARNING
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+
+AUDIT_FILE = "outgoing_messages.jsonl"
+
+
+def describe_content(content: RecordDict) -> dict[str, dict]:
+    """Record name -> {"type": ..., "items": {key: structure}}, with no values."""
+    out: dict[str, dict] = {}
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            items = {k: {"shape": list(a.shape), "dtype": a.dtype} for k, a in record.items()}
+        elif isinstance(record, MetricRecord):
+            items = {k: ({"list": len(v)} if isinstance(v, list) else {"scalar": type(v).__name__})
+                     for k, v in record.items()}
+        elif isinstance(record, ConfigRecord):
+            items = {k: {"type": type(v).__name__, "len": len(v) if isinstance(v, (str, bytes, list)) else None}
+                     for k, v in record.items()}
+        else:  # anything else would be a finding in itself
+            items = {}
+        out[name] = {"type": type(record).__name__, "items": items}
+    return out
+
+
+def audit_path(context: Context) -> Path | None:
+    state_dir = context.node_config.get("state-dir")
+    return Path(str(state_dir)).expanduser() / AUDIT_FILE if state_dir else None
+
+
+def outgoing_audit_mod(msg: Message, context: Context, call_next) -> Message:
+    path = audit_path(context)
+    if path is None:
+        return call_next(msg, context)
+    config = msg.content["config"] if "config" in msg.content else ConfigRecord()
+    entry = {"time": time.time(), "run": context.run_id, "message_type": msg.metadata.message_type,
+             "round": config.get("server-round"), "error": None, "records": {}}
+    try:
+        reply = call_next(msg, context)
+    except Exception as err:  # Flower sends the exception's text as an error reply: record that too
+        entry["error"] = f"{type(err).__name__}: {err}"
+        _append(path, entry)
+        raise
+    if reply.has_error():
+        entry["error"] = reply.error.reason
+    else:
+        entry["records"] = describe_content(reply.content)
+    _append(path, entry)
+    return reply
+
+
+def _append(path: Path, entry: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+    except OSError as err:
+        log(WARNING, "could not append to the outgoing-message audit %s: %s", path, err)

@@ -1,0 +1,300 @@
+"""Fairness per demographic group, with uncertainty, from summed confusion counts.
+
+Input is what ``metrics.jsonl`` holds per round under ``"groups"``: for every
+demographic attribute and group, the 7x7 confusion matrix summed over the
+evaluating hospitals (rows = true emotion, columns = predicted, order
+``shared_models.taxonomy.EMOTIONS``). Counts are all there is, never
+per-sample predictions, so every metric is computed from them:
+
+- Point estimates come from Fairlearn's ``MetricFrame`` and scikit-learn on
+  label arrays expanded from the counts (one row per counted sample), so the
+  numbers are the libraries' own definitions, not formulas of ours.
+- Fairlearn's rate metrics (true/false positive rate, selection rate) are
+  binary only. For 7 emotions they are computed one-vs-rest per class
+  (``y_true == k`` vs ``y_pred == k``); between-group differences are taken per
+  class and the worst class is reported (:data:`MULTICLASS_METHOD`). A group
+  with no samples of class k has no recall for k (``None``), and is left out of
+  that class's recall comparison rather than counted as recall 0 (which is what
+  Fairlearn's ``true_positive_rate`` returns for it).
+- Intervals: a group's accuracy gets a Wilson score interval (scipy). Every
+  other statistic gets a percentile bootstrap over the counts: each group's
+  confusion matrix is redrawn from a multinomial with its observed size and
+  cell frequencies (:data:`BOOTSTRAP_REPLICATES` draws, fixed seed
+  :data:`BOOTSTRAP_SEED`, so a report is reproducible). Max-minus-min
+  statistics (gaps, equalized odds) are biased upward under resampling; where
+  the point estimate falls outside the percentile interval, the interval is
+  extended to include it (conservative, never misleading).
+- Groups with fewer than ``min_group_size`` samples are suppressed: no numbers
+  (not even their size) and no part in gaps or the worst group.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import numpy as np
+from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
+from scipy.stats import binomtest
+from sklearn.metrics import accuracy_score, f1_score
+
+from shared_models.demographic_groups import ATTRIBUTE_GROUPS
+from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
+
+BOOTSTRAP_REPLICATES = 1000
+BOOTSTRAP_SEED = 20240611
+MULTICLASS_METHOD = (
+    "one-vs-rest: for each emotion k, Fairlearn's binary rate metrics on (y_true == k, y_pred == k) per group; "
+    "between-group differences (max - min over groups with that class, Fairlearn's 'between_groups') per class, "
+    "worst (largest) over the classes; groups without positives (negatives) of k are left out of k's "
+    "true (false) positive rate comparison"
+)
+EQUALIZED_ODDS_METHOD = "max over classes k of max(TPR difference, FPR difference) between groups, one-vs-rest"
+PREDICTED_RATE_METHOD = "max over classes k of the difference in P(y_pred == k) between groups (demographic parity, one-vs-rest)"
+
+
+# --------------------------------------------------------------------------- public API
+def fairness_view(groups: dict[str, dict[str, list[list[int]]]], *, min_group_size: int,
+                  gap_threshold: float, confidence: float = 0.95) -> dict:
+    """Per-attribute fairness report of one round's summed group confusion counts (JSON-serialisable)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return {attribute: _attribute_view(attribute, by_group, min_group_size=min_group_size,
+                                       gap_threshold=gap_threshold, confidence=confidence)
+            for attribute, by_group in groups.items()}
+
+
+def fairness_history(rounds: list[dict], *, min_group_size: int, gap_threshold: float) -> list[dict]:
+    """Accuracy gap and worst-group accuracy per attribute for every round that has ``"groups"``."""
+    history = []
+    for entry in rounds:
+        if not entry.get("groups"):
+            continue
+        row: dict[str, Any] = {"round": int(entry["round"])}
+        for attribute, by_group in entry["groups"].items():
+            confusions = _confusions(attribute, by_group)
+            kept = [g for g, c in confusions.items() if not _suppressed(c, min_group_size)]
+            if not kept:
+                row[attribute] = {"accuracy_gap": None, "worst_group_accuracy": None, "flagged": False}
+                continue
+            y_true, y_pred, sensitive = expand_counts({g: confusions[g] for g in kept})
+            frame = MetricFrame(metrics=accuracy_score, y_true=y_true, y_pred=y_pred, sensitive_features=sensitive)
+            gap = _float(frame.difference()) if len(kept) > 1 else None
+            row[attribute] = {"accuracy_gap": gap, "worst_group_accuracy": _float(frame.group_min()),
+                              "flagged": gap is not None and gap > gap_threshold}
+        history.append(row)
+    return history
+
+
+def expand_counts(confusions: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label arrays (y_true, y_pred, group) with one row per counted sample, for Fairlearn and sklearn."""
+    true_idx, pred_idx = np.divmod(np.arange(NUM_EMOTIONS * NUM_EMOTIONS), NUM_EMOTIONS)
+    y_true, y_pred, sensitive = [], [], []
+    for group, confusion in confusions.items():
+        reps = np.asarray(confusion, dtype=np.int64).ravel()
+        y_true.append(np.repeat(true_idx, reps))
+        y_pred.append(np.repeat(pred_idx, reps))
+        sensitive.append(np.full(int(reps.sum()), group, dtype=object))
+    if not y_true:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, object)
+    return np.concatenate(y_true), np.concatenate(y_pred), np.concatenate(sensitive)
+
+
+# --------------------------------------------------------------------------- one attribute
+def _confusions(attribute: str, by_group: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Group -> 7x7 counts, in the schema's order (age bands ascending, "unknown" last), others after."""
+    order = ATTRIBUTE_GROUPS.get(attribute, ())
+    rank = {g: i for i, g in enumerate(order)}
+    out = {}
+    for group, counts in sorted(by_group.items(), key=lambda item: (rank.get(item[0], len(order)), item[0])):
+        matrix = np.asarray(counts, dtype=np.int64)
+        if matrix.size != NUM_EMOTIONS * NUM_EMOTIONS or (matrix < 0).any():
+            raise ValueError(f"groups[{attribute!r}][{group!r}] must be a {NUM_EMOTIONS}x{NUM_EMOTIONS} matrix of "
+                             f"non-negative counts, got shape {matrix.shape}")
+        out[str(group)] = matrix.reshape(NUM_EMOTIONS, NUM_EMOTIONS)
+    return out
+
+
+def _suppressed(confusion: np.ndarray, min_group_size: int) -> bool:
+    return int(confusion.sum()) < max(int(min_group_size), 1)
+
+
+def _attribute_view(attribute: str, by_group: dict, *, min_group_size: int, gap_threshold: float,
+                    confidence: float) -> dict:
+    confusions = _confusions(attribute, by_group)
+    kept = {g: c for g, c in confusions.items() if not _suppressed(c, min_group_size)}
+    suppressed = [g for g in confusions if g not in kept]
+    groups_out: dict[str, dict] = {g: {"n": None, "suppressed": True} for g in suppressed}
+    view: dict[str, Any] = {"groups": groups_out, "suppressed_groups": suppressed,
+                            "multiclass_method": MULTICLASS_METHOD}
+    if not kept:
+        view.update(_empty_between(), flagged=False, flag_reason=None)
+        return view
+
+    points = _point_estimates(kept)
+    boot = _bootstrap(kept, confidence)
+    for g, confusion in kept.items():
+        n = int(confusion.sum())
+        correct = int(np.trace(confusion))
+        groups_out[g] = {
+            "n": n, "suppressed": False,
+            "accuracy": points["accuracy"][g], "accuracy_ci": _wilson(correct, n, confidence),
+            "macro_f1": points["macro_f1"][g],
+            "macro_f1_ci": _interval(boot["macro_f1"][g], points["macro_f1"][g], confidence),
+            "recall": points["recall"][g], "false_positive_rate": points["false_positive_rate"][g],
+            "predicted_rate": points["predicted_rate"][g], "confusion": confusion.tolist(),
+        }
+    view["groups"] = {g: groups_out[g] for g in confusions}  # the schema's order, suppressed or not
+
+    worst = min(kept, key=lambda g: points["accuracy"][g])
+    view["worst_group"] = {"group": worst, "accuracy": points["accuracy"][worst],
+                           "accuracy_ci": view["groups"][worst]["accuracy_ci"]}
+    if len(kept) < 2:
+        view.update({k: v for k, v in _empty_between().items() if k != "worst_group"})
+    else:
+        best = max(kept, key=lambda g: points["accuracy"][g])
+        view["accuracy_gap"] = {"value": points["accuracy_gap"], "between": [best, worst],
+                                "ci": _interval(boot["accuracy_gap"], points["accuracy_gap"], confidence)}
+        view["accuracy_ratio"] = {"value": points["accuracy_ratio"],
+                                  "ci": _interval(boot["accuracy_ratio"], points["accuracy_ratio"], confidence)}
+        view["equalized_odds_difference"] = {
+            "value": points["equalized_odds_difference"], "method": EQUALIZED_ODDS_METHOD,
+            "ci": _interval(boot["equalized_odds_difference"], points["equalized_odds_difference"], confidence)}
+        view["predicted_rate_difference"] = {
+            "value": points["predicted_rate_difference"], "method": PREDICTED_RATE_METHOD,
+            "ci": _interval(boot["predicted_rate_difference"], points["predicted_rate_difference"], confidence)}
+    gap = view["accuracy_gap"]["value"]
+    view["flagged"] = gap is not None and gap > gap_threshold
+    view["flag_reason"] = (f"accuracy gap {gap:.3f} between {view['accuracy_gap']['between'][0]} and "
+                           f"{view['accuracy_gap']['between'][1]} exceeds the threshold {gap_threshold:g}"
+                           if view["flagged"] else None)
+    return view
+
+
+def _empty_between() -> dict:
+    return {"worst_group": {"group": None, "accuracy": None, "accuracy_ci": None},
+            "accuracy_gap": {"value": None, "ci": None, "between": []},
+            "accuracy_ratio": {"value": None, "ci": None},
+            "equalized_odds_difference": {"value": None, "ci": None, "method": EQUALIZED_ODDS_METHOD},
+            "predicted_rate_difference": {"value": None, "ci": None, "method": PREDICTED_RATE_METHOD}}
+
+
+# --------------------------------------------------------------------------- point estimates (Fairlearn/sklearn)
+def _point_estimates(kept: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Every point estimate from MetricFrame on the expanded label arrays."""
+    y_true, y_pred, sensitive = expand_counts(kept)
+    frame = MetricFrame(
+        metrics={"accuracy": accuracy_score, "macro_f1": partial(f1_score, average="macro", zero_division=0)},
+        y_true=y_true, y_pred=y_pred, sensitive_features=sensitive)
+    by_group = frame.by_group
+    out: dict[str, Any] = {
+        "accuracy": {g: float(by_group.loc[g, "accuracy"]) for g in kept},
+        "macro_f1": {g: float(by_group.loc[g, "macro_f1"]) for g in kept},
+        "accuracy_gap": _float(frame.difference()["accuracy"]),
+        "accuracy_ratio": _float(frame.ratio()["accuracy"]),
+        "recall": {g: {} for g in kept}, "false_positive_rate": {g: {} for g in kept},
+        "predicted_rate": {g: {} for g in kept},
+    }
+    worst_eod, worst_prd = 0.0, 0.0
+    for k, emotion in enumerate(EMOTIONS):
+        per_class = MetricFrame(
+            metrics={"tpr": true_positive_rate, "fpr": false_positive_rate, "selection_rate": selection_rate},
+            y_true=(y_true == k).astype(int), y_pred=(y_pred == k).astype(int), sensitive_features=sensitive)
+        rates = per_class.by_group
+        tprs, fprs = [], []
+        for g, confusion in kept.items():
+            positives = int(confusion[k].sum())
+            negatives = int(confusion.sum()) - positives
+            tpr = float(rates.loc[g, "tpr"]) if positives else None  # Fairlearn says 0 for "no positives"
+            fpr = float(rates.loc[g, "fpr"]) if negatives else None
+            out["recall"][g][emotion] = tpr
+            out["false_positive_rate"][g][emotion] = fpr
+            out["predicted_rate"][g][emotion] = float(rates.loc[g, "selection_rate"])
+            tprs += [tpr] if tpr is not None else []
+            fprs += [fpr] if fpr is not None else []
+        eod = max(_spread(tprs), _spread(fprs))
+        worst_eod = max(worst_eod, eod)
+        worst_prd = max(worst_prd, _float(per_class.difference()["selection_rate"]))
+    out["equalized_odds_difference"] = worst_eod
+    out["predicted_rate_difference"] = worst_prd
+    return out
+
+
+def _spread(values: list[float]) -> float:
+    return max(values) - min(values) if len(values) > 1 else 0.0
+
+
+# --------------------------------------------------------------------------- bootstrap over counts
+def confusion_statistics(confusions: np.ndarray) -> dict[str, np.ndarray]:
+    """The same statistics, vectorised over replicates: ``confusions`` is (..., groups, 7, 7).
+
+    Used only for bootstrap replicates (a MetricFrame per replicate would take
+    minutes); tests check these equal the Fairlearn/sklearn point estimates.
+    """
+    c = np.asarray(confusions, dtype=np.float64)
+    n = c.sum(axis=(-1, -2))
+    tp = np.diagonal(c, axis1=-2, axis2=-1)
+    support = c.sum(axis=-1)
+    predicted = c.sum(axis=-2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        accuracy = tp.sum(-1) / n
+        present = (support + predicted) > 0
+        f1 = np.where(present, 2 * tp / (support + predicted), 0.0)
+        macro_f1 = f1.sum(-1) / present.sum(-1)
+        tpr = np.where(support > 0, tp / support, np.nan)
+        negatives = n[..., None] - support
+        fpr = np.where(negatives > 0, (predicted - tp) / negatives, np.nan)
+        sel = predicted / n[..., None]
+        acc_max, acc_min = accuracy.max(-1), accuracy.min(-1)
+        ratio = np.where(acc_max > 0, acc_min / acc_max, np.nan)
+    eod = np.maximum(_nan_spread(tpr), _nan_spread(fpr)).max(-1)
+    prd = (sel.max(-2) - sel.min(-2)).max(-1)
+    return {"accuracy": accuracy, "macro_f1": macro_f1, "accuracy_gap": acc_max - acc_min, "accuracy_ratio": ratio,
+            "equalized_odds_difference": eod, "predicted_rate_difference": prd}
+
+
+def _nan_spread(rates: np.ndarray) -> np.ndarray:
+    """max - min over groups (axis -2) ignoring undefined rates; 0 where fewer than two groups have one."""
+    defined = ~np.isnan(rates)
+    hi = np.where(defined, rates, -np.inf).max(-2)
+    lo = np.where(defined, rates, np.inf).min(-2)
+    return np.where(defined.sum(-2) > 1, hi - lo, 0.0)
+
+
+def _bootstrap(kept: dict[str, np.ndarray], confidence: float) -> dict[str, Any]:
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    draws = []
+    for confusion in kept.values():
+        n = int(confusion.sum())
+        draws.append(rng.multinomial(n, confusion.ravel() / n, size=BOOTSTRAP_REPLICATES))
+    replicates = np.stack(draws, axis=1).reshape(BOOTSTRAP_REPLICATES, len(kept), NUM_EMOTIONS, NUM_EMOTIONS)
+    stats = confusion_statistics(replicates)
+    names = list(kept)
+    out: dict[str, Any] = {"macro_f1": {g: stats["macro_f1"][:, i] for i, g in enumerate(names)}}
+    for key in ("accuracy_gap", "accuracy_ratio", "equalized_odds_difference", "predicted_rate_difference"):
+        out[key] = stats[key]
+    return out
+
+
+def _interval(samples: np.ndarray, point: float | None, confidence: float) -> list[float] | None:
+    """Percentile interval of bootstrap replicates, extended to include the point estimate."""
+    if point is None:
+        return None
+    samples = np.asarray(samples, dtype=np.float64)
+    samples = samples[~np.isnan(samples)]
+    if samples.size == 0:
+        return [point, point]
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(samples, [alpha, 1 - alpha])
+    return [float(min(lo, point)), float(max(hi, point))]
+
+
+def _wilson(successes: int, n: int, confidence: float) -> list[float]:
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def _float(value) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value

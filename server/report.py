@@ -1,0 +1,304 @@
+"""The run report: one signed JSON file that answers an auditor's questions without running code.
+
+How well does the global model work (per round, and per demographic group
+with intervals), how sure are we (Wilson intervals, group sizes, suppressed
+groups), what privacy did each hospital spend (every DP-SGD figure a node
+reported, cross-checked against its ledger where the coordinator can see it),
+and was the report altered (``server.report_signing``).
+
+``build_report`` reads only the run folder (config.json, metrics.jsonl,
+summary.json, and in simulation the nodes' ledgers), so a report can be
+rebuilt for any finished run. The schema is documented in docs/report.md;
+``SCHEMA_VERSION`` changes whenever a field changes meaning or disappears.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from scipy.stats import binomtest
+
+from server.fairness import fairness_history, fairness_view
+from server.report_signing import default_key_path, load_or_create_key, write_signed
+
+SCHEMA_VERSION = 1
+REPORT_KIND = "fedemo-run-report"
+CONFIDENCE = 0.95  # level of every interval in the report (Wilson for accuracies)
+ROUND_METRICS = ("loss", "accuracy", "macro_f1", "uar", "ccc_valence", "ccc_arousal", "eval_examples")
+DP_FIELDS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "max_grad_norm", "accountant", "budget")
+CLIENT_LEVEL_PREFIXES = ("central-dp", "secagg")
+
+
+class ReportError(RuntimeError):
+    """The run folder lacks what a report needs (named in the message)."""
+
+
+# --------------------------------------------------------------------------- reading the run folder
+def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """config.json, the metrics.jsonl rounds and summary.json (empty when the run did not finish)."""
+    run_dir = Path(run_dir)
+    config_path, metrics_path = run_dir / "config.json", run_dir / "metrics.jsonl"
+    if not config_path.is_file():
+        raise ReportError(f"{config_path} is missing: {run_dir} is not a FedEmo run folder")
+    if not metrics_path.is_file():
+        raise ReportError(f"{metrics_path} is missing: the run logged no round")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        rounds = []
+        for number, line in enumerate(metrics_path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                rounds.append(json.loads(line))
+    except ValueError as err:
+        raise ReportError(f"{run_dir}: config.json or metrics.jsonl line {number} is not valid JSON ({err})") from err
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    return config, rounds, summary
+
+
+# --------------------------------------------------------------------------- sections
+def accuracy_interval(correct: int, n: int, confidence: float = CONFIDENCE) -> list[float] | None:
+    """Wilson score interval of a proportion (scipy); None without samples."""
+    if n <= 0:
+        return None
+    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def round_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """One round's global metrics, with the accuracy interval and who took part."""
+    out: dict[str, Any] = {"round": entry["round"]}
+    out.update({k: entry[k] for k in ROUND_METRICS if k in entry})
+    if entry.get("central_dp"):
+        out["central_dp_epsilon"] = entry["central_dp"].get("epsilon")
+    counts = entry.get("confusion", {}).get("counts")
+    if counts is not None:
+        correct = sum(counts[i][i] for i in range(len(counts)))
+        out["accuracy_ci"] = accuracy_interval(correct, sum(map(sum, counts)))
+        out["confusion"] = counts
+    evaluate = entry.get("evaluate") or {}
+    train = entry.get("train") or {}
+    out["clients_evaluated"] = len(evaluate.get("clients", []))
+    out["clients_trained"] = len(train.get("clients", []))
+    out["evaluate_failures"] = evaluate.get("failures", [])
+    out["train_failures"] = train.get("failures", [])
+    if "elapsed_s" in entry:
+        out["elapsed_s"] = entry["elapsed_s"]
+    return out
+
+
+def privacy_section(config: dict[str, Any], rounds: list[dict[str, Any]], summary: dict[str, Any],
+                    run_dir: Path) -> dict[str, Any]:
+    """Every node's DP-SGD spend as it reported it, per round, checked against its ledger when visible."""
+    run_config = config.get("run_config", {})
+    per_client: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for entry in rounds:
+        for client in (entry.get("train") or {}).get("clients", []):
+            if "dp" in client:
+                per_client.setdefault(client["client"], []).append((entry["round"], client["dp"]))
+
+    clients = []
+    for client_id in sorted(per_client, key=lambda c: (len(c), c)):
+        history = per_client[client_id]
+        latest = history[-1][1]
+        item: dict[str, Any] = {"client_id": client_id}
+        item.update({k: latest.get(k) for k in DP_FIELDS})
+        item["steps"] = sum(int(dp.get("steps", 0)) for _, dp in history)
+        item["steps_total_ledger"] = latest.get("steps_total")
+        item["rounds_trained"] = len(history)
+        item["budget_remaining"] = latest.get("budget_remaining")
+        item["history"] = [{"round": r, "epsilon": dp.get("epsilon"), "steps": dp.get("steps"),
+                            "noise_multiplier": dp.get("noise_multiplier"), "sample_rate": dp.get("sample_rate")}
+                           for r, dp in history]
+        clients.append(item)
+
+    declined = [{"round": entry["round"], **failure} for entry in rounds
+                for failure in (entry.get("train") or {}).get("failures", []) if "declined" in failure.get("reason", "")]
+    ledger_check = check_ledgers(clients, config, run_dir)
+    section: dict[str, Any] = {
+        "sample_level_dp": bool(run_config.get("dp", False)),
+        "settings": {k: run_config[k] for k in sorted(run_config) if k.startswith("dp")},
+        "max_epsilon": max((c["epsilon"] for c in clients if c["epsilon"] is not None), default=None),
+        "clients": clients,
+        "declined_rounds": declined,
+        "ledger_check": ledger_check,
+    }
+    client_level = {k: run_config[k] for k in sorted(run_config) if k.startswith("central-dp")}
+    accounting = (summary.get("privacy") or {}).get("central_dp") or summary.get("central_dp")
+    if client_level or accounting:
+        section["client_level_dp"] = {
+            "enabled": run_config.get("central-dp", "off") not in ("off", False, ""),
+            "settings": client_level, "accounting": accounting,
+            "history": [{"round": r["round"], **r["central_dp"]} for r in rounds if r.get("central_dp")]}
+    secagg = {k: run_config[k] for k in sorted(run_config) if k.startswith("secagg")}
+    if secagg or "secagg" in summary:
+        section["secure_aggregation"] = {"enabled": run_config.get("secagg", False) not in ("off", False, ""),
+                                         "settings": secagg, "summary": summary.get("secagg")}
+    return section
+
+
+def ledger_path(client_id: str, config: dict[str, Any], run_dir: Path) -> Path:
+    """Where a simulated node keeps its ledger (client/client_app.py open_ledger)."""
+    state_dir = config.get("run_config", {}).get("state-dir", "")
+    root = Path(state_dir) if state_dir else Path(run_dir) / "node-state"
+    return root / f"client-{client_id}" / "privacy_ledger.json"
+
+
+def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Compare each client's reported figures with its ledger's record of this run (simulation only).
+
+    Deployed nodes keep their ledgers at the hospital; the coordinator then
+    has only what they reported, and the check says so.
+    """
+    from client.privacy_ledger import LedgerError, PrivacyLedger
+
+    run_key = str(config.get("flower_run_id", ""))
+    results, mismatched, missing = [], 0, 0
+    for client in clients:
+        path = ledger_path(client["client_id"], config, run_dir)
+        if not path.is_file():
+            missing += 1
+            results.append({"client_id": client["client_id"], "status": "not available"})
+            continue
+        try:
+            ledger = PrivacyLedger.load(path)
+        except LedgerError as err:
+            mismatched += 1
+            results.append({"client_id": client["client_id"], "status": "unreadable", "detail": str(err)})
+            continue
+        events = [e for e in ledger.events if e.run == run_key]
+        last = events[-1] if events else None
+        recorded = {
+            "epsilon": last.epsilon_after if last else None,
+            "delta": ledger.delta,
+            "noise_multiplier": last.noise_multiplier if last else None,
+            "sample_rate": last.sample_rate if last else None,
+            "max_grad_norm": last.max_grad_norm if last else None,
+            "accountant": ledger.accountant,
+            "budget": ledger.epsilon_budget,
+            "steps": sum(e.steps for e in events),
+            "rounds_trained": len(events),
+        }
+        differ = sorted(k for k, v in recorded.items() if client.get(k) != v)
+        mismatched += bool(differ)
+        try:
+            shown = str(path.relative_to(run_dir))
+        except ValueError:
+            shown = str(path)
+        results.append({"client_id": client["client_id"], "status": "mismatch" if differ else "match",
+                        "ledger": shown, "differing_fields": differ,
+                        "ledger_spent": ledger.spent(), "ledger_remaining": ledger.remaining()})
+    if not clients:
+        status = "no DP-SGD training in this run"
+    elif missing == len(clients):
+        status = "not available (ledgers stay on the nodes)"
+    elif mismatched:
+        status = f"{mismatched} of {len(clients)} clients differ from their ledgers"
+    else:
+        status = f"all {len(clients) - missing} ledgers match" + (f"; {missing} not available" if missing else "")
+    return {"status": status, "ok": mismatched == 0, "run_key": run_key, "clients": results}
+
+
+def fairness_sections(config: dict[str, Any], rounds: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(fairness per attribute, fairness settings) from the summed per-group counts of the rounds.
+
+    The figures are those of the last round that logged group counts, through
+    ``server.fairness.fairness_view`` (which suppresses small groups); each
+    attribute also gets its gap history over the rounds.
+    """
+    with_groups = [r for r in rounds if r.get("groups")]
+    run_config = config.get("run_config", {})
+    if not with_groups:
+        return {}, {"status": "no per-group counts in this run (the data has no demographic attributes, "
+                              "or the run predates per-group evaluation)"}
+    missing = [k for k in ("fairness-min-group-size", "fairness-gap-threshold") if k not in run_config]
+    if missing:
+        return {}, {"status": f"run config lacks {', '.join(missing)}; fairness figures not computed"}
+    min_size, threshold = int(run_config["fairness-min-group-size"]), float(run_config["fairness-gap-threshold"])
+    last = with_groups[-1]
+    view = fairness_view(last["groups"], min_group_size=min_size, gap_threshold=threshold, confidence=CONFIDENCE)
+    history = fairness_history(with_groups, min_group_size=min_size, gap_threshold=threshold)
+    for attribute, figures in view.items():
+        figures["group_order"] = list(figures["groups"])  # canonical JSON sorts keys; keep the dataset's order
+        figures["history"] = [{"round": h["round"], **h[attribute]} for h in history if attribute in h]
+    settings = {"status": "ok", "round": last["round"], "min_group_size": min_size, "gap_threshold": threshold,
+                "confidence": CONFIDENCE, "eval_count_noise": last.get("groups_dp")}
+    return view, settings
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null (canonical JSON has no NaN), numpy scalars plain."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float) or hasattr(value, "item"):
+        value = float(value.item() if hasattr(value, "item") else value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def build_report(run_dir: Path) -> dict[str, Any]:
+    """The report of a run folder, as a plain JSON-ready dict (see docs/report.md)."""
+    run_dir = Path(run_dir)
+    config, rounds, summary = read_run(run_dir)
+    if not rounds:
+        raise ReportError(f"{run_dir / 'metrics.jsonl'} holds no round")
+    run_config = config.get("run_config", {})
+    round_entries = [round_entry(r) for r in rounds]
+    fairness, fairness_settings = fairness_sections(config, rounds)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": REPORT_KIND,
+        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "run": {
+            "run_id": config.get("run_id", run_dir.name),
+            "flower_run_id": config.get("flower_run_id"),
+            "data_dir": config.get("data_dir"),
+            "versions": config.get("versions", {}),
+            "task": run_config.get("task"),
+            "dataset": run_config.get("dataset"),
+            "model": run_config.get("model"),
+            "num_clients": run_config.get("num-supernodes"),
+            "rounds_planned": run_config.get("num-server-rounds"),
+            "rounds_completed": len(rounds) - 1,
+            "finished": bool(summary),
+            "elapsed_s": summary.get("elapsed_s"),
+        },
+        "config": run_config,
+        "initial": round_entries[0],
+        "final": round_entries[-1],
+        "rounds": round_entries,
+        "privacy": privacy_section(config, rounds, summary, run_dir),
+        "fairness": fairness,
+        "fairness_settings": fairness_settings,
+    }
+    return _clean(report)
+
+
+# --------------------------------------------------------------------------- writing
+def coordinator_key(signing_key: str, runs_dir: str | Path) -> Ed25519PrivateKey:
+    """The coordinator's signing key (created on first use), refused when it lies in the runs folder.
+
+    The ServerApp calls this at the start of a run, so an unusable key stops
+    the run before any training rather than after it.
+    """
+    return load_or_create_key(default_key_path(signing_key), forbidden_root=Path(runs_dir).resolve())
+
+
+def write_report(run_dir: Path, key: Ed25519PrivateKey) -> Path:
+    """Build, sign and write report.json/.sig/.pub and report.html into the run folder."""
+    from server.report_html import write_html
+
+    run_dir = Path(run_dir)
+    path = write_signed(run_dir, build_report(run_dir), key)
+    write_html(run_dir)
+    return path

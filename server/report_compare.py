@@ -1,0 +1,279 @@
+"""Two runs side by side, per demographic group: what DP (or a fairness option) costs whom.
+
+Privacy often costs minority groups most (Bagdasaryan et al. 2019, "Differential
+privacy has disparate impact on model accuracy"). ``compare_runs`` reads two
+signed run reports (e.g. the same configuration without and with DP, or
+plain vs ``fairness-reweight``), checks both signatures, and writes
+``comparison.json`` and a self-contained ``comparison.html``: global metrics,
+every group's accuracy in A and B with intervals, the change and its interval,
+worst-group accuracy and the accuracy gap per attribute, and the config keys
+that differ, so the reader sees exactly what was varied.
+
+The change's interval is Newcombe's hybrid score interval for a difference of
+two proportions (from the two Wilson intervals). It treats A and B as
+independent samples; both runs score the same test rows, whose paired
+differences vary less, so the interval is conservative (wider than needed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from server.report_html import CSS, _png, _table, interval, num, pct, source_digest  # noqa: E402
+from server.report_signing import REPORT_FILE, verify_run  # noqa: E402
+
+COMPARISON_SCHEMA_VERSION = 1
+COMPARISON_JSON = "comparison.json"
+COMPARISON_HTML = "comparison.html"
+GLOBAL_METRICS = ("accuracy", "macro_f1", "uar", "loss")
+IGNORED_CONFIG_KEYS = ("run-name",)  # always differs, says nothing about the runs
+
+
+class ComparisonError(RuntimeError):
+    """An input run folder cannot be compared (named in the message)."""
+
+
+def load_report(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(report, facts about it: path, digest, signature verdict)."""
+    run_dir = Path(run_dir)
+    path = run_dir / REPORT_FILE
+    if not path.is_file():
+        raise ComparisonError(f"{path} is missing: {run_dir} has no run report (build one with "
+                              f"`fedemo report --build {run_dir}`)")
+    data = path.read_bytes()
+    try:
+        report = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ComparisonError(f"{path} is not valid JSON: {err}") from err
+    verdict = verify_run(run_dir, html_digest_of=source_digest)
+    facts = {"path": str(run_dir), "run_id": report.get("run", {}).get("run_id"),
+             "report_sha256": hashlib.sha256(data).hexdigest(),
+             "signature": {"valid": verdict.valid, "key_id": verdict.key_id, "problems": verdict.problems}}
+    return report, facts
+
+
+def newcombe_interval(p_a: float, ci_a: list[float], p_b: float, ci_b: list[float]) -> list[float]:
+    """Interval of p_b - p_a from the two Wilson intervals (Newcombe 1998, method 10)."""
+    d = p_b - p_a
+    lo = d - math.sqrt((p_b - ci_b[0]) ** 2 + (ci_a[1] - p_a) ** 2)
+    hi = d + math.sqrt((ci_b[1] - p_b) ** 2 + (p_a - ci_a[0]) ** 2)
+    return [lo, hi]
+
+
+def _label(report: dict[str, Any], side: str) -> str:
+    config, privacy = report.get("config", {}), report.get("privacy", {})
+    parts = [f"{side}: {report.get('run', {}).get('run_id')}"]
+    if privacy.get("sample_level_dp"):
+        eps = privacy.get("max_epsilon")
+        parts.append(f"DP-SGD, max epsilon {eps:.3g}" if eps is not None else "DP-SGD")
+    else:
+        parts.append("no DP-SGD")
+    if config.get("central-dp", "off") != "off":
+        parts.append(f"central DP {config['central-dp']}")
+    if config.get("fairness-reweight"):
+        parts.append(f"reweighted by {config['fairness-reweight']}")
+    return ", ".join(parts)
+
+
+def _group_side(figures: dict[str, Any] | None) -> dict[str, Any] | None:
+    if figures is None:
+        return None
+    if figures.get("suppressed"):
+        return {"suppressed": True}
+    return {k: figures.get(k) for k in ("n", "accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci")} | {"suppressed": False}
+
+
+def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The side-by-side comparison of two run reports (B relative to A)."""
+    out: dict[str, Any] = {"global": {}, "attributes": {}}
+    for metric in GLOBAL_METRICS:
+        va, vb = a["final"].get(metric), b["final"].get(metric)
+        item = {"a": va, "b": vb, "change": vb - va if va is not None and vb is not None else None}
+        if metric == "accuracy" and a["final"].get("accuracy_ci") and b["final"].get("accuracy_ci"):
+            item["a_ci"], item["b_ci"] = a["final"]["accuracy_ci"], b["final"]["accuracy_ci"]
+            item["change_ci"] = newcombe_interval(va, item["a_ci"], vb, item["b_ci"])
+        out["global"][metric] = item
+
+    fa, fb = a.get("fairness", {}), b.get("fairness", {})
+    for attribute in [x for x in fa if x in fb] + [x for x in fb if x not in fa] + [x for x in fa if x not in fb]:
+        ga, gb = fa.get(attribute, {}).get("groups", {}), fb.get(attribute, {}).get("groups", {})
+        groups = {}
+        for group in list(ga) + [g for g in gb if g not in ga]:
+            sa, sb = _group_side(ga.get(group)), _group_side(gb.get(group))
+            row: dict[str, Any] = {"a": sa, "b": sb, "accuracy_change": None, "accuracy_change_ci": None}
+            if sa and sb and not sa["suppressed"] and not sb["suppressed"] and sa.get("accuracy") is not None \
+                    and sb.get("accuracy") is not None:
+                row["accuracy_change"] = sb["accuracy"] - sa["accuracy"]
+                row["accuracy_change_ci"] = newcombe_interval(sa["accuracy"], sa["accuracy_ci"],
+                                                              sb["accuracy"], sb["accuracy_ci"])
+            groups[group] = row
+        changes = {g: r["accuracy_change"] for g, r in groups.items() if r["accuracy_change"] is not None}
+        largest = min(changes, key=changes.get) if changes else None
+
+        def side(report_fairness: dict, key: str) -> Any:
+            return (report_fairness.get(attribute) or {}).get(key)
+
+        worst_a, worst_b = side(fa, "worst_group") or {}, side(fb, "worst_group") or {}
+        gap_a, gap_b = side(fa, "accuracy_gap") or {}, side(fb, "accuracy_gap") or {}
+        out["attributes"][attribute] = {
+            "groups": groups,
+            "largest_drop": {"group": largest, "accuracy_change": changes[largest],
+                             "accuracy_change_ci": groups[largest]["accuracy_change_ci"]} if largest else None,
+            "worst_group": {"a": worst_a, "b": worst_b,
+                            "change": (worst_b["accuracy"] - worst_a["accuracy"])
+                            if worst_a.get("accuracy") is not None and worst_b.get("accuracy") is not None else None},
+            "accuracy_gap": {"a": gap_a.get("value"), "a_ci": gap_a.get("ci"), "b": gap_b.get("value"),
+                             "b_ci": gap_b.get("ci"),
+                             "change": (gap_b["value"] - gap_a["value"])
+                             if gap_a.get("value") is not None and gap_b.get("value") is not None else None},
+            "flagged": {"a": side(fa, "flagged"), "b": side(fb, "flagged")},
+        }
+    return out
+
+
+def findings(comparison: dict[str, Any]) -> list[str]:
+    """The comparison in plain sentences."""
+    la, lb = comparison["runs"]["a"]["label"], comparison["runs"]["b"]["label"]
+    lines = [f"A = {la}. B = {lb}."]
+    acc = comparison["global"]["accuracy"]
+    if acc["change"] is not None:
+        lines.append(f"Overall accuracy: {pct(acc['a'])} in A, {pct(acc['b'])} in B, a change of "
+                     f"{100 * acc['change']:+.1f} points"
+                     + (f" (95% interval {100 * acc['change_ci'][0]:+.1f} to {100 * acc['change_ci'][1]:+.1f})"
+                        if acc.get("change_ci") else "") + ".")
+    for attribute, item in comparison["attributes"].items():
+        drop = item["largest_drop"]
+        text = f"By {attribute}: "
+        if drop:
+            others = [r["accuracy_change"] for g, r in item["groups"].items()
+                      if r["accuracy_change"] is not None and g != drop["group"]]
+            text += (f"the group that loses most from A to B is '{drop['group']}' "
+                     f"({100 * drop['accuracy_change']:+.1f} points")
+            if others:
+                text += f"; the other groups {100 * min(others):+.1f} to {100 * max(others):+.1f}"
+            text += ")"
+        else:
+            text += "no group is reported in both runs"
+        wg = item["worst_group"]
+        if wg["change"] is not None:
+            text += (f"; worst-group accuracy {pct(wg['a'].get('accuracy'))} ('{wg['a'].get('group')}') in A vs "
+                     f"{pct(wg['b'].get('accuracy'))} ('{wg['b'].get('group')}') in B")
+        gap = item["accuracy_gap"]
+        if gap["change"] is not None:
+            text += f"; gap between groups {100 * gap['a']:.1f} vs {100 * gap['b']:.1f} points"
+        lines.append(text + ".")
+    bad = [side for side in ("a", "b") if not comparison["runs"][side]["signature"]["valid"]]
+    if bad:
+        lines.append("WARNING: the report of " + " and ".join(s.upper() for s in bad) + " did not verify: "
+                     + "; ".join(p for s in bad for p in comparison["runs"][s]["signature"]["problems"]))
+    if comparison["config_differences"]:
+        lines.append("Configuration keys that differ: " + ", ".join(comparison["config_differences"]) + ".")
+    else:
+        lines.append("The two runs have identical configurations (apart from their names).")
+    return lines
+
+
+def plot_attribute(attribute: str, item: dict[str, Any]) -> str:
+    rows = [(g, r) for g, r in item["groups"].items()
+            if any(r[s] and not r[s]["suppressed"] and r[s].get("accuracy") is not None for s in ("a", "b"))]
+    if not rows:
+        return ""
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(rows) + 1.4))
+    height = 0.38
+    for offset, side, color in ((-height / 2, "a", "#4c78a8"), (height / 2, "b", "#f58518")):
+        ys, xs, lo, hi = [], [], [], []
+        for i, (_, r) in enumerate(rows):
+            s = r[side]
+            if s and not s["suppressed"] and s.get("accuracy") is not None:
+                ys.append(i + offset)
+                xs.append(s["accuracy"])
+                lo.append(max(0.0, s["accuracy"] - s["accuracy_ci"][0]))
+                hi.append(max(0.0, s["accuracy_ci"][1] - s["accuracy"]))
+        ax.barh(ys, xs, height=height, xerr=[lo, hi], capsize=3, color=color, label=side.upper())
+    ax.set_yticks(range(len(rows)), [g for g, _ in rows])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy (bars: 95% interval)")
+    ax.set_title(f"Accuracy per {attribute} group: A vs B")
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def render_comparison_html(comparison: dict[str, Any]) -> str:
+    parts = []
+    for attribute, item in comparison["attributes"].items():
+        parts.append(f"<h3>By {escape(attribute)}</h3>{plot_attribute(attribute, item)}")
+        rows = []
+        for group, r in item["groups"].items():
+            cells = [escape(group)]
+            for side in ("a", "b"):
+                s = r[side]
+                if s is None:
+                    cells += ["not in this run", ""]
+                elif s["suppressed"]:
+                    cells += ["suppressed: too few samples", ""]
+                else:
+                    cells += [pct(s.get("accuracy")) + f" (n={s.get('n')})", interval(s.get("accuracy_ci"))]
+            change, ci = r["accuracy_change"], r["accuracy_change_ci"]
+            cells += ["n/a" if change is None else f"{100 * change:+.1f} points",
+                      "" if not ci else f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}"]
+            rows.append(cells)
+        parts.append(_table(["group", "accuracy A", "interval A", "accuracy B", "interval B", "change B - A",
+                             "interval of change"], rows))
+        wg, gap = item["worst_group"], item["accuracy_gap"]
+        parts.append(_table(["", "A", "B"], [
+            ["worst group", escape(f"{wg['a'].get('group')}: {pct(wg['a'].get('accuracy'))}"),
+             escape(f"{wg['b'].get('group')}: {pct(wg['b'].get('accuracy'))}")],
+            ["accuracy gap", num(gap["a"]), num(gap["b"])],
+            ["flagged", escape(str(item["flagged"]["a"])), escape(str(item["flagged"]["b"]))]]))
+    global_rows = [[escape(m), num(v["a"]), num(v["b"]), "n/a" if v["change"] is None else f"{v['change']:+.3f}"]
+                   for m, v in comparison["global"].items()]
+    runs_rows = [[side.upper(), escape(r["label"]), escape(r["path"]),
+                  "valid" if r["signature"]["valid"] else "<strong class=flag>NOT VALID</strong>: "
+                  + escape("; ".join(r["signature"]["problems"])), f"<code>{r['report_sha256'][:16]}</code>"]
+                 for side, r in comparison["runs"].items()]
+    diff_rows = [[escape(k), escape(json.dumps(v[0])), escape(json.dumps(v[1]))]
+                 for k, v in comparison["config_differences"].items()]
+    summary = "".join(f"<li>{escape(line)}</li>" for line in comparison["findings"])
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>FedEmo comparison</title><style>{CSS}</style></head><body>
+<h1>FedEmo comparison: who pays for the change?</h1>
+<h2>Summary</h2><div class="summary"><ul>{summary}</ul></div>
+<h2>Per group, side by side</h2>
+<p>Each group's accuracy in run A and run B with 95% intervals; the change is B minus A with a conservative 95%
+interval (Newcombe). Groups too small to report are named as suppressed.</p>
+{''.join(parts) or '<p>Neither run has per-group figures.</p>'}
+<h2>Whole test set</h2>{_table(['metric', 'A', 'B', 'change B - A'], global_rows)}
+<h2>The runs compared</h2>{_table(['', 'run', 'folder', 'signature', 'report SHA-256'], runs_rows)}
+<h3>Configuration differences</h3>{_table(['key', 'A', 'B'], diff_rows) if diff_rows else '<p>None.</p>'}
+</body></html>
+"""
+
+
+def compare_runs(run_a: Path, run_b: Path, out_dir: Path) -> Path:
+    """Write comparison.json and comparison.html for two run folders; returns the JSON path."""
+    a, facts_a = load_report(run_a)
+    b, facts_b = load_report(run_b)
+    ca, cb = a.get("config", {}), b.get("config", {})
+    differences = {k: [ca.get(k), cb.get(k)] for k in sorted(set(ca) | set(cb))
+                   if k not in IGNORED_CONFIG_KEYS and ca.get(k) != cb.get(k)}
+    comparison = {"schema_version": COMPARISON_SCHEMA_VERSION, "kind": "fedemo-comparison",
+                  "runs": {"a": {**facts_a, "label": _label(a, "A")}, "b": {**facts_b, "label": _label(b, "B")}},
+                  "config_differences": differences, **compare_reports(a, b)}
+    comparison["findings"] = findings(comparison)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / COMPARISON_JSON
+    path.write_text(json.dumps(comparison, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+    (out_dir / COMPARISON_HTML).write_text(render_comparison_html(comparison), encoding="utf-8")
+    return path

@@ -1,0 +1,354 @@
+"""report.html: the signed report.json made readable for people who do not read JSON.
+
+One self-contained file (plots are base64 PNGs drawn with matplotlib's Agg
+backend, no scripts, no network), built only from report.json, so
+``fedemo report RUN_DIR`` can rebuild it at any time and the same JSON always
+gives the same page. The page names the SHA-256 of the report.json it was
+built from (``<meta name="fedemo-report-sha256">``), which ``fedemo verify``
+compares with the file, so an outdated page is caught.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from server.report_signing import REPORT_FILE  # noqa: E402
+
+HTML_FILE = "report.html"
+DIGEST_META = "fedemo-report-sha256"
+MAX_LEGEND_CLIENTS = 12  # above this many clients the epsilon plot names only the largest spender
+
+
+# --------------------------------------------------------------------------- formatting
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def interval(ci: list[float] | None) -> str:
+    return "" if not ci else f"{100 * ci[0]:.1f}% to {100 * ci[1]:.1f}%"
+
+
+def num(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 0.1 and x != 0 else f"{x:.{digits}f}"
+    return escape(str(x))
+
+
+def ordered_groups(figures: dict) -> list[tuple[str, dict]]:
+    """An attribute's groups in the dataset's own order (``group_order``; JSON keys are sorted)."""
+    groups = figures.get("groups", {})
+    order = [g for g in figures.get("group_order", []) if g in groups]
+    return [(g, groups[g]) for g in order + sorted(g for g in groups if g not in order)]
+
+
+def source_digest(html: str) -> str | None:
+    """The report.json SHA-256 a report.html says it was built from."""
+    match = re.search(rf'<meta name="{DIGEST_META}" content="([0-9a-f]{{64}})">', html)
+    return match.group(1) if match else None
+
+
+def _png(fig) -> str:
+    for ax in fig.axes:
+        if ax.get_xlabel().startswith("round"):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">'
+
+
+# --------------------------------------------------------------------------- plots
+def plot_global(rounds: list[dict]) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    xs = [r["round"] for r in rounds if r.get("accuracy") is not None]
+    ax.plot(xs, [r["accuracy"] for r in rounds if r.get("accuracy") is not None], marker="o", label="accuracy")
+    cis = [(r["round"], r["accuracy_ci"]) for r in rounds if r.get("accuracy_ci")]
+    if cis:
+        ax.fill_between([c[0] for c in cis], [c[1][0] for c in cis], [c[1][1] for c in cis], alpha=0.2,
+                        label="95% interval")
+    ax.plot(xs, [r.get("macro_f1") for r in rounds if r.get("accuracy") is not None], marker=".", linestyle="--",
+            label="macro-F1")
+    ax.set_xlabel("round (0 = before training)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Global model on all hospitals' test data")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_groups(attribute: str, figures: dict, overall: float | None) -> str:
+    shown = [(g, v) for g, v in ordered_groups(figures) if not v.get("suppressed")]
+    if not shown:
+        return ""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(shown) + 1.2))
+    names = [g for g, _ in shown]
+    acc = [v["accuracy"] for _, v in shown]
+    lo = [max(0.0, v["accuracy"] - v["accuracy_ci"][0]) for _, v in shown]
+    hi = [max(0.0, v["accuracy_ci"][1] - v["accuracy"]) for _, v in shown]
+    ax.barh(range(len(shown)), acc, xerr=[lo, hi], capsize=4, color="#4c78a8", alpha=0.85)
+    ax.set_yticks(range(len(shown)), [f"{g} (n={v['n']})" for g, v in shown])
+    if overall is not None:
+        ax.axvline(overall, color="black", linestyle=":", label=f"all groups {pct(overall)}")
+        ax.legend(loc="lower right")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy (bars: 95% interval)")
+    ax.set_title(f"Accuracy per {attribute} group")
+    ax.invert_yaxis()
+    return _png(fig)
+
+
+def plot_epsilon(privacy: dict) -> str:
+    clients = privacy.get("clients", [])
+    if not clients:
+        return ""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    top = max(clients, key=lambda c: c.get("epsilon") or 0.0)
+    for client in clients:
+        rounds = [h["round"] for h in client["history"]]
+        eps = [h["epsilon"] for h in client["history"]]
+        labelled = len(clients) <= MAX_LEGEND_CLIENTS or client is top
+        ax.plot(rounds, eps, marker=".", alpha=0.9 if labelled else 0.35,
+                label=f"hospital {client['client_id']}" if labelled else None)
+    budgets = {c.get("budget") for c in clients if c.get("budget") is not None}
+    for budget in sorted(budgets):
+        ax.axhline(budget, color="red", linestyle="--", label=f"budget {budget:g}")
+    ax.set_xlabel("round")
+    ax.set_ylabel("epsilon spent (cumulative)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Privacy spent by each hospital")
+    ax.legend(fontsize="small", loc="upper left", ncol=2)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_gaps(fairness: dict, threshold: float | None) -> str:
+    series = {a: f.get("history", []) for a, f in fairness.items()
+              if any(h.get("accuracy_gap") is not None for h in f.get("history", []))}
+    if not series:
+        return ""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for attribute, history in series.items():
+        points = [(h["round"], h["accuracy_gap"]) for h in history if h.get("accuracy_gap") is not None]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=attribute)
+    if threshold is not None:
+        ax.axhline(threshold, color="red", linestyle="--", label=f"flag threshold {threshold:g}")
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy gap (best - worst group)")
+    ax.set_title("Gap between groups over rounds")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- text
+def plain_summary(report: dict) -> list[str]:
+    """The findings in plain sentences, most important first."""
+    run, final, privacy = report["run"], report["final"], report["privacy"]
+    lines = []
+    n = final.get("eval_examples") or 0
+    correct = sum(final["confusion"][i][i] for i in range(len(final["confusion"]))) if final.get("confusion") else None
+    lines.append(
+        f"After {run.get('rounds_completed')} training rounds with {run.get('num_clients')} hospitals, the shared "
+        f"{run.get('task')} emotion model recognised {correct if correct is not None else '?'} of {n} held-out "
+        f"test samples correctly: accuracy {pct(final.get('accuracy'))}"
+        + (f" (95% interval {interval(final.get('accuracy_ci'))})" if final.get("accuracy_ci") else "")
+        + f", up from {pct(report['initial'].get('accuracy'))} before training.")
+    if privacy.get("sample_level_dp") and privacy.get("clients"):
+        budgets = sorted({c["budget"] for c in privacy["clients"] if c.get("budget") is not None})
+        lines.append(
+            f"Every hospital trained with differential privacy (DP-SGD). The largest privacy loss of any "
+            f"hospital is epsilon {num(privacy.get('max_epsilon'))} against a budget of "
+            f"{', '.join(f'{b:g}' for b in budgets)}; smaller is more private. "
+            f"Ledger check: {privacy['ledger_check']['status']}.")
+        if privacy.get("declined_rounds"):
+            lines.append(f"{len(privacy['declined_rounds'])} training requests were declined by hospitals "
+                         "because they would have exceeded the privacy budget.")
+    elif privacy.get("sample_level_dp"):
+        lines.append("Differential privacy was on, but no hospital completed a DP training round.")
+    else:
+        lines.append("Hospitals trained WITHOUT differential privacy (sample-level DP-SGD was off).")
+    central = privacy.get("client_level_dp") or {}
+    if central.get("enabled"):
+        spent = central.get("accounting") or {}
+        lines.append(f"Each hospital's whole contribution was also protected by client-level DP "
+                     f"({central['settings'].get('central-dp')}): epsilon {num(spent.get('epsilon'))} at delta "
+                     f"{num(spent.get('delta'))} after {spent.get('releases', '?')} noised rounds"
+                     + (f", budget {spent['budget']:g}" if spent.get("budget") else "") + ".")
+    settings = report.get("fairness_settings", {})
+    for attribute, figures in report.get("fairness", {}).items():
+        worst = figures.get("worst_group") or {}
+        gap = figures.get("accuracy_gap") or {}
+        text = f"By {attribute}: "
+        if worst.get("group") is not None:
+            text += (f"the worst-served group is '{worst['group']}' with accuracy {pct(worst.get('accuracy'))} "
+                     f"({interval(worst.get('accuracy_ci'))})")
+        else:
+            text += "no group was large enough to report"
+        if gap.get("value") is not None:
+            text += (f"; the gap to the best group ({' vs '.join(map(str, gap.get('between') or []))}) is "
+                     f"{100 * gap['value']:.1f} percentage points ({interval(gap.get('ci'))})")
+        text += "."
+        if figures.get("flagged"):
+            text += f" FLAGGED: {figures.get('flag_reason') or 'gap above the threshold'}."
+        if figures.get("suppressed_groups"):
+            text += (f" Too small to report (fewer than {settings.get('min_group_size')} test samples): "
+                     f"{', '.join(map(str, figures['suppressed_groups']))}.")
+        lines.append(text)
+    if not report.get("fairness"):
+        lines.append(f"No per-group figures: {settings.get('status', 'not available')}.")
+    return lines
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def fairness_html(report: dict) -> str:
+    settings = report.get("fairness_settings", {})
+    fairness = report.get("fairness", {})
+    if not fairness:
+        return f"<p>{escape(str(settings.get('status', 'No per-group figures in this run.')))}</p>"
+    parts = [f"<p>Figures of round {settings.get('round')}; groups with fewer than "
+             f"{settings.get('min_group_size')} test samples are suppressed (not shown, to protect the people in "
+             f"them and because their figures would be noise). Intervals are {int(100 * settings.get('confidence', 0.95))}%"
+             f" intervals. A gap above {settings.get('gap_threshold')} is flagged.</p>"]
+    if settings.get("eval_count_noise"):
+        parts.append(f"<p>The per-group counts carry differential-privacy noise "
+                     f"({escape(json.dumps(settings['eval_count_noise']))}).</p>")
+    for attribute, figures in fairness.items():
+        parts.append(f"<h3>By {escape(attribute)}</h3>")
+        parts.append(plot_groups(attribute, figures, report["final"].get("accuracy")))
+        rows = []
+        for group, v in ordered_groups(figures):
+            if v.get("suppressed"):
+                rows.append([escape(str(group)), f"fewer than {settings.get('min_group_size')}",
+                             "suppressed: too few samples to report", "", ""])
+            else:
+                rows.append([escape(str(group)), num(v.get("n")), pct(v.get("accuracy")),
+                             interval(v.get("accuracy_ci")), num(v.get("macro_f1"))])
+        parts.append(_table(["group", "test samples", "accuracy", "95% interval", "macro-F1"], rows))
+        facts = []
+        for key, label in (("accuracy_gap", "accuracy gap (best - worst)"), ("accuracy_ratio", "accuracy ratio"),
+                           ("equalized_odds_difference", "equalized-odds difference"),
+                           ("predicted_rate_difference", "predicted-rate difference")):
+            item = figures.get(key) or {}
+            if item.get("value") is not None:
+                facts.append([escape(label), num(item["value"]), interval(item.get("ci")).replace("%", "")
+                              if key == "accuracy_ratio" else interval(item.get("ci")),
+                              escape(str(item.get("method") or ""))])
+        if facts:
+            parts.append(_table(["measure", "value", "interval", "method"], facts))
+        status = ("<strong class=flag>flagged</strong>: " + escape(str(figures.get("flag_reason") or ""))
+                  if figures.get("flagged") else "not flagged")
+        parts.append(f"<p>Status: {status}.</p>")
+    gaps = plot_gaps(fairness, settings.get("gap_threshold"))
+    if gaps:
+        parts.append("<h3>Gaps over rounds</h3>" + gaps)
+    return "\n".join(parts)
+
+
+def privacy_html(privacy: dict) -> str:
+    parts = []
+    if not privacy.get("clients"):
+        parts.append("<p>No hospital reported DP-SGD training in this run"
+                     + (" (sample-level DP was off)." if not privacy.get("sample_level_dp") else ".") + "</p>")
+    else:
+        parts.append("<p>Epsilon is the privacy loss a hospital's data has spent (cumulative over rounds, and over "
+                     "earlier runs on the same ledger); delta is the small probability the guarantee fails. "
+                     "Each figure is what the hospital reported, and (in simulation) was checked against its "
+                     f"privacy ledger: <strong>{escape(privacy['ledger_check']['status'])}</strong>.</p>")
+        parts.append(plot_epsilon(privacy))
+        checks = {c["client_id"]: c["status"] for c in privacy["ledger_check"].get("clients", [])}
+        rows = [[escape(c["client_id"]), num(c.get("epsilon")), num(c.get("delta")), num(c.get("budget")),
+                 num(c.get("budget_remaining")), num(c.get("noise_multiplier")), num(c.get("sample_rate")),
+                 num(c.get("steps")), num(c.get("max_grad_norm")), escape(str(c.get("accountant"))),
+                 escape(checks.get(c["client_id"], ""))] for c in privacy["clients"]]
+        parts.append(_table(["hospital", "epsilon", "delta", "budget", "remaining", "noise multiplier",
+                             "sample rate", "steps (this run)", "clipping norm", "accountant", "ledger"], rows))
+    if privacy.get("declined_rounds"):
+        rows = [[num(d["round"]), num(d.get("node_id")), escape(d.get("reason", ""))] for d in privacy["declined_rounds"]]
+        parts.append("<h3>Declined training rounds</h3>" + _table(["round", "node", "reason"], rows))
+    for key, title in (("client_level_dp", "Client-level central DP"), ("secure_aggregation", "Secure aggregation")):
+        if (privacy.get(key) or {}).get("enabled"):
+            parts.append(f"<h3>{title}</h3><pre>{escape(json.dumps(privacy[key], indent=2, sort_keys=True))}</pre>")
+    return "\n".join(parts)
+
+
+def rounds_html(rounds: list[dict]) -> str:
+    rows = [[num(r["round"]), pct(r.get("accuracy")), interval(r.get("accuracy_ci")), num(r.get("macro_f1")),
+             num(r.get("loss")), num(r.get("eval_examples")), num(r.get("clients_trained")),
+             num(r.get("clients_evaluated")), num(len(r.get("train_failures", [])) + len(r.get("evaluate_failures", [])))]
+            for r in rounds]
+    return _table(["round", "accuracy", "95% interval", "macro-F1", "loss", "test samples", "hospitals trained",
+                   "hospitals evaluated", "failures"], rows)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left}
+th{background:#f4f4f4}.summary{background:#f6f8fa;border-left:4px solid #4c78a8;padding:.5em 1.2em}
+.flag{color:#b00}img{max-width:100%}pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.85em}
+small{color:#666}
+"""
+
+
+def render_html(report: dict, report_sha256: str) -> str:
+    """The whole page; a pure function of the report and its digest."""
+    run = report["run"]
+    summary = "".join(f"<li>{escape(line)}</li>" for line in plain_summary(report))
+    config_rows = [[escape(k), escape(json.dumps(v))] for k, v in sorted(report.get("config", {}).items())]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="{DIGEST_META}" content="{report_sha256}">
+<title>FedEmo run report {escape(str(run.get('run_id')))}</title><style>{CSS}</style></head><body>
+<h1>FedEmo run report: {escape(str(run.get('run_id')))}</h1>
+<p><small>{escape(str(run.get('task')))} emotion recognition, dataset {escape(str(run.get('dataset')))}, model
+{escape(str(run.get('model')))}; report schema {report.get('schema_version')}, generated {escape(str(report.get('generated_at')))}.
+</small></p>
+<h2>Summary</h2>
+<div class="summary"><ul>{summary}</ul></div>
+<h2>How well the model works for each group</h2>
+{fairness_html(report)}
+<h2>Privacy spent by each hospital</h2>
+{privacy_html(report['privacy'])}
+<h2>Global model over the rounds</h2>
+{plot_global(report['rounds'])}
+{rounds_html(report['rounds'])}
+<h2>Is this report authentic?</h2>
+<p>This page was built from <code>report.json</code> with SHA-256 <code>{report_sha256}</code>. That file is signed
+with the coordinator's Ed25519 key (<code>report.sig</code>, public key in <code>report.pub</code>). Run
+<code>fedemo verify RUN_FOLDER</code> to check that neither file was changed since the run.</p>
+<details><summary>Run configuration</summary>{_table(['key', 'value'], config_rows)}</details>
+<p><small>Software: {escape(json.dumps(run.get('versions', {}), sort_keys=True))}</small></p>
+</body></html>
+"""
+
+
+def write_html(run_dir: Path) -> Path:
+    """(Re)build report.html from the run folder's report.json."""
+    run_dir = Path(run_dir)
+    data = (run_dir / REPORT_FILE).read_bytes()
+    html = render_html(json.loads(data.decode("utf-8")), hashlib.sha256(data).hexdigest())
+    path = run_dir / HTML_FILE
+    path.write_text(html, encoding="utf-8")
+    return path

@@ -1,0 +1,245 @@
+"""Signing and verifying a run's report.json with the coordinator's Ed25519 key.
+
+Why the exact bytes: an auditor must be told when *any* byte of report.json
+changed. A signature over a re-serialised, parsed form would accept edits that
+parse to the same object (spacing, ``1.0`` vs ``1.00``, key order). So the
+report is written in its canonical form (``canonical_bytes``: sorted keys, no
+spaces, UTF-8) and the signature covers exactly the bytes of the file; a file
+that verifies is therefore also canonical, and anyone can recompute the
+canonical form from the parsed JSON.
+
+Files in the run folder:
+
+- ``report.json``: the canonical report bytes;
+- ``report.sig``: JSON with the algorithm, the public key (raw, base64), its
+  key id (SHA-256 of the raw public key, hex), the signature (base64), and, as
+  diagnostics only, the file's size, SHA-256 and a SHA-256 per top-level
+  section, so a failed check can say *which* part changed;
+- ``report.pub``: the coordinator's public key (PEM) for other tools.
+
+The private key lives outside run folders (``default_key_path``), is created
+once with permissions 0600 and never overwritten.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+REPORT_FILE = "report.json"
+SIGNATURE_FILE = "report.sig"
+PUBLIC_KEY_FILE = "report.pub"
+ALGORITHM = "Ed25519"
+SIGNATURE_FORMAT = 1
+KEY_ENV = "FEDEMO_SIGNING_KEY"
+DEFAULT_KEY = Path("~/.config/fedemo/coordinator_ed25519.pem")
+
+
+class SigningError(RuntimeError):
+    """The signing key cannot be used (unreadable, wrong type, inside a run folder)."""
+
+
+def canonical_bytes(report: dict[str, Any]) -> bytes:
+    """The one byte form of a report: sorted keys, no whitespace, UTF-8, no NaN/Infinity."""
+    return json.dumps(report, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def default_key_path(configured: str = "") -> Path:
+    """The run-config ``signing-key``, else ``$FEDEMO_SIGNING_KEY``, else ``~/.config/fedemo/...``."""
+    raw = configured or os.environ.get(KEY_ENV, "") or str(DEFAULT_KEY)
+    return Path(raw).expanduser().resolve()
+
+
+def load_or_create_key(path: Path, *, forbidden_root: Path | None = None) -> Ed25519PrivateKey:
+    """The coordinator's private key; created (0600, exclusive create) only when the file does not exist.
+
+    ``forbidden_root`` (the runs folder) must not contain the key: a key stored
+    next to the report it signs protects nothing.
+    """
+    path = Path(path)
+    if forbidden_root is not None and path.resolve().is_relative_to(Path(forbidden_root).resolve()):
+        raise SigningError(f"signing key {path} lies inside the runs folder {forbidden_root}; "
+                           "keep it outside run folders (run-config signing-key)")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another run created it first: use theirs
+            return load_or_create_key(path)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return key
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as err:
+        raise SigningError(f"signing key {path} cannot be read as an unencrypted PEM private key: {err}") from err
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningError(f"signing key {path} is a {type(key).__name__}, not an Ed25519 key")
+    return key
+
+
+def raw_public_key(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """SHA-256 of the raw 32-byte public key, hex: short enough to compare by eye, exact enough to trust."""
+    return hashlib.sha256(raw_public_key(key)).hexdigest()
+
+
+def section_digests(report: dict[str, Any]) -> dict[str, str]:
+    return {k: hashlib.sha256(canonical_bytes({k: v})).hexdigest() for k, v in report.items()}
+
+
+def write_signed(run_dir: Path, report: dict[str, Any], key: Ed25519PrivateKey) -> Path:
+    """Write report.json (canonical bytes), report.sig and report.pub; returns the report path."""
+    run_dir = Path(run_dir)
+    data = canonical_bytes(report)
+    public = key.public_key()
+    signature = {
+        "format": SIGNATURE_FORMAT,
+        "algorithm": ALGORITHM,
+        "signed_file": REPORT_FILE,
+        "key_id": key_id(public),
+        "public_key": base64.b64encode(raw_public_key(public)).decode("ascii"),
+        "signature": base64.b64encode(key.sign(data)).decode("ascii"),
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "sections_sha256": section_digests(report),
+    }
+    _atomic_write_bytes(run_dir / REPORT_FILE, data)
+    _atomic_write_bytes(run_dir / SIGNATURE_FILE, (json.dumps(signature, indent=2, sort_keys=True) + "\n").encode())
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    _atomic_write_bytes(run_dir / PUBLIC_KEY_FILE, pem)
+    return run_dir / REPORT_FILE
+
+
+@dataclass
+class Verification:
+    """Outcome of ``verify_run``: ``valid`` and, when not, every problem found, in plain words."""
+
+    valid: bool
+    key_id: str | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def verify_run(run_dir: Path, *, expected_public_key: Path | None = None,
+               html_digest_of=None) -> Verification:
+    """Check report.json against report.sig (and report.pub, and optionally a trusted key and the HTML).
+
+    ``html_digest_of`` maps the HTML text to the report SHA-256 it says it was
+    built from (``server.report_html.source_digest``); passed in to keep this
+    module free of the HTML code.
+    """
+    run_dir = Path(run_dir)
+    problems: list[str] = []
+    report_path, sig_path, pub_path = run_dir / REPORT_FILE, run_dir / SIGNATURE_FILE, run_dir / PUBLIC_KEY_FILE
+    for path in (report_path, sig_path):
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+    if problems:
+        return Verification(False, problems=problems)
+    data = report_path.read_bytes()
+    try:
+        sig = json.loads(sig_path.read_text(encoding="utf-8"))
+        public_raw = base64.b64decode(sig["public_key"], validate=True)
+        public = Ed25519PublicKey.from_public_bytes(public_raw)
+        signature = base64.b64decode(sig["signature"], validate=True)
+        if sig.get("algorithm") != ALGORITHM:
+            problems.append(f"{sig_path}: algorithm {sig.get('algorithm')!r}, expected {ALGORITHM}")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return Verification(False, problems=[f"{sig_path} is unreadable or malformed: {err}"])
+
+    kid = key_id(public)
+    if sig.get("key_id") != kid:
+        problems.append(f"{sig_path}: key_id {sig.get('key_id')} is not the SHA-256 of its public key ({kid})")
+    if pub_path.is_file():
+        try:
+            pub = serialization.load_pem_public_key(pub_path.read_bytes())
+            if not isinstance(pub, Ed25519PublicKey) or raw_public_key(pub) != public_raw:
+                problems.append(f"{pub_path} holds a different public key than {sig_path}")
+        except ValueError as err:
+            problems.append(f"{pub_path} is not a PEM public key: {err}")
+    else:
+        problems.append(f"{pub_path} is missing")
+    if expected_public_key is not None:
+        try:
+            trusted = serialization.load_pem_public_key(Path(expected_public_key).read_bytes())
+        except (OSError, ValueError) as err:
+            problems.append(f"trusted key {expected_public_key} cannot be read: {err}")
+        else:
+            if not isinstance(trusted, Ed25519PublicKey) or raw_public_key(trusted) != public_raw:
+                problems.append(f"the report was signed with key {kid}, not the trusted key {expected_public_key}")
+
+    try:
+        public.verify(signature, data)
+    except InvalidSignature:
+        problems.append("signature does not match report.json: the file was changed after signing "
+                        "(or signed by another key)")
+        problems.extend(_describe_change(data, sig))
+
+    if html_digest_of is not None:
+        html_path = run_dir / "report.html"
+        if not html_path.is_file():
+            problems.append(f"{html_path} is missing (rebuild it with `fedemo report {run_dir}`)")
+        else:
+            built_from = html_digest_of(html_path.read_text(encoding="utf-8"))
+            current = hashlib.sha256(data).hexdigest()
+            if built_from != current:
+                problems.append(f"{html_path} was built from another report.json (sha256 {built_from}, "
+                                f"the file is {current}); rebuild it with `fedemo report {run_dir}`")
+    return Verification(not problems, key_id=kid, problems=problems)
+
+
+def _describe_change(data: bytes, sig: dict[str, Any]) -> list[str]:
+    """What differs from the signed file, from the diagnostics in report.sig (not themselves proof)."""
+    out = []
+    size = sig.get("size")
+    if isinstance(size, int) and size != len(data):
+        out.append(f"report.json is {len(data)} bytes; {size} were signed")
+    if sig.get("sha256") and hashlib.sha256(data).hexdigest() != sig["sha256"]:
+        out.append(f"report.json SHA-256 is {hashlib.sha256(data).hexdigest()}; {sig['sha256']} was signed")
+    try:
+        report = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        out.append(f"report.json is no longer valid JSON ({err})")
+        return out
+    if not isinstance(report, dict):
+        out.append("report.json no longer holds a JSON object")
+        return out
+    if canonical_bytes(report) != data:
+        first = next((i for i, (a, b) in enumerate(zip(canonical_bytes(report), data)) if a != b),
+                     min(len(data), len(canonical_bytes(report))))
+        out.append(f"report.json is not in canonical form (first difference at byte {first}): "
+                   "it was re-serialised or edited by hand")
+    signed = sig.get("sections_sha256") or {}
+    now = section_digests(report)
+    changed = sorted(k for k in set(signed) | set(now) if signed.get(k) != now.get(k))
+    if changed:
+        out.append("sections that differ from the signed ones: " + ", ".join(changed))
+    return out
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

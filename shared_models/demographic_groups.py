@@ -1,0 +1,51 @@
+"""The fixed demographic group schema of each dataset, shared by nodes and coordinator.
+
+Flower aggregates only metric keys that every reply has, so every node must
+report the same attributes and groups, whatever its own data holds: a group a
+node has no sample of is sent with zero counts. The schema therefore depends
+on the dataset format only (what it can annotate), never on a node's rows.
+A value outside the canonical names (e.g. a free-text FER2013 sidecar cell)
+counts as "unknown", as the loaders already do for unknown codes.
+"""
+
+from __future__ import annotations
+
+from shared_models.taxonomy import AGE_BANDS, UNKNOWN
+
+# Canonical group names per attribute (docs/data.md), "unknown" last.
+ATTRIBUTE_GROUPS: dict[str, tuple[str, ...]] = {
+    "sex": ("female", "male", "unsure", UNKNOWN),
+    "age": (*AGE_BANDS, UNKNOWN),
+    "race": ("caucasian", "african_american", "asian", UNKNOWN),
+    "ethnicity": ("hispanic", "not_hispanic", UNKNOWN),
+}
+
+# The attributes each published format can carry (FER2013: through its demographics sidecar).
+DATASET_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "fer2013": ("sex", "age", "race"),
+    "rafdb": ("sex", "age", "race"),
+    "cremad": ("sex", "age", "race", "ethnicity"),
+    "ravdess": ("sex",),
+}
+
+GROUP_KEY_PREFIX = "grp."
+
+
+def group_schema(dataset: str) -> dict[str, tuple[str, ...]]:
+    """Attribute -> its groups, in a fixed order, for a dataset format."""
+    if dataset not in DATASET_ATTRIBUTES:
+        raise ValueError(f"no demographic group schema for dataset {dataset!r}; known: {', '.join(DATASET_ATTRIBUTES)}")
+    return {attr: ATTRIBUTE_GROUPS[attr] for attr in DATASET_ATTRIBUTES[dataset]}
+
+
+def metric_key(attribute: str, group: str) -> str:
+    """MetricRecord key of one group's flattened confusion matrix, e.g. "grp.race.asian"."""
+    return f"{GROUP_KEY_PREFIX}{attribute}.{group}"
+
+
+def parse_metric_key(key: str) -> tuple[str, str] | None:
+    """(attribute, group) of a group key, None for any other key. Group names may contain dots."""
+    if not key.startswith(GROUP_KEY_PREFIX):
+        return None
+    attribute, _, group = key[len(GROUP_KEY_PREFIX):].partition(".")
+    return attribute, group

@@ -1,0 +1,18 @@
+"""Suite-wide fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def coordinator_key_outside_home(tmp_path_factory):
+    """Every run signs its report with the coordinator's key; in tests that key lives in a temp folder.
+
+    Without this, any test that runs a simulation would create the real
+    ``~/.config/fedemo/coordinator_ed25519.pem`` of whoever runs the suite.
+    """
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FEDEMO_SIGNING_KEY", str(tmp_path_factory.mktemp("coordinator-key") / "coordinator_ed25519.pem"))
+    yield
+    mp.undo()

@@ -1,0 +1,83 @@
+"""Our epsilons against the accountants' own published reference values.
+
+Every epsilon FedEmo prints comes from one of three places: a node's ledger
+(Opacus's RDP or PRV accountant over the recorded DP-SGD history), the noise
+calibration (bisection over the same accountant) and the client-level central
+DP account (dp-accounting's RDP accountant, also inside Flower's). Each is
+checked here against numbers the libraries' own test suites publish, or
+against an independent accountant of another library.
+"""
+
+from __future__ import annotations
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting.pld import pld_privacy_accountant
+from flwr.serverapp import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant,
+                            SamplingMethod)
+from opacus.accountants.utils import get_noise_multiplier
+
+from client.dp_training import calibrate_noise
+from client.privacy_ledger import PrivacyLedger, epsilon_of
+from server.central_dp import epsilon_after
+
+# Opacus's accountants_test.py: 90 epochs at q = 0.04, sigma = 1.5, delta = 1e-5 -> 7.32911117143 (RDP).
+OPACUS_RDP = dict(sigma=1.5, q=0.04, steps=int(90 / 0.04), delta=1e-5, epsilon=7.32911117143)
+
+
+def test_ledger_rdp_epsilon_equals_opacus_published_value(tmp_path):
+    history = [(OPACUS_RDP["sigma"], OPACUS_RDP["q"], OPACUS_RDP["steps"])]
+    assert epsilon_of(history, OPACUS_RDP["delta"], "rdp") == pytest.approx(OPACUS_RDP["epsilon"], abs=1e-9)
+    # The same history recorded round by round in a ledger composes to the same value.
+    ledger = PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=10.0, delta=1e-5, accountant="rdp")
+    for r in range(9):
+        ledger.record(run="1", server_round=r + 1, noise_multiplier=1.5, sample_rate=0.04, steps=250,
+                      max_grad_norm=1.0)
+    assert ledger.spent() == pytest.approx(OPACUS_RDP["epsilon"], abs=1e-9)
+
+
+def test_ledger_rdp_agrees_with_dp_accounting_rdp():
+    ours = epsilon_of([(1.5, 0.04, 2250)], 1e-5, "rdp")
+    acc = dp_accounting.rdp.RdpAccountant()
+    acc.compose(dp_accounting.PoissonSampledDpEvent(0.04, dp_accounting.GaussianDpEvent(1.5)), 2250)
+    assert ours == pytest.approx(acc.get_epsilon(1e-5), rel=1e-3)  # the two libraries use other order grids
+
+
+@pytest.mark.parametrize("sigma,q,steps,delta", [(1.5, 0.04, 2250, 1e-5), (1.0, 0.01, 1000, 1e-5),
+                                                 (0.8, 0.25, 40, 1e-3)])
+def test_ledger_prv_agrees_with_dp_accounting_pld(sigma, q, steps, delta):
+    # PRV (Opacus) and PLD (dp-accounting) are independent numerical accountants of the same tight bound.
+    ours = epsilon_of([(sigma, q, steps)], delta, "prv")
+    pld = pld_privacy_accountant.PLDAccountant()
+    pld.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    assert ours == pytest.approx(pld.get_epsilon(delta), rel=0.02)
+    assert ours <= epsilon_of([(sigma, q, steps)], delta, "rdp")  # tight accounting is never worse than RDP
+
+
+def test_calibrated_noise_matches_opacus_get_noise_multiplier():
+    ours = calibrate_noise([], 0.04, int(90 / 0.04), target_epsilon=8.0, delta=1e-5, accountant="rdp")
+    theirs = get_noise_multiplier(target_epsilon=8.0, target_delta=1e-5, sample_rate=0.04, epochs=90,
+                                  accountant="rdp")
+    assert ours == pytest.approx(theirs, abs=0.02)
+    assert epsilon_of([(ours, 0.04, 2250)], 1e-5, "rdp") <= 8.0  # what it promises, it keeps
+
+
+def test_dp_accounting_rdp_published_table_for_poisson_sampled_gaussian():
+    # dp-accounting's rdp_privacy_accountant_test: q = 0.01, sigma = 2.5, 50 steps, RDP at these orders.
+    orders = [1.5, 2.5, 5, 50, 100]
+    acc = dp_accounting.rdp.RdpAccountant(orders=orders)
+    acc.compose(dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(2.5)), 50)
+    expected = [6.70579741e-04, 1.08548710e-03, 2.18075656e-03, 2.38460375e-02, 1.67416308e02]
+    assert np.allclose(acc._rdp, expected, rtol=1e-4)
+
+
+def test_central_dp_account_equals_flower_accountant_and_published_gaussian_value():
+    # dp-accounting's test table: one Gaussian release with sigma = 4.530877117 is (1, 1e-6)-DP.
+    assert 1.0 <= epsilon_after(4.530877117, 1, 1e-6) <= 1.05
+    flower = RdpAccountant(PrivacyConfig(target_delta=1e-4, population_size=50,
+                                         neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                                         sampling_method=SamplingMethod.NO_AMPLIFICATION))
+    for _ in range(30):
+        flower.compose(GaussianPrivacyEvent(noise_multiplier=1.2, sample_size=30, population_size=50))
+    assert flower.get_privacy_spent().epsilon == pytest.approx(epsilon_after(1.2, 30, 1e-4), rel=1e-9)
