@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scipy.stats import binomtest
 
@@ -236,12 +238,14 @@ def _clean(value: Any) -> Any:
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if value is None or isinstance(value, str):
         return value
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):
         return int(value)
-    if isinstance(value, float) or hasattr(value, "item"):
-        value = float(value.item() if hasattr(value, "item") else value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
         return value if math.isfinite(value) else None
     return value
 

@@ -60,9 +60,15 @@ def main(grid: Grid, context: Context) -> None:
     node_config = ConfigRecord({"data-dir": str(data_dir), "state-root": str(record.run_dir / "node-state")})
     if data_dir is None:  # deployment: every node reads its own data-path (node config); none is sent
         del node_config["data-dir"]
-    if settings.task in ("voice", "fusion"):
+    if settings.task in ("voice", "fusion") and settings.federated_normalisation:
         mean, std = global_feature_stats(grid, settings, node_config)
         model.set_feature_stats(torch.as_tensor(mean), torch.as_tensor(std))
+    elif settings.task in ("voice", "fusion"):  # data-independent: nothing about any node's audio is released
+        n_mels = next(v.numel() for k, v in model.state_dict().items() if k.endswith("feature_mean"))
+        model.set_feature_stats(torch.full((n_mels,), settings.feature_fixed_mean),
+                                torch.full((n_mels,), settings.feature_fixed_std))
+        log(INFO, "Fixed log-mel normalisation: mean %.1f dB, std %.1f dB in every band (no node is queried)",
+            settings.feature_fixed_mean, settings.feature_fixed_std)
 
     strategy = FedAvg(
         fraction_train=settings.fraction_train,

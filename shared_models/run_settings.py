@@ -61,6 +61,9 @@ class RunSettings:
     momentum: float
     weight_decay: float
     augment: bool
+    feature_normalisation: str
+    feature_fixed_mean: float
+    feature_fixed_std: float
     device: str
     client_threads: int
     dp: bool
@@ -109,6 +112,11 @@ class RunSettings:
         settings.validate()
         return settings
 
+    @property
+    def federated_normalisation(self) -> bool:
+        """Whether the coordinator asks nodes for their audio sums (never under DP: they are not privatised)."""
+        return self.feature_normalisation == "federated" or (self.feature_normalisation == "auto" and not self.dp)
+
     def to_config(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
@@ -152,6 +160,12 @@ class RunSettings:
         need(self.dp_max_noise_multiplier > 0.05, "dp-max-noise-multiplier", "must be > 0.05")
         need(self.dp_accountant in ("prv", "rdp"), "dp-accountant", "choose prv or rdp")
         need(self.client_threads >= 1, "client-threads", "must be >= 1")
+        need(self.feature_normalisation in ("auto", "federated", "fixed"), "feature-normalisation",
+             "choose auto, federated or fixed")
+        need(not (self.dp and self.feature_normalisation == "federated"), "feature-normalisation",
+             "federated normalisation sends each node's un-noised per-band audio sums, which the DP budget does "
+             "not cover; use auto or fixed with dp = true")
+        need(self.feature_fixed_std > 0, "feature-fixed-std", "must be > 0")
         need(self.fairness_min_group_size >= 1, "fairness-min-group-size", "must be >= 1")
         need(self.fairness_gap_threshold >= 0, "fairness-gap-threshold", "must be >= 0")
         need(self.eval_dp_noise_multiplier == 0 or self.eval_dp_noise_multiplier >= 0.1, "eval-dp-noise-multiplier",

@@ -94,3 +94,23 @@ def test_epsilon_after_matches_a_hand_computed_gaussian_bound():
     assert 1.0 <= eps <= 1.05
     assert epsilon_after(1.0, 0, 1e-5) == 0.0
     assert np.isclose(epsilon_after(2.0, 10, 1e-5), epsilon_after(2.0 / np.sqrt(10), 1, 1e-5), rtol=1e-3)
+
+
+def test_voice_under_dp_uses_fixed_normalisation_and_federated_sums_are_refused(tmp_path, capsys):
+    from simulations.synth_voices import write_cremad
+
+    write_cremad(tmp_path / "cremad", n_clips=60, seed=3, n_actors=6)
+    run_dir = run_simulation(None, {
+        "task": "voice", "dataset": "cremad", "model": "voice_crnn", "data-dir": str(tmp_path / "cremad"),
+        "runs-dir": str(tmp_path / "runs"), "run-name": "voice-dp", "partitioner": "natural",
+        "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 1, "local-epochs": 1,
+        "batch-size": 8, "dp": True, "augment": False})
+    state = torch.load(run_dir / "global_model.pt")
+    mean = next(v for k, v in state.items() if k.endswith("feature_mean"))
+    std = next(v for k, v in state.items() if k.endswith("feature_std"))
+    assert torch.all(mean == -30.0) and torch.all(std == 15.0)  # the pyproject defaults, no node was asked
+    assert read_rounds(run_dir)[1]["train"]["clients"][0]["dp"]["epsilon"] > 0
+
+    assert fedemo(["simulate", "--set", "dp=true", "--set", "feature-normalisation=federated",
+                   "--set", f"runs-dir={tmp_path}"]) == 2
+    assert "not cover" in capsys.readouterr().err
