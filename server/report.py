@@ -136,10 +136,13 @@ def privacy_section(config: dict[str, Any], rounds: list[dict[str, Any]], summar
             "enabled": run_config.get("central-dp", "off") not in ("off", False, ""),
             "settings": client_level, "accounting": accounting,
             "history": [{"round": r["round"], **r["central_dp"]} for r in rounds if r.get("central_dp")]}
-    secagg = {k: run_config[k] for k in sorted(run_config) if k.startswith("secagg")}
+    secagg = {k: run_config[k] for k in sorted(run_config) if k.startswith("secagg") or k == "secure-aggregation"}
     if secagg or "secagg" in summary:
-        section["secure_aggregation"] = {"enabled": run_config.get("secagg", False) not in ("off", False, ""),
-                                         "settings": secagg, "summary": summary.get("secagg")}
+        section["secure_aggregation"] = {
+            "enabled": bool(run_config.get("secure-aggregation", False)),
+            "settings": secagg, "summary": summary.get("secagg"),
+            "history": [{"round": r["round"], **r["train"]["secagg"]} for r in rounds
+                        if (r.get("train") or {}).get("secagg")]}
     return section
 
 

@@ -70,9 +70,9 @@ def newcombe_interval(p_a: float, ci_a: list[float], p_b: float, ci_b: list[floa
     return [lo, hi]
 
 
-def _label(report: dict[str, Any], side: str) -> str:
+def _label(report: dict[str, Any]) -> str:
     config, privacy = report.get("config", {}), report.get("privacy", {})
-    parts = [f"{side}: {report.get('run', {}).get('run_id')}"]
+    parts = [str(report.get("run", {}).get("run_id"))]
     if privacy.get("sample_level_dp"):
         eps = privacy.get("max_epsilon")
         parts.append(f"DP-SGD, max epsilon {eps:.3g}" if eps is not None else "DP-SGD")
@@ -107,8 +107,11 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     fa, fb = a.get("fairness", {}), b.get("fairness", {})
     for attribute in [x for x in fa if x in fb] + [x for x in fb if x not in fa] + [x for x in fa if x not in fb]:
         ga, gb = fa.get(attribute, {}).get("groups", {}), fb.get(attribute, {}).get("groups", {})
+        order = [g for g in (fa.get(attribute, {}).get("group_order", []) + fb.get(attribute, {}).get("group_order", []))
+                 if g in ga or g in gb]
+        order += sorted(set(ga) | set(gb))
         groups = {}
-        for group in list(ga) + [g for g in gb if g not in ga]:
+        for group in dict.fromkeys(order):
             sa, sb = _group_side(ga.get(group)), _group_side(gb.get(group))
             row: dict[str, Any] = {"a": sa, "b": sb, "accuracy_change": None, "accuracy_change_ci": None}
             if sa and sb and not sa["suppressed"] and not sb["suppressed"] and sa.get("accuracy") is not None \
@@ -127,6 +130,7 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         gap_a, gap_b = side(fa, "accuracy_gap") or {}, side(fb, "accuracy_gap") or {}
         out["attributes"][attribute] = {
             "groups": groups,
+            "group_order": list(groups),
             "largest_drop": {"group": largest, "accuracy_change": changes[largest],
                              "accuracy_change_ci": groups[largest]["accuracy_change_ci"]} if largest else None,
             "worst_group": {"a": worst_a, "b": worst_b,
@@ -157,9 +161,12 @@ def findings(comparison: dict[str, Any]) -> list[str]:
         if drop:
             others = [r["accuracy_change"] for g, r in item["groups"].items()
                       if r["accuracy_change"] is not None and g != drop["group"]]
-            text += (f"the group that loses most from A to B is '{drop['group']}' "
+            verb = "loses most" if drop["accuracy_change"] < 0 else "gains least"
+            text += (f"the group that {verb} from A to B is '{drop['group']}' "
                      f"({100 * drop['accuracy_change']:+.1f} points")
-            if others:
+            if len(set(others)) == 1:
+                text += f"; the other groups {100 * others[0]:+.1f}"
+            elif others:
                 text += f"; the other groups {100 * min(others):+.1f} to {100 * max(others):+.1f}"
             text += ")"
         else:
@@ -183,9 +190,20 @@ def findings(comparison: dict[str, Any]) -> list[str]:
     return lines
 
 
+def points(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} points"
+
+
+def yes_no(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("<strong class=flag>yes</strong>" if flag else "no")
+
+
 def plot_attribute(attribute: str, item: dict[str, Any]) -> str:
-    rows = [(g, r) for g, r in item["groups"].items()
-            if any(r[s] and not r[s]["suppressed"] and r[s].get("accuracy") is not None for s in ("a", "b"))]
+    def reported(side: dict | None) -> bool:
+        return bool(side) and not side["suppressed"] and side.get("accuracy") is not None
+
+    ordered = [(g, item["groups"][g]) for g in item.get("group_order", item["groups"])]
+    rows = [(g, r) for g, r in ordered if reported(r["a"]) or reported(r["b"])]
     if not rows:
         return ""
     fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(rows) + 1.4))
@@ -214,7 +232,8 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
     for attribute, item in comparison["attributes"].items():
         parts.append(f"<h3>By {escape(attribute)}</h3>{plot_attribute(attribute, item)}")
         rows = []
-        for group, r in item["groups"].items():
+        for group in item.get("group_order", item["groups"]):
+            r = item["groups"][group]
             cells = [escape(group)]
             for side in ("a", "b"):
                 s = r[side]
@@ -234,8 +253,8 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
         parts.append(_table(["", "A", "B"], [
             ["worst group", escape(f"{wg['a'].get('group')}: {pct(wg['a'].get('accuracy'))}"),
              escape(f"{wg['b'].get('group')}: {pct(wg['b'].get('accuracy'))}")],
-            ["accuracy gap", num(gap["a"]), num(gap["b"])],
-            ["flagged", escape(str(item["flagged"]["a"])), escape(str(item["flagged"]["b"]))]]))
+            ["accuracy gap (best - worst group)", points(gap["a"]), points(gap["b"])],
+            ["gap flagged", yes_no(item["flagged"]["a"]), yes_no(item["flagged"]["b"])]]))
     global_rows = [[escape(m), num(v["a"]), num(v["b"]), "n/a" if v["change"] is None else f"{v['change']:+.3f}"]
                    for m, v in comparison["global"].items()]
     runs_rows = [[side.upper(), escape(r["label"]), escape(r["path"]),
@@ -268,7 +287,7 @@ def compare_runs(run_a: Path, run_b: Path, out_dir: Path) -> Path:
     differences = {k: [ca.get(k), cb.get(k)] for k in sorted(set(ca) | set(cb))
                    if k not in IGNORED_CONFIG_KEYS and ca.get(k) != cb.get(k)}
     comparison = {"schema_version": COMPARISON_SCHEMA_VERSION, "kind": "fedemo-comparison",
-                  "runs": {"a": {**facts_a, "label": _label(a, "A")}, "b": {**facts_b, "label": _label(b, "B")}},
+                  "runs": {"a": {**facts_a, "label": _label(a)}, "b": {**facts_b, "label": _label(b)}},
                   "config_differences": differences, **compare_reports(a, b)}
     comparison["findings"] = findings(comparison)
     out_dir = Path(out_dir)

@@ -96,7 +96,6 @@ def plot_groups(attribute: str, figures: dict, overall: float | None) -> str:
     if not shown:
         return ""
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(shown) + 1.2))
-    names = [g for g, _ in shown]
     acc = [v["accuracy"] for _, v in shown]
     lo = [max(0.0, v["accuracy"] - v["accuracy_ci"][0]) for _, v in shown]
     hi = [max(0.0, v["accuracy_ci"][1] - v["accuracy"]) for _, v in shown]
@@ -150,6 +149,7 @@ def plot_gaps(fairness: dict, threshold: float | None) -> str:
         ax.axhline(threshold, color="red", linestyle="--", label=f"flag threshold {threshold:g}")
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy gap (best - worst group)")
+    ax.set_ylim(bottom=0)
     ax.set_title("Gap between groups over rounds")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
@@ -168,7 +168,7 @@ def plain_summary(report: dict) -> list[str]:
         f"{run.get('task')} emotion model recognised {correct if correct is not None else '?'} of {n} held-out "
         f"test samples correctly: accuracy {pct(final.get('accuracy'))}"
         + (f" (95% interval {interval(final.get('accuracy_ci'))})" if final.get("accuracy_ci") else "")
-        + f", up from {pct(report['initial'].get('accuracy'))} before training.")
+        + f"; before training it was {pct(report['initial'].get('accuracy'))}.")
     if privacy.get("sample_level_dp") and privacy.get("clients"):
         budgets = sorted({c["budget"] for c in privacy["clients"] if c.get("budget") is not None})
         lines.append(
@@ -190,6 +190,13 @@ def plain_summary(report: dict) -> list[str]:
                      f"({central['settings'].get('central-dp')}): epsilon {num(spent.get('epsilon'))} at delta "
                      f"{num(spent.get('delta'))} after {spent.get('releases', '?')} noised rounds"
                      + (f", budget {spent['budget']:g}" if spent.get("budget") else "") + ".")
+    secagg = privacy.get("secure_aggregation") or {}
+    if secagg.get("enabled"):
+        halted = [h["round"] for h in secagg.get("history", []) if h.get("halted")]
+        lines.append(f"Hospitals' updates were combined with secure aggregation "
+                     f"({(secagg.get('summary') or {}).get('protocol', 'SecAgg+')}): the coordinator saw only their sum"
+                     + (f"; rounds {', '.join(map(str, halted))} were halted and changed nothing" if halted else "")
+                     + ".")
     settings = report.get("fairness_settings", {})
     for attribute, figures in report.get("fairness", {}).items():
         worst = figures.get("worst_group") or {}
@@ -201,8 +208,10 @@ def plain_summary(report: dict) -> list[str]:
         else:
             text += "no group was large enough to report"
         if gap.get("value") is not None:
+            ci = gap.get("ci")
             text += (f"; the gap to the best group ({' vs '.join(map(str, gap.get('between') or []))}) is "
-                     f"{100 * gap['value']:.1f} percentage points ({interval(gap.get('ci'))})")
+                     f"{100 * gap['value']:.1f} percentage points"
+                     + (f" (95% interval {100 * ci[0]:.1f} to {100 * ci[1]:.1f})" if ci else ""))
         text += "."
         if figures.get("flagged"):
             text += f" FLAGGED: {figures.get('flag_reason') or 'gap above the threshold'}."

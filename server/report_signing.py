@@ -136,7 +136,6 @@ class Verification:
     valid: bool
     key_id: str | None = None
     problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def verify_run(run_dir: Path, *, expected_public_key: Path | None = None,

@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="folder for comparison.json and comparison.html")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="CONFIG mode: override for both runs (repeatable)")
-    p.add_argument("--a", action="append", default=[], metavar="KEY=VALUE", help="CONFIG mode: run A (default dp=false)")
-    p.add_argument("--b", action="append", default=[], metavar="KEY=VALUE", help="CONFIG mode: run B (default dp=true)")
+    p.add_argument("--a", action="append", default=[], metavar="KEY=VALUE", help="CONFIG mode: override for run A only (without --a/--b: A dp=false, B dp=true)")
+    p.add_argument("--b", action="append", default=[], metavar="KEY=VALUE", help="CONFIG mode: override for run B only")
     p.set_defaults(func=cmd_compare)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)

@@ -83,7 +83,8 @@ def compare_command(args: Namespace) -> int:
                 return _fail("--set/--a/--b apply only when comparing a CONFIG (one input)")
             run_a, run_b = inputs
         elif len(inputs) == 1 and inputs[0].is_file():
-            run_a, run_b = run_both(inputs[0], args.overrides, args.a or DEFAULT_A, args.b or DEFAULT_B)
+            a, b = (args.a, args.b) if args.a or args.b else (DEFAULT_A, DEFAULT_B)  # default: without vs with DP
+            run_a, run_b = run_both(inputs[0], args.overrides, a, b)
         else:
             return _fail("give two run folders, or one run config (TOML file) to run twice")
         path = compare_runs(run_a, run_b, Path(args.out))
@@ -107,6 +108,6 @@ def run_both(config: Path, overrides: list[str], a: list[str], b: list[str]) -> 
     stem = base_name or f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
     dirs = []
     for side, extra in (("a", a), ("b", b)):
-        print(f"Run {side.upper()}: {config} with {' '.join(extra)}")
+        print(f"Run {side.upper()}: {config} with {' '.join(extra) or 'no change'}")
         dirs.append(run_simulation(config, {**common, **parse_overrides(extra), "run-name": f"{stem}-{side}"}))
     return dirs[0], dirs[1]

@@ -14,6 +14,8 @@ group and killed at the end.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -22,12 +24,15 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from simulations.cli import main as fedemo_main
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -44,7 +49,7 @@ def _tool(name: str) -> str | None:
     return shutil.which(name, path=str(BIN)) or shutil.which(name)
 
 
-MISSING = [name for name in ("flower-superlink", "flower-supernode", "flwr", "fedemo") if _tool(name) is None]
+MISSING = [name for name in ("flower-superlink", "flower-supernode", "flwr") if _tool(name) is None]
 
 
 def _free_port() -> int:
@@ -71,9 +76,28 @@ class Federation:
     def state_dir(self, hospital: str) -> Path:
         return self.root / hospital / "state"
 
-    def run(self, *argv: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(list(argv), cwd=cwd or self.root, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+    def run(self, *argv: str, timeout: float = 120) -> tuple[int | None, str]:
+        return _run_to_exit(list(argv), self.env, self.root, timeout)
+
+
+def _run_to_exit(argv: list[str], env: dict, cwd: Path, timeout: float) -> tuple[int | None, str]:
+    """(exit code or None on timeout, output). Output goes through a file and the whole process group is
+    killed afterwards: a SuperNode's SuperExec child would otherwise hold a pipe open after its parent exits."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        out.seek(0)
+        return code, out.read()
 
 
 def _start(processes: dict, root: Path, name: str, argv: list[str], env: dict, cwd: Path) -> subprocess.Popen:
@@ -91,7 +115,7 @@ def _stop(processes: dict) -> None:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline = time.time() + 15
+    deadline = time.time() + 5
     for proc in processes.values():
         try:
             proc.wait(timeout=max(0.1, deadline - time.time()))
@@ -101,6 +125,14 @@ def _stop(processes: dict) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _fedemo(*argv: str) -> tuple[int, str]:
+    """The `fedemo` command's own entry point, in this process (saves a torch import per call)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = fedemo_main(list(argv))
+    return code, out.getvalue()
 
 
 def _wait_for_tls(port: int, ca: Path, proc: subprocess.Popen, log: Path) -> None:
@@ -122,8 +154,7 @@ def _wait_for_tls(port: int, ca: Path, proc: subprocess.Popen, log: Path) -> Non
 def _wait_online(fed_env: dict, root: Path, n: int, processes: dict) -> None:
     deadline = time.time() + STARTUP_TIMEOUT_S
     while time.time() < deadline:
-        out = subprocess.run([_tool("flwr"), "supernode", "list", "fedemo", "--format", "json"], cwd=root,
-                             env=fed_env, capture_output=True, text=True, timeout=60).stdout
+        _, out = _run_to_exit([_tool("flwr"), "supernode", "list", "fedemo", "--format", "json"], fed_env, root, 60)
         if out.count('"online"') >= n:
             return
         for name, proc in processes.items():
@@ -145,23 +176,25 @@ def federation(tmp_path_factory) -> Federation:
     port = _free_port()
     processes: dict[str, subprocess.Popen] = {}
 
-    def must(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        proc = subprocess.run(list(argv), cwd=root, env=researcher_env, capture_output=True, text=True,
-                              timeout=timeout)
-        assert proc.returncode == 0, f"{' '.join(argv)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        return proc
+    def must(*argv: str, timeout: float = 120) -> str:
+        code, output = _run_to_exit(list(argv), researcher_env, root, timeout)
+        assert code == 0, f"{' '.join(argv)} exited with {code}:\n{output[-3000:]}"
+        return output
+
+    def fedemo(*argv: str) -> str:
+        code, output = _fedemo(*argv)
+        assert code == 0, f"fedemo {' '.join(argv)} exited with {code}:\n{output}"
+        return output
 
     try:
         # The federation's credentials, one hospital more than will be registered.
         hospitals = [arg for name in [*HOSPITALS, "unregistered"] for arg in ("--hospital", name)]
-        must(_tool("fedemo"), "credentials", "init", str(creds), "--superlink-host", "localhost",
-             "--superlink-ip", "127.0.0.1", *hospitals)
+        fedemo("credentials", "init", str(creds), "--superlink-host", "localhost", "--superlink-ip", "127.0.0.1",
+               *hospitals)
         # Each hospital's data, written in its published layout and checked locally before joining.
         for name, (fmt, n, seed) in HOSPITALS.items():
-            must(_tool("fedemo"), "data", "synth", fmt, "--out", str(root / name / "data"), "--n", str(n),
-                 "--seed", str(seed))
-            report = json.loads(must(_tool("fedemo"), "data", "check", str(root / name / "data"), "--format", fmt,
-                                     "--json").stdout)
+            fedemo("data", "synth", fmt, "--out", str(root / name / "data"), "--n", str(n), "--seed", str(seed))
+            report = json.loads(fedemo("data", "check", str(root / name / "data"), "--format", fmt, "--json"))
             assert report["ready"] and report["samples"] == n, report
 
         # The coordinator: TLS, node authentication, a persistent state database.
@@ -203,10 +236,10 @@ def federation(tmp_path_factory) -> Federation:
                        "runs-dir": str(root / "runs"), "run-name": "deployed", "batch-size": 16})
         run_config = root / "run.toml"
         run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
-        proc = subprocess.run([_tool("flwr"), "run", ".", "fedemo", "--run-config", str(run_config), "--stream"],
-                              cwd=REPO, env=researcher_env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        code, output = _run_to_exit([_tool("flwr"), "run", ".", "fedemo", "--run-config", str(run_config),
+                                     "--stream"], researcher_env, REPO, RUN_TIMEOUT_S)
         yield Federation(root=root, env=researcher_env, port=port, creds=creds, run_dir=root / "runs" / "deployed",
-                         run_output=proc.stdout + proc.stderr, run_returncode=proc.returncode, processes=processes)
+                         run_output=output, run_returncode=code, processes=processes)
     finally:
         _stop(processes)
 
@@ -242,8 +275,8 @@ def test_dp_federation_runs_over_tls_with_authenticated_nodes(federation):
 
     # The signed report (written by the ServerApp since the report feature landed): it must verify.
     if (federation.run_dir / "report.json").exists():
-        verify = federation.run(_tool("fedemo"), "verify", str(federation.run_dir))
-        assert verify.returncode == 0, verify.stdout + verify.stderr
+        code, output = _fedemo("verify", str(federation.run_dir))
+        assert code == 0, output
     else:  # an older ServerApp without signed reports: the run folder checks above are the contract
         pytest.fail("no report.json in the run folder; the ServerApp writes one at the end of every run")
 
@@ -251,31 +284,30 @@ def test_dp_federation_runs_over_tls_with_authenticated_nodes(federation):
 def test_unregistered_node_is_refused(federation):
     keys = federation.creds / "hospitals" / "unregistered"
     name = "hospital-a"
-    proc = federation.run(
+    code, output = federation.run(
         _tool("flower-supernode"), "--superlink", f"localhost:{federation.port}",
         "--root-certificates", str(keys / "ca.crt"), "--auth-supernode-private-key", str(keys / "auth.key"),
         "--node-config", f'data-path="{federation.root / name / "data"}" dataset-format="fer2013" '
                          f'state-dir="{federation.root / "intruder-state"}"',
         "--port", str(_free_port()), "--max-retries", "1", "--max-wait-time", "15", timeout=120)
-    assert proc.returncode != 0
-    assert "Failed to activate SuperNode" in proc.stdout + proc.stderr
-    listing = json.loads(federation.run(_tool("flwr"), "supernode", "list", "fedemo", "--format", "json").stdout)
+    assert code not in (0, None), output
+    assert "Failed to activate SuperNode" in output
+    code, output = federation.run(_tool("flwr"), "supernode", "list", "fedemo", "--format", "json")
+    listing = json.loads(output[output.index("{"):])
     assert len(listing["nodes"]) == len(HOSPITALS)  # still only the registered hospitals
 
 
 def test_connection_without_tls_fails(federation):
     # The researcher's CLI over plain HTTP is refused; over TLS (the positive control) it works.
-    plain = federation.run(_tool("flwr"), "supernode", "list", "plain")
-    assert plain.returncode != 0
-    assert "unavailable" in plain.stdout + plain.stderr
-    assert federation.run(_tool("flwr"), "supernode", "list", "fedemo").returncode == 0
+    code, output = federation.run(_tool("flwr"), "supernode", "list", "plain")
+    assert code not in (0, None) and "unavailable" in output, output
+    assert federation.run(_tool("flwr"), "supernode", "list", "fedemo")[0] == 0
     # A SuperNode without TLS cannot connect either.
-    node = federation.run(
+    code, output = federation.run(
         _tool("flower-supernode"), "--superlink", f"localhost:{federation.port}", "--insecure",
         "--node-config", f'data-path="{federation.root / "hospital-a" / "data"}" dataset-format="fer2013"',
         "--port", str(_free_port()), "--max-retries", "1", "--max-wait-time", "15", timeout=120)
-    assert node.returncode != 0
-    assert "could not establish a connection" in node.stdout + node.stderr
+    assert code not in (0, None) and "could not establish a connection" in output, output
     # And a raw TLS-less HTTP request gets no HTTP answer from the TLS port.
     with socket.create_connection(("127.0.0.1", federation.port), timeout=5) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
