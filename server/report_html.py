@@ -122,7 +122,8 @@ def plot_epsilon(privacy: dict) -> str:
         eps = [h["epsilon"] for h in client["history"]]
         labelled = len(clients) <= MAX_LEGEND_CLIENTS or client is top
         ax.plot(rounds, eps, marker=".", alpha=0.9 if labelled else 0.35,
-                label=f"hospital {client['client_id']}" if labelled else None)
+                label=(f"hospital {client['client_id']}" + ("" if len(clients) <= MAX_LEGEND_CLIENTS else " (largest)"))
+                if labelled else None)
     budgets = {c.get("budget") for c in clients if c.get("budget") is not None}
     for budget in sorted(budgets):
         ax.axhline(budget, color="red", linestyle="--", label=f"budget {budget:g}")

@@ -29,7 +29,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from server.central_dp import wrap_strategy
 from server.global_metrics import aggregate_evaluation
-from server.report import coordinator_key, write_report
+from server.report import coordinator_key, report_at_end_of_run
 from server.run_record import RunRecord, evaluation_summary, new_run_id, training_summary
 from server.secure_aggregation import run_secure_aggregation
 from shared_models.audio_features import combine_moments
@@ -116,9 +116,7 @@ def main(grid: Grid, context: Context) -> None:
         summary["elapsed_s"], summary["final"].get("accuracy", float("nan")),
         summary["initial"].get("accuracy", float("nan")), weights)
     # The auditor's report (server/report.py): per-group figures, privacy, signed with the coordinator's key.
-    report = write_report(record.run_dir, signing_key)
-    log(INFO, "Signed report %s and %s; check them with `fedemo verify %s`", report, report.with_suffix(".html"),
-        record.run_dir)
+    report_at_end_of_run(record.run_dir, signing_key)
 
 
 def prepare_data_dir(settings: RunSettings) -> Path | None:

@@ -55,7 +55,10 @@ def report_command(args: Namespace) -> int:
             from server.report import coordinator_key, read_run, write_report
 
             run_config = read_run(run_dir)[0].get("run_config", {})  # the key the run itself was told to use
-            key = coordinator_key(str(run_config.get("signing-key", "")), run_dir.resolve().parent)
+            runs_dir = Path(str(run_config.get("runs-dir") or run_dir)).resolve()
+            if not run_dir.resolve().is_relative_to(runs_dir):  # a moved run folder: guard that folder itself
+                runs_dir = run_dir.resolve()
+            key = coordinator_key(str(run_config.get("signing-key", "")), runs_dir)
             print(f"Built and signed {write_report(run_dir, key)}")
         elif not (run_dir / "report.json").is_file():
             return _fail(f"{run_dir / 'report.json'} is missing; `fedemo report --build {run_dir}` builds and signs "

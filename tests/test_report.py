@@ -266,3 +266,20 @@ def test_signing_key_is_created_once_private_and_never_in_a_run_folder(tmp_path)
     (tmp_path / "garbage.pem").write_text("not a key")
     with pytest.raises(SigningError, match="garbage.pem"):
         coordinator_key(str(tmp_path / "garbage.pem"), tmp_path / "runs")
+
+
+def test_report_build_signs_a_run_folder_that_has_no_report(runs, tmp_path, capsys):
+    run_a, _, _ = runs
+    run = tmp_path / "old-run"
+    shutil.copytree(run_a, run)
+    for path in run.glob("report.*"):
+        path.unlink()
+    assert fedemo(["verify", str(run)]) == 1
+    assert fedemo(["report", str(run)]) == 2
+    assert "fedemo report --build" in capsys.readouterr().err
+    assert fedemo(["report", "--build", str(run)]) == 0
+    assert fedemo(["verify", str(run)]) == 0
+    rebuilt = json.loads((run / "report.json").read_text())
+    original = json.loads((run_a / "report.json").read_text())
+    assert {k: v for k, v in rebuilt.items() if k != "generated_at"} == \
+        {k: v for k, v in original.items() if k != "generated_at"}  # the same report from the same folder
