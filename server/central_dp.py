@@ -105,6 +105,7 @@ class CentralDP:
     budget: float
     flower_accountant: RdpAccountant | None = None
     releases: int = 0
+    clip_used: float | None = None  # adaptive: the norm the last round's updates were clipped to
     _backend: Any = field(default=None, repr=False)
 
     def spent(self) -> dict[str, Any]:
@@ -120,7 +121,8 @@ class CentralDP:
             "delta": self.delta,
             "releases": releases,
             "noise_multiplier": self.noise_multiplier,
-            "clipping_norm": float(self.strategy.clipping_norm),
+            "clipping_norm": float(self.clip_used if self.clip_used is not None else self.strategy.clipping_norm),
+            "next_clipping_norm": float(self.strategy.clipping_norm),
             "num_sampled_clients": self.num_sampled,
             "population": self.population,
             "budget": self.budget or None,
@@ -190,6 +192,7 @@ def wrap_strategy(base: FedAvg, settings: RunSettings, population: int) -> Centr
     aggregate_train = strategy.aggregate_train
 
     def accounted_aggregate_train(server_round, replies):
+        central.clip_used = float(strategy.clipping_norm)  # the step below moves it for the next round
         arrays, metrics = aggregate_train(server_round, replies)
         if arrays is not None:  # noise was added and the average released: one Gaussian mechanism
             central._count_release()

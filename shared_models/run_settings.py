@@ -54,6 +54,7 @@ class RunSettings:
     fraction_train: float
     fraction_evaluate: float
     min_available_nodes: int
+    server_momentum: float
     local_epochs: int
     batch_size: int
     optimizer: str
@@ -146,6 +147,11 @@ class RunSettings:
         need(0 < self.fraction_train <= 1, "fraction-train", "must be in (0, 1]")
         need(0 < self.fraction_evaluate <= 1, "fraction-evaluate", "must be in (0, 1]")
         need(self.min_available_nodes >= 1, "min-available-nodes", "must be >= 1")
+        need(0 <= self.server_momentum < 1, "server-momentum", "must be in [0, 1)")
+        need(self.server_momentum == 0 or self.central_dp == "off", "server-momentum",
+             "not with central-dp: the momentum would carry past rounds' un-noised averages into every release")
+        need(self.server_momentum == 0 or not self.secure_aggregation, "server-momentum",
+             "not with secure-aggregation (its rounds run plain FedAvg)")
         need(self.local_epochs >= 1, "local-epochs", "must be >= 1")
         need(self.batch_size >= 1, "batch-size", "must be >= 1")
         need(self.optimizer in ("adam", "sgd"), "optimizer", "choose adam or sgd")

@@ -62,7 +62,8 @@ def test_server_side_adaptive_clipping_moves_the_norm_and_is_accounted_with_dp_a
     rounds = read_rounds(run_dir)
     norms = [r["central_dp"]["clipping_norm"] for r in rounds[1:]]
     # Every update is far above 0.01, so the clipped fraction is ~1 > 0.5 and the norm grows geometrically.
-    assert norms[0] > 0.01 and norms[1] > norms[0]
+    assert norms[0] == 0.01 and norms[1] > norms[0]
+    assert rounds[1]["central_dp"]["next_clipping_norm"] == norms[1]
     for entry in rounds[1:]:
         dp = entry["central_dp"]
         assert dp["releases"] == entry["round"]
