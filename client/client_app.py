@@ -3,7 +3,8 @@
 It answers three kinds of message from the coordinator:
 
 - ``query`` "feature-moments": per-mel-band sums and counts of this node's
-  training audio, from which the coordinator builds the global normalisation.
+  training audio, from which the coordinator builds the global normalisation
+  (never asked under DP: the sums are not noised, see docs/privacy.md).
 - ``train``: local training from the global weights; replies with new weights
   and counts.
 - ``evaluate``: evaluates the global weights on this node's test split and
@@ -34,8 +35,7 @@ from client.privacy_ledger import LedgerError, PrivacyLedger
 from client.secure_aggregation import secure_aggregation_mod
 from client.torch_data import NUM_MODEL_INPUTS
 from shared_models.registry import build_model
-from shared_models.run_settings import UPDATE_WEIGHT_KEY
-from shared_models.run_settings import RunSettings
+from shared_models.run_settings import UPDATE_WEIGHT_KEY, RunSettings
 
 app = ClientApp(mods=[outgoing_audit_mod])  # a deployed node logs what it sends (client/outgoing_audit.py)
 

@@ -3,7 +3,12 @@
     fedemo simulate CONFIG [--set key=value ...]     federated simulation (Flower engine)
     fedemo baseline CONFIG [--set key=value ...]     centralised baseline on the same rows
     fedemo data synth DATASET --out DIR [--n N] [--seed S] [--with-faces]
+    fedemo data check DATA_DIR --format FORMAT       a hospital's data folder, checked locally before joining
     fedemo ledger STATE_DIR [--json]                 a node's privacy budget: spent, remaining, per run
+    fedemo verify RUN_DIR [--public-key PEM]         a run's signed report: valid, or what does not match
+    fedemo report RUN_DIR                            rebuild report.html from report.json
+    fedemo compare RUN_A RUN_B --out DIR             two runs per demographic group (e.g. without/with DP)
+    fedemo credentials init OUT --hospital NAME ...  CA, SuperLink TLS certificate, hospital key pairs
     fedemo verify RUN_DIR [--public-key PEM]         is the run's signed report.json unaltered?
     fedemo report RUN_DIR [--build]                  rebuild report.html from report.json
     fedemo compare RUN_A RUN_B --out DIR             two runs side by side per group (or: CONFIG --a k=v --b k=v)
