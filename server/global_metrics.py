@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
-from shared_models.demographic_groups import metric_key, parse_metric_key
+from shared_models.demographic_groups import parse_metric_key
 from shared_models.taxonomy import NUM_EMOTIONS
 
 
@@ -104,12 +104,11 @@ def aggregate_evaluation(records: list[RecordDict], weighting_key: str) -> Metri
     """Flower ``evaluate_metrics_aggr_fn``: sum the clients' counts, then compute the metrics.
 
     Flower's default would average confusion matrices weighted by examples,
-    which is not a confusion matrix; summing is exact.
+    which is not a confusion matrix; summing is exact. The per-group counts
+    are left out here: metrics.jsonl sums them from the replies themselves
+    (``group_summary``), and Flower would print every list at the end of a run.
     """
     confusion, loss_sum, n, _ = sum_counts(record["metrics"] for record in records)
     out = {"loss": loss_sum / n if n else float("nan"), "eval-examples": n}
     out.update(classification_metrics(confusion))
-    for attribute, by_group in sum_group_counts(record["metrics"] for record in records).items():
-        for group, counts in by_group.items():  # summed, not averaged: exact pooled per-group counts
-            out[metric_key(attribute, group)] = [int(v) for v in counts.ravel()]
     return MetricRecord(out)
