@@ -24,7 +24,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvgM
+from flwr.serverapp.strategy import FedAvg, FedAvgM
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from server.central_dp import wrap_strategy
@@ -70,8 +70,11 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "Fixed log-mel normalisation: mean %.1f dB, std %.1f dB in every band (no node is queried)",
             settings.feature_fixed_mean, settings.feature_fixed_std)
 
-    strategy = FedAvgM(  # server-momentum 0: exactly FedAvg
-        server_momentum=settings.server_momentum,
+    # Plain FedAvg unless server momentum is asked for: Flower's client-level DP accounting accepts only
+    # FedAvg's own aggregation (and server-momentum is refused with central-dp).
+    momentum = {"server_momentum": settings.server_momentum} if settings.server_momentum > 0 else {}
+    strategy = (FedAvgM if momentum else FedAvg)(
+        **momentum,
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,
         min_train_nodes=1,
