@@ -31,7 +31,7 @@ from client.group_counts import group_count_metrics, planned_eval_releases, rele
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import ClientSamples, client_samples
 from client.outgoing_audit import outgoing_audit_mod
-from client.privacy_ledger import LedgerError, PrivacyLedger
+from client.privacy_ledger import LedgerError, PrivacyLedger, simulated_state_dir
 from client.secure_aggregation import secure_aggregation_mod
 from client.torch_data import NUM_MODEL_INPUTS
 from shared_models.registry import build_model
@@ -122,7 +122,7 @@ def open_ledger(settings: RunSettings, context: Context, config: ConfigRecord, s
         root = settings.state_dir or str(config.get("state-root", ""))
         if not root:
             raise LedgerError("DP is on but this node has no state folder: set node-config state-dir")
-        state_dir = Path(root) / f"client-{samples.client_id}"
+        state_dir = simulated_state_dir(root, samples.client_id)
     delta = settings.dp_delta or 1.0 / (10 * max(len(samples.train), 1))
     return PrivacyLedger.open(state_dir, dataset_id=samples.dataset_id, epsilon_budget=settings.dp_epsilon,
                               delta=delta, accountant=settings.dp_accountant)

@@ -26,6 +26,11 @@ import numpy as np
 from opacus.accountants import create_accountant
 
 LEDGER_FILE = "privacy_ledger.json"
+
+
+def simulated_state_dir(root: str | Path, client_id: str) -> Path:
+    """A simulated node's state folder under the run's (or the config's) state root."""
+    return Path(root) / f"client-{client_id}"
 NODE_FILE = "node.json"
 SCHEMA_VERSION = 1
 ACCOUNTANTS = ("prv", "rdp")

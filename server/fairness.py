@@ -139,7 +139,7 @@ def _attribute_view(attribute: str, by_group: dict, *, min_group_size: int, gap_
         correct = int(np.trace(confusion))
         groups_out[g] = {
             "n": n, "suppressed": False,
-            "accuracy": points["accuracy"][g], "accuracy_ci": _wilson(correct, n, confidence),
+            "accuracy": points["accuracy"][g], "accuracy_ci": wilson_interval(correct, n, confidence),
             "macro_f1": points["macro_f1"][g],
             "macro_f1_ci": _interval(boot["macro_f1"][g], points["macro_f1"][g], confidence),
             "recall": points["recall"][g], "false_positive_rate": points["false_positive_rate"][g],
@@ -290,7 +290,8 @@ def _interval(samples: np.ndarray, point: float | None, confidence: float) -> li
     return [float(min(lo, point)), float(max(hi, point))]
 
 
-def _wilson(successes: int, n: int, confidence: float) -> list[float]:
+def wilson_interval(successes: int, n: int, confidence: float) -> list[float]:
+    """Wilson score interval of a proportion (scipy)."""
     ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
     return [float(ci.low), float(ci.high)]
 

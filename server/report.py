@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from scipy.stats import binomtest
 
-from server.fairness import fairness_history, fairness_view
+from server.fairness import fairness_history, fairness_view, wilson_interval
 from server.report_signing import default_key_path, load_or_create_key, write_signed
 
 SCHEMA_VERSION = 1
@@ -65,11 +64,8 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
 
 # --------------------------------------------------------------------------- sections
 def accuracy_interval(correct: int, n: int, confidence: float = CONFIDENCE) -> list[float] | None:
-    """Wilson score interval of a proportion (scipy); None without samples."""
-    if n <= 0:
-        return None
-    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return [float(ci.low), float(ci.high)]
+    """The fairness view's Wilson interval for the global accuracy; None without samples."""
+    return wilson_interval(int(correct), int(n), confidence) if n > 0 else None
 
 
 def round_entry(entry: dict[str, Any]) -> dict[str, Any]:
@@ -149,9 +145,11 @@ def privacy_section(config: dict[str, Any], rounds: list[dict[str, Any]], summar
 
 def ledger_path(client_id: str, config: dict[str, Any], run_dir: Path) -> Path:
     """Where a simulated node keeps its ledger (client/client_app.py open_ledger)."""
+    from client.privacy_ledger import LEDGER_FILE, simulated_state_dir
+
     state_dir = config.get("run_config", {}).get("state-dir", "")
     root = Path(state_dir) if state_dir else Path(run_dir) / "node-state"
-    return root / f"client-{client_id}" / "privacy_ledger.json"
+    return simulated_state_dir(root, client_id) / LEDGER_FILE
 
 
 def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
