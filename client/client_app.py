@@ -31,7 +31,7 @@ from client.group_counts import group_count_metrics, planned_eval_releases, rele
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import ClientSamples, client_samples
 from client.outgoing_audit import outgoing_audit_mod
-from client.privacy_ledger import LedgerError, PrivacyLedger, simulated_state_dir
+from shared_models.privacy_ledger import LedgerError, PrivacyLedger, simulated_state_dir
 from client.secure_aggregation import secure_aggregation_mod
 from client.torch_data import NUM_MODEL_INPUTS
 from shared_models.registry import build_model

@@ -20,7 +20,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader
 
-from client.privacy_ledger import BudgetExceeded, PrivacyLedger, epsilon_of
+from shared_models.privacy_ledger import BudgetExceeded, PrivacyLedger, epsilon_of
 
 _MIN_SIGMA = 0.05
 

@@ -23,7 +23,7 @@ import secrets
 import numpy as np
 
 from client.loaders.base import EmotionData
-from client.privacy_ledger import DPEvent, PrivacyLedger
+from shared_models.privacy_ledger import DPEvent, PrivacyLedger
 from shared_models.demographic_groups import group_schema, metric_key
 from shared_models.taxonomy import NUM_EMOTIONS, UNKNOWN
 

@@ -145,7 +145,7 @@ def privacy_section(config: dict[str, Any], rounds: list[dict[str, Any]], summar
 
 def ledger_path(client_id: str, config: dict[str, Any], run_dir: Path) -> Path:
     """Where a simulated node keeps its ledger (client/client_app.py open_ledger)."""
-    from client.privacy_ledger import LEDGER_FILE, simulated_state_dir
+    from shared_models.privacy_ledger import LEDGER_FILE, simulated_state_dir
 
     state_dir = config.get("run_config", {}).get("state-dir", "")
     root = Path(state_dir) if state_dir else Path(run_dir) / "node-state"
@@ -158,7 +158,7 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
     Deployed nodes keep their ledgers at the hospital; the coordinator then
     has only what they reported, and the check says so.
     """
-    from client.privacy_ledger import LedgerError, PrivacyLedger
+    from shared_models.privacy_ledger import LedgerError, PrivacyLedger
 
     run_key = str(config.get("flower_run_id", ""))
     results, mismatched, missing = [], 0, 0

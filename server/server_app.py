@@ -42,9 +42,11 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_config(context.run_config)
-    random.seed(settings.seed)  # Flower samples clients with `random`
+    # Flower samples clients with `random` (reproducible: client-level DP claims no amplification by
+    # sampling). numpy's global generator is never seeded: Flower draws client-level DP noise from it,
+    # and server/central_dp.py reseeds it from the OS for each noised release anyway.
+    random.seed(settings.seed)
     torch.manual_seed(settings.seed)
-    np.random.seed(settings.seed)
     signing_key = coordinator_key(settings.signing_key, settings.runs_dir)  # unusable key: stop before training
 
     data_dir = prepare_data_dir(settings)

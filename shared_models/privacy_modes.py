@@ -6,7 +6,7 @@ docs/privacy.md has the same rules as a table.
 
 from __future__ import annotations
 
-from shared_models.run_settings import ConfigError
+from shared_models.config_error import ConfigError
 
 # SecAgg+ over two nodes hides nothing from them: each subtracts its own update from the average it
 # receives back as the next global model and reads the other's.

@@ -12,7 +12,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from shared_models.config_error import ConfigError
+from shared_models.privacy_modes import check_supported_combination
 from shared_models.registry import MODELS, model_task
+
+__all__ = ["ConfigError", "RunSettings"]
 
 TASKS = ("face", "voice", "fusion")
 UPDATE_WEIGHT_KEY = "update-weight"  # every train reply carries it as 1: client-level DP averages by it
@@ -23,10 +27,6 @@ DATASET_TASKS = {"fer2013": "face", "rafdb": "face", "cremad": "voice", "ravdess
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
-
-
-class ConfigError(ValueError):
-    """A run configuration value is missing, mistyped or out of range."""
 
 
 @dataclass(frozen=True)
@@ -200,8 +200,6 @@ class RunSettings:
         need(2 <= self.secagg_quantization_range < 2**32, "secagg-quantization-range", "must be in [2, 2**32)")
         need(not self.secure_aggregation or self.num_supernodes * self.secagg_quantization_range < 2**32,
              "secagg-quantization-range", f"times num-supernodes ({self.num_supernodes}) must stay below 2**32")
-        from shared_models.privacy_modes import check_supported_combination
-
         check_supported_combination(self)  # privacy settings that do not work together (docs/privacy.md)
 
 

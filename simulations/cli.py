@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from client.loaders.base import DatasetFormatError
-from client.privacy_ledger import LedgerError
+from shared_models.privacy_ledger import LedgerError
 from shared_models.run_settings import ConfigError
 from simulations.partitioners import PartitionError
 
@@ -82,7 +82,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from client.privacy_ledger import LEDGER_FILE, PrivacyLedger
+    from shared_models.privacy_ledger import LEDGER_FILE, PrivacyLedger
 
     path = args.state_dir / LEDGER_FILE if args.state_dir.is_dir() else args.state_dir
     ledger = PrivacyLedger.load(path)

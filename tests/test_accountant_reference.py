@@ -19,7 +19,7 @@ from flwr.serverapp import (GaussianPrivacyEvent, NeighboringRelation, PrivacyCo
 from opacus.accountants.utils import get_noise_multiplier
 
 from client.dp_training import calibrate_noise
-from client.privacy_ledger import PrivacyLedger, epsilon_of
+from shared_models.privacy_ledger import PrivacyLedger, epsilon_of
 from server.central_dp import epsilon_after
 
 # Opacus's accountants_test.py: 90 epochs at q = 0.04, sigma = 1.5, delta = 1e-5 -> 7.32911117143 (RDP).

@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from client.client_app import open_ledger
 from client.data_check import check_data_dir
 from client.node_data import client_samples
-from client.privacy_ledger import LedgerError
+from shared_models.privacy_ledger import LedgerError
 from server.server_app import prepare_data_dir
 from simulations.cli import main
 from simulations.run_config import load_run_config

@@ -9,7 +9,7 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from client.dp_training import calibrate_noise
-from client.privacy_ledger import BudgetExceeded, LedgerError, PrivacyLedger, epsilon_of
+from shared_models.privacy_ledger import BudgetExceeded, LedgerError, PrivacyLedger, epsilon_of
 
 
 def test_ledger_epsilon_is_opacus_epsilon_of_the_recorded_events():

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fairlearn.metrics import MetricFrame
 from sklearn.metrics import accuracy_score
 
-from client.privacy_ledger import PrivacyLedger
+from shared_models.privacy_ledger import PrivacyLedger
 from server.report import coordinator_key
 from server.report_signing import SigningError, canonical_bytes
 from shared_models.taxonomy import NUM_EMOTIONS

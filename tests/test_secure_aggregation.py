@@ -64,7 +64,7 @@ def test_secure_aggregation_gives_the_fedavg_model_without_seeing_updates(tmp_pa
 
 
 def test_secure_aggregation_with_dp_sgd_clips_updates_and_keeps_the_ledgers(tmp_path):
-    from client.privacy_ledger import PrivacyLedger, epsilon_of
+    from shared_models.privacy_ledger import PrivacyLedger, epsilon_of
 
     clip = 0.05  # well below a DP-SGD round's update norm: every update gets clipped before masking
     run_dir = run_simulation(None, {

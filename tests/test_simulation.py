@@ -99,7 +99,7 @@ def test_a_federation_whose_nodes_all_fail_stops_with_their_reason(tmp_path, cap
 
 
 def test_dp_federation_reports_recomputable_epsilon_and_nodes_refuse_past_budget(tmp_path):
-    from client.privacy_ledger import PrivacyLedger, epsilon_of
+    from shared_models.privacy_ledger import PrivacyLedger, epsilon_of
 
     base = {"data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "synth-samples": 400,
             "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 2, "local-epochs": 1,
@@ -130,7 +130,7 @@ def test_dp_federation_reports_recomputable_epsilon_and_nodes_refuse_past_budget
 
 
 def test_ledger_command_describes_spent_and_remaining_budget(tmp_path, capsys):
-    from client.privacy_ledger import PrivacyLedger
+    from shared_models.privacy_ledger import PrivacyLedger
 
     ledger = PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=3.0, delta=1e-5, accountant="rdp")
     ledger.record(run="42", server_round=1, noise_multiplier=1.5, sample_rate=0.1, steps=10, max_grad_norm=1.0)
