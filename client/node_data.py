@@ -6,15 +6,16 @@ A deployed SuperNode names its data in ``--node-config``
 synthetic dataset the coordinator names. Both paths end in the same
 ``ClientSamples``, so the ClientApp is one app for simulation and deployment.
 
-Loading and partitioning are cached per process: Flower's simulation reuses a
-few worker processes for many virtual clients over many rounds, and reparsing
-a dataset every round would dominate the run time.
+Loading, partitioning and splitting are cached per process (``lru_cache``,
+bounded): Flower's simulation reuses a few worker processes for many virtual
+clients over many rounds, and reparsing a dataset every round would dominate
+the run time.
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,13 +24,11 @@ import numpy as np
 
 from client.loaders.base import EmotionData
 from client.loaders.registry import load_dataset
+from client.partitioning import PartitionSpec, partition
 from client.torch_data import EmotionSamples
 from shared_models.run_settings import RunSettings
 
-_CACHE_SIZE = 64
-_datasets: "OrderedDict[tuple, EmotionData]" = OrderedDict()
-_partitions: "OrderedDict[tuple, list[np.ndarray]]" = OrderedDict()
-_samples: "OrderedDict[tuple, ClientSamples]" = OrderedDict()
+_CACHE_SIZE = 64  # datasets, partitionings and client splits kept per process (least recently used go first)
 
 
 class EmptySplitError(ValueError):
@@ -48,20 +47,20 @@ class ClientSamples:
         return len(self.train.data.skipped) + len(self.train.skipped) + len(self.test.skipped)
 
 
-def _remember(cache: OrderedDict, key: tuple, value):
-    cache[key] = value
-    cache.move_to_end(key)
-    while len(cache) > _CACHE_SIZE:
-        cache.popitem(last=False)
-    return value
-
-
 def _load(dataset: str, root: str, task: str) -> EmotionData:
-    key = (dataset, str(Path(root).resolve()), task)
-    if key in _datasets:
-        _datasets.move_to_end(key)
-        return _datasets[key]
-    return _remember(_datasets, key, load_dataset(dataset, root, task))
+    """One parse per dataset folder, however it is spelled (relative or absolute)."""
+    return _load_resolved(dataset, str(Path(root).resolve()), task)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _load_resolved(dataset: str, root: str, task: str) -> EmotionData:
+    return load_dataset(dataset, root, task)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _partitions(dataset: str, data_dir: str, task: str, spec: PartitionSpec) -> list[np.ndarray]:
+    """All simulated nodes' rows, computed once for the first node of a worker process that asks."""
+    return partition(_load(dataset, data_dir, task), spec)
 
 
 def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_dir: str) -> ClientSamples:
@@ -70,15 +69,9 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
         dataset = str(node_config.get("dataset-format", settings.dataset))
         root = str(node_config["data-path"])
         client_id = str(node_config.get("client-id", Path(root).name))
-        key = ("node", dataset, root, settings.task, settings.seed, settings.test_fraction, settings.augment)
-        if key not in _samples:
-            data = _load(dataset, root, settings.task)
-            train_rows, test_rows = _node_split(data, settings)
-            dataset_id = str(node_config.get("dataset-id", f"{dataset}:{Path(root).resolve()}"))
-            _remember(_samples, key, _build(client_id, dataset_id, data, train_rows, test_rows, settings))
-        return _samples[key]
-
-    from simulations.partitioners import PartitionSpec, partition
+        dataset_id = str(node_config.get("dataset-id", f"{dataset}:{Path(root).resolve()}"))
+        return _hospital_samples(dataset, root, client_id, dataset_id, settings.task, settings.seed,
+                                 settings.test_fraction, settings.augment)
 
     if "partition-id" not in node_config:
         raise ValueError("this node has no data: name its folder in its node config (data-path=\"...\" "
@@ -87,34 +80,41 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
         raise ValueError("a simulated node needs the run's data-dir, which is empty (a deployment config?)")
     pid, num = int(node_config["partition-id"]), int(node_config["num-partitions"])
     spec = PartitionSpec.from_settings(settings, num)
-    key = ("sim", settings.dataset, data_dir, settings.task, spec, pid, settings.test_fraction, settings.augment)
-    if key not in _samples:
-        data = _load(settings.dataset, data_dir, settings.task)
-        parts_key = (settings.dataset, data_dir, settings.task, spec)
-        if parts_key not in _partitions:
-            _remember(_partitions, parts_key, partition(data, spec))
-        parts = _partitions[parts_key]
-        train_rows, test_rows = train_test_split(parts[pid], settings.test_fraction, settings.seed, pid)
-        dataset_id = f"{settings.dataset}:{data_dir}#{spec.method}-{num}-seed{spec.seed}/{pid}"
-        _remember(_samples, key, _build(str(pid), dataset_id, data, train_rows, test_rows, settings))
-    return _samples[key]
+    return _simulated_samples(settings.dataset, data_dir, settings.task, spec, pid, settings.test_fraction,
+                              settings.augment)
 
 
-def _node_split(data: EmotionData, settings: RunSettings) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _hospital_samples(dataset: str, root: str, client_id: str, dataset_id: str, task: str, seed: int,
+                      test_fraction: float, augment: bool) -> ClientSamples:
     """A hospital's train/test split: the dataset's published one if it has both parts."""
+    data = _load(dataset, root, task)
     split = data.published_split.astype(str)
     if np.any(split == "train") and np.any(split == "test"):
-        return np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
-    return train_test_split(np.arange(len(data)), settings.test_fraction, settings.seed, 0)
+        train_rows, test_rows = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+    else:
+        train_rows, test_rows = train_test_split(np.arange(len(data)), test_fraction, seed, 0)
+    return _build(client_id, dataset_id, data, train_rows, test_rows, task, augment, seed)
 
 
-def _build(client_id: str, dataset_id: str, data: EmotionData, train_rows, test_rows,
-           settings: RunSettings) -> ClientSamples:
-    seed = [settings.seed, zlib.crc32(client_id.encode())]
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _simulated_samples(dataset: str, data_dir: str, task: str, spec: PartitionSpec, pid: int,
+                       test_fraction: float, augment: bool) -> ClientSamples:
+    """Partition ``pid`` of the shared dataset, split into its own train and test rows."""
+    data = _load(dataset, data_dir, task)
+    rows = _partitions(dataset, data_dir, task, spec)[pid]
+    train_rows, test_rows = train_test_split(rows, test_fraction, spec.seed, pid)
+    dataset_id = f"{dataset}:{data_dir}#{spec.method}-{spec.num_partitions}-seed{spec.seed}/{pid}"
+    return _build(str(pid), dataset_id, data, train_rows, test_rows, task, augment, spec.seed)
+
+
+def _build(client_id: str, dataset_id: str, data: EmotionData, train_rows, test_rows, task: str, augment: bool,
+           seed: int) -> ClientSamples:
+    augment_seed = [seed, zlib.crc32(client_id.encode())]
     return ClientSamples(
         client_id=client_id,
-        train=EmotionSamples(data.subset(train_rows), settings.task, augment=settings.augment, seed=seed),
-        test=EmotionSamples(data.subset(test_rows), settings.task, augment=False, seed=seed),
+        train=EmotionSamples(data.subset(train_rows), task, augment=augment, seed=augment_seed),
+        test=EmotionSamples(data.subset(test_rows), task, augment=False, seed=augment_seed),
         dataset_id=dataset_id,
     )
 

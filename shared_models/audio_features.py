@@ -42,7 +42,7 @@ import torch
 import torchaudio.functional as AF
 import torchaudio.transforms as AT
 
-from client.loaders.base import DatasetFormatError
+from shared_models.dataset_format_error import DatasetFormatError
 
 SAMPLE_RATE = 16000
 AMIN = 1e-10  # librosa power_to_db floor

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import train_test_split
+from client.partitioning import PartitionSpec, partition
 from client.loaders.registry import load_dataset
 from client.torch_data import NUM_MODEL_INPUTS, EmotionSamples
 from server.global_metrics import ccc_from_moments, classification_metrics
@@ -25,7 +26,6 @@ from server.run_record import RunRecord
 from server.server_app import prepare_data_dir
 from shared_models.audio_features import combine_moments
 from shared_models.registry import build_model
-from simulations.partitioners import PartitionSpec, partition
 from simulations.run_config import prepare_run
 
 

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 from client.loaders.base import DatasetFormatError
+from client.partitioning import PartitionError
 from shared_models.privacy_ledger import LedgerError
 from shared_models.run_settings import ConfigError
-from simulations.partitioners import PartitionError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

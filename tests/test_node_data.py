@@ -34,3 +34,22 @@ def test_simulated_nodes_get_disjoint_reproducible_partitions(tmp_path):
     again = client_samples(settings, {"partition-id": 2, "num-partitions": 4}, str(tmp_path / "rafdb"))
     assert set(again.train.data.refs) | set(again.test.data.refs) == rows[2]
     assert np.all(again.train.data.labels >= 0)
+
+
+def test_a_worker_process_parses_a_dataset_once_for_all_its_nodes_and_rounds(tmp_path, monkeypatch):
+    """Flower reuses a few workers for many virtual clients; each must not reparse the folder."""
+    from client import node_data
+
+    write_rafdb(tmp_path / "rafdb", 200, seed=6)
+    _, settings = load_run_config(None, {"dataset": "rafdb", "partitioner": "iid", "seed": 3})
+    parses = []
+    real_load = node_data.load_dataset
+    monkeypatch.setattr(node_data, "load_dataset", lambda *args: parses.append(args) or real_load(*args))
+    first_round = [client_samples(settings, {"partition-id": pid, "num-partitions": 4}, str(tmp_path / "rafdb"))
+                   for pid in range(4)]
+    second_round = client_samples(settings, {"partition-id": 1, "num-partitions": 4}, str(tmp_path / "rafdb"))
+    assert len(parses) == 1
+    assert second_round is first_round[1]
+    for cached in (node_data._load_resolved, node_data._partitions, node_data._simulated_samples,
+                   node_data._hospital_samples):
+        assert cached.cache_info().maxsize is not None  # bounded: a long-lived worker does not grow without end

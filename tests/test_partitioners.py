@@ -9,7 +9,7 @@ import pytest
 
 from client.loaders.base import EmotionData
 from client.node_data import EmptySplitError, train_test_split
-from simulations.partitioners import PartitionError, PartitionSpec, partition
+from client.partitioning import PartitionError, PartitionSpec, partition
 
 
 def make_data(n: int = 1200, n_subjects: int = 60, seed: int = 0) -> EmotionData:

@@ -14,22 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from shared_models.dataset_format_error import DatasetFormatError  # noqa: F401  (loaders raise it from here)
 from shared_models.taxonomy import UNKNOWN
 
 DEMOGRAPHIC_ATTRIBUTES: tuple[str, ...] = ("sex", "age", "race", "ethnicity")
-
-
-class DatasetFormatError(ValueError):
-    """A dataset folder or file does not follow its published format.
-
-    The message always names the file (and the line or field where it helps)
-    and says what is wrong, so a hospital can fix its data without reading code.
-    """
-
-    def __init__(self, path: str | Path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """Split one dataset into simulated hospitals (clients).
 
+A simulated node carves its own share out of the shared dataset
+(``client.node_data``), so the split lives with the node's data; the
+centralised baseline (``simulations.centralised``) pools the same shares.
+
 Four ways, each matching a question researchers ask:
 
 - ``iid``: every client sees the same distribution (the easy upper bound).
