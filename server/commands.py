@@ -1,0 +1,120 @@
+"""The coordinator's ``fedemo`` commands: the federation's credentials, and the signed report an auditor checks.
+
+    fedemo credentials init OUT_DIR --superlink-host H --hospital NAME ...   CA, TLS certificate, node key pairs
+    fedemo credentials add-hospital OUT_DIR NAME     one more hospital's key pair
+    fedemo verify RUN_DIR [--public-key PEM]         is report.json as signed? exit 0 valid, 1 not, 2 unusable input
+    fedemo report RUN_DIR [--build]                  rebuild report.html from report.json (--build: report.json too)
+
+``simulations.cli`` mounts them beside the hospitals' and the researchers'
+commands; their code sits here, next to the keys and the report they handle.
+Heavy imports wait inside each command, so ``fedemo --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+
+def add_coordinator_commands(commands: argparse._SubParsersAction) -> None:
+    """``credentials init``, ``credentials add-hospital``, ``verify`` and ``report``."""
+    creds = commands.add_parser("credentials", help="TLS and SuperNode-authentication files for a deployed federation")
+    creds_sub = creds.add_subparsers(dest="credentials_command", required=True)
+    p = creds_sub.add_parser("init", help="create a CA, the SuperLink's TLS certificate and hospital key pairs")
+    p.add_argument("out_dir", type=Path, help="a new folder for the credentials")
+    p.add_argument("--superlink-host", action="append", default=[], metavar="NAME",
+                   help="a DNS name nodes use to reach the SuperLink (repeatable; a SAN of its certificate)")
+    p.add_argument("--superlink-ip", action="append", default=[], metavar="IP",
+                   help="an IP address nodes use to reach the SuperLink (repeatable; a SAN of its certificate)")
+    p.add_argument("--hospital", action="append", default=[], metavar="NAME", help="a hospital (repeatable)")
+    p.add_argument("--days", type=int, default=365, help="validity of the SuperLink certificate")
+    p.set_defaults(func=credentials_command)
+    p = creds_sub.add_parser("add-hospital", help="a key pair for one more hospital")
+    p.add_argument("out_dir", type=Path, help="the folder `credentials init` wrote")
+    p.add_argument("name")
+    p.set_defaults(func=credentials_command)
+
+    p = commands.add_parser("verify", help="check a run's signed report: valid, or exactly what does not match")
+    p.add_argument("run_dir", type=Path, help="the run folder (holds report.json, report.sig, report.pub)")
+    p.add_argument("--public-key", type=Path, default=None, help="the coordinator's trusted public key (PEM)")
+    p.set_defaults(func=verify_command)
+    p = commands.add_parser("report", help="rebuild a run's report.html from its report.json")
+    p.add_argument("run_dir", type=Path, help="the run folder")
+    p.add_argument("--build", action="store_true", help="also build and sign report.json from the run's metrics")
+    p.set_defaults(func=report_command)
+
+
+def fail(message: str) -> int:
+    """One line on stderr, exit code 2: an input the user can fix."""
+    print(f"fedemo: error: {message}", file=sys.stderr)
+    return 2
+
+
+def credentials_command(args: Namespace) -> int:
+    from server import federation_credentials as fc
+
+    try:
+        if args.credentials_command == "init":
+            federation = fc.init_federation(args.out_dir, args.superlink_host, args.superlink_ip, args.hospital,
+                                            server_days=args.days)
+        else:
+            fc.add_hospital(args.out_dir, args.name)
+            federation = fc.load_federation(args.out_dir)
+    except fc.CredentialsError as err:
+        return fail(str(err))
+    print(fc.describe(args.out_dir, federation))
+    return 0
+
+
+def verify_command(args: Namespace) -> int:
+    from server.report_html import source_digest
+    from server.report_signing import verify_run
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        return fail(f"{run_dir} is not a folder")
+    result = verify_run(run_dir, expected_public_key=args.public_key, html_digest_of=source_digest)
+    if result.valid:
+        print(f"valid: {run_dir / 'report.json'} is exactly as signed by key {result.key_id}"
+              + ("" if args.public_key else " (compare this key id with the coordinator's published one, "
+                 "or pass --public-key)"))
+        return 0
+    print(f"INVALID: {run_dir / 'report.json'}")
+    for problem in result.problems:
+        print(f"  - {problem}")
+    return 1
+
+
+def report_command(args: Namespace) -> int:
+    from server.report import ReportError
+    from server.report_html import write_html
+    from server.report_signing import SigningError
+
+    run_dir = Path(args.run_dir)
+    try:
+        if args.build:
+            from server.report import coordinator_key, read_run, write_report
+
+            run_config = read_run(run_dir)[0].get("run_config", {})  # the key the run itself was told to use
+            runs_dir = Path(str(run_config.get("runs-dir") or run_dir)).resolve()
+            if not run_dir.resolve().is_relative_to(runs_dir):  # a moved run folder: guard that folder itself
+                runs_dir = run_dir.resolve()
+            key = coordinator_key(str(run_config.get("signing-key", "")), runs_dir)
+            print(f"Built and signed {write_report(run_dir, key)}")
+        elif not (run_dir / "report.json").is_file():
+            return fail(f"{run_dir / 'report.json'} is missing; `fedemo report --build {run_dir}` builds and signs "
+                        "one from the run's metrics")
+        path = write_html(run_dir)
+    except (ReportError, SigningError, ValueError) as err:
+        return fail(str(err))
+    print(f"Wrote {path}")
+    from server.report_signing import verify_run
+
+    verdict = verify_run(run_dir)
+    if not verdict.valid:
+        print("warning: report.json does not verify, the page shows an altered report:\n  - "
+              + "\n  - ".join(verdict.problems), file=sys.stderr)
+    return 0
+

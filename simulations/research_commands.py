@@ -1,0 +1,157 @@
+"""The researchers' ``fedemo`` commands: simulate a federation, train the pooled baseline, compare runs, write data.
+
+    fedemo simulate CONFIG [--set key=value ...]
+    fedemo baseline CONFIG [--set key=value ...] [--epochs N]
+    fedemo compare RUN_A RUN_B --out DIR
+    fedemo compare CONFIG --out DIR [--set k=v] [--a k=v] [--b k=v]
+    fedemo data synth DATASET --out DIR [--n N] [--seed S] [--with-faces]
+
+``simulations.cli`` mounts them beside the hospitals' and the coordinator's
+commands. Heavy imports (torch, Flower) wait inside each command, so
+``fedemo --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_A = ["dp=false"]  # compare CONFIG without --a/--b: the cost of DP
+DEFAULT_B = ["dp=true"]
+
+
+def add_research_commands(commands: argparse._SubParsersAction, data_commands: argparse._SubParsersAction) -> None:
+    """``simulate``, ``baseline`` and ``compare`` at the top level, ``synth`` under ``fedemo data``."""
+    add_simulate_command(commands)
+
+    p = commands.add_parser("baseline", help="train the same model centrally on the pooled client data")
+    _add_config_args(p)
+    p.add_argument("--epochs", type=int, default=None, help="default: rounds x local epochs of the config")
+    p.set_defaults(func=baseline_command)
+
+    p = commands.add_parser("compare", help="two runs side by side per group (e.g. without and with DP)")
+    p.add_argument("inputs", nargs="+", help="two run folders, or one run config (TOML) to run twice")
+    p.add_argument("--out", required=True, type=Path, help="folder for comparison.json and comparison.html")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="CONFIG mode: override for both runs (repeatable)")
+    p.add_argument("--a", action="append", default=[], metavar="KEY=VALUE", help="CONFIG mode: override for run A only (without --a/--b: A dp=false, B dp=true)")
+    p.add_argument("--b", action="append", default=[], metavar="KEY=VALUE", help="CONFIG mode: override for run B only")
+    p.set_defaults(func=compare_command)
+
+    p = data_commands.add_parser("synth", help="write a synthetic dataset in a published format")
+    p.add_argument("dataset", choices=["fer2013", "rafdb", "cremad", "ravdess"])
+    p.add_argument("--out", required=True, type=Path, help="folder to write")
+    p.add_argument("--n", type=int, default=3000, help="number of samples (faces or clips)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--with-faces", action="store_true", help="cremad: also write a face frame per clip (fusion)")
+    p.set_defaults(func=synth_command)
+
+
+# --- fedemo simulate -------------------------------------------------------------------------------
+
+
+def add_simulate_command(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("simulate", help="run a federated simulation on Flower's simulation engine")
+    _add_config_args(p)
+    p.set_defaults(func=simulate_command)
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    from simulations.run_config import parse_overrides
+    from simulations.simulate import run_simulation
+
+    _print_summary(run_simulation(args.config, parse_overrides(args.overrides)))
+    return 0
+
+
+# --- fedemo baseline, compare, data synth ----------------------------------------------------------
+
+
+def baseline_command(args: argparse.Namespace) -> int:
+    from simulations.centralised import run_centralised
+    from simulations.run_config import parse_overrides
+
+    _print_summary(run_centralised(args.config, parse_overrides(args.overrides), epochs=args.epochs))
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from server.report import ReportError
+    from server.report_compare import ComparisonError, compare_runs
+
+    inputs = [Path(p) for p in args.inputs]
+    try:
+        if len(inputs) == 2:
+            if args.a or args.b or args.overrides:
+                return fail("--set/--a/--b apply only when comparing a CONFIG (one input)")
+            run_a, run_b = inputs
+        elif len(inputs) == 1 and inputs[0].is_file():
+            a, b = (args.a, args.b) if args.a or args.b else (DEFAULT_A, DEFAULT_B)
+            run_a, run_b = run_both(inputs[0], args.overrides, a, b)
+        else:
+            return fail("give two run folders, or one run config (TOML file) to run twice")
+        path = compare_runs(run_a, run_b, Path(args.out))
+    except (ComparisonError, ReportError) as err:
+        return fail(str(err))
+    for line in json.loads(path.read_text())["findings"]:
+        print(line)
+    print(f"Wrote {path} and {path.with_name('comparison.html')}")
+    return 0
+
+
+def run_both(config: Path, overrides: list[str], a: list[str], b: list[str]) -> tuple[Path, Path]:
+    """Run the same configuration twice, differing only in the A and B overrides."""
+    from simulations.run_config import load_run_config, parse_overrides
+    from simulations.simulate import run_simulation
+
+    common = parse_overrides(overrides)
+    base_name = str(load_run_config(config, common)[0].get("run-name") or "")
+    stem = base_name or f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
+    dirs = []
+    for side, extra in (("a", a), ("b", b)):
+        print(f"Run {side.upper()}: {config} with {' '.join(extra) or 'no change'}")
+        dirs.append(run_simulation(config, {**common, **parse_overrides(extra), "run-name": f"{stem}-{side}"}))
+    return dirs[0], dirs[1]
+
+
+def synth_command(args: argparse.Namespace) -> int:
+    from simulations.synthetic_data import synthesize
+
+    started = time.time()
+    out = synthesize(args.dataset, args.out, args.n, args.seed, with_faces=args.with_faces)
+    print(f"Wrote synthetic {args.dataset} ({args.n} samples, seed {args.seed}) to {out} "
+          f"in {time.time() - started:.1f} s")
+    return 0
+
+
+# --- shared by the commands above -----------------------------------------------------------------
+
+
+def fail(message: str) -> int:
+    """One line on stderr, exit code 2: an input the user can fix."""
+    print(f"fedemo: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="a run config TOML from configs/ (omit for pyproject defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one run-config key, e.g. --set num-server-rounds=5 (repeatable)")
+
+
+def _print_summary(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    final = summary.get("final", {})
+    print(f"\nRun folder: {run_dir}")
+    if "initial" in summary:
+        print(f"Global accuracy {summary['initial'].get('accuracy', float('nan')):.3f} (initial) -> "
+              f"{final.get('accuracy', float('nan')):.3f} after {summary.get('rounds')} rounds; "
+              f"macro-F1 {final.get('macro_f1', float('nan')):.3f}; "
+              f"{summary.get('wall_clock_s', summary.get('elapsed_s'))} s")
+    else:
+        print(f"Centralised accuracy {final.get('accuracy', float('nan')):.3f}, macro-F1 "
+              f"{final.get('macro_f1', float('nan')):.3f} after {summary.get('epochs')} epochs; "
+              f"{summary.get('elapsed_s')} s")
