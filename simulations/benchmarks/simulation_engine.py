@@ -1,6 +1,6 @@
 """Benchmark: what Flower's simulation engine costs, and how client resources change it.
 
-    python -m simulations.benchmark_simulation [--clients 50] [--rounds 3] [--out runs/bench]
+    python -m simulations.benchmarks.simulation_engine [--clients 50] [--rounds 3] [--out runs/bench]
 
 Runs the same small face federation (every client trains one local epoch and
 evaluates, every round) three ways and prints wall-clock figures:

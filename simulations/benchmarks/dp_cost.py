@@ -1,6 +1,6 @@
 """Benchmark: what sample-level DP-SGD costs in time, memory and accuracy.
 
-    python -m simulations.benchmark_dp [--steps 20] [--no-accuracy] [--out runs/bench-dp]
+    python -m simulations.benchmarks.dp_cost [--steps 20] [--no-accuracy] [--out runs/bench-dp]
 
 1. Time per local step (forward, backward, optimizer) for the face and voice
    models, without DP and under Opacus (per-sample gradients, clipping,
@@ -93,7 +93,7 @@ def step_costs(steps: int) -> dict:
 def accuracy_by_epsilon(out: Path) -> dict:
     from simulations.simulate import run_simulation
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     runs = (("no-dp", "quickstart_dp.toml", {"dp": False}),
             ("eps-8", "quickstart_dp.toml", {"dp-epsilon": 8.0}),
             ("eps-3", "quickstart_dp.toml", {"dp-epsilon": 3.0}),

@@ -1,6 +1,6 @@
 """Effect of fairness-aware training: the same federation without and with group reweighting.
 
-    python -m simulations.benchmark_fairness [CONFIG] [--attribute race] [--set key=value ...]
+    python -m simulations.benchmarks.fairness_reweighting [CONFIG] [--attribute race] [--set key=value ...]
 
 Runs CONFIG (default configs/quickstart.toml) twice, with ``fairness-reweight``
 off and set to the attribute, and prints each run's final accuracy and the
@@ -19,7 +19,7 @@ from server.fairness import fairness_view
 from simulations.run_config import parse_overrides
 from simulations.simulate import run_simulation
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _ci(ci) -> str:
