@@ -12,6 +12,12 @@ It answers three kinds of message from the coordinator:
 
 Everything node-specific (data folder, dataset format) comes from the node
 config, so the same app runs in simulation and on a real SuperNode.
+
+Under ``dp = true`` a reply carries only values the node's ledger accounts
+for or that do not depend on its records (``client/dp_allowlist.py`` checks
+every reply): no training loss, no sample counts beyond the training-set
+size, and evaluation counts either all noised and accounted or, without
+count noise, exact and declared unprotected in the report.
 """
 
 from __future__ import annotations
@@ -25,17 +31,20 @@ from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
 from client.central_dp_clipping import central_dp_clipping_mod
+from client.dp_allowlist import dp_allowlist_mod
 from client.dp_training import make_private, plan_round, steps_taken
 from client.fairness_weights import WeightedSamples
-from client.group_counts import group_count_metrics, planned_eval_releases, release_noised_counts, sample_groups
+from client.group_counts import (group_count_metrics, overall_confusion, planned_eval_releases,
+                                 release_noised_counts, sample_groups)
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import ClientSamples, client_samples
 from client.outgoing_audit import outgoing_audit_mod
-from shared_models.privacy_ledger import LedgerError, PrivacyLedger, simulated_state_dir
 from client.secure_aggregation import secure_aggregation_mod
 from client.torch_data import NUM_MODEL_INPUTS
+from shared_models import messages as msgs
+from shared_models.privacy_ledger import LedgerError, PrivacyLedger, simulated_state_dir
 from shared_models.registry import build_model
-from shared_models.run_settings import UPDATE_WEIGHT_KEY, RunSettings
+from shared_models.run_settings import RunSettings
 
 app = ClientApp(mods=[outgoing_audit_mod])  # a deployed node logs what it sends (client/outgoing_audit.py)
 
@@ -43,44 +52,49 @@ app = ClientApp(mods=[outgoing_audit_mod])  # a deployed node logs what it sends
 def _setup(msg: Message, context: Context) -> tuple[RunSettings, ClientSamples, torch.device]:
     settings = RunSettings.from_config(context.run_config)
     torch.set_num_threads(settings.client_threads)
-    config = msg.content["config"] if "config" in msg.content else ConfigRecord()
+    config = msg.content[msgs.CONFIG] if msgs.CONFIG in msg.content else ConfigRecord()
     # In simulation the coordinator resolves the shared dataset folder once and
     # sends it; a deployed node ignores it and reads its own node config.
-    data_dir = str(config.get("data-dir", settings.data_dir))
+    data_dir = str(config.get(msgs.DATA_DIR, settings.data_dir))
     return settings, client_samples(settings, context.node_config, data_dir), resolve_device(settings.device)
 
 
 def _global_model(msg: Message, settings: RunSettings, device: torch.device) -> torch.nn.Module:
     model = build_model(settings.model, valence_arousal=settings.valence_arousal)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content[msgs.ARRAYS].to_torch_state_dict())
     return model.to(device)
 
 
 def _reply(msg: Message, samples: ClientSamples, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
-    metrics = {**metrics, UPDATE_WEIGHT_KEY: 1}  # equal weights: what client-level central DP averages by
-    content = RecordDict({"metrics": MetricRecord(metrics), "client": ConfigRecord({"client-id": samples.client_id})})
+    metrics = {**metrics, msgs.UPDATE_WEIGHT: 1}  # equal weights: what client-level central DP averages by
+    content = RecordDict({msgs.METRICS: MetricRecord(metrics),
+                          msgs.CLIENT: ConfigRecord({msgs.CLIENT_ID: samples.client_id})})
     if arrays is not None:
-        content["arrays"] = arrays
+        content[msgs.ARRAYS] = arrays
     return Message(content=content, reply_to=msg)
 
 
-@app.train(mods=[secure_aggregation_mod, central_dp_clipping_mod])  # each passes through unless its mode is on
+# Mods run outermost first: SecAgg+ and clipping pass through unless their mode is on; the DP allowlist
+# sits innermost, on exactly what the handler produced.
+@app.train(mods=[secure_aggregation_mod, central_dp_clipping_mod, dp_allowlist_mod])
 def train(msg: Message, context: Context) -> Message:
     settings, samples, device = _setup(msg, context)
     model = _global_model(msg, settings, device)
-    config = msg.content["config"]
-    server_round = int(config.get("server-round", 0))
+    config = msg.content[msgs.CONFIG]
+    server_round = int(config.get(msgs.SERVER_ROUND, 0))
     samples.train.reseed([settings.seed, server_round, zlib.crc32(samples.client_id.encode())])
+    # Reproducible shuffling without DP; under DP make_private replaces it with secret Poisson sampling.
     generator = torch.Generator().manual_seed(settings.seed * 100_003 + server_round)
-    # fairness-reweight: each sample's loss weighted by 1 / its group's share on this node (per sample, DP-safe)
+    # fairness-reweight (never with dp: the weights depend on every record's group, see run_settings)
     train_set = WeightedSamples(samples.train, settings.fairness_reweight) if settings.fairness_reweight else samples.train
     loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = make_optimizer(model, settings)
     n_inputs = NUM_MODEL_INPUTS[settings.task]
-    metrics: dict = {"num-examples": len(samples.train), "skipped": samples.skipped}
+    metrics: dict = {msgs.NUM_EXAMPLES: len(samples.train)}
     if not settings.dp:
-        metrics.update(train_epochs(model, loader, optimizer, epochs=settings.local_epochs,
-                                    n_inputs=n_inputs, device=device))
+        trained = train_epochs(model, loader, optimizer, epochs=settings.local_epochs, n_inputs=n_inputs, device=device)
+        metrics.update({msgs.SKIPPED: samples.skipped, msgs.TRAIN_LOSS: trained["train-loss"],
+                        msgs.TRAIN_SAMPLES: trained["train-samples"]})
         return _reply(msg, samples, metrics, ArrayRecord(model.cpu().state_dict()))
 
     # Sample-level DP-SGD: check the ledger first, record the spend before replying.
@@ -94,20 +108,23 @@ def train(msg: Message, context: Context) -> Message:
     planned_epsilon = ledger.check(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)  # raises: declines
     private_model, private_optimizer, private_loader, engine = make_private(
         model, optimizer, loader, plan, accountant=ledger.accountant, secure_mode=settings.dp_secure_mode)
-    metrics.update(train_epochs(private_model, private_loader, private_optimizer, epochs=settings.local_epochs,
-                                n_inputs=n_inputs, device=device, private=True))
+    # The loss and the samples seen stay on the node: neither is accounted for.
+    train_epochs(private_model, private_loader, private_optimizer, epochs=settings.local_epochs,
+                 n_inputs=n_inputs, device=device, private=True)
     steps = steps_taken(engine)  # Opacus's Poisson loader takes exactly the planned steps; recompute if not
-    event = ledger.record(run=run, server_round=server_round, noise_multiplier=plan.noise_multiplier,
-                          sample_rate=plan.sample_rate, steps=steps, max_grad_norm=plan.max_grad_norm,
-                          epsilon_after=planned_epsilon if steps == plan.steps_per_round else None)
+    # Binding check-and-record under the ledger's lock, before anything is sent (raises: nothing sent).
+    event = ledger.spend(run=run, server_round=server_round, noise_multiplier=plan.noise_multiplier,
+                         sample_rate=plan.sample_rate, steps=steps, max_grad_norm=plan.max_grad_norm,
+                         epsilon_hint=planned_epsilon if steps == plan.steps_per_round else None)
     metrics.update({
-        "dp-epsilon": event.epsilon_after, "dp-delta": ledger.delta, "dp-noise-multiplier": event.noise_multiplier,
-        "dp-sample-rate": event.sample_rate, "dp-steps": event.steps,
-        "dp-steps-total": sum(e.steps for e in ledger.events), "dp-max-grad-norm": event.max_grad_norm,
-        "dp-budget": ledger.epsilon_budget, "dp-budget-remaining": max(0.0, ledger.epsilon_budget - event.epsilon_after),
+        msgs.DP_EPSILON_SPENT: event.epsilon_after, msgs.DP_DELTA: ledger.delta,
+        msgs.DP_NOISE_MULTIPLIER: event.noise_multiplier, msgs.DP_SAMPLE_RATE: event.sample_rate,
+        msgs.DP_STEPS: event.steps, msgs.DP_STEPS_TOTAL: sum(e.steps for e in ledger.events if e.kind == "train"),
+        msgs.DP_MAX_GRAD_NORM: event.max_grad_norm, msgs.DP_BUDGET: ledger.epsilon_budget,
+        msgs.DP_BUDGET_REMAINING: max(0.0, ledger.epsilon_budget - event.epsilon_after),
     })
     reply = _reply(msg, samples, metrics, ArrayRecord(private_model._module.cpu().state_dict()))
-    reply.content["client"]["dp-accountant"] = ledger.accountant
+    reply.content[msgs.CLIENT][msgs.DP_ACCOUNTANT] = ledger.accountant
     return reply
 
 
@@ -119,7 +136,7 @@ def open_ledger(settings: RunSettings, context: Context, config: ConfigRecord, s
         raise LedgerError('DP is on but this node has no state folder for its privacy ledger: add '
                           'state-dir="/absolute/path" to its --node-config')
     else:
-        root = settings.state_dir or str(config.get("state-root", ""))
+        root = settings.state_dir or str(config.get(msgs.STATE_ROOT, ""))
         if not root:
             raise LedgerError("DP is on but this node has no state folder: set node-config state-dir")
         state_dir = simulated_state_dir(root, samples.client_id)
@@ -128,41 +145,48 @@ def open_ledger(settings: RunSettings, context: Context, config: ConfigRecord, s
                               delta=delta, accountant=settings.dp_accountant)
 
 
-@app.evaluate()
+@app.evaluate(mods=[dp_allowlist_mod])
 def evaluate_global(msg: Message, context: Context) -> Message:
     settings, samples, device = _setup(msg, context)
     model = _global_model(msg, settings, device)
     loader = DataLoader(samples.test, batch_size=max(settings.batch_size, 64))
     counts = evaluate(model, loader, n_inputs=NUM_MODEL_INPUTS[settings.task], device=device,
                       groups=sample_groups(samples.test.data, settings.dataset))
-    metrics = {
-        "num-examples": counts.n,
-        "loss-sum": counts.loss_sum,
-        "confusion": [int(v) for v in counts.confusion.ravel()],
-        "skipped": samples.skipped,
-    }
-    if counts.va_moments is not None:
-        metrics["va-moments"] = [float(v) for v in counts.va_moments.ravel()]
-    group_confusion = counts.group_confusion
-    if settings.eval_dp_noise_multiplier > 0:  # noised per-group counts: checked against and spent from the ledger
-        config = msg.content["config"] if "config" in msg.content else ConfigRecord()
+    if settings.eval_dp_noise_multiplier > 0:  # every released count noised, checked against and spent from the ledger
+        config = msg.content[msgs.CONFIG] if msgs.CONFIG in msg.content else ConfigRecord()
         group_confusion, event = release_noised_counts(
-            group_confusion, ledger=open_ledger(settings, context, config, samples), run=str(context.run_id),
-            server_round=int(config.get("server-round", 0)), noise_multiplier=settings.eval_dp_noise_multiplier)
-        metrics.update({"grp-dp-noise-multiplier": event.noise_multiplier, "grp-dp-epsilon": event.epsilon_after})
-    metrics.update(group_count_metrics(group_confusion, settings.dataset))
+            counts.group_confusion, ledger=open_ledger(settings, context, config, samples), run=str(context.run_id),
+            server_round=int(config.get(msgs.SERVER_ROUND, 0)), noise_multiplier=settings.eval_dp_noise_multiplier)
+        # The overall confusion is the sum of one attribute's noised groups (they partition the test rows):
+        # post-processing, free. The exact loss and valence/arousal sums are not released at all.
+        confusion = overall_confusion(group_confusion)
+        metrics = {msgs.NUM_EXAMPLES: int(confusion.sum()), msgs.CONFUSION: [int(v) for v in confusion.ravel()],
+                   msgs.GROUP_DP_NOISE_MULTIPLIER: event.noise_multiplier,
+                   msgs.GROUP_DP_EPSILON_SPENT: event.epsilon_after}
+        metrics.update(group_count_metrics(group_confusion, settings.dataset))
+        return _reply(msg, samples, metrics)
+    metrics = {
+        msgs.NUM_EXAMPLES: counts.n,
+        msgs.LOSS_SUM: counts.loss_sum,
+        msgs.CONFUSION: [int(v) for v in counts.confusion.ravel()],
+    }
+    if not settings.dp:
+        metrics[msgs.SKIPPED] = samples.skipped
+    if counts.va_moments is not None:
+        metrics[msgs.VA_MOMENTS] = [float(v) for v in counts.va_moments.ravel()]
+    metrics.update(group_count_metrics(counts.group_confusion, settings.dataset))
     return _reply(msg, samples, metrics)
 
 
-@app.query()
+@app.query(mods=[dp_allowlist_mod])  # never answered under dp: the sums are not noised
 def query(msg: Message, context: Context) -> Message:
     settings, samples, _ = _setup(msg, context)
-    what = str(msg.content["config"].get("query", ""))
-    if what != "feature-moments":
+    what = str(msg.content[msgs.CONFIG].get(msgs.QUERY, ""))
+    if what != msgs.QUERY_FEATURE_MOMENTS:
         raise ValueError(f"unknown query {what!r}")
     # Sums over this node's clean training clips only: the normalisation must not see test data.
     sums, squares, frames = samples.train.feature_moments()
-    metrics = {"mel-sum": sums.tolist(), "mel-sumsq": squares.tolist(), "frames": frames,
-               "num-examples": len(samples.train)}
+    metrics = {msgs.MEL_SUM: sums.tolist(), msgs.MEL_SUMSQ: squares.tolist(), msgs.FRAMES: frames,
+               msgs.NUM_EXAMPLES: len(samples.train)}
     return _reply(msg, samples, metrics)
 

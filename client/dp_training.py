@@ -9,10 +9,22 @@ against the ledger before it trains and recorded after it.
 
 Poisson sampling (Opacus's DPDataLoader) is what the accountants assume, so
 it is always on: the epsilon reported is that of the sampling actually used.
+
+Both random draws of DP-SGD, the Poisson batch masks and the gradient noise,
+come from generators seeded with 64 fresh bits from the operating system's
+CSPRNG (``secrets``), never from the run's ``seed`` or round, which the
+coordinator sends and so knows: an honest-but-curious coordinator can neither
+rebuild the masks (which would void the amplification by sampling the
+epsilon relies on) nor subtract the noise. Like Opacus outside its secure
+mode, the generators themselves (Mersenne Twister on CPU, Philox on CUDA)
+and the floating-point Gaussian are not cryptographically hardened;
+``dp-secure-mode`` (Opacus's torchcsprng path) is refused at validation
+while torchcsprng cannot be installed (docs/privacy.md).
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -80,12 +92,29 @@ def plan_round(ledger: PrivacyLedger, run: str, *, batches_per_epoch: int, local
     return DPPlan(sigma, sample_rate, steps_per_round, max_grad_norm)
 
 
+def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded from the OS CSPRNG: nothing the coordinator sends or knows determines it."""
+    return torch.Generator(device=device).manual_seed(secrets.randbits(64))
+
+
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, plan: DPPlan, *,
-                 accountant: str, secure_mode: bool) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader, PrivacyEngine]:
+                 accountant: str, secure_mode: bool = False,
+                 ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader, PrivacyEngine]:
+    """Opacus's one entry point, with the Poisson masks and the noise drawn from secret generators.
+
+    Opacus's DPDataLoader takes the passed loader's generator for its masks
+    (outside secure mode), so the loader is rebuilt on a secret one; the noise
+    generator lives on the model's device.
+    """
     engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
+    secret_loader = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
+                               num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                               generator=secret_generator())
+    device = next(model.parameters()).device
     private_model, private_optimizer, private_loader = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader,
+        module=model, optimizer=optimizer, data_loader=secret_loader,
         noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, poisson_sampling=True,
+        noise_generator=None if secure_mode else secret_generator(device),
     )
     return private_model, private_optimizer, private_loader, engine
 

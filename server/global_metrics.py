@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
+from shared_models import messages as msgs
 from shared_models.demographic_groups import parse_metric_key
 from shared_models.taxonomy import NUM_EMOTIONS
 
@@ -54,15 +55,19 @@ def ccc_from_moments(moments: np.ndarray, n: int) -> list[float]:
 
 
 def sum_counts(metric_records) -> tuple[np.ndarray, float, int, np.ndarray | None]:
-    """Summed confusion, loss sum, example count and valence/arousal moments of evaluation replies."""
+    """Summed confusion, loss sum, example count and valence/arousal moments of evaluation replies.
+
+    A DP node with noised counts sends no loss sum (it is not accounted): the
+    loss is then unknown (NaN), never a sum over the nodes that happened to send one.
+    """
     confusion = np.zeros((NUM_EMOTIONS, NUM_EMOTIONS), dtype=np.int64)
     loss_sum, n, va = 0.0, 0, None
     for metrics in metric_records:
-        confusion += np.asarray(metrics["confusion"], dtype=np.int64).reshape(NUM_EMOTIONS, NUM_EMOTIONS)
-        loss_sum += float(metrics["loss-sum"])
-        n += int(metrics["num-examples"])
-        if "va-moments" in metrics:
-            moments = np.asarray(metrics["va-moments"], dtype=np.float64)
+        confusion += np.asarray(metrics[msgs.CONFUSION], dtype=np.int64).reshape(NUM_EMOTIONS, NUM_EMOTIONS)
+        loss_sum += float(metrics[msgs.LOSS_SUM]) if msgs.LOSS_SUM in metrics else float("nan")
+        n += int(metrics[msgs.NUM_EXAMPLES])
+        if msgs.VA_MOMENTS in metrics:
+            moments = np.asarray(metrics[msgs.VA_MOMENTS], dtype=np.float64)
             va = moments if va is None else va + moments
     return confusion, loss_sum, n, va
 
@@ -93,10 +98,11 @@ def group_summary(client_metrics: list[tuple[str, dict]]) -> dict:
     """
     groups = sum_group_counts(m for _, m in client_metrics)
     out: dict = {"groups": {a: {g: c.tolist() for g, c in by_group.items()} for a, by_group in groups.items()}}
-    noised = [(cid, m) for cid, m in client_metrics if "grp-dp-noise-multiplier" in m]
+    noised = [(cid, m) for cid, m in client_metrics if msgs.GROUP_DP_NOISE_MULTIPLIER in m]
     if noised:
-        out["groups_dp"] = {"noise_multiplier": float(noised[0][1]["grp-dp-noise-multiplier"]), "sensitivity": 1,
-                            "epsilon_by_client": {cid: float(m["grp-dp-epsilon"]) for cid, m in noised}}
+        out["groups_dp"] = {"noise_multiplier": float(noised[0][1][msgs.GROUP_DP_NOISE_MULTIPLIER]), "sensitivity": 1,
+                            "overall_from_groups": True,
+                            "epsilon_by_client": {cid: float(m[msgs.GROUP_DP_EPSILON_SPENT]) for cid, m in noised}}
     return out
 
 
@@ -109,6 +115,6 @@ def aggregate_evaluation(records: list[RecordDict], weighting_key: str) -> Metri
     (``group_summary``), and Flower would print every list at the end of a run.
     """
     confusion, loss_sum, n, _ = sum_counts(record["metrics"] for record in records)
-    out = {"loss": loss_sum / n if n else float("nan"), "eval-examples": n}
+    out = {"loss": loss_sum / n if n else float("nan"), "eval-examples": n}  # NaN when a node sent no loss
     out.update(classification_metrics(confusion))
     return MetricRecord(out)

@@ -26,6 +26,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.fairness import fairness_history, fairness_view, wilson_interval
+from server.threat_model import guarantees
 from server.report_signing import default_key_path, load_or_create_key, write_signed
 
 SCHEMA_VERSION = 1
@@ -119,6 +120,7 @@ def privacy_section(config: dict[str, Any], rounds: list[dict[str, Any]], summar
                 for failure in (entry.get("train") or {}).get("failures", []) if "declined" in failure.get("reason", "")]
     ledger_check = check_ledgers(clients, config, run_dir)
     section: dict[str, Any] = {
+        "guarantees": guarantees(run_config),  # what each figure below means, and what left the nodes in plain
         "sample_level_dp": bool(run_config.get("dp", False)),
         "settings": {k: run_config[k] for k in sorted(run_config) if k.startswith("dp")},
         "max_epsilon": max((c["epsilon"] for c in clients if c["epsilon"] is not None), default=None),
@@ -161,7 +163,8 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
     from shared_models.privacy_ledger import LedgerError, PrivacyLedger
 
     run_key = str(config.get("flower_run_id", ""))
-    results, mismatched, missing = [], 0, 0
+    configured = float((config.get("run_config") or {}).get("dp-epsilon") or 0.0)
+    results, mismatched, missing, widened_count = [], 0, 0, 0
     for client in clients:
         path = ledger_path(client["client_id"], config, run_dir)
         if not path.is_file():
@@ -174,7 +177,7 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
             mismatched += 1
             results.append({"client_id": client["client_id"], "status": "unreadable", "detail": str(err)})
             continue
-        events = [e for e in ledger.events if e.run == run_key]
+        events = [e for e in ledger.events if e.run == run_key and e.kind == "train"]
         last = events[-1] if events else None
         recorded = {
             "epsilon": last.epsilon_after if last else None,
@@ -183,11 +186,17 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
             "sample_rate": last.sample_rate if last else None,
             "max_grad_norm": last.max_grad_norm if last else None,
             "accountant": ledger.accountant,
-            "budget": ledger.epsilon_budget,
+            "budget": min(ledger.stored_budget, configured) if configured else ledger.stored_budget,
             "steps": sum(e.steps for e in events),
             "rounds_trained": len(events),
         }
         differ = sorted(k for k, v in recorded.items() if client.get(k) != v)
+        # The configured budget binds: a ledger file claiming more is flagged, and so is any spend past it.
+        latest = ledger.events[-1].epsilon_after if ledger.events else 0.0
+        widened = bool(configured) and ledger.stored_budget > configured
+        over = bool(configured) and latest > configured * (1 + 1e-9)
+        widened_count += widened
+        differ += ["epsilon above the configured dp-epsilon"] if over else []
         mismatched += bool(differ)
         try:
             shown = str(path.relative_to(run_dir))
@@ -195,10 +204,11 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
             shown = str(path)
         # The ledger's own latest record (all runs); recomputing it with the accountant (ledger.spent())
         # would cost about a second per node with PRV, and is the ledger's check, not the report's.
-        latest = ledger.events[-1].epsilon_after if ledger.events else 0.0
+        effective = recorded["budget"]
         results.append({"client_id": client["client_id"], "status": "mismatch" if differ else "match",
                         "ledger": shown, "differing_fields": differ, "ledger_epsilon": latest,
-                        "ledger_remaining": max(0.0, ledger.epsilon_budget - latest)})
+                        "ledger_remaining": max(0.0, effective - latest), "ledger_stored_budget": ledger.stored_budget,
+                        "stored_budget_larger_than_configured": widened})
     if not clients:
         status = "no DP-SGD training in this run"
     elif missing == len(clients):
@@ -207,7 +217,11 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
         status = f"{mismatched} of {len(clients)} clients differ from their ledgers"
     else:
         status = f"all {len(clients) - missing} ledgers match" + (f"; {missing} not available" if missing else "")
-    return {"status": status, "ok": mismatched == 0, "run_key": run_key, "clients": results}
+    if widened_count:
+        status += (f"; {widened_count} ledger file(s) store a budget larger than the configured dp-epsilon "
+                   f"{configured:g} (flagged: the configured budget was enforced)")
+    return {"status": status, "ok": mismatched == 0, "run_key": run_key, "configured_budget": configured or None,
+            "budget_widened": widened_count, "clients": results}
 
 
 def fairness_sections(config: dict[str, Any], rounds: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:

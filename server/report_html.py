@@ -176,7 +176,11 @@ def plain_summary(report: dict) -> list[str]:
             f"Every hospital trained with differential privacy (DP-SGD). The largest privacy loss of any "
             f"hospital is epsilon {num(privacy.get('max_epsilon'))} against a budget of "
             f"{', '.join(f'{b:g}' for b in budgets)}; smaller is more private. "
-            f"Ledger check: {privacy['ledger_check']['status']}.")
+            f"Ledger check: {privacy['ledger_check']['status']}. This epsilon protects each training record "
+            f"(add or remove one record), also against the coordinator.")
+        if not (report.get("config") or {}).get("eval-dp-noise-multiplier"):
+            lines.append("Evaluation counts were sent exact and are NOT protected: no epsilon covers the hospitals' "
+                         "test records in this run.")
         if privacy.get("declined_rounds"):
             lines.append(f"{len(privacy['declined_rounds'])} training requests were declined by hospitals "
                          "because they would have exceeded the privacy budget.")
@@ -190,7 +194,9 @@ def plain_summary(report: dict) -> list[str]:
         lines.append(f"Each hospital's whole contribution was also protected by client-level DP "
                      f"({central['settings'].get('central-dp')}): epsilon {num(spent.get('epsilon'))} at delta "
                      f"{num(spent.get('delta'))} after {spent.get('releases', '?')} noised rounds"
-                     + (f", budget {spent['budget']:g}" if spent.get("budget") else "") + ".")
+                     + (f", budget {spent['budget']:g}" if spent.get("budget") else "")
+                     + " (replace one hospital's data; it protects against readers of the global model, "
+                       "not against the coordinator, which saw each update).")
     secagg = privacy.get("secure_aggregation") or {}
     if secagg.get("enabled"):
         halted = [h["round"] for h in secagg.get("history", []) if h.get("halted")]
@@ -275,8 +281,31 @@ def fairness_html(report: dict) -> str:
     return "\n".join(parts)
 
 
+def guarantees_html(guarantees: dict) -> str:
+    """What each privacy figure means: the threat model, one row per mechanism, and what left in plain."""
+    if not guarantees:
+        return ""
+    cells = ("mechanism", "protects", "adjacency", "against", "epsilon")
+    head = "".join(f"<th>{escape(c)}</th>" for c in cells)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(m.get(c, '')))}</td>" for c in cells) + "</tr>"
+                   for m in guarantees.get("mechanisms", []))
+    parts = ["<h3>What the privacy figures mean</h3>"]
+    if body:
+        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    else:
+        parts.append("<p><strong>No differential-privacy mechanism was on in this run.</strong></p>")
+    model = guarantees.get("threat_model", {})
+    parts.append("<ul>" + "".join(f"<li><strong>{escape(k)}</strong>: {escape(str(v))}</li>"
+                                  for k, v in model.items()) + "</ul>")
+    plain = guarantees.get("released_in_plain", [])
+    if plain:
+        parts.append("<p>Released to the coordinator without a DP mechanism:</p><ul>"
+                     + "".join(f"<li>{escape(p['value'])}: {escape(p['why'])}</li>" for p in plain) + "</ul>")
+    return "\n".join(parts)
+
+
 def privacy_html(privacy: dict) -> str:
-    parts = []
+    parts = [guarantees_html(privacy.get("guarantees") or {})]
     if not privacy.get("clients"):
         parts.append("<p>No hospital reported DP-SGD training in this run"
                      + (" (sample-level DP was off)." if not privacy.get("sample_level_dp") else ".") + "</p>")

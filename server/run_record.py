@@ -22,6 +22,8 @@ import torch
 from flwr.app import Message
 
 from server.global_metrics import ccc_from_moments, classification_metrics, group_summary, sum_counts
+from shared_models import messages as msgs
+from shared_models.atomic_files import atomic_write_json, atomic_write_text
 from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
 
 
@@ -65,7 +67,7 @@ def evaluation_summary(replies: list[Message]) -> dict[str, Any]:
         clients.append({"client": _client_id(r), "num_examples": int(m["num-examples"]),
                         "accuracy": float(np.trace(c.reshape(NUM_EMOTIONS, NUM_EMOTIONS)) / c.sum()) if c.sum() else None,
                         "skipped": int(m.get("skipped", 0))})
-    out: dict[str, Any] = {"loss": loss_sum / n if n else None, "eval_examples": n}
+    out: dict[str, Any] = {"loss": loss_sum / n if n and np.isfinite(loss_sum) else None, "eval_examples": n}
     out.update({k.replace("-", "_"): v for k, v in classification_metrics(confusion).items()})
     if va is not None and n:
         out["ccc_valence"], out["ccc_arousal"] = ccc_from_moments(va, n)
@@ -80,12 +82,15 @@ def training_summary(replies: list[Message]) -> dict[str, Any]:
     for r in replies:
         if r.has_error():
             continue
-        m = r.content["metrics"]
-        entry = {"client": _client_id(r), "num_examples": int(m["num-examples"]),
-                 "train_loss": float(m["train-loss"]), "skipped": int(m.get("skipped", 0))}
-        dp = {k[3:].replace("-", "_"): m[k] for k in m if k.startswith("dp-")}
+        m = r.content[msgs.METRICS]
+        entry = {"client": _client_id(r), "num_examples": int(m[msgs.NUM_EXAMPLES])}
+        if msgs.TRAIN_LOSS in m:  # a DP node keeps its loss (not accounted)
+            entry["train_loss"] = float(m[msgs.TRAIN_LOSS])
+        if msgs.SKIPPED in m:
+            entry["skipped"] = int(m[msgs.SKIPPED])
+        dp = msgs.dp_report(m)
         if dp:  # what the node spent this round, as its ledger computed it
-            dp["accountant"] = str(r.content["client"].get("dp-accountant", ""))
+            dp["accountant"] = str(r.content[msgs.CLIENT].get(msgs.DP_ACCOUNTANT, ""))
             entry["dp"] = dp
         clients.append(entry)
     return {"clients": sorted(clients, key=_by_client), "failures": _failures(replies)}
@@ -107,12 +112,22 @@ class RunRecord:
                                           "versions": software_versions(), **extra})
         return record
 
+    @classmethod
+    def reopen(cls, run_dir: Path) -> "RunRecord":
+        """An existing run folder, to be continued (resume); its clock restarts."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a FedEmo run folder (no config.json)")
+        return cls(run_dir)
+
     def write_json(self, name: str, payload: dict[str, Any]) -> Path:
         path = self.run_dir / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(path, payload)
         return path
+
+    def rewrite_rounds(self, entries: list[dict[str, Any]]) -> None:
+        """metrics.jsonl as exactly these rounds (a resumed run drops lines its checkpoint does not cover)."""
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
 
     def log_round(self, entry: dict[str, Any]) -> None:
         entry = {"elapsed_s": round(time.time() - self.started, 2), **entry}

@@ -3,8 +3,15 @@
 Budgets belong to the data, not to a run: the ledger composes across rounds and
 across runs, and survives crashes and restarts.
 
-- Every write is atomic (temporary file, fsync, rename, fsync of the folder),
-  so a crash leaves either the old ledger or the new one, never half of one.
+- Every write is atomic (``shared_models.atomic_files``), so a crash leaves
+  either the old ledger or the new one, never half of one.
+- Every spend is one check-and-record under an exclusive file lock, with the
+  ledger re-read under the lock: two handles on one state folder (two runs
+  on one node, two simulations sharing a ``state-dir``) both land on disk,
+  and neither can pass the budget on a stale view of the other's spending.
+- The stricter budget wins: a ledger's effective budget is the smaller of
+  the one stored in its file and the one the run configures (``dp-epsilon``),
+  so neither a doctored file nor a later run can widen it.
 - A ledger that cannot be read is an error, never a silent reset. So is a
   missing ledger in a state folder that says it had one (``node.json``): a
   deleted ledger would otherwise hand the data a fresh budget.
@@ -15,9 +22,10 @@ across runs, and survives crashes and restarts.
 
 from __future__ import annotations
 
+import fcntl
 import json
-import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +33,10 @@ from typing import Any
 import numpy as np
 from opacus.accountants import create_accountant
 
+from shared_models.atomic_files import atomic_write_json
+
 LEDGER_FILE = "privacy_ledger.json"
+LOCK_FILE = "privacy_ledger.lock"
 
 
 def simulated_state_dir(root: str | Path, client_id: str) -> Path:
@@ -67,16 +78,23 @@ def epsilon_of(events: list[tuple[float, float, int]], delta: float, accountant:
         return 0.0
     if accountant not in ACCOUNTANTS:
         raise LedgerError(f"unknown accountant {accountant!r}; choose one of {', '.join(ACCOUNTANTS)}")
-    merged: list[list] = []
-    for sigma, q, steps in events:  # identical consecutive mechanisms compose as one with more steps
-        if merged and merged[-1][0] == sigma and merged[-1][1] == q:
-            merged[-1][2] += steps
-        else:
-            merged.append([sigma, q, steps])
     acc = create_accountant(accountant)
-    acc.history = [tuple(m) for m in merged]
+    acc.history = group_mechanisms(events)
     with np.errstate(divide="ignore"):  # PRV takes log(1 - q) = log(0) for sample rate 1 (eval counts); harmless
         return float(acc.get_epsilon(delta))
+
+
+def group_mechanisms(events: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """One (noise multiplier, sample rate, steps) entry per distinct mechanism, wherever it stands in the history.
+
+    Composition does not depend on order, so identical mechanisms compose as
+    one with their steps added; interleaved training and evaluation-count
+    events then cost the accountant two entries, not one per round.
+    """
+    steps_by_mechanism: dict[tuple[float, float], int] = {}
+    for sigma, q, steps in events:
+        steps_by_mechanism[(sigma, q)] = steps_by_mechanism.get((sigma, q), 0) + int(steps)
+    return [(sigma, q, steps) for (sigma, q), steps in steps_by_mechanism.items()]
 
 
 @dataclass
@@ -87,28 +105,40 @@ class PrivacyLedger:
     delta: float
     accountant: str
     events: list[DPEvent] = field(default_factory=list)
+    stored_budget: float | None = None  # the budget in the file; epsilon_budget is min(stored, configured)
+
+    def __post_init__(self) -> None:
+        if self.stored_budget is None:
+            self.stored_budget = self.epsilon_budget
 
     # ------------------------------------------------------------------ files
     @classmethod
     def open(cls, state_dir: str | Path, *, dataset_id: str, epsilon_budget: float, delta: float,
              accountant: str) -> "PrivacyLedger":
-        """Open the node's ledger, creating it only in a state folder that never had one."""
+        """Open the node's ledger, creating it only in a state folder that never had one.
+
+        ``epsilon_budget`` is the run's configured budget: the ledger's
+        effective budget is the smaller of it and the stored one.
+        """
         state_dir = Path(state_dir)
         path, node = state_dir / LEDGER_FILE, state_dir / NODE_FILE
-        if path.exists():
-            ledger = cls.load(path)
-            if ledger.dataset_id != dataset_id:
-                raise LedgerError(f"{path}: records dataset {ledger.dataset_id!r}, but this node now serves "
-                                  f"{dataset_id!r}; use a separate state folder per dataset")
-            return ledger
-        if node.exists():
-            raise LedgerError(f"{path} is missing but {node} shows this node kept one: refusing to start "
-                              "with a fresh budget; restore the ledger from backup")
         state_dir.mkdir(parents=True, exist_ok=True)
-        ledger = cls(path, dataset_id, epsilon_budget, delta, accountant)
-        ledger.save()
-        _atomic_write(node, {"schema_version": SCHEMA_VERSION, "dataset_id": dataset_id, "ledger": LEDGER_FILE})
-        return ledger
+        with _locked(state_dir):
+            if path.exists():
+                ledger = cls.load(path)
+                if ledger.dataset_id != dataset_id:
+                    raise LedgerError(f"{path}: records dataset {ledger.dataset_id!r}, but this node now serves "
+                                      f"{dataset_id!r}; use a separate state folder per dataset")
+                ledger.epsilon_budget = min(ledger.stored_budget, float(epsilon_budget))
+                return ledger
+            if node.exists():
+                raise LedgerError(f"{path} is missing but {node} shows this node kept one: refusing to start "
+                                  "with a fresh budget; restore the ledger from backup")
+            ledger = cls(path, dataset_id, epsilon_budget, delta, accountant)
+            ledger.save()
+            atomic_write_json(node, {"schema_version": SCHEMA_VERSION, "dataset_id": dataset_id,
+                                     "ledger": LEDGER_FILE})
+            return ledger
 
     @classmethod
     def load(cls, path: str | Path) -> "PrivacyLedger":
@@ -120,7 +150,7 @@ class PrivacyLedger:
             budget = raw["budget"]
             return cls(path=path, dataset_id=raw["dataset_id"], epsilon_budget=float(budget["epsilon"]),
                        delta=float(budget["delta"]), accountant=raw["accountant"],
-                       events=[DPEvent(**e) for e in raw["events"]])
+                       events=[DPEvent(**e) for e in raw["events"]], stored_budget=float(budget["epsilon"]))
         except LedgerError:
             raise
         except FileNotFoundError as err:
@@ -130,13 +160,23 @@ class PrivacyLedger:
                               "the node will not train until it is restored") from err
 
     def save(self) -> None:
-        _atomic_write(self.path, {
+        """Write the file (callers hold the lock; the stored budget is never raised by a run)."""
+        atomic_write_json(self.path, {
             "schema_version": SCHEMA_VERSION,
             "dataset_id": self.dataset_id,
             "accountant": self.accountant,
-            "budget": {"epsilon": self.epsilon_budget, "delta": self.delta},
+            "budget": {"epsilon": self.stored_budget, "delta": self.delta},
             "events": [asdict(e) for e in self.events],
         })
+
+    def _reload_events(self) -> None:
+        """Re-read the events on disk (under the lock): another handle may have recorded since we read."""
+        on_disk = type(self).load(self.path)
+        if on_disk.dataset_id != self.dataset_id:
+            raise LedgerError(f"{self.path}: now records dataset {on_disk.dataset_id!r}, not {self.dataset_id!r}")
+        self.events = on_disk.events
+        self.stored_budget = on_disk.stored_budget
+        self.epsilon_budget = min(self.epsilon_budget, on_disk.stored_budget)
 
     # ---------------------------------------------------------------- budget
     def mechanisms(self) -> list[tuple[float, float, int]]:
@@ -149,7 +189,11 @@ class PrivacyLedger:
         return max(0.0, self.epsilon_budget - self.spent())
 
     def check(self, noise_multiplier: float, sample_rate: float, steps: int) -> float:
-        """Epsilon after a planned round; raises BudgetExceeded if it would pass the budget."""
+        """Epsilon after a planned round on the ledger as last read; raises BudgetExceeded past the budget.
+
+        Advisory (it spares training a round that cannot be released); the
+        binding check is :meth:`spend`'s, under the lock.
+        """
         after = epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
         if after > self.epsilon_budget:
             raise BudgetExceeded(
@@ -157,24 +201,54 @@ class PrivacyLedger:
                 f"delta {self.delta:.2e}, spent {self.spent():.3f}); ledger {self.path}")
         return after
 
-    def record(self, *, run: str, server_round: int, noise_multiplier: float, sample_rate: float, steps: int,
-               max_grad_norm: float, epsilon_after: float | None = None, kind: str = "train") -> DPEvent:
-        """Append a spent round and persist it before anything is sent.
+    def spend(self, *, run: str, server_round: int, noise_multiplier: float, sample_rate: float, steps: int,
+              max_grad_norm: float, kind: str = "train", epsilon_hint: float | None = None) -> DPEvent:
+        """Check and record one release atomically, before anything is sent; raises BudgetExceeded (nothing recorded).
 
-        ``epsilon_after`` is what :meth:`check` returned for exactly these
-        figures; passing it spares a second accountant computation (seconds
-        with PRV). Without it the epsilon is computed here.
+        Under an exclusive lock on the state folder the ledger is re-read,
+        the release checked against the budget and appended, and the file
+        replaced, so concurrent handles never lose or overspend each other's
+        events. ``epsilon_hint`` is a :meth:`check` result for the same
+        figures on the same history; it is reused only when no other handle
+        recorded in between (PRV takes seconds).
         """
         if kind not in EVENT_KINDS:
             raise LedgerError(f"unknown ledger event kind {kind!r}; known: {', '.join(EVENT_KINDS)}")
-        after = epsilon_after
-        if after is None:
-            after = epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
-        event = DPEvent(run=run, round=server_round, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                        steps=steps, accountant=self.accountant, max_grad_norm=max_grad_norm, epsilon_after=after,
-                        kind=kind)
-        self.events.append(event)
-        self.save()
+        with _locked(self.path.parent):
+            known = len(self.events)
+            self._reload_events()
+            unchanged = len(self.events) == known
+            after = epsilon_hint if (epsilon_hint is not None and unchanged) else self.check(
+                noise_multiplier, sample_rate, steps)
+            if after > self.epsilon_budget:
+                raise BudgetExceeded(
+                    f"round declined: it would bring epsilon to {after:.3f} (budget {self.epsilon_budget:g}); "
+                    f"ledger {self.path}")
+            event = DPEvent(run=run, round=server_round, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                            steps=steps, accountant=self.accountant, max_grad_norm=max_grad_norm,
+                            epsilon_after=after, kind=kind)
+            self.events.append(event)
+            self.save()
+        return event
+
+    def record(self, *, run: str, server_round: int, noise_multiplier: float, sample_rate: float, steps: int,
+               max_grad_norm: float, kind: str = "train") -> DPEvent:
+        """Record a release that already happened (no budget check), under the lock, re-reading first.
+
+        For releases that cannot be undone (a resumed round that was trained
+        before a crash); everything else goes through :meth:`spend`.
+        """
+        if kind not in EVENT_KINDS:
+            raise LedgerError(f"unknown ledger event kind {kind!r}; known: {', '.join(EVENT_KINDS)}")
+        with _locked(self.path.parent):
+            self._reload_events()
+            after = epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta,
+                               self.accountant)
+            event = DPEvent(run=run, round=server_round, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                            steps=steps, accountant=self.accountant, max_grad_norm=max_grad_norm,
+                            epsilon_after=after, kind=kind)
+            self.events.append(event)
+            self.save()
         return event
 
     def summary(self) -> dict[str, Any]:
@@ -188,8 +262,8 @@ class PrivacyLedger:
                 r["eval_releases"] += 1
             r["epsilon_after"] = e.epsilon_after
         return {"dataset_id": self.dataset_id, "accountant": self.accountant, "delta": self.delta,
-                "budget": self.epsilon_budget, "spent": self.spent(), "remaining": self.remaining(),
-                "runs": per_run}
+                "budget": self.epsilon_budget, "stored_budget": self.stored_budget, "spent": self.spent(),
+                "remaining": self.remaining(), "runs": per_run}
 
     def describe(self) -> str:
         """The ledger in plain words, for hospital staff and auditors."""
@@ -207,16 +281,12 @@ class PrivacyLedger:
         return "\n".join(lines)
 
 
-def _atomic_write(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+@contextmanager
+def _locked(state_dir: Path):
+    """An exclusive advisory lock on the state folder's lock file (flock: released if the process dies)."""
+    with open(Path(state_dir) / LOCK_FILE, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

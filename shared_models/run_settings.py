@@ -8,22 +8,25 @@ at start with the key's name instead of failing inside 50 clients.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from shared_models.config_error import ConfigError
+from shared_models.messages import UPDATE_WEIGHT as UPDATE_WEIGHT_KEY  # every train reply carries it as 1
 from shared_models.privacy_modes import check_supported_combination
 from shared_models.registry import MODELS, model_task
 
-__all__ = ["ConfigError", "RunSettings"]
+__all__ = ["ConfigError", "RunSettings", "UPDATE_WEIGHT_KEY"]
 
 TASKS = ("face", "voice", "fusion")
-UPDATE_WEIGHT_KEY = "update-weight"  # every train reply carries it as 1: client-level DP averages by it
 CENTRAL_DP_MODES = ("off", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive")
 PARTITIONERS = ("iid", "dirichlet", "natural", "demographic")
 REWEIGHT_ATTRIBUTES = ("sex", "age", "race", "ethnicity")  # demographic attributes a run may reweight by
 DATASET_TASKS = {"fer2013": "face", "rafdb": "face", "cremad": "voice", "ravdess": "voice"}
+# server/strategy.py maps each to a Flower strategy; docs/configuration.md says which privacy modes each allows
+AGGREGATIONS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
@@ -55,6 +58,13 @@ class RunSettings:
     fraction_evaluate: float
     min_available_nodes: int
     server_momentum: float
+    aggregation: str  # robustness: server/strategy.py (and which privacy modes each combines with)
+    robust_malicious_nodes: int
+    robust_trim_beta: float
+    update_norm_ratio: float  # update screening: server/update_checks.py
+    update_max_norm: float
+    min_trained_nodes: int
+    resume: str  # a run folder to continue from its last checkpoint (server/checkpoint.py)
     local_epochs: int
     batch_size: int
     optimizer: str
@@ -114,9 +124,14 @@ class RunSettings:
         return settings
 
     @property
+    def private(self) -> bool:
+        """Whether any differential-privacy mechanism is on (sample-level DP-SGD or client-level central DP)."""
+        return self.dp or self.central_dp != "off"
+
+    @property
     def federated_normalisation(self) -> bool:
-        """Whether the coordinator asks nodes for their audio sums (never under DP: they are not privatised)."""
-        return self.feature_normalisation == "federated" or (self.feature_normalisation == "auto" and not self.dp)
+        """Whether the coordinator asks nodes for their audio sums (never under any DP: they are not privatised)."""
+        return self.feature_normalisation == "federated" or (self.feature_normalisation == "auto" and not self.private)
 
     def to_config(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
@@ -152,6 +167,27 @@ class RunSettings:
              "not with central-dp: the momentum would carry past rounds' un-noised averages into every release")
         need(self.server_momentum == 0 or not self.secure_aggregation, "server-momentum",
              "not with secure-aggregation (its rounds run plain FedAvg)")
+        need(self.aggregation in AGGREGATIONS, "aggregation", f"choose one of {', '.join(AGGREGATIONS)}")
+        need(self.aggregation == "fedavg" or self.central_dp == "off", "aggregation",
+             "client-level central-dp accounts FedAvg's clipped, equally weighted mean only; use fedavg")
+        need(self.aggregation == "fedavg" or not self.secure_aggregation, "aggregation",
+             "secure-aggregation shows the coordinator only the sum of the updates; only fedavg works on a sum")
+        need(self.aggregation == "fedavg" or self.server_momentum == 0, "aggregation",
+             "server-momentum (FedAvgM) is an average's momentum; use fedavg with it")
+        need(self.robust_malicious_nodes >= 0, "robust-malicious-nodes", "must be >= 0")
+        need(0 <= self.robust_trim_beta < 0.5, "robust-trim-beta", "must be in [0, 0.5)")
+        need(self.aggregation != "bulyan" or self.num_supernodes >= 4 * self.robust_malicious_nodes + 3,
+             "aggregation", f"bulyan needs at least 4 x robust-malicious-nodes + 3 = "
+             f"{4 * self.robust_malicious_nodes + 3} nodes per round (num-supernodes {self.num_supernodes})")
+        need(self.aggregation not in ("krum", "multikrum")
+             or self.num_supernodes >= 2 * self.robust_malicious_nodes + 3, "aggregation",
+             f"krum needs at least 2 x robust-malicious-nodes + 3 = {2 * self.robust_malicious_nodes + 3} nodes")
+        need(self.update_norm_ratio == 0 or self.update_norm_ratio > 1, "update-norm-ratio",
+             "must be 0 (off) or > 1 (a multiple of the round's median update norm)")
+        need(self.update_max_norm >= 0, "update-max-norm", "must be >= 0 (0: no absolute bound)")
+        need(self.min_trained_nodes >= 1, "min-trained-nodes", "must be >= 1")
+        need(not self.resume or (self.central_dp == "off" and not self.secure_aggregation), "resume",
+             "not with central-dp or secure-aggregation: their state (accountant, SecAgg+ rounds) is not checkpointed")
         need(self.local_epochs >= 1, "local-epochs", "must be >= 1")
         need(self.batch_size >= 1, "batch-size", "must be >= 1")
         need(self.optimizer in ("adam", "sgd"), "optimizer", "choose adam or sgd")
@@ -171,6 +207,16 @@ class RunSettings:
         need(not (self.dp and self.feature_normalisation == "federated"), "feature-normalisation",
              "federated normalisation sends each node's un-noised per-band audio sums, which the DP budget does "
              "not cover; use auto or fixed with dp = true")
+        need(not (self.central_dp != "off" and self.feature_normalisation == "federated"), "feature-normalisation",
+             "federated normalisation puts every node's un-noised per-band audio statistics into the released "
+             "global model, which client-level DP (central-dp) does not cover; use auto or fixed with central-dp")
+        need(not (self.dp and self.fairness_reweight), "fairness-reweight",
+             "not with dp = true: each weight comes from the node's private group counts, so removing one record "
+             "changes every other record's weight and DP-SGD's per-sample sensitivity no longer holds")
+        need(not self.dp_secure_mode or secure_mode_available(), "dp-secure-mode",
+             "Opacus's secure mode needs torchcsprng, which is not installed (no build exists for this torch); "
+             "set it to false: the Poisson masks and the noise are then drawn from generators seeded from the "
+             "OS's CSPRNG, which the coordinator cannot know (docs/privacy.md)")
         need(self.feature_fixed_std > 0, "feature-fixed-std", "must be > 0")
         need(self.fairness_min_group_size >= 1, "fairness-min-group-size", "must be >= 1")
         need(self.fairness_gap_threshold >= 0, "fairness-gap-threshold", "must be >= 0")
@@ -201,6 +247,11 @@ class RunSettings:
         need(not self.secure_aggregation or self.num_supernodes * self.secagg_quantization_range < 2**32,
              "secagg-quantization-range", f"times num-supernodes ({self.num_supernodes}) must stay below 2**32")
         check_supported_combination(self)  # privacy settings that do not work together (docs/privacy.md)
+
+
+def secure_mode_available() -> bool:
+    """Whether Opacus's secure_mode can run here (it imports torchcsprng)."""
+    return importlib.util.find_spec("torchcsprng") is not None
 
 
 def _inside(path: str, folder: str) -> bool:
