@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from client.loaders.base import DEMOGRAPHIC_ATTRIBUTES, DatasetFormatError, EmotionData
+import soundfile as sf
+
+from client.loaders.base import (DEMOGRAPHIC_ATTRIBUTES, DatasetFormatError, EmotionData, Skipped, first_skips,
+                                 os_problem)
 from client.loaders.registry import DATASETS, TASK_DATASETS, load_dataset
 from shared_models.taxonomy import EMOTIONS, UNKNOWN
 
@@ -51,8 +54,16 @@ def default_task(dataset: str) -> str:
     return next(task for task, names in TASK_DATASETS.items() if dataset in names)
 
 
-def check_data_dir(folder: str | Path, dataset: str, task: str | None = None) -> DataCheckReport:
-    """Load ``folder`` as ``dataset`` for ``task`` and describe what a node would train on."""
+def check_data_dir(folder: str | Path, dataset: str, task: str | None = None, *,
+                   decode_audio: bool = True) -> DataCheckReport:
+    """Load ``folder`` as ``dataset`` for ``task`` and describe what a node would train on.
+
+    For voice and fusion tasks every clip is also decoded (``decode_audio``),
+    as training will: clips whose header is fine but whose samples are NaN,
+    silent or too short are listed as skipped here, and a folder where no clip
+    survives is not ready. Problems name the file and what is wrong; nothing
+    in the folder makes this raise.
+    """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset format {dataset!r}; choose one of {', '.join(DATASETS)}")
     task = task or default_task(dataset)
@@ -62,8 +73,45 @@ def check_data_dir(folder: str | Path, dataset: str, task: str | None = None) ->
     except (DatasetFormatError, ValueError) as err:  # missing folder/file, every row bad, task mismatch
         report.problems.append(str(err))
         return report
+    except OSError as err:  # a backstop: the loaders name what they cannot read themselves
+        report.problems.append(f"{err.filename or folder}: cannot read ({os_problem(err)})")
+        return report
+    if decode_audio and task in ("voice", "fusion"):
+        data = _decode_all(data, report)
+        if data is None:
+            return report
     _describe(data, report)
     return report
+
+
+def _decode_all(data: EmotionData, report: DataCheckReport) -> EmotionData | None:
+    """Decode every clip as training will; failures join the loader's skips. None if no clip decodes."""
+    from client.loaders.audio_files import LONG_CLIP_SECONDS, decode_clip
+
+    keep, failed, long_clips = [], [], []
+    for row in range(len(data)):
+        path = data.path_of(row)
+        try:
+            decode_clip(path)
+        except DatasetFormatError as err:
+            failed.append(Skipped(str(data.refs[row]), err.problem))
+            continue
+        keep.append(row)
+        try:
+            if sf.info(str(path)).duration > LONG_CLIP_SECONDS:
+                long_clips.append(str(data.refs[row]))
+        except Exception:  # decoded a moment ago; a vanished header is not this check's concern
+            pass
+    data.skipped = list(data.skipped) + failed  # the loader's skips, then what decoding found
+    if long_clips:
+        report.warnings.append(f"{len(long_clips)} clip(s) longer than {LONG_CLIP_SECONDS:g} s; only their "
+                               f"centre 3 s is used (first: {', '.join(long_clips[:3])})")
+    if not keep:
+        report.skipped = [{"ref": s.ref, "reason": s.reason} for s in data.skipped]
+        report.problems.append(f"{data.root}: no clip can be decoded ({len(failed)} of {len(data)} indexed clips "
+                               f"failed, e.g. {first_skips(failed)})")
+        return None
+    return data.subset(keep) if failed else data
 
 
 def _describe(data: EmotionData, report: DataCheckReport) -> None:

@@ -7,8 +7,10 @@ machinery oblivious to the modality.
 
 Voice clips are decoded once per client process (decoding dominates otherwise)
 and turned into log-mel segments per epoch, so train-time augmentation acts on
-the waveform, as the recipe prescribes. Clips that fail to decode are dropped
-and counted in ``skipped``, never silently.
+the waveform, as the recipe prescribes. Clips that fail to decode (unreadable,
+NaN/Inf samples, digital silence, too short; ``decode_clip``) are dropped and
+counted in ``skipped`` by name, never silently; a node none of whose clips
+decode stops with one ``DatasetFormatError`` naming the folder and examples.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from client.loaders.base import DatasetFormatError, EmotionData, Skipped
-from shared_models.audio_features import LogMelConfig, WaveAugment, clip_segments, feature_moments, read_waveform
+from client.loaders.audio_files import decode_clip
+from client.loaders.base import DatasetFormatError, EmotionData, Skipped, first_skips
+from shared_models.audio_features import LogMelConfig, WaveAugment, clip_segments, feature_moments
 
 NUM_MODEL_INPUTS = {"face": 1, "voice": 2, "fusion": 3}
 _NO_VA = np.zeros(2, dtype=np.float32)
@@ -51,10 +54,13 @@ class EmotionSamples(Dataset):
             keep = []
             for row in range(len(data)):
                 try:
-                    self.waves.append(read_waveform(data.path_of(row)))
+                    self.waves.append(decode_clip(data.path_of(row)))
                     keep.append(row)
                 except DatasetFormatError as err:
                     self.skipped.append(Skipped(str(data.refs[row]), err.problem))
+            if len(data) and not keep:
+                raise DatasetFormatError(data.root, f"none of this node's {len(data)} clips can be decoded "
+                                                    f"(e.g. {first_skips(self.skipped)})")
             data = data.subset(keep)
         elif data.faces is None:
             raise DatasetFormatError(data.root, f"{data.dataset} holds no face images for task {task!r}")

@@ -79,15 +79,23 @@ DEFAULT_CONFIG = LogMelConfig()
 # ---------------------------------------------------------------------------
 
 
-def read_waveform(path: str | Path) -> np.ndarray:
+def read_waveform(path: str | Path, max_seconds: float | None = None) -> np.ndarray:
     """Decode a clip to float32 mono at 16 kHz.
 
     Voice loaders only index files, so this is where a clip that passed the
     header check can still turn out to be broken; it raises
     ``DatasetFormatError`` naming the file rather than feeding garbage on.
+    ``max_seconds`` decodes only that much around the centre of a longer clip
+    (features use the centre anyway), so a stray hour-long recording cannot
+    exhaust memory.
     """
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            rate = f.samplerate
+            keep = int(max_seconds * rate) if max_seconds is not None else f.frames
+            if 0 < keep < f.frames:
+                f.seek((f.frames - keep) // 2)
+            data = f.read(min(keep, f.frames) if f.frames > 0 else -1, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, OSError...
         raise DatasetFormatError(path, f"unreadable audio file ({exc})") from exc
     if data.shape[0] == 0:
@@ -258,6 +266,8 @@ def change_speed(wave: np.ndarray, factor: float) -> np.ndarray:
 
 def time_stretch(wave: np.ndarray, factor: float) -> np.ndarray:
     """Make the clip ``factor`` times longer at the same pitch (phase vocoder)."""
+    if len(wave) <= _PV_N_FFT:  # too short to frame (loaders skip such clips): stretch by resampling instead
+        return resample(wave, 1, 1) if factor == 1 else change_speed(wave, 1.0 / factor)
     x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
     window = torch.hann_window(_PV_N_FFT)
     spec = torch.stft(x, _PV_N_FFT, _PV_HOP, window=window, return_complex=True)

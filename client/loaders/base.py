@@ -9,6 +9,8 @@ row by row, so partitioners and bias reports never need to touch raw inputs.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,3 +87,100 @@ class EmotionData:
     def path_of(self, row: int) -> Path:
         """The file a row was read from (for voice clips and image files)."""
         return self.root / str(self.refs[row]).split(":")[0]
+
+
+# ---------------------------------------------------------------------------
+# Reading a hospital's folder without crashing on it
+# ---------------------------------------------------------------------------
+
+
+def os_problem(err: OSError) -> str:
+    """An OSError in plain words, without repeating the path (the caller names the file)."""
+    if isinstance(err, PermissionError):
+        return "permission denied (the node's user cannot read it)"
+    return f"{type(err).__name__}: {err.strerror or err}"
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a small text file, tolerant of how hospitals save CSVs.
+
+    UTF-8 (with or without a byte-order mark), or Latin-1/Windows-1252 where a
+    line is not valid UTF-8 (Excel on Windows); CRLF or LF line ends. An
+    unreadable file is a ``DatasetFormatError`` naming it.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DatasetFormatError(path, f"cannot read file: {os_problem(err)}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    lines = []
+    for line in raw.split(b"\n"):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(line.decode("cp1252", errors="replace"))
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def outside_reason(path: Path, root: Path) -> str | None:
+    """Why ``path`` (a symlink, or under one) must not be read as part of ``root``, or None.
+
+    A link whose target is missing is named as dangling; a link that leaves
+    the dataset folder is refused, so a data folder can only ever feed the
+    files it holds.
+    """
+    try:
+        target = path.resolve(strict=True)
+    except FileNotFoundError:
+        return f"dangling symlink (its target {os.readlink(path) if path.is_symlink() else '?'} does not exist)"
+    except (OSError, RuntimeError) as err:  # symlink loops
+        return f"unresolvable path ({type(err).__name__}: {err})"
+    real_root = root.resolve()
+    if target != real_root and real_root not in target.parents:
+        return f"symlink to {target}, outside the dataset folder {real_root} (copy the file in instead)"
+    return None
+
+
+def folder_entries(folder: Path, root: Path, skipped: list[Skipped]) -> tuple[list[Path], list[Path]]:
+    """(regular files, subfolders) directly in ``folder``, sorted; everything else is a counted skip.
+
+    Dangling symlinks, symlinks leading out of ``root``, and special files
+    (FIFOs, sockets, devices: reading them can block forever) become
+    ``Skipped`` entries naming the entry. An unreadable folder is a
+    ``DatasetFormatError`` naming it.
+    """
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        raise DatasetFormatError(folder, f"cannot list folder: {os_problem(err)}") from None
+    files, folders = [], []
+    for path in entries:
+        ref = path.relative_to(root).as_posix()
+        reason = outside_reason(path, root)
+        if reason is None:
+            try:
+                mode = path.stat().st_mode
+            except OSError as err:
+                reason = f"cannot stat: {os_problem(err)}"
+            else:
+                if stat.S_ISDIR(mode):
+                    folders.append(path)
+                    continue
+                if stat.S_ISREG(mode):
+                    files.append(path)
+                    continue
+                reason = "not a regular file (a pipe, socket or device)"
+        skipped.append(Skipped(ref, reason))
+    return files, folders
+
+
+def first_skips(skipped: list[Skipped], n: int = 3) -> str:
+    """The first few skips as 'ref: reason; ...' for one-line error messages."""
+    if not skipped:
+        return "none"
+    return "; ".join(f"{s.ref}: {s.reason}" for s in skipped[:n])

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from client.loaders.base import DatasetFormatError, EmotionData, Skipped
+from client.loaders.audio_files import check_audio_header  # noqa: F401  (also imported from here by callers)
+from client.loaders.base import (DatasetFormatError, EmotionData, Skipped, first_skips, folder_entries,
+                                 outside_reason, read_text_lines)
 from shared_models.taxonomy import CREMAD_CODES, EMOTION_INDEX, UNKNOWN, age_band, valence_arousal
 
 AUDIO_DIR = "AudioWAV"
@@ -29,7 +30,7 @@ DEMOGRAPHIC_COLUMNS = ("ActorID", "Age", "Sex", "Race", "Ethnicity")
 SENTENCES = frozenset({"IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI"})
 # Emotion intensity per level code, for valence/arousal targets (XX = unspecified: medium).
 LEVEL_INTENSITY: dict[str, float] = {"LO": 0.33, "MD": 0.66, "HI": 1.0, "XX": 0.66}
-FILE_PATTERN = re.compile(r"^(\d+)_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})\.wav$")
+FILE_PATTERN = re.compile(r"^(\d+)_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})\.wav$", re.ASCII)
 FACE_SIZE = 48
 
 _SEX = {"male": "male", "female": "female"}
@@ -52,12 +53,15 @@ def load_cremad(root: str | Path, with_faces: bool = False) -> EmotionData:
     if not audio_dir.is_dir():
         raise DatasetFormatError(audio_dir, f"folder missing: CREMA-D clips are expected in {AUDIO_DIR}/")
     demographics = read_demographics(root / DEMOGRAPHICS_FILE)
-    files = sorted(p for p in audio_dir.iterdir() if p.is_file())
-    if not files:
+    skipped: list[Skipped] = []
+    files, folders = folder_entries(audio_dir, root, skipped)
+    for folder in folders:
+        skipped.append(Skipped(folder.relative_to(root).as_posix(),
+                               f"folder inside {AUDIO_DIR}/ is not read (clips must be directly in {AUDIO_DIR}/)"))
+    if not files and not skipped:
         raise DatasetFormatError(audio_dir, "no files: expected <ActorID>_<SENTENCE>_<EMOTION>_<LEVEL>.wav clips")
 
     clips: list[_Clip] = []
-    skipped: list[Skipped] = []
     for path in files:
         clip = _parse(path, root, skipped)
         if clip is not None and check_audio_header(path, clip.ref, skipped):
@@ -67,8 +71,7 @@ def load_cremad(root: str | Path, with_faces: bool = False) -> EmotionData:
     if with_faces:
         clips, faces = _attach_faces(root, clips, skipped)
     if not clips:
-        reasons = "; ".join(f"{s.ref}: {s.reason}" for s in skipped[:3])
-        raise DatasetFormatError(audio_dir, f"no usable clips ({len(skipped)} skipped, e.g. {reasons})")
+        raise DatasetFormatError(audio_dir, f"no usable clips ({len(skipped)} skipped, e.g. {first_skips(skipped)})")
     return _assemble(root, clips, demographics, skipped, faces)
 
 
@@ -92,22 +95,6 @@ def _parse(path: Path, root: Path, skipped: list[Skipped]) -> _Clip | None:
     return _Clip(ref=ref, actor=actor, emotion=CREMAD_CODES[code], level=level)
 
 
-def check_audio_header(path: Path, ref: str, skipped: list[Skipped]) -> bool:
-    """Cheap header check (shared by the voice loaders): the file opens as audio and has frames.
-
-    Appends a ``Skipped`` naming the problem and returns False otherwise.
-    """
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:  # LibsndfileError / RuntimeError / OSError depending on the soundfile version
-        skipped.append(Skipped(ref, f"unreadable audio header ({exc})"))
-        return False
-    if info.frames <= 0:
-        skipped.append(Skipped(ref, "audio file has zero frames (no audio)"))
-        return False
-    return True
-
-
 def read_demographics(path: Path) -> dict[str, dict[str, str]]:
     """ActorID -> {"sex", "age", "race", "ethnicity"} in taxonomy group names.
 
@@ -116,51 +103,62 @@ def read_demographics(path: Path) -> dict[str, dict[str, str]]:
     """
     if not path.is_file():
         raise DatasetFormatError(path, f"file missing: CREMA-D needs {DEMOGRAPHICS_FILE} next to {AUDIO_DIR}/")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        for column in DEMOGRAPHIC_COLUMNS:
-            if column not in header:
-                raise DatasetFormatError(path, f"column {column!r} missing (header: {', '.join(header) or 'empty'})")
-        table = {}
-        for row in reader:
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            table[row["ActorID"]] = {
-                "sex": _SEX.get(row["Sex"].lower(), UNKNOWN),
-                "age": _age(row["Age"]),
-                "race": _RACE.get(row["Race"].lower(), UNKNOWN),
-                "ethnicity": _ETHNICITY.get(row["Ethnicity"].lower(), UNKNOWN),
-            }
+    reason = outside_reason(path, path.parent)
+    if reason:
+        raise DatasetFormatError(path, reason)
+    records = []
+    for line_no, line in enumerate(read_text_lines(path), start=1):  # UTF-8 with or without BOM, or Latin-1
+        try:
+            records.append(next(csv.reader([line]), []))  # one line at a time: an unclosed quote spoils one line
+        except csv.Error as err:
+            raise DatasetFormatError(path, f"line {line_no}: not a valid CSV line ({err})") from None
+    header = [h.strip() for h in (records[0] if records else [])]
+    for column in DEMOGRAPHIC_COLUMNS:
+        if column not in header:
+            raise DatasetFormatError(path, f"column {column!r} missing (header: {', '.join(header) or 'empty'})")
+    table = {}
+    for line_no, record in enumerate(records[1:], start=2):
+        if not any(field.strip() for field in record):
+            continue
+        row = dict(zip(header, (field.strip() for field in record)))
+        row = {column: row.get(column, "") for column in DEMOGRAPHIC_COLUMNS}
+        if not row["ActorID"]:
+            raise DatasetFormatError(path, f"line {line_no}: ActorID is empty")
+        table[row["ActorID"]] = {
+            "sex": _SEX.get(row["Sex"].lower(), UNKNOWN),
+            "age": _age(row["Age"]),
+            "race": _RACE.get(row["Race"].lower(), UNKNOWN),
+            "ethnicity": _ETHNICITY.get(row["Ethnicity"].lower(), UNKNOWN),
+        }
     return table
 
 
 def _age(text: str) -> str:
     try:
-        return age_band(float(text))
+        years = float(text)
     except ValueError:
         return UNKNOWN
+    return age_band(years) if 0 <= years < 130 else UNKNOWN  # also NaN and inf
 
 
 def _attach_faces(root: Path, clips: list[_Clip], skipped: list[Skipped]) -> tuple[list[_Clip], np.ndarray]:
     """Keep clips that have a readable face frame; frames of another size are resized to 48x48."""
-    from PIL import Image
+    from client.loaders.images import read_face
 
     kept, faces = [], []
     for clip in clips:
         face_ref = f"{FACE_DIR}/{Path(clip.ref).stem}.png"
-        try:
-            with Image.open(root / face_ref) as img:
-                gray = img.convert("L")
-                if gray.size != (FACE_SIZE, FACE_SIZE):
-                    gray = gray.resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
-                faces.append(np.asarray(gray, dtype=np.uint8))
-        except FileNotFoundError:
+        path = root / face_ref
+        if not (path.is_symlink() or path.exists()):
             skipped.append(Skipped(clip.ref, f"no face frame {face_ref}"))
             continue
-        except Exception as exc:  # PIL.UnidentifiedImageError, truncated files
-            skipped.append(Skipped(clip.ref, f"unreadable face frame {face_ref} ({exc})"))
+        reason = outside_reason(path, root)
+        face = Skipped(face_ref, reason) if reason else read_face(path, face_ref, FACE_SIZE)
+        if isinstance(face, Skipped):
+            skipped.append(Skipped(clip.ref, f"unusable face frame {face_ref}: {face.reason}"))
             continue
         kept.append(clip)
+        faces.append(face)
     return kept, np.stack(faces) if faces else np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
 
 

@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from client.loaders.base import DEMOGRAPHIC_ATTRIBUTES, DatasetFormatError, EmotionData, Skipped
+from client.loaders.base import (DEMOGRAPHIC_ATTRIBUTES, DatasetFormatError, EmotionData, Skipped, os_problem,
+                                 outside_reason)
 from shared_models.taxonomy import EMOTION_INDEX, FER2013_CODES, UNKNOWN
 
 # Published format facts.
@@ -34,6 +35,7 @@ IMAGE_SIDE = 48
 USAGE_SPLITS: dict[str, str] = {"Training": "train", "PublicTest": "test", "PrivateTest": "test"}
 
 _PIXEL_CHARS = b"0123456789 \t\r\n"
+_MAX_PIXEL_CHARS = IMAGE_SIDE * IMAGE_SIDE * 4 + 64  # "255 " per pixel, some slack for extra spaces
 
 
 class _Row(NamedTuple):
@@ -54,8 +56,14 @@ def find_fer2013_csv(root: Path | str) -> Path:
     folders = (root, root / "fer2013")
     for name in CSV_NAMES:
         for folder in folders:
-            if (folder / name).is_file():
-                return folder / name
+            path = folder / name
+            if path.is_symlink() or path.exists():
+                reason = outside_reason(path, root)
+                if reason:
+                    raise DatasetFormatError(path, f"{reason}; point the data folder at the real file's folder")
+                if not path.is_file():
+                    raise DatasetFormatError(path, "is not a regular file")
+                return path
     raise DatasetFormatError(
         root, f"no FER2013 CSV found; looked for {', '.join(CSV_NAMES)} in {root} and {root / 'fer2013'}"
     )
@@ -93,33 +101,70 @@ def load_fer2013(root: Path | str, demographics_csv: Path | str | None = None) -
     )
 
 
+def _decode(raw: bytes) -> str:
+    """One line of bytes as text: UTF-8, else Windows-1252/Latin-1 (never a UnicodeDecodeError)."""
+    raw = raw.rstrip(b"\r\n")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")
+
+
+def _csv_lines(path: Path):
+    """(1-based line number, fields or a csv error message) per physical line.
+
+    FER2013 never spreads a record over several lines, so each line is parsed
+    on its own: an unclosed quote spoils only its own line (a whole-file
+    ``csv.reader`` would swallow every line after it into one field), and an
+    over-long field or a NUL byte is that line's problem, not the file's.
+    """
+    try:
+        f = open(path, "rb")
+    except OSError as err:
+        raise DatasetFormatError(path, f"cannot read file: {os_problem(err)}") from None
+    with f:
+        for line_no, raw in enumerate(f, start=1):
+            text = _decode(raw)
+            if line_no == 1:
+                text = text.lstrip("\ufeff")
+            try:
+                yield line_no, next(csv.reader([text]), [])
+            except csv.Error as err:
+                yield line_no, f"not a valid CSV line ({err})"
+
+
 def _read_rows(path: Path) -> tuple[list[_Row], list[Skipped], int]:
     """Parse every data row: a _Row for good rows, a Skipped for bad ones; also the data row count."""
     rows: list[_Row] = []
     skipped: list[Skipped] = []
     n_data = 0
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise DatasetFormatError(path, "file is empty (expected a header such as emotion,pixels,Usage)")
-        columns = _columns(path, header)
-        default_split = "train" if path.name == "train.csv" else ""
-        for record in reader:
-            if not record or all(not field.strip() for field in record):
-                continue
-            line, data_row = reader.line_num, n_data
-            n_data += 1
-            parsed = _parse_record(record, columns, default_split)
-            if isinstance(parsed, str):
-                skipped.append(Skipped(ref=f"{path.name}:{line}", reason=parsed))
-            else:
-                rows.append(_Row(data_row, line, *parsed))
+    lines = _csv_lines(path)
+    header = None
+    for _, header in lines:
+        if not isinstance(header, str) and any(field.strip() for field in header):
+            break
+        header = None  # leading blank lines
+    if header is None:
+        raise DatasetFormatError(path, "file is empty (expected a header such as emotion,pixels,Usage)")
+    columns = _columns(path, header)
+    default_split = "train" if path.name == "train.csv" else ""
+    for line, record in lines:
+        if not isinstance(record, str) and all(not field.strip() for field in record):
+            continue
+        data_row = n_data
+        n_data += 1
+        parsed = record if isinstance(record, str) else _parse_record(record, columns, default_split)
+        if isinstance(parsed, str):
+            skipped.append(Skipped(ref=f"{path.name}:{line}", reason=parsed))
+        else:
+            rows.append(_Row(data_row, line, *parsed))
     return rows, skipped, n_data
 
 
-def _columns(path: Path, header: list[str]) -> dict[str, int]:
+def _columns(path: Path, header: list[str] | str) -> dict[str, int]:
     """Column positions by name (names stripped: icml_face_data.csv pads them with spaces)."""
+    if isinstance(header, str):
+        raise DatasetFormatError(path, f"line 1: header is {header}")
     names = [h.strip().lstrip("\ufeff") for h in header]
     for required in ("emotion", "pixels"):
         if required not in names:
@@ -132,10 +177,9 @@ def _parse_record(record: list[str], columns: dict[str, int], default_split: str
     if len(record) < len(columns):
         return f"expected {len(columns)} fields, found {len(record)}"
     code_text = record[columns["emotion"]].strip()
-    try:
-        code = int(code_text)
-    except ValueError:
-        return f"emotion '{code_text}' is not an integer code"
+    if not (code_text.isascii() and code_text.lstrip("+-").isdigit()):
+        return f"emotion '{code_text[:40]}' is not an integer code"
+    code = int(code_text)
     if code not in FER2013_CODES:
         return f"unknown emotion code {code} (expected 0-6)"
     pixels = _parse_pixels(record[columns["pixels"]])
@@ -143,7 +187,11 @@ def _parse_record(record: list[str], columns: dict[str, int], default_split: str
         return pixels
     split = default_split
     if "Usage" in columns:
-        split = USAGE_SPLITS.get(record[columns["Usage"]].strip(), "")
+        usage = record[columns["Usage"]].strip()
+        if usage not in USAGE_SPLITS:
+            return (f"Usage {usage!r} is not one of {', '.join(USAGE_SPLITS)}" if usage
+                    else f"Usage is empty (expected one of {', '.join(USAGE_SPLITS)})")
+        split = USAGE_SPLITS[usage]
     return EMOTION_INDEX[FER2013_CODES[code]], split, pixels
 
 
@@ -154,6 +202,8 @@ def _parse_pixels(text: str) -> np.ndarray | str:
     which parses in C, do the rest: together ~30 us a row instead of ~200 us for
     str.split plus int().
     """
+    if len(text) > _MAX_PIXEL_CHARS:
+        return f"pixels field is {len(text):,} characters long (48x48 pixels take at most {_MAX_PIXEL_CHARS:,})"
     if text.encode("ascii", "replace").translate(None, _PIXEL_CHARS) or not text.strip():
         return "pixels are not all non-negative integers"
     try:
@@ -188,26 +238,30 @@ def _read_sidecar(path: Path, data_rows: np.ndarray) -> tuple[np.ndarray, dict[s
     """
     subjects, demographics = _no_sidecar(len(data_rows))
     position = {int(r): i for i, r in enumerate(data_rows)}
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip().lstrip("\ufeff") for h in next(reader, [])]
-        if "row" not in header:
-            raise DatasetFormatError(path, "missing column 'row'")
-        col = {name: i for i, name in enumerate(header)}
-        wanted = [a for a in ("subject", *DEMOGRAPHIC_ATTRIBUTES) if a in col]
-        for record in reader:
-            if not record:
-                continue
-            try:
-                i = position.get(int(record[col["row"]]))
-            except (ValueError, IndexError):
-                raise DatasetFormatError(path, f"line {reader.line_num}: 'row' is not an integer") from None
-            if i is None:
-                continue
-            for name in wanted:
-                value = record[col[name]].strip() if col[name] < len(record) else ""
-                if name == "subject":
-                    subjects[i] = value
-                elif value:
-                    demographics[name][i] = value
+    lines = _csv_lines(path)
+    _, first = next(lines, (1, []))
+    if isinstance(first, str):
+        raise DatasetFormatError(path, f"line 1: header is {first}")
+    header = [h.strip() for h in first]
+    if "row" not in header:
+        raise DatasetFormatError(path, "missing column 'row'")
+    col = {name: i for i, name in enumerate(header)}
+    wanted = [a for a in ("subject", *DEMOGRAPHIC_ATTRIBUTES) if a in col]
+    for line_no, record in lines:
+        if isinstance(record, str):
+            raise DatasetFormatError(path, f"line {line_no}: {record}")
+        if not record or all(not field.strip() for field in record):
+            continue
+        try:
+            i = position.get(int(record[col["row"]]))
+        except (ValueError, IndexError):
+            raise DatasetFormatError(path, f"line {line_no}: 'row' is not an integer") from None
+        if i is None:
+            continue
+        for name in wanted:
+            value = record[col[name]].strip() if col[name] < len(record) else ""
+            if name == "subject":
+                subjects[i] = value
+            elif value:
+                demographics[name][i] = value
     return subjects, demographics

@@ -17,9 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from client.loaders.base import DatasetFormatError, EmotionData, Skipped
+from client.loaders.base import (DatasetFormatError, EmotionData, Skipped, first_skips, outside_reason,
+                                 read_text_lines)
+from client.loaders.images import read_face
 from shared_models.taxonomy import AGE_BANDS, EMOTION_INDEX, RAFDB_CODES, UNKNOWN
 
 # Published format facts.
@@ -53,9 +54,9 @@ def load_rafdb(root: Path | str) -> EmotionData:
         refs.append(ref)
         labels.append(label)
         faces.append(face)
-        demo_rows.append(_read_attributes(root / ANNOTATION_DIR / f"{Path(name).stem}_manu_attri.txt"))
+        demo_rows.append(_read_attributes(root, root / ANNOTATION_DIR / f"{Path(name).stem}_manu_attri.txt"))
     if not refs:
-        raise DatasetFormatError(root, f"no usable images ({len(skipped)} skipped; first: {_first(skipped)})")
+        raise DatasetFormatError(root, f"no usable images ({len(skipped)} skipped; first: {first_skips(skipped)})")
     n = len(refs)
     return EmotionData(
         dataset="rafdb",
@@ -75,7 +76,8 @@ def _read_labels(path: Path) -> tuple[list[tuple[str, int]], list[Skipped]]:
     """(image name, emotion index) per good line; bad lines become Skipped with their line number."""
     entries: list[tuple[str, int]] = []
     skipped: list[Skipped] = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    first_line: dict[str, int] = {}
+    for line_no, line in enumerate(read_text_lines(path), start=1):
         if not line.strip():
             continue
         ref = f"{LABEL_FILE}:{line_no}"
@@ -84,10 +86,18 @@ def _read_labels(path: Path) -> tuple[list[tuple[str, int]], list[Skipped]]:
             skipped.append(Skipped(ref, f"expected '<image name> <label>', found {len(fields)} fields"))
             continue
         name, code_text = fields
-        code = int(code_text) if code_text.isdigit() else None
+        code = int(code_text) if code_text.isascii() and code_text.isdigit() else None
         if code not in RAFDB_CODES:
             skipped.append(Skipped(ref, f"unknown emotion code '{code_text}' for {name} (expected 1-7)"))
             continue
+        if "/" in name or "\\" in name or name in (".", ".."):
+            skipped.append(Skipped(ref, f"image name {name!r} is a path; expected a file name such as train_00001.jpg"))
+            continue
+        if name in first_line:
+            skipped.append(Skipped(ref, f"{name} is listed again (first at line {first_line[name]}); "
+                                        "the first label is used"))
+            continue
+        first_line[name] = line_no
         entries.append((name, EMOTION_INDEX[RAFDB_CODES[code]]))
     return entries, skipped
 
@@ -96,28 +106,31 @@ def _read_image(root: Path, name: str) -> tuple[str, np.ndarray] | Skipped:
     """The aligned image if present, else the original; 48x48 grayscale uint8, or why not."""
     aligned = f"{ALIGNED_DIR}/{Path(name).stem}_aligned.jpg"
     original = f"{ORIGINAL_DIR}/{name}"
-    ref = aligned if (root / aligned).is_file() else original if (root / original).is_file() else None
-    if ref is None:
+    present = [ref for ref in (aligned, original) if (root / ref).is_symlink() or (root / ref).exists()]
+    if not present:
         return Skipped(aligned, f"image not found (looked for {aligned} and {original})")
-    try:
-        with Image.open(root / ref) as im:
-            im = im.convert("L")
-            if im.size != (FACE_SIDE, FACE_SIDE):
-                im = im.resize((FACE_SIDE, FACE_SIDE), Image.Resampling.LANCZOS)
-            return ref, np.asarray(im, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        return Skipped(ref, f"unreadable image ({type(err).__name__}: {err})")
+    ref = next((r for r in present if (root / r).is_file()), present[0])
+    reason = outside_reason(root / ref, root)
+    if reason:
+        return Skipped(ref, reason)
+    if not (root / ref).is_file():
+        return Skipped(ref, "not a regular file")
+    face = read_face(root / ref, ref, FACE_SIDE)
+    return face if isinstance(face, Skipped) else (ref, face)
 
 
-def _read_attributes(path: Path) -> dict[str, str]:
+def _read_attributes(root: Path, path: Path) -> dict[str, str]:
     """Sex, race and age from lines 6-8 of the attribute file; "unknown" where missing or malformed."""
     result = {attr: UNKNOWN for attr in ATTRIBUTE_LINES}
-    if not path.is_file():
+    if not path.is_file() or outside_reason(path, root):
         return result
-    lines = path.read_text().splitlines()
+    try:
+        lines = read_text_lines(path)
+    except DatasetFormatError:  # unreadable: the image keeps its label, demographics stay unknown (data check lists them)
+        return result
     for attr, (index, codes) in ATTRIBUTE_LINES.items():
         text = lines[index].strip() if index < len(lines) else ""
-        if text.isdigit() and int(text) in codes:
+        if text.isascii() and text.isdigit() and int(text) in codes:
             result[attr] = codes[int(text)]
     return result
 
@@ -127,6 +140,3 @@ def _split_of(ref: str) -> str:
     stem = Path(ref).name
     return "train" if stem.startswith("train_") else "test" if stem.startswith("test_") else ""
 
-
-def _first(skipped: list[Skipped]) -> str:
-    return f"{skipped[0].ref}: {skipped[0].reason}" if skipped else "none"

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from client.loaders.base import DatasetFormatError, EmotionData, Skipped
-from client.loaders.cremad import check_audio_header
+from client.loaders.audio_files import check_audio_header
+from client.loaders.base import DatasetFormatError, EmotionData, Skipped, first_skips, folder_entries
 from shared_models.taxonomy import EMOTION_INDEX, RAVDESS_CODES, valence_arousal
 
-FILE_PATTERN = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})\.wav$")
-ACTOR_DIR = re.compile(r"^Actor_(\d{2})$")
+FILE_PATTERN = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})\.wav$", re.ASCII)
+ACTOR_DIR = re.compile(r"^Actor_(\d{2})$", re.ASCII)
+# Copies in the wild also spell the folders actor_03 or Actor_3: same actor, read as such.
+ACTOR_DIR_VARIANT = re.compile(r"^actor[_ -]?(\d{1,2})$", re.ASCII | re.IGNORECASE)
 AUDIO_MODALITIES = {"01": "audio-video", "03": "audio-only"}
 SPEECH, SONG = "01", "02"
 INTENSITY: dict[str, float] = {"01": 0.6, "02": 1.0}  # valence/arousal scale per intensity code
@@ -30,21 +32,38 @@ INTENSITY: dict[str, float] = {"01": 0.6, "02": 1.0}  # valence/arousal scale pe
 def load_ravdess(root: str | Path, include_song: bool = False) -> EmotionData:
     """Index a RAVDESS copy whose ``Actor_XX`` folders are directly under ``root``."""
     root = Path(root)
-    actor_dirs = sorted(p for p in root.iterdir() if p.is_dir() and ACTOR_DIR.match(p.name)) if root.is_dir() else []
-    if not actor_dirs:
+    if not root.is_dir():
         raise DatasetFormatError(root, "no Actor_XX folders (RAVDESS clips are expected in Actor_01/ .. Actor_24/)")
+    skipped: list[Skipped] = []
+    files, folders = folder_entries(root, root, skipped)
+    actor_dirs: list[tuple[Path, str]] = []
+    for folder in folders:
+        m = ACTOR_DIR.match(folder.name) or ACTOR_DIR_VARIANT.match(folder.name)
+        if m:
+            actor_dirs.append((folder, f"{int(m.group(1)):02d}"))
+        elif _holds_wav(folder):
+            skipped.append(Skipped(folder.name, "folder is not named Actor_XX: the clips in it are not read"))
+    for path in files:
+        if path.suffix.lower() == ".wav":
+            skipped.append(Skipped(path.name, "clip is not inside an Actor_XX folder: not read"))
+    if not actor_dirs:
+        extra = f"; {len(skipped)} entries skipped, e.g. {first_skips(skipped)}" if skipped else ""
+        raise DatasetFormatError(root, "no Actor_XX folders (RAVDESS clips are expected in Actor_01/ .. Actor_24/)"
+                                       + extra)
 
     rows: list[tuple[str, str, str, str]] = []  # ref, actor, emotion, intensity
-    skipped: list[Skipped] = []
-    for folder in actor_dirs:
-        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    for folder, folder_actor in actor_dirs:
+        clips, subfolders = folder_entries(folder, root, skipped)
+        for sub in subfolders:
+            skipped.append(Skipped(sub.relative_to(root).as_posix(),
+                                   "folder inside an actor folder is not read (clips must be directly in it)"))
+        for path in clips:
             ref = path.relative_to(root).as_posix()
-            row = _parse(path.name, ref, ACTOR_DIR.match(folder.name).group(1), include_song, skipped)
+            row = _parse(path.name, ref, folder_actor, include_song, skipped)
             if row is not None and check_audio_header(path, ref, skipped):
                 rows.append(row)
     if not rows:
-        reasons = "; ".join(f"{s.ref}: {s.reason}" for s in skipped[:3])
-        raise DatasetFormatError(root, f"no usable clips ({len(skipped)} skipped, e.g. {reasons})")
+        raise DatasetFormatError(root, f"no usable clips ({len(skipped)} skipped, e.g. {first_skips(skipped)})")
 
     actors = [r[1] for r in rows]
     return EmotionData(
@@ -60,6 +79,13 @@ def load_ravdess(root: str | Path, include_song: bool = False) -> EmotionData:
                                  dtype=np.float32).reshape(-1, 2),
         skipped=skipped,
     )
+
+
+def _holds_wav(folder: Path) -> bool:
+    try:
+        return any(p.suffix.lower() == ".wav" for p in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _parse(name: str, ref: str, folder_actor: str, include_song: bool,

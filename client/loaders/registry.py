@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from client.loaders.base import DatasetFormatError, EmotionData
+from client.loaders.base import DatasetFormatError, EmotionData, first_skips, os_problem
 
 # Which datasets can feed which task. Fusion needs paired face frames, which
 # CREMA-D provides once a frame per clip is extracted into FaceFrames/.
@@ -77,9 +77,10 @@ def load_dataset(dataset: str, root: str | Path, task: str) -> EmotionData:
     root = Path(root)
     if not root.is_dir():
         raise DatasetFormatError(root, f"dataset folder for {DATASETS[dataset].title} does not exist")
-    data = DATASETS[dataset].load(root, task)
+    try:
+        data = DATASETS[dataset].load(root, task)
+    except OSError as err:  # a backstop: loaders turn the OSErrors they expect into DatasetFormatError themselves
+        raise DatasetFormatError(err.filename or root, f"cannot read: {os_problem(err)}") from None
     if len(data) == 0:
-        raise DatasetFormatError(
-            root, f"no usable samples ({len(data.skipped)} skipped; first: {data.skipped[:3]})"
-        )
+        raise DatasetFormatError(root, f"no usable samples ({len(data.skipped)} skipped; first: {first_skips(data.skipped)})")
     return data

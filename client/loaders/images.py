@@ -1,0 +1,68 @@
+"""Reading one face image file safely: any common mode and size, never a crash, never a wrong face.
+
+Used by the RAF-DB loader and by CREMA-D fusion frames. Returns a 48x48 (or
+``side``) grayscale uint8 array, or a ``Skipped`` naming the problem:
+
+- an image whose header claims more than ``MAX_PIXELS`` is refused before
+  it is decoded (a PNG "claiming 20000x20000" would otherwise be Pillow's
+  ``DecompressionBombError``, or gigabytes of memory just under its limit);
+- 16-bit and 32-bit grayscale (``I;16``, ``I``) and float (``F``) images are
+  scaled to 0-255 by their bit depth, not clipped (Pillow's ``convert("L")``
+  clips every value above 255, so a 16-bit face would read as all white);
+- colour, palette and CMYK images are converted to luminance (alpha is ignored);
+- unreadable, truncated or non-image files are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from client.loaders.base import Skipped, os_problem
+
+MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; RAF-DB originals are far smaller
+
+
+def _gray(im: Image.Image) -> Image.Image:
+    """Luminance as mode "L", scaling high-bit-depth grayscale by its depth."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        if mode.startswith("I;16"):
+            top = 65535.0
+        elif mode == "I":  # 32-bit int: Pillow uses it for 16-bit PNGs too
+            top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        else:  # float: [0, 1] or [0, 255]
+            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        scaled = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L")
+    return im.convert("L")
+
+
+def read_face(path: Path, ref: str, side: int = 48) -> np.ndarray | Skipped:
+    """The image at ``path`` as ``side`` x ``side`` grayscale uint8, or a ``Skipped`` saying why not."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width <= 0 or height <= 0:
+                    return Skipped(ref, f"image has an empty size {width}x{height}")
+                if width * height > MAX_PIXELS:
+                    return Skipped(ref, f"image claims {width}x{height} pixels, more than the "
+                                        f"{MAX_PIXELS:,} a face image may have (not decoded)")
+                gray = _gray(im)
+                if gray.size != (side, side):
+                    gray = gray.resize((side, side), Image.Resampling.LANCZOS)
+                return np.asarray(gray, dtype=np.uint8).copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        return Skipped(ref, f"image refused as a decompression bomb ({err})")
+    except FileNotFoundError:
+        return Skipped(ref, "image not found")
+    except PermissionError as err:
+        return Skipped(ref, f"cannot read image: {os_problem(err)}")
+    except Exception as err:  # UnidentifiedImageError, truncated data (OSError), SyntaxError, ValueError, ...
+        return Skipped(ref, f"unreadable image ({type(err).__name__}: {err})")
