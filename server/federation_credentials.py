@@ -44,6 +44,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from shared_models.atomic_files import atomic_create_bytes, atomic_write_text
+
 MANIFEST = "federation.json"
 CA_DIR, SUPERLINK_DIR, HOSPITALS_DIR = "ca", "superlink", "hospitals"
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
@@ -84,12 +86,9 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     """Create ``path`` with ``mode``; an existing file is an error, never overwritten."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        atomic_create_bytes(path, data, mode=mode)
     except FileExistsError:
         raise FileExistsError(f"{path} already exists; refusing to overwrite it (move it away first)") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, mode)  # O_CREAT's mode is filtered by the umask
 
 
 def _private_dir(path: Path) -> Path:
@@ -206,10 +205,7 @@ def load_federation(out_dir: Path) -> Federation:
 
 
 def _save_manifest(out_dir: Path, federation: Federation) -> None:
-    path = Path(out_dir) / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(federation), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(Path(out_dir) / MANIFEST, json.dumps(asdict(federation), indent=2) + "\n")
 
 
 def init_federation(out_dir: Path, hosts: list[str], ips: list[str], hospitals: list[str],

@@ -35,6 +35,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from shared_models.atomic_files import atomic_create_bytes, atomic_write_bytes, atomic_write_json
+
 REPORT_FILE = "report.json"
 SIGNATURE_FILE = "report.sig"
 PUBLIC_KEY_FILE = "report.pub"
@@ -76,13 +78,9 @@ def load_or_create_key(path: Path, *, forbidden_root: Path | None = None) -> Ed2
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            atomic_create_bytes(path, pem, mode=0o600)
         except FileExistsError:  # another run created it first: use theirs
             return load_or_create_key(path)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-            fh.flush()
-            os.fsync(fh.fileno())
         return key
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -122,10 +120,10 @@ def write_signed(run_dir: Path, report: dict[str, Any], key: Ed25519PrivateKey) 
         "sha256": hashlib.sha256(data).hexdigest(),
         "sections_sha256": section_digests(report),
     }
-    _atomic_write_bytes(run_dir / REPORT_FILE, data)
-    _atomic_write_bytes(run_dir / SIGNATURE_FILE, (json.dumps(signature, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(run_dir / REPORT_FILE, data)
+    atomic_write_json(run_dir / SIGNATURE_FILE, signature)
     pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    _atomic_write_bytes(run_dir / PUBLIC_KEY_FILE, pem)
+    atomic_write_bytes(run_dir / PUBLIC_KEY_FILE, pem)
     return run_dir / REPORT_FILE
 
 
@@ -233,12 +231,3 @@ def _describe_change(data: bytes, sig: dict[str, Any]) -> list[str]:
     if changed:
         out.append("sections that differ from the signed ones: " + ", ".join(changed))
     return out
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -3,6 +3,8 @@
 Ledgers, signed reports, run records and credentials all go through here:
 write a temporary file beside the target, fsync it, rename it over the
 target, fsync the folder (so the rename itself survives a power cut).
+Secrets made once (keys) are created instead, never replacing an existing
+file: ``atomic_create_bytes``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,46 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_create_bytes(path: str | Path, data: bytes, *, mode: int) -> None:
+    """Create ``path`` holding ``data`` in one step; ``FileExistsError`` if it exists, which stays untouched.
+
+    For secrets made once (signing keys, node key pairs): a crash leaves no
+    half-written key behind, and two processes racing to create the same key
+    cannot both win, so neither overwrites a key the other already uses. The
+    complete temporary file is hard-linked to the target, which fails when the
+    target exists; where the filesystem has no hard links, an exclusive create
+    keeps the never-overwrite promise without the all-or-nothing one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    tmp.unlink(missing_ok=True)  # left by a crashed process that had our pid
+    try:
+        _write_synced(tmp, data, mode)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # the one OSError that answers the question: someone else's key is there
+            raise
+        except OSError:  # no hard links here (some network or FAT filesystems)
+            _write_synced(path, data, mode)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _write_synced(path: Path, data: bytes, mode: int) -> None:
+    """Exclusively create ``path`` with ``mode`` (not filtered by the umask) and flush it to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.chmod(path, mode)  # O_CREAT's mode is filtered by the umask; before the secret is written
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str, *, mode: int | None = None) -> None:
