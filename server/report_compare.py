@@ -29,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from server.report_html import CSS, _png, _table, interval, num, pct, source_digest  # noqa: E402
+from server.report_html import CSS, figure_img, html_table, interval, num, pct, source_digest  # noqa: E402
 from server.report_signing import REPORT_FILE, verify_run  # noqa: E402
 
 COMPARISON_SCHEMA_VERSION = 1
@@ -224,7 +224,7 @@ def plot_attribute(attribute: str, item: dict[str, Any]) -> str:
     ax.set_xlabel("accuracy (bars: 95% interval)")
     ax.set_title(f"Accuracy per {attribute} group: A vs B")
     ax.legend(loc="lower right")
-    return _png(fig)
+    return figure_img(fig)
 
 
 def render_comparison_html(comparison: dict[str, Any]) -> str:
@@ -247,10 +247,10 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
             cells += ["n/a" if change is None else f"{100 * change:+.1f} points",
                       "" if not ci else f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}"]
             rows.append(cells)
-        parts.append(_table(["group", "accuracy A", "interval A", "accuracy B", "interval B", "change B - A",
+        parts.append(html_table(["group", "accuracy A", "interval A", "accuracy B", "interval B", "change B - A",
                              "interval of change"], rows))
         wg, gap = item["worst_group"], item["accuracy_gap"]
-        parts.append(_table(["", "A", "B"], [
+        parts.append(html_table(["", "A", "B"], [
             ["worst group", escape(f"{wg['a'].get('group')}: {pct(wg['a'].get('accuracy'))}"),
              escape(f"{wg['b'].get('group')}: {pct(wg['b'].get('accuracy'))}")],
             ["accuracy gap (best - worst group)", points(gap["a"]), points(gap["b"])],
@@ -272,9 +272,9 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
 <p>Each group's accuracy in run A and run B with 95% intervals; the change is B minus A with a conservative 95%
 interval (Newcombe). Groups too small to report are named as suppressed.</p>
 {''.join(parts) or '<p>Neither run has per-group figures.</p>'}
-<h2>Whole test set</h2>{_table(['metric', 'A', 'B', 'change B - A'], global_rows)}
-<h2>The runs compared</h2>{_table(['', 'run', 'folder', 'signature', 'report SHA-256'], runs_rows)}
-<h3>Configuration differences</h3>{_table(['key', 'A', 'B'], diff_rows) if diff_rows else '<p>None.</p>'}
+<h2>Whole test set</h2>{html_table(['metric', 'A', 'B', 'change B - A'], global_rows)}
+<h2>The runs compared</h2>{html_table(['', 'run', 'folder', 'signature', 'report SHA-256'], runs_rows)}
+<h3>Configuration differences</h3>{html_table(['key', 'A', 'B'], diff_rows) if diff_rows else '<p>None.</p>'}
 </body></html>
 """
 

@@ -62,7 +62,8 @@ def source_digest(html: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _png(fig) -> str:
+def figure_img(fig) -> str:
+    """The figure as an ``<img>`` with its PNG inlined, so a page stays one self-contained file; closes it."""
     for ax in fig.axes:
         if ax.get_xlabel().startswith("round"):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -88,7 +89,7 @@ def plot_global(rounds: list[dict]) -> str:
     ax.set_title("Global model on all hospitals' test data")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_img(fig)
 
 
 def plot_groups(attribute: str, figures: dict, overall: float | None) -> str:
@@ -108,7 +109,7 @@ def plot_groups(attribute: str, figures: dict, overall: float | None) -> str:
     ax.set_xlabel("accuracy (bars: 95% interval)")
     ax.set_title(f"Accuracy per {attribute} group")
     ax.invert_yaxis()
-    return _png(fig)
+    return figure_img(fig)
 
 
 def plot_epsilon(privacy: dict) -> str:
@@ -133,7 +134,7 @@ def plot_epsilon(privacy: dict) -> str:
     ax.set_title("Privacy spent by each hospital")
     ax.legend(fontsize="small", loc="upper left", ncol=2)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_img(fig)
 
 
 def plot_gaps(fairness: dict, threshold: float | None) -> str:
@@ -154,7 +155,7 @@ def plot_gaps(fairness: dict, threshold: float | None) -> str:
     ax.set_title("Gap between groups over rounds")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_img(fig)
 
 
 # --------------------------------------------------------------------------- text
@@ -231,7 +232,8 @@ def plain_summary(report: dict) -> list[str]:
     return lines
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def html_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A table whose headers are escaped here and whose cells are HTML already (callers escape or format them)."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -260,7 +262,7 @@ def fairness_html(report: dict) -> str:
             else:
                 rows.append([escape(str(group)), num(v.get("n")), pct(v.get("accuracy")),
                              interval(v.get("accuracy_ci")), num(v.get("macro_f1"))])
-        parts.append(_table(["group", "test samples", "accuracy", "95% interval", "macro-F1"], rows))
+        parts.append(html_table(["group", "test samples", "accuracy", "95% interval", "macro-F1"], rows))
         facts = []
         for key, label in (("accuracy_gap", "accuracy gap (best - worst)"), ("accuracy_ratio", "accuracy ratio"),
                            ("equalized_odds_difference", "equalized-odds difference"),
@@ -271,7 +273,7 @@ def fairness_html(report: dict) -> str:
                               if key == "accuracy_ratio" else interval(item.get("ci")),
                               escape(str(item.get("method") or ""))])
         if facts:
-            parts.append(_table(["measure", "value", "interval", "method"], facts))
+            parts.append(html_table(["measure", "value", "interval", "method"], facts))
         status = ("<strong class=flag>flagged</strong>: " + escape(str(figures.get("flag_reason") or ""))
                   if figures.get("flagged") else "not flagged")
         parts.append(f"<p>Status: {status}.</p>")
@@ -320,11 +322,11 @@ def privacy_html(privacy: dict) -> str:
                  num(c.get("budget_remaining")), num(c.get("noise_multiplier")), num(c.get("sample_rate")),
                  num(c.get("steps")), num(c.get("max_grad_norm")), escape(str(c.get("accountant"))),
                  escape(checks.get(c["client_id"], ""))] for c in privacy["clients"]]
-        parts.append(_table(["hospital", "epsilon", "delta", "budget", "remaining", "noise multiplier",
+        parts.append(html_table(["hospital", "epsilon", "delta", "budget", "remaining", "noise multiplier",
                              "sample rate", "steps (this run)", "clipping norm", "accountant", "ledger"], rows))
     if privacy.get("declined_rounds"):
         rows = [[num(d["round"]), num(d.get("node_id")), escape(d.get("reason", ""))] for d in privacy["declined_rounds"]]
-        parts.append("<h3>Declined training rounds</h3>" + _table(["round", "node", "reason"], rows))
+        parts.append("<h3>Declined training rounds</h3>" + html_table(["round", "node", "reason"], rows))
     for key, title in (("client_level_dp", "Client-level central DP"), ("secure_aggregation", "Secure aggregation")):
         if (privacy.get(key) or {}).get("enabled"):
             parts.append(f"<h3>{title}</h3><pre>{escape(json.dumps(privacy[key], indent=2, sort_keys=True))}</pre>")
@@ -336,7 +338,7 @@ def rounds_html(rounds: list[dict]) -> str:
              num(r.get("loss")), num(r.get("eval_examples")), num(r.get("clients_trained")),
              num(r.get("clients_evaluated")), num(len(r.get("train_failures", [])) + len(r.get("evaluate_failures", [])))]
             for r in rounds]
-    return _table(["round", "accuracy", "95% interval", "macro-F1", "loss", "test samples", "hospitals trained",
+    return html_table(["round", "accuracy", "95% interval", "macro-F1", "loss", "test samples", "hospitals trained",
                    "hospitals evaluated", "failures"], rows)
 
 
@@ -377,7 +379,7 @@ def render_html(report: dict, report_sha256: str) -> str:
 <p>This page was built from <code>report.json</code> with SHA-256 <code>{report_sha256}</code>. That file is signed
 with the coordinator's Ed25519 key (<code>report.sig</code>, public key in <code>report.pub</code>). Run
 <code>fedemo verify RUN_FOLDER</code> to check that neither file was changed since the run.</p>
-<details><summary>Run configuration</summary>{_table(['key', 'value'], config_rows)}</details>
+<details><summary>Run configuration</summary>{html_table(['key', 'value'], config_rows)}</details>
 <p><small>Software: {escape(json.dumps(run.get('versions', {}), sort_keys=True))}</small></p>
 </body></html>
 """
