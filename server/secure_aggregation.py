@@ -15,7 +15,7 @@ beside the masked vector, as in Flower's own SecAgg+ mod, so metrics.jsonl
 keeps its per-client training entries and the nodes' epsilons.
 
 Evaluation uses our own Message-API evaluate round (the one round 0 uses) as
-``DefaultWorkflow``'s evaluate stage, so metrics.jsonl, the RoundLog and the
+``DefaultWorkflow``'s evaluate stage, so metrics.jsonl, the RoundRecorder and the
 global metrics are exactly those of a plain run.
 """
 
@@ -37,6 +37,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
+from server.round_recorder import RoundRecorder
 from server.run_record import training_summary
 from shared_models.privacy_modes import MIN_SECAGG_NODES
 from shared_models.run_settings import RunSettings
@@ -113,12 +114,13 @@ def _as_message(node_id: int, fitres: FitRes) -> Message:
     return Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN)
 
 
-def run_secure_aggregation(grid: Grid, context: Context, settings: RunSettings, strategy, rounds,
+def run_secure_aggregation(grid: Grid, context: Context, settings: RunSettings, strategy, recorder: RoundRecorder,
                            initial: ArrayRecord, node_config: ConfigRecord) -> tuple[ArrayRecord, dict[str, Any]]:
     """Run ``num-server-rounds`` of FedAvg under SecAgg+; returns the final weights and the summary block.
 
-    ``strategy`` is the run's Message-API FedAvg (with ``rounds``, the RoundLog,
-    attached): it samples and aggregates the evaluation rounds as in a plain run.
+    ``strategy`` is the run's FedEmo strategy (server/strategy.py, recording into
+    ``recorder``): it samples and aggregates the evaluation rounds as in a plain run.
+    SecAgg+ shows the coordinator only the sum, so no single update can be screened.
     """
     template = initial.to_torch_state_dict()
     names = list(template)
@@ -132,7 +134,7 @@ def run_secure_aggregation(grid: Grid, context: Context, settings: RunSettings, 
         entry["failures"] = failure_reasons(failures)
         clipped[server_round] = sum(int(fitres.metrics.get("update-clipped", 0)) for _, fitres in results)
         entry["secagg"] = {"nodes_aggregated": len(results), "updates_clipped": clipped[server_round]}
-        rounds.pending_train[server_round] = entry
+        recorder.train_entry(server_round, entry)
 
     def fit_config(server_round: int) -> dict[str, Any]:
         return {**dict(node_config), "server-round": server_round}
@@ -158,13 +160,13 @@ def run_secure_aggregation(grid: Grid, context: Context, settings: RunSettings, 
         arrays = parameters_to_ndarrays(compat.arrayrecord_to_parameters(
             legacy_context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True))
         latest["arrays"] = ArrayRecord(OrderedDict((n, torch.from_numpy(a)) for n, a in zip(names, arrays)))
-        if server_round not in rounds.pending_train:  # SecAgg+ stopped before unmasking: nothing aggregated
+        if not recorder.has_train(server_round):  # SecAgg+ stopped before unmasking: nothing aggregated
             halted.append(server_round)
             failures = failure_reasons(secagg.last_state.failures) if secagg.last_state else []
             log(WARNING, "[fedemo] round %d: secure aggregation halted (%d failures); global model unchanged",
                 server_round, len(failures))
-            rounds.pending_train[server_round] = {"clients": [], "failures": failures,
-                                                  "secagg": {"nodes_aggregated": 0, "halted": True}}
+            recorder.train_entry(server_round, {"clients": [], "failures": failures,
+                                                "secagg": {"nodes_aggregated": 0, "halted": True}})
         messages = strategy.configure_evaluate(server_round, latest["arrays"], ConfigRecord(dict(node_config)), grid)
         strategy.aggregate_evaluate(server_round, list(grid.send_and_receive(messages)))
 

@@ -1,0 +1,137 @@
+"""FedEmo's strategy: Flower's aggregation, with every training reply screened and every round recorded.
+
+``aggregation`` picks Flower's own aggregator (FedAvg, or FedAvgM with
+``server-momentum``; FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan for
+robustness against hostile nodes); :class:`FedEmoMixin` adds to it, by
+subclassing, what FedEmo needs around any aggregation:
+
+- each training reply is screened (server/update_checks.py) before any
+  aggregation sees it; rejected replies go to the round record;
+- each round's replies go to the :class:`~server.round_recorder.RoundRecorder`
+  (metrics.jsonl and the ``[fedemo] round`` line);
+- the server optimiser's state (FedAvgM's momentum) can be saved and restored
+  (server/checkpoint.py).
+
+Why the round loop (server/rounds.py) calls :meth:`FedEmoMixin.screen_train_replies`
+before it hands the replies to the strategy it drives, rather than this class
+screening inside ``aggregate_train``: with client-level DP the strategy
+driven is Flower's DP wrapper around this one (server/central_dp.py), which
+clips every reply against the global model (a wrong shape would crash it)
+and accounts each release by the number of updates it averages (an update
+dropped after it counted them would make the release cost more than
+accounted). Screened first, the wrapper sees only sound updates and counts
+exactly those; ``aggregate_train`` stays Flower's own.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+
+from server.global_metrics import aggregate_evaluation
+from server.round_recorder import RoundRecorder
+from server.update_checks import UpdatePolicy, model_spec, screen
+from shared_models.run_settings import UPDATE_WEIGHT_KEY, RunSettings
+
+
+class FedEmoMixin:
+    """Screening, recording and optimiser state for any Flower aggregator (mixed in before it)."""
+
+    def __init__(self, *, recorder: RoundRecorder, policy: UpdatePolicy, template: ArrayRecord, **flower_kwargs):
+        super().__init__(**flower_kwargs)
+        self.recorder = recorder
+        self.policy = policy
+        self.spec = model_spec(template)  # names, shapes, dtypes every reply must match
+        self._round, self._global = 0, template
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._round, self._global = server_round, arrays  # what this round's updates are measured from
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def screen_train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The replies fit to aggregate (and those that failed); the round record gets the rejected ones."""
+        passed, rejected, norms = screen(replies, self._global, self.spec, self.policy)
+        self.recorder.train_replies(server_round, passed, rejected, norms)
+        return passed
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        self.recorder.evaluation_replies(server_round, replies)
+        return super().aggregate_evaluate(server_round, replies)
+
+    def server_state(self) -> dict[str, list[np.ndarray]]:
+        """The server optimiser's state to checkpoint (none for stateless aggregators)."""
+        return {}
+
+    def load_server_state(self, arrays: ArrayRecord, state: dict[str, list[np.ndarray]]) -> None:
+        """Continue from a checkpoint whose global weights are ``arrays``."""
+
+
+class FedEmoFedAvg(FedEmoMixin, FedAvg):
+    pass
+
+
+class FedEmoFedAvgM(FedEmoMixin, FedAvgM):
+    """FedAvgM: the momentum vector and the weights it was applied to are its state."""
+
+    def server_state(self) -> dict[str, list[np.ndarray]]:
+        return {"momentum": list(self.momentum_vector)} if self.momentum_vector is not None else {}
+
+    def load_server_state(self, arrays: ArrayRecord, state: dict[str, list[np.ndarray]]) -> None:
+        self.current_arrays = ArrayRecord({k: Array(v.numpy()) for k, v in arrays.items()})
+        self.momentum_vector = [np.asarray(v) for v in state["momentum"]] if "momentum" in state else None
+
+
+class FedEmoFedMedian(FedEmoMixin, FedMedian):
+    pass
+
+
+class FedEmoFedTrimmedAvg(FedEmoMixin, FedTrimmedAvg):
+    pass
+
+
+class FedEmoKrum(FedEmoMixin, Krum):
+    pass
+
+
+class FedEmoMultiKrum(FedEmoMixin, MultiKrum):
+    pass
+
+
+class FedEmoBulyan(FedEmoMixin, Bulyan):
+    pass
+
+
+def build_strategy(settings: RunSettings, recorder: RoundRecorder, template: ArrayRecord) -> FedEmoMixin:
+    """The run's strategy from its ``aggregation`` (and ``server-momentum``) keys."""
+    common = dict(
+        recorder=recorder, policy=UpdatePolicy.from_settings(settings), template=template,
+        fraction_train=settings.fraction_train, fraction_evaluate=settings.fraction_evaluate,
+        min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=settings.min_available_nodes,
+        evaluate_metrics_aggr_fn=aggregate_evaluation,
+        # Client-level DP needs equal weights: one node's influence must be bounded by the clipping norm alone.
+        weighted_by_key=UPDATE_WEIGHT_KEY if settings.central_dp != "off" else "num-examples",
+    )
+    f = settings.robust_malicious_nodes
+    match settings.aggregation:
+        case "fedavg" if settings.server_momentum > 0:
+            return FedEmoFedAvgM(server_momentum=settings.server_momentum, **common)
+        case "fedavg":  # Flower's client-level DP accounting accepts only FedAvg's own aggregate_train
+            return FedEmoFedAvg(**common)
+        case "fedmedian":
+            return FedEmoFedMedian(**common)
+        case "fedtrimmedavg":
+            return FedEmoFedTrimmedAvg(beta=settings.robust_trim_beta, **common)
+        case "krum":
+            return FedEmoKrum(num_malicious_nodes=f, **common)
+        case "multikrum":  # average the n - f updates Krum scores best
+            sampled = max(int(settings.num_supernodes * settings.fraction_train), 1)
+            return FedEmoMultiKrum(num_malicious_nodes=f, num_nodes_to_select=max(sampled - f, 1), **common)
+        case "bulyan":
+            return FedEmoBulyan(num_malicious_nodes=f, **common)
+    raise ValueError(f"unknown aggregation {settings.aggregation!r}")  # RunSettings.validate refuses it first

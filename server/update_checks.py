@@ -1,0 +1,155 @@
+"""Screening of the nodes' training replies before anything is aggregated.
+
+Flower's aggregators average (or take medians of) whatever arrays arrive: one
+node that sends NaN, an array of the wrong shape or an update scaled by 1e6
+poisons the global model for good or crashes the round. Every reply is
+checked here against the global model it was trained from:
+
+1. structure: the same array names, shapes and dtypes as the global model
+   (a wrong shape would crash the average; a wrong dtype means a different
+   model or a node that was tampered with);
+2. values: no NaN or Inf anywhere;
+3. size: the L2 norm of the update (new - global weights, floating arrays
+   only) within ``update-max-norm`` (absolute, off by default) and within
+   ``update-norm-ratio`` x the median norm of the round's structurally sound
+   updates (relative: it needs no knowledge of the model's scale, and one
+   hostile node cannot move the median of several honest ones; it needs at
+   least three sound updates in the round, as a median of two is no referee).
+
+A rejected reply is not aggregated; its client id and reason are recorded.
+A sign-flipped update passes all three (its norm is an honest one): that is
+the job of robust aggregation (``aggregation``, server/strategy.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, Message
+
+from shared_models.run_settings import RunSettings
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """What one array of the global model must look like in a reply."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    """The bounds a training reply must meet (run-config ``update-norm-ratio``, ``update-max-norm``)."""
+
+    norm_ratio: float = 10.0  # x the round's median update norm; 0: off
+    max_norm: float = 0.0  # absolute bound; 0: off
+
+    @classmethod
+    def from_settings(cls, settings: RunSettings) -> "UpdatePolicy":
+        return cls(norm_ratio=settings.update_norm_ratio, max_norm=settings.update_max_norm)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One reply that was not aggregated, and why (a metrics.jsonl ``train.rejected`` entry)."""
+
+    client: str
+    node_id: int
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"client": self.client, "node_id": self.node_id, "reason": self.reason}
+
+
+def model_spec(arrays: ArrayRecord) -> dict[str, ArraySpec]:
+    """Names, shapes and dtypes of the global model, read from its ArrayRecord."""
+    return {name: ArraySpec(tuple(array.shape), str(array.dtype)) for name, array in arrays.items()}
+
+
+def client_id(reply: Message) -> str:
+    """The node's own client id when it sent one, else Flower's node id."""
+    if "client" in reply.content:
+        return str(reply.content["client"].get("client-id", reply.metadata.src_node_id))
+    return str(reply.metadata.src_node_id)
+
+
+def structure_problem(reply: Message, spec: dict[str, ArraySpec]) -> str | None:
+    """Why a reply's arrays do not fit the global model, or None when they do."""
+    records = list(reply.content.array_records.values())
+    if len(records) != 1:
+        return f"expected one array record, got {len(records)}"
+    arrays = records[0]
+    missing, extra = sorted(set(spec) - set(arrays)), sorted(set(arrays) - set(spec))
+    if missing or extra:
+        return f"array names differ from the global model (missing {missing[:3]}, unexpected {extra[:3]})"
+    for name, want in spec.items():
+        got = arrays[name]
+        if tuple(got.shape) != want.shape:
+            return f"array {name} has shape {tuple(got.shape)}, the global model's is {want.shape}"
+        if str(got.dtype) != want.dtype:
+            return f"array {name} has dtype {got.dtype}, the global model's is {want.dtype}"
+    for name, values in _named(arrays):
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            bad = int(np.size(values) - np.isfinite(values).sum())
+            kind = "NaN" if np.isnan(values).any() else "Inf"
+            return f"array {name} holds {bad} non-finite values ({kind})"
+    return None
+
+
+def _named(arrays: ArrayRecord) -> Iterable[tuple[str, np.ndarray]]:
+    return ((name, array.numpy()) for name, array in arrays.items())
+
+
+def update_norm(reply: Message, global_arrays: dict[str, np.ndarray]) -> float:
+    """L2 norm of new - global weights over the floating arrays (integer buffers are counters)."""
+    arrays = next(iter(reply.content.array_records.values()))
+    total = 0.0
+    for name, old in global_arrays.items():
+        if np.issubdtype(old.dtype, np.floating):
+            diff = arrays[name].numpy().astype(np.float64) - old
+            total += float(np.dot(diff.ravel(), diff.ravel()))
+    return float(np.sqrt(total))
+
+
+def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[str, ArraySpec],
+           policy: UpdatePolicy) -> tuple[list[Message], list[Rejection], dict[str, float]]:
+    """Split a round's replies into those fit to aggregate and the rejected ones.
+
+    Replies that carry an error are passed through untouched: Flower's
+    strategies drop and log them, and the round record lists them as failures.
+    Returns (replies to aggregate, rejections, update norm by client id).
+    """
+    passed, rejected, norms = [], [], {}
+    candidates: list[tuple[Message, float]] = []
+    current = {name: array.numpy().astype(np.float64) if np.issubdtype(array.numpy().dtype, np.floating)
+               else array.numpy() for name, array in global_arrays.items()}
+    for reply in replies:
+        if reply.has_error():
+            passed.append(reply)
+            continue
+        problem = structure_problem(reply, spec)
+        if problem is not None:
+            rejected.append(Rejection(client_id(reply), reply.metadata.src_node_id, problem))
+            continue
+        norm = update_norm(reply, current)
+        norms[client_id(reply)] = round(norm, 6)
+        candidates.append((reply, norm))
+
+    median = float(np.median([n for _, n in candidates])) if candidates else 0.0
+    for reply, norm in candidates:
+        reason = None
+        if not np.isfinite(norm):
+            reason = f"update norm {norm} is not finite"
+        elif policy.max_norm and norm > policy.max_norm:
+            reason = f"update norm {norm:.4g} exceeds update-max-norm {policy.max_norm:g}"
+        elif policy.norm_ratio and len(candidates) >= 3 and median > 0 and norm > policy.norm_ratio * median:
+            reason = (f"update norm {norm:.4g} exceeds update-norm-ratio {policy.norm_ratio:g} x the round's "
+                      f"median {median:.4g}")
+        if reason is None:
+            passed.append(reply)
+        else:
+            rejected.append(Rejection(client_id(reply), reply.metadata.src_node_id, reason))
+    return passed, rejected, norms
