@@ -45,13 +45,21 @@ def disallowed_content(content: RecordDict, message_type: str, *, eval_counts_no
 
 
 def dp_allowlist_mod(msg: Message, context: Context, call_next) -> Message:
-    """Pass the handler's reply through unless dp is on and it carries an unaccounted value."""
-    reply = call_next(msg, context)
+    """Pass the handler's reply through unless dp is on and it carries an unaccounted value.
+
+    A message type a DP node never answers (the audio-sums query) is refused
+    before the handler runs, so nothing is even computed.
+    """
     settings = RunSettings.from_config(context.run_config)
+    message_type = msg.metadata.message_type
+    noised = settings.eval_dp_noise_multiplier > 0
+    if settings.dp and msgs.dp_allowed_metrics(message_type, eval_counts_noised=noised) is None:
+        raise UnaccountedRelease(f"refusing to answer a {message_type!r} message under dp = true: its values "
+                                 "(e.g. per-band audio sums) are not noised or accounted (docs/privacy.md)")
+    reply = call_next(msg, context)
     if not settings.dp or reply.has_error():
         return reply
-    bad = disallowed_content(reply.content, msg.metadata.message_type,
-                             eval_counts_noised=settings.eval_dp_noise_multiplier > 0)
+    bad = disallowed_content(reply.content, message_type, eval_counts_noised=noised)
     if bad:
         raise UnaccountedRelease(
             f"refusing to send {', '.join(bad)}: under dp = true a node sends only values its privacy "
