@@ -41,10 +41,14 @@ class ClientSamples:
     train: EmotionSamples
     test: EmotionSamples
     dataset_id: str  # what the privacy budget belongs to: this node's data, named stably
+    # A hospital's folder is its own, so its loader skips are its own; a simulated partition shares the
+    # coordinator's folder, whose skips the coordinator's data check counts once (not once per client).
+    owns_folder: bool = True
 
     @property
     def skipped(self) -> int:
-        return len(self.train.data.skipped) + len(self.train.skipped) + len(self.test.skipped)
+        folder = len(self.train.data.skipped) if self.owns_folder else 0
+        return folder + len(self.train.skipped) + len(self.test.skipped)
 
 
 def _load(dataset: str, root: str, task: str) -> EmotionData:
@@ -105,7 +109,9 @@ def _simulated_samples(dataset: str, data_dir: str, task: str, spec: PartitionSp
     rows = _partitions(dataset, data_dir, task, spec)[pid]
     train_rows, test_rows = train_test_split(rows, test_fraction, spec.seed, pid)
     dataset_id = f"{dataset}:{data_dir}#{spec.method}-{spec.num_partitions}-seed{spec.seed}/{pid}"
-    return _build(str(pid), dataset_id, data, train_rows, test_rows, task, augment, spec.seed)
+    samples = _build(str(pid), dataset_id, data, train_rows, test_rows, task, augment, spec.seed)
+    samples.owns_folder = False
+    return samples
 
 
 def _build(client_id: str, dataset_id: str, data: EmotionData, train_rows, test_rows, task: str, augment: bool,

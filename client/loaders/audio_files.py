@@ -62,11 +62,14 @@ def check_audio_header(path: Path, ref: str, skipped: list[Skipped]) -> bool:
 
     Appends a ``Skipped`` naming the problem and returns False otherwise.
     """
-    try:
-        info = sf.info(str(path))
-    except PermissionError as err:
+    try:  # libsndfile reports an unreadable file as "System error": ask the OS first, for a clear reason
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
         skipped.append(Skipped(ref, f"cannot read file: {os_problem(err)}"))
         return False
+    try:
+        info = sf.info(str(path))
     except Exception as exc:  # LibsndfileError / RuntimeError / OSError depending on the soundfile version
         skipped.append(Skipped(ref, f"unreadable audio header ({exc})"))
         return False

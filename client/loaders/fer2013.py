@@ -127,6 +127,9 @@ def _csv_lines(path: Path):
             text = _decode(raw)
             if line_no == 1:
                 text = text.lstrip("\ufeff")
+            if text.count('"') % 2:
+                yield line_no, 'unclosed quote (") in this line'
+                continue
             try:
                 yield line_no, next(csv.reader([text]), [])
             except csv.Error as err:
