@@ -34,12 +34,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from shared_models.atomic_files import atomic_write_bytes
+from shared_models.config_error import ConfigError
 
 CHECKPOINT_FILE = "checkpoint.npz"
 
 
-class CheckpointError(ValueError):
-    """A run folder that cannot be resumed, with the reason."""
+class CheckpointError(ConfigError):
+    """A run folder that cannot be resumed (``resume`` names it), with the reason."""
 
 
 @dataclass

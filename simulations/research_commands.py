@@ -56,6 +56,8 @@ def add_research_commands(commands: argparse._SubParsersAction, data_commands: a
 def add_simulate_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("simulate", help="run a federated simulation on Flower's simulation engine")
     _add_config_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue that run from its last completed round (its own config; --set still applies)")
     p.set_defaults(func=simulate_command)
 
 
@@ -63,7 +65,17 @@ def simulate_command(args: argparse.Namespace) -> int:
     from simulations.run_config import parse_overrides
     from simulations.simulate import run_simulation
 
-    _print_summary(run_simulation(args.config, parse_overrides(args.overrides)))
+    if args.resume and args.config:
+        print("fedemo: error: --resume takes the run's own config; give no CONFIG (use --set to change a key)",
+              file=sys.stderr)
+        return 2
+    run_dir = run_simulation(args.config, parse_overrides(args.overrides), resume=args.resume)
+    _print_summary(run_dir)
+    interrupted = json.loads((run_dir / "summary.json").read_text()).get("interrupted")
+    if interrupted:  # 130: the shell's code for a run stopped by Ctrl-C
+        print(f"Interrupted after round {interrupted['rounds_done']} of {interrupted['planned_rounds']}; "
+              f"to continue: fedemo simulate --resume {run_dir}")
+        return 130
     return 0
 
 
