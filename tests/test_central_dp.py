@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import dp_accounting
 import numpy as np
 import pytest
 import torch
@@ -47,8 +48,11 @@ def test_client_side_fixed_clipping_bounds_each_update_and_accounts_every_releas
         dp = entry["central_dp"]
         assert dp["mode"] == "client-fixed" and dp["num_sampled_clients"] == 3 and dp["population"] == 3
         assert dp["delta"] == pytest.approx(1 / 30)
-        # Flower's own accountant, recomputed independently with dp-accounting from the reported figures.
-        assert dp["epsilon"] == pytest.approx(epsilon_after(dp["noise_multiplier"], dp["releases"], dp["delta"]))
+        # Replace-one-hospital: each release a Gaussian at z / 2, recomputed with dp-accounting directly.
+        accountant = dp_accounting.rdp.RdpAccountant()
+        accountant.compose(dp_accounting.GaussianDpEvent(dp["noise_multiplier"] / 2), dp["releases"])
+        assert dp["epsilon"] == pytest.approx(accountant.get_epsilon(dp["delta"]), rel=1e-9)
+        assert dp["effective_noise_multipliers"] == [dp["noise_multiplier"] / 2] * dp["releases"]
         assert dp["releases"] == entry["round"]
     assert update_norm(run_dir, seed=42) <= 2 * clip * 1.05
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -89,9 +93,10 @@ def test_central_dp_mode_is_validated_by_name(tmp_path, capsys):
 
 
 def test_epsilon_after_matches_a_hand_computed_gaussian_bound():
-    # One Gaussian release with z = 4.530877117 is exactly (1, 1e-6)-DP (dp-accounting's own test table);
-    # RDP over the default orders can only be slightly looser, never tighter.
-    eps = epsilon_after(4.530877117, 1, 1e-6)
+    # One Gaussian release with multiplier 4.530877117 is exactly (1, 1e-6)-DP (dp-accounting's own test
+    # table); under replace-one that is noise multiplier z = 2 x 4.530877117. RDP over the default orders
+    # can only be slightly looser, never tighter.
+    eps = epsilon_after(2 * 4.530877117, 1, 1e-6)
     assert 1.0 <= eps <= 1.05
     assert epsilon_after(1.0, 0, 1e-5) == 0.0
     assert np.isclose(epsilon_after(2.0, 10, 1e-5), epsilon_after(2.0 / np.sqrt(10), 1, 1e-5), rtol=1e-3)

@@ -242,20 +242,27 @@ def test_simulation_writes_group_counts_that_sum_to_the_global_confusion(tmp_pat
 
 
 @pytest.mark.slow
-def test_noised_counts_and_reweighting_under_dp_spend_from_the_ledger(tmp_path):
+def test_noised_counts_under_dp_spend_from_the_ledger_and_nothing_exact_is_released(tmp_path):
     sigma = 8.0
     run_dir = tiny_run(tmp_path, "dpfair", **{
         "dp": True, "dp-epsilon": 6.0, "dp-accountant": "rdp", "state-dir": str(tmp_path / "state"),
-        "fairness-reweight": "race", "eval-dp-noise-multiplier": sigma})
+        "eval-dp-noise-multiplier": sigma})
     rounds = read_rounds(run_dir)
     assert [r["round"] for r in rounds] == [0, 1]
-    assert len(rounds[1]["train"]["clients"]) == 3 and not rounds[1]["train"]["failures"]  # DP-SGD with weights
+    assert len(rounds[1]["train"]["clients"]) == 3 and not rounds[1]["train"]["failures"]
+    # Under DP the nodes keep their training loss and sample counts (neither is accounted).
+    assert all("train_loss" not in c and "skipped" not in c for c in rounds[1]["train"]["clients"])
     n_attributes = len(group_schema("fer2013"))
+    first = next(iter(group_schema("fer2013")))
     for entry in rounds:
         assert not entry["evaluate"]["failures"]
         assert entry["groups_dp"]["noise_multiplier"] == sigma and entry["groups_dp"]["sensitivity"] == 1
         for by_group in entry["groups"].values():
             assert all(v >= 0 and isinstance(v, int) for c in by_group.values() for row in c for v in row)
+        # The global confusion is post-processing of the noised groups; no exact loss was sent.
+        total = np.asarray(entry["confusion"]["counts"])
+        assert np.array_equal(sum(np.asarray(c) for c in entry["groups"][first].values()), total)
+        assert entry["loss"] is None
     for client in rounds[1]["train"]["clients"]:
         ledger = PrivacyLedger.load(tmp_path / "state" / f"client-{client['client']}" / "privacy_ledger.json")
         kinds = [e.kind for e in ledger.events]

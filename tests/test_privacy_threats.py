@@ -305,3 +305,44 @@ def test_identical_mechanisms_are_grouped_wherever_they_stand_in_the_history():
     for accountant in ("rdp", "prv"):
         assert epsilon_of(interleaved, 1e-5, accountant) == pytest.approx(
             epsilon_of([train] * 25 + [counts] * 25, 1e-5, accountant), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_simulations_on_one_state_dir_compose_without_losing_or_overspending(tmp_path):
+    """Two real `fedemo simulate` processes at once on one state-dir: every spend lands, none passes the budget."""
+    import json
+    import subprocess
+    import sys
+
+    from simulations.synthetic_data import synthesize
+
+    synthesize("fer2013", tmp_path / "fer", 300, SEED)
+    common = {"data-dir": tmp_path / "fer", "runs-dir": tmp_path / "runs", "state-dir": tmp_path / "state",
+              "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 1, "dp": "true",
+              "dp-accountant": "rdp", "dp-epsilon": 8, "batch-size": 32}
+    fedemo = Path(sys.executable).with_name("fedemo")
+    procs = []
+    for name in ("first", "second"):
+        args = [str(fedemo), "simulate"]
+        for key, value in {**common, "run-name": name}.items():
+            args += ["--set", f'{key}="{value}"' if isinstance(value, Path) else f"{key}={value}"]
+        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for proc in procs:
+        proc.wait(timeout=600)
+
+    reported: dict[str, list] = {}
+    for name in ("first", "second"):
+        rounds = [json.loads(line) for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        for entry in rounds[1:]:
+            for client in entry["train"]["clients"]:
+                reported.setdefault(client["client"], []).append(client["dp"]["epsilon"])
+    assert reported, "neither run trained"
+    for client in ("0", "1"):
+        ledger = PrivacyLedger.load(tmp_path / "state" / f"client-{client}" / "privacy_ledger.json")
+        train = [e for e in ledger.events if e.kind == "train"]
+        # Every training that was sent is on disk (none overwritten by the other run's stale copy) ...
+        assert sorted(e.epsilon_after for e in train) == sorted(reported.get(client, []))
+        # ... the history composes (each event's epsilon covers all before it), and the budget held.
+        assert ledger.spent() == pytest.approx(max(e.epsilon_after for e in train)) and ledger.spent() <= 8.0
+        if len(train) == 2:  # both runs trained: the second's epsilon includes the first's spend
+            assert train[1].epsilon_after > train[0].epsilon_after
