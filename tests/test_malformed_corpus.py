@@ -914,7 +914,8 @@ def _permission_checks_apply() -> None:
         shutil.rmtree(probe, ignore_errors=True)
 
 
-@pytest.mark.parametrize("what", ["cremad-file", "cremad-folder", "fer2013-file", "rafdb-image", "ravdess-actor-folder"])
+@pytest.mark.parametrize("what", ["cremad-file", "cremad-folder", "fer2013-file", "rafdb-image", "rafdb-image-folder",
+                                  "ravdess-actor-folder"])
 def test_unreadable_folder_and_file_are_named(tmp_path, what):
     """PermissionError: a counted skip for one clip or image, a clear problem for a folder or the only CSV.
 
@@ -926,7 +927,7 @@ def test_unreadable_folder_and_file_are_named(tmp_path, what):
     root = {"cremad": cremad, "fer2013": fer, "rafdb": rafdb, "ravdess": ravdess}[dataset](tmp_path / dataset)
     locked = {"cremad-file": root / "AudioWAV" / f"{CREMAD_GOOD[0]}.wav", "cremad-folder": root / "AudioWAV",
               "fer2013-file": root / "fer2013.csv", "rafdb-image": aligned(root, RAF_GOOD[0][0]),
-              "ravdess-actor-folder": root / "Actor_02"}[what]
+              "rafdb-image-folder": root / "Image" / "aligned", "ravdess-actor-folder": root / "Actor_02"}[what]
     locked.chmod(0)
     try:
         code, report = _restricted_check(root, dataset)
