@@ -25,6 +25,7 @@ while torchcsprng cannot be installed (docs/privacy.md).
 from __future__ import annotations
 
 import secrets
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -106,7 +107,9 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
     (outside secure mode), so the loader is rebuilt on a secret one; the noise
     generator lives on the model's device.
     """
-    engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
+    with warnings.catch_warnings():  # "Secure RNG turned off": the masks and noise below come from secret seeds
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
     secret_loader = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
                                num_workers=loader.num_workers, pin_memory=loader.pin_memory,
                                generator=secret_generator())
