@@ -301,6 +301,14 @@ def _symlink_out(tmp_path_root: Path) -> None:
     (tmp_path_root / "AudioWAV" / "1002_TSI_ANG_HI.wav").symlink_to(target)
 
 
+def _summary_table(root: Path) -> None:
+    """The release's processedResults/summaryTable.csv lists every clip; one of them never arrived."""
+    (root / "processedResults").mkdir()
+    rows = [f"{i},{stem},A,1.0,A,1.0,A,1.0" for i, stem in enumerate([*CREMAD_GOOD, "1002_ITS_FEA_LO"], start=1)]
+    (root / "processedResults" / "summaryTable.csv").write_text(
+        ",FileName,VoiceVote,VoiceLevel,FaceVote,FaceLevel,MultiModalVote,MultiModalLevel\n" + "\n".join(rows) + "\n")
+
+
 def _fifo(root: Path) -> None:
     os.mkfifo(root / "AudioWAV" / "1002_TSI_ANG_HI.wav")
 
@@ -429,6 +437,8 @@ CREMAD_CASES = [
          Error("VideoDemographics.csv", "file missing")),
     Case("cremad-no-audio-folder", "cremad",
          _cremad_with(lambda r: shutil.rmtree(r / "AudioWAV")), Error("AudioWAV", "folder missing")),
+    Case("cremad-listed-in-summary-table-but-missing", "cremad", _cremad_with(_summary_table),
+         Skip("AudioWAV/1002_ITS_FEA_LO.wav", r"listed in processedResults/summaryTable.csv but missing from AudioWAV/")),
     Case("cremad-symlink-outside", "cremad", _cremad_with(_symlink_out),
          Skip("AudioWAV/1002_TSI_ANG_HI.wav", "outside the dataset folder")),
     Case("cremad-dangling-symlink", "cremad",

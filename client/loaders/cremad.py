@@ -26,6 +26,7 @@ from shared_models.taxonomy import CREMAD_CODES, EMOTION_INDEX, UNKNOWN, age_ban
 AUDIO_DIR = "AudioWAV"
 FACE_DIR = "FaceFrames"
 DEMOGRAPHICS_FILE = "VideoDemographics.csv"
+SUMMARY_TABLE = "processedResults/summaryTable.csv"  # optional: the release's list of clips and crowd votes
 DEMOGRAPHIC_COLUMNS = ("ActorID", "Age", "Sex", "Race", "Ethnicity")
 SENTENCES = frozenset({"IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI"})
 # Emotion intensity per level code, for valence/arousal targets (XX = unspecified: medium).
@@ -67,6 +68,7 @@ def load_cremad(root: str | Path, with_faces: bool = False) -> EmotionData:
         if clip is not None and check_audio_header(path, clip.ref, skipped):
             clips.append(clip)
 
+    _listed_but_missing(root, {p.name for p in files}, skipped)
     faces = None
     if with_faces:
         clips, faces = _attach_faces(root, clips, skipped)
@@ -93,6 +95,33 @@ def _parse(path: Path, root: Path, skipped: list[Skipped]) -> _Clip | None:
         skipped.append(Skipped(ref, f"unknown level code {level!r} (expected LO, MD, HI or XX)"))
         return None
     return _Clip(ref=ref, actor=actor, emotion=CREMAD_CODES[code], level=level)
+
+
+def _listed_but_missing(root: Path, present: set[str], skipped: list[Skipped]) -> None:
+    """Clips the release's ``processedResults/summaryTable.csv`` lists but ``AudioWAV/`` lacks: named skips.
+
+    The table is optional (a copy may hold only AudioWAV/); when present it is
+    the release's list of clips, so a clip lost in copying is named, not just
+    absent. A table without a ``FileName`` column is named and ignored.
+    """
+    table = root / SUMMARY_TABLE
+    if not table.is_file():
+        return
+    try:
+        lines = read_text_lines(table)
+    except DatasetFormatError as err:
+        skipped.append(Skipped(SUMMARY_TABLE, f"{err.problem}; not used to find missing clips"))
+        return
+    header = [h.strip() for h in next(csv.reader(lines[:1]), [])]
+    if "FileName" not in header:
+        skipped.append(Skipped(SUMMARY_TABLE, "no FileName column; not used to find missing clips"))
+        return
+    column = header.index("FileName")
+    for line in lines[1:]:
+        fields = next(csv.reader([line]), [])
+        stem = fields[column].strip() if column < len(fields) else ""
+        if stem and f"{stem}.wav" not in present:
+            skipped.append(Skipped(f"{AUDIO_DIR}/{stem}.wav", f"listed in {SUMMARY_TABLE} but missing from {AUDIO_DIR}/"))
 
 
 def read_demographics(path: Path) -> dict[str, dict[str, str]]:
