@@ -11,6 +11,7 @@ uses: either way the clip is named and counted, never fed to training.
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -68,10 +69,14 @@ def check_audio_header(path: Path, ref: str, skipped: list[Skipped]) -> bool:
     except OSError as err:
         skipped.append(Skipped(ref, f"cannot read file: {os_problem(err)}"))
         return False
+    if path.stat().st_size == 0:
+        skipped.append(Skipped(ref, "empty file (0 bytes)"))
+        return False
     try:
         info = sf.info(str(path))
     except Exception as exc:  # LibsndfileError / RuntimeError / OSError depending on the soundfile version
-        skipped.append(Skipped(ref, f"unreadable audio header ({exc})"))
+        detail = re.sub(r"^Error opening .*?: ", "", str(exc))  # the ref already names the file
+        skipped.append(Skipped(ref, f"unreadable audio header ({detail.strip()})"))
         return False
     if info.frames <= 0:
         skipped.append(Skipped(ref, "audio file has zero frames (no audio)"))
