@@ -1,0 +1,119 @@
+"""The coordinator's screen of training replies and its checkpoint, on real Flower records (no engine)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import Metadata
+
+from server.checkpoint import Checkpoint, CheckpointError
+from server.update_checks import UpdatePolicy, model_spec, screen
+from shared_models.registry import build_model
+from shared_models.run_settings import ConfigError
+from simulations.run_config import load_run_config
+
+GLOBAL = ArrayRecord(build_model("face_cnn").state_dict())
+SPEC = model_spec(GLOBAL)
+
+
+def reply(client: str, arrays: dict[str, np.ndarray]) -> Message:
+    """A node's training reply as the ClientApp builds it."""
+    content = RecordDict({"arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+                          "metrics": MetricRecord({"num-examples": 10, "train-loss": 1.0}),
+                          "client": ConfigRecord({"client-id": client})})
+    node = int(client) + 1
+    return Message(content=content, metadata=Metadata(  # as Flower's transport delivers it
+        run_id=7, message_id=f"m{node}-{time.time_ns()}", src_node_id=node, dst_node_id=0,
+        reply_to_message_id="", group_id="", created_at=time.time(), ttl=3600.0, message_type=MessageType.TRAIN))
+
+
+def trained(seed: int, scale: float = 1.0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: a.numpy() + scale * 0.01 * rng.standard_normal(a.numpy().shape).astype(a.numpy().dtype)
+            for k, a in GLOBAL.items()}
+
+
+def screened(faulty: dict[str, np.ndarray], policy: UpdatePolicy = UpdatePolicy()) -> tuple[list[str], list]:
+    replies = [reply(str(i), trained(i)) for i in range(1, 5)] + [reply("0", faulty)]
+    passed, rejected, _ = screen(replies, GLOBAL, SPEC, policy)
+    return sorted(m.content["client"]["client-id"] for m in passed), rejected
+
+
+@pytest.mark.parametrize("fault, words", [
+    ("nan", "NaN"), ("inf", "Inf"), ("scale", "update-norm-ratio"), ("shape", "shape"), ("dtype", "dtype"),
+    ("names", "names"),
+])
+def test_each_fault_is_rejected_by_client_id_with_its_reason(fault, words):
+    arrays = trained(0)
+    first, last = next(iter(arrays)), list(arrays)[-2]
+    if fault == "nan":
+        arrays[first] = np.full_like(arrays[first], np.nan)
+    elif fault == "inf":
+        arrays[first].flat[3] = np.inf
+    elif fault == "scale":
+        arrays = trained(0, scale=1e6)
+    elif fault == "shape":
+        arrays[last] = arrays[last][:-1]
+    elif fault == "dtype":
+        arrays = {k: v.astype(np.float64) for k, v in arrays.items()}
+    elif fault == "names":
+        arrays["extra.weight"] = arrays.pop(first)
+    passed, rejected = screened(arrays)
+    assert passed == ["1", "2", "3", "4"]
+    assert [r.client for r in rejected] == ["0"] and words in rejected[0].reason, rejected
+
+
+def test_sound_updates_pass_and_bounds_are_configurable():
+    passed, rejected = screened(trained(0))
+    assert passed == ["0", "1", "2", "3", "4"] and not rejected
+    # an absolute bound, below every honest update's norm: all are rejected
+    passed, rejected = screened(trained(0), UpdatePolicy(norm_ratio=0, max_norm=1e-6))
+    assert passed == [] and len(rejected) == 5 and "update-max-norm" in rejected[0].reason
+    # the relative bound off: a scaled update passes the screen (robust aggregation must then cope)
+    passed, _ = screened(trained(0, scale=1e6), UpdatePolicy(norm_ratio=0))
+    assert "0" in passed
+
+
+def test_a_median_of_two_is_no_referee():
+    replies = [reply("1", trained(1)), reply("0", trained(0, scale=1e6))]
+    passed, rejected, norms = screen(replies, GLOBAL, SPEC, UpdatePolicy())
+    assert len(passed) == 2 and not rejected and norms["0"] > 1e4 * norms["1"]
+
+
+def test_checkpoint_round_trips_weights_momentum_rng_and_history(tmp_path):
+    random.seed(7)
+    random.random()
+    momentum = [np.ones((2, 3), np.float32), np.arange(4.0)]
+    Checkpoint(2, GLOBAL, {"momentum": momentum}, random.getstate(), [{"round": 0}, {"round": 1}], {"3": {"epsilon": 1.0}}
+               ).save(tmp_path)
+    expected = [random.random() for _ in range(3)]
+    loaded = Checkpoint.load(tmp_path)
+    assert loaded.server_round == 2 and loaded.history == [{"round": 0}, {"round": 1}]
+    assert loaded.privacy == {"3": {"epsilon": 1.0}}
+    assert list(loaded.arrays.keys()) == list(GLOBAL.keys())
+    for name, array in GLOBAL.items():
+        np.testing.assert_array_equal(loaded.arrays[name].numpy(), array.numpy())
+    for got, want in zip(loaded.server_state["momentum"], momentum):
+        np.testing.assert_array_equal(got, want)
+    random.setstate(loaded.rng_state)
+    assert [random.random() for _ in range(3)] == expected  # Flower's client sampling continues identically
+    with pytest.raises(CheckpointError, match="no checkpoint.npz"):
+        Checkpoint.load(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"aggregation": "krum", "central-dp": "server-fixed"}, "aggregation"),
+    ({"aggregation": "fedmedian", "secure-aggregation": True, "num-supernodes": 4}, "aggregation"),
+    ({"aggregation": "fedtrimmedavg", "server-momentum": 0.9}, "aggregation"),
+    ({"aggregation": "bulyan", "num-supernodes": 5}, "aggregation"),
+    ({"aggregation": "mean"}, "aggregation"),
+    ({"resume": "runs/x", "central-dp": "server-fixed"}, "resume"),
+    ({"update-norm-ratio": 0.5}, "update-norm-ratio"),
+])
+def test_bad_combinations_are_refused_at_start_by_key(overrides, key):
+    with pytest.raises(ConfigError, match=f"run-config {key} ="):
+        load_run_config(None, overrides)
