@@ -143,12 +143,14 @@ def _read_rows(path: Path) -> tuple[list[_Row], list[Skipped], int]:
     n_data = 0
     lines = _csv_lines(path)
     header = None
-    for _, header in lines:
-        if not isinstance(header, str) and any(field.strip() for field in header):
+    for header_line, record in lines:
+        if isinstance(record, str) or any(field.strip() for field in record):  # the first line that is not blank
+            header = record
             break
-        header = None  # leading blank lines
     if header is None:
         raise DatasetFormatError(path, "file is empty (expected a header such as emotion,pixels,Usage)")
+    if isinstance(header, str):
+        raise DatasetFormatError(path, f"line {header_line}: the header is unusable: {header}")
     columns = _columns(path, header)
     default_split = "train" if path.name == "train.csv" else ""
     for line, record in lines:
@@ -164,10 +166,8 @@ def _read_rows(path: Path) -> tuple[list[_Row], list[Skipped], int]:
     return rows, skipped, n_data
 
 
-def _columns(path: Path, header: list[str] | str) -> dict[str, int]:
+def _columns(path: Path, header: list[str]) -> dict[str, int]:
     """Column positions by name (names stripped: icml_face_data.csv pads them with spaces)."""
-    if isinstance(header, str):
-        raise DatasetFormatError(path, f"line 1: header is {header}")
     names = [h.strip().lstrip("\ufeff") for h in header]
     for required in ("emotion", "pixels"):
         if required not in names:
