@@ -446,6 +446,8 @@ CREMAD_CASES = [
          _cremad_with(lambda r: shutil.rmtree(r / "AudioWAV")), Error("AudioWAV", "folder missing")),
     Case("cremad-listed-in-summary-table-but-missing", "cremad", _cremad_with(_summary_table),
          Skip("AudioWAV/1002_ITS_FEA_LO.wav", r"listed in processedResults/summaryTable.csv but missing from AudioWAV/")),
+    Case("cremad-root-is-a-file", "cremad", lambda t: (t / "cremad.zip").write_bytes(b"PK\x03\x04") and t / "cremad.zip",
+         Error("cremad.zip", "is not a folder")),
     Case("cremad-symlink-outside", "cremad", _cremad_with(_symlink_out),
          Skip("AudioWAV/1002_TSI_ANG_HI.wav", "outside the dataset folder")),
     Case("cremad-dangling-symlink", "cremad",
@@ -546,6 +548,9 @@ RAVDESS_CASES = [
     Case("ravdess-folder-not-actor", "ravdess",
          _ravdess_with(lambda r: write_wav(r / "Session1" / "03-01-05-01-01-01-01.wav", tone())),
          Skip("Session1", "not named Actor_XX")),
+    Case("ravdess-unicode-digits-in-folder", "ravdess",
+         _ravdess_with(lambda r: write_wav(r / "Actor_٠٣" / "03-01-05-01-01-01-03.wav", tone())),
+         Skip("Actor_٠٣", "not named Actor_XX")),
     Case("ravdess-wav-at-top-level", "ravdess",
          _ravdess_with(lambda r: write_wav(r / "03-01-05-01-01-01-01.wav", tone())),
          Skip("03-01-05-01-01-01-01.wav", "not inside an Actor_XX folder")),
@@ -935,7 +940,7 @@ def _permission_checks_apply() -> None:
         shutil.rmtree(probe, ignore_errors=True)
 
 
-@pytest.mark.parametrize("what", ["cremad-file", "cremad-folder", "fer2013-file", "rafdb-image", "rafdb-image-folder",
+@pytest.mark.parametrize("what", ["cremad-file", "cremad-folder", "cremad-root", "fer2013-file", "rafdb-image", "rafdb-image-folder",
                                   "ravdess-actor-folder"])
 def test_unreadable_folder_and_file_are_named(tmp_path, what):
     """PermissionError: a counted skip for one clip or image, a clear problem for a folder or the only CSV.
@@ -946,7 +951,7 @@ def test_unreadable_folder_and_file_are_named(tmp_path, what):
     _permission_checks_apply()
     dataset = what.split("-")[0]
     root = {"cremad": cremad, "fer2013": fer, "rafdb": rafdb, "ravdess": ravdess}[dataset](tmp_path / dataset)
-    locked = {"cremad-file": root / "AudioWAV" / f"{CREMAD_GOOD[0]}.wav", "cremad-folder": root / "AudioWAV",
+    locked = {"cremad-file": root / "AudioWAV" / f"{CREMAD_GOOD[0]}.wav", "cremad-folder": root / "AudioWAV", "cremad-root": root,
               "fer2013-file": root / "fer2013.csv", "rafdb-image": aligned(root, RAF_GOOD[0][0]),
               "rafdb-image-folder": root / "Image" / "aligned", "ravdess-actor-folder": root / "Actor_02"}[what]
     locked.chmod(0)

@@ -75,9 +75,10 @@ def load_dataset(dataset: str, root: str | Path, task: str) -> EmotionData:
     """Load a dataset folder in its published format, checked for the task."""
     check_task_dataset(task, dataset)
     root = Path(root)
-    if not root.is_dir():
-        raise DatasetFormatError(root, f"dataset folder for {DATASETS[dataset].title} does not exist")
     try:
+        if not root.is_dir():
+            what = "is not a folder" if root.exists() else "does not exist"
+            raise DatasetFormatError(root, f"dataset folder for {DATASETS[dataset].title} {what}")
         data = DATASETS[dataset].load(root, task)
     except OSError as err:  # a backstop: loaders turn the OSErrors they expect into DatasetFormatError themselves
         raise DatasetFormatError(err.filename or root, f"cannot read: {os_problem(err)}") from None
