@@ -294,6 +294,9 @@ def build_report(run_dir: Path) -> dict[str, Any]:
             "rounds_planned": run_config.get("num-server-rounds"),
             "rounds_completed": len(rounds) - 1,
             "finished": bool(summary),
+            # stopped early (Ctrl-C: summary's "interrupted"; or killed): fewer rounds than planned
+            "incomplete": len(rounds) - 1 < int(run_config.get("num-server-rounds") or 0),
+            "interrupted": summary.get("interrupted"),
             "elapsed_s": summary.get("elapsed_s"),
         },
         "config": run_config,

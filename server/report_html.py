@@ -353,6 +353,16 @@ small{color:#666}
 """
 
 
+def incomplete_banner(run: dict) -> str:
+    """A run that stopped before its planned rounds says so first: its figures are not the planned run's."""
+    if not run.get("incomplete"):
+        return ""
+    how = "interrupted" if run.get("interrupted") else "stopped"
+    return (f'<p class="banner" style="border:2px solid #b00;padding:.5em;background:#fee"><strong>Incomplete run:'
+            f' {how} after {run.get("rounds_completed")} of {run.get("rounds_planned")} planned rounds.</strong> '
+            f'Continue it with <code>fedemo simulate --resume RUN_FOLDER</code>.</p>')
+
+
 def render_html(report: dict, report_sha256: str) -> str:
     """The whole page; a pure function of the report and its digest."""
     run = report["run"]
@@ -363,6 +373,7 @@ def render_html(report: dict, report_sha256: str) -> str:
 <meta name="{DIGEST_META}" content="{report_sha256}">
 <title>FedEmo run report {escape(str(run.get('run_id')))}</title><style>{CSS}</style></head><body>
 <h1>FedEmo run report: {escape(str(run.get('run_id')))}</h1>
+{incomplete_banner(run)}
 <p><small>{escape(str(run.get('task')))} emotion recognition, dataset {escape(str(run.get('dataset')))}, model
 {escape(str(run.get('model')))}; report schema {report.get('schema_version')}, generated {escape(str(report.get('generated_at')))}.
 </small></p>

@@ -18,7 +18,6 @@ One run, in order (``main`` reads as this outline):
 from __future__ import annotations
 
 import random
-import time
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -163,28 +162,19 @@ def finish(record: RunRecord, recorder: RoundRecorder, outcome: RoundsOutcome, e
 
 
 def prepare_data_dir(settings: RunSettings) -> Path | None:
-    """The dataset folder as an absolute path, synthesised first when allowed and empty.
+    """The dataset folder as an absolute path; None in a deployment (each node names its own folder).
 
-    An empty ``data-dir`` means the coordinator holds no data (a deployment:
-    each hospital's node names its own folder); then there is nothing to do.
+    The coordinator only resolves it: writing a synthetic dataset is the
+    simulation's job (simulations/data_prep.py, before the engine starts;
+    under ``flwr run .``, simulations/flwr_app.py), or the user's
+    (``fedemo data synth``).
     """
     if not settings.data_dir:
         return None
     data_dir = Path(settings.data_dir).expanduser().resolve()
-    if data_dir.is_dir() and any(data_dir.iterdir()):
-        return data_dir
-    if not settings.synthesize_if_missing:
-        raise FileNotFoundError(
-            f"data-dir {data_dir} is missing or empty and synthesize-if-missing is false; "
-            f"point data-dir at your {settings.dataset} copy"
-        )
-    from simulations.synthetic_data import synthesize
-
-    log(INFO, "Writing synthetic %s (%d samples, seed %d) to %s", settings.dataset, settings.synth_samples,
-        settings.seed, data_dir)
-    started = time.time()
-    synthesize(settings.dataset, data_dir, settings.synth_samples, settings.seed, with_faces=settings.task == "fusion")
-    log(INFO, "Synthetic data written in %.1f s", time.time() - started)
+    if not (data_dir.is_dir() and any(data_dir.iterdir())):
+        raise FileNotFoundError(f"data-dir {data_dir} is missing or empty: point it at your {settings.dataset} copy, "
+                                f"or write a synthetic one with `fedemo data synth {settings.dataset} --out {data_dir}`")
     return data_dir
 
 

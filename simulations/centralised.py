@@ -23,9 +23,9 @@ from client.loaders.registry import load_dataset
 from client.torch_data import NUM_MODEL_INPUTS, EmotionSamples
 from server.global_metrics import ccc_from_moments, classification_metrics
 from server.run_record import RunRecord
-from server.server_app import prepare_data_dir
 from shared_models.audio_features import combine_moments
 from shared_models.registry import build_model
+from simulations.data_prep import prepare_data
 from simulations.run_config import prepare_run
 
 
@@ -44,7 +44,7 @@ def run_centralised(config_file: str | Path | None = None, overrides: dict[str, 
                     epochs: int | None = None) -> Path:
     _, settings = prepare_run(config_file, overrides, label="centralised")
     torch.manual_seed(settings.seed)
-    data_dir = prepare_data_dir(settings)
+    data_dir = prepare_data(settings)
     # As many passes over the data as the federation makes on average (sampled clients x local epochs).
     epochs = epochs or max(1, round(settings.num_server_rounds * settings.local_epochs * settings.fraction_train))
     record = RunRecord.create(Path(settings.runs_dir), settings.run_name, settings.to_config(),

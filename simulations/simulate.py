@@ -30,6 +30,9 @@ from simulations.data_prep import prepare_data
 from simulations.run_config import load_run_config, prepare_run, project_dir
 
 
+COORDINATOR_APP = "server.server_app:app"
+
+
 def backend_config(settings: RunSettings) -> dict[str, Any]:
     """Ray resources: each virtual client reserves these CPUs/GPU share."""
     resources: dict[str, Any] = {"num_cpus": settings.client_num_cpus, "num_gpus": settings.client_num_gpus}
@@ -110,7 +113,7 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
             num_supernodes=settings.num_supernodes,
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
             client_app_attr=client_app or components["clientapp"],
-            server_app_attr=components["serverapp"],
+            server_app_attr=COORDINATOR_APP,  # the data is ready: no need for flwr_app's preparation
             backend_name="ray",
             backend_config=backend_config(settings),
             server_app_context=server_context,
