@@ -46,7 +46,7 @@ def prepare_data(settings: RunSettings, *, check: bool = True) -> Path | None:
         # Loading is what fails for a folder without a dataset; decoding every clip is left to the nodes.
         report = check_data_dir(data_dir, settings.dataset, settings.task, decode_audio=False)
         if not report.ready:
-            raise DatasetFormatError(f"data-dir {data_dir} is not a usable {settings.dataset} dataset: "
+            raise DatasetFormatError(data_dir, f"not a usable {settings.dataset} dataset for data-dir: "
                                      + "; ".join(report.problems) + f" (details: fedemo data check {data_dir} "
                                      f"--format {settings.dataset})")
     return data_dir
