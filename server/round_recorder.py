@@ -18,7 +18,7 @@ from flwr.app import Message
 from flwr.common.logger import log
 
 from server.run_record import RunRecord, evaluation_summary, training_summary
-from server.update_checks import Rejection
+from server.update_checks import Rejection, client_id
 
 
 class RoundRecorder:
@@ -31,6 +31,7 @@ class RoundRecorder:
         self.history: list[dict] = []
         self.privacy: dict[str, dict] = {}  # client -> its latest DP report (epsilon spent so far, ...)
         self.central = None  # server.central_dp.CentralDP when client-level DP is on
+        self.client_of_node: dict[int, str] = {}  # a failed reply carries only Flower's node id
 
     def restore(self, history: list[dict], privacy: dict[str, dict]) -> None:
         """Continue a checkpointed run: its rounds so far, and metrics.jsonl cut back to them."""
@@ -41,7 +42,10 @@ class RoundRecorder:
     def train_replies(self, server_round: int, replies: Iterable[Message], rejected: list[Rejection],
                       norms: dict[str, float] | None = None) -> None:
         """A training round's replies: the accepted and failed ones, plus what screening rejected."""
-        entry = training_summary(list(replies))
+        replies = list(replies)
+        self._learn_client_ids(replies)
+        entry = training_summary(replies)
+        self._name_failures(entry["failures"])
         entry["rejected"] = [r.to_json() for r in rejected]
         if norms:
             entry["update_norms"] = norms
@@ -63,10 +67,22 @@ class RoundRecorder:
         log(WARNING, "[fedemo] round %d: %s; the global model is unchanged", server_round, why)
 
     def evaluation_replies(self, server_round: int, replies: Iterable[Message]) -> None:
-        self.log(server_round, evaluation_summary(list(replies)))
+        replies = list(replies)
+        self._learn_client_ids(replies)
+        self.log(server_round, evaluation_summary(replies))
+
+    def _learn_client_ids(self, replies: list[Message]) -> None:
+        self.client_of_node.update({r.metadata.src_node_id: client_id(r) for r in replies if not r.has_error()})
+
+    def _name_failures(self, failures: list[dict]) -> None:
+        """A failure names the node's client id when an earlier reply of that node told it."""
+        for failure in failures:
+            if failure.get("node_id") in self.client_of_node:
+                failure["client"] = self.client_of_node[failure["node_id"]]
 
     def log(self, server_round: int, evaluation: dict) -> None:
         entry = {"round": server_round, **evaluation, "train": self.pending_train.pop(server_round, None)}
+        self._name_failures(entry["evaluate"]["failures"])
         if self.central is not None:  # client-level spend after this round's release
             entry["central_dp"] = self.central.spent()
         for client in (entry["train"] or {}).get("clients", []):
@@ -104,7 +120,7 @@ class RoundRecorder:
         for entry in self.history[1:]:
             train = entry["train"] or {}
             for f in train.get("failures", []):
-                reasons[f"node {f['node_id']}"] = f["reason"]
+                reasons[f"client {f['client']}" if "client" in f else f"node {f['node_id']}"] = f["reason"]
             for r in train.get("rejected", []):
                 reasons[f"client {r['client']}"] = r["reason"]
         return reasons
