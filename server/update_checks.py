@@ -120,7 +120,7 @@ def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[st
 
     Replies that carry an error are passed through untouched: Flower's
     strategies drop and log them, and the round record lists them as failures.
-    Returns (replies to aggregate, rejections, update norm by client id).
+    Returns (replies to aggregate, in client-id order; rejections; update norm by client id).
     """
     passed, rejected, norms = [], [], {}
     candidates: list[tuple[Message, float]] = []
@@ -152,4 +152,7 @@ def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[st
             passed.append(reply)
         else:
             rejected.append(Rejection(client_id(reply), reply.metadata.src_node_id, reason))
+    # Replies arrive in whatever order the nodes finish; summing them in client-id order makes the
+    # aggregate (float addition is not associative) the same in every run, and a resumed run exact.
+    passed.sort(key=lambda r: (len(client_id(r)), client_id(r)))
     return passed, rejected, norms
