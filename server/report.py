@@ -86,6 +86,7 @@ def round_entry(entry: dict[str, Any]) -> dict[str, Any]:
     out["clients_trained"] = len(train.get("clients", []))
     out["evaluate_failures"] = evaluate.get("failures", [])
     out["train_failures"] = train.get("failures", [])
+    out["train_rejected"] = train.get("rejected", [])  # updates the coordinator's screen refused (client, reason)
     if "elapsed_s" in entry:
         out["elapsed_s"] = entry["elapsed_s"]
     return out

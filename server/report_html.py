@@ -336,10 +336,11 @@ def privacy_html(privacy: dict) -> str:
 def rounds_html(rounds: list[dict]) -> str:
     rows = [[num(r["round"]), pct(r.get("accuracy")), interval(r.get("accuracy_ci")), num(r.get("macro_f1")),
              num(r.get("loss")), num(r.get("eval_examples")), num(r.get("clients_trained")),
-             num(r.get("clients_evaluated")), num(len(r.get("train_failures", [])) + len(r.get("evaluate_failures", [])))]
+             num(r.get("clients_evaluated")), num(len(r.get("train_failures", [])) + len(r.get("evaluate_failures", []))),
+             escape("; ".join(f"{x['client']}: {x['reason']}" for x in r.get("train_rejected", [])))]
             for r in rounds]
     return html_table(["round", "accuracy", "95% interval", "macro-F1", "loss", "test samples", "hospitals trained",
-                   "hospitals evaluated", "failures"], rows)
+                   "hospitals evaluated", "failures", "updates rejected"], rows)
 
 
 CSS = """

@@ -47,7 +47,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_config(context.run_config)
     # Flower samples clients with `random` (reproducible: client-level DP claims no amplification by
-    # sampling). numpy's global generator is never seeded: Flower draws client-level DP noise from it.
+    # sampling). numpy's global generator is never seeded (client-level DP noise comes from the OS's entropy).
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)
     signing_key = coordinator_key(settings.signing_key, settings.runs_dir)  # unusable key: stop before training
