@@ -25,7 +25,7 @@ from typing import Any
 
 from server import interruption
 from server.checkpoint import Checkpoint
-from shared_models.run_settings import RunSettings
+from shared_models.run_settings import ConfigError, RunSettings
 from simulations.data_prep import prepare_data
 from simulations.run_config import load_run_config, prepare_run, project_dir
 
@@ -69,6 +69,9 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
         config, settings = resume_config(resume, overrides)
     else:
         config, settings = prepare_run(config_file, overrides, label=str(os.getpid()))
+    if settings.min_available_nodes > settings.num_supernodes:  # Flower would wait for them forever
+        raise ConfigError(f"run-config min-available-nodes = {settings.min_available_nodes}: more than the "
+                          f"{settings.num_supernodes} simulated nodes (num-supernodes); the run would never start")
     data_dir = prepare_data(settings)  # synthesised and checked before any engine starts
     if data_dir is not None:
         config["data-dir"] = str(data_dir)

@@ -114,3 +114,17 @@ def test_a_folder_without_a_dataset_stops_before_the_engine_with_one_line(tmp_pa
     assert code == 2 and time.time() - started < 30
     assert len(err.strip().splitlines()) == 1 and str(data) in err and "fer2013" in err, err
     assert not (tmp_path / "runs").exists()  # no engine, no run folder
+
+
+def test_a_simulation_that_would_wait_forever_for_nodes_is_refused(tmp_path, capsys):
+    code = fedemo(["simulate", "--set", "num-supernodes=2", "--set", "min-available-nodes=3",
+                   "--set", f'runs-dir="{tmp_path / "runs"}"'])
+    assert code == 2 and "min-available-nodes = 3" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_folder_it_cannot_continue_by_name(tmp_path, capsys):
+    assert fedemo(["simulate", "--resume", str(tmp_path)]) == 2
+    assert "not a FedEmo run folder" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"run_config": {}}))
+    assert fedemo(["simulate", "--resume", str(tmp_path)]) == 2
+    assert "never completed a round" in capsys.readouterr().err
