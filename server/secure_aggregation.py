@@ -37,7 +37,9 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
+from server import interruption
 from server.round_recorder import RoundRecorder
+from server.rounds import Interrupted
 from server.run_record import training_summary
 from shared_models.privacy_modes import MIN_SECAGG_NODES
 from shared_models.run_settings import RunSettings
@@ -121,6 +123,7 @@ def run_secure_aggregation(grid: Grid, context: Context, settings: RunSettings, 
     ``strategy`` is the run's FedEmo strategy (server/strategy.py, recording into
     ``recorder``): it samples and aggregates the evaluation rounds as in a plain run.
     SecAgg+ shows the coordinator only the sum, so no single update can be screened.
+    A stop request ends the run after the current round (``"interrupted"`` in the block returned).
     """
     template = initial.to_torch_state_dict()
     names = list(template)
@@ -169,12 +172,17 @@ def run_secure_aggregation(grid: Grid, context: Context, settings: RunSettings, 
                                                 "secagg": {"nodes_aggregated": 0, "halted": True}})
         messages = strategy.configure_evaluate(server_round, latest["arrays"], ConfigRecord(dict(node_config)), grid)
         strategy.aggregate_evaluate(server_round, list(grid.send_and_receive(messages)))
+        if interruption.stop_requested():  # a SecAgg+ round cannot be cut short: stop after it
+            raise Interrupted(interruption.stop_reason())
 
     log(INFO, "[fedemo] secure aggregation: %s, clip norm %g, clipping range %g", PROTOCOL,
         settings.secagg_clip_norm, settings.secagg_clipping_range)
     legacy_context = LegacyContext(context, config=ServerConfig(num_rounds=settings.num_server_rounds),
                                    strategy=legacy)
-    DefaultWorkflow(fit_workflow=secagg, evaluate_workflow=evaluate_stage)(grid, legacy_context)
+    try:
+        DefaultWorkflow(fit_workflow=secagg, evaluate_workflow=evaluate_stage)(grid, legacy_context)
+    except Interrupted:
+        return latest["arrays"], {"secagg": describe(settings, halted, clipped), "interrupted": True}
     return latest["arrays"], {"secagg": describe(settings, halted, clipped)}
 
 

@@ -70,7 +70,7 @@ def main(grid: Grid, context: Context) -> None:
     extra: dict = {}
     if settings.secure_aggregation:  # SecAgg+ runs on Flower's legacy workflow: server/secure_aggregation.py
         final, extra = run_secure_aggregation(grid, context, settings, strategy, recorder, initial, node_config)
-        outcome = RoundsOutcome(final, len(recorder.history) - 1)
+        outcome = RoundsOutcome(final, len(recorder.history) - 1, interrupted=extra.pop("interrupted", False))
     else:
         outcome = run_rounds(strategy, fedemo, recorder, grid, arrays, first_round=first_round,
                              num_rounds=settings.num_server_rounds, config=node_config, run_dir=record.run_dir)
@@ -142,19 +142,24 @@ def finish(record: RunRecord, recorder: RoundRecorder, outcome: RoundsOutcome, e
     """Weights, summary, signed report; then an interrupted run says how to resume, a run that trained nothing fails."""
     weights = record.save_weights(outcome.arrays.to_torch_state_dict())
     summary = {**recorder.summary(), **extra}
+    # Resumable: a checkpoint exists (a round completed) and the run's state is all in it (not SecAgg+).
+    resumable = outcome.last_round > 0 and not settings.secure_aggregation
     if outcome.interrupted:
         summary["interrupted"] = {"rounds_done": outcome.last_round, "planned_rounds": settings.num_server_rounds,
-                                  "resume": f"fedemo simulate --resume {record.run_dir}"}
+                                  "resume": f"fedemo simulate --resume {record.run_dir}" if resumable else None}
     record.write_json("summary.json", summary)
     log(INFO, "FedEmo run %s finished in %.1f s: accuracy %.3f (initial %.3f); weights in %s", record.run_dir.name,
         summary["elapsed_s"], summary["final"].get("accuracy", float("nan")),
         summary["initial"].get("accuracy", float("nan")), weights)
     # The auditor's report (server/report.py): per-group figures, privacy, signed with the coordinator's key.
     report_at_end_of_run(record.run_dir, signing_key)
-    if outcome.interrupted:
+    if outcome.interrupted and resumable:
         log(WARNING, "[fedemo] interrupted after round %d of %d. To continue: fedemo simulate --resume %s "
             "(flwr run: --run-config 'resume=\"%s\"')", outcome.last_round, settings.num_server_rounds,
             record.run_dir, record.run_dir)
+    elif outcome.interrupted:
+        log(WARNING, "[fedemo] interrupted after round %d of %d (nothing to resume from: start the run again)",
+            outcome.last_round, settings.num_server_rounds)
     elif recorder.trained_rounds(settings.min_trained_nodes) == 0:
         reasons = "; ".join(f"{who}: {why}" for who, why in recorder.reasons_by_client().items()) or "none given"
         raise RuntimeError(f"no round aggregated at least {settings.min_trained_nodes} accepted update(s) "

@@ -109,13 +109,14 @@ class FedEmoBulyan(FedEmoMixin, Bulyan):
 
 def build_strategy(settings: RunSettings, recorder: RoundRecorder, template: ArrayRecord) -> FedEmoMixin:
     """The run's strategy from its ``aggregation`` (and ``server-momentum``) keys."""
+    # Client-level DP needs equal weights: one node's influence must be bounded by the clipping norm alone.
+    weight_key = UPDATE_WEIGHT_KEY if settings.central_dp != "off" else "num-examples"
     common = dict(
-        recorder=recorder, policy=UpdatePolicy.from_settings(settings), template=template,
+        recorder=recorder, policy=UpdatePolicy.from_settings(settings, weight_key), template=template,
         fraction_train=settings.fraction_train, fraction_evaluate=settings.fraction_evaluate,
         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=settings.min_available_nodes,
         evaluate_metrics_aggr_fn=aggregate_evaluation,
-        # Client-level DP needs equal weights: one node's influence must be bounded by the clipping norm alone.
-        weighted_by_key=UPDATE_WEIGHT_KEY if settings.central_dp != "off" else "num-examples",
+        weighted_by_key=weight_key,
     )
     f = settings.robust_malicious_nodes
     match settings.aggregation:

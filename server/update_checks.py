@@ -7,7 +7,8 @@ checked here against the global model it was trained from:
 
 1. structure: the same array names, shapes and dtypes as the global model
    (a wrong shape would crash the average; a wrong dtype means a different
-   model or a node that was tampered with);
+   model or a node that was tampered with), and a positive aggregation
+   weight (``num-examples``, or ``update-weight`` under client-level DP);
 2. values: no NaN or Inf anywhere;
 3. size: the L2 norm of the update (new - global weights, floating arrays
    only) within ``update-max-norm`` (absolute, off by default) and within
@@ -46,10 +47,11 @@ class UpdatePolicy:
 
     norm_ratio: float = 10.0  # x the round's median update norm; 0: off
     max_norm: float = 0.0  # absolute bound; 0: off
+    weight_key: str = "num-examples"  # the metric the aggregation weights by: must be a positive number
 
     @classmethod
-    def from_settings(cls, settings: RunSettings) -> "UpdatePolicy":
-        return cls(norm_ratio=settings.update_norm_ratio, max_norm=settings.update_max_norm)
+    def from_settings(cls, settings: RunSettings, weight_key: str) -> "UpdatePolicy":
+        return cls(norm_ratio=settings.update_norm_ratio, max_norm=settings.update_max_norm, weight_key=weight_key)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,15 @@ def client_id(reply: Message) -> str:
     if "client" in reply.content:
         return str(reply.content["client"].get("client-id", reply.metadata.src_node_id))
     return str(reply.metadata.src_node_id)
+
+
+def weight_problem(reply: Message, key: str) -> str | None:
+    """Why a reply's aggregation weight is unusable (Flower's FedAvg would crash on it or be ruled by it)."""
+    records = list(reply.content.metric_records.values())
+    weight = records[0].get(key) if len(records) == 1 else None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight <= 0:
+        return f"metric {key} (its aggregation weight) is {weight!r}, not a positive number"
+    return None
 
 
 def structure_problem(reply: Message, spec: dict[str, ArraySpec]) -> str | None:
@@ -130,7 +141,7 @@ def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[st
         if reply.has_error():
             passed.append(reply)
             continue
-        problem = structure_problem(reply, spec)
+        problem = structure_problem(reply, spec) or weight_problem(reply, policy.weight_key)
         if problem is not None:
             rejected.append(Rejection(client_id(reply), reply.metadata.src_node_id, problem))
             continue

@@ -74,7 +74,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     interrupted = json.loads((run_dir / "summary.json").read_text()).get("interrupted")
     if interrupted:  # 130: the shell's code for a run stopped by Ctrl-C
         print(f"Interrupted after round {interrupted['rounds_done']} of {interrupted['planned_rounds']}; "
-              f"to continue: fedemo simulate --resume {run_dir}")
+              + (f"to continue: {interrupted['resume']}" if interrupted.get("resume") else "start it again to train"))
         return 130
     return 0
 

@@ -78,6 +78,17 @@ def test_sound_updates_pass_and_bounds_are_configurable():
     assert "0" in passed
 
 
+@pytest.mark.parametrize("weight", [0, -5, float("nan"), None])
+def test_an_unusable_aggregation_weight_is_rejected(weight):
+    replies = [reply(str(i), trained(i)) for i in range(1, 4)] + [reply("0", trained(0))]
+    metrics = replies[-1].content["metrics"]
+    del metrics["num-examples"]
+    if weight is not None:
+        metrics["num-examples"] = weight
+    passed, rejected, _ = screen(replies, GLOBAL, SPEC, UpdatePolicy())
+    assert len(passed) == 3 and [r.client for r in rejected] == ["0"] and "num-examples" in rejected[0].reason
+
+
 def test_a_median_of_two_is_no_referee():
     replies = [reply("1", trained(1)), reply("0", trained(0, scale=1e6))]
     passed, rejected, norms = screen(replies, GLOBAL, SPEC, UpdatePolicy())
