@@ -32,8 +32,9 @@ from torch.utils.data import DataLoader
 
 from client.central_dp_clipping import central_dp_clipping_mod
 from client.dp_allowlist import dp_allowlist_mod
-from client.dp_training import make_private, plan_round, steps_taken
+from client.dp_training import make_private, plan_round, planned_participation, steps_taken
 from client.fairness_weights import WeightedSamples
+from client.fixed_features import feature_dataset, uses_fixed_features
 from client.group_counts import (group_count_metrics, overall_confusion, planned_eval_releases,
                                  release_noised_counts, sample_groups)
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
@@ -85,8 +86,11 @@ def train(msg: Message, context: Context) -> Message:
     samples.train.reseed([settings.seed, server_round, zlib.crc32(samples.client_id.encode())])
     # Reproducible shuffling without DP; under DP make_private replaces it with secret Poisson sampling.
     generator = torch.Generator().manual_seed(settings.seed * 100_003 + server_round)
+    # A model with a fixed front end (face_scatter) trains its head on features computed once per sample.
+    train_set = feature_dataset(samples.train, model.fixed_features) if uses_fixed_features(model) else samples.train
     # fairness-reweight (never with dp: the weights depend on every record's group, see run_settings)
-    train_set = WeightedSamples(samples.train, settings.fairness_reweight) if settings.fairness_reweight else samples.train
+    if settings.fairness_reweight:
+        train_set = WeightedSamples(train_set, settings.fairness_reweight, data=samples.train.data)
     loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = make_optimizer(model, settings)
     n_inputs = NUM_MODEL_INPUTS[settings.task]
@@ -101,7 +105,8 @@ def train(msg: Message, context: Context) -> Message:
     ledger = open_ledger(settings, context, config, samples)
     run = str(context.run_id)
     plan = plan_round(ledger, run, batches_per_epoch=len(loader), local_epochs=settings.local_epochs,
-                      num_rounds=settings.num_server_rounds, max_grad_norm=settings.dp_max_grad_norm,
+                      num_rounds=planned_participation(settings.num_server_rounds, settings.fraction_train),
+                      max_grad_norm=settings.dp_max_grad_norm,
                       max_noise=settings.dp_max_noise_multiplier,
                       reserved=planned_eval_releases(settings.dataset, settings.eval_dp_noise_multiplier,
                                                      settings.num_server_rounds))
@@ -149,7 +154,8 @@ def open_ledger(settings: RunSettings, context: Context, config: ConfigRecord, s
 def evaluate_global(msg: Message, context: Context) -> Message:
     settings, samples, device = _setup(msg, context)
     model = _global_model(msg, settings, device)
-    loader = DataLoader(samples.test, batch_size=max(settings.batch_size, 64))
+    test_set = feature_dataset(samples.test, model.fixed_features) if uses_fixed_features(model) else samples.test
+    loader = DataLoader(test_set, batch_size=max(settings.batch_size, 64))
     counts = evaluate(model, loader, n_inputs=NUM_MODEL_INPUTS[settings.task], device=device,
                       groups=sample_groups(samples.test.data, settings.dataset))
     if settings.eval_dp_noise_multiplier > 0:  # every released count noised, checked against and spent from the ledger

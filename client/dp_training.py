@@ -70,6 +70,27 @@ def calibrate_noise(prior: list[tuple[float, float, int]], sample_rate: float, s
     return hi
 
 
+PARTICIPATION_QUANTILE = 0.95
+
+
+def planned_participation(num_rounds: int, fraction_train: float) -> int:
+    """Rounds a node plans to train: the 95th percentile of how often it is sampled, not every round.
+
+    Flower samples ``fraction-train`` of the nodes each round, independently,
+    so a node trains in Binomial(rounds, fraction) rounds. Calibrating the
+    noise as if it trained every round leaves about 1 - fraction of its
+    budget unspent (40% at fraction 0.6); planning for the 95th percentile
+    spends nearly all of it with less noise per step, and the rare node
+    sampled more often than planned declines its extra rounds (the ledger
+    never lets it pass the budget).
+    """
+    if fraction_train >= 1.0:
+        return num_rounds
+    from scipy.stats import binom
+
+    return max(1, min(num_rounds, int(binom.ppf(PARTICIPATION_QUANTILE, num_rounds, fraction_train))))
+
+
 def plan_round(ledger: PrivacyLedger, run: str, *, batches_per_epoch: int, local_epochs: int,
                num_rounds: int, max_grad_norm: float, max_noise: float,
                reserved: list[tuple[float, float, int]] | None = None) -> DPPlan:

@@ -8,13 +8,13 @@ weights average 1 (the learning rate keeps its meaning). "unknown" is a group
 like any other.
 
 The weight travels with the sample, as one more item field, and multiplies
-that sample's own loss term: the loss stays a mean of per-sample terms, each
-depending on one sample only, so Opacus's per-sample gradients, clipping and
-accounting are untouched. (Normalising by the batch's weight sum would tie
-samples together and break per-sample clipping.) Under DP-SGD a weighted
-gradient is still clipped to the same norm, so a heavy weight cannot buy a
-sample more than its clipped share. The group shares are node statistics
-treated as public, like the dataset size that sets Opacus's sample rate.
+that sample's own loss term: the loss stays a mean of per-sample terms.
+(Normalising by the batch's weight sum would tie samples together.)
+
+It is refused with ``dp = true`` (shared_models/run_settings.py): the weights
+come from the node's private group counts, so removing one record changes
+every other record's weight, and DP-SGD's per-sample sensitivity would no
+longer hold.
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ def inverse_frequency_weights(groups: np.ndarray) -> np.ndarray:
 class WeightedSamples(Dataset):
     """A node's training samples with their loss weight appended: ``(*inputs, label, va, weight)``."""
 
-    def __init__(self, samples, attribute: str):
+    def __init__(self, samples, attribute: str, data=None):
+        """``data`` (an EmotionData) holds the demographics when ``samples`` does not (precomputed features)."""
         self.samples = samples
-        values = samples.data.demographics.get(attribute, np.full(len(samples), UNKNOWN, dtype=object))
+        data = data if data is not None else samples.data
+        values = data.demographics.get(attribute, np.full(len(samples), UNKNOWN, dtype=object))
         self.weights = torch.from_numpy(inverse_frequency_weights(values))
 
     def __len__(self) -> int:

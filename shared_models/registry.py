@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from .face_models import FaceCNN, FaceResNet
 from .fusion_model import FusionNet
+from .scatter_models import FaceScatterLinear
 from .voice_models import VoiceCRNN
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "count_parameters", "model_task"]
@@ -34,6 +35,7 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     "face_cnn": ModelSpec(FaceCNN, "face", False),
     "face_resnet": ModelSpec(FaceResNet, "face", False),
+    "face_scatter": ModelSpec(FaceScatterLinear, "face", False),  # fixed scattering + linear head: the DP model
     "voice_crnn": ModelSpec(VoiceCRNN, "voice", True),
     "fusion": ModelSpec(FusionNet, "fusion", True),
 }

@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 # Opacus hooks the first layer, whose input does not require grad; torch warns about that, harmlessly.
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 
-NAMES = ["face_cnn", "face_resnet", "voice_crnn", "fusion"]
+NAMES = ["face_cnn", "face_resnet", "face_scatter", "voice_crnn", "fusion"]
 VA_NAMES = ["voice_crnn", "fusion"]
 S, MELS, FRAMES = 6, 128, 32
 
@@ -271,7 +271,7 @@ def test_ccc_loss_is_differentiable():
 
 def test_registry():
     assert set(MODELS) == set(NAMES)
-    assert [model_task(n) for n in NAMES] == ["face", "face", "voice", "fusion"]
+    assert [model_task(n) for n in NAMES] == ["face", "face", "face", "voice", "fusion"]
     assert count_parameters(build_model("face_cnn")) < 500_000
     model = build_model("face_cnn", width=8)
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
@@ -286,3 +286,21 @@ def test_build_model_errors():
         model_task("nope")
     with pytest.raises(ValueError, match="valence"):
         build_model("face_cnn", valence_arousal=True)
+
+
+# ---------------------------------------------------------------------------
+# face_scatter: fixed features, trained head
+# ---------------------------------------------------------------------------
+
+
+def test_face_scatter_trains_only_its_head_and_features_depend_on_each_face_alone():
+    from shared_models.scatter_models import NUM_FEATURES, scatter_features
+
+    model = build_model("face_scatter")
+    assert list(model.state_dict()) == ["head.weight", "head.bias"]  # the transform never travels
+    faces = torch.rand(5, 1, 48, 48)
+    features = scatter_features(faces)
+    assert features.shape == (5, NUM_FEATURES) and torch.isfinite(features).all()
+    # Per-sample standardisation: a face's features do not change with the batch it is in.
+    assert torch.allclose(scatter_features(faces[2:3]), features[2:3], atol=1e-5)
+    assert torch.allclose(model(faces), model(features), atol=1e-5)  # raw faces or precomputed features

@@ -1,0 +1,40 @@
+"""A node's samples as fixed features, computed once per process for models with a fixed front end.
+
+A model with a ``fixed_features`` transform (``shared_models.scatter_models``)
+trains only its head; the transform is data-independent and has no
+parameters, so a node may apply it to each sample once and train and
+evaluate on the stored features, in dataset order (per-group evaluation
+relies on it). Without augmentation, as the features are then fixed: the
+faces are standardised per sample, so the transform needs nothing from the
+other samples, and DP-SGD's per-sample sensitivity is unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+
+def uses_fixed_features(model: torch.nn.Module) -> bool:
+    return callable(getattr(model, "fixed_features", None))
+
+
+@functools.lru_cache(maxsize=16)
+def feature_dataset(samples: Dataset, transform) -> TensorDataset:
+    """``(features, label, valence/arousal)`` of every face in ``samples``, in order (cached per process)."""
+    augment = getattr(samples, "augment", False)
+    if augment:
+        samples.augment = False  # the stored features are the faces as they are
+    try:
+        faces, labels, va = [], [], []
+        for batch in DataLoader(samples, batch_size=256):
+            faces.append(batch[0])
+            labels.append(batch[1])
+            va.append(batch[2])
+    finally:
+        samples.augment = augment
+    if not faces:
+        return TensorDataset(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long), torch.zeros(0, 2))
+    return TensorDataset(transform(torch.cat(faces)), torch.cat(labels), torch.cat(va))
