@@ -3,7 +3,8 @@
 Each ``*_app`` below is a Flower ClientApp that runs the real node code
 (``client.client_app.app``, its mods included) for every message, and a
 ClientApp mod that corrupts the *training reply* of the node with
-``partition-id`` 0, as a broken or hostile hospital would send it. Tests
+``partition-id`` 0, as a broken or hostile hospital would send it (or, for
+``crash``, makes the node fail its training rounds: a dropout). Tests
 hand one to ``run_simulation(client_app="tests.fault_apps:nan_app")``; Ray's
 workers import it from the app folder like any ClientApp.
 """
@@ -40,10 +41,16 @@ def _corrupt(fault: str, new: dict[str, np.ndarray], old: dict[str, np.ndarray])
     raise ValueError(f"unknown fault {fault!r}")
 
 
-def fault_mod(fault: str):
+class NodeCrash(RuntimeError):
+    """A node that fails its training round (a dropout, as the coordinator sees it)."""
+
+
+def fault_mod(fault: str, partitions: tuple[int, ...] = (FAULTY_PARTITION,)):
     def mod(msg: Message, context: Context, call_next) -> Message:
         is_train = msg.metadata.message_type == MessageType.TRAIN
-        faulty = int(context.node_config.get("partition-id", -1)) == FAULTY_PARTITION
+        faulty = int(context.node_config.get("partition-id", -1)) in partitions
+        if fault == "crash" and is_train and faulty:
+            raise NodeCrash("injected dropout: this node fails every training round")
         old = {k: a.numpy() for k, a in msg.content["arrays"].items()} if is_train and faulty else None
         reply = call_next(msg, context)
         if old is None or reply.has_error():
@@ -56,8 +63,8 @@ def fault_mod(fault: str):
     return mod
 
 
-def faulty_app(fault: str) -> ClientApp:
-    app = ClientApp(mods=[fault_mod(fault)])
+def faulty_app(fault: str, partitions: tuple[int, ...] = (FAULTY_PARTITION,)) -> ClientApp:
+    app = ClientApp(mods=[fault_mod(fault, partitions)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -80,3 +87,5 @@ scale_app = faulty_app("scale")
 signflip_app = faulty_app("signflip")
 shape_app = faulty_app("shape")
 dtype_app = faulty_app("dtype")
+crash_app = faulty_app("crash")  # 1 of 5 nodes: 20% dropout
+crash_half_app = faulty_app("crash", (0, 1))  # 2 of 4 nodes: 50% dropout
