@@ -15,6 +15,7 @@ from .face_models import FaceCNN, FaceResNet
 from .fusion_model import FusionNet
 from .scatter_models import FaceScatterLinear
 from .voice_models import VoiceCRNN
+from .voice_stats_model import VoiceStatsLinear
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "count_parameters", "model_task"]
 
@@ -37,6 +38,7 @@ MODELS: dict[str, ModelSpec] = {
     "face_resnet": ModelSpec(FaceResNet, "face", False),
     "face_scatter": ModelSpec(FaceScatterLinear, "face", False),  # fixed scattering + linear head: the DP model
     "voice_crnn": ModelSpec(VoiceCRNN, "voice", True),
+    "voice_stats": ModelSpec(VoiceStatsLinear, "voice", False),  # fixed clip statistics + linear head: the DP model
     "fusion": ModelSpec(FusionNet, "fusion", True),
 }
 

@@ -282,6 +282,20 @@ class AttentionPooling(nn.Module):
 # ---------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def copy_feature_stats(mean_buffer: torch.Tensor, std_buffer: torch.Tensor, mean, std) -> None:
+    """Check per-mel-band statistics (length n_mels, finite, std > 0) and copy them into a model's buffers."""
+    n_mels = mean_buffer.numel()
+    mean_t = torch.as_tensor(mean, dtype=mean_buffer.dtype).reshape(-1)
+    std_t = torch.as_tensor(std, dtype=std_buffer.dtype).reshape(-1)
+    if mean_t.numel() != n_mels or std_t.numel() != n_mels:
+        raise ValueError(f"expected {n_mels} values each, got mean {mean_t.numel()} and std {std_t.numel()}")
+    if not torch.isfinite(mean_t).all() or not torch.isfinite(std_t).all() or (std_t <= 0).any():
+        raise ValueError("feature stats must be finite and std strictly positive")
+    mean_buffer.copy_(mean_t)
+    std_buffer.copy_(std_t)
+
+
 class VoiceCRNNTrunk(nn.Module):
     """Log-mel segments -> clip embedding (B, 2 * lstm_hidden).
 
@@ -318,14 +332,7 @@ class VoiceCRNNTrunk(nn.Module):
     @torch.no_grad()
     def set_feature_stats(self, mean, std) -> None:
         """Set per-mel-band normalisation statistics (array-likes of length n_mels, std > 0)."""
-        mean_t = torch.as_tensor(mean, dtype=self.feature_mean.dtype).reshape(-1)
-        std_t = torch.as_tensor(std, dtype=self.feature_std.dtype).reshape(-1)
-        if mean_t.numel() != self.n_mels or std_t.numel() != self.n_mels:
-            raise ValueError(f"expected {self.n_mels} values each, got mean {mean_t.numel()} and std {std_t.numel()}")
-        if not torch.isfinite(mean_t).all() or not torch.isfinite(std_t).all() or (std_t <= 0).any():
-            raise ValueError("feature stats must be finite and std strictly positive")
-        self.feature_mean.copy_(mean_t)
-        self.feature_std.copy_(std_t)
+        copy_feature_stats(self.feature_mean, self.feature_std, mean, std)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[2] != self.n_mels:

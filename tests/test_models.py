@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 # Opacus hooks the first layer, whose input does not require grad; torch warns about that, harmlessly.
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 
-NAMES = ["face_cnn", "face_resnet", "face_scatter", "voice_crnn", "fusion"]
+NAMES = ["face_cnn", "face_resnet", "face_scatter", "voice_crnn", "voice_stats", "fusion"]
 VA_NAMES = ["voice_crnn", "fusion"]
 S, MELS, FRAMES = 6, 128, 32
 
@@ -271,7 +271,7 @@ def test_ccc_loss_is_differentiable():
 
 def test_registry():
     assert set(MODELS) == set(NAMES)
-    assert [model_task(n) for n in NAMES] == ["face", "face", "face", "voice", "fusion"]
+    assert [model_task(n) for n in NAMES] == ["face", "face", "face", "voice", "voice", "fusion"]
     assert count_parameters(build_model("face_cnn")) < 500_000
     model = build_model("face_cnn", width=8)
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
@@ -304,3 +304,13 @@ def test_face_scatter_trains_only_its_head_and_features_depend_on_each_face_alon
     # Per-sample standardisation: a face's features do not change with the batch it is in.
     assert torch.allclose(scatter_features(faces[2:3]), features[2:3], atol=1e-5)
     assert torch.allclose(model(faces), model(features), atol=1e-5)  # raw faces or precomputed features
+
+
+def test_voice_stats_features_ignore_masked_segments():
+    model = build_model("voice_stats")
+    x = torch.randn(2, 4, 128, 32)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    changed = x.clone()
+    changed[0, 2:] = 1e3  # padding segments of clip 0: must not matter
+    assert torch.allclose(model(x, mask)[0], model(changed, mask)[0])
+    assert list(model.state_dict()) == ["feature_mean", "feature_std", "head.weight", "head.bias"]
