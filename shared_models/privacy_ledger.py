@@ -212,24 +212,13 @@ class PrivacyLedger:
         figures on the same history; it is reused only when no other handle
         recorded in between (PRV takes seconds).
         """
-        if kind not in EVENT_KINDS:
-            raise LedgerError(f"unknown ledger event kind {kind!r}; known: {', '.join(EVENT_KINDS)}")
-        with _locked(self.path.parent):
-            known = len(self.events)
-            self._reload_events()
-            unchanged = len(self.events) == known
-            after = epsilon_hint if (epsilon_hint is not None and unchanged) else self.check(
-                noise_multiplier, sample_rate, steps)
-            if after > self.epsilon_budget:
-                raise BudgetExceeded(
-                    f"round declined: it would bring epsilon to {after:.3f} (budget {self.epsilon_budget:g}); "
-                    f"ledger {self.path}")
-            event = DPEvent(run=run, round=server_round, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                            steps=steps, accountant=self.accountant, max_grad_norm=max_grad_norm,
-                            epsilon_after=after, kind=kind)
-            self.events.append(event)
-            self.save()
-        return event
+        def checked_epsilon(unchanged: bool) -> float:
+            if epsilon_hint is not None and unchanged and epsilon_hint <= self.epsilon_budget:
+                return epsilon_hint
+            return self.check(noise_multiplier, sample_rate, steps)  # raises BudgetExceeded past the budget
+
+        return self._append(run, server_round, noise_multiplier, sample_rate, steps, max_grad_norm, kind,
+                            checked_epsilon)
 
     def record(self, *, run: str, server_round: int, noise_multiplier: float, sample_rate: float, steps: int,
                max_grad_norm: float, kind: str = "train") -> DPEvent:
@@ -238,12 +227,22 @@ class PrivacyLedger:
         For releases that cannot be undone (a resumed round that was trained
         before a crash); everything else goes through :meth:`spend`.
         """
+        def composed_epsilon(_unchanged: bool) -> float:
+            return epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta,
+                              self.accountant)
+
+        return self._append(run, server_round, noise_multiplier, sample_rate, steps, max_grad_norm, kind,
+                            composed_epsilon)
+
+    def _append(self, run, server_round, noise_multiplier, sample_rate, steps, max_grad_norm, kind,
+                epsilon_after) -> DPEvent:
+        """Under the lock: re-read, compute ``epsilon_after(no one else recorded)`` (may raise), append, save."""
         if kind not in EVENT_KINDS:
             raise LedgerError(f"unknown ledger event kind {kind!r}; known: {', '.join(EVENT_KINDS)}")
         with _locked(self.path.parent):
+            known = len(self.events)
             self._reload_events()
-            after = epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta,
-                               self.accountant)
+            after = epsilon_after(len(self.events) == known)
             event = DPEvent(run=run, round=server_round, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
                             steps=steps, accountant=self.accountant, max_grad_norm=max_grad_norm,
                             epsilon_after=after, kind=kind)
