@@ -51,7 +51,13 @@ class UpdatePolicy:
 
     @classmethod
     def from_settings(cls, settings: RunSettings, weight_key: str) -> "UpdatePolicy":
-        return cls(norm_ratio=settings.update_norm_ratio, max_norm=settings.update_max_norm, weight_key=weight_key)
+        """The run's bounds. Under client-level DP the ratio to the round's median is off: whether one
+        hospital's update is kept would then depend on the others', so replacing one hospital could change
+        several terms of the noised average, past the 2C/m sensitivity it is accounted for (clipping to the
+        norm C bounds every update there anyway). Each update's own checks (shape, finiteness,
+        ``update-max-norm``) stay."""
+        ratio = 0.0 if settings.central_dp != "off" else settings.update_norm_ratio
+        return cls(norm_ratio=ratio, max_norm=settings.update_max_norm, weight_key=weight_key)
 
 
 @dataclass(frozen=True)
