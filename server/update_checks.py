@@ -78,8 +78,8 @@ def model_spec(arrays: ArrayRecord) -> dict[str, ArraySpec]:
 
 
 def client_id(reply: Message) -> str:
-    """The node's own client id when it sent one, else Flower's node id."""
-    if "client" in reply.content:
+    """The node's own client id when it sent one, else Flower's node id (a failed reply has no content)."""
+    if not reply.has_error() and "client" in reply.content:
         return str(reply.content["client"].get("client-id", reply.metadata.src_node_id))
     return str(reply.metadata.src_node_id)
 

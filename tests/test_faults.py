@@ -86,3 +86,12 @@ def test_a_round_with_no_valid_update_keeps_the_model_and_the_run_fails_naming_t
     rounds = read_rounds(run_dir)
     assert [r["train"]["aggregated"] for r in rounds[1:]] == [False, False]
     assert rounds[-1]["loss"] == pytest.approx(rounds[0]["loss"])  # the initial model, evaluated again
+
+
+def test_a_node_that_drops_out_is_recorded_by_client_id_and_the_rest_aggregated(tmp_path, faces):
+    run_dir = simulate(tmp_path, faces, "crash")  # node 0 fails every training round (20% dropout)
+    for entry in read_rounds(run_dir)[1:]:
+        train = entry["train"]
+        assert [f.get("client") for f in train["failures"]] == ["0"] and "injected dropout" in train["failures"][0]["reason"]
+        assert sorted(c["client"] for c in train["clients"]) == ["1", "2", "3", "4"] and not train["rejected"]
+    assert_learns(run_dir)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common import Metadata
+from flwr.common import Error, Metadata
 
 from server.checkpoint import Checkpoint, CheckpointError
 from server.update_checks import UpdatePolicy, model_spec, screen
@@ -87,6 +87,13 @@ def test_an_unusable_aggregation_weight_is_rejected(weight):
         metrics["num-examples"] = weight
     passed, rejected, _ = screen(replies, GLOBAL, SPEC, UpdatePolicy())
     assert len(passed) == 3 and [r.client for r in rejected] == ["0"] and "num-examples" in rejected[0].reason
+
+
+def test_a_failed_reply_passes_through_to_flower_which_drops_it():
+    failed = Message(Error(code=0, reason="node crashed"), reply_to=reply("9", trained(9)))
+    passed, rejected, _ = screen([reply(str(i), trained(i)) for i in range(1, 4)] + [failed], GLOBAL, SPEC,
+                                 UpdatePolicy())
+    assert failed in passed and not rejected
 
 
 def test_a_median_of_two_is_no_referee():
