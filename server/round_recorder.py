@@ -59,6 +59,10 @@ class RoundRecorder:
     def has_train(self, server_round: int) -> bool:
         return server_round in self.pending_train
 
+    def train_of(self, server_round: int) -> dict[str, Any]:
+        """The round's training entry so far (empty before the screen saw its replies)."""
+        return self.pending_train.get(server_round, {})
+
     def mark_not_aggregated(self, server_round: int, why: str) -> None:
         """The round's global model is the previous one; the record and the log say so."""
         entry = self.pending_train.setdefault(server_round, {"clients": [], "failures": [], "rejected": []})

@@ -91,7 +91,7 @@ def run_rounds(strategy, fedemo: FedEmoMixin, recorder: RoundRecorder, grid: Gri
 
 
 def _why_not(recorder: RoundRecorder, server_round: int) -> str:
-    entry = recorder.pending_train.get(server_round, {})
+    entry = recorder.train_of(server_round)
     accepted, rejected = len(entry.get("clients", [])), len(entry.get("rejected", []))
     failed = len(entry.get("failures", []))
     if not accepted:
