@@ -1,9 +1,9 @@
 """Sample-level DP-SGD still learns: a real Flower simulation of the DP recipe, within its budget.
 
 The run is configs/quickstart_dp.toml as a user runs it (4 hospitals with
-1,600 training faces each, Opacus DP-SGD on each, epsilon 8 per hospital,
-PRV accounting, 12 rounds; a few minutes on 2 CPU cores: DP needs many noisy
-steps before the model leaves the majority class, about 8 rounds here).
+1,600 training faces each, a linear head on fixed scattering features,
+Opacus DP-SGD on each, PRV accounting, 8 rounds), at epsilon 8 and at
+epsilon 1, where the earlier CNN recipe stayed below the majority class.
 Learning is judged against the run's own test rows: the final global model
 must beat both the untrained model and the rate of their most frequent class
 (what a model stuck at the majority class scores, which is where DP training
@@ -24,15 +24,15 @@ from simulations.simulate import run_simulation
 
 REPO = Path(__file__).resolve().parents[1]
 
-EPSILON = 8.0
-ROUNDS = 12  # the config's own; at eps 8 the model leaves the majority class after about 8 rounds
+ROUNDS = 8  # the config's own
 
 
 @pytest.mark.slow
-def test_dp_federation_learns_above_majority_class_within_budget(tmp_path):
+@pytest.mark.parametrize("epsilon", [8.0, 1.0])
+def test_dp_federation_learns_above_majority_class_within_budget(tmp_path, epsilon):
     run_dir = run_simulation(REPO / "configs" / "quickstart_dp.toml", {
         "data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": "dp-learns",
-        "dp-epsilon": EPSILON, "num-server-rounds": ROUNDS,
+        "dp-epsilon": epsilon, "num-server-rounds": ROUNDS,
     })
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == list(range(ROUNDS + 1))
@@ -49,17 +49,20 @@ def test_dp_federation_learns_above_majority_class_within_budget(tmp_path):
         assert len(clients) == 4 and not entry["train"]["failures"]
         for client in clients:
             dp = client["dp"]
-            assert 0 < dp["epsilon"] <= EPSILON and dp["budget"] == EPSILON
+            assert 0 < dp["epsilon"] <= epsilon and dp["budget"] == epsilon
             assert dp["max_grad_norm"] == 1.0 and dp["noise_multiplier"] > 0.3
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert 0 < summary["privacy"]["max_epsilon"] <= EPSILON
+    assert 0 < summary["privacy"]["max_epsilon"] <= epsilon
 
 
 def test_dp_recipe_config_parses_and_server_momentum_is_checked():
     _, settings = load_run_config(REPO / "configs" / "quickstart_dp.toml")
-    assert settings.dp and settings.server_momentum == 0.9 and settings.optimizer == "adam"
+    assert settings.dp and settings.server_momentum == 0.9 and settings.model == "face_scatter"
     _, settings = load_run_config(REPO / "configs" / "face50_dp.toml")
     assert settings.dp and settings.num_supernodes == 50 and settings.server_momentum == 0.9
+    assert settings.model == "face_scatter"
+    _, settings = load_run_config(REPO / "configs" / "voice50_dp.toml")
+    assert settings.dp and settings.num_supernodes == 50 and settings.model == "voice_stats"
     with pytest.raises(ConfigError, match="server-momentum.*must be in"):
         load_run_config(None, {"server-momentum": 1.0})
     with pytest.raises(ConfigError, match="server-momentum.*central-dp"):
