@@ -164,8 +164,9 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
     from shared_models.privacy_ledger import LedgerError, PrivacyLedger
 
     run_key = str(config.get("flower_run_id", ""))
+    run_keys = {run_key, *(str(k) for k in config.get("resumed_flower_run_ids", []))}  # a resumed run has several
     configured = float((config.get("run_config") or {}).get("dp-epsilon") or 0.0)
-    results, mismatched, missing, widened_count = [], 0, 0, 0
+    results, mismatched, missing, widened_count, ahead_count = [], 0, 0, 0, 0
     for client in clients:
         path = ledger_path(client["client_id"], config, run_dir)
         if not path.is_file():
@@ -178,7 +179,7 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
             mismatched += 1
             results.append({"client_id": client["client_id"], "status": "unreadable", "detail": str(err)})
             continue
-        events = [e for e in ledger.events if e.run == run_key and e.kind == "train"]
+        events = [e for e in ledger.events if e.run in run_keys and e.kind == "train"]
         last = events[-1] if events else None
         recorded = {
             "epsilon": last.epsilon_after if last else None,
@@ -192,13 +193,21 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
             "rounds_trained": len(events),
         }
         differ = sorted(k for k, v in recorded.items() if client.get(k) != v)
+        # A round a node trained (and spent) whose update the coordinator never aggregated, e.g. the one in
+        # flight when a resumed run's coordinator died: the ledger is ahead of the report, which is sound
+        # (the spend is counted); its epsilon, not the reported one, is the hospital's.
+        reported_rounds = sorted(h["round"] for h in client.get("history", []))
+        ledger_rounds = sorted(e.round for e in events)
+        ahead = bool(differ) and len(ledger_rounds) > len(reported_rounds) and all(
+            ledger_rounds.count(r) >= reported_rounds.count(r) for r in set(reported_rounds))
         # The configured budget binds: a ledger file claiming more is flagged, and so is any spend past it.
         latest = ledger.events[-1].epsilon_after if ledger.events else 0.0
         widened = bool(configured) and ledger.stored_budget > configured
         over = bool(configured) and latest > configured * (1 + 1e-9)
         widened_count += widened
+        ahead_count += ahead and not over
         differ += ["epsilon above the configured dp-epsilon"] if over else []
-        mismatched += bool(differ)
+        mismatched += bool(differ) and not (ahead and not over)
         try:
             shown = str(path.relative_to(run_dir))
         except ValueError:
@@ -206,7 +215,8 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
         # The ledger's own latest record (all runs); recomputing it with the accountant (ledger.spent())
         # would cost about a second per node with PRV, and is the ledger's check, not the report's.
         effective = recorded["budget"]
-        results.append({"client_id": client["client_id"], "status": "mismatch" if differ else "match",
+        status_of = "match" if not differ else ("ledger ahead" if ahead and not over else "mismatch")
+        results.append({"client_id": client["client_id"], "status": status_of,
                         "ledger": shown, "differing_fields": differ, "ledger_epsilon": latest,
                         "ledger_remaining": max(0.0, effective - latest), "ledger_stored_budget": ledger.stored_budget,
                         "stored_budget_larger_than_configured": widened})
@@ -217,7 +227,12 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
     elif mismatched:
         status = f"{mismatched} of {len(clients)} clients differ from their ledgers"
     else:
-        status = f"all {len(clients) - missing} ledgers match" + (f"; {missing} not available" if missing else "")
+        matched = len(clients) - missing - ahead_count
+        status = (f"all {matched} ledgers match" if not ahead_count else f"{matched} ledgers match") + (
+            f"; {missing} not available" if missing else "")
+    if ahead_count:
+        status += (f"; {ahead_count} ledger(s) record training the coordinator never aggregated (spent all the "
+                   "same: their ledger epsilon is the hospital's)")
     if widened_count:
         status += (f"; {widened_count} ledger file(s) store a budget larger than the configured dp-epsilon "
                    f"{configured:g} (flagged: the configured budget was enforced)")

@@ -120,6 +120,16 @@ class RunRecord:
             raise FileNotFoundError(f"{run_dir} is not a FedEmo run folder (no config.json)")
         return cls(run_dir)
 
+    def add_flower_run(self, flower_run_id: int) -> None:
+        """Record a resumed part's Flower run id in config.json (``resumed_flower_run_ids``).
+
+        Nodes record their privacy spend under Flower's run id, which is new
+        after a resume; the report's ledger check reads every part's.
+        """
+        config = json.loads((self.run_dir / "config.json").read_text(encoding="utf-8"))
+        config["resumed_flower_run_ids"] = [*config.get("resumed_flower_run_ids", []), flower_run_id]
+        self.write_json("config.json", config)
+
     def write_json(self, name: str, payload: dict[str, Any]) -> Path:
         path = self.run_dir / name
         atomic_write_json(path, payload)

@@ -82,6 +82,7 @@ def open_run(settings: RunSettings, context: Context, checkpoint: Checkpoint | N
     data_dir = prepare_data_dir(settings)
     if checkpoint is not None:
         record = RunRecord.reopen(Path(settings.resume))
+        record.add_flower_run(context.run_id)  # the nodes' ledgers name this part of the run by it
         log(INFO, "FedEmo run %s resumes after round %d of %d", record.run_dir.name, checkpoint.server_round,
             settings.num_server_rounds)
     else:
