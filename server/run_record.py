@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import platform
 import time
 from dataclasses import dataclass, field
@@ -52,8 +53,26 @@ def _by_client(entry: dict[str, Any]) -> tuple[int, str]:
     return len(entry["client"]), entry["client"]
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def failure_reason(text: str) -> str:
+    """A node's error in one line: the ClientApp's own message, without Ray's traceback and colour codes.
+
+    In simulation Flower wraps a node's exception in Ray's task error, whose
+    text is a traceback ending in "Exception ClientAppException occurred.
+    Message: <the node's message>"; deployed nodes send the message alone.
+    """
+    text = _ANSI.sub("", text or "").strip()
+    marker = "occurred. Message: "
+    if marker in text:
+        return text.rsplit(marker, 1)[1].strip().rstrip("'>").strip()
+    return text
+
+
 def _failures(replies: list[Message]) -> list[dict[str, Any]]:
-    return [{"node_id": r.metadata.src_node_id, "reason": r.error.reason} for r in replies if r.has_error()]
+    return [{"node_id": r.metadata.src_node_id, "reason": failure_reason(r.error.reason)}
+            for r in replies if r.has_error()]
 
 
 def evaluation_summary(replies: list[Message]) -> dict[str, Any]:

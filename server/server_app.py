@@ -33,7 +33,7 @@ from server.checkpoint import Checkpoint
 from server.report import coordinator_key, report_at_end_of_run
 from server.round_recorder import RoundRecorder
 from server.rounds import Interrupted, RoundsOutcome, evaluate_round, run_rounds
-from server.run_record import RunRecord, new_run_id
+from server.run_record import RunRecord, failure_reason, new_run_id
 from server.secure_aggregation import run_secure_aggregation
 from server.strategy import FedEmoMixin, build_strategy
 from shared_models.audio_features import combine_moments
@@ -126,7 +126,7 @@ def evaluate_initial_model(fedemo: FedEmoMixin, grid: Grid, initial: ArrayRecord
     if replies and all(r.has_error() for r in replies):
         # Every node failed before any training: the cause is shared (config or data), so stop here.
         raise RuntimeError(f"all {len(replies)} nodes failed to evaluate the initial model; first reason: "
-                           f"{replies[0].error.reason}")
+                           f"{failure_reason(replies[0].error.reason)}")
     return True
 
 
