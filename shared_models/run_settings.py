@@ -155,6 +155,7 @@ class RunSettings:
         need(self.min_partition_size >= 2, "min-partition-size", "must be >= 2 (a train and a test sample)")
         need(0 < self.test_fraction < 1, "test-fraction", "must be between 0 and 1")
         need(self.synth_samples > 0, "synth-samples", "must be > 0")
+        need(0 <= self.seed < 2**32, "seed", "must be in [0, 2**32) (numpy's seeds are unsigned 32-bit)")
         need(self.num_supernodes >= 1, "num-supernodes", "must be >= 1")
         need(self.client_num_cpus > 0, "client-num-cpus", "must be > 0")
         need(0 <= self.client_num_gpus <= 1, "client-num-gpus", "must be in [0, 1]")

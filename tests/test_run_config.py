@@ -54,3 +54,11 @@ def test_command_line_overrides_are_read_as_toml_values():
         "num-server-rounds": 5, "augment": False, "lr": 0.5, "data-dir": "x y", "run-name": "abc"}
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["oops"])
+
+
+def test_a_negative_seed_is_refused_by_name():
+    from shared_models.run_settings import ConfigError
+    from simulations.run_config import load_run_config
+
+    with pytest.raises(ConfigError, match="seed = -1"):
+        load_run_config(None, {"seed": -1})
