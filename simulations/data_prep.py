@@ -11,7 +11,7 @@ of every virtual node failing with a traceback of its own.
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 from flwr.common.logger import log
@@ -49,4 +49,9 @@ def prepare_data(settings: RunSettings, *, check: bool = True) -> Path | None:
             raise DatasetFormatError(data_dir, f"not a usable {settings.dataset} dataset for data-dir: "
                                      + "; ".join(report.problems) + f" (details: fedemo data check {data_dir} "
                                      f"--format {settings.dataset})")
+        if report.skipped:  # the folder's own skips, counted once here (each node counts only its own rows')
+            shown = "; ".join(f"{s['ref']}: {s['reason']}" for s in report.skipped[:3])
+            log(WARNING, "%d files or lines of %s were skipped as unreadable or malformed (%s%s); "
+                "`fedemo data check %s --format %s` lists them all", len(report.skipped), data_dir, shown,
+                "; ..." if len(report.skipped) > 3 else "", data_dir, settings.dataset)
     return data_dir
