@@ -72,13 +72,13 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     if settings.min_available_nodes > settings.num_supernodes:  # Flower would wait for them forever
         raise ConfigError(f"run-config min-available-nodes = {settings.min_available_nodes}: more than the "
                           f"{settings.num_supernodes} simulated nodes (num-supernodes); the run would never start")
-    data_dir = prepare_data(settings)  # synthesised and checked before any engine starts
-    if data_dir is not None:
-        config["data-dir"] = str(data_dir)
     if settings.central_dp != "off":  # a plan over the client-level budget stops here, before any work
         from server.central_dp import check_central_budget
 
         check_central_budget(settings, population=settings.num_supernodes)
+    data_dir = prepare_data(settings)  # synthesised and checked before any engine starts
+    if data_dir is not None:
+        config["data-dir"] = str(data_dir)
     os.environ.setdefault("FLWR_HOME", str(Path(settings.runs_dir) / ".flwr"))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Opacus installs a root log handler on import; without this every Flower line prints twice.
