@@ -69,8 +69,8 @@ def credentials_command(args: Namespace) -> int:
 
 
 def verify_command(args: Namespace) -> int:
-    from server.report_html import source_digest
-    from server.report_signing import verify_run
+    from server.report.html import source_digest
+    from server.report.signing import verify_run
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -88,14 +88,14 @@ def verify_command(args: Namespace) -> int:
 
 
 def report_command(args: Namespace) -> int:
-    from server.report import ReportError
-    from server.report_html import write_html
-    from server.report_signing import SigningError
+    from server.report.build import ReportError
+    from server.report.html import write_html
+    from server.report.signing import SigningError
 
     run_dir = Path(args.run_dir)
     try:
         if args.build:
-            from server.report import coordinator_key, read_run, write_report
+            from server.report.build import coordinator_key, read_run, write_report
 
             run_config = read_run(run_dir)[0].get("run_config", {})  # the key the run itself was told to use
             runs_dir = Path(str(run_config.get("runs-dir") or run_dir)).resolve()
@@ -110,7 +110,7 @@ def report_command(args: Namespace) -> int:
     except (ReportError, SigningError, ValueError) as err:
         return fail(str(err))
     print(f"Wrote {path}")
-    from server.report_signing import verify_run
+    from server.report.signing import verify_run
 
     verdict = verify_run(run_dir)
     if not verdict.valid:

@@ -30,7 +30,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from server.central_dp import wrap_strategy
 from server.checkpoint import Checkpoint
-from server.report import coordinator_key, report_at_end_of_run
+from server.report.build import coordinator_key, report_at_end_of_run
 from server.round_recorder import RoundRecorder
 from server.rounds import Interrupted, RoundsOutcome, evaluate_round, run_rounds
 from server.run_record import RunRecord, failure_reason, new_run_id
@@ -152,7 +152,7 @@ def finish(record: RunRecord, recorder: RoundRecorder, outcome: RoundsOutcome, e
     log(INFO, "FedEmo run %s finished in %.1f s: accuracy %.3f (initial %.3f); weights in %s", record.run_dir.name,
         summary["elapsed_s"], summary["final"].get("accuracy", float("nan")),
         summary["initial"].get("accuracy", float("nan")), weights)
-    # The auditor's report (server/report.py): per-group figures, privacy, signed with the coordinator's key.
+    # The auditor's report (server/report/build.py): per-group figures, privacy, signed with the coordinator's key.
     report_at_end_of_run(record.run_dir, signing_key)
     if outcome.interrupted and resumable:
         log(WARNING, "[fedemo] interrupted after round %d of %d. To continue: fedemo simulate --resume %s "

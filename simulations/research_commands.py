@@ -91,8 +91,8 @@ def baseline_command(args: argparse.Namespace) -> int:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from server.report import ReportError
-    from server.report_compare import ComparisonError, compare_runs
+    from server.report.build import ReportError
+    from server.report.compare import ComparisonError, compare_runs
 
     inputs = [Path(p) for p in args.inputs]
     try:

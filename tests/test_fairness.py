@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 from client.group_counts import release_noised_counts
 from shared_models.privacy_ledger import BudgetExceeded, PrivacyLedger
-from server.fairness import confusion_statistics, fairness_history, fairness_view
+from server.report.fairness import confusion_statistics, fairness_history, fairness_view
 from shared_models.demographic_groups import group_schema
 from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
 

@@ -27,7 +27,7 @@ from client.client_app import app
 from client.dp_allowlist import UnaccountedRelease, disallowed_content, dp_allowlist_mod
 from client.dp_training import DPPlan, make_private
 from server.central_dp import wrap_strategy
-from server.report import check_ledgers
+from server.report.build import check_ledgers
 from shared_models import messages as msgs
 from shared_models.demographic_groups import group_schema
 from shared_models.privacy_ledger import BudgetExceeded, PrivacyLedger, epsilon_of, group_mechanisms
@@ -255,7 +255,7 @@ def test_a_dp_node_sends_only_accounted_or_data_independent_values(hospital, tmp
 
 
 def test_exact_evaluation_under_dp_is_declared_unprotected_in_the_report(hospital, tmp_path):
-    from server.threat_model import guarantees
+    from server.report.threat_model import guarantees
 
     context, settings = _node(hospital, tmp_path / "state")
     reply = app(_ask("evaluate", settings), context)

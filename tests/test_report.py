@@ -24,8 +24,8 @@ from fairlearn.metrics import MetricFrame
 from sklearn.metrics import accuracy_score
 
 from shared_models.privacy_ledger import PrivacyLedger
-from server.report import coordinator_key
-from server.report_signing import SigningError, canonical_bytes
+from server.report.build import coordinator_key
+from server.report.signing import SigningError, canonical_bytes
 from shared_models.taxonomy import NUM_EMOTIONS
 from simulations.cli import main as fedemo
 

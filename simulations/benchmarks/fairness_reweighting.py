@@ -5,7 +5,7 @@
 Runs CONFIG (default configs/quickstart.toml) twice, with ``fairness-reweight``
 off and set to the attribute, and prints each run's final accuracy and the
 attribute's worst-group accuracy, gap and equalized-odds difference with their
-95% intervals (server/fairness.py). It prints figures; it asserts nothing.
+95% intervals (server/report/fairness.py). It prints figures; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from server.fairness import fairness_view
+from server.report.fairness import fairness_view
 from simulations.run_config import parse_overrides
 from simulations.simulate import run_simulation
 

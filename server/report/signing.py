@@ -141,7 +141,7 @@ def verify_run(run_dir: Path, *, expected_public_key: Path | None = None,
     """Check report.json against report.sig (and report.pub, and optionally a trusted key and the HTML).
 
     ``html_digest_of`` maps the HTML text to the report SHA-256 it says it was
-    built from (``server.report_html.source_digest``); passed in to keep this
+    built from (``server.report.html.source_digest``); passed in to keep this
     module free of the HTML code.
     """
     run_dir = Path(run_dir)

@@ -4,7 +4,7 @@ How well does the global model work (per round, and per demographic group
 with intervals), how sure are we (Wilson intervals, group sizes, suppressed
 groups), what privacy did each hospital spend (every DP-SGD figure a node
 reported, cross-checked against its ledger where the coordinator can see it),
-and was the report altered (``server.report_signing``).
+and was the report altered (``server.report.signing``).
 
 ``build_report`` reads only the run folder (config.json, metrics.jsonl,
 summary.json, and in simulation the nodes' ledgers), so a report can be
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from server.fairness import fairness_history, fairness_view, wilson_interval
-from server.threat_model import guarantees
-from server.report_signing import default_key_path, load_or_create_key, write_signed
+from server.report.fairness import fairness_history, fairness_view, wilson_interval
+from server.report.threat_model import guarantees
+from server.report.signing import default_key_path, load_or_create_key, write_signed
 
 SCHEMA_VERSION = 1
 REPORT_KIND = "fedemo-run-report"
@@ -244,7 +244,7 @@ def fairness_sections(config: dict[str, Any], rounds: list[dict[str, Any]]) -> t
     """(fairness per attribute, fairness settings) from the summed per-group counts of the rounds.
 
     The figures are those of the last round that logged group counts, through
-    ``server.fairness.fairness_view`` (which suppresses small groups); each
+    ``server.report.fairness.fairness_view`` (which suppresses small groups); each
     attribute also gets its gap history over the rounds.
     """
     with_groups = [r for r in rounds if r.get("groups")]
@@ -358,7 +358,7 @@ def report_at_end_of_run(run_dir: Path, key: Ed25519PrivateKey) -> Path | None:
 
 def write_report(run_dir: Path, key: Ed25519PrivateKey) -> Path:
     """Build, sign and write report.json/.sig/.pub and report.html into the run folder."""
-    from server.report_html import write_html
+    from server.report.html import write_html
 
     run_dir = Path(run_dir)
     path = write_signed(run_dir, build_report(run_dir), key)

@@ -29,8 +29,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from server.report_html import CSS, figure_img, html_table, interval, num, pct, source_digest  # noqa: E402
-from server.report_signing import REPORT_FILE, verify_run  # noqa: E402
+from server.report.html import CSS, html_table, interval, num, source_digest  # noqa: E402
+from server.report.plots import figure_img, pct  # noqa: E402
+from server.report.signing import REPORT_FILE, verify_run  # noqa: E402
 
 COMPARISON_SCHEMA_VERSION = 1
 COMPARISON_JSON = "comparison.json"

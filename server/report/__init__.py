@@ -1,0 +1,8 @@
+"""The auditor's report: build it from a run folder, sign it, render it, compare two runs.
+
+- ``build``: report.json from the run folder (metrics, fairness, privacy, the threat model);
+- ``fairness``: per-group metrics with intervals (Fairlearn's MetricFrame);
+- ``threat_model``: what each privacy figure means;
+- ``signing``: the coordinator's Ed25519 key, signature and verification;
+- ``html``/``plots``: the self-contained page; ``compare``: two runs side by side.
+"""
