@@ -68,10 +68,10 @@ def test_a_killed_coordinator_resumes_to_the_weights_of_an_uninterrupted_run(tmp
     proc = start_cli(tmp_path, "killed")
     killed = tmp_path / "runs" / "killed"
     wait_for_round(killed, 1, proc)
-    time.sleep(1.0)  # inside round 2
+    time.sleep(0.3)  # inside round 2 (on a loaded machine round 2 may already be done: then it resumes from 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert Checkpoint.load(killed).server_round == 1 and not (killed / "summary.json").exists()
+    assert Checkpoint.load(killed).server_round in (1, 2) and not (killed / "summary.json").exists()
 
     assert run_simulation(None, None, resume=killed) == killed
     assert rounds_of(killed) == [0, 1, 2, 3]  # round 2 once, although its line may have been written twice

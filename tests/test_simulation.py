@@ -67,8 +67,13 @@ def test_voice_federation_normalises_globally_and_counts_broken_clips(tmp_path):
     })
     rounds = read_rounds(run_dir)
     assert [r["round"] for r in rounds] == [0, 1]
-    # Every node read the shared folder, found the broken clips, skipped and counted them.
-    assert [c["skipped"] for c in rounds[-1]["evaluate"]["clients"]] == [len(broken)] * 3
+    # The broken clips belong to the shared folder: counted once for the dataset (the data check, which the
+    # simulation runs and logs before the engine starts), not once per node.
+    assert [c["skipped"] for c in rounds[-1]["evaluate"]["clients"]] == [0, 0, 0]
+    from client.data_check import check_data_dir
+
+    assert sorted(s["ref"] for s in check_data_dir(data_dir, "cremad", "voice").skipped) == sorted(
+        f"AudioWAV/{p.name}" for p in broken)
     assert -1.0 <= rounds[-1]["ccc_valence"] <= 1.0 and -1.0 <= rounds[-1]["ccc_arousal"] <= 1.0
     state = torch.load(run_dir / "global_model.pt")
     mean, std = state["trunk.feature_mean"], state["trunk.feature_std"]
@@ -123,9 +128,13 @@ def test_dp_federation_reports_recomputable_epsilon_and_nodes_refuse_past_budget
         assert ledger.mechanisms() == history[client]  # the ledger holds exactly what was reported
 
     # The budget belongs to the data: a second run on the same ledgers finds it spent and is declined.
-    rounds = read_rounds(run_simulation(None, {**base, "run-name": "dp2"}))
+    # No node trained, so the run fails (min-trained-nodes), naming each client's reason; the round is on record.
+    with pytest.raises(RuntimeError, match="no round aggregated") as refused:
+        run_simulation(None, {**base, "run-name": "dp2"})
+    assert "client 0: run declined" in str(refused.value) and "client 1: run declined" in str(refused.value)
+    rounds = read_rounds(tmp_path / "runs" / "dp2")
     failures = rounds[1]["train"]["failures"]
-    assert len(failures) == 2 and all("declined" in f["reason"] for f in failures)
+    assert len(failures) == 2 and all(f["reason"].startswith("run declined") for f in failures)
     assert rounds[1]["train"]["clients"] == []
 
 
