@@ -30,9 +30,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from opacus.accountants import create_accountant
-
 from shared_models.atomic_files import atomic_write_json
 
 LEDGER_FILE = "privacy_ledger.json"
@@ -78,6 +75,9 @@ def epsilon_of(events: list[tuple[float, float, int]], delta: float, accountant:
         return 0.0
     if accountant not in ACCOUNTANTS:
         raise LedgerError(f"unknown accountant {accountant!r}; choose one of {', '.join(ACCOUNTANTS)}")
+    import numpy as np  # numpy and Opacus load here, where epsilon is computed, so `fedemo --help` stays quick
+    from opacus.accountants import create_accountant
+
     acc = create_accountant(accountant)
     acc.history = group_mechanisms(events)
     with np.errstate(divide="ignore"):  # PRV takes log(1 - q) = log(0) for sample rate 1 (eval counts); harmless

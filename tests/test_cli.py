@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -57,3 +60,39 @@ def test_the_root_docstring_lists_each_command_once():
         listed.append(f"{first} {second}" if first in GROUPS else first)
     assert [name for name, count in Counter(listed).items() if count > 1] == []
     assert sorted(listed) == sorted(mounted_commands())
+
+
+# --- start-up: heavy libraries load inside the command that uses them ----------------------------------------------
+
+HEAVY = ("torch", "opacus", "flwr")
+
+
+def _modules_loaded_after(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter and report which heavy libraries it left in sys.modules."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_building_the_parser_imports_no_heavy_library():
+    assert _modules_loaded_after("import simulations.cli as c; c.build_parser()") == []
+
+
+def test_fedemo_help_prints_without_importing_torch_opacus_or_flower():
+    code = ("import contextlib, io, simulations.cli as c\n"
+            "out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit): c.main(['--help'])\n"
+            "assert 'simulate' in out.getvalue() and 'verify' in out.getvalue()")
+    assert _modules_loaded_after(code) == []
+
+
+def test_fedemo_verify_reads_a_run_without_importing_torch_opacus_or_flower(tmp_path):
+    code = f"import simulations.cli as c; c.main(['verify', {str(tmp_path)!r}])"
+    assert _modules_loaded_after(code) == []
+
+
+def test_python_m_simulations_cli_help_answers():
+    done = subprocess.run([sys.executable, "-m", "simulations.cli", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "usage: fedemo" in done.stdout
