@@ -26,6 +26,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.report.fairness import fairness_history, fairness_view, wilson_interval
+from shared_models.taxonomy import EMOTIONS
 from server.report.threat_model import guarantees
 from server.report.signing import default_key_path, load_or_create_key, write_signed
 
@@ -35,6 +36,9 @@ CONFIDENCE = 0.95  # level of every interval in the report (Wilson for accuracie
 ROUND_METRICS = ("loss", "accuracy", "macro_f1", "uar", "ccc_valence", "ccc_arousal", "eval_examples")
 DP_FIELDS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "max_grad_norm", "accountant", "budget")
 CLIENT_LEVEL_PREFIXES = ("central-dp", "secagg")
+CHANCE_METHOD = "a uniform random guess over the 7 emotions: 1/7"
+MAJORITY_RULE = ("no better than the majority class when the lower end of the accuracy's 95% interval is at or "
+                 "below the rate of always predicting the test rows' most common emotion")
 
 
 class ReportError(RuntimeError):
@@ -240,7 +244,79 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
             "budget_widened": widened_count, "clients": results}
 
 
-def fairness_sections(config: dict[str, Any], rounds: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+def eval_counts_noised(config: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """Whether a round's evaluation counts carry the nodes' DP noise (``eval-dp-noise-multiplier`` > 0)."""
+    run_config = config.get("run_config", {})
+    return bool(entry.get("groups_dp")) or bool(run_config.get("dp")) and float(
+        run_config.get("eval-dp-noise-multiplier") or 0.0) > 0
+
+
+def baseline_section(config: dict[str, Any], last: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    """What accuracy a model that learned nothing gets on the same test rows, and whether this one beat it.
+
+    The test rows' true-class totals are the row sums of the last round's
+    summed confusion matrix: always predicting the most common emotion scores
+    its share (the majority rate); a uniform random guess scores 1/7 (chance).
+    """
+    counts = final.get("confusion")
+    out: dict[str, Any] = {"round": final.get("round"), "chance_rate": 1 / len(EMOTIONS),
+                           "chance_method": CHANCE_METHOD, "rule": MAJORITY_RULE,
+                           "counts_noised": eval_counts_noised(config, last)}
+    totals = [int(sum(row)) for row in counts] if counts else []
+    n = sum(totals)
+    if not n:
+        out.update(status="no confusion counts in the last round: majority rate unknown", class_totals=None,
+                   majority_class=None, majority_rate=None, no_better_than_majority=None, warning=None)
+        return out
+    top = max(range(len(totals)), key=lambda k: totals[k])
+    majority = totals[top] / n
+    accuracy, ci = final.get("accuracy"), final.get("accuracy_ci")
+    low = ci[0] if ci else accuracy
+    no_better = low is not None and low <= majority
+    warning = None
+    if no_better:
+        where = ("includes" if ci and ci[1] >= majority else "falls below") if ci else "is at or below"
+        warning = (f"No better than the majority class: accuracy {100 * accuracy:.1f}%"
+                   + (f" (95% interval {100 * ci[0]:.1f}% to {100 * ci[1]:.1f}%)" if ci else "")
+                   + f" {where} the {100 * majority:.1f}% of always predicting '{EMOTIONS[top]}', the most common "
+                   "emotion in the test rows. The model may have learned nothing; per-group differences then reflect "
+                   "each group's mix of emotions, not how well the model serves it.")
+    out.update(status="ok", n=n, class_totals=dict(zip(EMOTIONS, totals)), majority_class=EMOTIONS[top],
+               majority_rate=majority, accuracy=accuracy, accuracy_ci=ci, no_better_than_majority=no_better,
+               warning=warning)
+    return out
+
+
+def hospitals_section(config: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each hospital's test accuracy and sample count as it reported them (metrics.jsonl's per-client counts)."""
+    per_client: dict[str, list[dict[str, Any]]] = {}
+    noised_any = False
+    for entry in rounds:
+        noised = eval_counts_noised(config, entry)
+        for client in (entry.get("evaluate") or {}).get("clients", []):
+            n, accuracy = client.get("num_examples"), client.get("accuracy")
+            noised_any |= noised
+            row = {"round": entry["round"], "num_examples": n, "accuracy": accuracy,
+                   "skipped": client.get("skipped", 0), "counts_noised": noised}
+            # Wilson interval from the exact counts; noised counts have no such interval
+            row["accuracy_ci"] = (accuracy_interval(round(accuracy * n), n)
+                                  if accuracy is not None and n and not noised else None)
+            per_client.setdefault(str(client["client"]), []).append(row)
+    clients = []
+    for client_id in sorted(per_client, key=lambda c: (len(c), c)):
+        history = per_client[client_id]
+        latest = history[-1]
+        clients.append({"client_id": client_id, **{k: v for k, v in latest.items()},
+                        "initial_accuracy": history[0]["accuracy"] if history[0]["round"] == 0 else None,
+                        "history": [{k: h[k] for k in ("round", "accuracy", "num_examples")} for h in history]})
+    return {"counts_noised": noised_any, "clients": clients,
+            "note": ("each hospital's evaluation counts carry differential-privacy noise (eval-dp-noise-multiplier): "
+                     "its accuracy and sample count are noised figures, without intervals") if noised_any else
+                    "exact counts reported by each hospital; intervals are Wilson 95% intervals"}
+
+
+def fairness_sections(config: dict[str, Any], rounds: list[dict[str, Any]],
+                      baseline: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(fairness per attribute, fairness settings) from the summed per-group counts of the rounds.
 
     The figures are those of the last round that logged group counts, through
@@ -259,11 +335,18 @@ def fairness_sections(config: dict[str, Any], rounds: list[dict[str, Any]]) -> t
     last = with_groups[-1]
     view = fairness_view(last["groups"], min_group_size=min_size, gap_threshold=threshold, confidence=CONFIDENCE)
     history = fairness_history(with_groups, min_group_size=min_size, gap_threshold=threshold)
+    meaningful = not (baseline or {}).get("no_better_than_majority")
+    reason = None if meaningful else (
+        "the model is no better than always predicting the majority class: group accuracies and gaps reflect "
+        "each group's mix of emotions, not how well the model serves it")
     for attribute, figures in view.items():
         figures["group_order"] = list(figures["groups"])  # canonical JSON sorts keys; keep the dataset's order
         figures["history"] = [{"round": h["round"], **h[attribute]} for h in history if attribute in h]
+        figures["meaningful"] = meaningful
+        figures["not_meaningful_reason"] = reason
     settings = {"status": "ok", "round": last["round"], "min_group_size": min_size, "gap_threshold": threshold,
-                "confidence": CONFIDENCE, "eval_count_noise": last.get("groups_dp")}
+                "confidence": CONFIDENCE, "eval_count_noise": last.get("groups_dp"), "meaningful": meaningful,
+                "not_meaningful_reason": reason}
     return view, settings
 
 
@@ -293,7 +376,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         raise ReportError(f"{run_dir / 'metrics.jsonl'} holds no round")
     run_config = config.get("run_config", {})
     round_entries = [round_entry(r) for r in rounds]
-    fairness, fairness_settings = fairness_sections(config, rounds)
+    baseline = baseline_section(config, rounds[-1], round_entries[-1])
+    fairness, fairness_settings = fairness_sections(config, rounds, baseline)
     report = {
         "schema_version": SCHEMA_VERSION,
         "kind": REPORT_KIND,
@@ -318,7 +402,9 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "config": run_config,
         "initial": round_entries[0],
         "final": round_entries[-1],
+        "baseline": baseline,
         "rounds": round_entries,
+        "hospitals": hospitals_section(config, rounds),
         "privacy": privacy_section(config, rounds, summary, run_dir),
         "fairness": fairness,
         "fairness_settings": fairness_settings,

@@ -28,6 +28,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from server.report.html import CSS, html_table, interval, num, source_digest  # noqa: E402
 from server.report.plots import figure_img, pct  # noqa: E402
@@ -153,8 +154,8 @@ def findings(comparison: dict[str, Any]) -> list[str]:
     acc = comparison["global"]["accuracy"]
     if acc["change"] is not None:
         lines.append(f"Overall accuracy: {pct(acc['a'])} in A, {pct(acc['b'])} in B, a change of "
-                     f"{100 * acc['change']:+.1f} points"
-                     + (f" (95% interval {100 * acc['change_ci'][0]:+.1f} to {100 * acc['change_ci'][1]:+.1f})"
+                     f"{100 * acc['change']:+.1f} pp"
+                     + (f" (95% interval {100 * acc['change_ci'][0]:+.1f} to {100 * acc['change_ci'][1]:+.1f} pp)"
                         if acc.get("change_ci") else "") + ".")
     for attribute, item in comparison["attributes"].items():
         drop = item["largest_drop"]
@@ -164,11 +165,11 @@ def findings(comparison: dict[str, Any]) -> list[str]:
                       if r["accuracy_change"] is not None and g != drop["group"]]
             verb = "loses most" if drop["accuracy_change"] < 0 else "gains least"
             text += (f"the group that {verb} from A to B is '{drop['group']}' "
-                     f"({100 * drop['accuracy_change']:+.1f} points")
+                     f"({100 * drop['accuracy_change']:+.1f} pp")
             if len(set(others)) == 1:
-                text += f"; the other groups {100 * others[0]:+.1f}"
+                text += f"; the other groups {100 * others[0]:+.1f} pp"
             elif others:
-                text += f"; the other groups {100 * min(others):+.1f} to {100 * max(others):+.1f}"
+                text += f"; the other groups {100 * min(others):+.1f} to {100 * max(others):+.1f} pp"
             text += ")"
         else:
             text += "no group is reported in both runs"
@@ -178,7 +179,7 @@ def findings(comparison: dict[str, Any]) -> list[str]:
                      f"{pct(wg['b'].get('accuracy'))} ('{wg['b'].get('group')}') in B")
         gap = item["accuracy_gap"]
         if gap["change"] is not None:
-            text += f"; gap between groups {100 * gap['a']:.1f} vs {100 * gap['b']:.1f} points"
+            text += f"; gap between groups {100 * gap['a']:.1f} pp vs {100 * gap['b']:.1f} pp"
         lines.append(text + ".")
     bad = [side for side in ("a", "b") if not comparison["runs"][side]["signature"]["valid"]]
     if bad:
@@ -192,7 +193,7 @@ def findings(comparison: dict[str, Any]) -> list[str]:
 
 
 def points(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f} points"
+    return "n/a" if x is None else f"{100 * x:.1f} pp"
 
 
 def yes_no(flag: bool | None) -> str:
@@ -215,17 +216,21 @@ def plot_attribute(attribute: str, item: dict[str, Any]) -> str:
             s = r[side]
             if s and not s["suppressed"] and s.get("accuracy") is not None:
                 ys.append(i + offset)
-                xs.append(s["accuracy"])
-                lo.append(max(0.0, s["accuracy"] - s["accuracy_ci"][0]))
-                hi.append(max(0.0, s["accuracy_ci"][1] - s["accuracy"]))
+                xs.append(100 * s["accuracy"])
+                lo.append(max(0.0, 100 * (s["accuracy"] - s["accuracy_ci"][0])))
+                hi.append(max(0.0, 100 * (s["accuracy_ci"][1] - s["accuracy"])))
         ax.barh(ys, xs, height=height, xerr=[lo, hi], capsize=3, color=color, label=side.upper())
     ax.set_yticks(range(len(rows)), [g for g, _ in rows])
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy (bars: 95% interval)")
+    ax.set_xlim(0, 100)
+    ax.xaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=0))
+    ax.set_xlabel("accuracy (error bars: 95% interval)")
     ax.set_title(f"Accuracy per {attribute} group: A vs B")
-    ax.legend(loc="lower right")
-    return figure_img(fig)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    alt = (f"Bar chart of accuracy per {attribute} group in run A and run B with 95% intervals: "
+           + "; ".join(f"{g} A {pct((r['a'] or {}).get('accuracy'))}, B {pct((r['b'] or {}).get('accuracy'))}"
+                       for g, r in rows) + ".")
+    return figure_img(fig, alt)
 
 
 def render_comparison_html(comparison: dict[str, Any]) -> str:
@@ -245,8 +250,8 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
                 else:
                     cells += [pct(s.get("accuracy")) + f" (n={s.get('n')})", interval(s.get("accuracy_ci"))]
             change, ci = r["accuracy_change"], r["accuracy_change_ci"]
-            cells += ["n/a" if change is None else f"{100 * change:+.1f} points",
-                      "" if not ci else f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}"]
+            cells += ["n/a" if change is None else f"{100 * change:+.1f} pp",
+                      "" if not ci else f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} pp"]
             rows.append(cells)
         parts.append(html_table(["group", "accuracy A", "interval A", "accuracy B", "interval B", "change B - A",
                              "interval of change"], rows))
@@ -256,7 +261,12 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
              escape(f"{wg['b'].get('group')}: {pct(wg['b'].get('accuracy'))}")],
             ["accuracy gap (best - worst group)", points(gap["a"]), points(gap["b"])],
             ["gap flagged", yes_no(item["flagged"]["a"]), yes_no(item["flagged"]["b"])]]))
-    global_rows = [[escape(m), num(v["a"]), num(v["b"]), "n/a" if v["change"] is None else f"{v['change']:+.3f}"]
+    def rate(metric: str) -> bool:  # rates in %, their changes in percentage points; loss and the rest plain
+        return metric in ("accuracy", "macro_f1", "uar")
+
+    global_rows = [[escape(m), pct(v["a"]) if rate(m) else num(v["a"]), pct(v["b"]) if rate(m) else num(v["b"]),
+                    "n/a" if v["change"] is None else (f"{100 * v['change']:+.1f} pp" if rate(m)
+                                                       else f"{v['change']:+.3f}")]
                    for m, v in comparison["global"].items()]
     runs_rows = [[side.upper(), escape(r["label"]), escape(r["path"]),
                   "valid" if r["signature"]["valid"] else "<strong class=flag>NOT VALID</strong>: "

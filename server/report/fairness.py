@@ -66,7 +66,8 @@ def fairness_view(groups: dict[str, dict[str, list[list[int]]]], *, min_group_si
 
 
 def fairness_history(rounds: list[dict], *, min_group_size: int, gap_threshold: float) -> list[dict]:
-    """Accuracy gap and worst-group accuracy per attribute for every round that has ``"groups"``."""
+    """Accuracy gap, worst-group accuracy and each reported group's accuracy per attribute, for every round
+    that has ``"groups"`` (suppressed groups left out, as in the view)."""
     history = []
     for entry in rounds:
         if not entry.get("groups"):
@@ -76,13 +77,15 @@ def fairness_history(rounds: list[dict], *, min_group_size: int, gap_threshold: 
             confusions = _confusions(attribute, by_group)
             kept = [g for g, c in confusions.items() if not _suppressed(c, min_group_size)]
             if not kept:
-                row[attribute] = {"accuracy_gap": None, "worst_group_accuracy": None, "flagged": False}
+                row[attribute] = {"accuracy_gap": None, "worst_group_accuracy": None, "flagged": False, "groups": {}}
                 continue
             y_true, y_pred, sensitive = expand_counts({g: confusions[g] for g in kept})
             frame = MetricFrame(metrics=accuracy_score, y_true=y_true, y_pred=y_pred, sensitive_features=sensitive)
             gap = _float(frame.difference()) if len(kept) > 1 else None
             row[attribute] = {"accuracy_gap": gap, "worst_group_accuracy": _float(frame.group_min()),
-                              "flagged": gap is not None and gap > gap_threshold}
+                              "flagged": gap is not None and gap > gap_threshold,
+                              "groups": {g: {"n": int(confusions[g].sum()), "accuracy": float(frame.by_group[g])}
+                                         for g in kept}}  # each reported group's accuracy this round
         history.append(row)
     return history
 
@@ -166,8 +169,8 @@ def _attribute_view(attribute: str, by_group: dict, *, min_group_size: int, gap_
             "ci": _interval(boot["predicted_rate_difference"], points["predicted_rate_difference"], confidence)}
     gap = view["accuracy_gap"]["value"]
     view["flagged"] = gap is not None and gap > gap_threshold
-    view["flag_reason"] = (f"accuracy gap {gap:.3f} between {view['accuracy_gap']['between'][0]} and "
-                           f"{view['accuracy_gap']['between'][1]} exceeds the threshold {gap_threshold:g}"
+    view["flag_reason"] = (f"accuracy gap {100 * gap:.1f} pp between {view['accuracy_gap']['between'][0]} and "
+                           f"{view['accuracy_gap']['between'][1]} exceeds the threshold {100 * gap_threshold:.1f} pp"
                            if view["flagged"] else None)
     return view
 

@@ -17,16 +17,43 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from server.report.plots import ordered_groups, pct, plot_epsilon, plot_gaps, plot_global, plot_groups
-from server.report.signing import REPORT_FILE
+from server.report.plots import (ordered_groups, pct, plot_epsilon, plot_gaps, plot_global, plot_group_history,
+                                 plot_groups, pp, same_lines)
+from server.report.signing import REPORT_FILE, SIGNATURE_FILE
 
 HTML_FILE = "report.html"
 DIGEST_META = "fedemo-report-sha256"
 
 
 # --------------------------------------------------------------------------- formatting
+# One unit per kind of figure, on the whole page: rates (accuracy, macro-F1, recall) in %, differences of
+# rates (gaps) in percentage points (pp), ratios as plain ratios; the JSON keeps fractions (0-1).
 def interval(ci: list[float] | None) -> str:
+    """A rate's interval, in %."""
     return "" if not ci else f"{100 * ci[0]:.1f}% to {100 * ci[1]:.1f}%"
+
+
+def pp_interval(ci: list[float] | None) -> str:
+    """A difference's interval, in percentage points."""
+    return "" if not ci else f"{100 * ci[0]:.1f} to {100 * ci[1]:.1f} pp"
+
+
+def ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def ratio_interval(ci: list[float] | None) -> str:
+    return "" if not ci else f"{ci[0]:.2f} to {ci[1]:.2f}"
+
+
+def nw(text: str) -> str:
+    """A table cell's figure kept on one line ("50.9% to 60.5%" never breaks inside)."""
+    return f'<span class="nw">{text}</span>' if text else ""
+
+
+def fingerprint(key_id: str) -> str:
+    """The key id (SHA-256 of the raw public key, hex), exactly as ``fedemo verify`` prints it."""
+    return escape(key_id)
 
 
 def num(x: Any, digits: int = 3) -> str:
@@ -47,14 +74,24 @@ def plain_summary(report: dict) -> list[str]:
     """The findings in plain sentences, most important first."""
     run, final, privacy = report["run"], report["final"], report["privacy"]
     lines = []
+    baseline = report.get("baseline") or {}
+    if baseline.get("warning"):
+        lines.append("WARNING: " + baseline["warning"])
+    if run.get("incomplete"):
+        lines.append(f"This run is INCOMPLETE: it stopped after {run.get('rounds_completed')} of "
+                     f"{run.get('rounds_planned')} planned rounds; every figure is that of round "
+                     f"{run.get('rounds_completed')}.")
     n = final.get("eval_examples") or 0
     correct = sum(final["confusion"][i][i] for i in range(len(final["confusion"]))) if final.get("confusion") else None
     lines.append(
-        f"After {run.get('rounds_completed')} training rounds with {run.get('num_clients')} hospitals, the shared "
+        f"After {run.get('rounds_completed')} training round{'' if run.get('rounds_completed') == 1 else 's'} with {run.get('num_clients')} hospitals, the shared "
         f"{run.get('task')} emotion model recognised {correct if correct is not None else '?'} of {n} held-out "
         f"test samples correctly: accuracy {pct(final.get('accuracy'))}"
         + (f" (95% interval {interval(final.get('accuracy_ci'))})" if final.get("accuracy_ci") else "")
-        + f"; before training it was {pct(report['initial'].get('accuracy'))}.")
+        + f"; before training it was {pct(report['initial'].get('accuracy'))}."
+        + (f" Always predicting the most common emotion ('{baseline['majority_class']}') would score "
+           f"{pct(baseline['majority_rate'])}, a uniform random guess {pct(baseline.get('chance_rate'))}."
+           if baseline.get("majority_rate") is not None else ""))
     if privacy.get("sample_level_dp") and privacy.get("clients"):
         budgets = sorted({c["budget"] for c in privacy["clients"] if c.get("budget") is not None})
         lines.append(
@@ -90,6 +127,11 @@ def plain_summary(report: dict) -> list[str]:
                      + (f"; rounds {', '.join(map(str, halted))} were halted and changed nothing" if halted else "")
                      + ".")
     settings = report.get("fairness_settings", {})
+    if report.get("fairness") and settings.get("meaningful") is False:
+        lines.append("Per-group figures are NOT MEANINGFUL for this run (" + str(settings.get("not_meaningful_reason"))
+                     + "): no group is named worst-served and no gap is claimed; the tables below are shown as "
+                       "data only.")
+        return lines
     for attribute, figures in report.get("fairness", {}).items():
         worst = figures.get("worst_group") or {}
         gap = figures.get("accuracy_gap") or {}
@@ -102,8 +144,7 @@ def plain_summary(report: dict) -> list[str]:
         if gap.get("value") is not None:
             ci = gap.get("ci")
             text += (f"; the gap to the best group ({' vs '.join(map(str, gap.get('between') or []))}) is "
-                     f"{100 * gap['value']:.1f} percentage points"
-                     + (f" (95% interval {100 * ci[0]:.1f} to {100 * ci[1]:.1f})" if ci else ""))
+                     f"{pp(gap['value'])}" + (f" (95% interval {pp_interval(ci)})" if ci else ""))
         text += "."
         if figures.get("flagged"):
             text += f" FLAGGED: {figures.get('flag_reason') or 'gap above the threshold'}."
@@ -128,16 +169,26 @@ def fairness_html(report: dict) -> str:
     fairness = report.get("fairness", {})
     if not fairness:
         return f"<p>{escape(str(settings.get('status', 'No per-group figures in this run.')))}</p>"
-    parts = [f"<p>Figures of round {settings.get('round')}; groups with fewer than "
-             f"{settings.get('min_group_size')} test samples are suppressed (not shown, to protect the people in "
-             f"them and because their figures would be noise). Intervals are {int(100 * settings.get('confidence', 0.95))}%"
-             f" intervals. A gap above {settings.get('gap_threshold')} is flagged.</p>"]
+    meaningful = settings.get("meaningful") is not False
+    threshold = settings.get("gap_threshold")
+    parts = []
+    if not meaningful:
+        parts.append('<p class="warn"><strong>Not meaningful for this run:</strong> '
+                     f'{escape(str(settings.get("not_meaningful_reason")))}. The figures below are data, not findings: '
+                     "no group is named worst-served and no gap is flagged.</p>")
+    parts.append(f"<p>Figures of round {settings.get('round')}; groups with fewer than "
+                 f"{settings.get('min_group_size')} test samples are suppressed (not shown, to protect the people in "
+                 f"them and because their figures would be noise). Intervals are "
+                 f"{int(100 * settings.get('confidence', 0.95))}% intervals; accuracies are in %, differences between "
+                 f"groups in percentage points (pp), ratios as plain ratios."
+                 + (f" A gap above {pp(threshold)} is flagged." if threshold is not None else "") + "</p>")
     if settings.get("eval_count_noise"):
         parts.append(f"<p>The per-group counts carry differential-privacy noise "
                      f"({escape(json.dumps(settings['eval_count_noise']))}).</p>")
     for attribute, figures in fairness.items():
         parts.append(f"<h3>By {escape(attribute)}</h3>")
-        parts.append(plot_groups(attribute, figures, report["final"].get("accuracy")))
+        parts.append(plot_groups(attribute, figures, report["final"].get("accuracy"),
+                                 (report.get("baseline") or {}).get("majority_rate")))
         rows = []
         for group, v in ordered_groups(figures):
             if v.get("suppressed"):
@@ -145,25 +196,36 @@ def fairness_html(report: dict) -> str:
                              "suppressed: too few samples to report", "", ""])
             else:
                 rows.append([escape(str(group)), num(v.get("n")), pct(v.get("accuracy")),
-                             interval(v.get("accuracy_ci")), num(v.get("macro_f1"))])
+                             nw(interval(v.get("accuracy_ci"))), pct(v.get("macro_f1"))])
         parts.append(html_table(["group", "test samples", "accuracy", "95% interval", "macro-F1"], rows))
         facts = []
-        for key, label in (("accuracy_gap", "accuracy gap (best - worst)"), ("accuracy_ratio", "accuracy ratio"),
+        for key, label in (("accuracy_gap", "accuracy gap (best - worst group)"),
+                           ("accuracy_ratio", "accuracy ratio (worst / best group)"),
                            ("equalized_odds_difference", "equalized-odds difference"),
                            ("predicted_rate_difference", "predicted-rate difference")):
             item = figures.get(key) or {}
             if item.get("value") is not None:
-                facts.append([escape(label), num(item["value"]), interval(item.get("ci")).replace("%", "")
-                              if key == "accuracy_ratio" else interval(item.get("ci")),
+                is_ratio = key == "accuracy_ratio"
+                facts.append([escape(label), nw(ratio(item["value"]) if is_ratio else pp(item["value"])),
+                              nw(ratio_interval(item.get("ci")) if is_ratio else pp_interval(item.get("ci"))),
                               escape(str(item.get("method") or ""))])
         if facts:
-            parts.append(html_table(["measure", "value", "interval", "method"], facts))
-        status = ("<strong class=flag>flagged</strong>: " + escape(str(figures.get("flag_reason") or ""))
-                  if figures.get("flagged") else "not flagged")
+            parts.append(html_table(["measure" + ("" if meaningful else " (not meaningful here)"), "value",
+                                     "95% interval", "method"], facts))
+        if not meaningful:
+            status = "not assessed: the model is no better than the majority class"
+        elif figures.get("flagged"):
+            status = "<strong class=flag>flagged</strong>: " + escape(str(figures.get("flag_reason") or ""))
+        else:
+            status = "not flagged"
         parts.append(f"<p>Status: {status}.</p>")
+        history = plot_group_history(attribute, figures)
+        if history:
+            parts.append(f"<h4>Accuracy per {escape(attribute)} group over rounds</h4>" + history)
     gaps = plot_gaps(fairness, settings.get("gap_threshold"))
     if gaps:
-        parts.append("<h3>Gaps over rounds</h3>" + gaps)
+        parts.append("<h3>Gaps over rounds" + ("" if meaningful else " (not meaningful for this run)") + "</h3>"
+                     + gaps)
     return "\n".join(parts)
 
 
@@ -201,6 +263,12 @@ def privacy_html(privacy: dict) -> str:
                      "Each figure is what the hospital reported, and (in simulation) was checked against its "
                      f"privacy ledger: <strong>{escape(privacy['ledger_check']['status'])}</strong>.</p>")
         parts.append(plot_epsilon(privacy))
+        shared = [g for g in same_lines(privacy["clients"]) if len(g) > 1]
+        if shared:
+            parts.append("<p><small>Hospitals with the same data size and settings spend exactly the same epsilon, "
+                         "so their lines coincide: " + "; ".join(
+                             f"hospitals {escape(', '.join(str(c['client_id']) for c in g))} share one line"
+                             for g in shared) + ".</small></p>")
         checks = {c["client_id"]: c["status"] for c in privacy["ledger_check"].get("clients", [])}
         rows = [[escape(c["client_id"]), num(c.get("epsilon")), num(c.get("delta")), num(c.get("budget")),
                  num(c.get("budget_remaining")), num(c.get("noise_multiplier")), num(c.get("sample_rate")),
@@ -218,13 +286,60 @@ def privacy_html(privacy: dict) -> str:
 
 
 def rounds_html(rounds: list[dict]) -> str:
-    rows = [[num(r["round"]), pct(r.get("accuracy")), interval(r.get("accuracy_ci")), num(r.get("macro_f1")),
+    rows = [[num(r["round"]), pct(r.get("accuracy")), nw(interval(r.get("accuracy_ci"))), pct(r.get("macro_f1")),
              num(r.get("loss")), num(r.get("eval_examples")), num(r.get("clients_trained")),
              num(r.get("clients_evaluated")), num(len(r.get("train_failures", [])) + len(r.get("evaluate_failures", []))),
              escape("; ".join(f"{x['client']}: {x['reason']}" for x in r.get("train_rejected", [])))]
             for r in rounds]
     return html_table(["round", "accuracy", "95% interval", "macro-F1", "loss", "test samples", "hospitals trained",
                    "hospitals evaluated", "failures", "updates rejected"], rows)
+
+
+def hospitals_html(report: dict) -> str:
+    """Each hospital's test accuracy and sample count, as it reported them."""
+    hospitals = report.get("hospitals") or {}
+    clients = hospitals.get("clients") or []
+    if not clients:
+        return "<p>No hospital reported evaluation counts in this run.</p>"
+    parts = [f"<p>Round {clients[0].get('round')}, each hospital's own held-out test rows: "
+             f"{escape(str(hospitals.get('note', '')))}.</p>"]
+    if hospitals.get("counts_noised"):
+        parts.append('<p class="warn"><strong>Noised:</strong> under <code>eval-dp-noise-multiplier</code> each '
+                     "hospital adds differential-privacy noise to the counts it reports; the figures below are those "
+                     "noised counts, not its exact results, and have no interval.</p>")
+    rows = [[escape(str(c["client_id"])), num(c.get("num_examples")), pct(c.get("accuracy")),
+             nw(interval(c.get("accuracy_ci"))) or ("noised: no interval" if c.get("counts_noised") else ""),
+             pct(c.get("initial_accuracy")), num(c.get("skipped"))] for c in clients]
+    parts.append(html_table(["hospital", "test samples", "accuracy", "95% interval", "before training",
+                             "skipped samples"], rows))
+    return "\n".join(parts)
+
+
+def headline_html(report: dict) -> str:
+    """Accuracy beside what a model that learned nothing scores, first thing on the page."""
+    final, baseline = report["final"], report.get("baseline") or {}
+    cells = [f"<div><span>accuracy (round {final.get('round')})</span><b>{pct(final.get('accuracy'))}</b>"
+             f"<small>95% interval {interval(final.get('accuracy_ci')) or 'n/a'}</small></div>"]
+    if baseline.get("majority_rate") is not None:
+        cells.append(f"<div><span>majority class: always '{escape(str(baseline['majority_class']))}'</span>"
+                     f"<b>{pct(baseline['majority_rate'])}</b><small>of {num(baseline.get('n'))} test samples</small>"
+                     "</div>")
+    if baseline.get("chance_rate") is not None:
+        cells.append(f"<div><span>chance (uniform guess)</span><b>{pct(baseline['chance_rate'])}</b>"
+                     "<small>1 in 7 emotions</small></div>")
+    cells.append(f"<div><span>macro-F1</span><b>{pct(final.get('macro_f1'))}</b><small>mean over emotions</small></div>")
+    note = ("" if not baseline.get("counts_noised") else
+            "<p><small>The test counts carry differential-privacy noise, so these rates are approximate.</small></p>")
+    return f'<div class="headline">{"".join(cells)}</div>{note}'
+
+
+def majority_banner(report: dict) -> str:
+    baseline = report.get("baseline") or {}
+    if not baseline.get("no_better_than_majority"):
+        return ""
+    head, _, rest = str(baseline.get("warning") or "No better than the majority class.").partition(": ")
+    return f'<p class="banner" role="alert"><strong>{escape(head)}:</strong> {escape(rest)}</p>'
+
 
 
 CSS = """
@@ -235,6 +350,13 @@ table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px soli
 th{background:#f4f4f4}.summary{background:#f6f8fa;border-left:4px solid #4c78a8;padding:.5em 1.2em}
 .flag{color:#b00}img{max-width:100%}pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.85em}
 small{color:#666}
+.banner{border:2px solid #b00;padding:.6em .8em;background:#fee;margin:1em 0}
+.warn{border-left:4px solid #c60;background:#fff6e5;padding:.4em .8em}
+.headline{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
+.headline div{border:1px solid #ddd;border-radius:4px;padding:.4em .8em;min-width:10em}
+.headline span{display:block;font-size:.85em;color:#555}.headline b{display:block;font-size:1.6em}
+.headline small{display:block}
+code.fp{font-size:.95em;word-break:break-all}.nw{white-space:nowrap}
 """
 
 
@@ -242,15 +364,21 @@ def incomplete_banner(run: dict) -> str:
     """A run that stopped before its planned rounds says so first: its figures are not the planned run's."""
     if not run.get("incomplete"):
         return ""
-    how = "interrupted" if run.get("interrupted") else "stopped"
-    return (f'<p class="banner" style="border:2px solid #b00;padding:.5em;background:#fee"><strong>Incomplete run:'
-            f' {how} after {run.get("rounds_completed")} of {run.get("rounds_planned")} planned rounds.</strong> '
-            f'Continue it with <code>fedemo simulate --resume RUN_FOLDER</code>.</p>')
+    interrupted = run.get("interrupted") or {}
+    how = "interrupted" if interrupted else "stopped (no summary: the coordinator did not finish)"
+    resume = interrupted.get("resume") if isinstance(interrupted, dict) else None
+    return (f'<p class="banner" role="alert"><strong>Incomplete run: {how} after {run.get("rounds_completed")} of '
+            f'{run.get("rounds_planned")} planned rounds.</strong> Every figure on this page is that of round '
+            f'{run.get("rounds_completed")}, not of the planned run. Continue it with '
+            f'<code>{escape(resume or "fedemo simulate --resume RUN_FOLDER")}</code>.</p>')
 
 
-def render_html(report: dict, report_sha256: str) -> str:
-    """The whole page; a pure function of the report and its digest."""
+def render_html(report: dict, report_sha256: str, key_id: str | None = None) -> str:
+    """The whole page; a pure function of the report, its digest and the signing key's id (from report.sig)."""
     run = report["run"]
+    signer = (f'signed by the coordinator key with fingerprint (SHA-256 of the Ed25519 public key) '
+              f'<code class="fp" id="key-fingerprint">{escape(fingerprint(key_id))}</code>'
+              if key_id else "<strong>no signature found</strong> (report.sig is missing)")
     summary = "".join(f"<li>{escape(line)}</li>" for line in plain_summary(report))
     config_rows = [[escape(k), escape(json.dumps(v))] for k, v in sorted(report.get("config", {}).items())]
     return f"""<!DOCTYPE html>
@@ -259,22 +387,29 @@ def render_html(report: dict, report_sha256: str) -> str:
 <title>FedEmo run report {escape(str(run.get('run_id')))}</title><style>{CSS}</style></head><body>
 <h1>FedEmo run report: {escape(str(run.get('run_id')))}</h1>
 {incomplete_banner(run)}
+{majority_banner(report)}
 <p><small>{escape(str(run.get('task')))} emotion recognition, dataset {escape(str(run.get('dataset')))}, model
-{escape(str(run.get('model')))}; report schema {report.get('schema_version')}, generated {escape(str(report.get('generated_at')))}.
-</small></p>
+{escape(str(run.get('model')))}; report schema {report.get('schema_version')}, generated {escape(str(report.get('generated_at')))};
+{signer}.</small></p>
+{headline_html(report)}
 <h2>Summary</h2>
 <div class="summary"><ul>{summary}</ul></div>
 <h2>How well the model works for each group</h2>
 {fairness_html(report)}
+<h2>Each hospital's test results</h2>
+{hospitals_html(report)}
 <h2>Privacy spent by each hospital</h2>
 {privacy_html(report['privacy'])}
 <h2>Global model over the rounds</h2>
-{plot_global(report['rounds'])}
+{plot_global(report['rounds'], report.get('baseline'))}
 {rounds_html(report['rounds'])}
 <h2>Is this report authentic?</h2>
 <p>This page was built from <code>report.json</code> with SHA-256 <code>{report_sha256}</code>. That file is signed
-with the coordinator's Ed25519 key (<code>report.sig</code>, public key in <code>report.pub</code>). Run
-<code>fedemo verify RUN_FOLDER</code> to check that neither file was changed since the run.</p>
+with the coordinator's Ed25519 key (<code>report.sig</code>, public key in <code>report.pub</code>).</p>
+<p>Signing key fingerprint: {f'<code class="fp">{escape(fingerprint(key_id))}</code>' if key_id else 'none (report.sig is missing)'}.
+Compare it with the fingerprint the coordinator publishes; this page itself is not signed, so run
+<code>fedemo verify RUN_FOLDER</code> (it prints the same fingerprint) to check that neither file was
+changed since the run and that the page was built from the signed report.</p>
 <details><summary>Run configuration</summary>{html_table(['key', 'value'], config_rows)}</details>
 <p><small>Software: {escape(json.dumps(run.get('versions', {}), sort_keys=True))}</small></p>
 </body></html>
@@ -285,7 +420,11 @@ def write_html(run_dir: Path) -> Path:
     """(Re)build report.html from the run folder's report.json."""
     run_dir = Path(run_dir)
     data = (run_dir / REPORT_FILE).read_bytes()
-    html = render_html(json.loads(data.decode("utf-8")), hashlib.sha256(data).hexdigest())
+    try:  # the signer's key id, for the page; fedemo verify checks it against the signature
+        key_id = str(json.loads((run_dir / SIGNATURE_FILE).read_text(encoding="utf-8"))["key_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        key_id = None
+    html = render_html(json.loads(data.decode("utf-8")), hashlib.sha256(data).hexdigest(), key_id)
     path = run_dir / HTML_FILE
     path.write_text(html, encoding="utf-8")
     return path

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
+from html import escape
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
-MAX_LEGEND_CLIENTS = 12  # above this many clients the epsilon plot names only the largest spender
+MAX_LEGEND_CLIENTS = 10  # distinct epsilon lines named in the legend; any more are drawn grey
 
 
 def pct(x: float | None) -> str:
@@ -25,79 +26,173 @@ def ordered_groups(figures: dict) -> list[tuple[str, dict]]:
     return [(g, groups[g]) for g in order + sorted(g for g in groups if g not in order)]
 
 
-def figure_img(fig) -> str:
-    """The figure as an ``<img>`` with its PNG inlined, so a page stays one self-contained file; closes it."""
+def pp(x: float | None) -> str:
+    """A difference of two rates, in percentage points."""
+    return "n/a" if x is None else f"{100 * x:.1f} pp"
+
+
+def figure_img(fig, alt: str) -> str:
+    """The figure as an ``<img>`` with its PNG inlined and ``alt`` text, so a page stays one file; closes it."""
     for ax in fig.axes:
         if ax.get_xlabel().startswith("round"):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">'
+    return (f'<img alt="{escape(alt, quote=True)}" '
+            f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">')
+
+
+def _percent_axis(ax, axis: str = "y") -> None:
+    (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(PercentFormatter(xmax=100, decimals=0))
+
+
+def _legend_outside(ax, **kwargs) -> None:
+    """The legend to the right of the frame, where it hides no point."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small", **kwargs)
 
 
 # --------------------------------------------------------------------------- plots
-def plot_global(rounds: list[dict]) -> str:
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    xs = [r["round"] for r in rounds if r.get("accuracy") is not None]
-    ax.plot(xs, [r["accuracy"] for r in rounds if r.get("accuracy") is not None], marker="o", label="accuracy")
-    cis = [(r["round"], r["accuracy_ci"]) for r in rounds if r.get("accuracy_ci")]
+def plot_global(rounds: list[dict], baseline: dict | None = None) -> str:
+    baseline = baseline or {}
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    shown = [r for r in rounds if r.get("accuracy") is not None]
+    xs = [r["round"] for r in shown]
+    ax.plot(xs, [100 * r["accuracy"] for r in shown], marker="o", color="#1f77b4", label="accuracy")
+    cis = [(r["round"], r["accuracy_ci"]) for r in shown if r.get("accuracy_ci")]
     if cis:
-        ax.fill_between([c[0] for c in cis], [c[1][0] for c in cis], [c[1][1] for c in cis], alpha=0.2,
-                        label="95% interval")
-    ax.plot(xs, [r.get("macro_f1") for r in rounds if r.get("accuracy") is not None], marker=".", linestyle="--",
-            label="macro-F1")
+        ax.fill_between([c[0] for c in cis], [100 * c[1][0] for c in cis], [100 * c[1][1] for c in cis],
+                        color="#1f77b4", alpha=0.2, label="accuracy 95% interval")
+    f1 = [(r["round"], r["macro_f1"]) for r in shown if r.get("macro_f1") is not None]
+    if f1:
+        ax.plot([p[0] for p in f1], [100 * p[1] for p in f1], marker=".", linestyle="--", color="#ff7f0e",
+                label="macro-F1")
+    if baseline.get("majority_rate") is not None:
+        ax.axhline(100 * baseline["majority_rate"], color="#444444", linestyle=":", linewidth=1.5,
+                   label=f"always '{baseline['majority_class']}' (majority) {pct(baseline['majority_rate'])}")
+    if baseline.get("chance_rate") is not None:
+        ax.axhline(100 * baseline["chance_rate"], color="#999999", linestyle="-.", linewidth=1,
+                   label=f"chance (1/7) {pct(baseline['chance_rate'])}")
     ax.set_xlabel("round (0 = before training)")
-    ax.set_ylim(0, 1)
+    ax.set_ylabel("% of test samples")
+    ax.set_ylim(0, 100)
+    _percent_axis(ax)
     ax.set_title("Global model on all hospitals' test data")
-    ax.legend(loc="lower right")
+    _legend_outside(ax)
     ax.grid(alpha=0.3)
-    return figure_img(fig)
+    last = shown[-1] if shown else {}
+    alt = (f"Line chart of the global model's accuracy and macro-F1 over rounds 0 to {xs[-1] if xs else 0}; "
+           f"final accuracy {pct(last.get('accuracy'))}"
+           + (f", against {pct(baseline.get('majority_rate'))} for always predicting the majority class and "
+              f"{pct(baseline.get('chance_rate'))} for chance" if baseline.get("majority_rate") is not None else "")
+           + ".")
+    return figure_img(fig, alt)
 
 
-def plot_groups(attribute: str, figures: dict, overall: float | None) -> str:
+def plot_groups(attribute: str, figures: dict, overall: float | None, majority: float | None = None) -> str:
     shown = [(g, v) for g, v in ordered_groups(figures) if not v.get("suppressed")]
     if not shown:
         return ""
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(shown) + 1.2))
-    acc = [v["accuracy"] for _, v in shown]
-    lo = [max(0.0, v["accuracy"] - v["accuracy_ci"][0]) for _, v in shown]
-    hi = [max(0.0, v["accuracy_ci"][1] - v["accuracy"]) for _, v in shown]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.3))
+    acc = [100 * v["accuracy"] for _, v in shown]
+    lo = [max(0.0, 100 * (v["accuracy"] - v["accuracy_ci"][0])) for _, v in shown]
+    hi = [max(0.0, 100 * (v["accuracy_ci"][1] - v["accuracy"])) for _, v in shown]
     ax.barh(range(len(shown)), acc, xerr=[lo, hi], capsize=4, color="#4c78a8", alpha=0.85)
     ax.set_yticks(range(len(shown)), [f"{g} (n={v['n']})" for g, v in shown])
     if overall is not None:
-        ax.axvline(overall, color="black", linestyle=":", label=f"all groups {pct(overall)}")
-        ax.legend(loc="lower right")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy (bars: 95% interval)")
+        ax.axvline(100 * overall, color="black", linestyle=":", label=f"all groups {pct(overall)}")
+    if majority is not None:
+        ax.axvline(100 * majority, color="#999999", linestyle="-.", label=f"majority class (all groups) {pct(majority)}")
+    if overall is not None or majority is not None:
+        _legend_outside(ax)
+    ax.set_xlim(0, 100)
+    _percent_axis(ax, "x")
+    ax.set_xlabel("accuracy (error bars: 95% interval)")
     ax.set_title(f"Accuracy per {attribute} group")
     ax.invert_yaxis()
-    return figure_img(fig)
+    alt = (f"Bar chart of accuracy per {attribute} group with 95% intervals: "
+           + "; ".join(f"{g} {pct(v['accuracy'])} (n={v['n']})" for g, v in shown) + ".")
+    return figure_img(fig, alt)
+
+
+def plot_group_history(attribute: str, figures: dict) -> str:
+    """Each reported group's accuracy over the rounds (suppressed groups are not drawn)."""
+    history = [h for h in figures.get("history", []) if h.get("groups")]
+    order = [g for g, v in ordered_groups(figures) if not v.get("suppressed")]
+    order += sorted({g for h in history for g in h["groups"]} - set(order))
+    if not history or not order:
+        return ""
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    styles = ["-", "--", "-.", ":"]
+    for i, group in enumerate(order):
+        points = [(h["round"], h["groups"][group]["accuracy"]) for h in history if group in h["groups"]]
+        ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", markersize=4,
+                linestyle=styles[i // 10 % len(styles)], label=group)
+    ax.set_xlabel("round (0 = before training)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 100)
+    _percent_axis(ax)
+    ax.set_title(f"Accuracy per {attribute} group over rounds")
+    _legend_outside(ax)
+    ax.grid(alpha=0.3)
+    last = history[-1]
+    alt = (f"Line chart of accuracy per {attribute} group over rounds; in round {last['round']}: "
+           + "; ".join(f"{g} {pct(v['accuracy'])}" for g, v in last["groups"].items()) + ".")
+    return figure_img(fig, alt)
+
+
+def same_lines(clients: list[dict]) -> list[list[dict]]:
+    """Hospitals whose epsilon history is identical (same rounds, same figures) share one line."""
+    lines: dict[tuple, list[dict]] = {}
+    for client in clients:
+        key = tuple((h["round"], None if h.get("epsilon") is None else round(h["epsilon"], 9))
+                    for h in client.get("history", []))
+        lines.setdefault(key, []).append(client)
+    return list(lines.values())
+
+
+def _names(clients: list[dict], limit: int = 6) -> str:
+    ids = [str(c["client_id"]) for c in clients]
+    return ", ".join(ids) if len(ids) <= limit else ", ".join(ids[:limit]) + f", ... ({len(ids) - limit} more)"
 
 
 def plot_epsilon(privacy: dict) -> str:
     clients = privacy.get("clients", [])
     if not clients:
         return ""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    top = max(clients, key=lambda c: c.get("epsilon") or 0.0)
-    for client in clients:
-        rounds = [h["round"] for h in client["history"]]
-        eps = [h["epsilon"] for h in client["history"]]
-        labelled = len(clients) <= MAX_LEGEND_CLIENTS or client is top
-        ax.plot(rounds, eps, marker=".", alpha=0.9 if labelled else 0.35,
-                label=(f"hospital {client['client_id']}" + ("" if len(clients) <= MAX_LEGEND_CLIENTS else " (largest)"))
-                if labelled else None)
-    budgets = {c.get("budget") for c in clients if c.get("budget") is not None}
-    for budget in sorted(budgets):
-        ax.axhline(budget, color="red", linestyle="--", label=f"budget {budget:g}")
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    lines = sorted(same_lines(clients), key=lambda group: -(group[0].get("epsilon") or 0.0))
+    colours = [c for c in plt.get_cmap("tab10").colors if c != plt.get_cmap("tab10").colors[3]]  # no red
+    top = 0.0
+    for i, group in enumerate(lines):
+        history = group[0]["history"]
+        eps = [h["epsilon"] for h in history]
+        top = max([top] + [e for e in eps if e is not None])
+        labelled = i < MAX_LEGEND_CLIENTS
+        if len(group) == 1:
+            label = f"hospital {group[0]['client_id']}"
+        else:
+            label = f"hospitals {_names(group)}: {len(group)} share this line"
+        ax.plot([h["round"] for h in history], eps, marker="o", markersize=4,
+                color=colours[i % len(colours)] if labelled else "#bbbbbb", alpha=0.9 if labelled else 0.5,
+                label=label if labelled else None)
+    if len(lines) > MAX_LEGEND_CLIENTS:
+        ax.plot([], [], color="#bbbbbb", label=f"{len(lines) - MAX_LEGEND_CLIENTS} more lines (grey)")
+    budgets = sorted({c.get("budget") for c in clients if c.get("budget") is not None})
+    for budget in budgets:
+        ax.axhline(budget, color="black", linestyle="--", linewidth=1.5, label=f"budget {budget:g}")
     ax.set_xlabel("round")
     ax.set_ylabel("epsilon spent (cumulative)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.15 * max([top] + budgets) or 1.0)  # the budget line inside the frame, with room above
     ax.set_title("Privacy spent by each hospital")
-    ax.legend(fontsize="small", loc="upper left", ncol=2)
+    _legend_outside(ax)
     ax.grid(alpha=0.3)
-    return figure_img(fig)
+    shared = [g for g in lines if len(g) > 1]
+    alt = (f"Line chart of the cumulative epsilon of {len(clients)} hospitals over rounds, in {len(lines)} distinct "
+           f"line(s)" + (f" ({'; '.join(f'{len(g)} hospitals share one line' for g in shared)})" if shared else "")
+           + f"; largest epsilon {top:.3g}"
+           + (f", budget {', '.join(f'{b:g}' for b in budgets)} (dashed black line)" if budgets else "") + ".")
+    return figure_img(fig, alt)
 
 
 def plot_gaps(fairness: dict, threshold: float | None) -> str:
@@ -105,20 +200,23 @@ def plot_gaps(fairness: dict, threshold: float | None) -> str:
               if any(h.get("accuracy_gap") is not None for h in f.get("history", []))}
     if not series:
         return ""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    top = 0.0
     for attribute, history in series.items():
-        points = [(h["round"], h["accuracy_gap"]) for h in history if h.get("accuracy_gap") is not None]
+        points = [(h["round"], 100 * h["accuracy_gap"]) for h in history if h.get("accuracy_gap") is not None]
         if points:
+            top = max([top] + [p[1] for p in points])
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=attribute)
     if threshold is not None:
-        ax.axhline(threshold, color="red", linestyle="--", label=f"flag threshold {threshold:g}")
-    ax.set_xlabel("round")
-    ax.set_ylabel("accuracy gap (best - worst group)")
-    ax.set_ylim(bottom=0)
-    ax.set_title("Gap between groups over rounds")
-    ax.legend(fontsize="small")
+        ax.axhline(100 * threshold, color="black", linestyle="--", label=f"flag threshold {100 * threshold:.1f} pp")
+        top = max(top, 100 * threshold)
+    ax.set_xlabel("round (0 = before training)")
+    ax.set_ylabel("accuracy gap, percentage points")
+    ax.set_ylim(0, 1.15 * top or 1.0)
+    ax.set_title("Gap between best and worst group over rounds")
+    _legend_outside(ax)
     ax.grid(alpha=0.3)
-    return figure_img(fig)
-
-
-# --------------------------------------------------------------------------- text
+    alt = ("Line chart of the accuracy gap (best minus worst group, percentage points) over rounds for "
+           + ", ".join(series) + (f"; flag threshold {100 * threshold:.1f} pp" if threshold is not None else "")
+           + ".")
+    return figure_img(fig, alt)
