@@ -77,9 +77,23 @@ def verify_command(args: Namespace) -> int:
         return fail(f"{run_dir} is not a folder")
     result = verify_run(run_dir, expected_public_key=args.public_key, html_digest_of=source_digest)
     if result.valid:
-        print(f"valid: {run_dir / 'report.json'} is exactly as signed by key {result.key_id}"
-              + ("" if args.public_key else " (compare this key id with the coordinator's published one, "
-                 "or pass --public-key)"))
+        import json
+
+        # The signed content is now trusted: a run that stopped early is not called simply "valid" (exit 3).
+        run = json.loads((run_dir / "report.json").read_text(encoding="utf-8")).get("run") or {}
+        advice = "" if args.public_key else (" (compare this key id with the coordinator's published one, "
+                                             "or pass --public-key)")
+        if run.get("incomplete"):
+            interrupted = run.get("interrupted") if isinstance(run.get("interrupted"), dict) else {}
+            print(f"signature valid, run INCOMPLETE: {run_dir / 'report.json'} is exactly as signed by key "
+                  f"{result.key_id}, but the run stopped after {run.get('rounds_completed')} of "
+                  f"{run.get('rounds_planned')} planned rounds"
+                  + (" (interrupted)" if interrupted else " (no summary: the coordinator did not finish)")
+                  + "; its figures are not those of the planned run" + advice)
+            if interrupted.get("resume"):
+                print(f"  to continue: {interrupted['resume']}")
+            return 3
+        print(f"valid: {run_dir / 'report.json'} is exactly as signed by key {result.key_id}{advice}")
         return 0
     print(f"INVALID: {run_dir / 'report.json'}")
     for problem in result.problems:
