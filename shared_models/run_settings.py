@@ -8,15 +8,15 @@ at start with the key's name instead of failing inside 50 clients.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from shared_models.config_error import ConfigError
 from shared_models.messages import UPDATE_WEIGHT as UPDATE_WEIGHT_KEY  # every train reply carries it as 1
 from shared_models.privacy_modes import check_supported_combination
-from shared_models.registry import MODELS, model_task
 
 __all__ = ["ConfigError", "RunSettings", "UPDATE_WEIGHT_KEY"]
 
@@ -29,6 +29,7 @@ DATASET_TASKS = {"fer2013": "face", "rafdb": "face", "cremad": "voice", "ravdess
 AGGREGATIONS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
+KEYS_LISTED_IN = "docs/configuration.md and pyproject.toml's [tool.flwr.app.config]"
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
@@ -77,6 +78,8 @@ class RunSettings:
     feature_fixed_std: float
     device: str
     client_threads: int
+    simulation_backend: str  # fedemo simulate only: local | ray (simulations/local_backend.py)
+    simulation_workers: int
     dp: bool
     dp_epsilon: float
     dp_delta: float
@@ -114,7 +117,7 @@ class RunSettings:
         known = {f.name.replace("_", "-"): f for f in fields(cls)}
         unknown = sorted(set(config) - set(known))
         if unknown:
-            raise ConfigError(f"unknown run-config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise unknown_keys_error(unknown, known)
         missing = sorted(set(known) - set(config))
         if missing:
             raise ConfigError(f"run-config lacks keys: {', '.join(missing)} (defaults live in pyproject.toml)")
@@ -137,6 +140,8 @@ class RunSettings:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
     def validate(self) -> None:
+        from shared_models.registry import MODELS, model_task  # torch: loaded once a config's keys are known
+
         def need(ok: bool, key: str, why: str) -> None:
             if not ok:
                 raise ConfigError(f"run-config {key} = {getattr(self, key.replace('-', '_'))!r}: {why}")
@@ -159,6 +164,8 @@ class RunSettings:
         need(self.num_supernodes >= 1, "num-supernodes", "must be >= 1")
         need(self.client_num_cpus > 0, "client-num-cpus", "must be > 0")
         need(0 <= self.client_num_gpus <= 1, "client-num-gpus", "must be in [0, 1]")
+        need(self.simulation_backend in ("local", "ray"), "simulation-backend", "choose local or ray")
+        need(self.simulation_workers >= 0, "simulation-workers", "must be >= 0 (0: automatic)")
         need(self.num_server_rounds >= 1, "num-server-rounds", "must be >= 1")
         need(0 < self.fraction_train <= 1, "fraction-train", "must be in (0, 1]")
         need(0 < self.fraction_evaluate <= 1, "fraction-evaluate", "must be in (0, 1]")
@@ -187,8 +194,8 @@ class RunSettings:
              "must be 0 (off) or > 1 (a multiple of the round's median update norm)")
         need(self.update_max_norm >= 0, "update-max-norm", "must be >= 0 (0: no absolute bound)")
         need(self.min_trained_nodes >= 1, "min-trained-nodes", "must be >= 1")
-        need(not self.resume or (self.central_dp == "off" and not self.secure_aggregation), "resume",
-             "not with central-dp or secure-aggregation: their state (accountant, SecAgg+ rounds) is not checkpointed")
+        need(not self.resume or not self.secure_aggregation, "resume",
+             "not with secure-aggregation: its state (SecAgg+ rounds) is not checkpointed")
         need(self.local_epochs >= 1, "local-epochs", "must be >= 1")
         need(self.batch_size >= 1, "batch-size", "must be >= 1")
         need(self.optimizer in ("adam", "sgd"), "optimizer", "choose adam or sgd")
@@ -248,6 +255,22 @@ class RunSettings:
         need(not self.secure_aggregation or self.num_supernodes * self.secagg_quantization_range < 2**32,
              "secagg-quantization-range", f"times num-supernodes ({self.num_supernodes}) must stay below 2**32")
         check_supported_combination(self)  # privacy settings that do not work together (docs/privacy.md)
+
+
+def unknown_keys_error(unknown: Iterable[str], known: Iterable[str], where: str = "") -> ConfigError:
+    """One line naming each unknown key, the known key it most resembles, and where every key is listed.
+
+    ``where`` names the source (a config file, ``--set``); the caller raises the result.
+    """
+    known = sorted(known)
+    named = []
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) or difflib.get_close_matches(
+            key.replace("_", "-"), known, n=1, cutoff=0.6)  # num_server_rounds: Python's spelling of a key
+        named.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    noun = "key" if len(named) == 1 else "keys"
+    return ConfigError(f"{where + ': ' if where else ''}unknown run-config {noun} {', '.join(named)}; "
+                       f"every key is listed in {KEYS_LISTED_IN}")
 
 
 def secure_mode_available() -> bool:

@@ -1,10 +1,12 @@
-"""Run a FedEmo simulation on Flower's own simulation engine (Ray virtual client engine).
+"""Run a FedEmo simulation on Flower's own simulation engine (its virtual-client engine).
 
 This is what ``flwr run .`` does inside its managed SuperLink, minus the
 background daemon and the app packaging: the same ServerApp and ClientApp,
-the same fused run config, Flower's VCE with per-client resources. Running it
-in-process keeps a researcher's run self-contained and its output in one
-terminal and one run folder.
+the same fused run config, Flower's engine. The ClientApps run on the
+backend ``simulation-backend`` names: ``local`` (default; a few worker
+processes kept for the whole run, simulations/local_backend.py) or ``ray``
+(Flower's actor pool, per-client resources, for multi-machine simulation).
+Flower's private pieces are used in one module, simulations/flower_engine.py.
 
 Before the engine starts, the data is made ready and checked
 (simulations/data_prep.py). While it runs, the first Ctrl-C (SIGINT or
@@ -39,20 +41,78 @@ def backend_config(settings: RunSettings) -> dict[str, Any]:
     return {"client_resources": resources, "init_args": {"logging_level": "error", "log_to_driver": True}}
 
 
+def client_app_reference(app_dir: str | Path) -> str:
+    """pyproject's ClientApp reference (``[tool.flwr.app.components] clientapp``)."""
+    from flwr.common.config import get_project_config
+
+    return get_project_config(Path(app_dir))["tool"]["flwr"]["app"]["components"]["clientapp"]
+
+
+def uses_gpu(settings: RunSettings) -> bool:
+    """Whether the nodes will train on CUDA (``device`` = cuda, or auto with a GPU present)."""
+    if settings.device.startswith("cuda"):
+        return True
+    if settings.device != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def local_workers(settings: RunSettings) -> int:
+    """Worker processes of the local backend: one per ``client-num-cpus`` cores, or one on a GPU.
+
+    One worker on a GPU means one CUDA context for all virtual nodes; their
+    kernels queue on the same device instead of 50 contexts competing for it.
+    """
+    if settings.simulation_workers:
+        return settings.simulation_workers
+    if uses_gpu(settings):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(settings.num_supernodes, int(cores // settings.client_num_cpus)))
+
+
+def local_backend_config(settings: RunSettings, client_reference: str, app_dir: str) -> dict[str, Any]:
+    """The local backend's section of Flower's backend config (simulations/local_backend.py)."""
+    return {"local": {"client_app": client_reference, "app_dir": app_dir, "workers": local_workers(settings)}}
+
+
+def engine_summary(settings: RunSettings, backend: Any) -> dict[str, Any]:
+    """Which backend ran the nodes, with how many workers, and the memory they peaked at."""
+    import resource
+
+    coordinator = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if backend is None:  # Ray: its actors' memory is Ray's to report
+        return {"backend": "ray", "peak_rss_mib": {"coordinator": round(coordinator, 1)}}
+    workers = [round(p.rss_mib, 1) for p in backend.stats.peaks]
+    engine = {"backend": "local", "workers": backend.workers, "workers_replaced": backend.stats.workers_replaced,
+              "messages": backend.stats.messages,
+              "peak_rss_mib": {"coordinator": round(coordinator, 1), "workers": workers,
+                               "total": round(coordinator + sum(workers), 1)}}
+    cuda = [round(p.cuda_mib, 1) for p in backend.stats.peaks if p.cuda_mib]
+    if cuda:
+        engine["peak_cuda_mib"] = cuda
+    return engine
+
+
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], RunSettings]:
     """The run config of the run in ``run_dir``, set to continue it from its checkpoint."""
     run_dir = Path(run_dir).expanduser().resolve()
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a FedEmo run folder (no config.json)")
-    done = Checkpoint.load(run_dir).server_round  # refuses a folder with no completed round, by name
+    checkpoint = Checkpoint.load(run_dir)  # refuses a folder with no completed round, by name
     saved = json.loads(config_file.read_text())["run_config"]
     config, _ = load_run_config(None, {**saved, **dict(overrides or {}), "resume": str(run_dir),
                                        "runs-dir": str(run_dir.parent), "run-name": run_dir.name})
     settings = RunSettings.from_config(config)
-    if done >= settings.num_server_rounds:
+    if checkpoint.server_round >= settings.num_server_rounds:
         raise FileExistsError(f"{run_dir} already completed its {settings.num_server_rounds} rounds; "
                               "raise num-server-rounds (--set) to train on")
+    from server.central_dp import check_resumable  # client-level DP continues only in the mode it started in
+
+    check_resumable(settings.central_dp, checkpoint.central, run_dir)
     return config, settings
 
 
@@ -84,46 +144,29 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     # Opacus installs a root log handler on import; without this every Flower line prints twice.
     logging.getLogger("flwr").propagate = False
 
-    from flwr.app import Context, RecordDict
-    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
-    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
-    from flwr.simulation.run_simulation import _run_simulation
-    from flwr.supercore.constant import NOOP_FEDERATION_ID
-    from flwr.supercore.run import Run
-    from flwr.supercore.task_identity import TaskIdentity
-    from flwr.supercore.telemetry import EventType
+    from simulations import flower_engine
 
-    from flwr.common.config import get_project_config
-
-    run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
-    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
-    run.federation_id = NOOP_FEDERATION_ID
-    run.override_config = config
-    TaskIdentity.task_id = run.primary_task_id
-    TaskIdentity.run_id = run.run_id
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
-    server_context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=config)
-
+    run, server_context = flower_engine.new_run(config)
     # Load the apps by reference from the app folder, as `flwr run` does: every
     # virtual node then gets the same fused run config from pyproject + overrides.
-    app_dir = project_dir()
-    components = get_project_config(app_dir)["tool"]["flwr"]["app"]["components"]
+    app_dir = str(project_dir())
+    client_reference = client_app or client_app_reference(app_dir)
     started = time.time()
     interruption.reset()
     previous = interruption.install_handlers()
+    backend = None
     try:
-        _run_simulation(
-            num_supernodes=settings.num_supernodes,
-            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            client_app_attr=client_app or components["clientapp"],
-            server_app_attr=COORDINATOR_APP,  # the data is ready: no need for flwr_app's preparation
-            backend_name="ray",
-            backend_config=backend_config(settings),
-            server_app_context=server_context,
-            app_dir=str(app_dir),
-            is_app=True,
-            run=run,
-        )
+        if settings.simulation_backend == "ray":
+            flower_engine.run_on_ray(run=run, server_context=server_context, server_app=COORDINATOR_APP,
+                                     client_app=client_reference, num_supernodes=settings.num_supernodes,
+                                     app_dir=app_dir, backend_config=backend_config(settings))
+        else:
+            from simulations.local_backend import LocalBackend
+
+            backend = LocalBackend(local_backend_config(settings, client_reference, app_dir))
+            flower_engine.run_on_backend(backend, run=run, server_context=server_context, server_app=COORDINATOR_APP,
+                                         num_supernodes=settings.num_supernodes, app_dir=app_dir,
+                                         stop_server=interruption.request_stop)
     finally:
         interruption.restore_handlers(previous)
     run_dir = Path(settings.runs_dir) / settings.run_name
@@ -133,5 +176,6 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     summary = json.loads(summary_path.read_text())
     summary["wall_clock_s"] = round(time.time() - started, 2)
     summary["num_supernodes"] = settings.num_supernodes
+    summary["engine"] = engine_summary(settings, backend)
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return run_dir

@@ -4,12 +4,16 @@ Each ``*_app`` below is a Flower ClientApp that runs the real node code
 (``client.client_app.app``, its mods included) for every message, and a
 ClientApp mod that corrupts the *training reply* of the node with
 ``partition-id`` 0, as a broken or hostile hospital would send it (or, for
-``crash``, makes the node fail its training rounds: a dropout). Tests
+``crash``, makes the node fail its training rounds: a dropout; for
+``exit``, kills the node's process mid-round with ``os._exit``). Tests
 hand one to ``run_simulation(client_app="tests.fault_apps:nan_app")``; Ray's
 workers import it from the app folder like any ClientApp.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
@@ -51,6 +55,12 @@ def fault_mod(fault: str, partitions: tuple[int, ...] = (FAULTY_PARTITION,)):
         faulty = int(context.node_config.get("partition-id", -1)) in partitions
         if fault == "crash" and is_train and faulty:
             raise NodeCrash("injected dropout: this node fails every training round")
+        if fault == "exit" and is_train and faulty:
+            os._exit(17)  # the node's process dies mid-round, as from a segfault or the OOM killer
+        if fault == "record-pid":  # which process ran this node's message (tests of the local backend)
+            with open(Path(os.environ["FEDEMO_TEST_PID_DIR"]) / f"{os.getpid()}.txt", "a") as out:
+                out.write(f"{msg.metadata.message_type} {context.node_config['partition-id']}\n")
+            return call_next(msg, context)
         old = {k: a.numpy() for k, a in msg.content["arrays"].items()} if is_train and faulty else None
         reply = call_next(msg, context)
         if old is None or reply.has_error():
@@ -89,3 +99,5 @@ shape_app = faulty_app("shape")
 dtype_app = faulty_app("dtype")
 crash_app = faulty_app("crash")  # 1 of 5 nodes: 20% dropout
 crash_half_app = faulty_app("crash", (0, 1))  # 2 of 4 nodes: 50% dropout
+exit_app = faulty_app("exit")  # node 0's process dies in every training round
+record_pid_app = faulty_app("record-pid")  # every node honest; each message's process id written down

@@ -1,0 +1,125 @@
+"""The one module that touches Flower's private simulation internals.
+
+Flower 1.41 has no public entry point that runs a ServerApp and a ClientApp
+by reference with a given run config (``flwr.simulation.run_simulation``
+takes app objects, an empty run config and only Ray), and its engine's
+``start_vce`` always builds a ``RayBackend`` whatever backend is named. The
+engine's ``run_api`` does take any ``Backend``. So this module assembles, from
+Flower's own pieces and in Flower's order (``_main_loop`` and ``start_vce``
+in flwr/simulation/run_simulation.py and flwr/server/superlink/fleet/vce/
+vce_api.py), a simulation that differs only in the backend:
+
+* ``run_on_ray``: Flower's ``_run_simulation`` as it is (Ray's actor pool;
+  the choice for multi-machine simulation).
+* ``run_on_backend``: the same link state, grid, ServerApp thread, node
+  registration and engine worker loop, with a backend object of our choosing
+  (simulations/local_backend.py).
+
+``PRIVATE_NAMES`` lists every private name used here;
+tests/test_flower_engine.py imports each and checks the signatures, so a
+Flower upgrade that moves one fails there, loudly, instead of in a run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from queue import Empty, Queue
+from typing import Any
+
+from flwr.app import Context, RecordDict
+from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+from flwr.proto.task_pb2 import Task  # pylint: disable=no-name-in-module
+from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.fleet.vce.backend import Backend
+from flwr.server.superlink.fleet.vce.metrics import VceMetrics
+from flwr.server.superlink.linkstate import LinkStateFactory
+from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+from flwr.simulation.run_simulation import _run_simulation, run_serverapp_th
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supercore.telemetry import EventType
+from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.grid import InMemoryGrid
+
+# (module, name, parameters this module passes): checked by tests/test_flower_engine.py
+PRIVATE_NAMES = [
+    ("flwr.simulation.run_simulation", "_run_simulation",
+     ["num_supernodes", "exit_event", "client_app_attr", "server_app_attr", "backend_name", "backend_config",
+      "server_app_context", "app_dir", "is_app", "run"]),
+    ("flwr.simulation.run_simulation", "run_serverapp_th",
+     ["server_app_attr", "server_app", "server_app_context", "grid", "app_dir", "f_stop", "exception_queue",
+      "enable_tf_gpu_growth", "ctx_queue"]),
+    ("flwr.server.superlink.fleet.vce.vce_api", "run_api",
+     ["app_fn", "backend_fn", "nodes_mapping", "state_factory", "node_info_stores", "f_stop", "metrics"]),
+    ("flwr.server.superlink.fleet.vce.vce_api", "_register_nodes", ["num_nodes", "state_factory"]),
+    ("flwr.server.superlink.fleet.vce.vce_api", "_register_node_info_stores", ["nodes_mapping", "run", "app_dir"]),
+]
+
+
+def new_run(run_config: dict[str, Any]) -> tuple[Run, Context]:
+    """A fresh Flower run carrying ``run_config``, and the ServerApp's context for it."""
+    run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
+    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+    run.federation_id = NOOP_FEDERATION_ID
+    run.override_config = run_config
+    TaskIdentity.task_id = run.primary_task_id
+    TaskIdentity.run_id = run.run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    return run, context
+
+
+def run_on_ray(*, run: Run, server_context: Context, server_app: str, client_app: str, num_supernodes: int,
+               app_dir: str, backend_config: dict[str, Any]) -> None:
+    """Flower's own simulation with Ray's actor pool."""
+    _run_simulation(num_supernodes=num_supernodes, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                    client_app_attr=client_app, server_app_attr=server_app, backend_name="ray",
+                    backend_config=backend_config, server_app_context=server_context, app_dir=app_dir,
+                    is_app=True, run=run)
+
+
+def run_on_backend(backend: Backend, *, run: Run, server_context: Context, server_app: str, num_supernodes: int,
+                   app_dir: str, stop_server: Callable[[str], None]) -> VceMetrics:
+    """Flower's simulation loop with ``backend`` running the ClientApps; returns the engine's metrics.
+
+    The backend is built before the ServerApp starts, so a ClientApp that
+    cannot load stops the run before any round instead of leaving the
+    coordinator waiting for replies that never come. If the engine itself
+    fails mid-run, ``stop_server`` asks the ServerApp to stop (it would
+    otherwise wait for replies forever) before its thread is joined.
+    """
+    backend.build(lambda: None)  # type: ignore[arg-type,return-value]  # workers load the app by reference
+    state_factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    state = state_factory.state()
+    state.run_ids[run.run_id] = RunRecord(run=run)  # type: ignore[attr-defined]  # the in-memory state
+    state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)  # type: ignore
+    grid = InMemoryGrid(state_factory=state_factory)
+    grid.set_run(run)
+    f_stop = threading.Event()
+    server_errors: Queue[BaseException] = Queue()
+    contexts: Queue[Context] = Queue()
+    metrics = VceMetrics()
+    nodes = vce_api._register_nodes(num_nodes=num_supernodes, state_factory=state_factory)
+    node_stores = vce_api._register_node_info_stores(nodes_mapping=nodes, run=run, app_dir=app_dir)
+    server_thread = run_serverapp_th(server_app_attr=server_app, server_app=None, server_app_context=server_context,
+                                     grid=grid, app_dir=app_dir, f_stop=f_stop, exception_queue=server_errors,
+                                     enable_tf_gpu_growth=False, ctx_queue=contexts)
+    engine_failed = True
+    try:
+        vce_api.run_api(app_fn=lambda: None, backend_fn=lambda: backend,  # type: ignore[arg-type,return-value]
+                        nodes_mapping=nodes, state_factory=state_factory, node_info_stores=node_stores,
+                        f_stop=f_stop, metrics=metrics)
+        engine_failed = False
+    finally:
+        f_stop.set()
+        if engine_failed:
+            stop_server("the simulation engine failed")
+        server_thread.join()
+    try:
+        raise server_errors.get_nowait()
+    except Empty:
+        return metrics

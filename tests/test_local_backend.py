@@ -1,0 +1,86 @@
+"""The local simulation backend (simulations/local_backend.py) in real Flower simulations.
+
+It replaces Ray's actor pool under Flower's own engine: a few worker
+processes that load the ClientApp once and keep it, and every node's cached
+data, for the whole run. These tests check what it promises: workers start
+once, not per round; a node whose process dies is answered with an error
+naming it and a fresh worker takes its place; one worker on a GPU; and the
+Flower internals simulations/flower_engine.py relies on still exist.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+
+from shared_models.run_settings import RunSettings
+from simulations.flower_engine import PRIVATE_NAMES
+from simulations.run_config import load_run_config
+from simulations.simulate import local_workers, run_simulation
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("module, name, parameters", PRIVATE_NAMES, ids=[n for _, n, _ in PRIVATE_NAMES])
+def test_the_private_flower_names_the_engine_uses_still_take_our_arguments(module, name, parameters):
+    """A Flower upgrade that moves or reshapes one of these fails here, not in a researcher's run."""
+    function = getattr(importlib.import_module(module), name)
+    accepted = inspect.signature(function).parameters
+    assert [p for p in parameters if p not in accepted] == []
+
+
+def settings_with(**overrides) -> RunSettings:
+    return load_run_config(REPO / "configs" / "quickstart.toml", {k.replace("_", "-"): v for k, v in overrides.items()})[1]
+
+
+def test_one_worker_on_a_gpu_and_one_per_reserved_cores_on_cpu():
+    assert local_workers(settings_with(device="cuda")) == 1  # one CUDA context for every virtual node
+    assert local_workers(settings_with(device="cpu", client_num_cpus=1.0, num_supernodes=1)) == 1
+    cpu = settings_with(device="cpu", client_num_cpus=1.0, num_supernodes=50)
+    import os
+
+    assert local_workers(cpu) == len(os.sched_getaffinity(0))
+    assert local_workers(settings_with(device="cpu", simulation_workers=3)) == 3
+
+
+def simulate(tmp_path: Path, app: str, name: str, **overrides) -> Path:
+    config = {"data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": name,
+              "synth-samples": 600, "num-supernodes": 4, "min-available-nodes": 4, "num-server-rounds": 3,
+              "simulation-backend": "local", "simulation-workers": 2,
+              **{k.replace("_", "-"): v for k, v in overrides.items()}}
+    return run_simulation(REPO / "configs" / "quickstart.toml", config, client_app=f"tests.fault_apps:{app}")
+
+
+@pytest.mark.slow
+def test_workers_start_once_and_serve_every_node_in_every_round(tmp_path, monkeypatch):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    monkeypatch.setenv("FEDEMO_TEST_PID_DIR", str(pids))  # the spawned workers inherit it
+    run_dir = simulate(tmp_path, "record_pid_app", "pids")
+    handled = {path.stem: path.read_text().split("\n")[:-1] for path in pids.glob("*.txt")}
+    assert 1 <= len(handled) <= 2, handled  # two workers at most, for 4 nodes x 3 rounds: no per-round start
+    trained = sorted(line for lines in handled.values() for line in lines if line.startswith("train"))
+    assert len(trained) == 4 * 3
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["engine"]["backend"] == "local" and summary["engine"]["workers"] == 2
+    assert summary["engine"]["workers_replaced"] == 0
+    assert summary["engine"]["peak_rss_mib"]["workers"] and summary["engine"]["peak_rss_mib"]["total"] > 0
+
+
+@pytest.mark.slow
+def test_a_node_whose_process_dies_is_named_and_replaced_and_the_rest_keep_training(tmp_path):
+    run_dir = simulate(tmp_path, "exit_app", "exit")  # node 0's process calls os._exit(17) in every training round
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for entry in rounds[1:]:
+        train = entry["train"]
+        assert [f.get("client") for f in train["failures"]] == ["0"]
+        assert "died (exit code 17)" in train["failures"][0]["reason"]
+        assert sorted(c["client"] for c in train["clients"]) == ["1", "2", "3"]  # healthy nodes, every round
+        assert entry["evaluate"]["clients"] and len(entry["evaluate"]["clients"]) == 4  # node 0 still evaluates
+    assert rounds[-1]["loss"] < rounds[0]["loss"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["engine"]["workers_replaced"] == 3
