@@ -43,7 +43,7 @@ from client.outgoing_audit import outgoing_audit_mod
 from client.secure_aggregation import secure_aggregation_mod
 from client.torch_data import NUM_MODEL_INPUTS
 from shared_models import messages as msgs
-from shared_models.privacy_ledger import LedgerError, PrivacyLedger, simulated_state_dir
+from shared_models.privacy_ledger import LedgerError, PrivacyLedger, run_folder_name, simulated_state_dir
 from shared_models.registry import build_model
 from shared_models.run_settings import RunSettings
 
@@ -146,8 +146,9 @@ def open_ledger(settings: RunSettings, context: Context, config: ConfigRecord, s
             raise LedgerError("DP is on but this node has no state folder: set node-config state-dir")
         state_dir = simulated_state_dir(root, samples.client_id)
     delta = settings.dp_delta or 1.0 / (10 * max(len(samples.train), 1))
+    run = (str(context.run_id), run_folder_name(config.get(msgs.STATE_ROOT), settings.run_name))  # named by its folder
     return PrivacyLedger.open(state_dir, dataset_id=samples.dataset_id, epsilon_budget=settings.dp_epsilon,
-                              delta=delta, accountant=settings.dp_accountant)
+                              delta=delta, accountant=settings.dp_accountant, run=run)
 
 
 @app.evaluate(mods=[dp_allowlist_mod])

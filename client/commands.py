@@ -1,7 +1,7 @@
 """The hospital's ``fedemo`` commands: run on the node, read only local files, send nothing.
 
     fedemo data check DATA_DIR --format FORMAT [--task T] [--json]
-    fedemo ledger STATE_DIR [--json]
+    fedemo ledger STATE_DIR [--json]      one node's ledger, or every node's under a folder (runs/<id>/node-state)
 
 ``simulations.cli`` mounts them beside the coordinator's and the researchers'
 commands; their code sits here, next to the loaders and the ledger they read.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 DATASET_FORMATS = ["fer2013", "rafdb", "cremad", "ravdess"]
@@ -19,7 +20,8 @@ DATASET_FORMATS = ["fer2013", "rafdb", "cremad", "ravdess"]
 def add_node_commands(commands: argparse._SubParsersAction, data_commands: argparse._SubParsersAction) -> None:
     """``ledger`` at the top level, ``check`` under ``fedemo data``."""
     p = commands.add_parser("ledger", help="show a node's privacy ledger in plain words (spent, remaining, per run)")
-    p.add_argument("state_dir", type=Path, help="the node's state folder (or its privacy_ledger.json)")
+    p.add_argument("state_dir", type=Path,
+                   help="the node's state folder (or its privacy_ledger.json), or a folder of node state folders")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.set_defaults(func=ledger_command)
 
@@ -34,12 +36,53 @@ def add_node_commands(commands: argparse._SubParsersAction, data_commands: argpa
 
 
 def ledger_command(args: argparse.Namespace) -> int:
-    from shared_models.privacy_ledger import LEDGER_FILE, PrivacyLedger
+    from shared_models.privacy_ledger import LEDGER_FILE, NODE_FILE, PrivacyLedger
 
-    path = args.state_dir / LEDGER_FILE if args.state_dir.is_dir() else args.state_dir
-    ledger = PrivacyLedger.load(path)
+    target = Path(args.state_dir)
+    if target.is_dir() and not (target / LEDGER_FILE).exists() and not (target / NODE_FILE).exists():
+        return ledgers_command(target, as_json=args.json)  # not a node's own folder: the nodes under it
+    ledger = PrivacyLedger.load(target / LEDGER_FILE if target.is_dir() else target)
     print(json.dumps(ledger.summary(), indent=2) if args.json else ledger.describe())
     return 0
+
+
+def node_ledgers(folder: Path) -> list[Path]:
+    """The ledgers of the node state folders under ``folder`` (its subfolders, or theirs: a run folder's node-state)."""
+    from shared_models.privacy_ledger import LEDGER_FILE
+
+    found = sorted(folder.glob(f"*/{LEDGER_FILE}")) or sorted(folder.glob(f"*/*/{LEDGER_FILE}"))
+    return sorted(found, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
+
+
+def ledgers_command(folder: Path, *, as_json: bool) -> int:
+    """Every node's spend and remaining budget, one line each; 1 if any ledger cannot be read."""
+    from shared_models.privacy_ledger import LEDGER_FILE, LedgerError, PrivacyLedger
+
+    paths = node_ledgers(folder)
+    if not paths:
+        raise LedgerError(f"{folder}: no {LEDGER_FILE} here or in its subfolders; give a node's state folder "
+                          "(its node config's state-dir) or a folder of them, such as runs/<run>/node-state")
+    nodes: dict[str, dict] = {}
+    lines = [f"Privacy ledgers of {len(paths)} nodes under {folder} (epsilon spent of budget, remaining):"]
+    for path in paths:
+        node = str(path.parent.relative_to(folder))
+        try:
+            s = PrivacyLedger.load(path).summary()
+        except LedgerError as err:
+            nodes[node] = {"error": str(err)}
+            lines.append(f"  {node}: UNREADABLE: {err}")
+            continue
+        nodes[node] = s
+        runs = "; ".join(f"run {name}: {r['rounds']} rounds" for name, r in s["runs"].items()) or "no training yet"
+        lines.append(f"  {node}: spent {s['spent']:.3f} of {s['budget']:g}, remaining {s['remaining']:.3f} "
+                     f"(delta {s['delta']:.2e}, {s['accountant'].upper()}); {runs}")
+    readable = {n: s for n, s in nodes.items() if "error" not in s}
+    if readable:
+        most = max(readable, key=lambda n: readable[n]["spent"])
+        lines.append(f"Largest spend: {most}, epsilon {readable[most]['spent']:.3f}; "
+                     f"`fedemo ledger {folder / most}` shows its runs.")
+    print(json.dumps({"folder": str(folder), "nodes": nodes}, indent=2) if as_json else "\n".join(lines))
+    return 0 if len(readable) == len(nodes) else 1
 
 
 def data_check_command(args: argparse.Namespace) -> int:

@@ -18,6 +18,9 @@ across runs, and survives crashes and restarts.
 - Epsilon is always recomputed from the recorded events (noise multiplier,
   sample rate, steps) with the recorded accountant, so anyone holding the file
   can recompute it with Opacus.
+- Events carry Flower's numeric run id (what the coordinator's report matches
+  them by); ``run_names`` maps each id to the run folder's name, which is how
+  ``fedemo ledger`` names runs (a resumed run's Flower ids share one name).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import json
 import time
+from functools import lru_cache
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +43,18 @@ LOCK_FILE = "privacy_ledger.lock"
 def simulated_state_dir(root: str | Path, client_id: str) -> Path:
     """A simulated node's state folder under the run's (or the config's) state root."""
     return Path(root) / f"client-{client_id}"
+
+
+def run_folder_name(state_root: Any, run_name: str = "") -> str:
+    """The run's name as its run folder has it, for the ledger to name the run by.
+
+    The coordinator sends every node ``state-root`` = ``<run folder>/node-state``
+    (server/server_app.py), deployed nodes included, so its parent's name is the
+    run folder's even when ``run-name`` was left empty; ``run_name`` is the
+    fallback for a request without it.
+    """
+    return Path(str(state_root)).parent.name if state_root else run_name
+
 NODE_FILE = "node.json"
 SCHEMA_VERSION = 1
 ACCOUNTANTS = ("prv", "rdp")
@@ -75,11 +91,16 @@ def epsilon_of(events: list[tuple[float, float, int]], delta: float, accountant:
         return 0.0
     if accountant not in ACCOUNTANTS:
         raise LedgerError(f"unknown accountant {accountant!r}; choose one of {', '.join(ACCOUNTANTS)}")
+    return _epsilon(tuple(group_mechanisms(events)), float(delta), accountant)
+
+
+@lru_cache(maxsize=256)  # PRV takes about a second; `fedemo ledger` on 50 alike simulated nodes asks the same 50 times
+def _epsilon(mechanisms: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
     import numpy as np  # numpy and Opacus load here, where epsilon is computed, so `fedemo --help` stays quick
     from opacus.accountants import create_accountant
 
     acc = create_accountant(accountant)
-    acc.history = group_mechanisms(events)
+    acc.history = list(mechanisms)
     with np.errstate(divide="ignore"):  # PRV takes log(1 - q) = log(0) for sample rate 1 (eval counts); harmless
         return float(acc.get_epsilon(delta))
 
@@ -106,6 +127,7 @@ class PrivacyLedger:
     accountant: str
     events: list[DPEvent] = field(default_factory=list)
     stored_budget: float | None = None  # the budget in the file; epsilon_budget is min(stored, configured)
+    run_names: dict[str, str] = field(default_factory=dict)  # Flower run id -> run folder name
 
     def __post_init__(self) -> None:
         if self.stored_budget is None:
@@ -114,11 +136,12 @@ class PrivacyLedger:
     # ------------------------------------------------------------------ files
     @classmethod
     def open(cls, state_dir: str | Path, *, dataset_id: str, epsilon_budget: float, delta: float,
-             accountant: str) -> "PrivacyLedger":
+             accountant: str, run: tuple[str, str] | None = None) -> "PrivacyLedger":
         """Open the node's ledger, creating it only in a state folder that never had one.
 
         ``epsilon_budget`` is the run's configured budget: the ledger's
-        effective budget is the smaller of it and the stored one.
+        effective budget is the smaller of it and the stored one. ``run`` is
+        (Flower run id, run folder name): the name the ledger shows that run by.
         """
         state_dir = Path(state_dir)
         path, node = state_dir / LEDGER_FILE, state_dir / NODE_FILE
@@ -130,11 +153,15 @@ class PrivacyLedger:
                     raise LedgerError(f"{path}: records dataset {ledger.dataset_id!r}, but this node now serves "
                                       f"{dataset_id!r}; use a separate state folder per dataset")
                 ledger.epsilon_budget = min(ledger.stored_budget, float(epsilon_budget))
+                if run and run[1] and ledger.run_names.get(run[0]) != run[1]:
+                    ledger.run_names[run[0]] = run[1]
+                    ledger.save()
                 return ledger
             if node.exists():
                 raise LedgerError(f"{path} is missing but {node} shows this node kept one: refusing to start "
                                   "with a fresh budget; restore the ledger from backup")
-            ledger = cls(path, dataset_id, epsilon_budget, delta, accountant)
+            ledger = cls(path, dataset_id, epsilon_budget, delta, accountant,
+                         run_names={run[0]: run[1]} if run and run[1] else {})
             ledger.save()
             atomic_write_json(node, {"schema_version": SCHEMA_VERSION, "dataset_id": dataset_id,
                                      "ledger": LEDGER_FILE})
@@ -150,7 +177,8 @@ class PrivacyLedger:
             budget = raw["budget"]
             return cls(path=path, dataset_id=raw["dataset_id"], epsilon_budget=float(budget["epsilon"]),
                        delta=float(budget["delta"]), accountant=raw["accountant"],
-                       events=[DPEvent(**e) for e in raw["events"]], stored_budget=float(budget["epsilon"]))
+                       events=[DPEvent(**e) for e in raw["events"]], stored_budget=float(budget["epsilon"]),
+                       run_names={str(k): str(v) for k, v in raw.get("run_names", {}).items()})
         except LedgerError:
             raise
         except FileNotFoundError as err:
@@ -167,6 +195,7 @@ class PrivacyLedger:
             "accountant": self.accountant,
             "budget": {"epsilon": self.stored_budget, "delta": self.delta},
             "events": [asdict(e) for e in self.events],
+            "run_names": self.run_names,
         })
 
     def _reload_events(self) -> None:
@@ -175,6 +204,7 @@ class PrivacyLedger:
         if on_disk.dataset_id != self.dataset_id:
             raise LedgerError(f"{self.path}: now records dataset {on_disk.dataset_id!r}, not {self.dataset_id!r}")
         self.events = on_disk.events
+        self.run_names = {**on_disk.run_names, **self.run_names}
         self.stored_budget = on_disk.stored_budget
         self.epsilon_budget = min(self.epsilon_budget, on_disk.stored_budget)
 
@@ -250,19 +280,28 @@ class PrivacyLedger:
             self.save()
         return event
 
+    def run_name(self, run: str) -> str:
+        """The run folder's name of a Flower run id (the id itself for a ledger written before names were kept)."""
+        return self.run_names.get(run, run)
+
     def summary(self) -> dict[str, Any]:
+        """Budget, spend and remaining, and per run (by run folder name): rounds, steps and epsilon after it."""
         per_run: dict[str, dict[str, Any]] = {}
         for e in self.events:
-            r = per_run.setdefault(e.run, {"rounds": 0, "steps": 0, "eval_releases": 0, "epsilon_after": 0.0})
+            r = per_run.setdefault(self.run_name(e.run), {"rounds": 0, "steps": 0, "eval_releases": 0,
+                                                          "epsilon_after": 0.0, "flower_run_ids": []})
+            if e.run not in r["flower_run_ids"]:
+                r["flower_run_ids"].append(e.run)
             if e.kind == "train":
                 r["rounds"] += 1
                 r["steps"] += e.steps
             else:
                 r["eval_releases"] += 1
             r["epsilon_after"] = e.epsilon_after
+        spent = self.spent()
         return {"dataset_id": self.dataset_id, "accountant": self.accountant, "delta": self.delta,
-                "budget": self.epsilon_budget, "stored_budget": self.stored_budget, "spent": self.spent(),
-                "remaining": self.remaining(), "runs": per_run}
+                "budget": self.epsilon_budget, "stored_budget": self.stored_budget, "spent": spent,
+                "remaining": max(0.0, self.epsilon_budget - spent), "runs": per_run}
 
     def describe(self) -> str:
         """The ledger in plain words, for hospital staff and auditors."""
@@ -273,7 +312,9 @@ class PrivacyLedger:
                  f"  spent epsilon {s['spent']:.3f}, remaining {s['remaining']:.3f}"]
         for run, r in s["runs"].items():
             evals = f", {r['eval_releases']} noised evaluation-count releases" if r["eval_releases"] else ""
-            lines.append(f"  run {run}: {r['rounds']} rounds, {r['steps']} DP-SGD steps{evals}, "
+            ids = [i for i in r["flower_run_ids"] if i != run]
+            flower = f" (Flower run {', '.join(ids)})" if ids else ""
+            lines.append(f"  run {run}{flower}: {r['rounds']} rounds, {r['steps']} DP-SGD steps{evals}, "
                          f"epsilon {r['epsilon_after']:.3f} after it")
         if not s["runs"]:
             lines.append("  no training recorded yet")

@@ -11,6 +11,8 @@
     fedemo verify RUN_DIR [--public-key PEM]         is the run's signed report.json unaltered?
     fedemo report RUN_DIR [--build]                  rebuild report.html from report.json
 
+``fedemo --version`` prints FedEmo's version with Flower's, PyTorch's and Opacus's.
+
 Researchers' commands (simulate, baseline, compare, data synth) are in
 ``simulations.research_commands``, the hospital's (data check, ledger) in
 ``client.commands``, the coordinator's (credentials, verify, report) in
@@ -38,12 +40,39 @@ from simulations.research_commands import add_research_commands
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedemo", description="Federated emotion recognition (Flower + Opacus)")
+    parser.add_argument("--version", action=VersionAction, help="FedEmo's version and those of Flower, PyTorch, Opacus")
     commands = parser.add_subparsers(dest="command", required=True)
     data_commands = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     add_research_commands(commands, data_commands)  # simulate (simulations/research_commands.py), baseline, ...
     add_node_commands(commands, data_commands)
     add_coordinator_commands(commands)
     return parser
+
+
+class VersionAction(argparse.Action):
+    """``fedemo --version``: read from the installed packages' metadata, so nothing heavy is imported."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(versions())
+        parser.exit()
+
+
+def versions() -> str:
+    """``fedemo 0.1.0 (flwr 1.41.0, torch 2.x, opacus 1.x, Python 3.x)``."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    others = ", ".join(f"{name} {installed(name)}" for name in ("flwr", "torch", "opacus"))
+    return f"fedemo {installed('fedemo')} ({others}, Python {platform.python_version()})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,14 +62,14 @@ def add_simulate_command(commands: argparse._SubParsersAction) -> None:
 
 
 def simulate_command(args: argparse.Namespace) -> int:
-    from simulations.run_config import parse_overrides
-    from simulations.simulate import run_simulation
-
     if args.resume and args.config:
         print("fedemo: error: --resume takes the run's own config; give no CONFIG (use --set to change a key)",
               file=sys.stderr)
         return 2
-    run_dir = run_simulation(args.config, parse_overrides(args.overrides), resume=args.resume)
+    overrides = _checked_overrides(args)  # a mistyped key is answered before torch and Flower load
+    from simulations.simulate import run_simulation
+
+    run_dir = run_simulation(args.config, overrides, resume=args.resume)
     _print_summary(run_dir)
     interrupted = json.loads((run_dir / "summary.json").read_text()).get("interrupted")
     if interrupted:  # 130: the shell's code for a run stopped by Ctrl-C
@@ -83,10 +83,10 @@ def simulate_command(args: argparse.Namespace) -> int:
 
 
 def baseline_command(args: argparse.Namespace) -> int:
+    overrides = _checked_overrides(args)
     from simulations.centralised import run_centralised
-    from simulations.run_config import parse_overrides
 
-    _print_summary(run_centralised(args.config, parse_overrides(args.overrides), epochs=args.epochs))
+    _print_summary(run_centralised(args.config, overrides, epochs=args.epochs))
     return 0
 
 
@@ -152,6 +152,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a run config TOML from configs/ (omit for pyproject defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one run-config key, e.g. --set num-server-rounds=5 (repeatable)")
+
+
+def _checked_overrides(args: argparse.Namespace) -> dict:
+    """``--set`` as a dict, once it and CONFIG name only known keys (ConfigError, in our words, otherwise)."""
+    from simulations.run_config import check_known_keys, parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    check_known_keys(args.config, overrides)
+    return overrides
 
 
 def _print_summary(run_dir: Path) -> None:
