@@ -44,9 +44,11 @@ from client.secure_aggregation import secure_aggregation_mod
 from client.torch_data import NUM_MODEL_INPUTS
 from shared_models import messages as msgs
 from shared_models.privacy_ledger import LedgerError, PrivacyLedger, run_folder_name, simulated_state_dir
+from shared_models.quiet_warnings import install as quiet_known_warnings
 from shared_models.registry import build_model
 from shared_models.run_settings import RunSettings
 
+quiet_known_warnings()  # third-party warnings known to be harmless here, each silenced with its reason
 app = ClientApp(mods=[outgoing_audit_mod])  # a deployed node logs what it sends (client/outgoing_audit.py)
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from flwr.app import Message
 from flwr.common.logger import log
 
+from server import console
 from server.run_record import RunRecord, evaluation_summary, training_summary
 from server.update_checks import Rejection, client_id
 
@@ -32,6 +33,7 @@ class RoundRecorder:
         self.privacy: dict[str, dict] = {}  # client -> its latest DP report (epsilon spent so far, ...)
         self.central = None  # server.central_dp.CentralDP when client-level DP is on
         self.client_of_node: dict[int, str] = {}  # a failed reply carries only Flower's node id
+        self.clock = console.RoundClock(num_rounds)  # elapsed time and ETA on each round line
 
     def restore(self, history: list[dict], privacy: dict[str, dict]) -> None:
         """Continue a checkpointed run: its rounds so far, and metrics.jsonl cut back to them."""
@@ -108,10 +110,12 @@ class RoundRecorder:
             extra += "  rejected: " + ", ".join(f"client {r['client']}" for r in train["rejected"])
         if train.get("aggregated") is False:
             extra += "  (model unchanged)"
+        # One line per round; on a terminal the console draws a progress bar before it (server/console.py).
         log(INFO, "[fedemo] round %d/%d  loss %.4f  accuracy %.3f  macro-F1 %.3f  UAR %.3f%s  "
-            "(%d clients trained, %d rejected, %d evaluated on %d samples, %d failures)",
+            "(%d clients trained, %d rejected, %d evaluated on %d samples, %d failures)  %s",
             server_round, self.num_rounds, entry["loss"] or float("nan"), entry["accuracy"], entry["macro_f1"],
-            entry["uar"], extra, trained, rejected, len(entry["evaluate"]["clients"]), entry["eval_examples"], failed)
+            entry["uar"], extra, trained, rejected, len(entry["evaluate"]["clients"]), entry["eval_examples"], failed,
+            self.clock.tick(server_round), extra=console.progress(server_round, self.num_rounds))
 
     def trained_rounds(self, minimum: int) -> int:
         """Rounds that aggregated at least ``minimum`` accepted updates."""

@@ -18,6 +18,7 @@ One run, in order (``main`` reads as this outline):
 from __future__ import annotations
 
 import random
+import time
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from server import console
 from server.central_dp import wrap_strategy
 from server.checkpoint import Checkpoint
 from server.report.build import coordinator_key, report_at_end_of_run
@@ -45,6 +47,16 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    console.begin()  # our lines, a progress line per round, run.log; Flower's own chatter only when verbose
+    try:
+        coordinate(grid, context)
+    except BaseException as err:
+        console.end_run_log(err)
+        raise
+    console.end_run_log()
+
+
+def coordinate(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_config(context.run_config)
     # Flower samples clients with `random` (reproducible: client-level DP claims no amplification by
     # sampling). numpy's global generator is never seeded (client-level DP noise comes from the OS's entropy).
@@ -53,6 +65,9 @@ def main(grid: Grid, context: Context) -> None:
     signing_key = coordinator_key(settings.signing_key, settings.runs_dir)  # unusable key: stop before training
     checkpoint = Checkpoint.load(Path(settings.resume)) if settings.resume else None
     record, node_config = open_run(settings, context, checkpoint)
+    console.attach_run_log(record.run_dir)
+    if settings.dp:
+        log(INFO, console.DP_RANDOMNESS)
     recorder = RoundRecorder(record, settings.num_server_rounds)
     initial = ArrayRecord(initial_model(grid, settings, node_config, checkpoint).state_dict())
     fedemo = build_strategy(settings, recorder, initial)
@@ -148,12 +163,12 @@ def finish(record: RunRecord, recorder: RoundRecorder, outcome: RoundsOutcome, e
     if outcome.interrupted:
         summary["interrupted"] = {"rounds_done": outcome.last_round, "planned_rounds": settings.num_server_rounds,
                                   "resume": f"fedemo simulate --resume {record.run_dir}" if resumable else None}
+    summary["wall_clock_s"] = round(time.time() - console.run_started(), 1)  # the one duration the console shows
     record.write_json("summary.json", summary)
-    log(INFO, "FedEmo run %s finished in %.1f s: accuracy %.3f (initial %.3f); weights in %s", record.run_dir.name,
-        summary["elapsed_s"], summary["final"].get("accuracy", float("nan")),
-        summary["initial"].get("accuracy", float("nan")), weights)
+    log(INFO, "Final weights in %s", weights)
     # The auditor's report (server/report/build.py): per-group figures, privacy, signed with the coordinator's key.
-    report_at_end_of_run(record.run_dir, signing_key)
+    report = report_at_end_of_run(record.run_dir, signing_key)
+    log(INFO, "%s", console.final_summary(record.run_dir.name, summary, recorder.history, report))
     if outcome.interrupted and resumable:
         log(WARNING, "[fedemo] interrupted after round %d of %d. To continue: fedemo simulate --resume %s "
             "(flwr run: --run-config 'resume=\"%s\"')", outcome.last_round, settings.num_server_rounds,

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from server.console import VerboseFlag
+
 DEFAULT_A = ["dp=false"]  # compare CONFIG without --a/--b: the cost of DP
 DEFAULT_B = ["dp=true"]
 
@@ -58,6 +60,7 @@ def add_simulate_command(commands: argparse._SubParsersAction) -> None:
     _add_config_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue that run from its last completed round (its own config; --set still applies)")
+    p.add_argument("--verbose", action=VerboseFlag)  # sets FEDEMO_VERBOSE: Flower's own log lines show too
     p.set_defaults(func=simulate_command)
 
 
