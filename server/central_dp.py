@@ -41,13 +41,30 @@ everyone else: other hospitals, the model's users, anyone reading it.
 Equal weights are required (an update weighted by its sample count would
 have an unbounded influence), so in these modes FedAvg averages by the
 ``update-weight`` metric every node sends as 1.
+
+**Flower 1.41, corrected.** (1) Its adaptive wrappers move the clipping norm
+before adding the round's noise (too little noise when it shrinks); here the
+noise follows the norm the round's updates were clipped to. (2) Its server-side
+clipping divides by the update's norm (``clip_inputs_inplace``,
+``adaptive_clip_inputs_inplace`` in ``flwr.supercore.differential_privacy``):
+an update equal to the global model raised ``ZeroDivisionError`` and ended the
+federation. Our server-side wrappers override ``aggregate_train`` with Flower's
+steps and :func:`clip_update`, which leaves a zero update as it is.
+
+**Resume.** The account is checkpointed each round (:meth:`CentralDP.state`)
+and each release is journaled to ``central_dp_releases.json`` as it is made,
+before the model reaches any node: a resumed run counts every release, the one
+made in the round the coordinator died in included (its rerun counts again);
+the adaptive clipping norm continues from the checkpointed round.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 import dp_accounting
@@ -61,19 +78,36 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
 )
+from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
+from flwr.supercore.differential_privacy import get_norm
 
+from server.checkpoint import CheckpointError
+from shared_models.atomic_files import atomic_write_json
 from shared_models.run_settings import ConfigError, RunSettings
 
 ADJACENCY = "replace one hospital's whole data (population and sampled nodes per round fixed and public)"
 ACCOUNTING = ("rdp (dp-accounting), client-level replace-one-hospital: each release a Gaussian mechanism with "
               "multiplier z x averaged / (2 x sampled), no sampling amplification")
+RELEASES_FILE = "central_dp_releases.json"  # every release, written as it is made (the resume reads it)
+
+
+def clip_update(new: list[np.ndarray], old: list[np.ndarray], clipping_norm: float) -> tuple[list[np.ndarray], bool]:
+    """Flower's FlatClip (``old + update * min(1, C / |update|)``) and whether it clipped; norm 0: ``new`` as is."""
+    update = [np.subtract(n, o) for n, o in zip(new, old, strict=True)]
+    norm = get_norm(update)
+    if not norm > clipping_norm:  # also norm 0: nothing to scale
+        return [np.asarray(n) for n in new], False
+    scale = clipping_norm / norm
+    return [np.asarray(o + u * scale).astype(np.asarray(n).dtype, copy=False)
+            for n, o, u in zip(new, old, update, strict=True)], True
 
 
 class _SecretNoise:
     """Flower's two noise draws, from the OS's entropy instead of numpy's global (seedable) generator."""
 
     def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
-        stdv = self.noise_multiplier * self.clipping_norm / self.num_sampled_clients  # Flower's compute_stdv
+        clip = getattr(self, "release_clipping_norm", None) or self.clipping_norm  # the round's (_Accounted sets it)
+        stdv = self.noise_multiplier * clip / self.num_sampled_clients  # Flower's compute_stdv
         rng = np.random.default_rng()  # fresh OS entropy, per release
         noised = {key: Array(np.asarray(a + rng.normal(0.0, stdv, a.shape)).astype(a.dtype))
                   for key, a in zip(aggregated.keys(), aggregated.to_numpy_ndarrays(), strict=True)}
@@ -92,6 +126,7 @@ class _Accounted:
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
         clip_used = float(self.clipping_norm)  # adaptive: the step inside moves it for the next round
+        self.release_clipping_norm = clip_used  # the noise is scaled by it (_SecretNoise)
         averaged = sum(1 for r in replies if not r.has_error())
         if not self.account.release_fits(averaged):  # fewer nodes than planned cost more: never past the budget
             log(WARNING, "Central DP: round %d not released: averaging %d of %d sampled updates would pass "
@@ -100,7 +135,51 @@ class _Accounted:
             return None, None
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is not None:  # noise was added and the average released: one Gaussian mechanism
-            self.account.count_release(averaged, clip_used)
+            self.account.count_release(averaged, clip_used, server_round)
+        return arrays, metrics
+
+
+def clip_replies(replies: list, current: ArrayRecord, clipping_norm: float) -> int:
+    """Clip each reply's update (from ``current``) in place with :func:`clip_update`; returns how many were clipped."""
+    clipped, current_arrays = 0, current.to_numpy_ndarrays()
+    for reply in replies:
+        for name, record in reply.content.array_records.items():
+            arrays, was_clipped = clip_update(record.to_numpy_ndarrays(), current_arrays, clipping_norm)
+            clipped += was_clipped
+            reply.content[name] = ArrayRecord(dict(zip(record.keys(), (Array(a) for a in arrays), strict=True)))
+    log(INFO, "aggregate_train: updates clipped to norm %.4f (%d of %d)", clipping_norm, clipped, len(replies))
+    return clipped
+
+
+class _ZeroSafeServerFixed:
+    """Flower 1.41's ``DifferentialPrivacyServerSideFixedClipping.aggregate_train``, clipping safely."""
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        event = self._pop_pending_event(server_round)  # Flower's own accountant (unused here: None)
+        if not validate_replies(replies, self.num_sampled_clients, strict=self.accountant is not None):
+            return None, None
+        self._validate_uniform_weights(replies)
+        clip_replies(replies, self.current_arrays, self.clipping_norm)
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if arrays:
+            arrays = self._add_noise_to_aggregated_arrays(arrays)
+            self._compose_release(event)
+        return arrays, metrics
+
+
+class _ZeroSafeServerAdaptive:
+    """Flower 1.41's ``DifferentialPrivacyServerSideAdaptiveClipping.aggregate_train``, clipping safely."""
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        if not validate_replies(replies, self.num_sampled_clients):
+            return None, None
+        clipped = clip_replies(replies, self.current_arrays, self.clipping_norm)
+        self._geometric_update(self._noisy_fraction(clipped, len(replies)))
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if arrays:
+            arrays = self._add_noise_to_aggregated_arrays(arrays)
         return arrays, metrics
 
 
@@ -122,7 +201,8 @@ class _AndrewClipUpdate:
         self.clipping_norm *= math.exp(-self.clip_norm_lr * (unclipped_fraction - self.target_clipped_quantile))
 
 
-class ServerSideFixedClipping(_Accounted, _SecretNoise, DifferentialPrivacyServerSideFixedClipping):
+class ServerSideFixedClipping(_Accounted, _SecretNoise, _ZeroSafeServerFixed,
+                              DifferentialPrivacyServerSideFixedClipping):
     pass
 
 
@@ -130,7 +210,7 @@ class ClientSideFixedClipping(_Accounted, _SecretNoise, DifferentialPrivacyClien
     pass
 
 
-class ServerSideAdaptiveClipping(_Accounted, _SecretNoise, _AndrewClipUpdate,
+class ServerSideAdaptiveClipping(_Accounted, _SecretNoise, _AndrewClipUpdate, _ZeroSafeServerAdaptive,
                                  DifferentialPrivacyServerSideAdaptiveClipping):
     pass
 
@@ -186,6 +266,8 @@ class CentralDP:
     budget: float
     multipliers: list[float] = field(default_factory=list)  # effective multiplier of each release so far
     clip_used: float | None = None  # the norm the last round's updates were clipped to
+    release_rounds: list[int] = field(default_factory=list)  # the round of each release (a rerun round: twice)
+    journal: Path | None = None  # RELEASES_FILE in the run folder; None: releases are not written down
 
     def spent(self) -> dict[str, Any]:
         return {
@@ -211,11 +293,57 @@ class CentralDP:
         after = self.multipliers + [effective_multiplier(self.noise_multiplier, averaged, self.num_sampled)]
         return epsilon_of_releases(after, self.delta) <= self.budget
 
-    def count_release(self, averaged: int, clip_used: float) -> None:
+    def count_release(self, averaged: int, clip_used: float, server_round: int = 0) -> None:
+        """Count one release, and write it down before the released model leaves the coordinator."""
         self.clip_used = clip_used
         self.multipliers.append(effective_multiplier(self.noise_multiplier, averaged, self.num_sampled))
+        self.release_rounds.append(int(server_round))
+        if self.journal is not None:  # atomic: a crash leaves the journal with or without this release, whole
+            atomic_write_json(self.journal, {"mode": self.mode, "delta": self.delta, "releases": [
+                {"round": r, "effective_noise_multiplier": m} for r, m in zip(self.release_rounds, self.multipliers)]})
         log(INFO, "Central DP: epsilon %.4f at delta %g after %d releases (replace-one-hospital)",
             epsilon_of_releases(self.multipliers, self.delta), self.delta, len(self.multipliers))
+
+    def state(self) -> dict[str, Any]:
+        """What the checkpoint keeps: the releases so far and the clipping norm the next round starts from."""
+        return {"mode": self.mode, "multipliers": list(self.multipliers), "release_rounds": list(self.release_rounds),
+                "clip_used": self.clip_used, "clipping_norm": float(self.strategy.clipping_norm)}
+
+    def resume(self, state: dict[str, Any], run_dir: Path, server_round: int) -> None:
+        """Continue a checkpointed account (``state`` at ``server_round``): every journaled release counts, those
+        after the checkpoint included; the clipping norm is the checkpoint's. No journal, or a different one: refused.
+        """
+        check_resumable(self.mode, state, run_dir)
+        path = Path(run_dir) / RELEASES_FILE
+        try:
+            releases = json.loads(path.read_text())["releases"]
+            multipliers = [float(r["effective_noise_multiplier"]) for r in releases]
+            rounds = [int(r["round"]) for r in releases]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{path} is missing or unreadable ({err}): the client-level DP releases of "
+                                  f"{run_dir} cannot be accounted; refusing to resume with a forgotten spend") from err
+        kept = len(state["multipliers"])
+        if multipliers[:kept] != [float(m) for m in state["multipliers"]] or rounds[:kept] != state["release_rounds"]:
+            raise CheckpointError(f"{path} disagrees with the checkpoint's {kept} client-level DP releases; "
+                                  "refusing to resume")
+        self.multipliers, self.release_rounds, self.clip_used = multipliers, rounds, state["clip_used"]
+        self.strategy.clipping_norm = float(state["clipping_norm"])
+        if len(multipliers) > kept:
+            log(WARNING, "Central DP: %d release(s) made after round %d, before the coordinator stopped, stay "
+                "counted (rounds %s); they are run again", len(multipliers) - kept, server_round, rounds[kept:])
+        log(INFO, "Central DP resumes after %d releases: epsilon %.4f at delta %g, clipping norm %.4f",
+            len(multipliers), epsilon_of_releases(multipliers, self.delta), self.delta, self.strategy.clipping_norm)
+
+
+def check_resumable(mode: str, state: dict[str, Any] | None, run_dir: Path) -> None:
+    """Refuse a resume whose client-level DP mode is not the checkpointed one (``state``: its account, or none)."""
+    if not state and mode != "off":
+        raise ConfigError(f"resume: the checkpoint of {run_dir} holds no client-level DP account (its rounds ran "
+                          f"without noise, central-dp = off, or by an older FedEmo): central-dp = {mode} cannot "
+                          "continue it")
+    if state and mode != state["mode"]:
+        raise ConfigError(f"resume: {run_dir} runs with central-dp = {state['mode']}; it cannot continue with "
+                          f"central-dp = {mode} (its account and clipping norm are {state['mode']}'s)")
 
 
 def check_central_budget(settings: RunSettings, population: int) -> float:
@@ -233,12 +361,16 @@ def check_central_budget(settings: RunSettings, population: int) -> float:
     return planned
 
 
-def wrap_strategy(base: FedAvg, settings: RunSettings, population: int) -> CentralDP | None:
+def wrap_strategy(base: FedAvg, settings: RunSettings, population: int, run_dir: Path | None = None,
+                  checkpoint: Any = None) -> CentralDP | None:
     """Wrap FedAvg with the configured Flower DP wrapper, or None when central DP is off.
 
-    Refuses, before any training, a plan whose rounds cannot fit the budget.
+    Refuses, before any training, a plan whose rounds cannot fit the budget. ``run_dir``: where each release
+    is written down (RELEASES_FILE); ``checkpoint``: a server.checkpoint.Checkpoint whose account continues.
     """
     mode = settings.central_dp
+    if checkpoint is not None:
+        check_resumable(mode, checkpoint.central, run_dir)
     if mode == "off":
         return None
     z, clip = settings.central_dp_noise_multiplier, settings.central_dp_clipping_norm
@@ -260,6 +392,9 @@ def wrap_strategy(base: FedAvg, settings: RunSettings, population: int) -> Centr
                                clipped_count_stddev=settings.central_dp_clipped_count_stddev or None)
     except ValueError as exc:  # e.g. the clipped-count noise cannot fit inside z
         raise ConfigError(f"central DP ({mode}): {exc} (run-config central-dp-clipped-count-stddev)") from exc
-    central = CentralDP(mode, strategy, z, delta, population, m, budget)
+    central = CentralDP(mode, strategy, z, delta, population, m, budget,
+                        journal=Path(run_dir) / RELEASES_FILE if run_dir is not None else None)
     strategy.account = central
+    if checkpoint is not None:
+        central.resume(checkpoint.central, run_dir, checkpoint.server_round)
     return central

@@ -13,7 +13,12 @@ new one, never half of one):
 - the state of Python's ``random``, which Flower samples clients with;
 - the metrics.jsonl entries so far (a line written after the checkpoint is
   dropped on resume, as its round is run again) and the nodes' latest DP
-  reports.
+  reports;
+- with client-level DP (central-dp), the accountant's releases so far and
+  the clipping norm the next round starts from (server/central_dp.py
+  ``CentralDP.state``). Releases made after the checkpoint, in the round
+  the coordinator died in, are in the run folder's release journal
+  (``central_dp_releases.json``): a resumed run counts them too.
 
 One ``.npz`` (arrays plus a JSON document), read back with
 ``allow_pickle=False``: a checkpoint cannot execute code when it is loaded.
@@ -51,6 +56,7 @@ class Checkpoint:
     rng_state: Any = None  # random.getstate()
     history: list[dict] = field(default_factory=list)
     privacy: dict[str, dict] = field(default_factory=dict)
+    central: dict[str, Any] = field(default_factory=dict)  # CentralDP.state(); empty without client-level DP
 
     def save(self, run_dir: Path) -> Path:
         payload: dict[str, np.ndarray] = {f"global/{name}": array.numpy() for name, array in self.arrays.items()}
@@ -59,7 +65,8 @@ class Checkpoint:
         version, internal, gauss = self.rng_state if self.rng_state is not None else random.getstate()
         meta = {"round": self.server_round, "names": list(self.arrays.keys()),
                 "state_keys": {k: len(v) for k, v in self.server_state.items()},
-                "rng_state": [version, list(internal), gauss], "history": self.history, "privacy": self.privacy}
+                "rng_state": [version, list(internal), gauss], "history": self.history, "privacy": self.privacy,
+                "central": self.central}
         payload["meta"] = np.asarray(json.dumps(meta))
         buffer = io.BytesIO()
         np.savez(buffer, **payload)
@@ -83,4 +90,4 @@ class Checkpoint:
         version, internal, gauss = meta["rng_state"]
         return cls(server_round=int(meta["round"]), arrays=arrays, server_state=state,
                    rng_state=(version, tuple(internal), gauss), history=meta["history"],
-                   privacy=meta.get("privacy", {}))
+                   privacy=meta.get("privacy", {}), central=meta.get("central") or {})

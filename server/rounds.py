@@ -82,8 +82,8 @@ def run_rounds(strategy, fedemo: FedEmoMixin, recorder: RoundRecorder, grid: Gri
             else:
                 arrays = new_arrays
             evaluate_round(strategy, grid, server_round, arrays, config, timeout)
-            Checkpoint(server_round, arrays, fedemo.server_state(), random.getstate(),
-                       recorder.history, recorder.privacy).save(run_dir)
+            Checkpoint(server_round, arrays, fedemo.server_state(), random.getstate(), recorder.history,
+                       recorder.privacy, recorder.central.state() if recorder.central else {}).save(run_dir)
             last, done = server_round, arrays
     except Interrupted:  # the interrupted round's work is dropped: the outcome is the last checkpoint's
         return RoundsOutcome(done, last, interrupted=True)

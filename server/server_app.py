@@ -80,7 +80,8 @@ def coordinate(grid: Grid, context: Context) -> None:
         first_round, arrays = resume_state(checkpoint, fedemo, recorder)
 
     # Client-level central DP wraps the FedEmo strategy once the population it samples from is known.
-    central = wrap_strategy(fedemo, settings, population=len(list(grid.get_node_ids())))
+    central = wrap_strategy(fedemo, settings, population=len(list(grid.get_node_ids())), run_dir=record.run_dir,
+                            checkpoint=checkpoint)
     strategy, recorder.central = (fedemo, None) if central is None else (central.strategy, central)
     extra: dict = {}
     if settings.secure_aggregation:  # SecAgg+ runs on Flower's legacy workflow: server/secure_aggregation.py

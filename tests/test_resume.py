@@ -1,10 +1,15 @@
 """A coordinator that is killed or interrupted, as real processes, and a data folder that holds no dataset.
 
 The kill test SIGKILLs a real ``fedemo simulate`` process (its whole process
-group: the coordinator and its Ray workers) in the middle of round 2 and
+group: the coordinator and its simulated nodes) in the middle of round 2 and
 resumes the run from its checkpoint; the result must be the uninterrupted
 run's weights. FedAvgM (server momentum) is on, so the optimiser state in
 the checkpoint matters.
+
+The DP kill test SIGKILLs a sample-level DP run after a node has trained
+(and spent) a round the coordinator never aggregated: every node's ledger
+must keep that spend, record the round again when it is retrained after the
+resume, and the report's ledger check must call those ledgers "ahead".
 """
 
 from __future__ import annotations
@@ -18,15 +23,19 @@ import sys
 import time
 from pathlib import Path
 
+import dp_accounting
 import pytest
 import torch
 
+from server.central_dp import RELEASES_FILE, epsilon_after
 from server.checkpoint import Checkpoint, CheckpointError
+from shared_models.config_error import ConfigError
 from simulations.cli import main as fedemo
-from simulations.simulate import run_simulation
+from simulations.simulate import resume_config, run_simulation
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.toml"
+QUICKSTART_DP = REPO / "configs" / "quickstart_dp.toml"
 
 
 def overrides(tmp_path: Path, name: str) -> dict:
@@ -34,11 +43,18 @@ def overrides(tmp_path: Path, name: str) -> dict:
             "synth-samples": 600, "num-server-rounds": 3, "local-epochs": 1, "server-momentum": 0.9}
 
 
-def start_cli(tmp_path: Path, name: str) -> subprocess.Popen:
+def dp_overrides(tmp_path: Path, name: str) -> dict:
+    """quickstart_dp shrunk: 3 hospitals, 3 rounds, 600 synthetic faces, the fast RDP accountant."""
+    return {"data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": name,
+            "synth-samples": 600, "num-supernodes": 3, "min-available-nodes": 3, "num-server-rounds": 3,
+            "batch-size": 32, "dp-accountant": "rdp"}
+
+
+def start_cli(tmp_path: Path, name: str, config: Path = QUICKSTART, settings: dict | None = None) -> subprocess.Popen:
     """``fedemo simulate`` as its own process group, as a user's terminal would start it."""
     fedemo_bin = shutil.which("fedemo", path=str(Path(sys.executable).parent))
-    args = [fedemo_bin, "simulate", str(QUICKSTART)]
-    for key, value in overrides(tmp_path, name).items():
+    args = [fedemo_bin, "simulate", str(config)]
+    for key, value in (settings or overrides(tmp_path, name)).items():
         args += ["--set", f"{key}={json.dumps(value)}"]
     return subprocess.Popen(args, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -59,6 +75,37 @@ def wait_for_round(run_dir: Path, server_round: int, proc: subprocess.Popen, lim
 
 def rounds_of(run_dir: Path) -> list[int]:
     return [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoint_round(run_dir: Path) -> int:
+    try:
+        return Checkpoint.load(run_dir).server_round
+    except CheckpointError:
+        return 0
+
+
+def ledger_events(run_dir: Path) -> dict[str, list[dict]]:
+    """Every node's recorded training events, straight from its ledger file (written atomically)."""
+    events = {}
+    for path in sorted((run_dir / "node-state").glob("client-*/privacy_ledger.json")):
+        client = path.parent.name.removeprefix("client-")
+        events[client] = [e for e in json.loads(path.read_text())["events"] if e.get("kind", "train") == "train"]
+    return events
+
+
+def kill_when_a_node_is_ahead(run_dir: Path, proc: subprocess.Popen, limit_s: float = 300) -> int:
+    """SIGKILL the run once some node has recorded a round the checkpoint does not hold; returns that round."""
+    deadline = time.time() + limit_s
+    while time.time() < deadline:
+        done = checkpoint_round(run_dir)
+        ahead = [e["round"] for events in ledger_events(run_dir).values() for e in events if e["round"] > done >= 1]
+        if ahead:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            return max(ahead)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    raise TimeoutError(f"no node trained past a checkpoint in {run_dir}")
 
 
 @pytest.mark.slow
@@ -128,3 +175,107 @@ def test_resume_refuses_a_folder_it_cannot_continue_by_name(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"run_config": {}}))
     assert fedemo(["simulate", "--resume", str(tmp_path)]) == 2
     assert "never completed a round" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_dp_run_keeps_every_spend_in_the_ledgers_and_the_report_calls_them_ahead(tmp_path):
+    proc = start_cli(tmp_path, "dp", QUICKSTART_DP, dp_overrides(tmp_path, "dp"))
+    run_dir = tmp_path / "runs" / "dp"
+    kill_when_a_node_is_ahead(run_dir, proc)
+    done = checkpoint_round(run_dir)  # the last aggregated round; a later ledger event was never aggregated
+    before = ledger_events(run_dir)
+    orphans = {c: [e for e in events if e["round"] > done] for c, events in before.items()}
+    assert any(orphans.values()) and not (run_dir / "summary.json").exists()
+
+    assert run_simulation(None, None, resume=run_dir) == run_dir
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    config = json.loads((run_dir / "config.json").read_text())
+    first_part, second_part = str(config["flower_run_id"]), [str(k) for k in config["resumed_flower_run_ids"]]
+    assert len(second_part) == 1
+    after = ledger_events(run_dir)
+    for client, events in after.items():
+        # Nothing dropped, merged or forgiven: the ledger before the kill is, event for event, where it starts.
+        assert events[:len(before.get(client, []))] == before.get(client, []), client
+        # Every training the metrics say was aggregated (or screened out) is one event of the part that ran it,
+        # and the rounds trained before the kill but never aggregated are on top, each once.
+        trained = [r["round"] for r in rounds[1:]
+                   if client in {c["client"] for c in r["train"]["clients"] + r["train"]["rejected"]}]
+        recorded_first = sorted(e["round"] for e in events if e["run"] == first_part)
+        recorded_second = sorted(e["round"] for e in events if e["run"] == second_part[0])
+        assert recorded_first == sorted([t for t in trained if t <= done] + [e["round"] for e in orphans[client]])
+        assert recorded_second == [t for t in trained if t > done]
+        assert len(events) == len(trained) + len(orphans[client])
+        # The spend composes over every event: epsilon only grows, the orphan round's included.
+        eps = [e["epsilon_after"] for e in events]
+        assert eps == sorted(eps) and len(set(eps)) == len(eps)
+        for orphan in orphans[client]:  # trained again after the resume, and spent again
+            assert orphan["round"] in recorded_second
+
+    report = json.loads((run_dir / "report.json").read_text())
+    check = report["privacy"]["ledger_check"]
+    status = {c["client_id"]: c["status"] for c in check["clients"]}
+    assert status == {c: ("ledger ahead" if orphans[c] else "match") for c in after}, check
+    assert check["ok"] and "never aggregated" in check["status"], check
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for client, report_of_client in summary["privacy"]["clients"].items():  # the hospital's epsilon is its ledger's
+        assert report_of_client["epsilon"] == after[client][-1]["epsilon_after"]
+
+
+def central_overrides(tmp_path: Path, name: str) -> dict:
+    """Client-level DP with server-side adaptive clipping: 3 hospitals, all sampled, 3 rounds."""
+    return {"data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": name,
+            "synth-samples": 300, "num-supernodes": 3, "min-available-nodes": 3, "num-server-rounds": 3,
+            "local-epochs": 1, "central-dp": "server-adaptive", "central-dp-clipping-norm": 0.01,
+            "central-dp-noise-multiplier": 0.8, "central-dp-clipped-count-stddev": 1.0}
+
+
+def journal_rounds(run_dir: Path) -> list[int]:
+    try:
+        return [r["round"] for r in json.loads((run_dir / RELEASES_FILE).read_text())["releases"]]
+    except (OSError, ValueError):
+        return []
+
+
+@pytest.mark.slow
+def test_a_killed_central_dp_run_resumes_its_account_and_counts_the_release_it_died_after(tmp_path):
+    proc = start_cli(tmp_path, "central", QUICKSTART, central_overrides(tmp_path, "central"))
+    run_dir = tmp_path / "runs" / "central"
+    deadline = time.time() + 300
+    while True:  # kill between a release and its checkpoint: the released model was already out
+        done = checkpoint_round(run_dir)
+        if done >= 1 and len(journal_rounds(run_dir)) > done:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            break
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.02)
+    checkpoint = Checkpoint.load(run_dir)
+    done, lost = checkpoint.server_round, journal_rounds(run_dir)[checkpoint.server_round:]
+    assert checkpoint.central["release_rounds"] == list(range(1, done + 1)) and lost == [done + 1]
+    # The mode the run started in is the only one it continues in; off would drop the noise mid-run.
+    for mode in ("off", "server-fixed"):
+        with pytest.raises(ConfigError, match="central-dp"):
+            resume_config(run_dir, {"central-dp": mode})
+
+    assert run_simulation(None, None, resume=run_dir) == run_dir
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    # Every release is in the account: the checkpointed ones, the one made before the kill, the reruns.
+    assert journal_rounds(run_dir) == [*range(1, done + 1), *lost, *range(done + 1, 4)]
+    z, delta = 0.8, rounds[1]["central_dp"]["delta"]
+    for entry in rounds[1:]:
+        dp = entry["central_dp"]
+        releases = entry["round"] + (len(lost) if entry["round"] > done else 0)
+        assert dp["releases"] == releases and dp["effective_noise_multipliers"] == pytest.approx([z / 2] * releases)
+        # The epsilon of an uninterrupted run with the same releases, recomputed with dp-accounting.
+        accountant = dp_accounting.rdp.RdpAccountant()
+        accountant.compose(dp_accounting.GaussianDpEvent(z / 2), releases)
+        assert dp["epsilon"] == pytest.approx(accountant.get_epsilon(delta), rel=1e-9)
+    final = json.loads((run_dir / "summary.json").read_text())["privacy"]["central_dp"]
+    assert final["epsilon"] == rounds[-1]["central_dp"]["epsilon"] > epsilon_after(z, 3, delta)  # nothing forgiven
+    assert final["epsilon"] == pytest.approx(epsilon_after(z, 3 + len(lost), delta), rel=1e-9)
+    # The adaptive clipping norm continues from the checkpointed round's, not from the configured 0.01.
+    resumed = rounds[done + 1]["central_dp"]["clipping_norm"]
+    assert resumed == rounds[done]["central_dp"]["next_clipping_norm"] == checkpoint.central["clipping_norm"]
+    assert resumed != 0.01
