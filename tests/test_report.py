@@ -26,7 +26,7 @@ from sklearn.metrics import accuracy_score
 from shared_models.privacy_ledger import PrivacyLedger
 from server.report.build import coordinator_key
 from server.report.signing import SigningError, canonical_bytes
-from shared_models.taxonomy import NUM_EMOTIONS
+from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
 from simulations.cli import main as fedemo
 
 pytestmark = pytest.mark.slow
@@ -57,6 +57,20 @@ def runs(tmp_path_factory):
                    "--set", f'runs-dir="{root / "runs"}"'])
     assert code == 0
     return root / "runs" / "cmp-a", root / "runs" / "cmp-b", out
+
+
+LEARNED_RUN = Path(__file__).parent / "fixtures" / "learned_run"  # a real quickstart run's record, 5 rounds
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """A run whose model learned (55.8% against a 26.2% majority class): the metrics, config and summary a real
+    `fedemo simulate configs/quickstart.toml` wrote, its report built and signed here. A run that learns takes
+    minutes on 2 cores; the tiny runs above do not get past the majority class."""
+    run = tmp_path_factory.mktemp("learned") / "learned"
+    shutil.copytree(LEARNED_RUN, run)
+    assert fedemo(["report", "--build", str(run)]) == 0
+    return run
 
 
 def verify(run_dir: Path, capsys, *extra: str) -> tuple[int, str]:
@@ -283,3 +297,160 @@ def test_report_build_signs_a_run_folder_that_has_no_report(runs, tmp_path, caps
     original = json.loads((run_a / "report.json").read_text())
     assert {k: v for k, v in rebuilt.items() if k != "generated_at"} == \
         {k: v for k, v in original.items() if k != "generated_at"}  # the same report from the same folder
+
+
+# --------------------------------------------------------------------------- what the page says at a glance
+def rebuilt(run_dir: Path, tmp_path: Path, name: str, *, keep_rounds: int | None = None,
+            keep_summary: bool = True) -> Path:
+    """A copy of a real run folder, its report rebuilt from its own metrics (optionally only the first rounds,
+    without summary.json: what a coordinator killed after those rounds leaves)."""
+    run = tmp_path / name
+    shutil.copytree(run_dir, run)
+    for path in run.glob("report.*"):
+        path.unlink()
+    if keep_rounds is not None:
+        lines = (run / "metrics.jsonl").read_text().splitlines()[:keep_rounds]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if not keep_summary:
+        (run / "summary.json").unlink()
+    assert fedemo(["report", "--build", str(run)]) == 0
+    return run
+
+
+def last_round(run_dir: Path) -> dict:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()][-1]
+
+
+def check_majority_rule(run_dir: Path) -> bool:
+    """The baseline figures equal the run's own counts, and the warning is shown exactly when the rule holds."""
+    report = json.loads((run_dir / "report.json").read_text())
+    html = (run_dir / "report.html").read_text()
+    counts = np.asarray(last_round(run_dir)["confusion"]["counts"])
+    totals = counts.sum(axis=1)  # true-class totals of the test rows
+    baseline = report["baseline"]
+    assert [baseline["class_totals"][emotion] for emotion in EMOTIONS] == totals.tolist()
+    assert baseline["n"] == totals.sum() == report["final"]["eval_examples"]
+    assert baseline["majority_rate"] == pytest.approx(totals.max() / totals.sum())
+    assert baseline["chance_rate"] == pytest.approx(1 / NUM_EMOTIONS)
+    low, high = report["final"]["accuracy_ci"]
+    expected = low <= baseline["majority_rate"]
+    assert baseline["no_better_than_majority"] is expected
+    majority_pct = f"{100 * baseline['majority_rate']:.1f}%"
+    assert majority_pct in html and f"{100 * baseline['chance_rate']:.1f}%" in html  # beside the accuracy
+    assert ("No better than the majority class" in html) is expected
+    assert (baseline["warning"] is not None) is expected
+    for figures in report["fairness"].values():
+        assert figures["meaningful"] is (not expected)
+    if report["fairness"]:
+        assert report["fairness_settings"]["meaningful"] is (not expected)
+        assert ("worst-served group is" in html) is (not expected)
+        assert ("NOT MEANINGFUL" in html) is expected
+    return expected
+
+
+def test_a_model_no_better_than_the_majority_class_is_called_so_and_its_group_claims_are_withheld(runs, tmp_path):
+    run_a, run_b, _ = runs
+    for run_dir in (run_a, run_b):
+        check_majority_rule(run_dir)
+    # The same real run before any training (round 0 alone): an untrained model cannot beat the majority class.
+    untrained = rebuilt(run_a, tmp_path, "untrained", keep_rounds=1, keep_summary=False)
+    assert check_majority_rule(untrained) is True
+    report = json.loads((untrained / "report.json").read_text())
+    assert "majority class" in report["baseline"]["warning"] and report["baseline"]["majority_class"] in EMOTIONS
+
+
+def test_a_model_that_learned_is_not_warned_about(learned):
+    assert check_majority_rule(learned) is False
+    html = (learned / "report.html").read_text()
+    assert "worst-served group is" in html and "No better than the majority class" not in html
+
+
+def test_the_page_uses_one_unit_per_kind_of_figure(runs, learned):
+    for run_dir in (*runs[:2], learned):
+        report = json.loads((run_dir / "report.json").read_text())
+        html = (run_dir / "report.html").read_text()
+        text = re.sub(r"<[^>]+>", " ", html)
+        assert not re.search(r"percentage points \(95%", text)
+        assert not re.search(r"gap (of )?0\.\d{3}", text)  # never a gap as a fraction
+        for attribute, figures in report["fairness"].items():
+            gap = figures["accuracy_gap"]
+            if gap["value"] is None:
+                continue
+            assert f"{100 * gap['value']:.1f} pp" in text
+            assert f"{100 * gap['ci'][0]:.1f} to {100 * gap['ci'][1]:.1f} pp" in text
+            ratio = figures["accuracy_ratio"]
+            assert f"{ratio['value']:.2f}" in text and f"{ratio['ci'][0]:.2f} to {ratio['ci'][1]:.2f}" in text
+            if figures["flagged"]:
+                assert re.search(r"accuracy gap \d+\.\d pp between .* exceeds the threshold \d+\.\d pp",
+                                 figures["flag_reason"])
+        final = report["final"]
+        assert f"{100 * final['accuracy']:.1f}%" in text
+        assert f"{100 * final['accuracy_ci'][0]:.1f}% to {100 * final['accuracy_ci'][1]:.1f}%" in text
+        assert f"{100 * final['macro_f1']:.1f}%" in text  # macro-F1 in % as well, in the headline and tables
+
+
+def test_the_page_names_the_signing_key_and_every_image_has_alt_text(runs, learned):
+    for run_dir in (*runs[:2], learned):
+        html = (run_dir / "report.html").read_text()
+        key_id = json.loads((run_dir / "report.sig").read_text())["key_id"]
+        assert f'id="key-fingerprint">{key_id}<' in html
+        images = re.findall(r"<img\b[^>]*>", html)
+        assert len(images) >= 4
+        for tag in images:
+            alt = re.search(r'\balt="([^"]*)"', tag)
+            assert alt and len(alt.group(1)) > 30, tag[:120]
+
+
+def test_the_page_shows_each_hospitals_test_results_and_each_groups_accuracy_over_rounds(runs):
+    _, run_b, _ = runs
+    report = json.loads((run_b / "report.json").read_text())
+    html = (run_b / "report.html").read_text()
+    rounds = [json.loads(line) for line in (run_b / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    logged = rounds[-1]["evaluate"]["clients"]
+    hospitals = report["hospitals"]["clients"]
+    assert [(h["client_id"], h["num_examples"], h["accuracy"]) for h in hospitals] == \
+        [(str(c["client"]), c["num_examples"], c["accuracy"]) for c in logged]
+    assert "Each hospital&#x27;s test results" in html or "Each hospital's test results" in html
+    for hospital in hospitals:
+        assert f"<td>{hospital['client_id']}</td><td>{hospital['num_examples']}</td>" in html
+        assert [h["round"] for h in hospital["history"]] == [r["round"] for r in rounds]
+    assert report["hospitals"]["counts_noised"] is False  # exact counts in this run: said, with intervals
+    min_size = report["fairness_settings"]["min_group_size"]
+    for attribute, figures in report["fairness"].items():
+        assert [h["round"] for h in figures["history"]] == [r["round"] for r in rounds if r.get("groups")]
+        for h, entry in zip(figures["history"], [r for r in rounds if r.get("groups")]):
+            for group, item in h["groups"].items():
+                counts = np.asarray(entry["groups"][attribute][group])
+                assert counts.sum() >= min_size and item["n"] == counts.sum()
+                assert item["accuracy"] == pytest.approx(np.trace(counts) / counts.sum())
+        if any(h["groups"] for h in figures["history"]):
+            assert f"Accuracy per {attribute} group over rounds" in html
+
+
+def test_verify_and_the_page_call_an_incomplete_run_incomplete(runs, tmp_path, capsys):
+    run_a, _, _ = runs
+    killed = rebuilt(run_a, tmp_path, "killed", keep_rounds=2, keep_summary=False)  # round 0 and 1 of 2
+    report = json.loads((killed / "report.json").read_text())
+    assert report["run"]["incomplete"] and report["run"]["rounds_completed"] == 1
+    code, out = verify(killed, capsys)
+    assert code == 3 and not out.startswith("valid") and "INCOMPLETE" in out and "1 of 2 planned rounds" in out
+    assert "signature valid" in out
+    html = (killed / "report.html").read_text()
+    assert "Incomplete run: 1 of 2 planned rounds done" in html
+    code, out = verify(run_a, capsys)
+    assert code == 0 and out.startswith("valid") and "INCOMPLETE" not in out
+
+
+def test_the_page_renders_in_a_real_browser(runs, tmp_path):
+    """Chromium (Debian's package) draws the page; the screenshot is not blank (look at it: docs/report.md)."""
+    from PIL import Image
+
+    from simulations.screenshot_report import find_browser, screenshot
+
+    if find_browser() is None:
+        pytest.skip("no Chromium here: apt-get install -y chromium")
+    _, run_b, _ = runs
+    png = screenshot(run_b / "report.html", tmp_path / "report.png", width=1280, height=3000)
+    pixels = np.asarray(Image.open(png).convert("L"))
+    assert pixels.shape == (3000, 1280)
+    assert (pixels < 128).mean() > 0.005  # text and plots, not an empty or error page

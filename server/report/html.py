@@ -131,6 +131,11 @@ def plain_summary(report: dict) -> list[str]:
         lines.append("Per-group figures are NOT MEANINGFUL for this run (" + str(settings.get("not_meaningful_reason"))
                      + "): no group is named worst-served and no gap is claimed; the tables below are shown as "
                        "data only.")
+        small = [f"by {attribute}: {', '.join(map(str, figures['suppressed_groups']))}"
+                 for attribute, figures in report["fairness"].items() if figures.get("suppressed_groups")]
+        if small:
+            lines.append(f"Too small to report (fewer than {settings.get('min_group_size')} test samples): "
+                         + "; ".join(small) + ".")
         return lines
     for attribute, figures in report.get("fairness", {}).items():
         worst = figures.get("worst_group") or {}
@@ -356,7 +361,7 @@ small{color:#666}
 .headline div{border:1px solid #ddd;border-radius:4px;padding:.4em .8em;min-width:10em}
 .headline span{display:block;font-size:.85em;color:#555}.headline b{display:block;font-size:1.6em}
 .headline small{display:block}
-code.fp{font-size:.95em;word-break:break-all}.nw{white-space:nowrap}
+code.fp{font-size:.95em;word-break:break-all}.nw,.banner code{white-space:nowrap}
 """
 
 
@@ -365,12 +370,13 @@ def incomplete_banner(run: dict) -> str:
     if not run.get("incomplete"):
         return ""
     interrupted = run.get("interrupted") or {}
-    how = "interrupted" if interrupted else "stopped (no summary: the coordinator did not finish)"
+    how = "interrupted" if interrupted else "the coordinator stopped without writing its summary: killed or crashed"
     resume = interrupted.get("resume") if isinstance(interrupted, dict) else None
-    return (f'<p class="banner" role="alert"><strong>Incomplete run: {how} after {run.get("rounds_completed")} of '
-            f'{run.get("rounds_planned")} planned rounds.</strong> Every figure on this page is that of round '
-            f'{run.get("rounds_completed")}, not of the planned run. Continue it with '
-            f'<code>{escape(resume or "fedemo simulate --resume RUN_FOLDER")}</code>.</p>')
+    return (f'<p class="banner" role="alert"><strong>Incomplete run: {run.get("rounds_completed")} of '
+            f'{run.get("rounds_planned")} planned rounds done</strong> ({how}). Every figure on this page is that '
+            f'of round {run.get("rounds_completed")}, not of the planned run. Continue it with '
+            f'<code>{escape(resume or "fedemo simulate --resume RUN_FOLDER")}</code>'
+            + ("" if resume else " (when the folder holds a checkpoint)") + '.</p>')
 
 
 def render_html(report: dict, report_sha256: str, key_id: str | None = None) -> str:

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
-MAX_LEGEND_CLIENTS = 10  # distinct epsilon lines named in the legend; any more are drawn grey
+MAX_LEGEND_CLIENTS = 8  # distinct epsilon lines named in the legend; any more are drawn grey
 
 
 def pct(x: float | None) -> str:
@@ -162,7 +162,8 @@ def plot_epsilon(privacy: dict) -> str:
         return ""
     fig, ax = plt.subplots(figsize=(8, 3.4))
     lines = sorted(same_lines(clients), key=lambda group: -(group[0].get("epsilon") or 0.0))
-    colours = [c for c in plt.get_cmap("tab10").colors if c != plt.get_cmap("tab10").colors[3]]  # no red
+    palette = plt.get_cmap("tab10").colors
+    colours = [c for i, c in enumerate(palette) if i not in (3, 7)]  # no red, no grey: grey is for unnamed lines
     top = 0.0
     for i, group in enumerate(lines):
         history = group[0]["history"]
@@ -175,9 +176,9 @@ def plot_epsilon(privacy: dict) -> str:
             label = f"hospitals {_names(group)}: {len(group)} share this line"
         ax.plot([h["round"] for h in history], eps, marker="o", markersize=4,
                 color=colours[i % len(colours)] if labelled else "#bbbbbb", alpha=0.9 if labelled else 0.5,
-                label=label if labelled else None)
+                zorder=3 if labelled else 2, label=label if labelled else None)
     if len(lines) > MAX_LEGEND_CLIENTS:
-        ax.plot([], [], color="#bbbbbb", label=f"{len(lines) - MAX_LEGEND_CLIENTS} more lines (grey)")
+        ax.plot([], [], color="#bbbbbb", label=f"{sum(map(len, lines[MAX_LEGEND_CLIENTS:]))} more hospitals, smaller epsilon (grey)")
     budgets = sorted({c.get("budget") for c in clients if c.get("budget") is not None})
     for budget in budgets:
         ax.axhline(budget, color="black", linestyle="--", linewidth=1.5, label=f"budget {budget:g}")
