@@ -40,6 +40,7 @@ VERBOSE_ENV = "FEDEMO_VERBOSE"  # "1": show Flower's own INFO lines too
 STARTED_ENV = "FEDEMO_STARTED"  # epoch seconds when the command started (set by `fedemo simulate`)
 PROGRESS = "fedemo_progress"  # LogRecord attribute of a round line: (round, rounds)
 RUN_LOG = "run.log"
+BAR_WIDTH = 20
 
 # Said once per DP run, in place of Opacus's "Secure RNG turned off" (shared_models/quiet_warnings.py).
 DP_RANDOMNESS = ("DP-SGD: every node draws its sampling masks and Gaussian noise from a generator seeded from the "
@@ -224,7 +225,6 @@ class ConsoleHandler(logging.Handler):
     def _emit_rich(self, stream: TextIO, record: logging.LogRecord) -> None:
         from rich.console import Console
         from rich.progress_bar import ProgressBar
-        from rich.table import Table
         from rich.text import Text
 
         console = self._rich.get(id(stream))
@@ -234,14 +234,11 @@ class ConsoleHandler(logging.Handler):
             record.levelno, "dim" if _is_flowers(record) else "")
         text = Text(_plain(record), style=style)
         done = getattr(record, PROGRESS, None)
-        if done is None:
-            console.print(text)
-            return
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(no_wrap=True)
-        grid.add_column()
-        grid.add_row(ProgressBar(total=max(done[1], 1), completed=done[0], width=20), text)
-        console.print(grid)
+        if done is not None:  # rich's own bar, drawn inline before the line (no padding: the terminal wraps it)
+            bar = ProgressBar(total=max(done[1], 1), completed=done[0], width=BAR_WIDTH)
+            segments = console.render(bar, console.options.update(width=BAR_WIDTH))
+            text = Text.assemble(*((seg.text, seg.style) for seg in segments if seg.text.strip("\n")), " ", text)
+        console.print(text, soft_wrap=True)
 
 
 def _is_terminal(stream: TextIO) -> bool:
