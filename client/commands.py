@@ -2,6 +2,8 @@
 
     fedemo data check DATA_DIR --format FORMAT [--task T] [--json]
     fedemo ledger STATE_DIR [--json]      one node's ledger, or every node's under a folder (runs/<id>/node-state)
+    fedemo node check --superlink HOST:PORT --root-certificates CA [--auth-supernode-private-key KEY]
+    fedemo node sent STATE_DIR [--last N] [--json]
 
 ``simulations.cli`` mounts them beside the coordinator's and the researchers'
 commands; their code sits here, next to the loaders and the ledger they read.
@@ -18,7 +20,7 @@ DATASET_FORMATS = ["fer2013", "rafdb", "cremad", "ravdess"]
 
 
 def add_node_commands(commands: argparse._SubParsersAction, data_commands: argparse._SubParsersAction) -> None:
-    """``ledger`` at the top level, ``check`` under ``fedemo data``."""
+    """``ledger`` at the top level, ``check`` under ``fedemo data``, ``check`` and ``sent`` under ``fedemo node``."""
     p = commands.add_parser("ledger", help="show a node's privacy ledger in plain words (spent, remaining, per run)")
     p.add_argument("state_dir", type=Path,
                    help="the node's state folder (or its privacy_ledger.json), or a folder of node state folders")
@@ -33,6 +35,28 @@ def add_node_commands(commands: argparse._SubParsersAction, data_commands: argpa
                    help="the federation's task (default: the format's own; cremad can serve fusion)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=data_check_command)
+
+    node = commands.add_parser("node", help="a deployed hospital node: reach the coordinator, read what it sent")
+    node_commands = node.add_subparsers(dest="node_command", required=True)
+    p = node_commands.add_parser("check", help="can this node reach the coordinator with its CA and key? "
+                                 "(joins no run)")
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT",
+                   help="the SuperLink's address, as flower-supernode --superlink takes it")
+    p.add_argument("--root-certificates", required=True, type=Path, metavar="CA",
+                   help="the federation's ca.crt, as flower-supernode --root-certificates takes it")
+    p.add_argument("--auth-supernode-private-key", type=Path, default=None, metavar="KEY",
+                   help="the node's auth.key: checks that it loads and matches auth.pub beside it")
+    p.add_argument("--registered", type=Path, default=None, metavar="FILE",
+                   help="the coordinator's list of registered keys: federation.json, or a file of auth.pub lines")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each network step")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=node_check_command)
+    p = node_commands.add_parser("sent", help="what this node sent, per run and round, in plain words "
+                                 "(from its outgoing-message audit and ledger)")
+    p.add_argument("state_dir", type=Path, help="the node's state-dir (or its outgoing_messages.jsonl)")
+    p.add_argument("--last", type=int, default=None, metavar="N", help="only the last N replies")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=node_sent_command)
 
 
 def ledger_command(args: argparse.Namespace) -> int:
@@ -83,6 +107,24 @@ def ledgers_command(folder: Path, *, as_json: bool) -> int:
                      f"`fedemo ledger {folder / most}` shows its runs.")
     print(json.dumps({"folder": str(folder), "nodes": nodes}, indent=2) if as_json else "\n".join(lines))
     return 0 if len(readable) == len(nodes) else 1
+
+
+def node_check_command(args: argparse.Namespace) -> int:
+    """0: ready; 1: a step failed (each failure says what and how to fix it)."""
+    from client.node_check import check_node, describe
+
+    result = check_node(args.superlink, args.root_certificates, args.auth_supernode_private_key, args.registered,
+                        timeout=args.timeout)
+    print(json.dumps(result.to_json(), indent=2) if args.json else describe(result))
+    return 0 if result.ready else 1
+
+
+def node_sent_command(args: argparse.Namespace) -> int:
+    from client import sent_log
+
+    print(json.dumps(sent_log.to_json(args.state_dir), indent=2) if args.json
+          else sent_log.describe(args.state_dir, last=args.last))
+    return 0
 
 
 def data_check_command(args: argparse.Namespace) -> int:

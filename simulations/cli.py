@@ -5,7 +5,9 @@
     fedemo compare RUN_A RUN_B --out DIR             two runs side by side per group (or: CONFIG --a k=v --b k=v)
     fedemo data synth DATASET --out DIR [--n N]      write a synthetic dataset in a published layout
     fedemo data check DATA_DIR --format FORMAT       a hospital's data folder, checked locally before joining
-    fedemo ledger STATE_DIR [--json]                 a node's privacy budget: spent, remaining, per run
+    fedemo ledger STATE_DIR [--json]                 a node's privacy budget: spent, remaining, per run (or every node's)
+    fedemo node check --superlink HOST:PORT --root-certificates CA   can a hospital's node reach the coordinator?
+    fedemo node sent STATE_DIR                       what a hospital's node sent, per round, in plain words
     fedemo credentials init OUT_DIR --hospital NAME ...   CA, SuperLink TLS certificate, hospital key pairs
     fedemo credentials add-hospital OUT_DIR NAME     one more hospital's key pair
     fedemo verify RUN_DIR [--public-key PEM]         is the run's signed report.json unaltered?
@@ -14,7 +16,7 @@
 ``fedemo --version`` prints FedEmo's version with Flower's, PyTorch's and Opacus's.
 
 Researchers' commands (simulate, baseline, compare, data synth) are in
-``simulations.research_commands``, the hospital's (data check, ledger) in
+``simulations.research_commands``, the hospital's (data check, ledger, node) in
 ``client.commands``, the coordinator's (credentials, verify, report) in
 ``server.commands``. The root lives in ``simulations`` because it is the one
 layer allowed to import all three.

@@ -14,7 +14,7 @@ import pytest
 import simulations.cli
 from simulations.cli import build_parser
 
-GROUPS = ("data", "credentials")  # commands with subcommands: `fedemo data check`, `fedemo credentials init`
+GROUPS = ("data", "credentials", "node")  # commands with subcommands: `fedemo data check`, `fedemo node sent`
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -37,6 +37,8 @@ def mounted_commands() -> list[str]:
     (["data", "synth", "fer2013", "--out", "data"], "simulations.research_commands"),
     (["data", "check", "data", "--format", "fer2013"], "client.commands"),
     (["ledger", "node-state"], "client.commands"),
+    (["node", "check", "--superlink", "localhost:8000", "--root-certificates", "ca.crt"], "client.commands"),
+    (["node", "sent", "state"], "client.commands"),
     (["credentials", "init", "creds"], "server.commands"),
     (["credentials", "add-hospital", "creds", "hospital-d"], "server.commands"),
     (["verify", "run"], "server.commands"),
@@ -49,7 +51,7 @@ def test_each_command_runs_code_that_lives_with_its_users(argv, module):
 
 def test_the_parametrised_list_above_covers_every_mounted_command():
     assert sorted(mounted_commands()) == sorted([
-        "simulate", "baseline", "compare", "data synth", "data check", "ledger",
+        "simulate", "baseline", "compare", "data synth", "data check", "ledger", "node check", "node sent",
         "credentials init", "credentials add-hospital", "verify", "report",
     ])
 
