@@ -122,15 +122,35 @@ def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(secrets.randbits(64))
 
 
+# Opacus's ways of computing what DP-SGD clips ("hooks": per-sample gradients from module hooks; "ew":
+# torch's expanded weights; "functorch": vmap'd per-sample gradients; "ghost": ghost clipping, per-sample
+# gradient *norms* for Linear and Embedding without materialising the gradients, per-sample gradients for
+# other layers, then a second backward pass weighted by the clipping factors). All clip every sample's
+# gradient to the same norm and add the same noise: the choice changes the cost, not the mechanism.
+GRAD_SAMPLE_MODES = ("hooks", "ew", "functorch", "ghost")
+
+
+def default_grad_sample_mode(model: nn.Module) -> str:
+    """The model's ``dp_grad_sample_mode`` (the fastest exact one, measured by simulations/benchmarks/dp_cost.py),
+    else Opacus's default, "hooks"."""
+    return getattr(model, "dp_grad_sample_mode", "hooks")
+
+
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, plan: DPPlan, *,
-                 accountant: str, secure_mode: bool = False,
+                 accountant: str, secure_mode: bool = False, grad_sample_mode: str | None = None,
                  ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader, PrivacyEngine]:
     """Opacus's one entry point, with the Poisson masks and the noise drawn from secret generators.
 
     Opacus's DPDataLoader takes the passed loader's generator for its masks
     (outside secure mode), so the loader is rebuilt on a secret one; the noise
-    generator lives on the model's device.
+    generator lives on the model's device. ``grad_sample_mode`` (default: the
+    model's, ``default_grad_sample_mode``) picks how the per-sample clipping is
+    computed; under "ghost" the loss must be built per sample and wrapped by
+    ``client.local_training.train_epochs`` (``ghost_clipping_loss``), which does so.
     """
+    mode = grad_sample_mode or default_grad_sample_mode(model)
+    if mode not in GRAD_SAMPLE_MODES:
+        raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {mode!r}")
     with warnings.catch_warnings():  # "Secure RNG turned off": the masks and noise below come from secret seeds
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=accountant, secure_mode=secure_mode)
@@ -138,12 +158,62 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
                                num_workers=loader.num_workers, pin_memory=loader.pin_memory,
                                generator=secret_generator())
     device = next(model.parameters()).device
-    private_model, private_optimizer, private_loader = engine.make_private(
+    private = engine.make_private(
         module=model, optimizer=optimizer, data_loader=secret_loader,
         noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, poisson_sampling=True,
-        noise_generator=None if secure_mode else secret_generator(device),
+        noise_generator=None if secure_mode else secret_generator(device), grad_sample_mode=mode,
     )
+    # Ghost mode also returns a criterion wrapper; train_epochs wraps its own per-sample loss instead.
+    private_model, private_optimizer, private_loader = private[0], private[1], private[-1]
     return private_model, private_optimizer, private_loader, engine
+
+
+def uses_ghost_clipping(model: nn.Module) -> bool:
+    """Whether ``model`` is wrapped for ghost clipping: every backward pass must then go through
+    ``ghost_clipping_loss`` (a plain one would leave unclipped gradients for the noise step)."""
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+    return isinstance(model, GradSampleModuleFastGradientClipping)
+
+
+def _norm_pass_inputs(model: nn.Module) -> list[torch.Tensor]:
+    """What ghost clipping's first backward pass must reach so that every layer's hook sees its backprops.
+
+    That pass only measures the per-sample norms (its gradients are discarded): the weight gradient of a
+    Linear or Embedding layer with a trainable bias is not needed for it (its norm comes from activations
+    and backprops, and its bias keeps the layer on the pass), so it is left out, which saves one weight
+    gradient per such layer; every other parameter is kept.
+    """
+    cached = getattr(model, "_fedemo_norm_pass_inputs", None)
+    if cached is None:
+        ghost_norm = tuple(getattr(model, "NORM_SAMPLERS", {}))
+        skipped = {id(m.weight) for m in model.modules()
+                   if type(m) in ghost_norm and getattr(m, "bias", None) is not None and m.bias.requires_grad}
+        cached = [p for p in model.parameters() if p.requires_grad and id(p) not in skipped]
+        model._fedemo_norm_pass_inputs = cached
+    return cached
+
+
+def ghost_clipping_loss(model: nn.Module, optimizer: torch.optim.Optimizer, loss_per_sample: torch.Tensor):
+    """Opacus's two-pass loss for ghost clipping: ``.backward()`` leaves the sum of the clipped per-sample
+    gradients in ``.grad``, as the hooks mode's clipping does; the optimizer then adds the noise."""
+    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+    class GhostClippingLoss(DPTensorFastGradientClipping):
+        def backward(self) -> None:
+            # Opacus's backward, with the first (norm-measuring) pass restricted to what it needs.
+            torch.autograd.backward(self.loss_per_sample.mean(0), inputs=_norm_pass_inputs(self.module),
+                                    retain_graph=True)
+            self.optimizer.zero_grad()
+            coeff = self.module.get_clipping_coef()
+            second_loss = torch.sum(coeff.to(self.loss_per_sample.device) * self.loss_per_sample)
+            self.module.disable_hooks()
+            try:
+                second_loss.backward()
+            finally:
+                self.module.enable_hooks()
+
+    return GhostClippingLoss(model, optimizer, loss_per_sample, loss_reduction="mean")
 
 
 def steps_taken(engine: PrivacyEngine) -> int:

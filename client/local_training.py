@@ -8,6 +8,7 @@ to give exactly the pooled metric, and they reveal far less than predictions.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,8 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     """
     model.train()
     criterion = nn.CrossEntropyLoss()
+    # Opacus's ghost clipping (client.dp_training) needs the loss per sample; opacus is imported by then.
+    ghost = "opacus" in sys.modules and _uses_ghost_clipping(model)
     total_loss, seen = 0.0, 0
     for _ in range(epochs):
         for batch in loader:
@@ -75,11 +78,18 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
             logits, va_pred = _forward(model, inputs)
             if len(labels) == 0:  # an empty DP step still goes through the (noisy) optimizer
                 loss = logits.sum() * 0.0
+            elif ghost:  # the same loss, one term per sample: mean(w x CE) + va_weight x MSE
+                per_sample = nn.functional.cross_entropy(logits, labels, reduction="none")
+                if weights is not None:
+                    per_sample = per_sample * weights
+                if va_pred is not None:
+                    per_sample = per_sample + va_weight * nn.functional.mse_loss(va_pred, va, reduction="none").mean(1)
+                loss = _ghost_clipping_loss(model, optimizer, per_sample)
             elif weights is not None:
                 loss = (nn.functional.cross_entropy(logits, labels, reduction="none") * weights).mean()
             else:
                 loss = criterion(logits, labels)
-            if va_pred is not None and len(labels):
+            if va_pred is not None and len(labels) and not ghost:
                 va_loss = nn.functional.mse_loss(va_pred, va) if private else ccc_loss(va_pred, va)
                 loss = loss + va_weight * va_loss
             loss.backward()
@@ -88,6 +98,18 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
                 total_loss += float(loss.detach()) * len(labels)
             seen += len(labels)
     return {"train-loss": total_loss / max(seen, 1), "train-samples": float(seen)}
+
+
+def _uses_ghost_clipping(model: nn.Module) -> bool:
+    from client.dp_training import uses_ghost_clipping
+
+    return uses_ghost_clipping(model)
+
+
+def _ghost_clipping_loss(model: nn.Module, optimizer: torch.optim.Optimizer, per_sample: torch.Tensor):
+    from client.dp_training import ghost_clipping_loss
+
+    return ghost_clipping_loss(model, optimizer, per_sample)
 
 
 @dataclass

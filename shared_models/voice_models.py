@@ -22,11 +22,14 @@ its default hook-based engine, without a rewrite:
 * GroupNorm, never BatchNorm: BatchNorm mixes samples of a batch, so a
   "per-sample" gradient depends on the other samples and DP-SGD's clipping
   bound no longer holds; its running statistics are also un-noised private state.
-* ``opacus.layers.DPLSTM`` instead of ``nn.LSTM``: the fused ``nn.LSTM`` kernel
+* :class:`SequenceLSTM` instead of ``nn.LSTM``: the fused ``nn.LSTM`` kernel
   keeps its gate matmuls inside one op, so Opacus has no per-sample gradient
-  rule for it (its validator rejects ``nn.LSTM``). DPLSTM is the same LSTM
-  written with hookable linear layers.
-* Bidirectionality is built from unidirectional DPLSTMs rather than
+  rule for it (its validator rejects ``nn.LSTM``). ``opacus.layers.DPLSTM``
+  is the same LSTM written with hookable linear layers, called once per time
+  step (per-sample gradients computed and summed step by step);
+  ``SequenceLSTM`` computes the same function with the same parameters and
+  initialisation, each linear layer called once over the whole sequence.
+* Bidirectionality is built from unidirectional LSTMs rather than
   ``pack_padded_sequence``: with packed input DPLSTM accumulates per-sample
   gradients in length-sorted order, while every other layer keeps the original
   batch order, so Opacus would clip mismatched rows together. Instead each
@@ -40,9 +43,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import math
+
 import torch
 import torch.nn as nn
-from opacus.layers import DPLSTM
+import torch.nn.functional as F
 
 from .segment_layers import SegmentCNN, SegmentConv2d, SegmentGroupNorm, SegmentMaxPool2d  # noqa: F401
 from .taxonomy import NUM_EMOTIONS
@@ -50,6 +55,7 @@ from .taxonomy import NUM_EMOTIONS
 __all__ = [
     "AttentionPooling",
     "MaskedBiLSTM",
+    "SequenceLSTM",
     "SegmentCNN",
     "SegmentConv2d",
     "SegmentGroupNorm",
@@ -82,10 +88,74 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor | None) -> torc
     return x.gather(1, idx.unsqueeze(-1).expand_as(x))
 
 
+class SequenceLSTM(nn.Module):
+    """One unidirectional LSTM layer over (B, S, input_size), batch first, zero initial state -> (B, S, hidden).
+
+    The function, parameters (``ih``, ``hh``: Linear to 4 x hidden, gates in
+    the order i, f, g, o) and initialisation of ``opacus.layers.DPLSTM``, at a
+    fraction of its DP-SGD cost: DPLSTM calls its two linear layers at every
+    time step, so Opacus computes and sums per-sample gradients 2 x S times.
+    Here ``ih`` runs once over the whole sequence. The recurrence needs
+    ``hh`` step by step, so it runs with ``hh``'s weights detached (the
+    gradient still flows through the hidden states), after a no-grad pass
+    that gives the hidden states h_0..h_{S-1}; then ``hh`` is called once on
+    those states and ``hh(h) - hh(h).detach()`` (exactly zero) is added to the
+    gates. Its gradient is sum_t g_t h_{t-1}^T, exactly ``hh``'s gradient in
+    the recurrence, so the values and every gradient are DPLSTM's while
+    Opacus sees each layer once per forward, on whole sequences.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.ih = nn.Linear(input_size, 4 * hidden_size)
+        self.hh = nn.Linear(hidden_size, 4 * hidden_size)
+        stdv = 1.0 / math.sqrt(hidden_size)  # DPLSTM's initialisation, in its parameter order
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+        self._register_load_state_dict_pre_hook(self._dplstm_keys)
+
+    @staticmethod
+    def _dplstm_keys(state_dict, prefix, *_args) -> None:
+        """Accept state dicts saved with DPLSTM layers (keys ``l0.ih.weight`` and aliases ``weight_ih_l0``)."""
+        for name in ("ih.weight", "ih.bias", "hh.weight", "hh.bias"):
+            layer, kind = name.split(".")
+            old = state_dict.pop(f"{prefix}l0.{name}", None)
+            alias = state_dict.pop(f"{prefix}{kind}_{layer}_l0", None)
+            if f"{prefix}{name}" not in state_dict and (old is not None or alias is not None):
+                state_dict[f"{prefix}{name}"] = old if old is not None else alias
+
+    def _recurrence(self, gates_in: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None,
+                    extra: torch.Tensor | None = None) -> torch.Tensor:
+        h = gates_in.new_zeros(gates_in.shape[0], self.hidden_size)
+        c = h
+        out = []
+        for t in range(gates_in.shape[1]):
+            gates = gates_in[:, t] + F.linear(h, w_hh, b_hh)
+            if extra is not None:
+                gates = gates + extra[:, t]
+            i, f, g, o = gates.split(self.hidden_size, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            out.append(h)
+        return torch.stack(out, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gates_in = self.ih(x)
+        if not torch.is_grad_enabled() or not self.hh.weight.requires_grad:
+            return self._recurrence(gates_in, self.hh.weight, self.hh.bias)
+        with torch.no_grad():
+            states = self._recurrence(gates_in, self.hh.weight, self.hh.bias)
+        previous = torch.cat([states.new_zeros(states.shape[0], 1, self.hidden_size), states[:, :-1]], dim=1)
+        hh_out = self.hh(previous)
+        return self._recurrence(gates_in, self.hh.weight.detach(),
+                                None if self.hh.bias is None else self.hh.bias.detach(), hh_out - hh_out.detach())
+
+
 class MaskedBiLSTM(nn.Module):
     """Stacked bidirectional LSTM over left-aligned sequences of known lengths.
 
-    Each layer is two single-direction ``DPLSTM``s; the backward one reads each
+    Each layer is two single-direction :class:`SequenceLSTM`; the backward one reads each
     sequence reversed within its length. Outputs at padded positions are
     meaningless and must be masked by the caller (:class:`AttentionPooling`).
     This replaces ``DPLSTM(bidirectional=True)`` on a packed sequence, whose
@@ -101,8 +171,8 @@ class MaskedBiLSTM(nn.Module):
         self.backward_layers = nn.ModuleList()
         for i in range(num_layers):
             size = input_size if i == 0 else 2 * hidden_size
-            self.forward_layers.append(DPLSTM(size, hidden_size, batch_first=True))
-            self.backward_layers.append(DPLSTM(size, hidden_size, batch_first=True))
+            self.forward_layers.append(SequenceLSTM(size, hidden_size))
+            self.backward_layers.append(SequenceLSTM(size, hidden_size))
         self.dropout = nn.Dropout(dropout)
         self.out_features = 2 * hidden_size
 
@@ -110,8 +180,8 @@ class MaskedBiLSTM(nn.Module):
         for i, (fwd, bwd) in enumerate(zip(self.forward_layers, self.backward_layers)):
             if i > 0:
                 x = self.dropout(x)
-            out_f, _ = fwd(x)
-            out_b, _ = bwd(reverse_within_length(x, lengths))
+            out_f = fwd(x)
+            out_b = bwd(reverse_within_length(x, lengths))
             x = torch.cat([out_f, reverse_within_length(out_b, lengths)], dim=-1)
         return x
 

@@ -314,3 +314,29 @@ def test_voice_stats_features_ignore_masked_segments():
     changed[0, 2:] = 1e3  # padding segments of clip 0: must not matter
     assert torch.allclose(model(x, mask)[0], model(changed, mask)[0])
     assert list(model.state_dict()) == ["feature_mean", "feature_std", "head.weight", "head.bias"]
+
+
+def test_sequence_lstm_is_opacus_dplstm_at_a_fraction_of_the_dp_cost():
+    """SequenceLSTM: DPLSTM's parameters, initialisation, outputs and gradients; loads DPLSTM state dicts."""
+    from opacus.layers import DPLSTM
+
+    from shared_models.voice_models import SequenceLSTM
+
+    torch.manual_seed(3)
+    reference = DPLSTM(10, 8, batch_first=True)
+    torch.manual_seed(3)
+    layer = SequenceLSTM(10, 8)
+    for p, q in zip(reference.parameters(), layer.parameters()):
+        assert torch.equal(p, q)  # same initial draws in the same order
+    x = torch.randn(4, 6, 10, requires_grad=True)
+    expected, _ = reference(x)
+    got = layer(x)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    grads_ref = torch.autograd.grad((expected ** 2).sum(), [x, *reference.parameters()])
+    grads = torch.autograd.grad((got ** 2).sum(), [x, *layer.parameters()])
+    for g, e in zip(grads, grads_ref):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
+    fresh = SequenceLSTM(10, 8)
+    fresh.load_state_dict(reference.state_dict())  # a DPLSTM checkpoint (keys l0.ih.weight, weight_ih_l0, ...)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), expected, atol=1e-6, rtol=1e-5)

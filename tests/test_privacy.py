@@ -69,3 +69,75 @@ def test_corrupt_missing_or_foreign_ledger_is_an_error_not_a_reset(tmp_path):
     with pytest.raises(LedgerError, match="separate state folder"):
         PrivacyLedger.open(other, dataset_id="b", epsilon_budget=1.0, delta=1e-5, accountant="rdp")
     assert json.loads((other / "node.json").read_text())["dataset_id"] == "a"
+
+
+# --------------------------------------------------------------------------- DP-SGD's clipping, whatever the mode
+def _private_update(name: str, mode: str, *, weighted: bool = False, va: bool = False) -> list:
+    """One noiseless DP-SGD step of model ``name`` under Opacus mode ``mode``, on a fixed batch."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from client.dp_training import DPPlan, make_private
+    from client.local_training import train_epochs
+    from shared_models.registry import build_model, model_task
+
+    torch.manual_seed(0)
+    model = build_model(name, valence_arousal=va) if va else build_model(name)
+    g = torch.Generator().manual_seed(1)
+    n = 6
+    if model_task(name) == "face":
+        inputs = (torch.rand(n, 1, 48, 48, generator=g),)
+    else:
+        mask = torch.ones(n, 6, dtype=torch.bool)
+        mask[::2, 3:] = False
+        inputs = (torch.randn(n, 6, 128, 32, generator=g), mask)
+    fields = (*inputs, torch.randint(0, 7, (n,), generator=g), torch.rand(n, 2, generator=g) * 2 - 1)
+    if weighted:
+        fields = (*fields, torch.rand(n, generator=g) + 0.5)
+    loader = DataLoader(TensorDataset(*fields), batch_size=n)
+    # Clipping norm 0.05: every sample's gradient is clipped, so a wrong clipping factor would show.
+    private, optimizer, _, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), loader,
+                                            DPPlan(0.0, 1.0, 1, 0.05), accountant="rdp", grad_sample_mode=mode)
+    before = [p.detach().clone() for p in private.parameters()]
+    train_epochs(private, loader, optimizer, epochs=1, n_inputs=len(inputs), device=torch.device("cpu"),
+                 private=True)  # the fixed batch, not the Poisson loader: the same samples for every mode
+    return [b - p.detach() for b, p in zip(before, private.parameters())]
+
+
+@pytest.mark.parametrize("name,mode,weighted,va", [
+    ("face_scatter", "ghost", False, False), ("face_scatter", "ghost", True, False),
+    ("voice_stats", "ghost", False, False), ("face_cnn", "ghost", False, False),
+    ("face_cnn", "ew", False, False), ("voice_crnn", "ghost", True, True)])
+def test_every_grad_sample_mode_clips_like_opacus_hooks(name, mode, weighted, va):
+    """Ghost clipping (two backward passes, per-sample norms only) and expanded weights give the same
+    clipped, summed gradient as Opacus's hooks: the mode changes the cost, never the mechanism."""
+    import torch
+
+    expected = _private_update(name, "hooks", weighted=weighted, va=va)
+    got = _private_update(name, mode, weighted=weighted, va=va)
+    assert any(float(e.abs().max()) > 0 for e in expected)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
+
+
+def test_each_model_trains_under_dp_in_its_default_mode_and_an_empty_batch_is_pure_noise():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from client.dp_training import DPPlan, default_grad_sample_mode, make_private
+    from client.local_training import train_epochs
+    from shared_models.registry import build_model
+
+    model = build_model("face_scatter")
+    assert default_grad_sample_mode(model) in ("hooks", "ew", "functorch", "ghost")
+    data = TensorDataset(torch.rand(8, 1, 48, 48), torch.zeros(8, dtype=torch.long), torch.zeros(8, 2))
+    private, optimizer, _, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0),
+                                            DataLoader(data, batch_size=4), DPPlan(1.0, 0.5, 2, 1.0), accountant="rdp")
+    before = [p.detach().clone() for p in private.parameters()]
+    optimizer.zero_grad()
+    (private(torch.zeros(0, 1, 48, 48)).sum() * 0.0).backward()  # what train_epochs does on an empty Poisson batch
+    optimizer.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, private.parameters()))  # noise, from no data
+    trained = train_epochs(private, DataLoader(data, batch_size=4), optimizer, epochs=1, n_inputs=1,
+                           device=torch.device("cpu"), private=True)
+    assert trained["train-samples"] == 8.0
