@@ -30,7 +30,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
-from server.report.html import CSS, html_table, interval, num, source_digest  # noqa: E402
+from server.report.html import CSS, source_digest  # noqa: E402
+from server.report.html_parts import html_table, interval, num  # noqa: E402
 from server.report.plots import figure_img, pct  # noqa: E402
 from server.report.signing import REPORT_FILE, verify_run  # noqa: E402
 
