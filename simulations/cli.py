@@ -33,6 +33,7 @@ Opacus, Flower, numpy and matplotlib load inside the command that uses them
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from client.commands import add_node_commands
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `fedemo node sent DIR | head`: the reader left; no traceback for that
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as err:
         if isinstance(err, user_errors()):
             print(f"fedemo: error: {err}", file=sys.stderr)

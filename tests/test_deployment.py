@@ -8,8 +8,9 @@ to (every command is a real binary from the venv): `fedemo credentials init`,
 configs, and `flwr run` against a TLS connection in the researcher's
 FLWR_HOME. The tests then check the run folder, the nodes' ledgers and
 outgoing-message audits, that an unregistered node is refused and that a
-connection without TLS fails. Every process is started in its own process
-group and killed at the end.
+connection without TLS fails, and that a hospital's `fedemo node check`,
+`fedemo node sent` and `fedemo ledger` work against it. Every process is
+started in its own process group and killed at the end.
 """
 
 from __future__ import annotations
@@ -354,3 +355,30 @@ def test_nodes_send_only_model_arrays_and_aggregates(federation):
     assert metric_lengths["evaluate:confusion"] == {49}
     for key, lengths in metric_lengths.items():
         assert len(lengths) == 1, (key, lengths)
+
+
+def test_a_hospital_checks_its_connection_and_reads_what_it_sent(federation):
+    """`fedemo node check` against Flower's own SuperLink, joining nothing; `fedemo node sent` on a real audit."""
+    assert federation.run_returncode == 0, federation.run_output[-4000:]
+    keys = federation.creds / "hospitals" / "hospital-a"
+    code, output = _fedemo("node", "check", "--superlink", f"localhost:{federation.port}",
+                           "--root-certificates", str(keys / "ca.crt"), "--auth-supernode-private-key",
+                           str(keys / "auth.key"), "--registered", str(federation.creds / "federation.json"))
+    assert code == 0, output
+    assert "requires SuperNode authentication" in output and "as 'hospital-a'" in output
+    # Another federation's CA is refused with the reason, in words
+    foreign = federation.root / "foreign-creds"
+    assert _fedemo("credentials", "init", str(foreign), "--superlink-host", "localhost")[0] == 0
+    code, output = _fedemo("node", "check", "--superlink", f"localhost:{federation.port}",
+                           "--root-certificates", str(foreign / "ca" / "ca.crt"))
+    assert code == 1 and "certificate verify failed" in output and "is not signed by the CA in" in output, output
+    code, output = federation.run(_tool("flwr"), "supernode", "list", "fedemo", "--format", "json")
+    assert len(json.loads(output[output.index("{"):])["nodes"]) == len(HOSPITALS)  # the check joined nothing
+
+    code, output = _fedemo("node", "sent", str(federation.state_dir("hospital-a")))
+    assert code == 0, output
+    assert "Run deployed (Flower run " in output  # the ledger names the run by its run folder
+    assert output.count("noised and accounted: DP-SGD") == ROUNDS
+    code, output = _fedemo("ledger", str(federation.root))  # every hospital's ledger under one folder
+    assert code == 0 and all(f"{name}/state: spent" in output for name in HOSPITALS), output
+    assert output.count("run deployed: 2 rounds") == len(HOSPITALS)
