@@ -5,11 +5,15 @@ for a virtual node to a ``Backend``; Flower 1.41 ships only Ray's actor pool.
 This backend keeps the engine (its link state, queues, node contexts and
 worker threads) and replaces only where a ClientApp runs:
 
-* ``workers`` plain processes, started once per run (``spawn``: the
-  engine's threads make ``fork`` unsafe). Each imports the ClientApp once and
-  keeps it, and everything the app caches per process (partitions, decoded
-  features, the DP model's fixed features), for every round. No Ray head,
-  no object store, no per-round process start.
+* ``workers`` plain processes, started once per run, all at once. On Linux
+  they fork from a ``forkserver`` (a single-threaded process that has
+  imported the ClientApp's module once; the engine's threads make a plain
+  ``fork`` of this process unsafe): a worker
+  starts in well under a second, a replacement too, and torch's pages are
+  shared among them. Elsewhere they ``spawn``. Each keeps the ClientApp, and
+  everything the app caches per process (partitions, decoded features, the
+  DP model's fixed features), for every round. No Ray head, no object store,
+  no per-round process start.
 * A message and its node's context travel to a free worker by pickle over a
   pipe and come back the same way; nothing else is shared.
 * On a GPU the default is one worker: one CUDA context for all virtual
@@ -55,6 +59,7 @@ class WorkerPeak:
 
     rss_mib: float
     cuda_mib: float = 0.0
+    pss_mib: float = 0.0  # proportional set size at the end: shared library pages split among the processes
 
 
 @dataclass
@@ -89,6 +94,22 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def pss_mib() -> float:
+    """This process's proportional set size (Linux); 0 where /proc cannot tell.
+
+    RSS counts torch's shared libraries in full in every worker; PSS splits
+    them among the processes sharing them, so the sum over processes is the
+    memory the simulation really holds.
+    """
+    try:
+        for line in open("/proc/self/smaps_rollup", encoding="ascii"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _cuda_peak_mib() -> float:
     torch = sys.modules.get("torch")  # only if the ClientApp used torch
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
@@ -113,7 +134,7 @@ def worker_main(conn, reference: str, app_dir: str, environment: dict[str, str])
         except EOFError:  # the backend went away
             return
         if request is None:
-            conn.send(("stopped", WorkerPeak(_peak_rss_mib(), _cuda_peak_mib())))
+            conn.send(("stopped", WorkerPeak(_peak_rss_mib(), _cuda_peak_mib(), pss_mib())))
             return
         message, context = request
         try:
@@ -124,13 +145,24 @@ def worker_main(conn, reference: str, app_dir: str, environment: dict[str, str])
         conn.send(("ok", (reply, context)))
 
 
+def _process_context(reference: str):
+    """``forkserver`` preloaded with the ClientApp's module where there is one (Linux), else ``spawn``."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    context = mp.get_context("forkserver")
+    # Takes effect when this process starts its fork server (the first backend in it); later ones reuse it.
+    context.set_forkserver_preload([reference.partition(":")[0]])
+    return context
+
+
 class LocalBackend(Backend):
     """Flower ``Backend`` running ClientApps in a pool of long-lived local worker processes.
 
     Backend config (``backend_config["local"]``): ``client_app`` (the
     ``module:attribute`` reference), ``app_dir``, ``workers`` (processes;
     also how many messages Flower's engine hands over at once) and
-    optionally ``environment`` (variables every worker gets).
+    optionally ``environment`` (variables every worker gets on top of this
+    process's).
     """
 
     def __init__(self, backend_config: BackendConfig) -> None:
@@ -139,9 +171,10 @@ class LocalBackend(Backend):
         self.reference = str(settings["client_app"])
         self.app_dir = str(settings.get("app_dir", ""))
         self.workers = max(1, int(settings.get("workers", 1)))
-        self.environment = {str(k): str(v) for k, v in dict(settings.get("environment", {})).items()}
+        # A fork server outlives the run that started it: every worker gets this process's environment as it is now.
+        self.environment = {**os.environ, **{str(k): str(v) for k, v in dict(settings.get("environment", {})).items()}}
         self.stats = BackendStats()
-        self._context = mp.get_context("spawn")
+        self._context = _process_context(self.reference)
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
@@ -152,8 +185,9 @@ class LocalBackend(Backend):
         del app_fn
         if self._all:  # Flower's engine calls build() again; the workers already run
             return
-        for _ in range(self.workers):
-            self._idle.put(self._start_worker())
+        pending = [self._launch() for _ in range(self.workers)]  # all start at once, then report ready
+        for launched in pending:
+            self._idle.put(self._await_ready(*launched))
 
     @property
     def num_workers(self) -> int:
@@ -199,12 +233,21 @@ class LocalBackend(Backend):
 
     # -- workers ----------------------------------------------------------------------
     def _start_worker(self) -> _Worker:
+        return self._await_ready(*self._launch())
+
+    def _launch(self):
         parent, child = self._context.Pipe()
         process = self._context.Process(target=worker_main, name="fedemo-node-worker", daemon=True,
                                         args=(child, self.reference, self.app_dir, self.environment))
         process.start()
         child.close()
-        status, payload = parent.recv()
+        return process, parent
+
+    def _await_ready(self, process, parent) -> _Worker:
+        try:
+            status, payload = parent.recv()
+        except EOFError:
+            status, payload = "load-error", f"the worker exited with code {process.join(10) or process.exitcode}"
         if status != "ready":
             process.join(timeout=10)
             raise RuntimeError(f"the ClientApp {self.reference} could not be loaded in a worker: {payload}")

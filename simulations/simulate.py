@@ -85,11 +85,16 @@ def engine_summary(settings: RunSettings, backend: Any) -> dict[str, Any]:
     coordinator = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if backend is None:  # Ray: its actors' memory is Ray's to report
         return {"backend": "ray", "peak_rss_mib": {"coordinator": round(coordinator, 1)}}
+    from simulations.local_backend import pss_mib
+
     workers = [round(p.rss_mib, 1) for p in backend.stats.peaks]
+    shared = [round(p.pss_mib, 1) for p in backend.stats.peaks]
     engine = {"backend": "local", "workers": backend.workers, "workers_replaced": backend.stats.workers_replaced,
               "messages": backend.stats.messages,
               "peak_rss_mib": {"coordinator": round(coordinator, 1), "workers": workers,
-                               "total": round(coordinator + sum(workers), 1)}}
+                               "total": round(coordinator + sum(workers), 1)},
+              "final_pss_mib": {"coordinator": round(pss_mib(), 1), "workers": shared,
+                                "total": round(pss_mib() + sum(shared), 1)}}
     cuda = [round(p.cuda_mib, 1) for p in backend.stats.peaks if p.cuda_mib]
     if cuda:
         engine["peak_cuda_mib"] = cuda

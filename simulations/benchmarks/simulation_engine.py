@@ -1,16 +1,25 @@
-"""Benchmark: what Flower's simulation engine costs, and how client resources change it.
+"""Benchmark: what each simulation backend costs against the compute bound of the same client work.
 
-    python -m simulations.benchmarks.simulation_engine [--clients 50] [--rounds 3] [--out runs/bench]
+    python -m simulations.benchmarks.simulation_engine [--clients 50] [--rounds 4] [--out runs/bench-engine]
 
 Runs the same small face federation (every client trains one local epoch and
-evaluates, every round) three ways and prints wall-clock figures:
+evaluates, every round) in one run, side by side, so the machine's noise
+cancels in the ratios:
 
-1. ``fedemo simulate`` with 2 CPUs reserved per client (Flower's default);
-2. the same with 1 CPU per client (two clients at once on a 2-core machine);
-3. the same client work in one plain Python loop, without Flower: the floor.
+1. ``fedemo simulate`` on Flower's Ray backend (``client-num-cpus = 1``);
+2. the same on the local backend (simulations/local_backend.py; automatic
+   worker count: one per core, or one on a GPU);
+3. the single-process compute bound: the same client work (load the global
+   weights, train, evaluate every client's test split) in one plain Python
+   loop without Flower, torch using every core; and the same loop on one
+   core, from which the ideal parallel time (one-core loop / workers) follows.
 
-Results also go to ``<out>/benchmark.json``. Figures, not assertions: speed
-belongs here, not in timed tests.
+A round's cost is the mean of the warm rounds (2..R; round 1 also reads and
+caches every node's data, in both the federation and the loop), taken from
+each run's ``metrics.jsonl``. Also printed: peak resident memory (the
+coordinator plus every worker), and on CUDA the GPU's utilisation (sampled
+with nvidia-smi) and peak memory. Results go to ``<out>/benchmark.json``.
+Figures, not assertions: speed belongs here, not in timed tests.
 """
 
 from __future__ import annotations
@@ -18,13 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
+import threading
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from client.local_training import evaluate, make_optimizer, train_epochs
+from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import client_samples
 from client.torch_data import NUM_MODEL_INPUTS
 from shared_models.registry import build_model
@@ -32,57 +44,146 @@ from simulations.run_config import load_run_config
 from simulations.simulate import run_simulation
 
 
-def plain_loop(overrides: dict) -> float:
-    """The federation's client work (train + evaluate per client per round) in one process."""
+def plain_loop(overrides: dict, threads: int) -> list[float]:
+    """The federation's client work in one process; seconds per round."""
     _, settings = load_run_config(None, overrides)
-    torch.set_num_threads(settings.client_threads)
-    started = time.time()
-    global_model = build_model(settings.model)
+    torch.set_num_threads(threads)
+    device = resolve_device(settings.device)
+    global_model = build_model(settings.model).to(device)
+    nodes = [{"partition-id": pid, "num-partitions": settings.num_supernodes} for pid in range(settings.num_supernodes)]
+    rounds = []
     for _ in range(settings.num_server_rounds):
+        started = time.perf_counter()
         states = []
-        for pid in range(settings.num_supernodes):
-            samples = client_samples(settings, {"partition-id": pid, "num-partitions": settings.num_supernodes},
-                                     settings.data_dir)
-            model = build_model(settings.model)
+        for node in nodes:
+            samples = client_samples(settings, node, settings.data_dir)  # cached after round 1, as on a node
+            model = build_model(settings.model).to(device)
             model.load_state_dict(global_model.state_dict())
             loader = DataLoader(samples.train, batch_size=settings.batch_size, shuffle=True)
             train_epochs(model, loader, make_optimizer(model, settings), epochs=settings.local_epochs,
-                         n_inputs=NUM_MODEL_INPUTS[settings.task], device=torch.device("cpu"))
-            states.append((len(samples.train), model.state_dict()))
+                         n_inputs=NUM_MODEL_INPUTS[settings.task], device=device)
+            states.append((len(samples.train), {k: v.detach() for k, v in model.state_dict().items()}))
         total = sum(n for n, _ in states)
         global_model.load_state_dict({k: sum(n * s[k].float() for n, s in states) / total for k in states[0][1]})
-        for pid in range(settings.num_supernodes):
-            samples = client_samples(settings, {"partition-id": pid, "num-partitions": settings.num_supernodes},
-                                     settings.data_dir)
-            evaluate(global_model, DataLoader(samples.test, batch_size=64), n_inputs=1, device=torch.device("cpu"))
-    return time.time() - started
+        for node in nodes:
+            samples = client_samples(settings, node, settings.data_dir)
+            evaluate(global_model, DataLoader(samples.test, batch_size=64), n_inputs=NUM_MODEL_INPUTS[settings.task],
+                     device=device)
+        rounds.append(time.perf_counter() - started)
+    return rounds
+
+
+def round_seconds(run_dir: Path) -> list[float]:
+    """Seconds per round from a run's metrics.jsonl (round 0 is the untrained model's evaluation)."""
+    elapsed = [json.loads(line)["elapsed_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [b - a for a, b in zip(elapsed, elapsed[1:])]
+
+
+def warm_mean(rounds: list[float]) -> float:
+    warm = rounds[1:] or rounds
+    return sum(warm) / len(warm)
+
+
+class GpuSampler:
+    """nvidia-smi's utilisation and memory, sampled every 0.5 s while a run goes on."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True)
+            if out.returncode == 0 and out.stdout.strip():
+                util, memory = out.stdout.splitlines()[0].split(",")
+                self.samples.append((float(util), float(memory)))
+
+    def __enter__(self) -> "GpuSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def figures(self) -> dict[str, float]:
+        if not self.samples:
+            return {}
+        utils = [u for u, _ in self.samples]
+        return {"gpu_util_mean_pct": round(sum(utils) / len(utils), 1), "gpu_util_max_pct": max(utils),
+                "gpu_memory_used_max_mib": max(m for _, m in self.samples)}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--samples-per-client", type=int, default=50)
-    parser.add_argument("--out", type=Path, default=Path("runs/benchmark"))
+    parser.add_argument("--model", default="face_cnn")
+    parser.add_argument("--skip-ray", action="store_true", help="only the local backend and the bound")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-engine"))
     args = parser.parse_args(argv)
     out = args.out.resolve()
     base = {"data-dir": str(out / "data"), "runs-dir": str(out / "runs"), "synth-samples": args.clients * args.samples_per_client,
             "num-supernodes": args.clients, "min-available-nodes": args.clients, "num-server-rounds": args.rounds,
-            "local-epochs": 1, "partitioner": "iid", "min-partition-size": 5}
-    results = {"clients": args.clients, "rounds": args.rounds, "samples_per_client": args.samples_per_client,
-               "cpu_count": os.cpu_count()}
-    for cpus in (2.0, 1.0):
+            "local-epochs": 1, "partitioner": "iid", "min-partition-size": 5, "model": args.model,
+            "client-num-cpus": 1.0}
+    cores = len(os.sched_getaffinity(0))
+    cuda = torch.cuda.is_available()
+    results: dict = {"clients": args.clients, "rounds": args.rounds, "samples_per_client": args.samples_per_client,
+                     "model": args.model, "cores": cores, "cuda": torch.cuda.get_device_name(0) if cuda else None}
+    backends = ["local"] if args.skip_ray else ["ray", "local"]
+    for backend in backends:
+        name = f"{backend}-{int(time.time())}"
+        sampler = GpuSampler() if cuda and shutil.which("nvidia-smi") else None
         started = time.time()
-        run_simulation(None, {**base, "client-num-cpus": cpus, "run-name": f"cpus-{cpus:g}-{int(started)}"})
-        results[f"flower_{cpus:g}_cpus_per_client_s"] = round(time.time() - started, 1)
-    results["plain_loop_s"] = round(plain_loop(base), 1)
+        if sampler:
+            with sampler:
+                run_dir = run_simulation(None, {**base, "simulation-backend": backend, "run-name": name})
+        else:
+            run_dir = run_simulation(None, {**base, "simulation-backend": backend, "run-name": name})
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rounds = round_seconds(run_dir)
+        results[backend] = {"wall_s": round(time.time() - started, 1), "round_s": [round(r, 2) for r in rounds],
+                            "warm_round_s": round(warm_mean(rounds), 3), "engine": summary.get("engine", {}),
+                            "final_accuracy": summary.get("final", {}).get("accuracy"),
+                            **(sampler.figures() if sampler else {})}
+    loop_all = plain_loop(base, threads=cores)
+    loop_one = plain_loop(base, threads=1) if not cuda else loop_all
+    workers = results["local"]["engine"].get("workers", 1)
+    results["bound"] = {"loop_all_cores_round_s": [round(r, 2) for r in loop_all],
+                        "loop_one_core_round_s": [round(r, 2) for r in loop_one],
+                        "single_process_bound_s": round(warm_mean(loop_all), 3),
+                        "ideal_parallel_s": round(warm_mean(loop_one) / workers, 3)}
+    bound = results["bound"]["single_process_bound_s"]
+    ideal = results["bound"]["ideal_parallel_s"]
+    for backend in backends:
+        results[backend]["ratio_to_single_process_bound"] = round(results[backend]["warm_round_s"] / bound, 2)
+        results[backend]["ratio_to_ideal_parallel"] = round(results[backend]["warm_round_s"] / ideal, 2)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n{args.clients} clients x {args.rounds} rounds, {args.samples_per_client} samples each, "
-          f"{os.cpu_count()} CPUs")
-    print(f"  Flower simulation, 2 CPUs per client : {results['flower_2_cpus_per_client_s']:7.1f} s")
-    print(f"  Flower simulation, 1 CPU per client  : {results['flower_1_cpus_per_client_s']:7.1f} s")
-    print(f"  plain loop, no Flower                : {results['plain_loop_s']:7.1f} s")
+
+    print(f"\n{args.clients} clients x {args.rounds} rounds ({args.model}, {args.samples_per_client} samples each), "
+          f"{cores} cores" + (f", {results['cuda']}" if cuda else ", no GPU"))
+    print(f"  single-process bound (plain loop, {cores} threads): {bound:7.2f} s per round")
+    print(f"  ideal parallel (one-core loop / {workers} workers)  : {ideal:7.2f} s per round")
+    for backend in backends:
+        r = results[backend]
+        memory = r["engine"].get("peak_rss_mib", {})
+        line = (f"  {backend:5s} backend: {r['warm_round_s']:7.2f} s per warm round, {r['wall_s']:6.1f} s in all; "
+                f"x{r['ratio_to_single_process_bound']:.2f} the single-process bound, "
+                f"x{r['ratio_to_ideal_parallel']:.2f} the ideal parallel time")
+        if "total" in memory:
+            pss = r["engine"].get("final_pss_mib", {})
+            line += (f"; peak RSS {memory['total']:.0f} MiB (coordinator {memory['coordinator']:.0f} + workers "
+                     f"{memory['workers']}), PSS at the end {pss.get('total', 0):.0f} MiB")
+        print(line)
+        if "gpu_util_mean_pct" in r:
+            print(f"        GPU utilisation mean {r['gpu_util_mean_pct']}% (max {r['gpu_util_max_pct']}%), "
+                  f"memory used max {r['gpu_memory_used_max_mib']} MiB, torch peak {r['engine'].get('peak_cuda_mib')}")
+    print(f"  written to {out / 'benchmark.json'}")
 
 
 if __name__ == "__main__":
