@@ -129,7 +129,7 @@ def test_checkpoint_round_trips_weights_momentum_rng_and_history(tmp_path):
     ({"aggregation": "fedtrimmedavg", "server-momentum": 0.9}, "aggregation"),
     ({"aggregation": "bulyan", "num-supernodes": 5}, "aggregation"),
     ({"aggregation": "mean"}, "aggregation"),
-    ({"resume": "runs/x", "central-dp": "server-fixed"}, "resume"),
+    ({"resume": "runs/x", "secure-aggregation": True}, "resume"),
     ({"update-norm-ratio": 0.5}, "update-norm-ratio"),
 ])
 def test_bad_combinations_are_refused_at_start_by_key(overrides, key):
