@@ -143,9 +143,15 @@ def fairness_html(report: dict) -> str:
                  f"{int(100 * settings.get('confidence', 0.95))}% intervals; accuracies are in %, differences between "
                  f"groups in percentage points (pp), ratios as plain ratios."
                  + (f" A gap above {pp(threshold)} is flagged." if threshold is not None else "") + "</p>")
-    if settings.get("eval_count_noise"):
-        parts.append(f"<p>The per-group counts carry differential-privacy noise "
-                     f"({escape(json.dumps(settings['eval_count_noise']))}).</p>")
+    noise = settings.get("eval_count_noise")
+    if noise:
+        spent = [v for v in (noise.get("epsilon_by_client") or {}).values() if v is not None]
+        parts.append('<p class="warn">The per-group counts carry differential-privacy noise (Gaussian, noise '
+                     f'multiplier {num(noise.get("noise_multiplier"))}, sensitivity {num(noise.get("sensitivity"))}'
+                     + (f"; each hospital's epsilon after this evaluation: up to {max(spent):.3g}" if spent else "")
+                     + "): group sizes and accuracies are noised figures"
+                     + (", and so are the overall counts, which are their sum" if noise.get("overall_from_groups")
+                        else "") + ".</p>")
     for attribute, figures in fairness.items():
         parts.append(f"<h3>By {escape(attribute)}</h3>")
         parts.append(plot_groups(attribute, figures, report["final"].get("accuracy"),

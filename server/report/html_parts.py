@@ -64,8 +64,8 @@ def hospitals_html(report: dict) -> str:
     clients = hospitals.get("clients") or []
     if not clients:
         return "<p>No hospital reported evaluation counts in this run.</p>"
-    parts = [f"<p>Round {clients[0].get('round')}, each hospital's own held-out test rows: "
-             f"{escape(str(hospitals.get('note', '')))}.</p>"]
+    parts = [f"<p>Round {clients[0].get('round')}, each hospital's own held-out test rows"
+             + ("." if hospitals.get("counts_noised") else f": {escape(str(hospitals.get('note', '')))}.") + "</p>"]
     if hospitals.get("counts_noised"):
         parts.append('<p class="warn"><strong>Noised:</strong> under <code>eval-dp-noise-multiplier</code> each '
                      "hospital adds differential-privacy noise to the counts it reports; the figures below are those "
