@@ -24,6 +24,7 @@ while torchcsprng cannot be installed (docs/privacy.md).
 
 from __future__ import annotations
 
+import functools
 import secrets
 import warnings
 from dataclasses import dataclass
@@ -176,6 +177,31 @@ def uses_ghost_clipping(model: nn.Module) -> bool:
     return isinstance(model, GradSampleModuleFastGradientClipping)
 
 
+def _register_linear_norm_sampler() -> None:
+    """Opacus's ghost-clipping norm rule for ``nn.Linear``, with the 2-D case (one row per sample, e.g. a
+    head on fixed features) computed as vector norms: Opacus's einsum there runs as a batched matrix
+    product, about 10x slower than the norms (and, for a linear head on 11,664 features, a third of the
+    DP step). The same values: ||g_i a_i^T|| = ||g_i|| ||a_i||; the bias's is ||g_i||. 3-D inputs
+    (sequences) keep Opacus's rule. Registered through Opacus's own extension point."""
+    from opacus.grad_sample.linear import compute_linear_norm_sample
+    from opacus.grad_sample.utils import register_norm_sampler
+
+    @register_norm_sampler(nn.Linear)
+    def linear_norm_sample(layer: nn.Linear, activations: list[torch.Tensor], backprops: torch.Tensor):
+        if backprops.dim() != 2:
+            return compute_linear_norm_sample(layer, activations, backprops)
+        g = torch.linalg.vector_norm(backprops, dim=1)
+        norms = {}
+        if layer.weight.requires_grad:
+            norms[layer.weight] = g * torch.linalg.vector_norm(activations[0].to(backprops.dtype), dim=1)
+        if layer.bias is not None and layer.bias.requires_grad:
+            norms[layer.bias] = g
+        return norms
+
+
+_register_linear_norm_sampler()
+
+
 def _norm_pass_inputs(model: nn.Module) -> list[torch.Tensor]:
     """What ghost clipping's first backward pass must reach so that every layer's hook sees its backprops.
 
@@ -194,16 +220,40 @@ def _norm_pass_inputs(model: nn.Module) -> list[torch.Tensor]:
     return cached
 
 
-def ghost_clipping_loss(model: nn.Module, optimizer: torch.optim.Optimizer, loss_per_sample: torch.Tensor):
-    """Opacus's two-pass loss for ghost clipping: ``.backward()`` leaves the sum of the clipped per-sample
-    gradients in ``.grad``, as the hooks mode's clipping does; the optimizer then adds the noise."""
+def needs_empty_batch_step(model: nn.Module) -> bool:
+    """Whether an empty Poisson batch cannot go through ``model``: torch's expanded weights ("ew") refuse
+    a batch of 0; ``empty_batch_step`` takes the step instead."""
+    from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
+
+    return isinstance(model, GradSampleModuleExpandedWeights)
+
+
+def empty_batch_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The DP-SGD step of an empty batch without a forward pass: no per-sample gradients (what the hooks
+    mode records for an empty batch), so the optimizer's update is the noise alone."""
+    optimizer.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+    optimizer.step()
+
+
+@functools.cache
+def _ghost_clipping_loss_class() -> type:
     from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
     class GhostClippingLoss(DPTensorFastGradientClipping):
         def backward(self) -> None:
-            # Opacus's backward, with the first (norm-measuring) pass restricted to what it needs.
-            torch.autograd.backward(self.loss_per_sample.mean(0), inputs=_norm_pass_inputs(self.module),
-                                    retain_graph=True)
+            # Opacus's backward, with the first (norm-measuring) pass restricted to what it needs, and
+            # every norm cleared first: a layer whose hook did not fire fails loudly, never clips with
+            # the last step's norms.
+            inputs = _norm_pass_inputs(self.module)
+            for p in self.module.trainable_parameters:
+                p._norm_sample = None
+            torch.autograd.backward(self.loss_per_sample.mean(0), inputs=inputs, retain_graph=True)
+            missing = [n for n, p in self.module.named_parameters() if p.requires_grad and p._norm_sample is None]
+            if missing:
+                raise RuntimeError(f"ghost clipping measured no per-sample norm for {missing}")
             self.optimizer.zero_grad()
             coeff = self.module.get_clipping_coef()
             second_loss = torch.sum(coeff.to(self.loss_per_sample.device) * self.loss_per_sample)
@@ -213,7 +263,13 @@ def ghost_clipping_loss(model: nn.Module, optimizer: torch.optim.Optimizer, loss
             finally:
                 self.module.enable_hooks()
 
-    return GhostClippingLoss(model, optimizer, loss_per_sample, loss_reduction="mean")
+    return GhostClippingLoss
+
+
+def ghost_clipping_loss(model: nn.Module, optimizer: torch.optim.Optimizer, loss_per_sample: torch.Tensor):
+    """Opacus's two-pass loss for ghost clipping: ``.backward()`` leaves the sum of the clipped per-sample
+    gradients in ``.grad``, as the hooks mode's clipping does; the optimizer then adds the noise."""
+    return _ghost_clipping_loss_class()(model, optimizer, loss_per_sample, loss_reduction="mean")
 
 
 def steps_taken(engine: PrivacyEngine) -> int:

@@ -67,12 +67,16 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     criterion = nn.CrossEntropyLoss()
     # Opacus's ghost clipping (client.dp_training) needs the loss per sample; opacus is imported by then.
     ghost = "opacus" in sys.modules and _uses_ghost_clipping(model)
+    empty_step = _empty_batch_step(model) if "opacus" in sys.modules else None
     total_loss, seen = 0.0, 0
     for _ in range(epochs):
         for batch in loader:
             inputs, labels, va = _split_batch(batch, n_inputs, device)
             weights = batch[n_inputs + 2].to(device) if len(batch) > n_inputs + 2 else None
             if len(labels) == 0 and not private:
+                continue
+            if len(labels) == 0 and empty_step is not None:  # expanded weights cannot run a batch of 0
+                empty_step(model, optimizer)
                 continue
             optimizer.zero_grad(set_to_none=True)
             logits, va_pred = _forward(model, inputs)
@@ -98,6 +102,12 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
                 total_loss += float(loss.detach()) * len(labels)
             seen += len(labels)
     return {"train-loss": total_loss / max(seen, 1), "train-samples": float(seen)}
+
+
+def _empty_batch_step(model: nn.Module):
+    from client.dp_training import empty_batch_step, needs_empty_batch_step
+
+    return empty_batch_step if needs_empty_batch_step(model) else None
 
 
 def _uses_ghost_clipping(model: nn.Module) -> bool:

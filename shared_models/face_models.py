@@ -112,6 +112,11 @@ class FaceCNN(nn.Module):
     under differential privacy, so dropout adds little there.
     """
 
+    # Opacus mode under DP-SGD (client/dp_training.py): torch's expanded weights compute the conv and
+    # GroupNorm per-sample gradients in the backward pass itself, where hooks add them to the ordinary
+    # weight gradients (simulations/benchmarks/dp_cost.py measures every mode).
+    dp_grad_sample_mode = "ew"
+
     def __init__(
         self,
         num_classes: int = NUM_EMOTIONS,
