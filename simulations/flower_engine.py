@@ -105,6 +105,10 @@ def run_on_backend(backend: Backend, *, run: Run, server_context: Context, serve
     metrics = VceMetrics()
     nodes = vce_api._register_nodes(num_nodes=num_supernodes, state_factory=state_factory)
     node_stores = vce_api._register_node_info_stores(nodes_mapping=nodes, run=run, app_dir=app_dir)
+    # When the ServerApp ends (done, failed or interrupted), workers still busy are stopped at once.
+    abort = getattr(backend, "abort", None)
+    if abort is not None:
+        threading.Thread(target=lambda: (f_stop.wait(), abort()), name="backend-abort", daemon=True).start()
     server_thread = run_serverapp_th(server_app_attr=server_app, server_app=None, server_app_context=server_context,
                                      grid=grid, app_dir=app_dir, f_stop=f_stop, exception_queue=server_errors,
                                      enable_tf_gpu_growth=False, ctx_queue=contexts)

@@ -15,7 +15,7 @@ worker threads) and replaces only where a ClientApp runs:
   DP model's fixed features), for every round. No Ray head, no object store,
   no per-round process start.
 * A message and its node's context travel to a free worker by pickle over a
-  pipe and come back the same way; nothing else is shared.
+  socket pair and come back the same way; nothing else is shared.
 * On a GPU the default is one worker: one CUDA context for all virtual
   nodes, however many there are.
 * A ClientApp that raises is answered like Ray's backend answers it (an
@@ -34,16 +34,17 @@ ClientApp's code executes.
 from __future__ import annotations
 
 import importlib
-import multiprocessing as mp
 import os
 import queue
 import resource
 import signal
+import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from multiprocessing.connection import Connection
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -64,8 +65,8 @@ class WorkerPeak:
 
 @dataclass
 class _Worker:
-    process: mp.process.BaseProcess
-    conn: Any  # multiprocessing.connection.Connection
+    process: subprocess.Popen
+    conn: Connection
     handled: int = 0
 
 
@@ -117,11 +118,10 @@ def _cuda_peak_mib() -> float:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def worker_main(conn, reference: str, app_dir: str, environment: dict[str, str]) -> None:
+def worker_main(conn: Connection, reference: str, app_dir: str) -> None:
     """A worker process: load the ClientApp once, then answer messages until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C and stops us
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.environ.update(environment)
     try:
         app = load_client_app(reference, app_dir)
     except Exception as err:  # noqa: BLE001 - reported to the engine, which names the app
@@ -134,8 +134,9 @@ def worker_main(conn, reference: str, app_dir: str, environment: dict[str, str])
         except EOFError:  # the backend went away
             return
         if request is None:
-            conn.send(("stopped", WorkerPeak(_peak_rss_mib(), _cuda_peak_mib(), pss_mib())))
-            return
+            conn.send(("stopped", (_peak_rss_mib(), _cuda_peak_mib(), pss_mib())))  # plain values: no class to unpickle
+            conn.close()
+            os._exit(0)  # nothing left to flush; skip the interpreter's teardown of torch (seconds)
         message, context = request
         try:
             reply = app(message=message, context=context)
@@ -145,16 +146,6 @@ def worker_main(conn, reference: str, app_dir: str, environment: dict[str, str])
         conn.send(("ok", (reply, context)))
 
 
-def _process_context(reference: str):
-    """``forkserver`` preloaded with the ClientApp's module where there is one (Linux), else ``spawn``."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    context = mp.get_context("forkserver")
-    # Takes effect when this process starts its fork server (the first backend in it); later ones reuse it.
-    context.set_forkserver_preload([reference.partition(":")[0]])
-    return context
-
-
 class LocalBackend(Backend):
     """Flower ``Backend`` running ClientApps in a pool of long-lived local worker processes.
 
@@ -162,7 +153,7 @@ class LocalBackend(Backend):
     ``module:attribute`` reference), ``app_dir``, ``workers`` (processes;
     also how many messages Flower's engine hands over at once) and
     optionally ``environment`` (variables every worker gets on top of this
-    process's).
+    process's environment).
     """
 
     def __init__(self, backend_config: BackendConfig) -> None:
@@ -171,13 +162,12 @@ class LocalBackend(Backend):
         self.reference = str(settings["client_app"])
         self.app_dir = str(settings.get("app_dir", ""))
         self.workers = max(1, int(settings.get("workers", 1)))
-        # A fork server outlives the run that started it: every worker gets this process's environment as it is now.
-        self.environment = {**os.environ, **{str(k): str(v) for k, v in dict(settings.get("environment", {})).items()}}
+        self.environment = {str(k): str(v) for k, v in dict(settings.get("environment", {})).items()}
         self.stats = BackendStats()
-        self._context = _process_context(self.reference)
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     # -- Flower's Backend interface -------------------------------------------------
     def build(self, app_fn: Callable[[], ClientApp]) -> None:
@@ -202,6 +192,8 @@ class LocalBackend(Backend):
             worker.conn.send((message, context))
             status, payload = worker.conn.recv()
         except (EOFError, OSError, BrokenPipeError):
+            if self._stopping.is_set():  # abort() killed it: the run is over, nobody waits for this reply
+                raise ClientAppException("the simulation stopped while this node was working") from None
             code = self._retire(worker)
             partition = context.node_config.get("partition-id", "?")
             raise ClientAppException(f"the node process for partition {partition} died "
@@ -213,6 +205,29 @@ class LocalBackend(Backend):
             return payload
         raise ClientAppException(str(payload))
 
+    def abort(self) -> None:
+        """The run is over (or was interrupted): kill the workers still busy with a message.
+
+        Flower's engine waits for every message in hand before it calls
+        terminate(); a node in the middle of a long training round would hold
+        a Ctrl-C up for as long. Idle workers are left for terminate().
+        """
+        self._stopping.set()
+        idle = set()
+        while True:
+            try:
+                idle.add(id(self._idle.get_nowait()))
+            except queue.Empty:
+                break
+        with self._lock:
+            workers = list(self._all)
+        for worker in workers:
+            if id(worker) not in idle:
+                worker.process.kill()
+        for worker in workers:
+            if id(worker) in idle:
+                self._idle.put(worker)
+
     def terminate(self) -> None:
         """Ask every worker for its peak memory and let it exit; kill what does not."""
         with self._lock:
@@ -223,35 +238,37 @@ class LocalBackend(Backend):
                 if worker.conn.poll(10):
                     status, peak = worker.conn.recv()
                     if status == "stopped":
-                        self.stats.peaks.append(peak)
+                        self.stats.peaks.append(WorkerPeak(*peak))
             except (EOFError, OSError):
                 pass
-            worker.process.join(timeout=10)
-            if worker.process.is_alive():
+            try:
+                worker.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 worker.process.kill()
-                worker.process.join()
+                worker.process.wait()
+            worker.conn.close()
 
     # -- workers ----------------------------------------------------------------------
     def _start_worker(self) -> _Worker:
         return self._await_ready(*self._launch())
 
-    def _launch(self):
-        parent, child = self._context.Pipe()
-        process = self._context.Process(target=worker_main, name="fedemo-node-worker", daemon=True,
-                                        args=(child, self.reference, self.app_dir, self.environment))
-        process.start()
-        child.close()
-        return process, parent
+    def _launch(self) -> tuple[subprocess.Popen, Connection]:
+        ours, theirs = socket.socketpair()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "simulations.local_backend", str(theirs.fileno()), self.reference, self.app_dir],
+            pass_fds=(theirs.fileno(),), env={**os.environ, **self.environment}, cwd=self.app_dir or None)
+        theirs.close()
+        return process, Connection(ours.detach())
 
-    def _await_ready(self, process, parent) -> _Worker:
+    def _await_ready(self, process: subprocess.Popen, conn: Connection) -> _Worker:
         try:
-            status, payload = parent.recv()
+            status, payload = conn.recv()
         except EOFError:
-            status, payload = "load-error", f"the worker exited with code {process.join(10) or process.exitcode}"
+            status, payload = "load-error", f"the worker exited with code {process.wait()}"
         if status != "ready":
-            process.join(timeout=10)
+            process.wait(timeout=10)
             raise RuntimeError(f"the ClientApp {self.reference} could not be loaded in a worker: {payload}")
-        worker = _Worker(process, parent)
+        worker = _Worker(process, conn)
         with self._lock:
             self._all.append(worker)
         self.stats.workers_started += 1
@@ -259,10 +276,19 @@ class LocalBackend(Backend):
 
     def _retire(self, worker: _Worker) -> int | None:
         """A worker died mid-message: reap it, start a replacement, return the exit code."""
-        worker.process.join(timeout=10)
+        try:
+            code = worker.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # its socket broke but it lives on: stop it for good
+            worker.process.kill()
+            code = worker.process.wait()
+        worker.conn.close()
         with self._lock:
             if worker in self._all:
                 self._all.remove(worker)
         self.stats.workers_replaced += 1
         self._idle.put(self._start_worker())
-        return worker.process.exitcode
+        return code
+
+
+if __name__ == "__main__":  # a worker: python -m simulations.local_backend FD MODULE:ATTRIBUTE APP_DIR
+    worker_main(Connection(int(sys.argv[1])), sys.argv[2], sys.argv[3])

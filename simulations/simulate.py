@@ -75,7 +75,11 @@ def local_workers(settings: RunSettings) -> int:
 
 def local_backend_config(settings: RunSettings, client_reference: str, app_dir: str) -> dict[str, Any]:
     """The local backend's section of Flower's backend config (simulations/local_backend.py)."""
-    return {"local": {"client_app": client_reference, "app_dir": app_dir, "workers": local_workers(settings)}}
+    # As Ray does for its actors: each worker's OpenMP/BLAS pools sized to its share of the cores, unless set.
+    threads = {name: str(settings.client_threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                                "OPENBLAS_NUM_THREADS") if name not in os.environ}
+    return {"local": {"client_app": client_reference, "app_dir": app_dir, "workers": local_workers(settings),
+                      "environment": threads}}
 
 
 def engine_summary(settings: RunSettings, backend: Any) -> dict[str, Any]:
