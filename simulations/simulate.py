@@ -29,6 +29,7 @@ from server import interruption
 from server.checkpoint import Checkpoint
 from shared_models.run_settings import ConfigError, RunSettings
 from simulations.data_prep import prepare_data
+from simulations.gpu_usage import GpuSampler
 from simulations.run_config import load_run_config, prepare_run, project_dir
 
 
@@ -164,7 +165,10 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     interruption.reset()
     previous = interruption.install_handlers()
     backend = None
+    gpu = GpuSampler() if uses_gpu(settings) and GpuSampler.available() else None
     try:
+        if gpu:
+            gpu.__enter__()
         if settings.simulation_backend == "ray":
             flower_engine.run_on_ray(run=run, server_context=server_context, server_app=COORDINATOR_APP,
                                      client_app=client_reference, num_supernodes=settings.num_supernodes,
@@ -177,6 +181,8 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
                                          num_supernodes=settings.num_supernodes, app_dir=app_dir,
                                          stop_server=interruption.request_stop)
     finally:
+        if gpu:
+            gpu.__exit__(None, None, None)
         interruption.restore_handlers(previous)
     run_dir = Path(settings.runs_dir) / settings.run_name
     summary_path = run_dir / "summary.json"
@@ -186,5 +192,7 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     summary["wall_clock_s"] = round(time.time() - started, 2)
     summary["num_supernodes"] = settings.num_supernodes
     summary["engine"] = engine_summary(settings, backend)
+    if gpu and gpu.figures():
+        summary["engine"]["gpu"] = gpu.figures()
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return run_dir

@@ -84,3 +84,19 @@ def test_a_node_whose_process_dies_is_named_and_replaced_and_the_rest_keep_train
     assert rounds[-1]["loss"] < rounds[0]["loss"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["engine"]["workers_replaced"] == 3
+
+
+def test_gpu_figures_come_from_nvidia_smi_samples(tmp_path, monkeypatch):
+    """The sampler runs the real ``nvidia-smi`` command line; here a stand-in script on PATH answers it."""
+    from simulations.gpu_usage import GpuSampler
+
+    script = tmp_path / "nvidia-smi"
+    script.write_text("#!/bin/sh\necho '37, 1024'\necho '12, 2048'\n")  # two GPUs: the busiest one is kept
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    assert GpuSampler.available()
+    with GpuSampler(interval_s=0.05) as sampler:
+        __import__("time").sleep(0.5)
+    figures = sampler.figures()
+    assert figures["gpu_util_mean_pct"] == 37.0 and figures["gpu_memory_used_max_mib"] == 1024.0
+    assert figures["gpu_samples"] >= 2

@@ -18,7 +18,7 @@ A round's cost is the mean of the warm rounds (2..R; round 1 also reads and
 caches every node's data, in both the federation and the loop), taken from
 each run's ``metrics.jsonl``. Also printed: peak resident memory (the
 coordinator plus every worker), and on CUDA the GPU's utilisation (sampled
-with nvidia-smi) and peak memory. Results go to ``<out>/benchmark.json``.
+with nvidia-smi during each run: simulations/gpu_usage.py) and peak memory. Results go to ``<out>/benchmark.json``.
 Figures, not assertions: speed belongs here, not in timed tests.
 """
 
@@ -27,9 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -84,38 +81,6 @@ def warm_mean(rounds: list[float]) -> float:
     return sum(warm) / len(warm)
 
 
-class GpuSampler:
-    """nvidia-smi's utilisation and memory, sampled every 0.5 s while a run goes on."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True)
-            if out.returncode == 0 and out.stdout.strip():
-                util, memory = out.stdout.splitlines()[0].split(",")
-                self.samples.append((float(util), float(memory)))
-
-    def __enter__(self) -> "GpuSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def figures(self) -> dict[str, float]:
-        if not self.samples:
-            return {}
-        utils = [u for u, _ in self.samples]
-        return {"gpu_util_mean_pct": round(sum(utils) / len(utils), 1), "gpu_util_max_pct": max(utils),
-                "gpu_memory_used_max_mib": max(m for _, m in self.samples)}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
@@ -137,19 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     backends = ["local"] if args.skip_ray else ["ray", "local"]
     for backend in backends:
         name = f"{backend}-{int(time.time())}"
-        sampler = GpuSampler() if cuda and shutil.which("nvidia-smi") else None
         started = time.time()
-        if sampler:
-            with sampler:
-                run_dir = run_simulation(None, {**base, "simulation-backend": backend, "run-name": name})
-        else:
-            run_dir = run_simulation(None, {**base, "simulation-backend": backend, "run-name": name})
+        run_dir = run_simulation(None, {**base, "simulation-backend": backend, "run-name": name})
         summary = json.loads((run_dir / "summary.json").read_text())
         rounds = round_seconds(run_dir)
         results[backend] = {"wall_s": round(time.time() - started, 1), "round_s": [round(r, 2) for r in rounds],
                             "warm_round_s": round(warm_mean(rounds), 3), "engine": summary.get("engine", {}),
-                            "final_accuracy": summary.get("final", {}).get("accuracy"),
-                            **(sampler.figures() if sampler else {})}
+                            "final_accuracy": summary.get("final", {}).get("accuracy")}
     loop_all = plain_loop(base, threads=cores)
     loop_one = plain_loop(base, threads=1) if not cuda else loop_all
     workers = results["local"]["engine"].get("workers", 1)
@@ -180,9 +139,10 @@ def main(argv: list[str] | None = None) -> None:
             line += (f"; peak RSS {memory['total']:.0f} MiB (coordinator {memory['coordinator']:.0f} + workers "
                      f"{memory['workers']}), PSS at the end {pss.get('total', 0):.0f} MiB")
         print(line)
-        if "gpu_util_mean_pct" in r:
-            print(f"        GPU utilisation mean {r['gpu_util_mean_pct']}% (max {r['gpu_util_max_pct']}%), "
-                  f"memory used max {r['gpu_memory_used_max_mib']} MiB, torch peak {r['engine'].get('peak_cuda_mib')}")
+        gpu = r["engine"].get("gpu", {})
+        if gpu:
+            print(f"        GPU utilisation mean {gpu['gpu_util_mean_pct']}% (max {gpu['gpu_util_max_pct']}%), "
+                  f"memory used max {gpu['gpu_memory_used_max_mib']} MiB, torch peak {r['engine'].get('peak_cuda_mib')}")
     print(f"  written to {out / 'benchmark.json'}")
 
 
