@@ -2,7 +2,7 @@
 
     fedemo credentials init OUT_DIR --superlink-host H --hospital NAME ...   CA, TLS certificate, node key pairs
     fedemo credentials add-hospital OUT_DIR NAME     one more hospital's key pair
-    fedemo verify RUN_DIR [--public-key PEM]         is report.json as signed? exit 0 valid, 1 not, 2 unusable input
+    fedemo verify RUN_DIR [--public-key PEM]         is report.json as signed? exit 0 valid, 1 not, 2 unusable input, 3 valid but the run is incomplete
     fedemo report RUN_DIR [--build]                  rebuild report.html from report.json (--build: report.json too)
 
 ``simulations.cli`` mounts them beside the hospitals' and the researchers'
@@ -36,7 +36,8 @@ def add_coordinator_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("name")
     p.set_defaults(func=credentials_command)
 
-    p = commands.add_parser("verify", help="check a run's signed report: valid, or exactly what does not match")
+    p = commands.add_parser("verify", help="check a run's signed report: valid, or exactly what does not match "
+                                           "(exit 3: a valid signature on an incomplete run)")
     p.add_argument("run_dir", type=Path, help="the run folder (holds report.json, report.sig, report.pub)")
     p.add_argument("--public-key", type=Path, default=None, help="the coordinator's trusted public key (PEM)")
     p.set_defaults(func=verify_command)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -89,9 +91,12 @@ def test_fedemo_help_prints_without_importing_torch_opacus_or_flower():
     assert _modules_loaded_after(code) == []
 
 
-def test_fedemo_verify_reads_a_run_without_importing_torch_opacus_or_flower(tmp_path):
-    code = f"import simulations.cli as c; c.main(['verify', {str(tmp_path)!r}])"
-    assert _modules_loaded_after(code) == []
+def test_fedemo_verify_checks_a_signed_run_without_importing_torch_opacus_flower_or_matplotlib(tmp_path):
+    run = tmp_path / "learned"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "learned_run", run)  # a real quickstart run's record
+    assert simulations.cli.main(["report", "--build", str(run)]) == 0  # signs it (and draws the page) here
+    code = (f"import simulations.cli as c\nassert c.main(['verify', {str(run)!r}]) == 0")
+    assert _modules_loaded_after(code, HEAVY + ("matplotlib",)) == []
 
 
 def test_python_m_simulations_cli_help_answers():

@@ -6,11 +6,26 @@ import base64
 import io
 from html import escape
 
-import matplotlib
+import functools
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
+@functools.cache
+def _plt():
+    """matplotlib's pyplot on the Agg backend, imported on the first figure: ``fedemo verify`` and the
+    CLI load this package without drawing anything, and matplotlib costs about a second to import."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ticker():
+    _plt()
+    import matplotlib.ticker
+
+    return matplotlib.ticker
+
 
 MAX_LEGEND_CLIENTS = 8  # distinct epsilon lines named in the legend; any more are drawn grey
 
@@ -35,16 +50,16 @@ def figure_img(fig, alt: str) -> str:
     """The figure as an ``<img>`` with its PNG inlined and ``alt`` text, so a page stays one file; closes it."""
     for ax in fig.axes:
         if ax.get_xlabel().startswith("round"):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(_ticker().MaxNLocator(integer=True))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
+    _plt().close(fig)
     return (f'<img alt="{escape(alt, quote=True)}" '
             f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">')
 
 
 def _percent_axis(ax, axis: str = "y") -> None:
-    (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(PercentFormatter(xmax=100, decimals=0))
+    (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(_ticker().PercentFormatter(xmax=100, decimals=0))
 
 
 def _legend_outside(ax, **kwargs) -> None:
@@ -55,7 +70,7 @@ def _legend_outside(ax, **kwargs) -> None:
 # --------------------------------------------------------------------------- plots
 def plot_global(rounds: list[dict], baseline: dict | None = None) -> str:
     baseline = baseline or {}
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+    fig, ax = _plt().subplots(figsize=(8, 3.4))
     shown = [r for r in rounds if r.get("accuracy") is not None]
     xs = [r["round"] for r in shown]
     ax.plot(xs, [100 * r["accuracy"] for r in shown], marker="o", color="#1f77b4", label="accuracy")
@@ -93,7 +108,7 @@ def plot_groups(attribute: str, figures: dict, overall: float | None, majority: 
     shown = [(g, v) for g, v in ordered_groups(figures) if not v.get("suppressed")]
     if not shown:
         return ""
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.3))
+    fig, ax = _plt().subplots(figsize=(8, 0.45 * len(shown) + 1.3))
     acc = [100 * v["accuracy"] for _, v in shown]
     lo = [max(0.0, 100 * (v["accuracy"] - v["accuracy_ci"][0])) for _, v in shown]
     hi = [max(0.0, 100 * (v["accuracy_ci"][1] - v["accuracy"])) for _, v in shown]
@@ -122,7 +137,7 @@ def plot_group_history(attribute: str, figures: dict) -> str:
     order += sorted({g for h in history for g in h["groups"]} - set(order))
     if not history or not order:
         return ""
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = _plt().subplots(figsize=(8, 3.2))
     styles = ["-", "--", "-.", ":"]
     for i, group in enumerate(order):
         points = [(h["round"], h["groups"][group]["accuracy"]) for h in history if group in h["groups"]]
@@ -160,9 +175,9 @@ def plot_epsilon(privacy: dict) -> str:
     clients = privacy.get("clients", [])
     if not clients:
         return ""
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+    fig, ax = _plt().subplots(figsize=(8, 3.4))
     lines = sorted(same_lines(clients), key=lambda group: -(group[0].get("epsilon") or 0.0))
-    palette = plt.get_cmap("tab10").colors
+    palette = _plt().get_cmap("tab10").colors
     colours = [c for i, c in enumerate(palette) if i not in (3, 7)]  # no red, no grey: grey is for unnamed lines
     top = 0.0
     for i, group in enumerate(lines):
@@ -201,7 +216,7 @@ def plot_gaps(fairness: dict, threshold: float | None) -> str:
               if any(h.get("accuracy_gap") is not None for h in f.get("history", []))}
     if not series:
         return ""
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = _plt().subplots(figsize=(8, 3.2))
     top = 0.0
     for attribute, history in series.items():
         points = [(h["round"], 100 * h["accuracy_gap"]) for h in history if h.get("accuracy_gap") is not None]
