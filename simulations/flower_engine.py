@@ -97,7 +97,7 @@ def run_on_backend(backend: Backend, *, run: Run, server_context: Context, serve
     state = state_factory.state()
     state.run_ids[run.run_id] = RunRecord(run=run)  # type: ignore[attr-defined]  # the in-memory state
     state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)  # type: ignore
-    grid = InMemoryGrid(state_factory=state_factory)
+    grid = InMemoryGrid(state_factory=state_factory, pull_interval=0.02)  # replies seen within 20 ms, not 100
     grid.set_run(run)
     f_stop = threading.Event()
     server_errors: Queue[BaseException] = Queue()

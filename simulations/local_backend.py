@@ -141,7 +141,7 @@ def worker_main(conn: Connection, reference: str, app_dir: str) -> None:
         try:
             reply = app(message=message, context=context)
         except Exception as err:  # noqa: BLE001 - one node's failure is its own error reply
-            conn.send(("error", f"{type(err).__name__}: {err}"))
+            conn.send(("error", str(err) or type(err).__name__))  # as Ray's backend words it
             continue
         conn.send(("ok", (reply, context)))
 
