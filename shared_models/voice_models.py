@@ -297,10 +297,10 @@ class VoiceCRNN(nn.Module):
     with va (B, 2) = (valence, arousal) in [-1, 1] when ``valence_arousal``.
     """
 
-    # Opacus mode under DP-SGD (client/dp_training.py): ghost clipping, per-sample norms of the linear layers
-    # (SequenceLSTM's included) without their per-sample gradients; expanded weights cannot run the segment
-    # layers (simulations/benchmarks/dp_cost.py measures every mode).
-    dp_grad_sample_mode = "ghost"
+    # Opacus mode under DP-SGD (client/dp_training.py): hooks, one backward pass (ghost clipping's second
+    # pass through the segment CNN costs more than the per-sample gradients it saves; expanded weights
+    # cannot run the segment layers; simulations/benchmarks/dp_cost.py measures every mode).
+    dp_grad_sample_mode = "hooks"
 
     def __init__(
         self,

@@ -1,11 +1,19 @@
 """Benchmark: what sample-level DP-SGD costs in time, memory and accuracy.
 
-    python -m simulations.benchmarks.dp_cost [--steps 20] [--no-accuracy] [--out runs/bench-dp]
+    python -m simulations.benchmarks.dp_cost [--steps 20] [--min-seconds 2] [--no-accuracy]
+        [--models face_cnn ...] [--modes hooks ew functorch ghost] [--out runs/bench-dp]
 
-1. Time per local step (forward, backward, optimizer) for the face and voice
-   models, without DP and under Opacus (per-sample gradients, clipping,
-   noise), their ratio, and the peak resident memory of each, every
-   measurement in a fresh process so peaks do not mix.
+1. Time per local step as a node takes it (``client.local_training.train_epochs``
+   over a loader of the node's kind of data: faces, log-mel segments, or for
+   face_scatter the scattering features a node computes once and caches),
+   without DP and under DP-SGD (``client.dp_training.make_private``: secret
+   Poisson sampling, clipping, noise) in each of Opacus's grad_sample_modes
+   ("hooks", "ew" expanded weights, "functorch", "ghost" clipping), for
+   face_cnn and voice_crnn and for the DP configs' face_scatter and
+   voice_stats. Each (model, mode) runs in a fresh process, alternating
+   epochs with a non-private twin so the shared machine's load hits both
+   alike; the ratio is the median over paired epochs. A mode Opacus cannot
+   run on a model's layers is shown as n/a with the reason.
 2. Global accuracy of a short face simulation with the DP recipe
    (configs/quickstart_dp.toml: 4 hospitals, 2,000 faces each, 12 rounds) at
    epsilon 1, 3 and 8, the same recipe without DP, and the plain quickstart
@@ -123,7 +131,10 @@ def step_costs(steps: int, models=tuple(MODELS), modes=DP_MODES, min_seconds: fl
     ctx = mp.get_context("spawn")
     out = {}
     for name in models:
-        row = {"batch": MODELS[name][1], "optimizer": MODELS[name][2]}
+        from shared_models.registry import MODELS as REGISTRY
+
+        row = {"batch": MODELS[name][1], "optimizer": MODELS[name][2],  # the node's mode: client/dp_training.py
+               "node_mode": getattr(REGISTRY[name].constructor, "dp_grad_sample_mode", "hooks")}
         for mode in ("plain", *modes):
             queue = ctx.Queue()
             proc = ctx.Process(target=_time_steps, args=(name, mode, steps, min_seconds, queue))
@@ -139,14 +150,15 @@ def step_costs(steps: int, models=tuple(MODELS), modes=DP_MODES, min_seconds: fl
 
 def print_step_costs(costs: dict) -> None:
     print("\nms per local step (node code path, 1 thread); in brackets DP / plain, the median ratio of epochs"
-          " alternated with a plain twin in the same process; peak RSS MiB")
+          " alternated with a plain twin in the same process; * the mode a node uses; peak RSS MiB")
     modes = [m for m in DP_MODES if any(m in r for r in costs.values())]
-    print(f"{'model':<13}{'batch':>5} {'plain':>8} " + " ".join(f"{m:>16}" for m in modes) + "  peak MiB plain/best DP")
+    print(f"{'model':<13}{'batch':>5} {'plain':>8} " + " ".join(f"{m:>16} " for m in modes) + "  peak MiB plain/best DP")
     for name, r in costs.items():
         cells = []
         for m in modes:
             c = r.get(m, {})
-            cells.append(f"{c['ms_per_step']:>7} ({c['slowdown']:>4}x)" if "slowdown" in c else f"{'n/a':>16}")
+            mark = "*" if m == r.get("node_mode") else " "
+            cells.append(f"{c['ms_per_step']:>7} ({c['slowdown']:>4}x){mark}" if "slowdown" in c else f"{'n/a':>16} ")
         dp = [r[m] for m in modes if "slowdown" in r.get(m, {})]
         best = min(dp, key=lambda c: c["slowdown"]) if dp else {}
         print(f"{name:<13}{r['batch']:>5} {r['plain'].get('ms_per_step', 'n/a'):>8} " + " ".join(cells)
