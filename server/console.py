@@ -71,20 +71,14 @@ def verbose() -> bool:
 
 
 def mark_start(when: float | None = None) -> None:
-    """The command starts a run now (``fedemo simulate``): its wall clock counts from here.
+    """The command starts a run now (``fedemo simulate``, ``run_simulation``): its wall clock counts from here.
 
-    The first run of a process counts from the process's start (imports,
-    data preparation, engine start-up are all waiting the user does); a
-    further run in the same process (``fedemo compare``) from this call.
+    The CLI reaches this a fraction of a second after it starts (torch and
+    Flower load later, inside the run), so the figure is the time the user
+    waits; a further run in the same process (``fedemo compare``, a
+    benchmark) counts from its own start.
     """
-    global _marked
-    if when is None:
-        when = process_started() if not _marked else time.time()
-    _marked = True
-    os.environ[STARTED_ENV] = repr(float(when))
-
-
-_marked = False
+    os.environ[STARTED_ENV] = repr(float(time.time() if when is None else when))
 
 
 def run_started() -> float:

@@ -19,9 +19,7 @@ checkpointed round).
 from __future__ import annotations
 
 import json
-import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +133,10 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     reference other than pyproject's (the tests put faulty nodes in a
     federation this way).
     """
+    from server import console
+
+    console.mark_start()  # the run's one wall-clock figure (the coordinator's wall_clock_s) counts from here
+    console.begin()  # before the first line: no doubled lines, Flower's own lines only with --verbose, run.log
     if resume is not None:
         config, settings = resume_config(resume, overrides)
     else:
@@ -151,8 +153,6 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
         config["data-dir"] = str(data_dir)
     os.environ.setdefault("FLWR_HOME", str(Path(settings.runs_dir) / ".flwr"))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Opacus installs a root log handler on import; without this every Flower line prints twice.
-    logging.getLogger("flwr").propagate = False
 
     from simulations import flower_engine
 
@@ -161,7 +161,6 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     # virtual node then gets the same fused run config from pyproject + overrides.
     app_dir = str(project_dir())
     client_reference = client_app or client_app_reference(app_dir)
-    started = time.time()
     interruption.reset()
     previous = interruption.install_handlers()
     backend = None
@@ -189,7 +188,6 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     if not summary_path.is_file():
         raise RuntimeError(f"simulation ended without a summary in {run_dir}; see the log above for the error")
     summary = json.loads(summary_path.read_text())
-    summary["wall_clock_s"] = round(time.time() - started, 2)
     summary["num_supernodes"] = settings.num_supernodes
     summary["engine"] = engine_summary(settings, backend)
     if gpu and gpu.figures():
