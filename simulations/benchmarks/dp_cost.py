@@ -124,7 +124,8 @@ def _time_steps(model_name: str, mode: str, steps: int, min_seconds: float, queu
         ratio = statistics.median(ratios) if ratios else None
         queue.put((statistics.median(times), ratio, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, None))
     except Exception as error:  # a mode Opacus does not support for this model's layers
-        queue.put((None, None, None, f"{type(error).__name__}: {str(error).splitlines()[0][:60] if str(error) else ''}"))
+        reason = str(error).splitlines()[0][:60] if str(error) else ""
+        queue.put((None, None, None, f"{type(error).__name__}: {reason}"))
 
 
 def step_costs(steps: int, models=tuple(MODELS), modes=DP_MODES, min_seconds: float = 2.0) -> dict:
@@ -152,7 +153,8 @@ def print_step_costs(costs: dict) -> None:
     print("\nms per local step (node code path, 1 thread); in brackets DP / plain, the median ratio of epochs"
           " alternated with a plain twin in the same process; * the mode a node uses; peak RSS MiB")
     modes = [m for m in DP_MODES if any(m in r for r in costs.values())]
-    print(f"{'model':<13}{'batch':>5} {'plain':>8} " + " ".join(f"{m:>16} " for m in modes) + "  peak MiB plain/best DP")
+    print(f"{'model':<13}{'batch':>5} {'plain':>8} " + " ".join(f"{m:>16} " for m in modes)
+          + "  peak MiB plain/best DP")
     for name, r in costs.items():
         cells = []
         for m in modes:
