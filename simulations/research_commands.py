@@ -72,8 +72,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     overrides = _checked_overrides(args)  # a mistyped key is answered before torch and Flower load
     from simulations.simulate import run_simulation
 
-    run_dir = run_simulation(args.config, overrides, resume=args.resume)
-    _print_summary(run_dir)
+    run_dir = run_simulation(args.config, overrides, resume=args.resume)  # ends with the one summary line
     interrupted = json.loads((run_dir / "summary.json").read_text()).get("interrupted")
     if interrupted:  # 130: the shell's code for a run stopped by Ctrl-C
         print(f"Interrupted after round {interrupted['rounds_done']} of {interrupted['planned_rounds']}; "
