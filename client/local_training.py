@@ -81,7 +81,9 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
             optimizer.zero_grad(set_to_none=True)
             logits, va_pred = _forward(model, inputs)
             if len(labels) == 0:  # an empty DP step still goes through the (noisy) optimizer
-                loss = logits.sum() * 0.0
+                # every output, the valence/arousal head's too: a head outside the loss has no (empty) per-sample
+                # gradient and Opacus fails the step, which would tell the coordinator the batch was empty
+                loss = logits.sum() * 0.0 + (va_pred.sum() * 0.0 if va_pred is not None else 0.0)
             elif ghost:  # the same loss, one term per sample: mean(w x CE) + va_weight x MSE
                 per_sample = nn.functional.cross_entropy(logits, labels, reduction="none")
                 if weights is not None:
