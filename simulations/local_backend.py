@@ -14,8 +14,10 @@ worker threads) and replaces only where a ClientApp runs:
   everything the app caches per process (partitions, decoded features, the
   DP model's fixed features), for every round. No Ray head, no object store,
   no per-round process start.
-* A message and its node's context travel to a free worker by pickle over a
-  socket pair and come back the same way; nothing else is shared.
+* A message and its node's context travel by pickle over a socket pair to
+  the node's own worker (partition-id modulo the worker count) and come back
+  the same way; nothing else is shared. Each worker so caches only its share
+  of the nodes' data.
 * On a GPU the default is one worker: one CUDA context for all virtual
   nodes, however many there are.
 * A ClientApp that raises is answered like Ray's backend answers it (an
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import queue
 import resource
 import signal
 import socket
@@ -150,8 +151,7 @@ class LocalBackend(Backend):
     """Flower ``Backend`` running ClientApps in a pool of long-lived local worker processes.
 
     Backend config (``backend_config["local"]``): ``client_app`` (the
-    ``module:attribute`` reference), ``app_dir``, ``workers`` (processes;
-    also how many messages Flower's engine hands over at once) and
+    ``module:attribute`` reference), ``app_dir``, ``workers`` (processes) and
     optionally ``environment`` (variables every worker gets on top of this
     process's environment).
     """
@@ -164,8 +164,8 @@ class LocalBackend(Backend):
         self.workers = max(1, int(settings.get("workers", 1)))
         self.environment = {str(k): str(v) for k, v in dict(settings.get("environment", {})).items()}
         self.stats = BackendStats()
-        self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._all: list[_Worker] = []
+        self._slots: list[_Worker] = []  # slot i serves the nodes whose partition-id % workers == i
+        self._busy = [threading.Lock() for _ in range(self.workers)]
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -173,33 +173,41 @@ class LocalBackend(Backend):
     def build(self, app_fn: Callable[[], ClientApp]) -> None:
         """Start the workers; each loads the ClientApp by reference (``app_fn`` is not picklable)."""
         del app_fn
-        if self._all:  # Flower's engine calls build() again; the workers already run
+        if self._slots:  # Flower's engine calls build() again; the workers already run
             return
         pending = [self._launch() for _ in range(self.workers)]  # all start at once, then report ready
-        for launched in pending:
-            self._idle.put(self._await_ready(*launched))
+        self._slots = [self._await_ready(*launched) for launched in pending]
 
     @property
     def num_workers(self) -> int:
-        return self.workers
+        """Engine threads: a few per worker, so each worker has its next node's message in hand."""
+        return 3 * self.workers
 
     def is_worker_idle(self) -> bool:
-        return not self._idle.empty()
+        return any(not busy.locked() for busy in self._busy)
 
     def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
-        worker = self._idle.get()
-        try:
-            worker.conn.send((message, context))
-            status, payload = worker.conn.recv()
-        except (EOFError, OSError, BrokenPipeError):
-            if self._stopping.is_set():  # abort() killed it: the run is over, nobody waits for this reply
-                raise ClientAppException("the simulation stopped while this node was working") from None
-            code = self._retire(worker)
-            partition = context.node_config.get("partition-id", "?")
-            raise ClientAppException(f"the node process for partition {partition} died "
-                                     f"(exit code {code}); a fresh worker replaces it") from None
+        """Run the node's message on its own worker (node affinity: its cached data lives there only).
+
+        A node always goes to the same worker, so each worker holds the
+        partitions and features of its share of the nodes, not of all of
+        them; messages arrive in node order, so the shares interleave and the
+        workers stay evenly busy.
+        """
+        partition = context.node_config.get("partition-id", "?")
+        slot = int(partition) % self.workers if str(partition).isdigit() else 0
+        with self._busy[slot]:
+            worker = self._slots[slot]
+            try:
+                worker.conn.send((message, context))
+                status, payload = worker.conn.recv()
+            except (EOFError, OSError):
+                if self._stopping.is_set():  # abort() killed it: the run is over, nobody waits for this reply
+                    raise ClientAppException("the simulation stopped while this node was working") from None
+                code = self._replace(slot)
+                raise ClientAppException(f"the node process for partition {partition} died "
+                                         f"(exit code {code}); a fresh worker replaces it") from None
         worker.handled += 1
-        self._idle.put(worker)
         self.stats.messages += 1
         if status == "ok":
             return payload
@@ -213,26 +221,18 @@ class LocalBackend(Backend):
         a Ctrl-C up for as long. Idle workers are left for terminate().
         """
         self._stopping.set()
-        idle = set()
-        while True:
-            try:
-                idle.add(id(self._idle.get_nowait()))
-            except queue.Empty:
-                break
-        with self._lock:
-            workers = list(self._all)
-        for worker in workers:
-            if id(worker) not in idle:
-                worker.process.kill()
-        for worker in workers:
-            if id(worker) in idle:
-                self._idle.put(worker)
+        for slot, busy in enumerate(self._busy):
+            if busy.locked():
+                self._slots[slot].process.kill()
 
     def terminate(self) -> None:
         """Ask every worker for its peak memory and let it exit; kill what does not."""
         with self._lock:
-            workers, self._all = list(self._all), []
+            workers = list(self._slots)
         for worker in workers:
+            if worker.process.poll() is not None:  # killed by abort()
+                worker.conn.close()
+                continue
             try:
                 worker.conn.send(None)
                 if worker.conn.poll(10):
@@ -268,25 +268,22 @@ class LocalBackend(Backend):
         if status != "ready":
             process.wait(timeout=10)
             raise RuntimeError(f"the ClientApp {self.reference} could not be loaded in a worker: {payload}")
-        worker = _Worker(process, conn)
-        with self._lock:
-            self._all.append(worker)
         self.stats.workers_started += 1
-        return worker
+        return _Worker(process, conn)
 
-    def _retire(self, worker: _Worker) -> int | None:
-        """A worker died mid-message: reap it, start a replacement, return the exit code."""
+    def _replace(self, slot: int) -> int | None:
+        """The slot's worker died mid-message: reap it, start a fresh one there, return the exit code."""
+        worker = self._slots[slot]
         try:
             code = worker.process.wait(timeout=10)
         except subprocess.TimeoutExpired:  # its socket broke but it lives on: stop it for good
             worker.process.kill()
             code = worker.process.wait()
         worker.conn.close()
+        fresh = self._start_worker()
         with self._lock:
-            if worker in self._all:
-                self._all.remove(worker)
+            self._slots[slot] = fresh
         self.stats.workers_replaced += 1
-        self._idle.put(self._start_worker())
         return code
 
 
