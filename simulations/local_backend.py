@@ -68,7 +68,6 @@ class WorkerPeak:
 class _Worker:
     process: subprocess.Popen
     conn: Connection
-    handled: int = 0
 
 
 @dataclass
@@ -137,7 +136,9 @@ def worker_main(conn: Connection, reference: str, app_dir: str) -> None:
         if request is None:
             conn.send(("stopped", (_peak_rss_mib(), _cuda_peak_mib(), pss_mib())))  # plain values: no class to unpickle
             conn.close()
-            os._exit(0)  # nothing left to flush; skip the interpreter's teardown of torch (seconds)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)  # skip the interpreter's teardown of torch and friends (seconds, nothing to save)
         message, context = request
         try:
             reply = app(message=message, context=context)
@@ -207,7 +208,6 @@ class LocalBackend(Backend):
                 code = self._replace(slot)
                 raise ClientAppException(f"the node process for partition {partition} died "
                                          f"(exit code {code}); a fresh worker replaces it") from None
-        worker.handled += 1
         self.stats.messages += 1
         if status == "ok":
             return payload
