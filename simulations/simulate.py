@@ -104,6 +104,18 @@ def engine_summary(settings: RunSettings, backend: Any) -> dict[str, Any]:
     return engine
 
 
+def gpu_line(engine: dict[str, Any]) -> str:
+    """One console line on how the run used the GPU (summary.json's ``engine``)."""
+    gpu = engine.get("gpu", {})
+    parts = []
+    if gpu:
+        parts.append(f"utilisation {gpu['gpu_util_mean_pct']:.0f}% on average ({gpu['gpu_util_max_pct']:.0f}% at most), "
+                     f"{gpu['gpu_memory_used_max_mib']:.0f} MiB used at most")
+    if engine.get("peak_cuda_mib"):
+        parts.append(f"torch's peak per worker {', '.join(f'{m:.0f}' for m in engine['peak_cuda_mib'])} MiB")
+    return "GPU: " + "; ".join(parts) + f" ({engine.get('workers', '?')} worker(s), one CUDA context each)"
+
+
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], RunSettings]:
     """The run config of the run in ``run_dir``, set to continue it from its checkpoint."""
     run_dir = Path(run_dir).expanduser().resolve()
@@ -193,4 +205,6 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     if gpu and gpu.figures():
         summary["engine"]["gpu"] = gpu.figures()
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if "gpu" in summary["engine"] or "peak_cuda_mib" in summary["engine"]:
+        print(gpu_line(summary["engine"]))
     return run_dir

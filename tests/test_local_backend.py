@@ -100,3 +100,7 @@ def test_gpu_figures_come_from_nvidia_smi_samples(tmp_path, monkeypatch):
     figures = sampler.figures()
     assert figures["gpu_util_mean_pct"] == 37.0 and figures["gpu_memory_used_max_mib"] == 1024.0
     assert figures["gpu_samples"] >= 2
+    from simulations.simulate import gpu_line
+
+    line = gpu_line({"workers": 1, "gpu": figures, "peak_cuda_mib": [812.4]})
+    assert line == "GPU: utilisation 37% on average (37% at most), 1024 MiB used at most; torch's peak per worker 812 MiB (1 worker(s), one CUDA context each)"
