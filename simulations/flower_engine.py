@@ -16,7 +16,7 @@ vce_api.py), a simulation that differs only in the backend:
   (simulations/local_backend.py).
 
 ``PRIVATE_NAMES`` lists every private name used here;
-tests/test_flower_engine.py imports each and checks the signatures, so a
+tests/test_local_backend.py imports each and checks the signatures, so a
 Flower upgrade that moves one fails there, loudly, instead of in a run.
 """
 
@@ -45,7 +45,7 @@ from flwr.supercore.telemetry import EventType
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
-# (module, name, parameters this module passes): checked by tests/test_flower_engine.py
+# (module, name, parameters this module passes): checked by tests/test_local_backend.py
 PRIVATE_NAMES = [
     ("flwr.simulation.run_simulation", "_run_simulation",
      ["num_supernodes", "exit_event", "client_app_attr", "server_app_attr", "backend_name", "backend_config",
