@@ -35,11 +35,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from shared_models.privacy_ledger import BudgetExceeded, PrivacyLedger, epsilon_of
+from shared_models.quiet_warnings import install as quiet_known_warnings
 
 _MIN_SIGMA = 0.05
-# Opacus's hooks on a model whose inputs need no gradient (a head on fixed features) make torch warn on
-# every backward pass; the per-sample gradients are exact all the same (tests/test_models.py).
-warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+# Known-harmless warnings (among them torch's backward-hook warning on every step of a head on fixed
+# features) are filtered in one place, with their reasons; the baseline imports this module without the ClientApp.
+quiet_known_warnings()
 
 
 @dataclass(frozen=True)
