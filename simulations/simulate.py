@@ -92,12 +92,13 @@ def engine_summary(settings: RunSettings, backend: Any) -> dict[str, Any]:
 
     workers = [round(p.rss_mib, 1) for p in backend.stats.peaks]
     shared = [round(p.pss_mib, 1) for p in backend.stats.peaks]
+    own_pss = pss_mib()
     engine = {"backend": "local", "workers": backend.workers, "workers_replaced": backend.stats.workers_replaced,
               "messages": backend.stats.messages,
               "peak_rss_mib": {"coordinator": round(coordinator, 1), "workers": workers,
                                "total": round(coordinator + sum(workers), 1)},
-              "final_pss_mib": {"coordinator": round(pss_mib(), 1), "workers": shared,
-                                "total": round(pss_mib() + sum(shared), 1)}}
+              "final_pss_mib": {"coordinator": round(own_pss, 1), "workers": shared,
+                                "total": round(own_pss + sum(shared), 1)}}
     cuda = [round(p.cuda_mib, 1) for p in backend.stats.peaks if p.cuda_mib]
     if cuda:
         engine["peak_cuda_mib"] = cuda
