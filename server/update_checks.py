@@ -108,26 +108,28 @@ def structure_problem(reply: Message, spec: dict[str, ArraySpec]) -> str | None:
             return f"array {name} has shape {tuple(got.shape)}, the global model's is {want.shape}"
         if str(got.dtype) != want.dtype:
             return f"array {name} has dtype {got.dtype}, the global model's is {want.dtype}"
-    for name, values in _named(arrays):
-        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-            bad = int(np.size(values) - np.isfinite(values).sum())
-            kind = "NaN" if np.isnan(values).any() else "Inf"
-            return f"array {name} holds {bad} non-finite values ({kind})"
     return None
 
 
-def _named(arrays: ArrayRecord) -> Iterable[tuple[str, np.ndarray]]:
-    return ((name, array.numpy()) for name, array in arrays.items())
+def values_problem_or_norm(reply: Message, global_arrays: dict[str, np.ndarray]) -> str | float:
+    """Why a structurally sound reply's values are unusable (NaN or Inf), else the L2 norm of its update
+    (new - global weights over the floating arrays; integer buffers are counters).
 
-
-def update_norm(reply: Message, global_arrays: dict[str, np.ndarray]) -> float:
-    """L2 norm of new - global weights over the floating arrays (integer buffers are counters)."""
+    One pass, each array deserialised once: the coordinator screens every reply of a round while the
+    nodes wait for the next message, so this is on the round's critical path.
+    """
     arrays = next(iter(reply.content.array_records.values()))
     total = 0.0
     for name, old in global_arrays.items():
-        if np.issubdtype(old.dtype, np.floating):
-            diff = arrays[name].numpy().astype(np.float64) - old
-            total += float(np.dot(diff.ravel(), diff.ravel()))
+        values = arrays[name].numpy()
+        if not np.issubdtype(values.dtype, np.floating):
+            continue
+        finite = np.isfinite(values)
+        if not finite.all():
+            kind = "NaN" if np.isnan(values).any() else "Inf"
+            return f"array {name} holds {int(values.size - finite.sum())} non-finite values ({kind})"
+        diff = values.astype(np.float64) - old
+        total += float(np.square(diff, out=diff).sum())  # numpy's own sum: no BLAS threads spinning beside the nodes
     return float(np.sqrt(total))
 
 
@@ -148,10 +150,11 @@ def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[st
             passed.append(reply)
             continue
         problem = structure_problem(reply, spec) or weight_problem(reply, policy.weight_key)
-        if problem is not None:
-            rejected.append(Rejection(client_id(reply), reply.metadata.src_node_id, problem))
+        checked = problem if problem is not None else values_problem_or_norm(reply, current)
+        if isinstance(checked, str):
+            rejected.append(Rejection(client_id(reply), reply.metadata.src_node_id, checked))
             continue
-        norm = update_norm(reply, current)
+        norm = checked
         norms[client_id(reply)] = round(norm, 6)
         candidates.append((reply, norm))
 
