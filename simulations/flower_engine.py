@@ -13,8 +13,9 @@ vce_api.py), a simulation that differs only in the backend:
   the choice for multi-machine simulation).
 * ``run_on_backend``: the same link state, grid, ServerApp thread, node
   registration and engine worker loop, with a backend object of our choosing
-  (simulations/local_backend.py), and a link state that finds a node's
-  messages without checking every other node's (``NodeFilteredLinkState``).
+  (simulations/local_backend.py), a link state that finds a node's messages
+  without checking every other node's (``NodeFilteredLinkState``) and a stop
+  event that wakes the engine when messages arrive (``EngineStopEvent``).
 
 ``PRIVATE_NAMES`` lists every private name used here;
 tests/test_local_backend.py imports each and checks the signatures, so a
@@ -63,7 +64,35 @@ PRIVATE_NAMES = [
      ["self", "node_id", "limit", "run_id"]),
     ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState._check_stored_messages",
      ["self", "message_ids"]),
+    ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState.store_message_ins", ["self", "message"]),
+    ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState.__init__",
+     ["self", "federation_manager", "object_store"]),
 ]
+
+
+class EngineStopEvent(threading.Event):
+    """The engine's stop event, whose timed waits also end when the coordinator sends messages.
+
+    Flower's engine looks for new messages every 0.1 s and sleeps between
+    looks by waiting on its stop event with a timeout (``add_messages_to_queue``).
+    A round's train and evaluate messages would then wait 50 ms on average
+    before any node starts, twice a round. ``nudge`` ends such a timed wait at
+    once (as a spurious wake-up would: the flag stays unset); waits without a
+    timeout still last until ``set``.
+    """
+
+    def nudge(self) -> None:
+        with self._cond:  # the Condition inside threading.Event
+            self._cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            if timeout is None:
+                while not self._flag:
+                    self._cond.wait()
+            elif not self._flag:
+                self._cond.wait(timeout)
+            return self._flag
 
 
 class NodeFilteredLinkState(InMemoryLinkState):
@@ -78,6 +107,15 @@ class NodeFilteredLinkState(InMemoryLinkState):
     messages only (the same checks, the same answer); the others are checked
     when their own node asks or when their replies are pulled.
     """
+
+    def __init__(self, *args, on_message_stored: Callable[[], None] = lambda: None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_message_stored = on_message_stored
+
+    def store_message_ins(self, message):  # type: ignore[no-untyped-def]
+        stored = super().store_message_ins(message)
+        self.on_message_stored()  # the engine looks for it now, not at its next 0.1 s tick
+        return stored
 
     def get_message_ins(self, node_id: int, limit: int | None, *, run_id: int | None = None) -> list:
         if limit is not None and limit < 1:
@@ -132,15 +170,15 @@ def run_on_backend(backend: Backend, *, run: Run, server_context: Context, serve
     """
     backend.build(lambda: None)  # type: ignore[arg-type,return-value]  # workers load the app by reference
     state_factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-    state = state_factory.state_instance = NodeFilteredLinkState(state_factory.federation_manager,
-                                                                 state_factory.objectstore_factory.store())
+    f_stop = EngineStopEvent()
+    state = state_factory.state_instance = NodeFilteredLinkState(
+        state_factory.federation_manager, state_factory.objectstore_factory.store(), on_message_stored=f_stop.nudge)
     if state_factory.state() is not state:  # every part of the engine must share this one state
         raise RuntimeError("Flower's LinkStateFactory no longer keeps its state in state_instance")
     state.run_ids[run.run_id] = RunRecord(run=run)  # type: ignore[attr-defined]  # the in-memory state
     state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)  # type: ignore
     grid = InMemoryGrid(state_factory=state_factory, pull_interval=0.02)  # replies seen within 20 ms, not 100
     grid.set_run(run)
-    f_stop = threading.Event()
     server_errors: Queue[BaseException] = Queue()
     contexts: Queue[Context] = Queue()
     metrics = VceMetrics()

@@ -53,6 +53,7 @@ from flwr.clientapp.client_app import ClientAppException
 from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
 
 CONFIG_KEY = "local"  # this backend's section of Flower's backend config
+ENGINE_THREADS_PER_WORKER = 16  # messages in hand per worker (LocalBackend.num_workers says why)
 
 
 @dataclass
@@ -181,8 +182,13 @@ class LocalBackend(Backend):
 
     @property
     def num_workers(self) -> int:
-        """Engine threads: a few per worker, so each worker has its next node's message in hand."""
-        return 3 * self.workers
+        """Engine threads, each holding one message until its node's worker is free.
+
+        Many per worker: a thread waits on the worker of the node it took, so
+        with a few per worker, a slower worker would gather every thread while
+        the other worker has work queued that no thread holds, and idles.
+        """
+        return ENGINE_THREADS_PER_WORKER * self.workers
 
     def is_worker_idle(self) -> bool:
         return any(not busy.locked() for busy in self._busy)
