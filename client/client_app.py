@@ -22,6 +22,8 @@ count noise, exact and declared unprotected in the report.
 
 from __future__ import annotations
 
+import functools
+import threading
 import zlib
 from pathlib import Path
 
@@ -62,10 +64,32 @@ def _setup(msg: Message, context: Context) -> tuple[RunSettings, ClientSamples, 
     return settings, client_samples(settings, context.node_config, data_dir), resolve_device(settings.device)
 
 
-def _global_model(msg: Message, settings: RunSettings, device: torch.device) -> torch.nn.Module:
-    model = build_model(settings.model, valence_arousal=settings.valence_arousal)
+@functools.lru_cache(maxsize=8)
+def _reusable_model(name: str, valence_arousal: bool, device: torch.device, thread: int) -> torch.nn.Module:
+    del thread  # in the key only: a thread never shares its model with another
+    return build_model(name, valence_arousal=valence_arousal).to(device)
+
+
+def _global_model(msg: Message, settings: RunSettings, device: torch.device, *, fresh: bool = False) -> torch.nn.Module:
+    """The coordinator's weights in a model of the run's architecture.
+
+    A process serving many nodes (a simulation worker) loads each message's
+    weights into one model object per architecture: ``load_state_dict``
+    replaces every parameter and buffer, and building a model costs about as
+    much as evaluating a small node's test split. ``fresh`` builds a new one:
+    DP training, as Opacus attaches its hooks to the model it wraps.
+    """
+    if fresh:
+        model = build_model(settings.model, valence_arousal=settings.valence_arousal).to(device)
+    else:
+        model = _reusable_model(settings.model, settings.valence_arousal, device, threading.get_ident())
     model.load_state_dict(msg.content[msgs.ARRAYS].to_torch_state_dict())
-    return model.to(device)
+    return model
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights to send, copied to the CPU (the model itself stays where it is, for the next message)."""
+    return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
 
 
 def _reply(msg: Message, samples: ClientSamples, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
@@ -82,7 +106,7 @@ def _reply(msg: Message, samples: ClientSamples, metrics: dict, arrays: ArrayRec
 @app.train(mods=[secure_aggregation_mod, central_dp_clipping_mod, dp_allowlist_mod])
 def train(msg: Message, context: Context) -> Message:
     settings, samples, device = _setup(msg, context)
-    model = _global_model(msg, settings, device)
+    model = _global_model(msg, settings, device, fresh=settings.dp)
     config = msg.content[msgs.CONFIG]
     server_round = int(config.get(msgs.SERVER_ROUND, 0))
     samples.train.reseed([settings.seed, server_round, zlib.crc32(samples.client_id.encode())])
@@ -101,7 +125,7 @@ def train(msg: Message, context: Context) -> Message:
         trained = train_epochs(model, loader, optimizer, epochs=settings.local_epochs, n_inputs=n_inputs, device=device)
         metrics.update({msgs.SKIPPED: samples.skipped, msgs.TRAIN_LOSS: trained["train-loss"],
                         msgs.TRAIN_SAMPLES: trained["train-samples"]})
-        return _reply(msg, samples, metrics, ArrayRecord(model.cpu().state_dict()))
+        return _reply(msg, samples, metrics, ArrayRecord(_cpu_state(model)))
 
     # Sample-level DP-SGD: check the ledger first, record the spend before replying.
     ledger = open_ledger(settings, context, config, samples)
@@ -130,7 +154,7 @@ def train(msg: Message, context: Context) -> Message:
         msgs.DP_MAX_GRAD_NORM: event.max_grad_norm, msgs.DP_BUDGET: ledger.epsilon_budget,
         msgs.DP_BUDGET_REMAINING: max(0.0, ledger.epsilon_budget - event.epsilon_after),
     })
-    reply = _reply(msg, samples, metrics, ArrayRecord(private_model._module.cpu().state_dict()))
+    reply = _reply(msg, samples, metrics, ArrayRecord(_cpu_state(private_model._module)))
     reply.content[msgs.CLIENT][msgs.DP_ACCOUNTANT] = ledger.accountant
     return reply
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
@@ -42,8 +42,10 @@ class RoundsOutcome:
     interrupted: bool = False
 
 
-def exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
-    """Send and collect the replies, like ``Grid.send_and_receive``, but stop at once on a stop request."""
+def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
+             on_reply: Callable[[Message], None] | None = None) -> list[Message]:
+    """Send and collect the replies, like ``Grid.send_and_receive``, but stop at once on a stop request;
+    ``on_reply`` sees each reply as it arrives (while the other nodes still work)."""
     pending = set(grid.push_messages(messages))
     replies: list[Message] = []
     deadline = time.time() + timeout
@@ -52,6 +54,9 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> list[Me
             raise Interrupted(interruption.stop_reason())
         got = list(grid.pull_messages(pending))
         replies.extend(got)
+        if on_reply is not None:
+            for reply in got:
+                on_reply(reply)
         pending.difference_update(r.metadata.reply_to_message_id for r in got)
         if pending:  # the grid's own interval when it has one (in simulation: 20 ms, an in-memory lookup)
             time.sleep(min(POLL_S, getattr(grid, "pull_interval", POLL_S)))
@@ -75,7 +80,8 @@ def run_rounds(strategy, fedemo: FedEmoMixin, recorder: RoundRecorder, grid: Gri
     try:
         for server_round in range(first_round, num_rounds + 1):
             messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid)
-            replies = fedemo.screen_train_replies(server_round, exchange(grid, messages, timeout))
+            replies = fedemo.screen_train_replies(server_round, exchange(grid, messages, timeout,
+                                                                        on_reply=fedemo.inspect_train_reply))
             new_arrays, _ = strategy.aggregate_train(server_round, replies)  # Flower's (or its DP wrapper's)
             if new_arrays is None:
                 recorder.mark_not_aggregated(server_round, _why_not(recorder, server_round))

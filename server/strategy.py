@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import Bulyan, FedAvg, FedAvgM, FedMedian, FedTrimm
 
 from server.global_metrics import aggregate_evaluation
 from server.round_recorder import RoundRecorder
-from server.update_checks import UpdatePolicy, model_spec, screen
+from server.update_checks import UpdatePolicy, global_values, inspect, model_spec, screen
 from shared_models.run_settings import UPDATE_WEIGHT_KEY, RunSettings
 
 
@@ -47,15 +47,25 @@ class FedEmoMixin:
         self.policy = policy
         self.spec = model_spec(template)  # names, shapes, dtypes every reply must match
         self._round, self._global = 0, template
+        self._global_values, self._inspected = None, {}  # this round's checks taken as replies arrived
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._round, self._global = server_round, arrays  # what this round's updates are measured from
+        self._global_values, self._inspected = None, {}
         return super().configure_train(server_round, arrays, config, grid)
+
+    def inspect_train_reply(self, reply: Message) -> None:
+        """Check one training reply as it arrives (its verdict waits for ``screen_train_replies``)."""
+        if reply.has_error():
+            return
+        if self._global_values is None:
+            self._global_values = global_values(self._global)
+        self._inspected[reply.metadata.message_id] = inspect(reply, self._global_values, self.spec, self.policy)
 
     def screen_train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """The replies fit to aggregate (and those that failed); the round record gets the rejected ones."""
-        passed, rejected, norms = screen(replies, self._global, self.spec, self.policy)
+        passed, rejected, norms = screen(replies, self._global, self.spec, self.policy, self._inspected)
         self.recorder.train_replies(server_round, passed, rejected, norms)
         return passed
 

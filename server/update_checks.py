@@ -133,24 +133,46 @@ def values_problem_or_norm(reply: Message, global_arrays: dict[str, np.ndarray])
     return float(np.sqrt(total))
 
 
+def global_values(global_arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    """The global model's arrays as updates are measured against them (floating arrays in float64)."""
+    return {name: array.numpy().astype(np.float64) if np.issubdtype(array.numpy().dtype, np.floating)
+            else array.numpy() for name, array in global_arrays.items()}
+
+
+def inspect(reply: Message, current: dict[str, np.ndarray], spec: dict[str, ArraySpec],
+            policy: UpdatePolicy) -> str | float:
+    """One reply on its own: why it is unusable (structure, weight, values), else its update norm.
+
+    The part of screening that needs no other reply, so the round loop can
+    run it as each reply arrives (server/rounds.py ``exchange``), while the
+    other nodes still train.
+    """
+    problem = structure_problem(reply, spec) or weight_problem(reply, policy.weight_key)
+    return problem if problem is not None else values_problem_or_norm(reply, current)
+
+
 def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[str, ArraySpec],
-           policy: UpdatePolicy) -> tuple[list[Message], list[Rejection], dict[str, float]]:
+           policy: UpdatePolicy, inspected: dict[str, str | float] | None = None,
+           ) -> tuple[list[Message], list[Rejection], dict[str, float]]:
     """Split a round's replies into those fit to aggregate and the rejected ones.
 
     Replies that carry an error are passed through untouched: Flower's
     strategies drop and log them, and the round record lists them as failures.
+    ``inspected`` holds ``inspect``'s verdicts already taken, by reply message id.
     Returns (replies to aggregate, in client-id order; rejections; update norm by client id).
     """
     passed, rejected, norms = [], [], {}
     candidates: list[tuple[Message, float]] = []
-    current = {name: array.numpy().astype(np.float64) if np.issubdtype(array.numpy().dtype, np.floating)
-               else array.numpy() for name, array in global_arrays.items()}
+    inspected = inspected or {}
+    current = None
     for reply in replies:
         if reply.has_error():
             passed.append(reply)
             continue
-        problem = structure_problem(reply, spec) or weight_problem(reply, policy.weight_key)
-        checked = problem if problem is not None else values_problem_or_norm(reply, current)
+        checked = inspected.get(reply.metadata.message_id)
+        if checked is None:
+            current = global_values(global_arrays) if current is None else current
+            checked = inspect(reply, current, spec, policy)
         if isinstance(checked, str):
             rejected.append(Rejection(client_id(reply), reply.metadata.src_node_id, checked))
             continue

@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import Error, Metadata
 
 from server.checkpoint import Checkpoint, CheckpointError
-from server.update_checks import UpdatePolicy, model_spec, screen
+from server.update_checks import UpdatePolicy, global_values, inspect, model_spec, screen
 from shared_models.registry import build_model
 from shared_models.run_settings import ConfigError
 from simulations.run_config import load_run_config
@@ -94,6 +94,20 @@ def test_a_failed_reply_passes_through_to_flower_which_drops_it():
     passed, rejected, _ = screen([reply(str(i), trained(i)) for i in range(1, 4)] + [failed], GLOBAL, SPEC,
                                  UpdatePolicy())
     assert failed in passed and not rejected
+
+
+def test_replies_inspected_as_they_arrive_get_the_verdicts_of_a_screen_at_the_end():
+    """The round loop inspects each reply on arrival; the screen then only adds the round-median rule."""
+    nan = trained(5)
+    nan[next(iter(nan))].flat[0] = np.nan
+    replies = [reply(str(i), trained(i)) for i in range(1, 5)] + [reply("5", nan), reply("6", trained(6, scale=1e6))]
+    current = global_values(GLOBAL)
+    inspected = {r.metadata.message_id: inspect(r, current, SPEC, UpdatePolicy()) for r in replies[:4] + replies[5:]}
+    at_the_end = screen(replies, GLOBAL, SPEC, UpdatePolicy())
+    on_arrival = screen(replies, GLOBAL, SPEC, UpdatePolicy(), inspected)  # the NaN reply left to the screen
+    assert [m.metadata.message_id for m in on_arrival[0]] == [m.metadata.message_id for m in at_the_end[0]]
+    assert on_arrival[1] == at_the_end[1] and [r.client for r in at_the_end[1]] == ["5", "6"]
+    assert on_arrival[2] == at_the_end[2] and len(at_the_end[2]) == 5
 
 
 def test_a_median_of_two_is_no_referee():

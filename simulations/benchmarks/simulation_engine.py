@@ -10,8 +10,8 @@ cancels in the ratios:
 2. the same on the local backend (simulations/local_backend.py; automatic
    worker count: one per core, or one on a GPU);
 3. the single-process compute bound: the same client work (load the global
-   weights, train, evaluate every client's test split) in one plain Python
-   loop without Flower, torch using every core; and the same loop on one
+   weights into one model object, train, evaluate every client's test split)
+   in one plain Python loop without Flower, torch using every core; and the same loop on one
    core, from which the ideal parallel time (one-core loop / workers) follows.
 
 A round's cost is the mean of the warm rounds (2..R; round 1 also reads and
@@ -47,6 +47,7 @@ def plain_loop(overrides: dict, threads: int) -> list[float]:
     torch.set_num_threads(threads)
     device = resolve_device(settings.device)
     global_model = build_model(settings.model).to(device)
+    model = build_model(settings.model).to(device)  # one model object, each node's round loads the global weights
     nodes = [{"partition-id": pid, "num-partitions": settings.num_supernodes} for pid in range(settings.num_supernodes)]
     rounds = []
     for _ in range(settings.num_server_rounds):
@@ -54,12 +55,11 @@ def plain_loop(overrides: dict, threads: int) -> list[float]:
         states = []
         for node in nodes:
             samples = client_samples(settings, node, settings.data_dir)  # cached after round 1, as on a node
-            model = build_model(settings.model).to(device)
             model.load_state_dict(global_model.state_dict())
             loader = DataLoader(samples.train, batch_size=settings.batch_size, shuffle=True)
             train_epochs(model, loader, make_optimizer(model, settings), epochs=settings.local_epochs,
                          n_inputs=NUM_MODEL_INPUTS[settings.task], device=device)
-            states.append((len(samples.train), {k: v.detach() for k, v in model.state_dict().items()}))
+            states.append((len(samples.train), {k: v.detach().clone() for k, v in model.state_dict().items()}))
         total = sum(n for n, _ in states)
         global_model.load_state_dict({k: sum(n * s[k].float() for n, s in states) / total for k in states[0][1]})
         for node in nodes:
