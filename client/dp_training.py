@@ -168,6 +168,8 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
     )
     # Ghost mode also returns a criterion wrapper; train_epochs wraps its own per-sample loss instead.
     private_model, private_optimizer, private_loader = private[0], private[1], private[-1]
+    if mode == "ghost":
+        _use_linear_head_clipping(private_model)
     return private_model, private_optimizer, private_loader, engine
 
 
@@ -240,12 +242,115 @@ def empty_batch_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None
     optimizer.step()
 
 
+def sole_trained_linear(model: nn.Module) -> nn.Linear | None:
+    """The one ``nn.Linear`` that holds every trainable parameter of ``model`` (a linear head on fixed
+    features, e.g. face_scatter and voice_stats), or None when anything else is trained."""
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    for module in model.modules():
+        if type(module) is nn.Linear and trainable and {id(p) for p in module.parameters(recurse=False)
+                                                         if p.requires_grad} == trainable:
+            return module
+    return None
+
+
+class LinearHeadCapture:
+    """The input and output of a model's only trained Linear layer in the latest forward pass.
+
+    Ghost clipping of such a model needs no module hooks: each sample's gradient is that layer's
+    backprop times its input, so one ``autograd.grad`` to the layer's output gives every per-sample
+    norm, and one matrix product the clipped sum. Opacus's backward hooks (a ``BackwardHookFunction``
+    around the layer, a norm-measuring backward and a second, weighted one) cost about as much as the
+    whole non-private step; these two forward hooks (one on the model, which forgets the previous pass,
+    one on the layer) cost a few microseconds.
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Linear) -> None:
+        self.layer = layer
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        model.register_forward_pre_hook(self._forget)
+        layer.register_forward_hook(self._record)
+
+    def _forget(self, module, args) -> None:
+        self.calls.clear()
+
+    def _record(self, module, args, output) -> None:
+        if module.training and torch.is_grad_enabled():
+            self.calls.append((args[0].detach(), output))
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one call of this forward pass; a layer called twice (weight tying) or not at all fails."""
+        calls, self.calls = self.calls, []
+        if len(calls) != 1:
+            raise RuntimeError(f"the trained Linear layer ran {len(calls)} times in one training forward pass, "
+                               "not once: its per-sample gradients cannot be clipped from one call")
+        return calls[0]
+
+
+def _use_linear_head_clipping(private_model: nn.Module) -> None:
+    """Ghost clipping without Opacus's hooks for a model whose only trained layer is one Linear.
+
+    Opacus's hooks are removed through its own ``remove_hooks`` and a ``LinearHeadCapture`` takes their
+    place; ``GhostClippingLoss.backward`` then clips from it (``_clip_linear_head``). The optimizer (noise
+    from the secret generator, scaling, accounting) and the Poisson loader stay Opacus's. Any other model
+    keeps Opacus's two-pass ghost clipping.
+    """
+    layer = sole_trained_linear(private_model._module)
+    if layer is None:
+        return
+    private_model.remove_hooks()
+    private_model._fedemo_linear_head = LinearHeadCapture(private_model, layer)
+
+
+def _linear_per_sample_norms(layer: nn.Linear, activations: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
+    """Each sample's gradient norm over the layer's trainable weight and bias jointly (Opacus's rules:
+    ||g_i a_i^T|| = ||g_i|| ||a_i|| and ||g_i|| for one row per sample, its ghost-norm einsum for
+    sequences)."""
+    squares = []
+    if backprops.dim() == 2:
+        g = torch.linalg.vector_norm(backprops, dim=1)
+        if layer.weight.requires_grad:
+            squares.append((g * torch.linalg.vector_norm(activations.to(backprops.dtype), dim=1)) ** 2)
+        if layer.bias is not None and layer.bias.requires_grad:
+            squares.append(g ** 2)
+    else:
+        from opacus.grad_sample.linear import compute_linear_norm_sample
+
+        squares = [n ** 2 for p, n in compute_linear_norm_sample(layer, [activations], backprops).items()
+                   if p.requires_grad]
+    return torch.stack(squares).sum(0).sqrt()
+
+
+def _clip_linear_head(model: nn.Module, optimizer: torch.optim.Optimizer, loss_per_sample: torch.Tensor) -> None:
+    """``.grad`` = the sum over the batch of each sample's gradient clipped to ``max_grad_norm``: what
+    Opacus's two ghost passes leave, from one ``autograd.grad`` to the layer's output and one matrix product.
+
+    Each loss term depends on its own sample's output row only (no layer mixes samples under DP-SGD), so the
+    gradient of the summed per-sample loss with respect to the output is every sample's backprop; the
+    clipping factor is Opacus's, min(1, C / (norm + 1e-6)).
+    """
+    capture: LinearHeadCapture = model._fedemo_linear_head
+    layer = capture.layer
+    activations, output = capture.take()
+    (backprops,) = torch.autograd.grad(loss_per_sample.sum(), output)
+    norms = _linear_per_sample_norms(layer, activations, backprops)
+    coef = (model.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    clipped = (backprops * coef.view(-1, *([1] * (backprops.dim() - 1)))).reshape(-1, layer.out_features)
+    optimizer.zero_grad(set_to_none=True)
+    if layer.weight.requires_grad:
+        layer.weight.grad = clipped.t() @ activations.reshape(-1, layer.in_features).to(clipped.dtype)
+    if layer.bias is not None and layer.bias.requires_grad:
+        layer.bias.grad = clipped.sum(0)
+
+
 @functools.cache
 def _ghost_clipping_loss_class() -> type:
     from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
     class GhostClippingLoss(DPTensorFastGradientClipping):
         def backward(self) -> None:
+            if hasattr(self.module, "_fedemo_linear_head"):  # a linear head: one pass, no hooks
+                _clip_linear_head(self.module, self.optimizer, self.loss_per_sample)
+                return
             # Opacus's backward, with the first (norm-measuring) pass restricted to what it needs, and
             # every norm cleared first: a layer whose hook did not fire fails loudly, never clips with
             # the last step's norms.
