@@ -261,7 +261,8 @@ class LinearHeadCapture:
     norm, and one matrix product the clipped sum. Opacus's backward hooks (a ``BackwardHookFunction``
     around the layer, a norm-measuring backward and a second, weighted one) cost about as much as the
     whole non-private step; these two forward hooks (one on the model, which forgets the previous pass,
-    one on the layer) cost a few microseconds.
+    one on the layer) cost a few microseconds. Both sit on the model Opacus wraps, so a forward of that
+    model outside the wrapper forgets too and nothing accumulates.
     """
 
     def __init__(self, model: nn.Module, layer: nn.Linear) -> None:
@@ -298,7 +299,7 @@ def _use_linear_head_clipping(private_model: nn.Module) -> None:
     if layer is None:
         return
     private_model.remove_hooks()
-    private_model._fedemo_linear_head = LinearHeadCapture(private_model, layer)
+    private_model._fedemo_linear_head = LinearHeadCapture(private_model._module, layer)
 
 
 def _linear_per_sample_norms(layer: nn.Linear, activations: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:

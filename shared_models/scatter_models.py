@@ -63,7 +63,8 @@ class FaceScatterLinear(nn.Module):
 
     fixed_features = staticmethod(scatter_features)  # what a node may precompute once per sample
     # Opacus mode under DP-SGD (client/dp_training.py): ghost clipping needs only per-sample gradient norms,
-    # ||g_i|| ||a_i|| for a linear head, where per-sample gradients would be 82k numbers per sample
+    # ||g_i|| ||a_i|| for a linear head, where per-sample gradients would be 82k numbers per sample; for a
+    # model whose only trained layer is one Linear it runs without module hooks (LinearHeadCapture)
     # (simulations/benchmarks/dp_cost.py measures every mode).
     dp_grad_sample_mode = "ghost"
 

@@ -40,10 +40,11 @@ def clip_statistics(z: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 class VoiceStatsLinear(nn.Module):
     """Per-band clip statistics of the log-mel (fixed) -> linear classifier (trained); returns logits."""
 
-    # Opacus mode under DP-SGD (client/dp_training.py): a 2.7k-parameter head, per-sample gradients are
-    # cheap; torch's expanded weights compute them in the one backward pass with the least overhead, ahead
-    # of hooks and of ghost clipping's two passes (simulations/benchmarks/dp_cost.py measures every mode).
-    dp_grad_sample_mode = "ew"
+    # Opacus mode under DP-SGD (client/dp_training.py): ghost clipping, which for a model whose only trained
+    # layer is one Linear runs without module hooks (one gradient to the head's output, one matrix product:
+    # client.dp_training.LinearHeadCapture), ahead of expanded weights and hooks
+    # (simulations/benchmarks/dp_cost.py measures every mode).
+    dp_grad_sample_mode = "ghost"
 
     def __init__(self, num_classes: int = NUM_EMOTIONS, n_mels: int = 128, dropout: float = 0.0) -> None:
         super().__init__()

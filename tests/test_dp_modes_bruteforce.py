@@ -23,7 +23,7 @@ from client.local_training import train_epochs
 from shared_models.registry import build_model, model_task
 from shared_models.scatter_models import NUM_FEATURES
 
-NODE_MODES = {"face_scatter": "ghost", "face_cnn": "ew", "voice_stats": "ew", "voice_crnn": "hooks"}
+NODE_MODES = {"face_scatter": "ghost", "face_cnn": "ew", "voice_stats": "ghost", "voice_crnn": "hooks"}
 C = 1e-3  # far below every per-sample gradient norm of these models: every sample is clipped
 CPU = torch.device("cpu")
 
@@ -129,8 +129,8 @@ def test_dp_step_clips_each_sample_jointly_like_brute_force(name, mode, va, weig
 
 
 def test_node_mode_steps_on_opacus_poisson_batches_match_brute_force():
-    """The real secret Poisson loader (variable batch sizes), a few steps of the node's mode for voice_stats
-    (expanded weights, whose per-sample scaling uses the actual batch size and the noise the expected one)."""
+    """The real secret Poisson loader (variable batch sizes), a few steps of voice_stats under expanded weights
+    (whose per-sample scaling uses the actual batch size and the noise the expected one)."""
     model = _model("voice_stats")
     data = _dataset("voice_stats", 24)
     loader = DataLoader(data, batch_size=6)

@@ -55,15 +55,18 @@ def _private(model: nn.Module, data: TensorDataset, *, z: float = 0.0, clip: flo
                         DPPlan(z, 1 / len(loader), 1, clip), accountant="rdp", grad_sample_mode=mode)
 
 
-def _check_against_brute_force(model: nn.Module, data: TensorDataset, sizes, n_inputs: int = 1) -> None:
+def _batches(data: TensorDataset, sizes) -> list[tuple[torch.Tensor, ...]]:
+    """Consecutive batches of the given sizes (one empty, as Opacus's Poisson loader may yield)."""
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [tuple(t[start:start + size] for t in data.tensors) for start, size in zip(starts, sizes)]
+
+
+def _check_against_brute_force(model: nn.Module, data: TensorDataset, batches, n_inputs: int = 1) -> None:
     reference = copy.deepcopy(model)
     private, optimizer, _, engine = _private(model, data)
     assert hasattr(private, "_fedemo_linear_head")  # the hook-free path is the one under test
     trainable = [p for p in private.parameters() if p.requires_grad]
-    start = 0
-    for size in sizes:
-        batch = tuple(t[start:start + size] for t in data.tensors)
-        start += size
+    for batch in batches:
         reference.load_state_dict(private._module.state_dict())
         expected, norms = _reference_clipped_sum(reference, batch, n_inputs, C)
         assert all(norm > 10 * C for norm in norms), norms  # every sample is clipped
@@ -72,7 +75,7 @@ def _check_against_brute_force(model: nn.Module, data: TensorDataset, sizes, n_i
         got = [(b - p.detach()) * optimizer.expected_batch_size for b, p in zip(before, trainable)]
         for g, e in zip(got, expected):
             torch.testing.assert_close(g, e, atol=C * 1e-3, rtol=1e-3)
-    assert steps_taken(engine) == len(sizes)  # the empty batch too
+    assert steps_taken(engine) == len(batches)  # the empty batch too
 
 
 def _rows(n: int, width: int, *, seed: int = 1, weighted: bool = False, steps: int | None = None) -> TensorDataset:
@@ -115,14 +118,15 @@ def test_models_with_more_than_a_head_keep_opacus_hooks():
 
 def test_voice_stats_under_ghost_matches_brute_force():
     torch.manual_seed(0)
-    _check_against_brute_force(build_model("voice_stats", dropout=0.0), _voice_clips(13), (5, 1, 0, 7), n_inputs=2)
+    data = _voice_clips(13)
+    _check_against_brute_force(build_model("voice_stats", dropout=0.0), data, _batches(data, (5, 1, 0, 7)), n_inputs=2)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_face_scatter_under_ghost_matches_brute_force(weighted):
     torch.manual_seed(0)
-    _check_against_brute_force(build_model("face_scatter", dropout=0.0), _rows(13, NUM_FEATURES, weighted=weighted),
-                               (0, 6, 1, 6))
+    data = _rows(13, NUM_FEATURES, weighted=weighted)
+    _check_against_brute_force(build_model("face_scatter", dropout=0.0), data, _batches(data, (0, 6, 1, 6)))
 
 
 class _Head(nn.Module):
@@ -148,7 +152,7 @@ def test_hand_built_heads_match_brute_force(kwargs):
     torch.manual_seed(0)
     model = _Head(**kwargs)
     data = _rows(12, 5, steps=4 if kwargs.get("sequence") else None)
-    _check_against_brute_force(model, data, (4, 0, 6, 2))
+    _check_against_brute_force(model, data, _batches(data, (4, 0, 6, 2)))
 
 
 class _TiedHead(nn.Module):
@@ -189,3 +193,19 @@ def test_noise_of_the_hook_free_path_has_std_z_c_over_expected_batch_size(empty)
     assert optimizer.expected_batch_size == 4 and steps_taken(engine) == 12
     assert optimizer.generator is not None and optimizer.generator is not torch.default_generator
     assert abs(float(updates.std()) / expected - 1) < 0.05
+
+
+@pytest.mark.parametrize("name", ["voice_stats", "face_scatter"])
+def test_node_mode_on_opacus_poisson_batches_matches_brute_force(name):
+    """The node's own mode (``dp_grad_sample_mode``, ghost for both heads) on batches of the real secret Poisson
+    loader, whose sizes vary."""
+    torch.manual_seed(0)
+    model = build_model(name, dropout=0.0)
+    assert model.dp_grad_sample_mode == "ghost"
+    data = _voice_clips(24) if name == "voice_stats" else _rows(24, NUM_FEATURES)
+    sampler_model = build_model(name, dropout=0.0)
+    _, _, dp_loader, _ = make_private(sampler_model, torch.optim.SGD(sampler_model.parameters()),
+                                      DataLoader(data, batch_size=6), DPPlan(0.0, 0.25, 1, C), accountant="rdp")
+    batches = list(dp_loader) + list(dp_loader)
+    assert len({len(b[0]) for b in batches}) > 1  # sizes vary
+    _check_against_brute_force(model, data, batches, n_inputs=2 if name == "voice_stats" else 1)
