@@ -112,10 +112,11 @@ class FaceCNN(nn.Module):
     under differential privacy, so dropout adds little there.
     """
 
-    # Opacus mode under DP-SGD (client/dp_training.py): torch's expanded weights compute the conv and
-    # GroupNorm per-sample gradients in the backward pass itself, where hooks add them to the ordinary
-    # weight gradients (simulations/benchmarks/dp_cost.py measures every mode).
-    dp_grad_sample_mode = "ew"
+    # Opacus mode under DP-SGD (client/dp_training.py): hooks, with client/per_sample_grads.py's conv rule
+    # (each sample's weight gradient from one grouped convolution); expanded weights unfold every conv input
+    # at batch 32 and up, and ghost clipping's second backward pass costs more than the linear layers'
+    # per-sample gradients it saves (simulations/benchmarks/dp_cost.py measures every mode).
+    dp_grad_sample_mode = "hooks"
 
     def __init__(
         self,

@@ -297,9 +297,10 @@ class VoiceCRNN(nn.Module):
     with va (B, 2) = (valence, arousal) in [-1, 1] when ``valence_arousal``.
     """
 
-    # Opacus mode under DP-SGD (client/dp_training.py): hooks, one backward pass (ghost clipping's second
-    # pass through the segment CNN costs more than the per-sample gradients it saves; expanded weights
-    # cannot run the segment layers; simulations/benchmarks/dp_cost.py measures every mode).
+    # Opacus mode under DP-SGD (client/dp_training.py): hooks, one backward pass, with client/per_sample_grads.py's
+    # segment conv rule (each sample's weight gradient, summed over its segments, from one grouped convolution);
+    # ghost clipping's second pass through the segment CNN costs more than the per-sample gradients it saves,
+    # expanded weights cannot run the segment layers (simulations/benchmarks/dp_cost.py measures every mode).
     dp_grad_sample_mode = "hooks"
 
     def __init__(
