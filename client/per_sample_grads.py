@@ -5,8 +5,8 @@ Imported by ``client/dp_training.py`` so that every private model built there us
 Opacus's "hooks" mode (and ghost clipping's per-sample fallback) calls a rule per layer type with the
 layer's inputs (activations) and the gradient of its output (backprops); each rule returns every
 parameter's gradient *per sample*, which the DPOptimizer then clips jointly and sums. The rules here return
-exactly the same tensors as Opacus's (tests/test_per_sample_grads.py compares them with Opacus's rules and
-with brute-force per-sample autograd), only computed more cheaply on CPU:
+the same per-sample gradients as Opacus's (up to float rounding; tests/test_per_sample_grads.py compares
+them with brute-force per-sample autograd), only computed more cheaply on CPU:
 
 * Convolutions: Opacus unfolds the input (im2col, a copy 9x the input) and multiplies per sample. The
   per-sample weight gradient of a convolution is instead the weight gradient of one *grouped* convolution
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
 import sys
 
 import torch
@@ -38,11 +37,18 @@ from shared_models.segment_layers import SegmentConv2d, compute_segment_conv_gra
 __all__ = ["conv2d_grad_sample", "keep_freed_memory_for_reuse", "segment_conv2d_grad_sample"]
 
 
-@functools.lru_cache(maxsize=32)
-def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A zero tensor reused across steps: the grouped convolution's weight, of which only the shape matters
-    for its weight gradient (not written again every step: 2.4 MB for face_cnn's third convolution)."""
-    return torch.zeros(shape, dtype=dtype, device=device)
+_zero_weights: dict[tuple, torch.Tensor] = {}
+
+
+def _shape_only_weight(rows: int, kernel_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero weight (rows, *kernel_shape) for the grouped convolution, of which only the shape matters for
+    its weight gradient: one buffer per kernel shape, grown to the largest batch seen and sliced, instead of
+    a new (rows x kernel) tensor written every step (2.4 MB for face_cnn's third convolution)."""
+    key = (tuple(kernel_shape), dtype, device)
+    buffer = _zero_weights.get(key)
+    if buffer is None or buffer.shape[0] < rows:
+        buffer = _zero_weights[key] = torch.zeros((rows, *kernel_shape), dtype=dtype, device=device)
+    return buffer[:rows]
 
 
 def _grouped_conv_weight_grad(layer: nn.Conv2d, x: torch.Tensor, grad_out: torch.Tensor, samples: int) -> torch.Tensor:
@@ -58,7 +64,7 @@ def _grouped_conv_weight_grad(layer: nn.Conv2d, x: torch.Tensor, grad_out: torch
     padding = layer.padding
     if layer.padding_mode != "zeros":
         x, padding = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode), (0, 0)
-    grouped_weight = _zeros((samples * layer.out_channels, *layer.weight.shape[1:]), x.dtype, x.device)
+    grouped_weight = _shape_only_weight(samples * layer.out_channels, layer.weight.shape[1:], x.dtype, x.device)
     _, weight_grad, _ = torch.ops.aten.convolution_backward(
         grad_out, x, grouped_weight, None, layer.stride, padding, layer.dilation,
         False, [0, 0], samples, [False, True, False])
@@ -121,13 +127,17 @@ def keep_freed_memory_for_reuse() -> bool:
     """Let glibc's malloc keep freed blocks (up to 32 MB each) for the next allocation instead of returning
     them to the system; returns whether the setting took effect (glibc only; elsewhere a no-op).
 
-    Why: by default blocks over 128 KB come from fresh pages (mmap) and go back on free, and the first write
-    to each page faults. A DP step's per-sample gradients and Opacus's zero-filled copies of them are new
-    blocks of up to 9 MB every step, and the non-private twin's smaller buffers mostly fit in memory glibc
-    already holds: the page faults alone made a face_cnn DP step about 0.3-0.4x of a plain step slower
-    (simulations/benchmarks/dp_cost.py: hooks 1.99x -> 1.59x, voice_crnn 1.55x -> 1.34x). The cost: the
-    process keeps up to its peak heap resident (its peak RSS is unchanged). Process-wide, once, on import
-    (every private model is trained in a process that imports this module through client/dp_training.py).
+    Why: by default glibc serves blocks over 128 KB (a threshold it raises as such blocks are freed) from
+    fresh pages and returns them on free, and the first write to each page faults. A DP step allocates new
+    blocks of up to 9 MB every step (per-sample gradients, Opacus's zero-filled copies of them, scaled
+    backprops) and, with Poisson batch sizes, of ever-changing sizes, while the non-private twin's buffers
+    mostly fit in memory glibc already holds. Measured with the conv rules above in place
+    (simulations/benchmarks/dp_cost.py, shared 2-core machine): face_cnn hooks 1.99x -> 1.59x, voice_crnn
+    1.56x -> 1.34x; page faults per face_cnn DP step from tens of thousands to a few hundred. The cost:
+    freed memory stays with the process, and fragmentation raised voice_crnn's peak RSS under DP by about
+    15% (about 1.3 -> 1.5 GB in the benchmark process, which also holds the non-private twin).
+    Process-wide, once, on import (every private model is trained in a process that imports this module
+    through client/dp_training.py); the non-private path measured no slower with it.
     """
     if not sys.platform.startswith("linux"):
         return False
