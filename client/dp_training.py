@@ -304,21 +304,20 @@ def _use_linear_head_clipping(private_model: nn.Module) -> None:
 
 def _linear_per_sample_norms(layer: nn.Linear, activations: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
     """Each sample's gradient norm over the layer's trainable weight and bias jointly (Opacus's rules:
-    ||g_i a_i^T|| = ||g_i|| ||a_i|| and ||g_i|| for one row per sample, its ghost-norm einsum for
-    sequences)."""
-    squares = []
+    ||g_i a_i^T|| = ||g_i|| ||a_i|| and ||g_i|| for one row per sample, so jointly ||g_i|| sqrt(||a_i||^2 + 1);
+    its ghost-norm einsum for sequences)."""
+    weight = layer.weight.requires_grad
+    bias = layer.bias is not None and layer.bias.requires_grad
     if backprops.dim() == 2:
         g = torch.linalg.vector_norm(backprops, dim=1)
-        if layer.weight.requires_grad:
-            squares.append((g * torch.linalg.vector_norm(activations.to(backprops.dtype), dim=1)) ** 2)
-        if layer.bias is not None and layer.bias.requires_grad:
-            squares.append(g ** 2)
-    else:
-        from opacus.grad_sample.linear import compute_linear_norm_sample
+        if not weight:
+            return g
+        a = torch.linalg.vector_norm(activations.to(backprops.dtype), dim=1)
+        return g * (torch.hypot(a, a.new_ones(())) if bias else a)
+    from opacus.grad_sample.linear import compute_linear_norm_sample
 
-        squares = [n ** 2 for p, n in compute_linear_norm_sample(layer, [activations], backprops).items()
-                   if p.requires_grad]
-    return torch.stack(squares).sum(0).sqrt()
+    norms = compute_linear_norm_sample(layer, [activations], backprops)
+    return torch.stack([n for p, n in norms.items() if p.requires_grad]).norm(2, dim=0)
 
 
 def _clip_linear_head(model: nn.Module, optimizer: torch.optim.Optimizer, loss_per_sample: torch.Tensor) -> None:
