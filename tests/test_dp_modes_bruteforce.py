@@ -18,12 +18,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.dp_training import DPPlan, make_private, steps_taken
+from client.dp_training import DPPlan, default_grad_sample_mode, make_private, steps_taken
 from client.local_training import train_epochs
 from shared_models.registry import build_model, model_task
 from shared_models.scatter_models import NUM_FEATURES
 
-NODE_MODES = {"face_scatter": "ghost", "face_cnn": "ew", "voice_stats": "ghost", "voice_crnn": "hooks"}
+# The mode each model declares, as a node trains it (read from the models, so the tests follow a change of mode).
+NODE_MODES = {name: default_grad_sample_mode(build_model(name)) for name in ("face_scatter", "face_cnn", "voice_stats",
+                                                                           "voice_crnn")}
 C = 1e-3  # far below every per-sample gradient norm of these models: every sample is clipped
 CPU = torch.device("cpu")
 
