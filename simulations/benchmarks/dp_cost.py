@@ -10,7 +10,9 @@
    Poisson sampling, clipping, noise) in each of Opacus's grad_sample_modes
    ("hooks", "ew" expanded weights, "functorch", "ghost" clipping), for
    face_cnn and voice_crnn and for the DP configs' face_scatter and
-   voice_stats. Each (model, mode) runs in a fresh process, alternating
+   voice_stats (whose only trained layer is one Linear: under "ghost" they
+   clip without Opacus's module hooks, ``client.dp_training.LinearHeadCapture``).
+   Each (model, mode) runs in a fresh process, alternating
    epochs with a non-private twin so the shared machine's load hits both
    alike; the ratio is the median over paired epochs. A mode Opacus cannot
    run on a model's layers is shown as n/a with the reason.
