@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from client.book_keeping_clipping import book_keeping_backward, install_book_keeping, uses_book_keeping
 from client.dp_training import DPPlan, make_private, steps_taken
+from client.local_training import train_epochs
 
 C = 1e-3  # far below every per-sample gradient norm here: every sample is clipped
 
@@ -79,6 +80,45 @@ def test_face_cnn_on_opacus_poisson_batches_matches_brute_force():
     batches = list(dp_loader) + list(dp_loader)
     assert len({len(b[0]) for b in batches}) > 1  # sizes vary
     _check_against_brute_force(_model("face_cnn"), data, batches)
+
+
+def _book_keeping_loss(model, optimizer, per_sample):
+    """What dp_training's ghost loss does for a model with book-keeping installed: its backward clips through
+    ``book_keeping_backward``."""
+    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+    class Loss(DPTensorFastGradientClipping):
+        def backward(self) -> None:
+            book_keeping_backward(self.module, self.optimizer, self.loss_per_sample)
+
+    return Loss(model, optimizer, per_sample, loss_reduction="mean")
+
+
+def test_node_training_loop_matches_brute_force(monkeypatch):
+    """``train_epochs`` (the node's loop: per-sample weighted cross-entropy, the empty batch through a plain
+    backward of a zero loss) with book-keeping; until dp_training installs it in
+    ``make_private`` and routes its ghost loss to it, the test does both the same way."""
+    import client.dp_training as dp_training
+
+    model = _model("face_cnn")
+    reference = copy.deepcopy(model)
+    data = _dataset("face_cnn", 13, weighted=True)
+    private, optimizer, _, engine = _private(model, data)
+    if not uses_book_keeping(private):
+        assert install_book_keeping(private)
+        monkeypatch.setattr(dp_training, "ghost_clipping_loss", _book_keeping_loss)
+    trainable = [p for p in private.parameters() if p.requires_grad]
+    batches = _poisson_like_batches(data)
+    for batch in batches:
+        reference.load_state_dict(private._module.state_dict())
+        expected, norms = _brute_force_clipped_sum(reference, batch, 1, C)
+        assert all(norm > 10 * C for norm in norms), norms
+        before = [p.detach().clone() for p in trainable]
+        train_epochs(private, [batch], optimizer, epochs=1, n_inputs=1, device=torch.device("cpu"), private=True)
+        got = [(b - p.detach()) * optimizer.expected_batch_size for b, p in zip(before, trainable)]
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, atol=C * 1e-3, rtol=1e-3)
+    assert steps_taken(engine) == len(batches)
 
 
 class _Layers(nn.Module):
