@@ -115,11 +115,14 @@ class BookKeepingCapture:
 
 def install_book_keeping(private_model: nn.Module) -> bool:
     """Replace Opacus's ghost-clipping hooks of ``private_model`` (a GradSampleModuleFastGradientClipping from
-    ``make_private(..., grad_sample_mode="ghost")``) by a ``BookKeepingCapture``; False (and nothing changed) when
-    the model has a layer type this path does not cover, or already clips a linear head without hooks."""
+    ``make_private(..., grad_sample_mode="ghost")``) by a ``BookKeepingCapture``. Returns whether the model now
+    clips by book-keeping (True also when it already did); False, and nothing changed, when the model has a layer
+    type this path does not cover, or already clips a linear head without hooks."""
     from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
-    if not isinstance(private_model, GradSampleModuleFastGradientClipping) or hasattr(private_model, _ATTR):
+    if hasattr(private_model, _ATTR):
+        return True
+    if not isinstance(private_model, GradSampleModuleFastGradientClipping):
         return False
     if hasattr(private_model, "_fedemo_linear_head"):
         return False
