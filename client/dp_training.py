@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import client.per_sample_grads  # noqa: F401  (registers faster per-sample gradient rules with Opacus)
+from client.book_keeping_clipping import book_keeping_backward, install_book_keeping, uses_book_keeping
 from shared_models.privacy_ledger import BudgetExceeded, PrivacyLedger, epsilon_of
 from shared_models.quiet_warnings import install as quiet_known_warnings
 
@@ -170,6 +171,7 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
     private_model, private_optimizer, private_loader = private[0], private[1], private[-1]
     if mode == "ghost":
         _use_linear_head_clipping(private_model)
+        install_book_keeping(private_model)  # Linear/Conv2d/GroupNorm models: hook-free book-keeping clipping
     return private_model, private_optimizer, private_loader, engine
 
 
@@ -351,6 +353,9 @@ def _ghost_clipping_loss_class() -> type:
         def backward(self) -> None:
             if hasattr(self.module, "_fedemo_linear_head"):  # a linear head: one pass, no hooks
                 _clip_linear_head(self.module, self.optimizer, self.loss_per_sample)
+                return
+            if uses_book_keeping(self.module):  # Linear, Conv2d and GroupNorm layers: one pass, no hooks
+                book_keeping_backward(self.module, self.optimizer, self.loss_per_sample)
                 return
             # Opacus's backward, with the first (norm-measuring) pass restricted to what it needs, and
             # every norm cleared first: a layer whose hook did not fire fails loudly, never clips with

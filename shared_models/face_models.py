@@ -112,11 +112,12 @@ class FaceCNN(nn.Module):
     under differential privacy, so dropout adds little there.
     """
 
-    # Opacus mode under DP-SGD (client/dp_training.py): hooks, with client/per_sample_grads.py's conv rule
-    # (each sample's weight gradient from one grouped convolution); expanded weights unfold every conv input
-    # at batch 32 and up, and ghost clipping's second backward pass costs more than the linear layers'
-    # per-sample gradients it saves (simulations/benchmarks/dp_cost.py measures every mode).
-    dp_grad_sample_mode = "hooks"
+    # Opacus mode under DP-SGD (client/dp_training.py): "ghost", which for a model of Linear, Conv2d and
+    # GroupNorm layers runs book-keeping clipping without Opacus's hooks (client/book_keeping_clipping.py:
+    # one backward pass to the layers' outputs, ghost norms for the Linear layers, per-sample conv gradients
+    # from one grouped convolution, no second backward pass); simulations/benchmarks/dp_cost.py measures
+    # every mode.
+    dp_grad_sample_mode = "ghost"
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from client.book_keeping_clipping import uses_book_keeping
 from client.dp_training import DPPlan, make_private, sole_trained_linear, steps_taken
 from client.local_training import train_epochs
 from shared_models.registry import build_model, model_task
@@ -106,13 +107,16 @@ def test_linear_head_models_clip_without_opacus_hooks(name):
     assert not head._backward_hooks and not getattr(private, "autograd_grad_sample_hooks", None)
 
 
-def test_models_with_more_than_a_head_keep_opacus_hooks():
+def test_models_with_more_than_a_head_take_book_keeping_or_keep_opacus_hooks():
     torch.manual_seed(0)
-    model = build_model("face_cnn", dropout=0.0)
+    model = build_model("face_cnn", dropout=0.0)  # Linear, Conv2d and GroupNorm: client/book_keeping_clipping.py
     data = TensorDataset(torch.rand(8, 1, 48, 48), torch.randint(0, 7, (8,)), torch.zeros(8, 2))
     private, *_ = _private(model, data)
     assert sole_trained_linear(model) is None
-    assert not hasattr(private, "_fedemo_linear_head")
+    assert not hasattr(private, "_fedemo_linear_head") and uses_book_keeping(private)
+    normed = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 7))  # a LayerNorm: neither path
+    private, *_ = _private(normed, TensorDataset(torch.rand(8, 6), torch.randint(0, 7, (8,)), torch.zeros(8, 2)))
+    assert not hasattr(private, "_fedemo_linear_head") and not uses_book_keeping(private)
     assert private.autograd_grad_sample_hooks
 
 

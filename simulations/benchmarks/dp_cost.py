@@ -11,7 +11,9 @@
    ("hooks", "ew" expanded weights, "functorch", "ghost" clipping), for
    face_cnn and voice_crnn and for the DP configs' face_scatter and
    voice_stats (whose only trained layer is one Linear: under "ghost" they
-   clip without Opacus's module hooks, ``client.dp_training.LinearHeadCapture``).
+   clip without Opacus's module hooks, ``client.dp_training.LinearHeadCapture``;
+   face_cnn's Linear, Conv2d and GroupNorm layers under "ghost" take
+   book-keeping clipping, also without hooks, client/book_keeping_clipping.py).
    Each (model, mode) runs in a fresh process, alternating
    epochs with a non-private twin so the shared machine's load hits both
    alike; the ratio is the median over paired epochs. A mode Opacus cannot
@@ -40,7 +42,8 @@ from pathlib import Path
 MODELS = {"face_cnn": ("face", 32, "adam"), "voice_crnn": ("voice", 16, "adam"),
           "face_scatter": ("face", 64, "sgd"), "voice_stats": ("voice", 16, "sgd")}
 # Opacus's ways of getting per-sample gradients (or, for "ghost", only their norms: ghost clipping for
-# Linear and Embedding, per-sample gradients as fallback for other layers, then a second backward pass).
+# Linear and Embedding, per-sample gradients as fallback for other layers, then a second backward pass;
+# our hook-free paths replace it for linear heads and for Linear/Conv2d/GroupNorm models, client/dp_training.py).
 DP_MODES = ("hooks", "ew", "functorch", "ghost")
 
 
