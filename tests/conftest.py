@@ -16,3 +16,14 @@ def coordinator_key_outside_home(tmp_path_factory):
     mp.setenv("FEDEMO_SIGNING_KEY", str(tmp_path_factory.mktemp("coordinator-key") / "coordinator_ed25519.pem"))
     yield
     mp.undo()
+
+
+@pytest.fixture
+def task_identity():
+    """Flower's Message needs the process's task identity; tests that build Messages outside an engine set one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    before = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = before

@@ -193,16 +193,6 @@ def _message(arrays: dict[str, np.ndarray], node: int, reply_to: Message | None 
     return Message(content, reply_to=reply_to)
 
 
-@pytest.fixture
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity  # Flower's Message needs the process's task identity
-
-    before = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = before
-
-
 @pytest.mark.parametrize("flower_cls, ours", [(DifferentialPrivacyServerSideFixedClipping, ServerSideFixedClipping),
                                               (DifferentialPrivacyServerSideAdaptiveClipping,
                                                ServerSideAdaptiveClipping)])

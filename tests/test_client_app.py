@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from client.client_app import app
@@ -11,16 +10,6 @@ from shared_models import messages as msgs
 from shared_models.registry import build_model
 from simulations.run_config import load_run_config
 from simulations.synthetic_data import synthesize
-
-
-@pytest.fixture
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity  # Flower's Message needs the process's task identity
-
-    before = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = before
 
 
 def test_a_process_serving_many_nodes_carries_nothing_from_one_node_to_the_next(tmp_path, task_identity):
