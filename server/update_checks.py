@@ -135,8 +135,8 @@ def values_problem_or_norm(reply: Message, global_arrays: dict[str, np.ndarray])
 
 def global_values(global_arrays: ArrayRecord) -> dict[str, np.ndarray]:
     """The global model's arrays as updates are measured against them (floating arrays in float64)."""
-    return {name: array.numpy().astype(np.float64) if np.issubdtype(array.numpy().dtype, np.floating)
-            else array.numpy() for name, array in global_arrays.items()}
+    arrays = {name: array.numpy() for name, array in global_arrays.items()}  # each deserialised once
+    return {name: a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a for name, a in arrays.items()}
 
 
 def inspect(reply: Message, current: dict[str, np.ndarray], spec: dict[str, ArraySpec],
