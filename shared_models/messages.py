@@ -31,6 +31,7 @@ QUERY_FEATURE_MOMENTS = "feature-moments"
 # ------------------------------------------------------------ node -> coordinator
 CLIENT_ID = "client-id"            # in CLIENT
 DP_ACCOUNTANT = "dp-accountant"    # in CLIENT: which accountant the node's ledger uses
+DP_LEDGER_HEAD = "dp-ledger-head"  # in CLIENT: hex hash of the newest event of the node's hash-chained ledger
 
 NUM_EXAMPLES = "num-examples"      # training (or test) set size; public under the threat model
 UPDATE_WEIGHT = "update-weight"    # always 1: client-level DP averages with equal weights
@@ -77,7 +78,7 @@ DP_REPORT_FIELDS = {
 # node's id, its training-set size, which the threat model treats as public,
 # as Opacus's sample rate does). docs/privacy.md lists each with its reason.
 DP_TRAIN_METRICS = frozenset({NUM_EXAMPLES, UPDATE_WEIGHT, *DP_REPORT_FIELDS})
-DP_CLIENT_KEYS = frozenset({CLIENT_ID, DP_ACCOUNTANT})
+DP_CLIENT_KEYS = frozenset({CLIENT_ID, DP_ACCOUNTANT, DP_LEDGER_HEAD})
 # Evaluation under dp with noised counts: only the noised per-group counts, the overall confusion
 # summed from them (post-processing) and its total; never the exact loss or valence/arousal sums.
 DP_NOISED_EVAL_METRICS = frozenset({NUM_EXAMPLES, UPDATE_WEIGHT, CONFUSION, GROUP_DP_NOISE_MULTIPLIER,
