@@ -2,7 +2,11 @@
 
     fedemo credentials init OUT_DIR --superlink-host H --hospital NAME ...   CA, TLS certificate, node key pairs
     fedemo credentials add-hospital OUT_DIR NAME     one more hospital's key pair
-    fedemo verify RUN_DIR [--public-key PEM]         is report.json as signed? exit 0 valid, 1 not, 2 unusable input, 3 valid but the run is incomplete
+    fedemo verify RUN_DIR [--public-key PEM] [--ledger CLIENT_ID=PATH ...]
+                                                     is report.json as signed, and did its ledger check pass? exit 0
+                                                     valid, 1 not, 2 unusable input, 3 valid but the run is incomplete,
+                                                     4 valid signature but a privacy ledger check failed (the
+                                                     report's, or a --ledger file's chain lacks the recorded heads)
     fedemo report RUN_DIR [--build]                  rebuild report.html from report.json (--build: report.json too)
 
 ``simulations.cli`` mounts them beside the hospitals' and the researchers'
@@ -40,6 +44,9 @@ def add_coordinator_commands(commands: argparse._SubParsersAction) -> None:
                                            "(exit 3: a valid signature on an incomplete run)")
     p.add_argument("run_dir", type=Path, help="the run folder (holds report.json, report.sig, report.pub)")
     p.add_argument("--public-key", type=Path, default=None, help="the coordinator's trusted public key (PEM)")
+    p.add_argument("--ledger", action="append", default=[], metavar="CLIENT_ID=PATH",
+                   help="a hospital's privacy_ledger.json to check against the chain heads the signed report "
+                        "recorded for that client (repeatable; exit 4 when its chain lacks one)")
     p.set_defaults(func=verify_command)
     p = commands.add_parser("report", help="rebuild a run's report.html from its report.json")
     p.add_argument("run_dir", type=Path, help="the run folder")
@@ -76,30 +83,81 @@ def verify_command(args: Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         return fail(f"{run_dir} is not a folder")
+    ledgers = []
+    for spec in args.ledger:
+        client_id, sep, path = spec.partition("=")
+        if not sep or not client_id or not path:
+            return fail(f"--ledger {spec!r}: expected CLIENT_ID=PATH (e.g. --ledger 3=/srv/node/privacy_ledger.json)")
+        ledgers.append((client_id, Path(path).expanduser()))
     result = verify_run(run_dir, expected_public_key=args.public_key, html_digest_of=source_digest)
-    if result.valid:
-        import json
+    if not result.valid:
+        print(f"INVALID: {run_dir / 'report.json'}")
+        for problem in result.problems:
+            print(f"  - {problem}")
+        return 1
+    import json
 
-        # The signed content is now trusted: a run that stopped early is not called simply "valid" (exit 3).
-        run = json.loads((run_dir / "report.json").read_text(encoding="utf-8")).get("run") or {}
-        advice = "" if args.public_key else (" (compare this key id with the coordinator's published one, "
-                                             "or pass --public-key)")
-        if run.get("incomplete"):
-            interrupted = run.get("interrupted") if isinstance(run.get("interrupted"), dict) else {}
-            print(f"signature valid, run INCOMPLETE: {run_dir / 'report.json'} is exactly as signed by key "
-                  f"{result.key_id}, but the run stopped after {run.get('rounds_completed')} of "
-                  f"{run.get('rounds_planned')} planned rounds"
-                  + (" (interrupted)" if interrupted else " (no summary: the coordinator did not finish)")
-                  + "; its figures are not those of the planned run" + advice)
-            if interrupted.get("resume"):
-                print(f"  to continue: {interrupted['resume']}")
-            return 3
-        print(f"valid: {run_dir / 'report.json'} is exactly as signed by key {result.key_id}{advice}")
-        return 0
-    print(f"INVALID: {run_dir / 'report.json'}")
-    for problem in result.problems:
-        print(f"  - {problem}")
-    return 1
+    # The signed content is now trusted: a run that stopped early is not called simply "valid" (exit 3), nor one
+    # whose privacy ledger check failed, in the report or against a ledger passed here (exit 4).
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    run = report.get("run") or {}
+    advice = "" if args.public_key else (" (compare this key id with the coordinator's published one, "
+                                         "or pass --public-key)")
+    ledger_failures = ledger_problems(report, ledgers)
+    if isinstance(ledger_failures, str):
+        return fail(ledger_failures)
+    if ledger_failures:
+        print(f"signature valid, PRIVACY LEDGER CHECK FAILED: {run_dir / 'report.json'} is exactly as signed by key "
+              f"{result.key_id}, but its privacy figures are not all on record in the hospitals' ledgers" + advice)
+        for problem in ledger_failures:
+            print(f"  - {problem}")
+        return 4
+    for client_id, path in ledgers:
+        print(f"ledger of client {client_id} ({path}): its chain holds every head the report recorded")
+    if run.get("incomplete"):
+        interrupted = run.get("interrupted") if isinstance(run.get("interrupted"), dict) else {}
+        print(f"signature valid, run INCOMPLETE: {run_dir / 'report.json'} is exactly as signed by key "
+              f"{result.key_id}, but the run stopped after {run.get('rounds_completed')} of "
+              f"{run.get('rounds_planned')} planned rounds"
+              + (" (interrupted)" if interrupted else " (no summary: the coordinator did not finish)")
+              + "; its figures are not those of the planned run" + advice)
+        if interrupted.get("resume"):
+            print(f"  to continue: {interrupted['resume']}")
+        return 3
+    print(f"valid: {run_dir / 'report.json'} is exactly as signed by key {result.key_id}{advice}")
+    return 0
+
+
+def ledger_problems(report: dict, ledgers: list[tuple[str, Path]]) -> list[str] | str:
+    """Why the signed report's privacy figures are not all on record: its own ledger check, then each --ledger.
+
+    A str is an input error (a client the report does not name, a missing file).
+    """
+    from server.report.ledger_chain import chain_check
+
+    privacy = report.get("privacy") or {}
+    check = privacy.get("ledger_check") or {}
+    problems = []
+    if check.get("ok") is False:
+        problems.append(f"the report's ledger check failed: {check.get('status')}")
+        problems += [f"client {c.get('client_id')}: {c.get('status')}"
+                     + (f" ({'; '.join(c['differing_fields'])})" if c.get("differing_fields") else "")
+                     for c in check.get("clients", []) if c.get("status") not in ("match", "ledger ahead",
+                                                                                  "not available")]
+    heads = {str(c.get("client_id")): c.get("ledger_heads") for c in privacy.get("clients", [])}
+    for client_id, path in ledgers:
+        if client_id not in heads:
+            return f"--ledger {client_id}=...: the report has no DP-SGD client {client_id!r}"
+        if not path.is_file():
+            return f"--ledger {client_id}={path}: no such file"
+        if not heads[client_id]:
+            problems.append(f"client {client_id}: the report recorded no ledger head to check {path} against")
+            continue
+        chain = chain_check(path, heads[client_id])
+        if not chain["ok"]:
+            problems.append(f"client {client_id} ({path}): {chain['status']}: "
+                            + str(chain.get("detail") or ""))
+    return problems
 
 
 def report_command(args: Namespace) -> int:

@@ -109,7 +109,12 @@ def training_summary(replies: list[Message]) -> dict[str, Any]:
             entry["skipped"] = int(m[msgs.SKIPPED])
         dp = msgs.dp_report(m)
         if dp:  # what the node spent this round, as its ledger computed it
-            dp["accountant"] = str(r.content[msgs.CLIENT].get(msgs.DP_ACCOUNTANT, ""))
+            client = r.content[msgs.CLIENT] if msgs.CLIENT in r.content else {}
+            dp["accountant"] = str(client.get(msgs.DP_ACCOUNTANT, ""))
+            # The node's hash-chained ledger head after this round's spend: the report's ledger check (and
+            # `fedemo verify --ledger`) later requires the node's ledger chain to still contain it.
+            if msgs.DP_LEDGER_HEAD in client:
+                dp["ledger_head"] = str(client[msgs.DP_LEDGER_HEAD])
             entry["dp"] = dp
         clients.append(entry)
     return {"clients": sorted(clients, key=_by_client), "failures": _failures(replies)}

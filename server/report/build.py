@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.report.baseline import baseline_section, hospitals_section
 from server.report.fairness import fairness_history, fairness_view, wilson_interval
+from server.report.ledger_chain import chain_check, recorded_heads
 from server.report.threat_model import guarantees
 from server.report.signing import default_key_path, load_or_create_key, write_signed
 
@@ -103,6 +104,8 @@ def privacy_section(config: dict[str, Any], rounds: list[dict[str, Any]], summar
             if "dp" in client:
                 per_client.setdefault(client["client"], []).append((entry["round"], client["dp"]))
 
+    eval_history = evaluation_epsilons(rounds)
+    eval_epsilons = {c: h[-1]["epsilon"] for c, h in eval_history.items()}
     clients = []
     for client_id in sorted(per_client, key=lambda c: (len(c), c)):
         history = per_client[client_id]
@@ -116,6 +119,8 @@ def privacy_section(config: dict[str, Any], rounds: list[dict[str, Any]], summar
         item["history"] = [{"round": r, "epsilon": dp.get("epsilon"), "steps": dp.get("steps"),
                             "noise_multiplier": dp.get("noise_multiplier"), "sample_rate": dp.get("sample_rate")}
                            for r, dp in history]
+        item["ledger_heads"] = recorded_heads(history)  # what the ledger check requires the node's chain to hold
+        item["eval_epsilon"] = eval_epsilons.get(client_id)
         clients.append(item)
 
     declined = [{"round": entry["round"], **failure} for entry in rounds
@@ -126,6 +131,10 @@ def privacy_section(config: dict[str, Any], rounds: list[dict[str, Any]], summar
         "sample_level_dp": bool(run_config.get("dp", False)),
         "settings": {k: run_config[k] for k in sorted(run_config) if k.startswith("dp")},
         "max_epsilon": max((c["epsilon"] for c in clients if c["epsilon"] is not None), default=None),
+        # noised evaluation counts: their own epsilon per hospital (test records; parallel to training's)
+        "max_eval_epsilon": max(eval_epsilons.values(), default=None),
+        "evaluation_epsilons": [{"client_id": c, "epsilon": eval_epsilons[c], "history": eval_history[c]}
+                                for c in sorted(eval_history, key=lambda c: (len(c), c))],
         "clients": clients,
         "declined_rounds": declined,
         "ledger_check": ledger_check,
@@ -145,6 +154,20 @@ def privacy_section(config: dict[str, Any], rounds: list[dict[str, Any]], summar
             "history": [{"round": r["round"], **r["train"]["secagg"]} for r in rounds
                         if (r.get("train") or {}).get("secagg")]}
     return section
+
+
+def evaluation_epsilons(rounds: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per client, the evaluation-count epsilon it reported after each noised evaluation (``grp-dp-epsilon-spent``).
+
+    metrics.jsonl keeps them per round under ``groups_dp.epsilon_by_client``;
+    this epsilon covers the node's test records and is separate from its
+    training epsilon (docs/privacy.md: parallel composition over the split).
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for entry in rounds:
+        for client_id, epsilon in ((entry.get("groups_dp") or {}).get("epsilon_by_client") or {}).items():
+            out.setdefault(str(client_id), []).append({"round": entry["round"], "epsilon": epsilon})
+    return out
 
 
 def ledger_path(client_id: str, config: dict[str, Any], run_dir: Path) -> Path:
@@ -167,10 +190,21 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
     run_key = str(config.get("flower_run_id", ""))
     run_keys = {run_key, *(str(k) for k in config.get("resumed_flower_run_ids", []))}  # a resumed run has several
     configured = float((config.get("run_config") or {}).get("dp-epsilon") or 0.0)
-    results, mismatched, missing, widened_count, ahead_count = [], 0, 0, 0, 0
+    results, mismatched, missing, widened_count, ahead_count, chain_broken = [], 0, 0, 0, 0, 0
     for client in clients:
         path = ledger_path(client["client_id"], config, run_dir)
         if not path.is_file():
+            if client.get("ledger_heads") and (path.parent.is_dir() or any(path.parent.parent.glob(f"*/{path.name}"))):
+                # Simulation: the coordinator sees this node's state folder (or its neighbours' ledgers), so a
+                # missing ledger was deleted, not kept at a hospital; its recorded heads are what is lost.
+                mismatched += 1
+                chain_broken += 1
+                results.append({"client_id": client["client_id"], "status": "missing",
+                                "differing_fields": ["ledger deleted: the coordinator recorded its chain heads"],
+                                "chain": {"status": "missing", "ok": False,
+                                          "heads_recorded": len(client["ledger_heads"]),
+                                          "missing_rounds": sorted({h["round"] for h in client["ledger_heads"]})}})
+                continue
             missing += 1
             results.append({"client_id": client["client_id"], "status": "not available"})
             continue
@@ -178,7 +212,9 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
             ledger = PrivacyLedger.load(path)
         except LedgerError as err:
             mismatched += 1
-            results.append({"client_id": client["client_id"], "status": "unreadable", "detail": str(err)})
+            chain_broken += bool(client.get("ledger_heads"))
+            results.append({"client_id": client["client_id"], "status": "unreadable", "detail": str(err),
+                            "chain": chain_check(path, client.get("ledger_heads") or [])})
             continue
         events = [e for e in ledger.events if e.run in run_keys and e.kind == "train"]
         last = events[-1] if events else None
@@ -194,12 +230,16 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
             "rounds_trained": len(events),
         }
         differ = sorted(k for k, v in recorded.items() if client.get(k) != v)
+        # The hash chain must still hold every head the node reported after a spend (deleted events, a
+        # fresh ledger in place of the old one, a re-hashed shorter history: all drop recorded heads).
+        chain = chain_check(path, client.get("ledger_heads") or [])
+        chain_broken += not chain["ok"]
         # A round a node trained (and spent) whose update the coordinator never aggregated, e.g. the one in
         # flight when a resumed run's coordinator died: the ledger is ahead of the report, which is sound
         # (the spend is counted); its epsilon, not the reported one, is the hospital's.
         reported_rounds = sorted(h["round"] for h in client.get("history", []))
         ledger_rounds = sorted(e.round for e in events)
-        ahead = bool(differ) and len(ledger_rounds) > len(reported_rounds) and all(
+        ahead = bool(differ) and chain["ok"] and len(ledger_rounds) > len(reported_rounds) and all(
             ledger_rounds.count(r) >= reported_rounds.count(r) for r in set(reported_rounds))
         # The configured budget binds: a ledger file claiming more is flagged, and so is any spend past it.
         latest = ledger.events[-1].epsilon_after if ledger.events else 0.0
@@ -208,6 +248,8 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
         widened_count += widened
         ahead_count += ahead and not over
         differ += ["epsilon above the configured dp-epsilon"] if over else []
+        differ += [] if chain["ok"] else ["ledger chain lacks heads the coordinator recorded (rounds "
+                                          + ", ".join(map(str, chain["missing_rounds"])) + ")"]
         mismatched += bool(differ) and not (ahead and not over)
         try:
             shown = str(path.relative_to(run_dir))
@@ -220,7 +262,7 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
         results.append({"client_id": client["client_id"], "status": status_of,
                         "ledger": shown, "differing_fields": differ, "ledger_epsilon": latest,
                         "ledger_remaining": max(0.0, effective - latest), "ledger_stored_budget": ledger.stored_budget,
-                        "stored_budget_larger_than_configured": widened})
+                        "stored_budget_larger_than_configured": widened, "chain": chain})
     if not clients:
         status = "no DP-SGD training in this run"
     elif missing == len(clients):
@@ -234,11 +276,14 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
     if ahead_count:
         status += (f"; {ahead_count} ledger(s) record training the coordinator never aggregated (spent all the "
                    "same: their ledger epsilon is the hospital's)")
+    if chain_broken:
+        status += (f"; {chain_broken} ledger(s) no longer hold the chain heads their node reported (events deleted "
+                   "or the ledger replaced: its spend is not all on record)")
     if widened_count:
         status += (f"; {widened_count} ledger file(s) store a budget larger than the configured dp-epsilon "
                    f"{configured:g} (flagged: the configured budget was enforced)")
     return {"status": status, "ok": mismatched == 0, "run_key": run_key, "configured_budget": configured or None,
-            "budget_widened": widened_count, "clients": results}
+            "budget_widened": widened_count, "chain_broken": chain_broken, "clients": results}
 
 
 def fairness_sections(config: dict[str, Any], rounds: list[dict[str, Any]],

@@ -61,8 +61,15 @@ def plain_summary(report: dict) -> list[str]:
             f"Every hospital trained with differential privacy (DP-SGD). The largest privacy loss of any "
             f"hospital is epsilon {num(privacy.get('max_epsilon'))} against a budget of "
             f"{', '.join(f'{b:g}' for b in budgets)}; smaller is more private. "
-            f"Ledger check: {privacy['ledger_check']['status']}. This epsilon protects each training record "
-            f"(add or remove one record), also against the coordinator.")
+            f"Ledger check: {privacy['ledger_check']['status']}. This training epsilon protects each training "
+            f"record (replace one record by another; the training-set size is public), also against the "
+            f"coordinator.")
+        if privacy.get("max_eval_epsilon") is not None:
+            lines.append(
+                f"Evaluation counts were noised with their own epsilon: largest {num(privacy['max_eval_epsilon'])} "
+                "(add or remove one test record). The split is a keyed hash of each record's id, so the two compose "
+                "in parallel: a record in either split is protected at the larger of its hospital's two epsilons, "
+                "one whose replacement moves between the splits at their sum.")
         if not (report.get("config") or {}).get("eval-dp-noise-multiplier"):
             lines.append("Evaluation counts were sent exact and are NOT protected: no epsilon covers the hospitals' "
                          "test records in this run.")
@@ -212,6 +219,12 @@ def guarantees_html(guarantees: dict) -> str:
     model = guarantees.get("threat_model", {})
     parts.append("<ul>" + "".join(f"<li><strong>{escape(k)}</strong>: {escape(str(v))}</li>"
                                   for k, v in model.items()) + "</ul>")
+    side = guarantees.get("side_channels", [])
+    if side:
+        parts.append("<p>Side channels (not covered by any epsilon):</p><ul>"
+                     + "".join(f"<li><strong>{escape(c['channel'])}</strong> reveals {escape(c['reveals'])}. "
+                               f"Would remove it: {escape(c['would_remove_it'])}. Not done: "
+                               f"{escape(c['why_not_removed'])}.</li>" for c in side) + "</ul>")
     plain = guarantees.get("released_in_plain", [])
     if plain:
         parts.append("<p>Released to the coordinator without a DP mechanism:</p><ul>"
@@ -237,12 +250,19 @@ def privacy_html(privacy: dict) -> str:
                              f"hospitals {escape(', '.join(str(c['client_id']) for c in g))} share one line"
                              for g in shared) + ".</small></p>")
         checks = {c["client_id"]: c["status"] for c in privacy["ledger_check"].get("clients", [])}
-        rows = [[escape(c["client_id"]), num(c.get("epsilon")), num(c.get("delta")), num(c.get("budget")),
-                 num(c.get("budget_remaining")), num(c.get("noise_multiplier")), num(c.get("sample_rate")),
-                 num(c.get("steps")), num(c.get("max_grad_norm")), escape(str(c.get("accountant"))),
-                 escape(checks.get(c["client_id"], ""))] for c in privacy["clients"]]
-        parts.append(html_table(["hospital", "epsilon", "delta", "budget", "remaining", "noise multiplier",
-                             "sample rate", "steps (this run)", "clipping norm", "accountant", "ledger"], rows))
+        rows = [[escape(c["client_id"]), num(c.get("epsilon")), num(c.get("eval_epsilon")), num(c.get("delta")),
+                 num(c.get("budget")), num(c.get("budget_remaining")), num(c.get("noise_multiplier")),
+                 num(c.get("sample_rate")), num(c.get("steps")), num(c.get("max_grad_norm")),
+                 escape(str(c.get("accountant"))), escape(checks.get(c["client_id"], ""))] for c in privacy["clients"]]
+        parts.append(html_table(["hospital", "training epsilon", "evaluation-count epsilon", "delta", "budget",
+                                 "remaining", "noise multiplier", "sample rate", "steps (this run)", "clipping norm",
+                                 "accountant", "ledger"], rows))
+        broken = [c for c in privacy["ledger_check"].get("clients", []) if not (c.get("chain") or {}).get("ok", True)]
+        if broken:
+            parts.append('<p class="warn"><strong>Ledger chain check failed</strong> for hospital(s) '
+                         + ", ".join(escape(str(c["client_id"])) for c in broken)
+                         + ": their ledgers no longer hold the chain heads the coordinator recorded after their "
+                           "spends (events deleted, or the ledger replaced by a fresh one).</p>")
     if privacy.get("declined_rounds"):
         rows = [[num(d["round"]), num(d.get("node_id")), escape(d.get("reason", ""))] for d in privacy["declined_rounds"]]
         parts.append("<h3>Declined training rounds</h3>" + html_table(["round", "node", "reason"], rows))

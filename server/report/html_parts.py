@@ -91,6 +91,14 @@ def headline_html(report: dict) -> str:
         cells.append(f"<div><span>chance (uniform guess)</span><b>{pct(baseline['chance_rate'])}</b>"
                      "<small>1 in 7 emotions</small></div>")
     cells.append(f"<div><span>macro-F1</span><b>{pct(final.get('macro_f1'))}</b><small>mean over emotions</small></div>")
+    privacy = report.get("privacy") or {}
+    if privacy.get("sample_level_dp"):  # both epsilons a hospital spent: training records and test records
+        cells.append(f"<div><span>training epsilon (largest)</span><b>{num(privacy.get('max_epsilon'))}</b>"
+                     "<small>replace one training record</small></div>")
+        eval_epsilon = privacy.get("max_eval_epsilon")
+        cells.append(f"<div><span>evaluation-count epsilon (largest)</span><b>{num(eval_epsilon)}</b><small>"
+                     + ("add or remove one test record" if eval_epsilon is not None else "counts NOT noised")
+                     + "</small></div>")
     note = ("" if not baseline.get("counts_noised") else
             "<p><small>The test counts carry differential-privacy noise, so these rates are approximate.</small></p>")
     return f'<div class="headline">{"".join(cells)}</div>{note}'

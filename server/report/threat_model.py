@@ -19,10 +19,34 @@ THREAT_MODEL = {
                  "the coordinator",
     "network": "TLS with node authentication in deployment (docs/deployment.md); simulations run in one process",
     "randomness": "every random draw of a DP mechanism (Poisson batch masks, gradient noise, count noise, "
-                  "central noise, clipped-count noise) comes from generators seeded with fresh OS entropy on "
-                  "the machine that applies it, never from the run's seed; generators and the floating-point "
-                  "Gaussian are not cryptographically hardened (Opacus's secure mode needs torchcsprng, not "
-                  "installable here)",
+                  "central noise, clipped-count noise) and, under dp, every random draw applied to training data "
+                  "(augmentation) comes from fresh OS entropy on the machine that applies it, never from the "
+                  "run's seed; augmentation draws are keyed per record, so one record's presence changes no other "
+                  "record's draw; generators and the floating-point Gaussian are not cryptographically hardened "
+                  "(Opacus's secure mode needs torchcsprng, not installable here)",
+    "split": "each record's train/test split is a keyed hash of its stable id (file name or row key), so adding, "
+             "removing or replacing one record moves no other record between the splits",
+}
+
+
+REPLACE_ONE_RECORD = ("replace one training record of one hospital by another (the training-set size n, the "
+                      "sample rate and delta are public: the node sends them); accounted under replace-one "
+                      "with dp-accounting's PLD accountant for the Poisson-subsampled Gaussian")
+PARALLEL_COMPOSITION = ("the train/test split is a keyed hash of each record's stable id, so training and "
+                        "evaluation compose in parallel: a record in either split is protected at the larger of "
+                        "the two epsilons, a record whose replacement moves between the splits at their sum")
+TIMING_SIDE_CHANNEL = {
+    "channel": "the duration of a hospital's DP training round (seen by the coordinator between request and reply)",
+    "reveals": "the round's samples seen (the sum of its secret Poisson batch sizes, which the node withholds): "
+               "a linear fit of round duration predicted it with R^2 0.60 in the review (issue 19). Under "
+               "replace-one their distribution depends on no record, but the accounting's amplification by "
+               "sampling assumes they stay hidden",
+    "would_remove_it": "fixed work per round: every step padded to the largest Poisson batch it allows (or a fixed "
+                       "number of per-sample gradient computations per round, whatever the draws)",
+    "why_not_removed": "cost: padding each step to a batch that Binomial(n, q) exceeds with probability 1e-6 "
+                       "(about B + 5 sqrt(B), 104 at batch 64) is about 1.6x the expected work per step, on top of "
+                       "DP-SGD's own 1.3-1.5x, and a shared machine's load would still show in the timing; stated "
+                       "here instead",
 }
 
 
@@ -35,26 +59,31 @@ def guarantees(run_config: dict[str, Any]) -> dict[str, Any]:
     mechanisms = []
     if dp:
         mechanisms.append({
-            "mechanism": "sample-level DP-SGD (Opacus, Poisson sampling)",
+            "mechanism": "sample-level DP-SGD (Poisson sampling, per-sample clipping, Gaussian noise)",
             "protects": "each training record of each hospital",
-            "adjacency": "add or remove one training record of one hospital (the training-set size is public)",
+            "adjacency": REPLACE_ONE_RECORD,
             "against": "the coordinator and everyone who sees any model a hospital sends or the global model",
-            "epsilon": "per hospital, in its ledger, composed over every round and every run on that data",
+            "epsilon": "training epsilon, per hospital, in its ledger, composed over every round and every run on "
+                       "that data; the budget (dp-epsilon) is enforced on it",
         })
         if eval_noise > 0:
             mechanisms.append({
                 "mechanism": f"Gaussian noise (multiplier {eval_noise:g}) on evaluation counts",
                 "protects": "each test record of each hospital",
-                "adjacency": "add or remove one test record (one cell of each attribute's histogram moves by 1)",
+                "adjacency": "add or remove one test record (one cell of each attribute's histogram moves by 1; "
+                             "the noised counts are summed unclipped, clipped only for display)",
                 "against": "the coordinator and every reader of the report",
-                "epsilon": "per hospital, composed in the same ledger as training (conservative)",
+                "epsilon": "evaluation-count epsilon, per hospital, its own entry in the ledger, separate from "
+                           "training: " + PARALLEL_COMPOSITION,
             })
     if central != "off":
         mechanisms.append({
             "mechanism": f"client-level central DP ({central} clipping, Gaussian noise on the average)",
             "protects": "each hospital's whole contribution",
             "adjacency": "replace one hospital's whole data by any other's (population and nodes per round "
-                         "fixed and public); accounted with sensitivity 2C/m, no amplification by sampling",
+                         "fixed and public); accounted with sensitivity 2C/m, no amplification by sampling; an "
+                         "update the screen rejects counts as a zero update over the fixed m, so whether a round "
+                         "is released does not depend on one hospital's update",
             "against": "everyone who sees the global models; NOT the coordinator, which sees each update "
                        "before noise",
             "epsilon": "per run, composed over every released average",
@@ -70,6 +99,7 @@ def guarantees(run_config: dict[str, Any]) -> dict[str, Any]:
     return {
         "threat_model": THREAT_MODEL,
         "mechanisms": mechanisms,
+        "side_channels": [TIMING_SIDE_CHANNEL] if dp else [],
         "released_in_plain": released_in_plain(dp, eval_noise, central, secagg),
         "private": bool(mechanisms and (dp or central != "off")),
     }
@@ -78,8 +108,10 @@ def guarantees(run_config: dict[str, Any]) -> dict[str, Any]:
 def released_in_plain(dp: bool, eval_noise: float, central: str, secagg: bool) -> list[dict[str, str]]:
     """Values that reach the coordinator with no DP mechanism over them, and why each is acceptable (or not)."""
     plain = [
-        {"value": "each hospital's training-set size (num-examples; sets DP-SGD's sample rate)",
-         "why": "treated as public, as Opacus's sample rate is; it says how many, not who or what"},
+        {"value": "each hospital's training-set size (num-examples; dp-delta = 1/(10 n) and the sample rate "
+                   "reveal it too)",
+         "why": "public: DP-SGD is accounted under replace-one adjacency, whose neighbouring datasets have the "
+                "same size; it says how many, not who or what"},
         {"value": "failure and decline reasons (error replies)",
          "why": "name files, budgets and configuration problems, never record contents"},
     ]

@@ -1,0 +1,53 @@
+"""Does a node's privacy ledger still hold every chain head the coordinator recorded?
+
+Each DP train reply carries the node's ledger head after that round's spend
+(``dp-ledger-head``: the SHA-256 of its newest event, which covers the hash
+of the one before, and so the whole history). The coordinator keeps each head
+in metrics.jsonl, and the signed report lists them per hospital. A ledger
+whose events were deleted, or that was replaced by a fresh one (deleting
+``privacy_ledger.json`` and ``node.json`` gives a fresh budget), no longer
+contains those heads, however consistent it is in itself; a ledger whose
+chain was cut without re-hashing does not load at all. The report's ledger
+check (simulation: the coordinator sees the ledgers) and
+``fedemo verify RUN_DIR --ledger CLIENT_ID=PATH`` (a hospital or auditor with
+a ledger the coordinator never sees) both answer with ``chain_check``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def recorded_heads(history: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The (round, head) pairs a client's DP reports carried, in round order (rounds without a head left out)."""
+    return [{"round": r, "head": dp["ledger_head"]} for r, dp in history if dp.get("ledger_head")]
+
+
+def chain_check(path: Path, heads: list[dict[str, Any]]) -> dict[str, Any]:
+    """``ok``: the ledger at ``path`` loads (its chain is intact) and its chain contains every recorded head.
+
+    ``status`` says which: "chain holds every recorded head", "heads missing"
+    (``missing_rounds`` names the rounds whose heads are gone), "unreadable"
+    (``detail``: the ledger's own error, e.g. a broken chain), or "no heads
+    recorded" (a node that predates hash-chained ledgers: nothing to check,
+    not a failure).
+    """
+    from shared_models.privacy_ledger import LedgerError, PrivacyLedger
+
+    try:
+        ledger = PrivacyLedger.load(Path(path))
+    except LedgerError as err:
+        return {"status": "unreadable", "ok": False, "detail": str(err), "heads_recorded": len(heads),
+                "missing_rounds": sorted({h["round"] for h in heads})}
+    if not heads:
+        return {"status": "no heads recorded", "ok": True, "heads_recorded": 0, "missing_rounds": [],
+                "ledger_head": ledger.chain_head()}
+    known = set(ledger.event_hashes())
+    missing = sorted({h["round"] for h in heads if h["head"] not in known})
+    out = {"status": "heads missing" if missing else "chain holds every recorded head", "ok": not missing,
+           "heads_recorded": len(heads), "missing_rounds": missing, "ledger_head": ledger.chain_head()}
+    if missing:
+        out["detail"] = (f"the ledger's chain lacks the head the node reported after round(s) "
+                         f"{', '.join(map(str, missing))}: events were deleted or the ledger was replaced")
+    return out
