@@ -109,7 +109,12 @@ def train(msg: Message, context: Context) -> Message:
     model = _global_model(msg, settings, device, fresh=settings.dp)
     config = msg.content[msgs.CONFIG]
     server_round = int(config.get(msgs.SERVER_ROUND, 0))
-    samples.train.reseed([settings.seed, server_round, zlib.crc32(samples.client_id.encode())])
+    # Augmentation draws (per record, client/torch_data.py): under dp from fresh secret bits, as the coordinator
+    # knows the seed, the round and the client id; without dp reproducible from exactly those.
+    if settings.dp:
+        samples.train.reseed_secret()
+    else:
+        samples.train.reseed([settings.seed, server_round, zlib.crc32(samples.client_id.encode())])
     # Reproducible shuffling without DP; under DP make_private replaces it with secret Poisson sampling.
     generator = torch.Generator().manual_seed(settings.seed * 100_003 + server_round)
     # A model with a fixed front end (face_scatter) trains its head on features computed once per sample.

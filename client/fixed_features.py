@@ -6,7 +6,9 @@ parameters, so a node may apply it to each sample once and train and
 evaluate on the stored features, in dataset order (per-group evaluation
 relies on it). Without augmentation, as the features are then fixed: the
 faces are standardised per sample, so the transform needs nothing from the
-other samples, and DP-SGD's per-sample sensitivity is unchanged.
+other samples, and DP-SGD's per-sample sensitivity is unchanged. No random
+draw touches these records at all (``augment`` is off while they are read),
+so there is no augmentation stream for a coordinator to rebuild.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ the run time.
 from __future__ import annotations
 
 import functools
+import hashlib
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 from client.loaders.base import EmotionData
 from client.loaders.registry import load_dataset
 from client.partitioning import PartitionSpec, partition
+from client.record_keys import record_keys
 from client.torch_data import EmotionSamples
 from shared_models.run_settings import RunSettings
 
@@ -75,7 +77,7 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
         client_id = str(node_config.get("client-id", Path(root).name))
         dataset_id = str(node_config.get("dataset-id", f"{dataset}:{Path(root).resolve()}"))
         return _hospital_samples(dataset, root, client_id, dataset_id, settings.task, settings.seed,
-                                 settings.test_fraction, settings.augment)
+                                 settings.test_fraction, settings.augment, settings.dp)
 
     if "partition-id" not in node_config:
         raise ValueError("this node has no data: name its folder in its node config (data-path=\"...\" "
@@ -85,38 +87,40 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
     pid, num = int(node_config["partition-id"]), int(node_config["num-partitions"])
     spec = PartitionSpec.from_settings(settings, num)
     return _simulated_samples(settings.dataset, data_dir, settings.task, spec, pid, settings.test_fraction,
-                              settings.augment)
+                              settings.augment, settings.dp)
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _hospital_samples(dataset: str, root: str, client_id: str, dataset_id: str, task: str, seed: int,
-                      test_fraction: float, augment: bool) -> ClientSamples:
-    """A hospital's train/test split: the dataset's published one if it has both parts."""
+                      test_fraction: float, augment: bool, secret_augmentation: bool) -> ClientSamples:
+    """A hospital's train/test split: the dataset's published one if it has both parts, else by record key."""
     data = _load(dataset, root, task)
     split = data.published_split.astype(str)
     if np.any(split == "train") and np.any(split == "test"):
         train_rows, test_rows = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     else:
-        train_rows, test_rows = train_test_split(np.arange(len(data)), test_fraction, seed, 0)
-    return _build(client_id, dataset_id, data, train_rows, test_rows, task, augment, seed)
+        train_rows, test_rows = train_test_split(np.arange(len(data)), test_fraction, seed, client_id,
+                                                 keys=record_keys(data))
+    return _build(client_id, dataset_id, data, train_rows, test_rows, task, augment, seed, secret_augmentation)
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _simulated_samples(dataset: str, data_dir: str, task: str, spec: PartitionSpec, pid: int,
-                       test_fraction: float, augment: bool) -> ClientSamples:
-    """Partition ``pid`` of the shared dataset, split into its own train and test rows."""
+                       test_fraction: float, augment: bool, secret_augmentation: bool) -> ClientSamples:
+    """Partition ``pid`` of the shared dataset, split into its own train and test rows by record key."""
     data = _load(dataset, data_dir, task)
     rows = _partitions(dataset, data_dir, task, spec)[pid]
-    train_rows, test_rows = train_test_split(rows, test_fraction, spec.seed, pid)
+    train_rows, test_rows = train_test_split(rows, test_fraction, spec.seed, pid, keys=record_keys(data.subset(rows)))
     dataset_id = f"{dataset}:{data_dir}#{spec.method}-{spec.num_partitions}-seed{spec.seed}/{pid}"
-    samples = _build(str(pid), dataset_id, data, train_rows, test_rows, task, augment, spec.seed)
+    samples = _build(str(pid), dataset_id, data, train_rows, test_rows, task, augment, spec.seed, secret_augmentation)
     samples.owns_folder = False
     return samples
 
 
 def _build(client_id: str, dataset_id: str, data: EmotionData, train_rows, test_rows, task: str, augment: bool,
-           seed: int) -> ClientSamples:
-    augment_seed = [seed, zlib.crc32(client_id.encode())]
+           seed: int, secret_augmentation: bool) -> ClientSamples:
+    """The node's datasets; under DP the training augmentation starts on a secret stream (``EmotionSamples``)."""
+    augment_seed = None if secret_augmentation else [seed, zlib.crc32(client_id.encode())]
     return ClientSamples(
         client_id=client_id,
         train=EmotionSamples(data.subset(train_rows), task, augment=augment, seed=augment_seed),
@@ -125,13 +129,38 @@ def _build(client_id: str, dataset_id: str, data: EmotionData, train_rows, test_
     )
 
 
-def train_test_split(rows: np.ndarray, test_fraction: float, seed: int, client_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """A client's own split of its rows, reproducible from (seed, client id)."""
+def split_point(seed: int, key: bytes) -> float:
+    """Where a record falls in [0, 1): sha256 of (seed, its key), so no other record moves it."""
+    digest = hashlib.sha256(b"fedemo-split\0" + str(int(seed)).encode() + b"\0" + key).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def train_test_split(rows: np.ndarray, test_fraction: float, seed: int, client_id: int | str, *,
+                     keys: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """A node's own split of its rows: row i is a test row when ``split_point(seed, keys[i]) < test_fraction``.
+
+    ``keys`` are the rows' stable record keys (``client.record_keys``), aligned with ``rows``. Each
+    record's side depends only on itself and the seed, so adding or removing one record moves no other
+    between train and test (a permutation of the rows moved hundreds): record-level adjacency holds for
+    the training set, and test records never enter training.
+
+    At least one train and one test row whenever there are two rows: if every point falls on one side
+    (probability (1-f)^n + f^n, below 1e-4 for n >= 42 at f = 0.2), the single record nearest the other
+    side moves there. This is the only case where one record's presence moves another: only a node that
+    small can meet it, and keeping it training beats refusing it (a refusal would equally depend on one
+    record).
+    """
+    rows = np.asarray(rows)
     if not 0.0 < test_fraction < 1.0:
         raise EmptySplitError(f"test-fraction must be between 0 and 1, got {test_fraction}")
     if len(rows) < 2:
         raise EmptySplitError(f"client {client_id} has {len(rows)} samples: cannot hold out a test split")
-    rng = np.random.default_rng([seed, client_id])
-    shuffled = rng.permutation(rows)
-    n_test = min(max(1, int(round(test_fraction * len(rows)))), len(rows) - 1)
-    return np.sort(shuffled[n_test:]), np.sort(shuffled[:n_test])
+    if len(keys) != len(rows):
+        raise ValueError(f"client {client_id}: {len(keys)} record keys for {len(rows)} rows")
+    points = np.array([split_point(seed, key) for key in keys])
+    test = points < test_fraction
+    if not test.any():
+        test[np.argmin(points)] = True
+    elif test.all():
+        test[np.argmax(points)] = False
+    return np.sort(rows[~test]), np.sort(rows[test])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from client.node_data import client_samples
+from client.node_data import client_samples, train_test_split
 from simulations.run_config import load_run_config
-from simulations.synth_faces import write_rafdb
+from simulations.synth_faces import write_fer2013, write_rafdb
 
 
 def test_hospital_node_reads_its_folder_and_keeps_the_published_split(tmp_path):
@@ -53,3 +53,42 @@ def test_a_worker_process_parses_a_dataset_once_for_all_its_nodes_and_rounds(tmp
     for cached in (node_data._load_resolved, node_data._partitions, node_data._simulated_samples,
                    node_data._hospital_samples):
         assert cached.cache_info().maxsize is not None  # bounded: a long-lived worker does not grow without end
+
+
+def _fer_folder_without_split(root, lines: list[str]) -> str:
+    """A FER2013 folder whose CSV has no Usage column: the node splits it itself."""
+    root.mkdir(parents=True)
+    (root / "fer2013.csv").write_text("emotion,pixels\n" + "".join(f"{line}\n" for line in lines))
+    return str(root)
+
+
+def test_removing_any_one_record_from_a_folder_moves_no_other_between_train_and_test(tmp_path):
+    """Record-level DP compares a folder with and without one record: the other records must keep their sides.
+
+    Each neighbour is a real folder one CSV line shorter, read through the node's own path; records are
+    compared by content, since a CSV row's line number moves when an earlier line goes."""
+    write_fer2013(tmp_path / "published", 80, seed=8)
+    rows = [line.rsplit(",", 1)[0] for line in (tmp_path / "published" / "fer2013.csv").read_text().splitlines()[1:]]
+    _, settings = load_run_config(None, {"dataset": "fer2013", "test-fraction": 0.25})
+
+    def sides(folder: str) -> dict[bytes, str]:
+        node = {"data-path": folder, "dataset-format": "fer2013", "client-id": "hospital-a"}
+        samples = client_samples(settings, node, data_dir="")
+        assert set(samples.train.data.published_split) == {""}  # the node's own split, not a published one
+        return {**{face.tobytes(): "train" for face in samples.train.data.faces},
+                **{face.tobytes(): "test" for face in samples.test.data.faces}}
+
+    full = sides(_fer_folder_without_split(tmp_path / "full", rows))
+    assert len(full) == 80 and 0 < list(full.values()).count("test") < 80
+    for removed in range(len(rows)):
+        neighbour = sides(_fer_folder_without_split(tmp_path / f"without-{removed}", rows[:removed] + rows[removed + 1:]))
+        moved = [key for key, side in neighbour.items() if full[key] != side]
+        assert len(neighbour) == 79 and moved == [], f"removing line {removed + 2} moved {len(moved)} other records"
+
+
+def test_the_keyed_split_holds_out_about_test_fraction_of_2000_records():
+    keys = [f"Image/aligned/img_{i:05d}.jpg".encode() for i in range(2000)]
+    for fraction in (0.1, 0.2, 0.5):
+        train, test = train_test_split(np.arange(2000), fraction, seed=42, client_id="h", keys=keys)
+        assert len(train) + len(test) == 2000 and not set(train) & set(test)
+        assert abs(len(test) / 2000 - fraction) < 0.03  # binomial sd <= 0.011

@@ -96,13 +96,18 @@ def test_impossible_requests_fail_with_reasons():
 
 def test_client_train_test_split_is_disjoint_and_reproducible():
     rows = np.arange(100, 150)
-    train, test = train_test_split(rows, 0.2, seed=5, client_id=3)
-    assert len(test) == 10 and len(train) == 40
+    keys = [f"img_{r}.jpg".encode() for r in rows]
+    train, test = train_test_split(rows, 0.2, seed=5, client_id=3, keys=keys)
+    assert 0 < len(test) < 50 and len(train) + len(test) == 50
     assert not set(train.tolist()) & set(test.tolist())
     assert set(train.tolist()) | set(test.tolist()) == set(rows.tolist())
-    train2, test2 = train_test_split(rows, 0.2, seed=5, client_id=3)
+    train2, test2 = train_test_split(rows, 0.2, seed=5, client_id=3, keys=keys)
     assert np.array_equal(train, train2) and np.array_equal(test, test2)
-    _, test_other = train_test_split(rows, 0.2, seed=5, client_id=4)
-    assert not np.array_equal(test, test_other)
+    _, test_other_seed = train_test_split(rows, 0.2, seed=6, client_id=3, keys=keys)
+    assert not np.array_equal(test, test_other_seed)
+    # Two rows always give one train and one test row, whichever side their keys fall on.
+    for seed in range(20):
+        two_train, two_test = train_test_split(np.arange(2), 0.2, seed=seed, client_id=8, keys=[b"a", b"b"])
+        assert len(two_train) == len(two_test) == 1
     with pytest.raises(EmptySplitError, match="client 9 has 1 samples"):
-        train_test_split(np.arange(1), 0.2, seed=5, client_id=9)
+        train_test_split(np.arange(1), 0.2, seed=5, client_id=9, keys=[b"a"])
