@@ -37,8 +37,7 @@ from client.dp_allowlist import dp_allowlist_mod
 from client.dp_training import make_private, plan_round, planned_participation, steps_taken
 from client.fairness_weights import WeightedSamples
 from client.fixed_features import feature_dataset, uses_fixed_features
-from client.group_counts import (group_count_metrics, overall_confusion, planned_eval_releases,
-                                 release_noised_counts, sample_groups)
+from client.group_counts import group_count_metrics, overall_confusion, release_noised_counts, sample_groups
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import ClientSamples, client_samples
 from client.outgoing_audit import outgoing_audit_mod
@@ -52,6 +51,8 @@ from shared_models.run_settings import RunSettings
 
 quiet_known_warnings()  # third-party warnings known to be harmless here, each silenced with its reason
 app = ClientApp(mods=[outgoing_audit_mod])  # a deployed node logs what it sends (client/outgoing_audit.py)
+# Opacus's engine only counts this round's steps (steps_taken); the ledger's PLD accountant does the accounting.
+OPACUS_STEP_COUNTER = "rdp"
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunSettings, ClientSamples, torch.device]:
@@ -138,12 +139,10 @@ def train(msg: Message, context: Context) -> Message:
     plan = plan_round(ledger, run, batches_per_epoch=len(loader), local_epochs=settings.local_epochs,
                       num_rounds=planned_participation(settings.num_server_rounds, settings.fraction_train),
                       max_grad_norm=settings.dp_max_grad_norm,
-                      max_noise=settings.dp_max_noise_multiplier,
-                      reserved=planned_eval_releases(settings.dataset, settings.eval_dp_noise_multiplier,
-                                                     settings.num_server_rounds))
+                      max_noise=settings.dp_max_noise_multiplier)
     planned_epsilon = ledger.check(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)  # raises: declines
     private_model, private_optimizer, private_loader, engine = make_private(
-        model, optimizer, loader, plan, accountant=ledger.accountant, secure_mode=settings.dp_secure_mode)
+        model, optimizer, loader, plan, accountant=OPACUS_STEP_COUNTER, secure_mode=settings.dp_secure_mode)
     # The loss and the samples seen stay on the node: neither is accounted for.
     train_epochs(private_model, private_loader, private_optimizer, epochs=settings.local_epochs,
                  n_inputs=n_inputs, device=device, private=True)
@@ -161,6 +160,7 @@ def train(msg: Message, context: Context) -> Message:
     })
     reply = _reply(msg, samples, metrics, ArrayRecord(_cpu_state(private_model._module)))
     reply.content[msgs.CLIENT][msgs.DP_ACCOUNTANT] = ledger.accountant
+    reply.content[msgs.CLIENT][msgs.DP_LEDGER_HEAD] = ledger.chain_head()  # our event's hash: the coordinator records it
     return reply
 
 
@@ -176,10 +176,12 @@ def open_ledger(settings: RunSettings, context: Context, config: ConfigRecord, s
         if not root:
             raise LedgerError("DP is on but this node has no state folder: set node-config state-dir")
         state_dir = simulated_state_dir(root, samples.client_id)
-    delta = settings.dp_delta or 1.0 / (10 * max(len(samples.train), 1))
+    n = len(samples.train)
+    delta = settings.dp_delta or 1.0 / (10 * max(n, 1))
     run = (str(context.run_id), run_folder_name(config.get(msgs.STATE_ROOT), settings.run_name))  # named by its folder
+    # The ledger refuses a delta (min of stored and configured) of 1/n or more: see _check_delta's reason.
     return PrivacyLedger.open(state_dir, dataset_id=samples.dataset_id, epsilon_budget=settings.dp_epsilon,
-                              delta=delta, accountant=settings.dp_accountant, run=run)
+                              delta=delta, accountant=settings.dp_accountant, run=run, records=n)
 
 
 @app.evaluate(mods=[dp_allowlist_mod])
@@ -192,17 +194,20 @@ def evaluate_global(msg: Message, context: Context) -> Message:
                       groups=sample_groups(samples.test.data, settings.dataset))
     if settings.eval_dp_noise_multiplier > 0:  # every released count noised, checked against and spent from the ledger
         config = msg.content[msgs.CONFIG] if msgs.CONFIG in msg.content else ConfigRecord()
+        ledger = open_ledger(settings, context, config, samples)
         group_confusion, event = release_noised_counts(
-            counts.group_confusion, ledger=open_ledger(settings, context, config, samples), run=str(context.run_id),
+            counts.group_confusion, ledger=ledger, run=str(context.run_id),
             server_round=int(config.get(msgs.SERVER_ROUND, 0)), noise_multiplier=settings.eval_dp_noise_multiplier)
         # The overall confusion is the sum of one attribute's noised groups (they partition the test rows):
         # post-processing, free. The exact loss and valence/arousal sums are not released at all.
         confusion = overall_confusion(group_confusion)
         metrics = {msgs.NUM_EXAMPLES: int(confusion.sum()), msgs.CONFUSION: [int(v) for v in confusion.ravel()],
                    msgs.GROUP_DP_NOISE_MULTIPLIER: event.noise_multiplier,
-                   msgs.GROUP_DP_EPSILON_SPENT: event.epsilon_after}
+                   msgs.GROUP_DP_EPSILON_SPENT: event.epsilon_after}  # the evaluation epsilon, not training's
         metrics.update(group_count_metrics(group_confusion, settings.dataset))
-        return _reply(msg, samples, metrics)
+        reply = _reply(msg, samples, metrics)
+        reply.content[msgs.CLIENT][msgs.DP_LEDGER_HEAD] = ledger.chain_head()
+        return reply
     metrics = {
         msgs.NUM_EXAMPLES: counts.n,
         msgs.LOSS_SUM: counts.loss_sum,

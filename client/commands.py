@@ -87,7 +87,8 @@ def ledgers_command(folder: Path, *, as_json: bool) -> int:
         raise LedgerError(f"{folder}: no {LEDGER_FILE} here or in its subfolders; give a node's state folder "
                           "(its node config's state-dir) or a folder of them, such as runs/<run>/node-state")
     nodes: dict[str, dict] = {}
-    lines = [f"Privacy ledgers of {len(paths)} nodes under {folder} (epsilon spent of budget, remaining):"]
+    lines = [f"Privacy ledgers of {len(paths)} nodes under {folder} (training epsilon, replace one record, spent of "
+             "budget and remaining; evaluation-count epsilon, add or remove one test record):"]
     for path in paths:
         node = str(path.parent.relative_to(folder))
         try:
@@ -98,8 +99,9 @@ def ledgers_command(folder: Path, *, as_json: bool) -> int:
             continue
         nodes[node] = s
         runs = "; ".join(f"run {name}: {r['rounds']} rounds" for name, r in s["runs"].items()) or "no training yet"
-        lines.append(f"  {node}: spent {s['spent']:.3f} of {s['budget']:g}, remaining {s['remaining']:.3f} "
-                     f"(delta {s['delta']:.2e}, {s['accountant'].upper()}); {runs}")
+        lines.append(f"  {node}: training spent {s['spent']:.3f} of {s['budget']:g}, remaining {s['remaining']:.3f}; "
+                     f"evaluation counts spent {s['eval_spent']:.3f} (delta {s['delta']:.2e}, "
+                     f"{s['accountant'].upper()}); {runs}")
     readable = {n: s for n, s in nodes.items() if "error" not in s}
     if readable:
         most = max(readable, key=lambda n: readable[n]["spent"])

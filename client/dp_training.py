@@ -25,6 +25,7 @@ while torchcsprng cannot be installed (docs/privacy.md).
 from __future__ import annotations
 
 import functools
+import math
 import secrets
 import warnings
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from torch.utils.data import DataLoader
 
 import client.per_sample_grads  # noqa: F401  (registers faster per-sample gradient rules with Opacus)
 from client.book_keeping_clipping import book_keeping_backward, install_book_keeping, uses_book_keeping
-from shared_models.privacy_ledger import BudgetExceeded, PrivacyLedger, epsilon_of
+from shared_models.privacy_ledger import ACCOUNTANT, REPLACE_ONE, BudgetExceeded, PrivacyLedger, epsilon_of
 from shared_models.quiet_warnings import install as quiet_known_warnings
 
 _MIN_SIGMA = 0.05
@@ -54,22 +55,34 @@ class DPPlan:
 
 
 def calibrate_noise(prior: list[tuple[float, float, int]], sample_rate: float, steps: int, *,
-                    target_epsilon: float, delta: float, accountant: str, max_noise: float = 10.0,
+                    target_epsilon: float, delta: float, accountant: str = ACCOUNTANT, max_noise: float = 10.0,
                     tolerance: float = 0.01) -> float:
-    """Smallest noise multiplier (to ``tolerance``) keeping prior + planned steps within the target.
+    """Smallest noise multiplier (to ``tolerance``) keeping prior + planned training within the target.
 
+    Training epsilon is replace-one (shared_models.privacy_ledger.ADJACENCY), the figure the ledger binds.
     Beyond ``max_noise`` the updates are noise, not learning: a node whose
     remaining budget would need more declines instead of pretending to train.
+    The bisection runs on the log scale of the multiplier (about 10 PLD
+    figures of 0.1 s each), and its result is cached: 50 alike simulated
+    nodes calibrate once per process.
     """
+    return _calibrate(tuple(prior), float(sample_rate), int(steps), float(target_epsilon), float(delta), accountant,
+                      float(max_noise), float(tolerance))
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrate(prior: tuple[tuple[float, float, int], ...], sample_rate: float, steps: int, target_epsilon: float,
+               delta: float, accountant: str, max_noise: float, tolerance: float) -> float:
     def eps(sigma: float) -> float:
-        return epsilon_of(prior + [(sigma, sample_rate, steps)], delta, accountant)
+        return epsilon_of(list(prior) + [(sigma, sample_rate, steps)], delta, accountant, REPLACE_ONE)
 
     lo, hi = _MIN_SIGMA, max_noise
     if eps(hi) > target_epsilon:
         raise BudgetExceeded(f"run declined: no noise multiplier up to {hi:g} (dp-max-noise-multiplier) keeps epsilon within "
                              f"{target_epsilon:g} for the planned training; the remaining budget is too small")
     while hi - lo > tolerance:
-        mid = (lo + hi) / 2
+        mid = max(math.sqrt(lo * hi), lo + tolerance / 2) if hi / lo > 1.5 else (lo + hi) / 2
+        mid = min(mid, hi - tolerance / 2)
         if eps(mid) > target_epsilon:
             lo = mid
         else:
@@ -99,14 +112,14 @@ def planned_participation(num_rounds: int, fraction_train: float) -> int:
 
 
 def plan_round(ledger: PrivacyLedger, run: str, *, batches_per_epoch: int, local_epochs: int,
-               num_rounds: int, max_grad_norm: float, max_noise: float,
-               reserved: list[tuple[float, float, int]] | None = None) -> DPPlan:
+               num_rounds: int, max_grad_norm: float, max_noise: float) -> DPPlan:
     """This run's noise level: the one already recorded for it, or a fresh calibration.
 
     Opacus samples each record with q = 1 / (batches per epoch) and takes that
-    many steps per epoch, so those are the figures accounted for. ``reserved``
-    are other releases the run still plans (noised evaluation counts), left
-    room for in the calibration.
+    many steps per epoch, so those are the figures accounted for. Only the
+    ledger's training events count: noised evaluation counts cover the test
+    records, which never enter training, and have their own epsilon (parallel
+    composition), so training leaves no room for them.
     """
     sample_rate = 1.0 / batches_per_epoch
     steps_per_round = local_epochs * batches_per_epoch
@@ -114,8 +127,7 @@ def plan_round(ledger: PrivacyLedger, run: str, *, batches_per_epoch: int, local
     if earlier:  # a run keeps one noise level, also across a node restart
         sigma = earlier[0].noise_multiplier
     else:
-        prior = ledger.mechanisms() + list(reserved or [])
-        sigma = calibrate_noise(prior, sample_rate, steps_per_round * num_rounds,
+        sigma = calibrate_noise(ledger.mechanisms("train"), sample_rate, steps_per_round * num_rounds,
                                 target_epsilon=ledger.epsilon_budget, delta=ledger.delta,
                                 accountant=ledger.accountant, max_noise=max_noise)
     return DPPlan(sigma, sample_rate, steps_per_round, max_grad_norm)

@@ -10,14 +10,19 @@ Optionally the counts are released through a Gaussian mechanism and recorded
 in the node's privacy ledger. One person is one test sample and sits in one
 group per attribute, so adding or removing them changes one cell of each
 attribute's histogram by 1: each attribute's histogram is a Gaussian
-mechanism with L2 sensitivity 1, i.e. one Opacus accountant step at sample
-rate 1 with the configured noise multiplier. A release of A attributes is A
-such steps, composed into the same ledger history as DP-SGD training. The
-noised counts are then rounded and clipped at 0 (post-processing, free).
-Every attribute's groups (with "unknown") partition the test rows, so the
-overall confusion matrix a DP node sends is the sum of the first attribute's
-noised groups: post-processing again, so overall and per-group figures agree
-and nothing exact is released beside them.
+mechanism with L2 sensitivity 1, composed at sample rate 1 with the
+configured noise multiplier. Add/remove is the adjacency that holds here
+(unlike training's replace-one): the noised counts do not release the
+test-set size exactly, and one test record moves one cell per histogram.
+A release of A attributes is A such steps, recorded as one ``eval-counts``
+event. The test records never enter training (the split is a keyed hash of
+each record's id), so by parallel composition these releases have their own
+epsilon, separate from training's, each checked against the budget
+(``shared_models.privacy_ledger.ADJACENCY``). Every attribute's groups (with
+"unknown") partition the test rows, so the overall confusion matrix a DP
+node sends is the sum of the first attribute's noised groups:
+post-processing, so overall and per-group figures agree and nothing exact
+is released beside them.
 
 The noise comes from a generator seeded with 128 fresh bits from the OS,
 never from anything the coordinator sends.
@@ -85,10 +90,3 @@ def overall_confusion(group_confusion: dict[str, np.ndarray]) -> np.ndarray:
     """The 7x7 confusion of all test rows, summed over the first attribute's groups (which partition them)."""
     first = next(iter(group_confusion.values()))
     return np.asarray(first, dtype=np.int64).sum(axis=0)
-
-
-def planned_eval_releases(dataset: str, noise_multiplier: float, num_rounds: int) -> list[tuple[float, float, int]]:
-    """The eval-count releases a run still plans after round 0, for the training calibration to leave room."""
-    if noise_multiplier <= 0:
-        return []
-    return [(noise_multiplier, 1.0, len(group_schema(dataset)) * num_rounds)]

@@ -1,4 +1,4 @@
-"""A node's privacy ledger: every DP event ever spent on its dataset, in one file.
+"""A node's privacy ledger: every DP event ever spent on its dataset, in one hash-chained file.
 
 Budgets belong to the data, not to a run: the ledger composes across rounds and
 across runs, and survives crashes and restarts.
@@ -9,15 +9,28 @@ across runs, and survives crashes and restarts.
   ledger re-read under the lock: two handles on one state folder (two runs
   on one node, two simulations sharing a ``state-dir``) both land on disk,
   and neither can pass the budget on a stale view of the other's spending.
-- The stricter budget wins: a ledger's effective budget is the smaller of
-  the one stored in its file and the one the run configures (``dp-epsilon``),
-  so neither a doctored file nor a later run can widen it.
+- The stricter figure wins: a ledger's effective budget and delta are the
+  smaller of the ones stored in its file and the ones the run configures
+  (``dp-epsilon``, ``dp-delta``), so neither a doctored file nor a later run
+  can widen them; a node also refuses a delta of 1/n or more (``open``).
 - A ledger that cannot be read is an error, never a silent reset. So is a
   missing ledger in a state folder that says it had one (``node.json``): a
   deleted ledger would otherwise hand the data a fresh budget.
+- The events are hash-chained: each stores ``prev``, the SHA-256 of the
+  previous event's canonical JSON (a genesis value derived from the dataset
+  id for the first). Removing, reordering or editing an event breaks the
+  chain and the ledger no longer loads. Cutting events off the end keeps a
+  valid chain: that is what the chain head each DP reply carries is for (the
+  coordinator records it; a ledger whose chain lacks a recorded head was cut).
+- Two epsilons, composed separately (parallel composition over a stable
+  train/test split, where each record is in exactly one): "train" events
+  (DP-SGD) under REPLACE-ONE adjacency, "eval-counts" events (noised
+  evaluation counts) under ADD/REMOVE. Each is checked against the budget on
+  its own. ``ADJACENCY`` says why each relation is the one that holds.
 - Epsilon is always recomputed from the recorded events (noise multiplier,
-  sample rate, steps) with the recorded accountant, so anyone holding the file
-  can recompute it with Opacus.
+  sample rate, steps) with Google's dp-accounting PLD accountant; each event
+  records the accountant, adjacency and delta its ``epsilon_after`` was
+  computed with, so anyone holding the file recomputes every figure exactly.
 - Events carry Flower's numeric run id (what the coordinator's report matches
   them by); ``run_names`` maps each id to the run folder's name, which is how
   ``fedemo ledger`` names runs (a resumed run's Flower ids share one name).
@@ -26,11 +39,12 @@ across runs, and survives crashes and restarts.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import time
-from functools import lru_cache
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +52,7 @@ from shared_models.atomic_files import atomic_write_json
 
 LEDGER_FILE = "privacy_ledger.json"
 LOCK_FILE = "privacy_ledger.lock"
+NODE_FILE = "node.json"
 
 
 def simulated_state_dir(root: str | Path, client_id: str) -> Path:
@@ -55,12 +70,35 @@ def run_folder_name(state_root: Any, run_name: str = "") -> str:
     """
     return Path(str(state_root)).parent.name if state_root else run_name
 
-NODE_FILE = "node.json"
-SCHEMA_VERSION = 1
-ACCOUNTANTS = ("prv", "rdp")
+
+# 2: hash-chained events, each with its adjacency and delta. A schema-1 file (no chain, Opacus add/remove
+# figures) is migrated when a node opens it: the chain is computed once over its events as they stand
+# (nothing can prove what was removed before), its events keep their recorded figures, marked add/remove,
+# and from then on the budget binds on the epsilons below, recomputed from those same events.
+SCHEMA_VERSION = 2
+ACCOUNTANT = "pld"  # Google's dp-accounting PLDAccountant; the only accountant new events use
+LEGACY_ACCOUNTANTS = ("prv", "rdp")  # Opacus's, add/remove only: in schema-1 events, read to recompute them
+ACCOUNTANTS = (ACCOUNTANT, *LEGACY_ACCOUNTANTS)
+REPLACE_ONE, ADD_REMOVE = "replace-one", "add-remove"
 # What a ledger event released: a DP-SGD training round, or noised per-group evaluation counts
 # (one Gaussian mechanism per attribute histogram, sample rate 1). Files without "kind" are training.
 EVENT_KINDS = ("train", "eval-counts")
+# The adjacency each kind is accounted under, and why it is the one that holds:
+# - train: a DP node sends its training-set size n (num-examples; dp-delta = 1/(10 n) and the sample rate
+#   reveal it too), so n is public and neighbouring training sets differ in one record's content, not in
+#   their size: replace-one. One record's clipped gradient (norm <= C) is then swapped for another's,
+#   which moves the clipped sum by up to 2C in the steps that sample it.
+# - eval-counts: one test record sits in one cell of each attribute's histogram; the noised counts do not
+#   release the test-set size exactly, so adding or removing one test record (sensitivity 1 per histogram)
+#   is the relation (replacing one is a removal and an addition: at most twice the epsilon). Under a stable
+#   keyed-hash split a record is in train or in test, never both, so the two epsilons compose in parallel:
+#   each is checked against the budget on its own.
+ADJACENCY = {"train": REPLACE_ONE, "eval-counts": ADD_REMOVE}
+# PLD's privacy-loss grid. Its rounding is pessimistic (epsilon is an upper bound): at 1e-3 the figures are
+# within 0.01% of the 1e-4 grid for quickstart_dp/face50_dp-like runs (epsilon 3-25) and at most ~0.6%
+# above it for small epsilons (~1) after thousands of steps, at a tenth of the time (0.1 s instead of 1 s
+# per figure), which calibration's bisection needs. Fixed here, so every figure recomputes exactly.
+PLD_DISCRETIZATION = 1e-3
 
 
 class LedgerError(RuntimeError):
@@ -78,24 +116,49 @@ class DPEvent:
     noise_multiplier: float
     sample_rate: float
     steps: int
-    accountant: str
+    accountant: str  # the accountant epsilon_after was computed with (ACCOUNTANTS)
     max_grad_norm: float
-    epsilon_after: float
+    epsilon_after: float  # the epsilon of every event of this kind up to this one (schema 1: of every event)
     time: float = field(default_factory=time.time)
     kind: str = "train"  # EVENT_KINDS; for "eval-counts", max_grad_norm holds the L2 sensitivity per histogram
+    adjacency: str = ADD_REMOVE  # the relation epsilon_after holds under (schema-1 events: add/remove)
+    delta: float | None = None  # the delta epsilon_after holds at (schema-1 events: the file's delta)
+    prev: str = ""  # hex SHA-256 of the previous event's canonical JSON (genesis_hash for the first)
 
 
-def epsilon_of(events: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
-    """Epsilon of composed (noise multiplier, sample rate, steps) events under an Opacus accountant."""
+def event_hash(event: DPEvent) -> str:
+    """Hex SHA-256 of the event's canonical JSON (sorted keys, no spaces; floats as Python writes them)."""
+    return hashlib.sha256(json.dumps(asdict(event), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def genesis_hash(dataset_id: str) -> str:
+    """The ``prev`` of a ledger's first event: fixed by the dataset id, so a chain cannot be moved to another."""
+    return hashlib.sha256(f"fedemo-privacy-ledger-genesis:{dataset_id}".encode()).hexdigest()
+
+
+def epsilon_of(events: list[tuple[float, float, int]], delta: float, accountant: str = ACCOUNTANT,
+               adjacency: str = REPLACE_ONE) -> float:
+    """Epsilon of composed (noise multiplier, sample rate, steps) events under ``adjacency``.
+
+    ``accountant`` "pld" (dp-accounting's PLD) serves both relations; the legacy Opacus names ("prv", "rdp")
+    only recompute schema-1 figures, which are add/remove.
+    """
     if not events:
         return 0.0
     if accountant not in ACCOUNTANTS:
         raise LedgerError(f"unknown accountant {accountant!r}; choose one of {', '.join(ACCOUNTANTS)}")
-    return _epsilon(tuple(group_mechanisms(events)), float(delta), accountant)
+    if adjacency not in (REPLACE_ONE, ADD_REMOVE):
+        raise LedgerError(f"unknown adjacency {adjacency!r}; choose {REPLACE_ONE} or {ADD_REMOVE}")
+    if accountant in LEGACY_ACCOUNTANTS and adjacency != ADD_REMOVE:
+        raise LedgerError(f"Opacus's {accountant!r} accountant accounts add/remove only; "
+                          f"{adjacency} needs {ACCOUNTANT!r}")
+    return _epsilon(tuple(group_mechanisms(events)), float(delta), accountant, adjacency)
 
 
-@lru_cache(maxsize=256)  # PRV takes about a second; `fedemo ledger` on 50 alike simulated nodes asks the same 50 times
-def _epsilon(mechanisms: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+@lru_cache(maxsize=4096)  # calibration's bisection and 50 alike simulated nodes ask the same figures many times
+def _epsilon(mechanisms: tuple[tuple[float, float, int], ...], delta: float, accountant: str, adjacency: str) -> float:
+    if accountant == ACCOUNTANT:
+        return pld_epsilon(mechanisms, delta, adjacency)
     import numpy as np  # numpy and Opacus load here, where epsilon is computed, so `fedemo --help` stays quick
     from opacus.accountants import create_accountant
 
@@ -105,12 +168,36 @@ def _epsilon(mechanisms: tuple[tuple[float, float, int], ...], delta: float, acc
         return float(acc.get_epsilon(delta))
 
 
+def pld_epsilon(mechanisms: tuple[tuple[float, float, int], ...], delta: float, adjacency: str) -> float:
+    """dp-accounting's PLD epsilon of Poisson-subsampled Gaussian steps (noise std = multiplier x sensitivity).
+
+    dp-accounting's convention (pld/privacy_loss_mechanism.py, AdditiveNoisePrivacyLoss) is that one record
+    contributes at most ``sensitivity`` (here 1, in units of the clipping norm C, as the noise is z x C) away
+    from the value without it. ADD_OR_REMOVE_ONE compares q N(1, z^2) + (1-q) N(0, z^2) with N(0, z^2);
+    REPLACE_ONE compares q N(+1, z^2) + (1-q) N(0, z^2) with q N(-1, z^2) + (1-q) N(0, z^2): the same
+    sampled slot holds record x in one dataset and x' in the other, each clipped to norm <= C, and the
+    worst pair is x = -x' along one direction (||x - x'|| = 2C, each within C of the record-free sum), with
+    the rest of the batch common to both. That pair is DP-SGD's under replace-one with per-sample clipping
+    to C, so sensitivity 1 (not 2) with REPLACE_ONE is the correct call; at sample rate 1 it reduces to a
+    Gaussian of sensitivity 2, as it must. A sample rate of 1 (evaluation counts) is a plain Gaussian.
+    """
+    from dp_accounting import NeighboringRelation, dp_event, pld
+
+    relation = NeighboringRelation.REPLACE_ONE if adjacency == REPLACE_ONE else NeighboringRelation.ADD_OR_REMOVE_ONE
+    acc = pld.PLDAccountant(relation, value_discretization_interval=PLD_DISCRETIZATION)
+    for sigma, q, steps in mechanisms:
+        gaussian = dp_event.GaussianDpEvent(float(sigma))
+        step = gaussian if q >= 1.0 else dp_event.PoissonSampledDpEvent(float(q), gaussian)
+        acc.compose(dp_event.SelfComposedDpEvent(step, int(steps)))
+    return float(acc.get_epsilon(delta))
+
+
 def group_mechanisms(events: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
     """One (noise multiplier, sample rate, steps) entry per distinct mechanism, wherever it stands in the history.
 
     Composition does not depend on order, so identical mechanisms compose as
-    one with their steps added; interleaved training and evaluation-count
-    events then cost the accountant two entries, not one per round.
+    one with their steps added: a run's rounds cost the accountant one entry,
+    not one per round.
     """
     steps_by_mechanism: dict[tuple[float, float], int] = {}
     for sigma, q, steps in events:
@@ -118,31 +205,48 @@ def group_mechanisms(events: list[tuple[float, float, int]]) -> list[tuple[float
     return [(sigma, q, steps) for (sigma, q), steps in steps_by_mechanism.items()]
 
 
+def _kind(kind: str) -> str:
+    if kind not in EVENT_KINDS:
+        raise LedgerError(f"unknown ledger event kind {kind!r}; known: {', '.join(EVENT_KINDS)}")
+    return kind
+
+
 @dataclass
 class PrivacyLedger:
     path: Path
     dataset_id: str
     epsilon_budget: float
-    delta: float
+    delta: float  # effective: min(stored, configured)
     accountant: str
     events: list[DPEvent] = field(default_factory=list)
     stored_budget: float | None = None  # the budget in the file; epsilon_budget is min(stored, configured)
     run_names: dict[str, str] = field(default_factory=dict)  # Flower run id -> run folder name
+    stored_delta: float | None = None  # the delta in the file; delta is min(stored, configured)
+    migrated_from: int | None = None  # the schema version read, when older than SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         if self.stored_budget is None:
             self.stored_budget = self.epsilon_budget
+        if self.stored_delta is None:
+            self.stored_delta = self.delta
 
     # ------------------------------------------------------------------ files
     @classmethod
     def open(cls, state_dir: str | Path, *, dataset_id: str, epsilon_budget: float, delta: float,
-             accountant: str, run: tuple[str, str] | None = None) -> "PrivacyLedger":
+             accountant: str = ACCOUNTANT, run: tuple[str, str] | None = None,
+             records: int | None = None) -> "PrivacyLedger":
         """Open the node's ledger, creating it only in a state folder that never had one.
 
-        ``epsilon_budget`` is the run's configured budget: the ledger's
-        effective budget is the smaller of it and the stored one. ``run`` is
-        (Flower run id, run folder name): the name the ledger shows that run by.
+        ``epsilon_budget`` and ``delta`` are the run's configured ones: the
+        ledger's effective figures are the smaller of them and the stored ones.
+        ``records`` is the node's training-set size n: a delta of 1/n or more
+        is refused. ``run`` is (Flower run id, run folder name): the name the
+        ledger shows that run by. A schema-1 ledger is migrated (chained) here.
         """
+        if accountant != ACCOUNTANT:
+            raise LedgerError(f"accountant {accountant!r}: a node sends its training-set size, so its training "
+                              f"is accounted under replace-one, which only {ACCOUNTANT!r} (dp-accounting's PLD) "
+                              "computes for Poisson-sampled DP-SGD; Opacus's prv and rdp account add/remove only")
         state_dir = Path(state_dir)
         path, node = state_dir / LEDGER_FILE, state_dir / NODE_FILE
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -153,14 +257,21 @@ class PrivacyLedger:
                     raise LedgerError(f"{path}: records dataset {ledger.dataset_id!r}, but this node now serves "
                                       f"{dataset_id!r}; use a separate state folder per dataset")
                 ledger.epsilon_budget = min(ledger.stored_budget, float(epsilon_budget))
+                ledger.delta = min(ledger.stored_delta, float(delta))
+                _check_delta(path, ledger.delta, records)
+                changed = ledger.migrated_from is not None
                 if run and run[1] and ledger.run_names.get(run[0]) != run[1]:
                     ledger.run_names[run[0]] = run[1]
+                    changed = True
+                if changed:
                     ledger.save()
+                    ledger.migrated_from = None
                 return ledger
             if node.exists():
                 raise LedgerError(f"{path} is missing but {node} shows this node kept one: refusing to start "
                                   "with a fresh budget; restore the ledger from backup")
-            ledger = cls(path, dataset_id, epsilon_budget, delta, accountant,
+            _check_delta(path, float(delta), records)
+            ledger = cls(path, dataset_id, epsilon_budget, float(delta), ACCOUNTANT,
                          run_names={run[0]: run[1]} if run and run[1] else {})
             ledger.save()
             atomic_write_json(node, {"schema_version": SCHEMA_VERSION, "dataset_id": dataset_id,
@@ -169,16 +280,26 @@ class PrivacyLedger:
 
     @classmethod
     def load(cls, path: str | Path) -> "PrivacyLedger":
+        """Read and verify a ledger: a broken hash chain raises LedgerError naming the first broken event."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            if raw.get("schema_version") != SCHEMA_VERSION:
-                raise LedgerError(f"{path}: schema_version {raw.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+            version = raw.get("schema_version")
+            if version not in (1, SCHEMA_VERSION):
+                raise LedgerError(f"{path}: schema_version {version!r}, expected {SCHEMA_VERSION} (or 1, migrated)")
             budget = raw["budget"]
+            stored_delta = float(budget["delta"])
+            events = [DPEvent(**e) for e in raw["events"]]
+            if version == 1:
+                events = _chained([replace(e, adjacency=ADD_REMOVE, delta=stored_delta) for e in events],
+                                  raw["dataset_id"])
+            else:
+                _verify_chain(path, raw["dataset_id"], events)
             return cls(path=path, dataset_id=raw["dataset_id"], epsilon_budget=float(budget["epsilon"]),
-                       delta=float(budget["delta"]), accountant=raw["accountant"],
-                       events=[DPEvent(**e) for e in raw["events"]], stored_budget=float(budget["epsilon"]),
-                       run_names={str(k): str(v) for k, v in raw.get("run_names", {}).items()})
+                       delta=stored_delta, accountant=ACCOUNTANT if version == 1 else raw["accountant"],
+                       events=events, stored_budget=float(budget["epsilon"]), stored_delta=stored_delta,
+                       run_names={str(k): str(v) for k, v in raw.get("run_names", {}).items()},
+                       migrated_from=None if version == SCHEMA_VERSION else int(version))
         except LedgerError:
             raise
         except FileNotFoundError as err:
@@ -188,12 +309,12 @@ class PrivacyLedger:
                               "the node will not train until it is restored") from err
 
     def save(self) -> None:
-        """Write the file (callers hold the lock; the stored budget is never raised by a run)."""
+        """Write the file (callers hold the lock; the stored budget and delta are never raised by a run)."""
         atomic_write_json(self.path, {
             "schema_version": SCHEMA_VERSION,
             "dataset_id": self.dataset_id,
             "accountant": self.accountant,
-            "budget": {"epsilon": self.stored_budget, "delta": self.delta},
+            "budget": {"epsilon": self.stored_budget, "delta": self.stored_delta},
             "events": [asdict(e) for e in self.events],
             "run_names": self.run_names,
         })
@@ -207,28 +328,44 @@ class PrivacyLedger:
         self.run_names = {**on_disk.run_names, **self.run_names}
         self.stored_budget = on_disk.stored_budget
         self.epsilon_budget = min(self.epsilon_budget, on_disk.stored_budget)
+        self.stored_delta = on_disk.stored_delta
+        self.delta = min(self.delta, on_disk.stored_delta)
+
+    # ----------------------------------------------------------------- chain
+    def event_hashes(self) -> list[str]:
+        """Every event's hash (``event_hash``), oldest first: a coordinator-recorded head must be among them."""
+        return [event_hash(e) for e in self.events]
+
+    def chain_head(self) -> str:
+        """The newest event's hash ("" for a ledger with no events): what a DP reply carries."""
+        return event_hash(self.events[-1]) if self.events else ""
 
     # ---------------------------------------------------------------- budget
-    def mechanisms(self) -> list[tuple[float, float, int]]:
-        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.events]
+    def mechanisms(self, kind: str = "train") -> list[tuple[float, float, int]]:
+        """(noise multiplier, sample rate, steps) of every event of ``kind``."""
+        _kind(kind)
+        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.events if e.kind == kind]
 
-    def spent(self) -> float:
-        return epsilon_of(self.mechanisms(), self.delta, self.accountant)
+    def spent(self, kind: str = "train") -> float:
+        """Epsilon spent by events of ``kind``, under its adjacency (``ADJACENCY``), at the effective delta."""
+        return epsilon_of(self.mechanisms(kind), self.delta, ACCOUNTANT, ADJACENCY[kind])
 
-    def remaining(self) -> float:
-        return max(0.0, self.epsilon_budget - self.spent())
+    def remaining(self, kind: str = "train") -> float:
+        return max(0.0, self.epsilon_budget - self.spent(kind))
 
-    def check(self, noise_multiplier: float, sample_rate: float, steps: int) -> float:
-        """Epsilon after a planned round on the ledger as last read; raises BudgetExceeded past the budget.
+    def check(self, noise_multiplier: float, sample_rate: float, steps: int, kind: str = "train") -> float:
+        """Epsilon of ``kind`` after a planned release on the ledger as last read; raises BudgetExceeded past the budget.
 
         Advisory (it spares training a round that cannot be released); the
         binding check is :meth:`spend`'s, under the lock.
         """
-        after = epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta, self.accountant)
+        after = epsilon_of(self.mechanisms(kind) + [(noise_multiplier, sample_rate, steps)], self.delta,
+                           ACCOUNTANT, ADJACENCY[kind])
         if after > self.epsilon_budget:
+            what = "round" if kind == "train" else "evaluation-count release"
             raise BudgetExceeded(
-                f"round declined: it would bring epsilon to {after:.3f} (budget {self.epsilon_budget:g} at "
-                f"delta {self.delta:.2e}, spent {self.spent():.3f}); ledger {self.path}")
+                f"{what} declined: it would bring the {kind} epsilon ({ADJACENCY[kind]}) to {after:.3f} (budget "
+                f"{self.epsilon_budget:g} at delta {self.delta:.2e}, spent {self.spent(kind):.3f}); ledger {self.path}")
         return after
 
     def spend(self, *, run: str, server_round: int, noise_multiplier: float, sample_rate: float, steps: int,
@@ -240,12 +377,12 @@ class PrivacyLedger:
         replaced, so concurrent handles never lose or overspend each other's
         events. ``epsilon_hint`` is a :meth:`check` result for the same
         figures on the same history; it is reused only when no other handle
-        recorded in between (PRV takes seconds).
+        recorded in between.
         """
         def checked_epsilon(unchanged: bool) -> float:
             if epsilon_hint is not None and unchanged and epsilon_hint <= self.epsilon_budget:
                 return epsilon_hint
-            return self.check(noise_multiplier, sample_rate, steps)  # raises BudgetExceeded past the budget
+            return self.check(noise_multiplier, sample_rate, steps, kind)  # raises BudgetExceeded past the budget
 
         return self._append(run, server_round, noise_multiplier, sample_rate, steps, max_grad_norm, kind,
                             checked_epsilon)
@@ -258,24 +395,24 @@ class PrivacyLedger:
         before a crash); everything else goes through :meth:`spend`.
         """
         def composed_epsilon(_unchanged: bool) -> float:
-            return epsilon_of(self.mechanisms() + [(noise_multiplier, sample_rate, steps)], self.delta,
-                              self.accountant)
+            return epsilon_of(self.mechanisms(kind) + [(noise_multiplier, sample_rate, steps)], self.delta,
+                              ACCOUNTANT, ADJACENCY[kind])
 
         return self._append(run, server_round, noise_multiplier, sample_rate, steps, max_grad_norm, kind,
                             composed_epsilon)
 
     def _append(self, run, server_round, noise_multiplier, sample_rate, steps, max_grad_norm, kind,
                 epsilon_after) -> DPEvent:
-        """Under the lock: re-read, compute ``epsilon_after(no one else recorded)`` (may raise), append, save."""
-        if kind not in EVENT_KINDS:
-            raise LedgerError(f"unknown ledger event kind {kind!r}; known: {', '.join(EVENT_KINDS)}")
+        """Under the lock: re-read, compute ``epsilon_after(no one else recorded)`` (may raise), chain, append, save."""
+        _kind(kind)
         with _locked(self.path.parent):
             known = len(self.events)
             self._reload_events()
             after = epsilon_after(len(self.events) == known)
             event = DPEvent(run=run, round=server_round, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                            steps=steps, accountant=self.accountant, max_grad_norm=max_grad_norm,
-                            epsilon_after=after, kind=kind)
+                            steps=steps, accountant=ACCOUNTANT, max_grad_norm=max_grad_norm,
+                            epsilon_after=after, kind=kind, adjacency=ADJACENCY[kind], delta=self.delta,
+                            prev=self.chain_head() or genesis_hash(self.dataset_id))
             self.events.append(event)
             self.save()
         return event
@@ -285,40 +422,80 @@ class PrivacyLedger:
         return self.run_names.get(run, run)
 
     def summary(self) -> dict[str, Any]:
-        """Budget, spend and remaining, and per run (by run folder name): rounds, steps and epsilon after it."""
+        """Budget, both epsilons (training, evaluation counts) and per run (by run folder name) what it spent."""
         per_run: dict[str, dict[str, Any]] = {}
         for e in self.events:
             r = per_run.setdefault(self.run_name(e.run), {"rounds": 0, "steps": 0, "eval_releases": 0,
-                                                          "epsilon_after": 0.0, "flower_run_ids": []})
+                                                          "epsilon_after": 0.0, "eval_epsilon_after": 0.0,
+                                                          "flower_run_ids": []})
             if e.run not in r["flower_run_ids"]:
                 r["flower_run_ids"].append(e.run)
             if e.kind == "train":
                 r["rounds"] += 1
                 r["steps"] += e.steps
+                r["epsilon_after"] = e.epsilon_after
             else:
                 r["eval_releases"] += 1
-            r["epsilon_after"] = e.epsilon_after
-        spent = self.spent()
+                r["eval_epsilon_after"] = e.epsilon_after
+        spent, eval_spent = self.spent("train"), self.spent("eval-counts")
         return {"dataset_id": self.dataset_id, "accountant": self.accountant, "delta": self.delta,
-                "budget": self.epsilon_budget, "stored_budget": self.stored_budget, "spent": spent,
-                "remaining": max(0.0, self.epsilon_budget - spent), "runs": per_run}
+                "adjacency": dict(ADJACENCY), "budget": self.epsilon_budget, "stored_budget": self.stored_budget,
+                "spent": spent, "remaining": max(0.0, self.epsilon_budget - spent),
+                "eval_spent": eval_spent, "eval_remaining": max(0.0, self.epsilon_budget - eval_spent),
+                "chain_head": self.chain_head(), "runs": per_run}
 
     def describe(self) -> str:
         """The ledger in plain words, for hospital staff and auditors."""
         s = self.summary()
         lines = [f"Privacy ledger {self.path}",
                  f"  dataset {s['dataset_id']}: budget epsilon {s['budget']:g} at delta {s['delta']:.2e} "
-                 f"({s['accountant'].upper()} accountant)",
-                 f"  spent epsilon {s['spent']:.3f}, remaining {s['remaining']:.3f}"]
+                 f"({s['accountant'].upper()} accountant), for training and for evaluation counts each",
+                 f"  training (replace one record): spent epsilon {s['spent']:.3f}, remaining {s['remaining']:.3f}",
+                 f"  evaluation counts (add or remove one test record): spent epsilon {s['eval_spent']:.3f}, "
+                 f"remaining {s['eval_remaining']:.3f}",
+                 f"  chain head {s['chain_head'] or '(no events)'}"]
         for run, r in s["runs"].items():
-            evals = f", {r['eval_releases']} noised evaluation-count releases" if r["eval_releases"] else ""
+            evals = (f", {r['eval_releases']} noised evaluation-count releases (evaluation epsilon "
+                     f"{r['eval_epsilon_after']:.3f} after it)") if r["eval_releases"] else ""
             ids = [i for i in r["flower_run_ids"] if i != run]
             flower = f" (Flower run {', '.join(ids)})" if ids else ""
-            lines.append(f"  run {run}{flower}: {r['rounds']} rounds, {r['steps']} DP-SGD steps{evals}, "
-                         f"epsilon {r['epsilon_after']:.3f} after it")
+            lines.append(f"  run {run}{flower}: {r['rounds']} rounds, {r['steps']} DP-SGD steps, training epsilon "
+                         f"{r['epsilon_after']:.3f} after it{evals}")
         if not s["runs"]:
             lines.append("  no training recorded yet")
         return "\n".join(lines)
+
+
+def _check_delta(path: Path, delta: float, records: int | None) -> None:
+    """Refuse a delta that is not well below 1/n: it is the probability that the guarantee fails outright."""
+    if not 0 < delta < 1:
+        raise LedgerError(f"{path}: delta {delta!r} must be in (0, 1)")
+    if records and delta >= 1.0 / records:
+        raise LedgerError(f"{path}: delta {delta:.3g} is not below 1/n = {1.0 / records:.3g} (n = {records} training "
+                          "records): delta is the probability that the epsilon guarantee fails outright, and at "
+                          "1/n or more a mechanism that releases one whole record at random satisfies it; set "
+                          "dp-delta well below 1/n (0 picks 1/(10 n))")
+
+
+def _chained(events: list[DPEvent], dataset_id: str) -> list[DPEvent]:
+    """The events with ``prev`` set as a fresh chain (migration of a schema-1 ledger)."""
+    out, prev = [], genesis_hash(dataset_id)
+    for e in events:
+        e = replace(e, prev=prev)
+        out.append(e)
+        prev = event_hash(e)
+    return out
+
+
+def _verify_chain(path: Path, dataset_id: str, events: list[DPEvent]) -> None:
+    prev = genesis_hash(dataset_id)
+    for i, e in enumerate(events):
+        if e.prev != prev:
+            raise LedgerError(
+                f"{path}: the hash chain breaks at event {i} (run {e.run}, round {e.round}, kind {e.kind}): its "
+                "prev does not match the event before it, so events were removed, reordered or edited; the "
+                "node will not train until the ledger is restored from backup")
+        prev = event_hash(e)
 
 
 @contextmanager

@@ -205,10 +205,16 @@ class RunSettings:
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "choose auto, cpu or cuda[:N]")
         need(self.dp_epsilon > 0, "dp-epsilon", "must be > 0")
-        need(0 <= self.dp_delta < 1, "dp-delta", "must be in [0, 1) (0: 1/(10 n))")
+        need(self.dp_delta == 0 or 0 < self.dp_delta < 1, "dp-delta",
+             "must be 0 (1/(10 n) for a node of n training records) or in (0, 1), and each node refuses one of "
+             "1/n or more: delta is the probability that the epsilon guarantee fails outright, so it must be well "
+             "below 1/n, or a mechanism that releases one whole record at random would satisfy it")
         need(self.dp_max_grad_norm > 0, "dp-max-grad-norm", "must be > 0")
         need(self.dp_max_noise_multiplier > 0.05, "dp-max-noise-multiplier", "must be > 0.05")
-        need(self.dp_accountant in ("prv", "rdp"), "dp-accountant", "choose prv or rdp")
+        need(self.dp_accountant == "pld", "dp-accountant",
+             "choose pld: a DP node sends its training-set size, so training is accounted under replace-one, which "
+             "only dp-accounting's PLD computes for Poisson-sampled DP-SGD (Opacus's prv and rdp account add/remove "
+             "one record; ledgers written with them still load, and their events are recomputed under replace-one)")
         need(self.client_threads >= 1, "client-threads", "must be >= 1")
         need(self.feature_normalisation in ("auto", "federated", "fixed"), "feature-normalisation",
              "choose auto, federated or fixed")

@@ -4,51 +4,81 @@ from __future__ import annotations
 
 import json
 
+import dp_accounting
 import pytest
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
+from dp_accounting import NeighboringRelation
+from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 
 from client.dp_training import calibrate_noise
-from shared_models.privacy_ledger import BudgetExceeded, LedgerError, PrivacyLedger, epsilon_of
+from shared_models.privacy_ledger import PLD_DISCRETIZATION, BudgetExceeded, LedgerError, PrivacyLedger, epsilon_of
 
 
-def test_ledger_epsilon_is_opacus_epsilon_of_the_recorded_events():
-    events = [(1.1, 0.05, 40), (1.1, 0.05, 40), (0.9, 0.1, 20)]
-    rdp = RDPAccountant()
+def _dp_accounting_epsilon(events, delta, relation, interval=PLD_DISCRETIZATION):
+    """dp-accounting's PLD accountant composing each event on its own (no grouping), written out here."""
+    acc = PLDAccountant(relation, value_discretization_interval=interval)
     for sigma, q, steps in events:
-        rdp.history.append((sigma, q, steps))
-    assert epsilon_of(events, 1e-5, "rdp") == pytest.approx(rdp.get_epsilon(1e-5), rel=1e-9)
-    assert epsilon_of([], 1e-5, "prv") == 0.0
-    # Composition: more events never lower epsilon.
-    assert epsilon_of(events, 1e-5, "prv") > epsilon_of(events[:2], 1e-5, "prv") > epsilon_of(events[:1], 1e-5, "prv")
+        gaussian = dp_accounting.GaussianDpEvent(sigma)
+        acc.compose(dp_accounting.SelfComposedDpEvent(
+            gaussian if q == 1.0 else dp_accounting.PoissonSampledDpEvent(q, gaussian), steps))
+    return acc.get_epsilon(delta)
 
 
-@pytest.mark.parametrize("accountant", ["rdp", "prv"])
-def test_calibration_meets_the_target_like_opacus_does(accountant):
-    sigma = calibrate_noise([], 0.02, 500, target_epsilon=3.0, delta=1e-5, accountant=accountant)
-    assert epsilon_of([(sigma, 0.02, 500)], 1e-5, accountant) <= 3.0
-    assert epsilon_of([(sigma - 0.05, 0.02, 500)], 1e-5, accountant) > 3.0  # the smallest such noise
-    reference = get_noise_multiplier(target_epsilon=3.0, target_delta=1e-5, sample_rate=0.02, steps=500,
-                                     accountant=accountant)
+def test_ledger_epsilons_are_dp_accountings_under_each_kinds_adjacency(tmp_path):
+    """Training under replace-one, evaluation counts under add/remove, each composed apart (parallel
+    composition over the split), each equal to dp-accounting's PLD on the recorded events."""
+    train = [(1.1, 0.05, 40), (1.1, 0.05, 40), (0.9, 0.1, 20)]
+    counts = [(5.0, 1.0, 3), (5.0, 1.0, 3)]
+    ledger = PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=100.0, delta=1e-5)
+    for i, (sigma, q, steps) in enumerate(train):
+        ledger.spend(run="r", server_round=i, noise_multiplier=sigma, sample_rate=q, steps=steps, max_grad_norm=1.0)
+        if i < len(counts):
+            ledger.spend(run="r", server_round=i, noise_multiplier=counts[i][0], sample_rate=1.0, steps=3,
+                         max_grad_norm=1.0, kind="eval-counts")
+    replace_one = _dp_accounting_epsilon(train, 1e-5, NeighboringRelation.REPLACE_ONE)
+    add_remove = _dp_accounting_epsilon(counts, 1e-5, NeighboringRelation.ADD_OR_REMOVE_ONE)
+    # (The ledger composes identical events as one; composed one by one they agree to the grid's precision.)
+    assert ledger.spent("train") == pytest.approx(replace_one, rel=1e-5)
+    assert ledger.spent("eval-counts") == pytest.approx(add_remove, rel=1e-5)
+    # The ledger's grid (1e-3) is pessimistic: never below dp-accounting's default (1e-4) grid, within 1%.
+    fine = _dp_accounting_epsilon(train, 1e-5, NeighboringRelation.REPLACE_ONE, 1e-4)
+    assert fine <= ledger.spent("train") <= fine * 1.01
+    # Replace-one costs more than add/remove for the same events (what the old ledger reported).
+    assert ledger.spent("train") > epsilon_of(train, 1e-5, "prv", "add-remove")
+    assert [(e.adjacency, e.accountant) for e in ledger.events if e.kind == "train"] == [("replace-one", "pld")] * 3
+    assert {e.adjacency for e in ledger.events if e.kind == "eval-counts"} == {"add-remove"}
+    assert epsilon_of([], 1e-5) == 0.0
+    assert epsilon_of(train, 1e-5) > epsilon_of(train[:2], 1e-5) > epsilon_of(train[:1], 1e-5)  # composition
+
+
+def test_calibration_meets_the_target_like_dp_accountings_own_calibration():
+    from dp_accounting import mechanism_calibration
+
+    sigma = calibrate_noise([], 0.02, 500, target_epsilon=3.0, delta=1e-5)
+    assert epsilon_of([(sigma, 0.02, 500)], 1e-5) <= 3.0
+    assert epsilon_of([(sigma - 0.05, 0.02, 500)], 1e-5) > 3.0  # the smallest such noise
+    reference = mechanism_calibration.calibrate_dp_mechanism(
+        lambda: PLDAccountant(NeighboringRelation.REPLACE_ONE),
+        lambda z: dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(0.02, dp_accounting.GaussianDpEvent(z)), 500),
+        3.0, 1e-5, mechanism_calibration.LowerEndpointAndGuess(0.1, 1.0), tol=0.005)
     assert sigma == pytest.approx(reference, abs=0.03)
 
 
 def test_ledger_survives_restart_without_double_counting_or_reset(tmp_path):
-    ledger = PrivacyLedger.open(tmp_path, dataset_id="cremad:/data#natural/3", epsilon_budget=4.0,
-                                delta=1e-5, accountant="rdp")
+    ledger = PrivacyLedger.open(tmp_path, dataset_id="cremad:/data#natural/3", epsilon_budget=4.0, delta=1e-5)
     ledger.record(run="r1", server_round=1, noise_multiplier=1.2, sample_rate=0.05, steps=40, max_grad_norm=1.0)
     spent = ledger.spent()
     again = PrivacyLedger.open(tmp_path, dataset_id="cremad:/data#natural/3", epsilon_budget=100.0,
-                               delta=1e-3, accountant="prv")  # a later run cannot widen the budget
+                               delta=1e-3)  # a later run widens neither the budget nor delta
     assert again.spent() == pytest.approx(spent) and len(again.events) == 1
-    assert again.epsilon_budget == 4.0 and again.delta == 1e-5 and again.accountant == "rdp"
+    assert again.epsilon_budget == 4.0 and again.delta == 1e-5 and again.accountant == "pld"
     again.record(run="r2", server_round=1, noise_multiplier=1.2, sample_rate=0.05, steps=40, max_grad_norm=1.0)
     assert PrivacyLedger.load(tmp_path / "privacy_ledger.json").spent() > spent  # composes across runs
     assert "run r1: 1 rounds" in again.describe() and "remaining" in again.describe()
 
 
 def test_node_refuses_a_round_past_its_budget(tmp_path):
-    ledger = PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1.0, delta=1e-5, accountant="rdp")
+    ledger = PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1.0, delta=1e-5)
     ledger.check(5.0, 0.01, 10)  # cheap round fits
     with pytest.raises(BudgetExceeded, match="round declined"):
         ledger.check(0.5, 0.5, 200)
@@ -56,18 +86,18 @@ def test_node_refuses_a_round_past_its_budget(tmp_path):
 
 
 def test_corrupt_missing_or_foreign_ledger_is_an_error_not_a_reset(tmp_path):
-    PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1.0, delta=1e-5, accountant="rdp")
+    PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1.0, delta=1e-5)
     path = tmp_path / "privacy_ledger.json"
     path.write_text(path.read_text()[:-20])
     with pytest.raises(LedgerError, match="corrupt"):
-        PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1.0, delta=1e-5, accountant="rdp")
+        PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1.0, delta=1e-5)
     path.unlink()
     with pytest.raises(LedgerError, match="missing"):
-        PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1.0, delta=1e-5, accountant="rdp")
+        PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1.0, delta=1e-5)
     other = tmp_path / "other"
-    PrivacyLedger.open(other, dataset_id="a", epsilon_budget=1.0, delta=1e-5, accountant="rdp")
+    PrivacyLedger.open(other, dataset_id="a", epsilon_budget=1.0, delta=1e-5)
     with pytest.raises(LedgerError, match="separate state folder"):
-        PrivacyLedger.open(other, dataset_id="b", epsilon_budget=1.0, delta=1e-5, accountant="rdp")
+        PrivacyLedger.open(other, dataset_id="b", epsilon_budget=1.0, delta=1e-5)
     assert json.loads((other / "node.json").read_text())["dataset_id"] == "a"
 
 
