@@ -12,12 +12,33 @@ public, and two neighbouring federations differ in one hospital's whole
 data. Replacing one clipped update by another moves the mean of ``m``
 updates by up to ``2C/m``, twice the add/remove bound, so a release with
 noise std ``z C / m`` is a Gaussian mechanism with effective multiplier
-``z m' / (2 m)`` (``m'`` the updates actually averaged, ``m`` when nobody
-failed). Each release is composed with dp-accounting's RDP accountant at
-that multiplier; no amplification by sampling is claimed (Flower samples a
-fixed number of nodes with the run's ``seed``, which is public). Flower's
-own accountant is not used: it accounts each release at ``z``, which holds
-only for zero-out adjacency.
+``z k / (2 m)``, ``k`` the number of update slots the mean divides by (``m``
+unless more nodes were sent the round's instructions). Each release is
+composed with dp-accounting's RDP accountant at that multiplier; no
+amplification by sampling is claimed (Flower samples a fixed number of nodes
+with the run's ``seed``, which is public). Flower's own accountant is not
+used: it accounts each release at ``z``, which holds only for zero-out
+adjacency.
+
+**Every sampled node fills a slot; nothing else decides the release.** Which
+replies are usable can depend on one hospital's data: an update over
+``update-max-norm``, NaN from a diverged training, a node that crashed on
+one of its records or timed out on a large set. Had such a reply simply been
+dropped, the mean of the others would cost more epsilon (fewer terms, same
+noise), the budget would refuse the round, and the unchanged global model
+would tell every reader that one hospital's update was unusable (measured:
+norm 4.5 released, 6.0 not). So :class:`_Accounted` averages a fixed
+``k = max(m, nodes sent the round's instructions)`` slots: each usable reply
+fills one with equal weight (the ``update-weight`` a node sends is not
+trusted), and every sampled node without a usable update (screened out by
+server/update_checks.py for any reason, failed, or silent) fills its slot
+with a *zero update* (the global model sent back). A zero update is one of
+the clipped updates the ``2C/m`` bound already covers, so the release, its
+noise (``z C / m``), its account (``z k / 2m``) and the adaptive clipped
+fraction (over ``k``) never depend on which replies were usable; whether a
+round is released depends only on the count of earlier releases. Rejections
+that are not data-dependent (a reply malformed by structure) are handled the
+same way: the coordinator cannot tell them apart from data-dependent ones.
 
 - adaptive clipping: Flower raises the update noise so that update and
   clipped count together are one Gaussian mechanism with multiplier ``z``
@@ -39,8 +60,9 @@ covers what is released from it, the sequence of global models, against
 everyone else: other hospitals, the model's users, anyone reading it.
 
 Equal weights are required (an update weighted by its sample count would
-have an unbounded influence), so in these modes FedAvg averages by the
-``update-weight`` metric every node sends as 1.
+have an unbounded influence): every node sends ``update-weight`` 1, and the
+slots FedAvg averages carry weight 1 whatever a node sent (a node claiming a
+tiny weight would otherwise enlarge everyone else's influence).
 
 **Flower 1.41, corrected.** (1) Its adaptive wrappers move the clipping norm
 before adding the round's noise (too little noise when it shrinks); here the
@@ -69,7 +91,7 @@ from typing import Any
 
 import dp_accounting
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -79,15 +101,17 @@ from flwr.serverapp.strategy import (
     FedAvg,
 )
 from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
-from flwr.supercore.differential_privacy import get_norm
+from flwr.supercore.differential_privacy import KEY_NORM_BIT, get_norm
 
 from server.checkpoint import CheckpointError
 from shared_models.atomic_files import atomic_write_json
+from shared_models.messages import ARRAYS, METRICS
 from shared_models.run_settings import ConfigError, RunSettings
 
 ADJACENCY = "replace one hospital's whole data (population and sampled nodes per round fixed and public)"
 ACCOUNTING = ("rdp (dp-accounting), client-level replace-one-hospital: each release a Gaussian mechanism with "
-              "multiplier z x averaged / (2 x sampled), no sampling amplification")
+              "multiplier z x slots / (2 x sampled), every sampled node a slot (a zero update when its reply was "
+              "rejected or missing), no sampling amplification")
 RELEASES_FILE = "central_dp_releases.json"  # every release, written as it is made (the resume reads it)
 
 
@@ -119,24 +143,86 @@ class _SecretNoise:
 
 
 class _Accounted:
-    """Counts each released average in ``self.account`` (set by ``wrap_strategy``) at its effective multiplier."""
+    """Releases the mean of a fixed number of update slots and counts it in ``self.account`` (set by
+    ``wrap_strategy``) at its effective multiplier; a sampled node without a usable update is a zero update."""
 
     account: "CentralDP"
+    norm_bit_required = False  # client-side adaptive clipping: each slot reports whether its update was clipped
+    sent_this_round = 0  # nodes sent this round's training instructions (configure_train)
+
+    def configure_train(self, server_round, arrays, config, grid):
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.current_arrays, self.sent_this_round = arrays, len(messages)  # zero updates are this model
+        return messages
 
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
         clip_used = float(self.clipping_norm)  # adaptive: the step inside moves it for the next round
         self.release_clipping_norm = clip_used  # the noise is scaled by it (_SecretNoise)
-        averaged = sum(1 for r in replies if not r.has_error())
-        if not self.account.release_fits(averaged):  # fewer nodes than planned cost more: never past the budget
-            log(WARNING, "Central DP: round %d not released: averaging %d of %d sampled updates would pass "
-                "central-dp-epsilon %g; the global model stays as it was", server_round, averaged,
-                self.account.num_sampled, self.account.budget)
+        slots = release_slots(replies, self.account.num_sampled, self.sent_this_round)
+        if not self.account.release_fits(slots):  # data-independent: only earlier releases (a resumed rerun) count
+            log(WARNING, "Central DP: round %d not released: one more release would pass central-dp-epsilon %g "
+                "after %d releases; the global model stays as it was", server_round, self.account.budget,
+                len(self.account.multipliers))
             return None, None
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is not None:  # noise was added and the average released: one Gaussian mechanism
-            self.account.count_release(averaged, clip_used, server_round)
+        inputs = fill_slots(replies, slots, self.current_arrays, self.strategy.weighted_by_key,
+                            self.norm_bit_required)
+        arrays, metrics = super().aggregate_train(server_round, inputs)
+        if arrays is None:  # every slot holds an update: Flower's FedAvg always averages them
+            raise RuntimeError(f"central DP: round {server_round}'s {slots} update slots gave no average")
+        self.account.count_release(slots, clip_used, server_round)  # noise added, average released: one mechanism
         return arrays, metrics
+
+
+def release_slots(replies: list, num_sampled: int, sent: int) -> int:
+    """How many updates a release averages: the planned sample ``m``, or more when more nodes were sent
+    instructions (more slots only lower the sensitivity ``2C/slots`` under the same noise). Never the number
+    of usable replies alone, which one hospital's data can change."""
+    usable = sum(1 for r in replies if not r.has_error())
+    return max(num_sampled, sent, usable)
+
+
+def _slot_message(content: RecordDict, metadata: Metadata | None = None) -> Message:
+    """A Message only the aggregation reads (never sent); a zero update has no sender."""
+    metadata = metadata or Metadata(run_id=0, message_id="", src_node_id=0, dst_node_id=0, reply_to_message_id="",
+                                    group_id="", created_at=0.0, ttl=0.0, message_type=MessageType.TRAIN)
+    return Message(content=content, metadata=metadata)
+
+
+def fill_slots(replies: list, slots: int, current: ArrayRecord, weight_key: str,
+               norm_bit_required: bool = False) -> list[Message]:
+    """The aggregation's ``slots`` inputs: each usable reply's arrays with weight 1, then zero updates.
+
+    A reply is usable when it has no error and one ArrayRecord (screening, server/update_checks.py, already
+    removed the others); under client-side adaptive clipping it must also say whether its update was clipped.
+    A zero update is ``current`` (the global model) with weight 1, not clipped. The inputs are new Messages:
+    the replies themselves (already in the round record) are not changed; server-side clipping clips the inputs.
+    """
+    inputs = []
+    for reply in replies:
+        if reply.has_error() or len(reply.content.array_records) != 1:
+            continue
+        metrics = MetricRecord({weight_key: 1.0})
+        if norm_bit_required:
+            records = list(reply.content.metric_records.values())
+            bit = records[0].get(KEY_NORM_BIT) if len(records) == 1 else None
+            if not isinstance(bit, (bool, int, float)):
+                log(WARNING, "Central DP: a reply without %s counts as a zero update", KEY_NORM_BIT)
+                continue
+            metrics[KEY_NORM_BIT] = int(bool(bit))
+        arrays = next(iter(reply.content.array_records.values()))
+        inputs.append(_slot_message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply.metadata))
+    inputs = inputs[:slots]  # release_slots counted every usable reply: never more inputs than slots
+    zeros = slots - len(inputs)
+    for _ in range(zeros):
+        metrics = MetricRecord({weight_key: 1.0})
+        if norm_bit_required:
+            metrics[KEY_NORM_BIT] = 0
+        inputs.append(_slot_message(RecordDict({ARRAYS: current, METRICS: metrics})))
+    if zeros:
+        log(INFO, "Central DP: %d of %d update slots are zero updates (sampled nodes without a usable update)",
+            zeros, slots)
+    return inputs
 
 
 def clip_replies(replies: list, current: ArrayRecord, clipping_norm: float) -> int:
@@ -217,7 +303,7 @@ class ServerSideAdaptiveClipping(_Accounted, _SecretNoise, _AndrewClipUpdate, _Z
 
 class ClientSideAdaptiveClipping(_Accounted, _SecretNoise, _AndrewClipUpdate,
                                  DifferentialPrivacyClientSideAdaptiveClipping):
-    pass
+    norm_bit_required = True
 
 
 WRAPPERS = {"server-fixed": ServerSideFixedClipping, "client-fixed": ClientSideFixedClipping,
@@ -233,9 +319,9 @@ def central_delta(settings: RunSettings, population: int) -> float:
     return settings.central_dp_delta or 1.0 / (10 * population)
 
 
-def effective_multiplier(noise_multiplier: float, averaged: int, sampled: int) -> float:
-    """Gaussian multiplier of one release under replace-one: noise z C / m over sensitivity 2 C / m'."""
-    return noise_multiplier * averaged / (2.0 * sampled)
+def effective_multiplier(noise_multiplier: float, slots: int, sampled: int) -> float:
+    """Gaussian multiplier of one release under replace-one: noise z C / m over sensitivity 2 C / slots."""
+    return noise_multiplier * slots / (2.0 * sampled)
 
 
 def epsilon_of_releases(multipliers: list[float], delta: float) -> float:
@@ -286,17 +372,21 @@ class CentralDP:
             "accounting": ACCOUNTING,
         }
 
-    def release_fits(self, averaged: int) -> bool:
-        """Whether one more release averaging ``averaged`` updates stays within ``central-dp-epsilon`` (0: no limit)."""
-        if not self.budget or averaged == 0:
+    def release_fits(self, slots: int) -> bool:
+        """Whether one more release over ``slots`` update slots stays within ``central-dp-epsilon`` (0: no limit).
+
+        ``slots`` is at least the planned sample (release_slots), so with the plan checked at start
+        (check_central_budget) only releases beyond the plan (a resumed run's rerun round) can fail this.
+        """
+        if not self.budget:
             return True
-        after = self.multipliers + [effective_multiplier(self.noise_multiplier, averaged, self.num_sampled)]
+        after = self.multipliers + [effective_multiplier(self.noise_multiplier, slots, self.num_sampled)]
         return epsilon_of_releases(after, self.delta) <= self.budget
 
-    def count_release(self, averaged: int, clip_used: float, server_round: int = 0) -> None:
+    def count_release(self, slots: int, clip_used: float, server_round: int = 0) -> None:
         """Count one release, and write it down before the released model leaves the coordinator."""
         self.clip_used = clip_used
-        self.multipliers.append(effective_multiplier(self.noise_multiplier, averaged, self.num_sampled))
+        self.multipliers.append(effective_multiplier(self.noise_multiplier, slots, self.num_sampled))
         self.release_rounds.append(int(server_round))
         if self.journal is not None:  # atomic: a crash leaves the journal with or without this release, whole
             atomic_write_json(self.journal, {"mode": self.mode, "delta": self.delta, "releases": [

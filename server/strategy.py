@@ -17,10 +17,11 @@ before it hands the replies to the strategy it drives, rather than this class
 screening inside ``aggregate_train``: with client-level DP the strategy
 driven is Flower's DP wrapper around this one (server/central_dp.py), which
 clips every reply against the global model (a wrong shape would crash it)
-and accounts each release by the number of updates it averages (an update
-dropped after it counted them would make the release cost more than
-accounted). Screened first, the wrapper sees only sound updates and counts
-exactly those; ``aggregate_train`` stays Flower's own.
+and averages a fixed number of update slots, one per sampled node, a node
+whose reply was screened out or failed holding a zero update (so no
+screening verdict, which may depend on one hospital's data, changes whether
+or at what cost the round is released). Screened first, the wrapper sees
+only sound updates; ``aggregate_train`` stays Flower's own.
 """
 
 from __future__ import annotations

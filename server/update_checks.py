@@ -20,6 +20,14 @@ checked here against the global model it was trained from:
 A rejected reply is not aggregated; its client id and reason are recorded.
 A sign-flipped update passes all three (its norm is an honest one): that is
 the job of robust aggregation (``aggregation``, server/strategy.py).
+
+Under client-level DP (``central-dp``) a rejection must not be visible in
+the released model beyond what clipping bounds: size and finiteness depend
+on the hospital's data, so the DP wrapper (server/central_dp.py) gives every
+sampled node without a passed reply a *zero update* in a fixed number of
+slots, and the release, its noise and its account are the same whatever was
+rejected. The record of the rejection stays in the coordinator's own
+metrics.jsonl, which central DP trusts (it sees every update anyway).
 """
 
 from __future__ import annotations
@@ -55,7 +63,8 @@ class UpdatePolicy:
         hospital's update is kept would then depend on the others', so replacing one hospital could change
         several terms of the noised average, past the 2C/m sensitivity it is accounted for (clipping to the
         norm C bounds every update there anyway). Each update's own checks (shape, finiteness,
-        ``update-max-norm``) stay."""
+        ``update-max-norm``) stay: a rejected update becomes a zero update in its slot (server/central_dp.py),
+        one of the clipped updates the sensitivity covers, so it decides nothing about the release."""
         ratio = 0.0 if settings.central_dp != "off" else settings.update_norm_ratio
         return cls(norm_ratio=ratio, max_norm=settings.update_max_norm, weight_key=weight_key)
 
