@@ -123,3 +123,57 @@ def test_a_failed_node_and_a_rejected_update_are_zero_updates_in_every_mode(tmp_
     assert np.std(step) == pytest.approx(central.strategy.noise_multiplier * central.spent()["clipping_norm"] / M,
                                          rel=0.03)
     assert abs(np.mean(step)) < 5 * Z * C / M / np.sqrt(step.size)
+
+
+# --------------------------------------------------------------------------- a real Flower simulation
+from flwr.app import Context  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+
+from client.client_app import app as fedemo_app  # noqa: E402
+
+
+def _nan_mod(msg: Message, context: Context, call_next) -> Message:
+    """Node 0 trains as usual and then sends NaN weights (a diverged training): the screen rejects it."""
+    out = call_next(msg, context)
+    if (msg.metadata.message_type == MessageType.TRAIN and not out.has_error()
+            and int(context.node_config.get("partition-id", -1)) == 0):
+        out.content["arrays"] = ArrayRecord({k: Array(np.full_like(a.numpy(), np.nan)) if a.numpy().dtype.kind == "f"
+                                             else Array(a.numpy()) for k, a in out.content["arrays"].items()})
+    return out
+
+
+nan_app = ClientApp(mods=[_nan_mod])
+
+
+@nan_app.train()
+def _train(msg: Message, context: Context) -> Message:
+    return fedemo_app(msg, context)
+
+
+@nan_app.evaluate()
+def _evaluate(msg: Message, context: Context) -> Message:
+    return fedemo_app(msg, context)
+
+
+@pytest.mark.slow
+def test_a_simulation_with_one_diverged_hospital_releases_every_planned_round(tmp_path):
+    import json
+
+    from simulations.simulate import run_simulation
+
+    z, rounds = 2.0, 2
+    budget = epsilon_after(z, rounds, 1 / (10 * M)) * (1 + 1e-12)  # exactly the plan: no round may cost more
+    run_dir = run_simulation(None, {
+        "data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": "diverged",
+        "synth-samples": 300, "num-supernodes": M, "min-available-nodes": M, "num-server-rounds": rounds,
+        "local-epochs": 1, "central-dp": "server-fixed", "central-dp-noise-multiplier": z,
+        "central-dp-clipping-norm": 0.5, "central-dp-epsilon": budget, "update-max-norm": 50.0},
+        client_app="tests.test_central_dp_release:nan_app")
+    entries = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["round"] for e in entries] == [0, 1, 2]
+    for entry in entries[1:]:
+        assert [r["client"] for r in entry["train"]["rejected"]] == ["0"]  # node 0's NaN is screened out ...
+        assert entry["train"].get("aggregated", True)  # ... and the round is released all the same
+        assert entry["central_dp"]["releases"] == entry["round"]
+        assert entry["central_dp"]["effective_noise_multipliers"] == [z / 2] * entry["round"]
+        assert entry["central_dp"]["epsilon"] <= budget
