@@ -83,9 +83,13 @@ def evaluation_summary(replies: list[Message]) -> dict[str, Any]:
     for r in ok:
         m = r.content["metrics"]
         c = np.asarray(m["confusion"], dtype=np.int64)
-        clients.append({"client": _client_id(r), "num_examples": int(m["num-examples"]),
-                        "accuracy": float(np.trace(c.reshape(NUM_EMOTIONS, NUM_EMOTIONS)) / c.sum()) if c.sum() else None,
-                        "skipped": int(m.get("skipped", 0))})
+        entry = {"client": _client_id(r), "num_examples": int(m["num-examples"]),
+                 "accuracy": float(np.trace(c.reshape(NUM_EMOTIONS, NUM_EMOTIONS)) / c.sum()) if c.sum() else None,
+                 "skipped": int(m.get("skipped", 0))}
+        client = r.content[msgs.CLIENT] if msgs.CLIENT in r.content else {}
+        if msgs.DP_LEDGER_HEAD in client:  # the ledger head after a noised release: checked like a training one
+            entry["ledger_head"] = str(client[msgs.DP_LEDGER_HEAD])
+        clients.append(entry)
     out: dict[str, Any] = {"loss": loss_sum / n if n and np.isfinite(loss_sum) else None, "eval_examples": n}
     out.update({k.replace("-", "_"): v for k, v in classification_metrics(confusion).items()})
     if va is not None and n:

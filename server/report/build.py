@@ -105,6 +105,11 @@ def privacy_section(config: dict[str, Any], rounds: list[dict[str, Any]], summar
                 per_client.setdefault(client["client"], []).append((entry["round"], client["dp"]))
 
     eval_history = evaluation_epsilons(rounds)
+    eval_heads: dict[str, list[tuple[int, str]]] = {}
+    for entry in rounds:
+        for client in (entry.get("evaluate") or {}).get("clients", []):
+            if client.get("ledger_head"):
+                eval_heads.setdefault(str(client["client"]), []).append((entry["round"], client["ledger_head"]))
     eval_epsilons = {c: h[-1]["epsilon"] for c, h in eval_history.items()}
     clients = []
     for client_id in sorted(per_client, key=lambda c: (len(c), c)):
@@ -119,7 +124,8 @@ def privacy_section(config: dict[str, Any], rounds: list[dict[str, Any]], summar
         item["history"] = [{"round": r, "epsilon": dp.get("epsilon"), "steps": dp.get("steps"),
                             "noise_multiplier": dp.get("noise_multiplier"), "sample_rate": dp.get("sample_rate")}
                            for r, dp in history]
-        item["ledger_heads"] = recorded_heads(history)  # what the ledger check requires the node's chain to hold
+        # what the ledger check requires the node's chain to hold: heads after training and after noised counts
+        item["ledger_heads"] = recorded_heads(history, eval_heads.get(client_id, []))
         item["eval_epsilon"] = eval_epsilons.get(client_id)
         clients.append(item)
 
@@ -220,7 +226,7 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
         last = events[-1] if events else None
         recorded = {
             "epsilon": last.epsilon_after if last else None,
-            "delta": ledger.delta,
+            "delta": last.delta if last and last.delta is not None else ledger.delta,  # the one it held at
             "noise_multiplier": last.noise_multiplier if last else None,
             "sample_rate": last.sample_rate if last else None,
             "max_grad_norm": last.max_grad_norm if last else None,
@@ -230,6 +236,12 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
             "rounds_trained": len(events),
         }
         differ = sorted(k for k, v in recorded.items() if client.get(k) != v)
+        # The evaluation-count epsilon the node reported must be one its ledger recorded in this run (the
+        # ledger may be ahead: a release whose reply the coordinator never used still counts there).
+        eval_events = [e for e in ledger.events if e.run in run_keys and e.kind == "eval-counts"]
+        if client.get("eval_epsilon") is not None and client["eval_epsilon"] not in {
+                e.epsilon_after for e in eval_events}:
+            differ.append("eval_epsilon")
         # The hash chain must still hold every head the node reported after a spend (deleted events, a
         # fresh ledger in place of the old one, a re-hashed shorter history: all drop recorded heads).
         chain = chain_check(path, client.get("ledger_heads") or [])
@@ -242,9 +254,11 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
         ahead = bool(differ) and chain["ok"] and len(ledger_rounds) > len(reported_rounds) and all(
             ledger_rounds.count(r) >= reported_rounds.count(r) for r in set(reported_rounds))
         # The configured budget binds: a ledger file claiming more is flagged, and so is any spend past it.
-        latest = ledger.events[-1].epsilon_after if ledger.events else 0.0
+        # Each kind's epsilon is checked against the budget on its own (parallel composition over the split).
+        latest = next((e.epsilon_after for e in reversed(ledger.events) if e.kind == "train"), 0.0)
+        latest_eval = next((e.epsilon_after for e in reversed(ledger.events) if e.kind == "eval-counts"), 0.0)
         widened = bool(configured) and ledger.stored_budget > configured
-        over = bool(configured) and latest > configured * (1 + 1e-9)
+        over = bool(configured) and max(latest, latest_eval) > configured * (1 + 1e-9)
         widened_count += widened
         ahead_count += ahead and not over
         differ += ["epsilon above the configured dp-epsilon"] if over else []
@@ -255,12 +269,13 @@ def check_ledgers(clients: list[dict[str, Any]], config: dict[str, Any], run_dir
             shown = str(path.relative_to(run_dir))
         except ValueError:
             shown = str(path)
-        # The ledger's own latest record (all runs); recomputing it with the accountant (ledger.spent())
-        # would cost about a second per node with PRV, and is the ledger's check, not the report's.
+        # The ledger's own latest records (all runs); recomputing them with the accountant (ledger.spent())
+        # is the ledger's check, not the report's.
         effective = recorded["budget"]
         status_of = "match" if not differ else ("ledger ahead" if ahead and not over else "mismatch")
         results.append({"client_id": client["client_id"], "status": status_of,
                         "ledger": shown, "differing_fields": differ, "ledger_epsilon": latest,
+                        "ledger_eval_epsilon": latest_eval,
                         "ledger_remaining": max(0.0, effective - latest), "ledger_stored_budget": ledger.stored_budget,
                         "stored_budget_larger_than_configured": widened, "chain": chain})
     if not clients:

@@ -1,8 +1,9 @@
 """Does a node's privacy ledger still hold every chain head the coordinator recorded?
 
-Each DP train reply carries the node's ledger head after that round's spend
-(``dp-ledger-head``: the SHA-256 of its newest event, which covers the hash
-of the one before, and so the whole history). The coordinator keeps each head
+Each DP train reply (and each reply with noised evaluation counts) carries
+the node's ledger head after that release (``dp-ledger-head``: the SHA-256
+of its newest event, which covers the hash of the one before, and so the
+whole history). The coordinator keeps each head
 in metrics.jsonl, and the signed report lists them per hospital. A ledger
 whose events were deleted, or that was replaced by a fresh one (deleting
 ``privacy_ledger.json`` and ``node.json`` gives a fresh budget), no longer
@@ -19,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 
-def recorded_heads(history: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The (round, head) pairs a client's DP reports carried, in round order (rounds without a head left out)."""
-    return [{"round": r, "head": dp["ledger_head"]} for r, dp in history if dp.get("ledger_head")]
+def recorded_heads(train: list[tuple[int, dict[str, Any]]],
+                   evaluation: list[tuple[int, str]] = ()) -> list[dict[str, Any]]:
+    """The heads a client's replies carried: after each training spend (its metrics.jsonl "dp" entries) and after
+    each noised evaluation-count release ((round, head)), in round order; replies without a head are left out."""
+    heads = [{"round": r, "after": "train", "head": dp["ledger_head"]} for r, dp in train if dp.get("ledger_head")]
+    heads += [{"round": r, "after": "evaluation", "head": head} for r, head in evaluation if head]
+    return sorted(heads, key=lambda h: (h["round"], h["after"] != "train"))
 
 
 def chain_check(path: Path, heads: list[dict[str, Any]]) -> dict[str, Any]:
