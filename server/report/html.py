@@ -239,7 +239,9 @@ def privacy_html(privacy: dict) -> str:
                      + (" (sample-level DP was off)." if not privacy.get("sample_level_dp") else ".") + "</p>")
     else:
         parts.append("<p>Epsilon is the privacy loss a hospital's data has spent (cumulative over rounds, and over "
-                     "earlier runs on the same ledger); delta is the small probability the guarantee fails. "
+                     "earlier runs on the same ledger); delta is the small probability the guarantee fails. The "
+                     "training epsilon covers its training records (replace one record), the evaluation-count "
+                     "epsilon its test records (add or remove one); each is held to the budget on its own. "
                      "Each figure is what the hospital reported, and (in simulation) was checked against its "
                      f"privacy ledger: <strong>{escape(privacy['ledger_check']['status'])}</strong>.</p>")
         parts.append(plot_epsilon(privacy))
