@@ -104,6 +104,8 @@ class RoundRecorder:
             extra = f" ccc-v {entry['ccc_valence']:.3f} ccc-a {entry['ccc_arousal']:.3f}"
         if self.privacy:
             extra += f"  max client epsilon {max(p['epsilon'] for p in self.privacy.values()):.3f}"
+        if self.eval_epsilons():
+            extra += f"  max evaluation-count epsilon {max(self.eval_epsilons().values()):.3f}"
         if "central_dp" in entry:
             extra += f"  client-level epsilon {entry['central_dp']['epsilon']:.3f}"
         if rejected:
@@ -116,6 +118,13 @@ class RoundRecorder:
             server_round, self.num_rounds, entry["loss"] or float("nan"), entry["accuracy"], entry["macro_f1"],
             entry["uar"], extra, trained, rejected, len(entry["evaluate"]["clients"]), entry["eval_examples"], failed,
             self.clock.tick(server_round), extra=console.progress(server_round, self.num_rounds))
+
+    def eval_epsilons(self) -> dict[str, float]:
+        """Each client's latest evaluation-count epsilon (noised counts; separate from its training epsilon)."""
+        latest: dict[str, float] = {}
+        for entry in self.history:
+            latest.update((entry.get("groups_dp") or {}).get("epsilon_by_client") or {})
+        return latest
 
     def trained_rounds(self, minimum: int) -> int:
         """Rounds that aggregated at least ``minimum`` accepted updates."""
@@ -141,6 +150,9 @@ class RoundRecorder:
         privacy = {}
         if self.privacy:
             privacy = {"max_epsilon": max(p["epsilon"] for p in self.privacy.values()), "clients": self.privacy}
+        evaluation = self.eval_epsilons()
+        if evaluation:  # the evaluation-count epsilons: test records, add/remove, their own account
+            privacy.update(max_eval_epsilon=max(evaluation.values()), eval_epsilons=evaluation)
         if self.central is not None:
             privacy["central_dp"] = self.central.spent()
         rejected = sum(len((e["train"] or {}).get("rejected", [])) for e in self.history)

@@ -252,7 +252,7 @@ def test_compare_writes_one_side_by_side_report(runs, tmp_path, capsys):
                 assert row["accuracy_change_ci"][0] <= row["accuracy_change"] <= row["accuracy_change_ci"][1]
         assert item["worst_group"]["a"] == a["fairness"][attribute]["worst_group"]
     html = (out / "comparison.html").read_text()
-    assert "cmp-a" in html and "cmp-b" in html and "no DP-SGD" in html and "DP-SGD, max epsilon" in html
+    assert "cmp-a" in html and "cmp-b" in html and "no DP-SGD" in html and "DP-SGD, max training epsilon" in html
 
     # The two-folder form gives the same comparison; a tampered input is named in it.
     tampered = tmp_path / "tampered"

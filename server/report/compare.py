@@ -78,7 +78,9 @@ def _label(report: dict[str, Any]) -> str:
     parts = [str(report.get("run", {}).get("run_id"))]
     if privacy.get("sample_level_dp"):
         eps = privacy.get("max_epsilon")
-        parts.append(f"DP-SGD, max epsilon {eps:.3g}" if eps is not None else "DP-SGD")
+        parts.append(f"DP-SGD, max training epsilon {eps:.3g}" if eps is not None else "DP-SGD")
+        if privacy.get("max_eval_epsilon") is not None:
+            parts.append(f"max evaluation-count epsilon {privacy['max_eval_epsilon']:.3g}")
     else:
         parts.append("no DP-SGD")
     if config.get("central-dp", "off") != "off":
