@@ -40,7 +40,7 @@ min-available-nodes = 3
 num-server-rounds = 2
 local-epochs = 1
 dp-epsilon = 2.0
-dp-accountant = "rdp"
+dp-accountant = "pld"
 fairness-min-group-size = 8
 run-name = "cmp"
 """
@@ -166,7 +166,7 @@ def test_report_privacy_figures_equal_the_nodes_ledgers(runs):
         events = ledger.events
         assert client["epsilon"] == pytest.approx(ledger.spent(), rel=1e-9) == events[-1].epsilon_after
         assert client["budget_remaining"] == pytest.approx(ledger.remaining(), rel=1e-9, abs=1e-12)
-        assert client["delta"] == ledger.delta and client["accountant"] == ledger.accountant == "rdp"
+        assert client["delta"] == ledger.delta and client["accountant"] == ledger.accountant == "pld"
         assert client["budget"] == ledger.epsilon_budget == 2.0
         assert client["steps"] == sum(e.steps for e in events) and client["rounds_trained"] == len(events) == 2
         assert client["noise_multiplier"] == events[-1].noise_multiplier

@@ -44,10 +44,10 @@ def overrides(tmp_path: Path, name: str) -> dict:
 
 
 def dp_overrides(tmp_path: Path, name: str) -> dict:
-    """quickstart_dp shrunk: 3 hospitals, 3 rounds, 600 synthetic faces, the fast RDP accountant."""
+    """quickstart_dp shrunk: 3 hospitals, 3 rounds, 600 synthetic faces, the PLD accountant."""
     return {"data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": name,
             "synth-samples": 600, "num-supernodes": 3, "min-available-nodes": 3, "num-server-rounds": 3,
-            "batch-size": 32, "dp-accountant": "rdp"}
+            "batch-size": 32, "dp-accountant": "pld"}
 
 
 def start_cli(tmp_path: Path, name: str, config: Path = QUICKSTART, settings: dict | None = None) -> subprocess.Popen:
