@@ -218,11 +218,20 @@ def test_two_processes_recording_on_one_ledger_both_land_on_disk(tmp_path):
 
 
 def test_concurrent_spending_never_passes_the_budget(tmp_path):
-    PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1.0, delta=1e-5, accountant="rdp")
-    _in_processes(_spend_until_declined, tmp_path)
+    """Two processes open one ledger, wait for each other, then spend until declined. Every spend a process was
+    granted (spend() returned) must be on disk, and all of them together within the budget: a spend() that
+    checked and wrote its own stale view (no re-read under the lock) overwrites the other's events, and both
+    processes spend the whole budget."""
+    import json
+
+    PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1.0, delta=1e-5)
+    _in_processes(_spend_logged_until_declined, tmp_path)
     ledger = PrivacyLedger.load(tmp_path / "privacy_ledger.json")
-    assert ledger.events and {e.run for e in ledger.events} <= {"a", "b"}
-    assert ledger.spent() <= 1.0 + 1e-9  # neither handle spent on a stale view of the other's events
+    granted = [tuple(g) for tag in "ab" for g in json.loads((tmp_path / f"granted-{tag}.json").read_text())]
+    assert {run for run, *_ in granted} == {"a", "b"}  # both processes spent
+    assert sorted((e.run, e.round) for e in ledger.events) == sorted((run, r) for run, r, *_ in granted)
+    assert epsilon_of([tuple(g[2:]) for g in granted], 1e-5) <= 1.0 + 1e-9  # all granted spends together
+    assert ledger.spent() <= 1.0 + 1e-9
     assert ledger.events[-1].epsilon_after == pytest.approx(ledger.spent())
 
 
@@ -328,18 +337,29 @@ def test_a_ledger_file_cannot_widen_the_configured_budget_and_the_report_flags_i
 
 # --------------------------------------------------------------------------- 9. identical events grouped anywhere
 def test_identical_mechanisms_are_grouped_wherever_they_stand_in_the_history():
-    train, counts = (1.1, 0.02, 50), (20.0, 1.0, 3)
-    interleaved = [train, counts] * 25
+    """Grouping identical mechanisms (one accountant entry each) gives what composing every event on its own
+    gives: checked against dp-accounting's PLD composing the 50 events one by one, not against itself."""
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+    first_run, second_run = (1.1, 0.02, 50), (1.4, 0.05, 3)  # e.g. two runs' rounds interleaved on one ledger
+    interleaved = [first_run, second_run] * 25
     grouped = group_mechanisms(interleaved)
-    assert grouped == [(1.1, 0.02, 1250), (20.0, 1.0, 75)]  # two accountant entries, not fifty
-    for accountant in ("rdp", "prv"):
-        assert epsilon_of(interleaved, 1e-5, accountant) == pytest.approx(
-            epsilon_of([train] * 25 + [counts] * 25, 1e-5, accountant), rel=1e-6)
+    assert grouped == [(1.1, 0.02, 1250), (1.4, 0.05, 75)]  # two accountant entries, not fifty
+    for relation, adjacency in ((dp_accounting.NeighboringRelation.REPLACE_ONE, "replace-one"),
+                                (dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, "add-remove")):
+        ungrouped = PLDAccountant(relation, value_discretization_interval=1e-3)
+        for sigma, q, steps in interleaved:
+            ungrouped.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+        assert epsilon_of(interleaved, 1e-5, "pld", adjacency) == pytest.approx(ungrouped.get_epsilon(1e-5), rel=1e-4)
 
 
 @pytest.mark.slow
 def test_two_simulations_on_one_state_dir_compose_without_losing_or_overspending(tmp_path):
-    """Two real `fedemo simulate` processes at once on one state-dir: every spend lands, none passes the budget."""
+    """Two real `fedemo simulate` processes at once on one state-dir: every spend lands, none passes the budget.
+
+    Each run plans 3 rounds against the whole budget, so both fit a first round whichever starts first (one
+    planned round each would let the first run spend everything and the second train nothing); both runs'
+    training must be on every node's ledger, with steps."""
     import json
     import subprocess
     import sys
@@ -348,8 +368,8 @@ def test_two_simulations_on_one_state_dir_compose_without_losing_or_overspending
 
     synthesize("fer2013", tmp_path / "fer", 300, SEED)
     common = {"data-dir": tmp_path / "fer", "runs-dir": tmp_path / "runs", "state-dir": tmp_path / "state",
-              "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 1, "dp": "true",
-              "dp-accountant": "rdp", "dp-epsilon": 8, "batch-size": 32}
+              "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 3, "dp": "true",
+              "dp-epsilon": 8, "batch-size": 32}
     fedemo = Path(sys.executable).with_name("fedemo")
     procs = []
     for name in ("first", "second"):
@@ -361,11 +381,14 @@ def test_two_simulations_on_one_state_dir_compose_without_losing_or_overspending
         proc.wait(timeout=600)
 
     reported: dict[str, list] = {}
+    trained_runs: set[str] = set()
     for name in ("first", "second"):
         rounds = [json.loads(line) for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
         for entry in rounds[1:]:
             for client in entry["train"]["clients"]:
                 reported.setdefault(client["client"], []).append(client["dp"]["epsilon"])
+                if client["dp"]["steps"] > 0:
+                    trained_runs.add(name)
     assert reported, "neither run trained"
     for client in ("0", "1"):
         ledger = PrivacyLedger.load(tmp_path / "state" / f"client-{client}" / "privacy_ledger.json")
@@ -374,5 +397,31 @@ def test_two_simulations_on_one_state_dir_compose_without_losing_or_overspending
         assert sorted(e.epsilon_after for e in train) == sorted(reported.get(client, []))
         # ... the history composes (each event's epsilon covers all before it), and the budget held.
         assert ledger.spent() == pytest.approx(max(e.epsilon_after for e in train)) and ledger.spent() <= 8.0
-        if len(train) == 2:  # both runs trained: the second's epsilon includes the first's spend
-            assert train[1].epsilon_after > train[0].epsilon_after
+        # Both runs trained on this node (a run that trained nothing would leave the checks above vacuous) ...
+        runs = {ledger.run_name(e.run) for e in train}
+        assert runs == {"first", "second"} and all(e.steps > 0 for e in train), (runs, [e.steps for e in train])
+        # ... and the history composes: every later event's epsilon includes every earlier spend.
+        assert all(a.epsilon_after < b.epsilon_after for a, b in zip(train, train[1:]))
+    for name in ("first", "second"):
+        assert name in trained_runs, f"run {name} trained no client"
+
+
+def _spend_logged_until_declined(state_dir: str, tag: str) -> None:
+    """Open the ledger, wait until the other process has opened it too, spend until declined, and log every
+    spend granted (run, round, noise multiplier, sample rate, steps) to granted-<tag>.json."""
+    import json
+
+    folder = Path(state_dir)
+    ledger = PrivacyLedger.open(state_dir, dataset_id="d", epsilon_budget=1.0, delta=1e-5)
+    (folder / f"ready-{tag}").touch()
+    deadline = time.time() + 60
+    while len(list(folder.glob("ready-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    granted = []
+    for i in range(200):
+        try:
+            ledger.spend(run=tag, server_round=i, noise_multiplier=2.0, sample_rate=0.05, steps=10, max_grad_norm=1.0)
+        except BudgetExceeded:
+            break
+        granted.append((tag, i, 2.0, 0.05, 10))
+    (folder / f"granted-{tag}.json").write_text(json.dumps(granted))
