@@ -24,8 +24,9 @@ THREAT_MODEL = {
                   "run's seed; augmentation draws are keyed per record, so one record's presence changes no other "
                   "record's draw; generators and the floating-point Gaussian are not cryptographically hardened "
                   "(Opacus's secure mode needs torchcsprng, not installable here)",
-    "split": "each record's train/test split is a keyed hash of its stable id (file name or row key), so adding, "
-             "removing or replacing one record moves no other record between the splits",
+    "split": "without a published split, each record's train/test side is a keyed hash of its stable key (its "
+             "file's path, or a CSV row's label and pixels), so adding, removing or replacing one record moves no "
+             "other record between the splits",
 }
 
 
