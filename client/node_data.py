@@ -33,6 +33,11 @@ from shared_models.run_settings import RunSettings
 _CACHE_SIZE = 64  # datasets, partitionings and client splits kept per process (least recently used go first)
 
 
+# A hospital's own split is keyed by this constant, never by the run's seed: its ledger composes every run on
+# its data, and the evaluation epsilon covers only test records, so a record must stay on one side across runs.
+HOSPITAL_SPLIT_SEED = 0
+
+
 class EmptySplitError(ValueError):
     """A node has too few samples to train and test on."""
 
@@ -99,7 +104,7 @@ def _hospital_samples(dataset: str, root: str, client_id: str, dataset_id: str, 
     if np.any(split == "train") and np.any(split == "test"):
         train_rows, test_rows = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     else:
-        train_rows, test_rows = train_test_split(np.arange(len(data)), test_fraction, seed, client_id,
+        train_rows, test_rows = train_test_split(np.arange(len(data)), test_fraction, HOSPITAL_SPLIT_SEED, client_id,
                                                  keys=record_keys(data))
     return _build(client_id, dataset_id, data, train_rows, test_rows, task, augment, seed, secret_augmentation)
 
