@@ -115,11 +115,17 @@ def _simulated_samples(dataset: str, data_dir: str, task: str, spec: PartitionSp
     """Partition ``pid`` of the shared dataset, split into its own train and test rows by record key."""
     data = _load(dataset, data_dir, task)
     rows = _partitions(dataset, data_dir, task, spec)[pid]
-    train_rows, test_rows = train_test_split(rows, test_fraction, spec.seed, pid, keys=record_keys(data.subset(rows)))
+    train_rows, test_rows = simulated_split(data, rows, test_fraction, spec.seed, pid)
     dataset_id = f"{dataset}:{data_dir}#{spec.method}-{spec.num_partitions}-seed{spec.seed}/{pid}"
     samples = _build(str(pid), dataset_id, data, train_rows, test_rows, task, augment, spec.seed, secret_augmentation)
     samples.owns_folder = False
     return samples
+
+
+def simulated_split(data: EmotionData, rows: np.ndarray, test_fraction: float, seed: int,
+                    pid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Simulated node ``pid``'s train and test rows of its partition ``rows`` (the centralised baseline pools these)."""
+    return train_test_split(rows, test_fraction, seed, pid, keys=record_keys(data.subset(rows)))
 
 
 def _build(client_id: str, dataset_id: str, data: EmotionData, train_rows, test_rows, task: str, augment: bool,
