@@ -2,6 +2,16 @@
 
 Summing clients' confusion matrices and moment sums gives exactly the metric a
 pooled test set would give, so federated evaluation needs no raw predictions.
+
+Noised counts (``eval-dp-noise-multiplier``): each node sends its cells with
+Gaussian noise, rounded but not clipped, so a cell may be negative. Every sum
+here (totals, confusion matrices, per-group matrices) is of those unclipped
+values and is therefore unbiased; only displayed figures are clipped: each
+rate (accuracy, recall, precision) is computed from the summed counts and
+clipped into [0, 1]. The noise on every summed cell has the variance
+:func:`cell_noise_variance` gives (``groups_dp.cell_noise_variance`` in
+metrics.jsonl), which the report's intervals add to the sampling variance
+(server/report/fairness.py).
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ from shared_models import messages as msgs
 from shared_models.demographic_groups import parse_metric_key
 from shared_models.taxonomy import NUM_EMOTIONS
 
+COUNT_SENSITIVITY = 1  # one test record moves one cell of each attribute's histogram (client/group_counts.py)
+
 
 def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
     """Accuracy, macro-F1 and unweighted average recall (UAR, the speech-emotion standard).
@@ -20,23 +32,28 @@ def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
     Macro averages run over the classes present in the truth or the predictions,
     as scikit-learn's ``f1_score(average="macro")`` does, so absent classes
     (CREMA-D has no surprise) do not drag the score to zero.
+
+    ``confusion`` may be a sum of noised counts with negative cells: every rate is
+    a ratio of summed (unbiased) counts clipped into [0, 1] for display, never a
+    ratio of cells clipped one by one (each clipped cell adds about 0.4 sigma).
+    On exact counts the clipping changes nothing.
     """
     confusion = np.asarray(confusion, dtype=np.float64).reshape(NUM_EMOTIONS, NUM_EMOTIONS)
     total = confusion.sum()
-    if total == 0:
+    if total <= 0:
         return {"accuracy": float("nan"), "macro-f1": float("nan"), "uar": float("nan")}
     tp = np.diag(confusion)
     support = confusion.sum(axis=1)
     predicted = confusion.sum(axis=0)
     present = (support + predicted) > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
+        precision = np.clip(np.where(predicted > 0, tp / predicted, 0.0), 0.0, 1.0)
+        recall = np.clip(np.where(support > 0, tp / support, 0.0), 0.0, 1.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     return {
-        "accuracy": float(tp.sum() / total),
-        "macro-f1": float(f1[present].mean()),
-        "uar": float(recall[support > 0].mean()),
+        "accuracy": float(np.clip(tp.sum() / total, 0.0, 1.0)),
+        "macro-f1": float(f1[present].mean()) if present.any() else float("nan"),
+        "uar": float(recall[support > 0].mean()) if (support > 0).any() else float("nan"),
     }
 
 
@@ -59,6 +76,8 @@ def sum_counts(metric_records) -> tuple[np.ndarray, float, int, np.ndarray | Non
 
     A DP node with noised counts sends no loss sum (it is not accounted): the
     loss is then unknown (NaN), never a sum over the nodes that happened to send one.
+    Its confusion and example count are noised and unclipped: the sums are unbiased
+    (the count may even be negative for a tiny test split); clip only what is shown.
     """
     confusion = np.zeros((NUM_EMOTIONS, NUM_EMOTIONS), dtype=np.int64)
     loss_sum, n, va = 0.0, 0, None
@@ -75,8 +94,9 @@ def sum_counts(metric_records) -> tuple[np.ndarray, float, int, np.ndarray | Non
 def sum_group_counts(metric_records) -> dict[str, dict[str, np.ndarray]]:
     """Attribute -> group -> summed 7x7 confusion of the replies' ``grp.<attribute>.<group>`` keys.
 
-    Integer sums, so the pooled per-group counts are exact; every reply has
-    the same keys (the dataset's fixed schema), the first one fixes the order.
+    Integer sums, so the pooled per-group counts are exact (noised counts: unbiased,
+    cells may be negative); every reply has the same keys (the dataset's fixed
+    schema), the first one fixes the order.
     """
     groups: dict[str, dict[str, np.ndarray]] = {}
     for metrics in metric_records:
@@ -91,17 +111,31 @@ def sum_group_counts(metric_records) -> dict[str, dict[str, np.ndarray]]:
     return groups
 
 
+def cell_noise_variance(noise_multipliers: list[float]) -> float:
+    """Variance of the noise on one cell of a sum over nodes that noised their counts with these multipliers.
+
+    Each node adds N(0, (z x sensitivity)^2) to the cell and rounds: the rounding adds about 1/12
+    (Sheppard's correction; exact to 0.1% for z >= 0.5, an overestimate below), independently per node.
+    """
+    return float(sum((float(z) * COUNT_SENSITIVITY) ** 2 + 1.0 / 12.0 for z in noise_multipliers))
+
+
 def group_summary(client_metrics: list[tuple[str, dict]]) -> dict:
     """metrics.jsonl's "groups" (summed per-group confusion lists) and, when the nodes noised them, "groups_dp".
 
-    ``client_metrics`` is (client id, evaluation MetricRecord) of every reply without error.
+    ``client_metrics`` is (client id, evaluation MetricRecord) of every reply without error. The sums are
+    of the noised, unclipped cells; ``groups_dp.cell_noise_variance`` is the noise variance of every summed
+    cell (of "groups" and of the overall "confusion"), for intervals that include it.
     """
     groups = sum_group_counts(m for _, m in client_metrics)
     out: dict = {"groups": {a: {g: c.tolist() for g, c in by_group.items()} for a, by_group in groups.items()}}
     noised = [(cid, m) for cid, m in client_metrics if msgs.GROUP_DP_NOISE_MULTIPLIER in m]
     if noised:
-        out["groups_dp"] = {"noise_multiplier": float(noised[0][1][msgs.GROUP_DP_NOISE_MULTIPLIER]), "sensitivity": 1,
-                            "overall_from_groups": True,
+        multipliers = [float(m[msgs.GROUP_DP_NOISE_MULTIPLIER]) for _, m in noised]
+        out["groups_dp"] = {"noise_multiplier": multipliers[0], "sensitivity": COUNT_SENSITIVITY,
+                            "overall_from_groups": True, "noised_nodes": len(noised),
+                            "cell_noise_variance": cell_noise_variance(multipliers),
+                            "clipped": "for display only: sums are of the unclipped noised cells",
                             "epsilon_by_client": {cid: float(m[msgs.GROUP_DP_EPSILON_SPENT]) for cid, m in noised}}
     return out
 

@@ -26,6 +26,27 @@ per-sample predictions, so every metric is computed from them:
   extended to include it (conservative, never misleading).
 - Groups with fewer than ``min_group_size`` samples are suppressed: no numbers
   (not even their size) and no part in gaps or the worst group.
+
+Noised counts (``eval-dp-noise-multiplier``; the round's ``groups_dp``): the
+summed cells are unbiased but noisy and may be negative. Then
+
+- accuracy (and so the accuracy gap, ratio and worst group) is the ratio of
+  the summed correct to the summed total counts, clipped into [0, 1]: a ratio
+  of unbiased sums, never of cells clipped one by one. On exact counts this
+  is scikit-learn's ``accuracy_score`` per group (tests check it);
+- the per-class rates and macro-F1 come from Fairlearn on the counts with
+  each cell clipped at 0 (display only; a rate needs non-negative counts);
+  a group's ``confusion`` is shown clipped, its ``n`` is the unclipped sum;
+- intervals include the count noise. Every summed cell carries independent
+  noise of variance ``v`` (``groups_dp.cell_noise_variance``: the sum over
+  noised nodes of sigma^2 + 1/12, see server/global_metrics.py). Accuracy:
+  an Agresti-Coull interval whose variance is the sampling variance plus
+  the noise's, by the delta method on p = C / N with C the 7 diagonal and
+  N - C the 42 other cells: ``v (7 (1 - p)^2 + 42 p^2) / N^2``
+  (:func:`accuracy_interval`). Every other statistic: the bootstrap above
+  becomes parametric, each replicate's cells redrawn from the multinomial
+  and then given fresh Gaussian noise of variance ``v``, the statistic taken
+  as the point estimate is (accuracy from the sums, rates from clipped cells).
 """
 
 from __future__ import annotations
@@ -36,8 +57,8 @@ from typing import Any
 
 import numpy as np
 from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
-from scipy.stats import binomtest
-from sklearn.metrics import accuracy_score, f1_score
+from scipy.stats import binomtest, norm
+from sklearn.metrics import f1_score
 
 from shared_models.demographic_groups import ATTRIBUTE_GROUPS
 from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
@@ -56,13 +77,33 @@ PREDICTED_RATE_METHOD = "max over classes k of the difference in P(y_pred == k) 
 
 # --------------------------------------------------------------------------- public API
 def fairness_view(groups: dict[str, dict[str, list[list[int]]]], *, min_group_size: int,
-                  gap_threshold: float, confidence: float = 0.95) -> dict:
-    """Per-attribute fairness report of one round's summed group confusion counts (JSON-serialisable)."""
+                  gap_threshold: float, confidence: float = 0.95, count_noise: dict | None = None) -> dict:
+    """Per-attribute fairness report of one round's summed group confusion counts (JSON-serialisable).
+
+    ``count_noise``: the round's ``groups_dp`` (metrics.jsonl) when the nodes noised their counts; the
+    intervals then include the noise. Negative (noised) cells without it are refused.
+    """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    variance = cell_noise_variance(count_noise)
     return {attribute: _attribute_view(attribute, by_group, min_group_size=min_group_size,
-                                       gap_threshold=gap_threshold, confidence=confidence)
+                                       gap_threshold=gap_threshold, confidence=confidence, variance=variance)
             for attribute, by_group in groups.items()}
+
+
+def cell_noise_variance(count_noise: dict | None) -> float:
+    """Noise variance of every summed cell of a round, from its ``groups_dp``; 0 for exact counts.
+
+    A record written before ``cell_noise_variance`` was logged (its nodes clipped cells at 0) gets the
+    same formula from its noise multiplier and number of noised nodes.
+    """
+    if not count_noise:
+        return 0.0
+    if "cell_noise_variance" in count_noise:
+        return float(count_noise["cell_noise_variance"])
+    nodes = len(count_noise.get("epsilon_by_client") or {}) or 1
+    sigma = float(count_noise["noise_multiplier"]) * float(count_noise.get("sensitivity", 1))
+    return nodes * (sigma ** 2 + 1.0 / 12.0)
 
 
 def fairness_history(rounds: list[dict], *, min_group_size: int, gap_threshold: float) -> list[dict]:
@@ -73,21 +114,28 @@ def fairness_history(rounds: list[dict], *, min_group_size: int, gap_threshold: 
         if not entry.get("groups"):
             continue
         row: dict[str, Any] = {"round": int(entry["round"])}
+        noised = cell_noise_variance(entry.get("groups_dp")) > 0
         for attribute, by_group in entry["groups"].items():
-            confusions = _confusions(attribute, by_group)
+            confusions = _confusions(attribute, by_group, noised)
             kept = [g for g, c in confusions.items() if not _suppressed(c, min_group_size)]
             if not kept:
                 row[attribute] = {"accuracy_gap": None, "worst_group_accuracy": None, "flagged": False, "groups": {}}
                 continue
-            y_true, y_pred, sensitive = expand_counts({g: confusions[g] for g in kept})
-            frame = MetricFrame(metrics=accuracy_score, y_true=y_true, y_pred=y_pred, sensitive_features=sensitive)
-            gap = _float(frame.difference()) if len(kept) > 1 else None
-            row[attribute] = {"accuracy_gap": gap, "worst_group_accuracy": _float(frame.group_min()),
+            accuracy = {g: group_accuracy(confusions[g]) for g in kept}
+            gap = max(accuracy.values()) - min(accuracy.values()) if len(kept) > 1 else None
+            row[attribute] = {"accuracy_gap": gap, "worst_group_accuracy": min(accuracy.values()),
                               "flagged": gap is not None and gap > gap_threshold,
-                              "groups": {g: {"n": int(confusions[g].sum()), "accuracy": float(frame.by_group[g])}
+                              "groups": {g: {"n": int(confusions[g].sum()), "accuracy": accuracy[g]}
                                          for g in kept}}  # each reported group's accuracy this round
         history.append(row)
     return history
+
+
+def group_accuracy(confusion: np.ndarray) -> float:
+    """Summed correct over summed total, clipped into [0, 1] (noised sums can stray out); exact counts:
+    scikit-learn's ``accuracy_score`` on the expanded labels."""
+    confusion = np.asarray(confusion)
+    return float(np.clip(np.trace(confusion) / confusion.sum(), 0.0, 1.0))
 
 
 def expand_counts(confusions: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,16 +153,19 @@ def expand_counts(confusions: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
 
 
 # --------------------------------------------------------------------------- one attribute
-def _confusions(attribute: str, by_group: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Group -> 7x7 counts, in the schema's order (age bands ascending, "unknown" last), others after."""
+def _confusions(attribute: str, by_group: dict[str, Any], noised: bool = False) -> dict[str, np.ndarray]:
+    """Group -> 7x7 counts, in the schema's order (age bands ascending, "unknown" last), others after.
+
+    Negative cells are sums of noised counts: accepted only when the round says its counts were noised."""
     order = ATTRIBUTE_GROUPS.get(attribute, ())
     rank = {g: i for i, g in enumerate(order)}
     out = {}
     for group, counts in sorted(by_group.items(), key=lambda item: (rank.get(item[0], len(order)), item[0])):
         matrix = np.asarray(counts, dtype=np.int64)
-        if matrix.size != NUM_EMOTIONS * NUM_EMOTIONS or (matrix < 0).any():
+        if matrix.size != NUM_EMOTIONS * NUM_EMOTIONS or (not noised and (matrix < 0).any()):
             raise ValueError(f"groups[{attribute!r}][{group!r}] must be a {NUM_EMOTIONS}x{NUM_EMOTIONS} matrix of "
-                             f"non-negative counts, got shape {matrix.shape}")
+                             f"non-negative counts (negative cells only with the round's count noise), "
+                             f"got shape {matrix.shape}")
         out[str(group)] = matrix.reshape(NUM_EMOTIONS, NUM_EMOTIONS)
     return out
 
@@ -124,8 +175,8 @@ def _suppressed(confusion: np.ndarray, min_group_size: int) -> bool:
 
 
 def _attribute_view(attribute: str, by_group: dict, *, min_group_size: int, gap_threshold: float,
-                    confidence: float) -> dict:
-    confusions = _confusions(attribute, by_group)
+                    confidence: float, variance: float = 0.0) -> dict:
+    confusions = _confusions(attribute, by_group, noised=variance > 0)
     kept = {g: c for g, c in confusions.items() if not _suppressed(c, min_group_size)}
     suppressed = [g for g in confusions if g not in kept]
     groups_out: dict[str, dict] = {g: {"n": None, "suppressed": True} for g in suppressed}
@@ -136,17 +187,15 @@ def _attribute_view(attribute: str, by_group: dict, *, min_group_size: int, gap_
         return view
 
     points = _point_estimates(kept)
-    boot = _bootstrap(kept, confidence)
+    boot = _bootstrap(kept, confidence, variance)
     for g, confusion in kept.items():
-        n = int(confusion.sum())
-        correct = int(np.trace(confusion))
         groups_out[g] = {
-            "n": n, "suppressed": False,
-            "accuracy": points["accuracy"][g], "accuracy_ci": wilson_interval(correct, n, confidence),
+            "n": int(confusion.sum()), "suppressed": False,
+            "accuracy": points["accuracy"][g], "accuracy_ci": accuracy_interval(confusion, confidence, variance),
             "macro_f1": points["macro_f1"][g],
             "macro_f1_ci": _interval(boot["macro_f1"][g], points["macro_f1"][g], confidence),
             "recall": points["recall"][g], "false_positive_rate": points["false_positive_rate"][g],
-            "predicted_rate": points["predicted_rate"][g], "confusion": confusion.tolist(),
+            "predicted_rate": points["predicted_rate"][g], "confusion": np.clip(confusion, 0, None).tolist(),
         }
     view["groups"] = {g: groups_out[g] for g in confusions}  # the schema's order, suppressed or not
 
@@ -185,17 +234,20 @@ def _empty_between() -> dict:
 
 # --------------------------------------------------------------------------- point estimates (Fairlearn/sklearn)
 def _point_estimates(kept: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Every point estimate from MetricFrame on the expanded label arrays."""
+    """Accuracy from the summed counts (:func:`group_accuracy`); every other point estimate from MetricFrame
+    on the label arrays expanded from the counts, each cell clipped at 0 (noised counts; exact: unchanged)."""
+    accuracy = {g: group_accuracy(c) for g, c in kept.items()}
+    kept = {g: np.clip(c, 0, None) for g, c in kept.items()}
     y_true, y_pred, sensitive = expand_counts(kept)
-    frame = MetricFrame(
-        metrics={"accuracy": accuracy_score, "macro_f1": partial(f1_score, average="macro", zero_division=0)},
-        y_true=y_true, y_pred=y_pred, sensitive_features=sensitive)
+    frame = MetricFrame(metrics={"macro_f1": partial(f1_score, average="macro", zero_division=0)},
+                        y_true=y_true, y_pred=y_pred, sensitive_features=sensitive)
     by_group = frame.by_group
+    best, worst = max(accuracy.values()), min(accuracy.values())
     out: dict[str, Any] = {
-        "accuracy": {g: float(by_group.loc[g, "accuracy"]) for g in kept},
+        "accuracy": accuracy,
         "macro_f1": {g: float(by_group.loc[g, "macro_f1"]) for g in kept},
-        "accuracy_gap": _float(frame.difference()["accuracy"]),
-        "accuracy_ratio": _float(frame.ratio()["accuracy"]),
+        "accuracy_gap": best - worst,
+        "accuracy_ratio": worst / best if best > 0 else None,
         "recall": {g: {} for g in kept}, "false_positive_rate": {g: {} for g in kept},
         "predicted_rate": {g: {} for g in kept},
     }
@@ -241,7 +293,7 @@ def confusion_statistics(confusions: np.ndarray) -> dict[str, np.ndarray]:
     support = c.sum(axis=-1)
     predicted = c.sum(axis=-2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        accuracy = tp.sum(-1) / n
+        accuracy = np.where(n > 0, np.clip(tp.sum(-1) / n, 0.0, 1.0), np.nan)  # noised replicates: see module
         present = (support + predicted) > 0
         f1 = np.where(present, 2 * tp / (support + predicted), 0.0)
         macro_f1 = f1.sum(-1) / present.sum(-1)
@@ -265,18 +317,25 @@ def _nan_spread(rates: np.ndarray) -> np.ndarray:
     return np.where(defined.sum(-2) > 1, hi - lo, 0.0)
 
 
-def _bootstrap(kept: dict[str, np.ndarray], confidence: float) -> dict[str, Any]:
+def _bootstrap(kept: dict[str, np.ndarray], confidence: float, variance: float = 0.0) -> dict[str, Any]:
+    """Replicates of every statistic: multinomial redraws of each group's counts, plus (noised counts)
+    Gaussian noise of the released variance on every cell, each statistic taken as its point estimate is."""
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     draws = []
     for confusion in kept.values():
-        n = int(confusion.sum())
-        draws.append(rng.multinomial(n, confusion.ravel() / n, size=BOOTSTRAP_REPLICATES))
+        shown = np.clip(confusion, 0, None).ravel()
+        draws.append(rng.multinomial(int(confusion.sum()), shown / shown.sum(), size=BOOTSTRAP_REPLICATES))
     replicates = np.stack(draws, axis=1).reshape(BOOTSTRAP_REPLICATES, len(kept), NUM_EMOTIONS, NUM_EMOTIONS)
-    stats = confusion_statistics(replicates)
+    if variance > 0:
+        replicates = replicates + rng.normal(0.0, math.sqrt(variance), replicates.shape)
+    sums = confusion_statistics(replicates)  # accuracy and what derives from it: from the summed counts
+    clipped = confusion_statistics(np.clip(replicates, 0, None)) if variance > 0 else sums  # rates: clipped cells
     names = list(kept)
-    out: dict[str, Any] = {"macro_f1": {g: stats["macro_f1"][:, i] for i, g in enumerate(names)}}
-    for key in ("accuracy_gap", "accuracy_ratio", "equalized_odds_difference", "predicted_rate_difference"):
-        out[key] = stats[key]
+    out: dict[str, Any] = {"macro_f1": {g: clipped["macro_f1"][:, i] for i, g in enumerate(names)}}
+    for key in ("accuracy_gap", "accuracy_ratio"):
+        out[key] = sums[key]
+    for key in ("equalized_odds_difference", "predicted_rate_difference"):
+        out[key] = clipped[key]
     return out
 
 
@@ -291,6 +350,27 @@ def _interval(samples: np.ndarray, point: float | None, confidence: float) -> li
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(samples, [alpha, 1 - alpha])
     return [float(min(lo, point)), float(max(hi, point))]
+
+
+def accuracy_interval(confusion: np.ndarray, confidence: float, cell_noise_variance: float = 0.0
+                      ) -> list[float] | None:
+    """Interval of a group's accuracy from its summed 7x7 counts: Wilson for exact counts; with count noise of
+    variance ``cell_noise_variance`` per summed cell, Agresti-Coull with the noise's variance added (delta
+    method on correct / total; module docstring). None when the noised total is not positive."""
+    confusion = np.asarray(confusion, dtype=np.float64).reshape(NUM_EMOTIONS, NUM_EMOTIONS)
+    n, correct = float(confusion.sum()), float(np.trace(confusion))
+    if cell_noise_variance <= 0:
+        return wilson_interval(int(round(correct)), int(round(n)), confidence)
+    if n <= 0:
+        return None
+    p = group_accuracy(confusion)
+    z = float(norm.ppf(0.5 + confidence / 2))
+    n_adj = n + z * z
+    p_adj = (min(max(correct, 0.0), n) + z * z / 2) / n_adj
+    diagonal, off = NUM_EMOTIONS, NUM_EMOTIONS * NUM_EMOTIONS - NUM_EMOTIONS
+    noise = cell_noise_variance * (diagonal * (1 - p) ** 2 + off * p ** 2) / n ** 2
+    half = z * math.sqrt(p_adj * (1 - p_adj) / n_adj + noise)
+    return [float(max(0.0, min(p_adj - half, p))), float(min(1.0, max(p_adj + half, p)))]
 
 
 def wilson_interval(successes: int, n: int, confidence: float) -> list[float]:
