@@ -10,7 +10,7 @@
     fedemo node sent STATE_DIR                       what a hospital's node sent, per round, in plain words
     fedemo credentials init OUT_DIR --hospital NAME ...   CA, SuperLink TLS certificate, hospital key pairs
     fedemo credentials add-hospital OUT_DIR NAME     one more hospital's key pair
-    fedemo verify RUN_DIR [--public-key PEM]         is the run's signed report.json unaltered?
+    fedemo verify RUN_DIR [--public-key PEM] [--ledger ID=PATH]   signed report unaltered, ledgers on record?
     fedemo report RUN_DIR [--build]                  rebuild report.html from report.json
 
 ``fedemo --version`` prints FedEmo's version with Flower's, PyTorch's and Opacus's.
