@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -425,6 +425,9 @@ def report_at_end_of_run(run_dir: Path, key: Ed25519PrivateKey) -> Path | None:
         return None
     log(INFO, "Signed report %s and %s; check them with `fedemo verify %s`", path, path.with_suffix(".html"),
         run_dir)
+    check = (json.loads(path.read_text(encoding="utf-8")).get("privacy") or {}).get("ledger_check") or {}
+    if check.get("ok") is False:  # signed as it is; `fedemo verify` will not call this run valid (exit 4)
+        log(WARNING, "Privacy ledger check FAILED: %s", check.get("status"))
     return path
 
 
