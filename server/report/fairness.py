@@ -85,13 +85,13 @@ def fairness_view(groups: dict[str, dict[str, list[list[int]]]], *, min_group_si
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    variance = cell_noise_variance(count_noise)
+    variance = count_noise_variance(count_noise)
     return {attribute: _attribute_view(attribute, by_group, min_group_size=min_group_size,
                                        gap_threshold=gap_threshold, confidence=confidence, variance=variance)
             for attribute, by_group in groups.items()}
 
 
-def cell_noise_variance(count_noise: dict | None) -> float:
+def count_noise_variance(count_noise: dict | None) -> float:
     """Noise variance of every summed cell of a round, from its ``groups_dp``; 0 for exact counts.
 
     A record written before ``cell_noise_variance`` was logged (its nodes clipped cells at 0) gets the
@@ -114,7 +114,7 @@ def fairness_history(rounds: list[dict], *, min_group_size: int, gap_threshold: 
         if not entry.get("groups"):
             continue
         row: dict[str, Any] = {"round": int(entry["round"])}
-        noised = cell_noise_variance(entry.get("groups_dp")) > 0
+        noised = count_noise_variance(entry.get("groups_dp")) > 0
         for attribute, by_group in entry["groups"].items():
             confusions = _confusions(attribute, by_group, noised)
             kept = [g for g, c in confusions.items() if not _suppressed(c, min_group_size)]
