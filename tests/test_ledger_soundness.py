@@ -258,3 +258,23 @@ def test_every_dp_reply_carries_the_ledger_head_after_its_spend(hospital, tmp_pa
     ledger = _ledger(state)
     assert evaluation.content[msgs.CLIENT][msgs.DP_LEDGER_HEAD] == ledger.chain_head() != head_after_train
     assert ledger.event_hashes() == [head_after_train, ledger.chain_head()]
+
+
+def test_fedemo_ledger_shows_both_epsilons(tmp_path, capsys):
+    import argparse
+
+    from client.commands import ledger_command
+    from shared_models.privacy_ledger import PrivacyLedger
+
+    ledger = PrivacyLedger.open(tmp_path / "node-0", dataset_id="d", epsilon_budget=8.0, delta=1e-5, run=("7", "face"))
+    ledger.spend(run="7", server_round=1, noise_multiplier=1.0, sample_rate=0.05, steps=20, max_grad_norm=1.0)
+    ledger.spend(run="7", server_round=1, noise_multiplier=5.0, sample_rate=1.0, steps=3, max_grad_norm=1.0,
+                 kind="eval-counts")
+    train, counts = ledger.spent("train"), ledger.spent("eval-counts")
+    assert ledger_command(argparse.Namespace(state_dir=tmp_path / "node-0", json=False)) == 0
+    out = capsys.readouterr().out
+    assert f"training (replace one record): spent epsilon {train:.3f}" in out
+    assert f"evaluation counts (add or remove one test record): spent epsilon {counts:.3f}" in out
+    assert ledger_command(argparse.Namespace(state_dir=tmp_path, json=False)) == 0
+    out = capsys.readouterr().out
+    assert f"training spent {train:.3f} of 8" in out and f"evaluation counts spent {counts:.3f}" in out
