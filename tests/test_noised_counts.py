@@ -85,7 +85,7 @@ def test_displayed_figures_are_clipped():
     metrics = classification_metrics(confusion)
     assert metrics["accuracy"] == 1.0 and 0.0 <= metrics["macro-f1"] <= 1.0 and 0.0 <= metrics["uar"] <= 1.0
 
-    from server.report.fairness import fairness_view
+    from server.report.fairness import fairness_history, fairness_view
 
     groups = {"sex": {"female": confusion.tolist(), "male": (np.eye(K, dtype=np.int64) * 5 + 1).tolist()}}
     view = fairness_view(groups, min_group_size=10, gap_threshold=0.1,
@@ -97,6 +97,11 @@ def test_displayed_figures_are_clipped():
     assert all(0.0 <= r <= 1.0 for r in female["recall"].values() if r is not None)
     with pytest.raises(ValueError, match="negative"):  # negative cells without the round's noise: not counts
         fairness_view(groups, min_group_size=10, gap_threshold=0.1)
+    # The gap history reads each round's own noise record, and shows the same clipped figures.
+    history = fairness_history([{"round": 1, "groups": groups, "groups_dp": {"noise_multiplier": SIGMA}}],
+                               min_group_size=10, gap_threshold=0.1)
+    assert history[0]["sex"]["groups"]["female"] == {"n": 38, "accuracy": 1.0}
+    assert history[0]["sex"]["accuracy_gap"] == pytest.approx(view["accuracy_gap"]["value"])
 
 
 def test_intervals_widen_with_the_count_noise_and_cover_the_accuracy():
