@@ -44,13 +44,13 @@ def baseline_section(config: dict[str, Any], last: dict[str, Any], final: dict[s
                            "chance_method": CHANCE_METHOD, "rule": MAJORITY_RULE,
                            "counts_noised": eval_counts_noised(config, last)}
     totals = [int(sum(row)) for row in counts] if counts else []
-    n = sum(totals)
-    if not n:
+    n = sum(totals)  # noised counts: unclipped sums (unbiased), which a tiny test split can bring to 0 or below
+    if n <= 0:
         out.update(status="no confusion counts in the last round: majority rate unknown", class_totals=None,
                    majority_class=None, majority_rate=None, no_better_than_majority=None, warning=None)
         return out
     top = max(range(len(totals)), key=lambda k: totals[k])
-    majority = totals[top] / n
+    majority = min(max(totals[top] / n, 0.0), 1.0)  # a rate: clipped for display, as every rate of noised counts
     accuracy, ci = final.get("accuracy"), final.get("accuracy_ci")
     low = ci[0] if ci else accuracy
     no_better = low is not None and low <= majority

@@ -26,7 +26,8 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.report.baseline import baseline_section, hospitals_section
-from server.report.fairness import fairness_history, fairness_view, wilson_interval
+from server.report.fairness import accuracy_interval as group_accuracy_interval
+from server.report.fairness import count_noise_variance, fairness_history, fairness_view
 from server.report.ledger_chain import chain_check, recorded_heads
 from server.report.threat_model import guarantees
 from server.report.signing import default_key_path, load_or_create_key, write_signed
@@ -66,9 +67,13 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
 
 
 # --------------------------------------------------------------------------- sections
-def accuracy_interval(correct: int, n: int, confidence: float = CONFIDENCE) -> list[float] | None:
-    """The fairness view's Wilson interval for the global accuracy; None without samples."""
-    return wilson_interval(int(correct), int(n), confidence) if n > 0 else None
+def accuracy_interval(counts: list[list[float]], count_noise: dict[str, Any] | None = None,
+                      confidence: float = CONFIDENCE) -> list[float] | None:
+    """The global accuracy's interval from the round's summed confusion, as the fairness view computes a group's:
+    Wilson for exact counts, with the count noise's variance added for noised ones; None without samples."""
+    if sum(map(sum, counts)) <= 0:
+        return None
+    return group_accuracy_interval(np.asarray(counts, dtype=np.float64), confidence, count_noise_variance(count_noise))
 
 
 def round_entry(entry: dict[str, Any]) -> dict[str, Any]:
@@ -78,9 +83,8 @@ def round_entry(entry: dict[str, Any]) -> dict[str, Any]:
     if entry.get("central_dp"):
         out["central_dp_epsilon"] = entry["central_dp"].get("epsilon")
     counts = entry.get("confusion", {}).get("counts")
-    if counts is not None:
-        correct = sum(counts[i][i] for i in range(len(counts)))
-        out["accuracy_ci"] = accuracy_interval(correct, sum(map(sum, counts)))
+    if counts is not None:  # noised counts (groups_dp): unclipped sums, the interval includes their noise
+        out["accuracy_ci"] = accuracy_interval(counts, entry.get("groups_dp"))
         out["confusion"] = counts
     evaluate = entry.get("evaluate") or {}
     train = entry.get("train") or {}
@@ -319,7 +323,8 @@ def fairness_sections(config: dict[str, Any], rounds: list[dict[str, Any]],
         return {}, {"status": f"run config lacks {', '.join(missing)}; fairness figures not computed"}
     min_size, threshold = int(run_config["fairness-min-group-size"]), float(run_config["fairness-gap-threshold"])
     last = with_groups[-1]
-    view = fairness_view(last["groups"], min_group_size=min_size, gap_threshold=threshold, confidence=CONFIDENCE)
+    view = fairness_view(last["groups"], min_group_size=min_size, gap_threshold=threshold, confidence=CONFIDENCE,
+                         count_noise=last.get("groups_dp"))  # noised counts: unclipped sums, intervals include noise
     history = fairness_history(with_groups, min_group_size=min_size, gap_threshold=threshold)
     meaningful = not (baseline or {}).get("no_better_than_majority")
     reason = None if meaningful else (
