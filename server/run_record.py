@@ -83,8 +83,10 @@ def evaluation_summary(replies: list[Message]) -> dict[str, Any]:
     for r in ok:
         m = r.content["metrics"]
         c = np.asarray(m["confusion"], dtype=np.int64)
-        entry = {"client": _client_id(r), "num_examples": int(m["num-examples"]),
-                 "accuracy": float(np.trace(c.reshape(NUM_EMOTIONS, NUM_EMOTIONS)) / c.sum()) if c.sum() else None,
+        # noised counts (unclipped: a cell, even the total, may be negative): the rate is clipped for display only
+        accuracy = float(np.clip(np.trace(c.reshape(NUM_EMOTIONS, NUM_EMOTIONS)) / c.sum(), 0.0, 1.0)) \
+            if c.sum() > 0 else None
+        entry = {"client": _client_id(r), "num_examples": int(m["num-examples"]), "accuracy": accuracy,
                  "skipped": int(m.get("skipped", 0))}
         client = r.content[msgs.CLIENT] if msgs.CLIENT in r.content else {}
         if msgs.DP_LEDGER_HEAD in client:  # the ledger head after a noised release: checked like a training one
