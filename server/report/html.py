@@ -223,7 +223,7 @@ def guarantees_html(guarantees: dict) -> str:
     if side:
         parts.append("<p>Side channels (not covered by any epsilon):</p><ul>"
                      + "".join(f"<li><strong>{escape(c['channel'])}</strong> reveals {escape(c['reveals'])}. "
-                               f"Would remove it: {escape(c['would_remove_it'])}. Not done: "
+                               f"Would remove it: {escape(c['would_remove_it'])}. Why not: "
                                f"{escape(c['why_not_removed'])}.</li>" for c in side) + "</ul>")
     plain = guarantees.get("released_in_plain", [])
     if plain:
