@@ -58,7 +58,7 @@ def plain_summary(report: dict) -> list[str]:
     if privacy.get("sample_level_dp") and privacy.get("clients"):
         budgets = sorted({c["budget"] for c in privacy["clients"] if c.get("budget") is not None})
         lines.append(
-            f"Every hospital trained with differential privacy (DP-SGD). The largest privacy loss of any "
+            f"Every hospital trained with differential privacy (DP-SGD). The largest training privacy loss of any "
             f"hospital is epsilon {num(privacy.get('max_epsilon'))} against a budget of "
             f"{', '.join(f'{b:g}' for b in budgets)}; smaller is more private. "
             f"Ledger check: {privacy['ledger_check']['status']}. This training epsilon protects each training "
