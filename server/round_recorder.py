@@ -114,9 +114,10 @@ class RoundRecorder:
             extra += "  (model unchanged)"
         # One line per round; on a terminal the console draws a progress bar before it (server/console.py).
         log(INFO, "[fedemo] round %d/%d  loss %.4f  accuracy %.3f  macro-F1 %.3f  UAR %.3f%s  "
-            "(%d clients trained, %d rejected, %d evaluated on %d samples, %d failures)  %s",
+            "(%d clients trained, %d rejected, %d evaluated on %d samples%s, %d failures)  %s",
             server_round, self.num_rounds, entry["loss"] or float("nan"), entry["accuracy"], entry["macro_f1"],
-            entry["uar"], extra, trained, rejected, len(entry["evaluate"]["clients"]), entry["eval_examples"], failed,
+            entry["uar"], extra, trained, rejected, len(entry["evaluate"]["clients"]), entry["eval_examples"],
+            " (a noised, unclipped count)" if entry.get("groups_dp") else "", failed,
             self.clock.tick(server_round), extra=console.progress(server_round, self.num_rounds))
 
     def eval_epsilons(self) -> dict[str, float]:
