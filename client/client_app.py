@@ -110,11 +110,9 @@ def train(msg: Message, context: Context) -> Message:
     model = _global_model(msg, settings, device, fresh=settings.dp)
     config = msg.content[msgs.CONFIG]
     server_round = int(config.get(msgs.SERVER_ROUND, 0))
-    # Augmentation draws (per record, client/torch_data.py): under dp from fresh secret bits, as the coordinator
-    # knows the seed, the round and the client id; without dp reproducible from exactly those.
-    if settings.dp:
-        samples.train.reseed_secret()
-    else:
+    # Augmentation draws (per record, client/torch_data.py): without dp reproducible from the seed, the round and
+    # the client id; under dp from fresh secret bits, after make_private (below).
+    if not settings.dp:
         samples.train.reseed([settings.seed, server_round, zlib.crc32(samples.client_id.encode())])
     # Reproducible shuffling without DP; under DP make_private replaces it with secret Poisson sampling.
     generator = torch.Generator().manual_seed(settings.seed * 100_003 + server_round)
@@ -143,6 +141,9 @@ def train(msg: Message, context: Context) -> Message:
     planned_epsilon = ledger.check(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)  # raises: declines
     private_model, private_optimizer, private_loader, engine = make_private(
         model, optimizer, loader, plan, accountant=OPACUS_STEP_COUNTER, secure_mode=settings.dp_secure_mode)
+    # The coordinator knows the seed, the round and the client id: the draws come from fresh secret bits, drawn
+    # after Opacus's loader read dataset[0] for its empty-batch shapes (so whichever record is first uses no draw).
+    samples.train.reseed_secret()
     # The loss and the samples seen stay on the node: neither is accounted for.
     train_epochs(private_model, private_loader, private_optimizer, epochs=settings.local_epochs,
                  n_inputs=n_inputs, device=device, private=True)

@@ -169,6 +169,33 @@ def test_removing_one_record_changes_no_other_records_augmented_input(task, stre
     assert any(not torch.equal(a, b) for a, b in zip(first, second))
 
 
+def test_through_the_client_app_one_records_absence_changes_no_other_records_draws(hospital, tmp_path, monkeypatch,
+                                                                                   task_identity):
+    """The node's real DP path (Opacus's private loader, which reads ``dataset[0]`` before training) on a folder
+    and on the folder without its first training record, with the augmentation secret fixed: every other
+    record's k-th augmented face is the same in both. (The secret is fixed by giving this module the same 128
+    bits twice; the masks and the noise stay secret and differ between the two calls.)"""
+    from client import torch_data
+
+    monkeypatch.setattr(torch_data, "secrets", type("FixedSecret", (), {"randbits": staticmethod(lambda k: 0x5EC2E7)}))
+    lines = (hospital / "fer2013.csv").read_text().splitlines()
+    first_training = next(i for i, line in enumerate(lines) if line.endswith(",Training"))
+    drawn = []
+    for name, keep in (("full", lines), ("without", lines[:first_training] + lines[first_training + 1:])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "fer2013.csv").write_text("\n".join(keep) + "\n")
+        _, train, seen = _train_and_watch(tmp_path / name, tmp_path / f"state-{name}", dp=True, **{"local-epochs": 5})
+        per_record: dict[bytes, list[torch.Tensor]] = {}
+        for face, row in zip(seen, _which_record(train, seen)):
+            per_record.setdefault(train.data.faces[row].tobytes(), []).append(face)
+        drawn.append(per_record)
+    full, without = drawn
+    common = set(full) & set(without)  # records fetched in both calls (Poisson sampling may skip a few)
+    assert len(common) > 0.8 * len(full)
+    changed = [key for key in common if any(not torch.equal(a, b) for a, b in zip(without[key], full[key]))]
+    assert len(changed) == 0, f"one record's absence changed {len(changed)} other records' augmented faces"
+
+
 def test_face_scatter_trains_on_the_faces_as_they_are_so_no_draw_touches_them(hospital):
     """The fixed-feature path reads every face once, unaugmented, even with augment = true."""
     _, settings = load_run_config(None, {"model": "face_scatter", "augment": True})
