@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
-from client.node_data import train_test_split
+from client.node_data import simulated_split
 from client.partitioning import PartitionSpec, partition
 from client.loaders.registry import load_dataset
 from client.torch_data import NUM_MODEL_INPUTS, EmotionSamples
@@ -34,7 +34,7 @@ def pooled_rows(data, settings) -> tuple[np.ndarray, np.ndarray]:
     spec = PartitionSpec.from_settings(settings, settings.num_supernodes)
     train, test = [], []
     for pid, rows in enumerate(partition(data, spec)):
-        tr, te = train_test_split(rows, settings.test_fraction, settings.seed, pid)
+        tr, te = simulated_split(data, rows, settings.test_fraction, settings.seed, pid)
         train.append(tr)
         test.append(te)
     return np.concatenate(train), np.concatenate(test)
