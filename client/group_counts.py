@@ -94,6 +94,8 @@ def release_noised_counts(group_confusion: dict[str, np.ndarray], *, ledger: Pri
 
 
 def overall_confusion(group_confusion: dict[str, np.ndarray]) -> np.ndarray:
-    """The 7x7 confusion of all test rows, summed over the first attribute's groups (which partition them)."""
-    first = next(iter(group_confusion.values()))
-    return np.asarray(first, dtype=np.int64).sum(axis=0)
+    """The 7x7 confusion of all test rows from the noised group counts: the mean over attributes of each
+    attribute's groups summed (each partitions the test rows), rounded; its noise variance per cell is
+    ``overall_noise_factor`` x a group cell's (shared_models/demographic_groups.py says why)."""
+    sums = [np.asarray(counts, dtype=np.float64).sum(axis=0) for counts in group_confusion.values()]
+    return np.rint(np.mean(sums, axis=0)).astype(np.int64)

@@ -20,7 +20,7 @@ import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
 from shared_models import messages as msgs
-from shared_models.demographic_groups import parse_metric_key
+from shared_models.demographic_groups import overall_noise_factor, parse_metric_key
 from shared_models.taxonomy import NUM_EMOTIONS
 
 COUNT_SENSITIVITY = 1  # one test record moves one cell of each attribute's histogram (client/group_counts.py)
@@ -125,7 +125,9 @@ def group_summary(client_metrics: list[tuple[str, dict]]) -> dict:
 
     ``client_metrics`` is (client id, evaluation MetricRecord) of every reply without error. The sums are
     of the noised, unclipped cells; ``groups_dp.cell_noise_variance`` is the noise variance of every summed
-    cell (of "groups" and of the overall "confusion"), for intervals that include it.
+    group cell and ``overall_cell_noise_variance`` that of every cell of the overall "confusion" (the nodes'
+    mean over attributes, client/group_counts.overall_confusion, rounded once more), for intervals that
+    include it.
     """
     groups = sum_group_counts(m for _, m in client_metrics)
     out: dict = {"groups": {a: {g: c.tolist() for g, c in by_group.items()} for a, by_group in groups.items()}}
@@ -135,6 +137,9 @@ def group_summary(client_metrics: list[tuple[str, dict]]) -> dict:
         out["groups_dp"] = {"noise_multiplier": multipliers[0], "sensitivity": COUNT_SENSITIVITY,
                             "overall_from_groups": True, "noised_nodes": len(noised),
                             "cell_noise_variance": cell_noise_variance(multipliers),
+                            "overall_cell_noise_variance": (
+                                overall_noise_factor([len(by_group) for by_group in groups.values()])
+                                * cell_noise_variance(multipliers) + len(noised) / 12.0),
                             "clipped": "for display only: sums are of the unclipped noised cells",
                             "epsilon_by_client": {cid: float(m[msgs.GROUP_DP_EPSILON_SPENT]) for cid, m in noised}}
     return out

@@ -169,7 +169,7 @@ def _node_ledger(state_dir, spends, run=("7301", "20261201-face-dp")):
     from shared_models.privacy_ledger import PrivacyLedger
 
     ledger = PrivacyLedger.open(state_dir, dataset_id=f"d-{state_dir.name}", epsilon_budget=8.0, delta=1e-5,
-                                accountant="rdp", run=run)
+                                accountant="pld", run=run)
     for server_round, steps in enumerate(spends, 1):
         ledger.record(run=run[0], server_round=server_round, noise_multiplier=1.2, sample_rate=0.1, steps=steps,
                       max_grad_norm=1.0)
@@ -217,7 +217,7 @@ def test_ledgers_name_runs_by_their_run_folder_and_keep_flowers_id(tmp_path, cap
     _node_ledger(tmp_path, [10, 10])
     # A resumed run: another Flower run id, the same run folder; an old ledger's id without a name stays as is
     ledger = PrivacyLedger.open(tmp_path, dataset_id=f"d-{tmp_path.name}", epsilon_budget=8.0, delta=1e-5,
-                                accountant="rdp", run=("7302", "20261201-face-dp"))
+                                accountant="pld", run=("7302", "20261201-face-dp"))
     ledger.record(run="7302", server_round=3, noise_multiplier=1.2, sample_rate=0.1, steps=10, max_grad_norm=1.0)
     ledger.record(run="555", server_round=1, noise_multiplier=1.2, sample_rate=0.1, steps=10, max_grad_norm=1.0)
     reloaded = PrivacyLedger.load(tmp_path / "privacy_ledger.json")

@@ -223,7 +223,7 @@ def test_node_sent_tells_per_round_what_was_noised_and_accounted(tmp_path):
     from shared_models.privacy_ledger import PrivacyLedger
 
     ledger = PrivacyLedger.open(tmp_path, dataset_id="fer2013:/data", epsilon_budget=8.0, delta=1e-5,
-                                accountant="rdp", run=("7301", "20261201-face-dp"))
+                                accountant="pld", run=("7301", "20261201-face-dp"))
     ledger.record(run="7301", server_round=1, noise_multiplier=1.2, sample_rate=0.05, steps=20, max_grad_norm=1.0)
     ledger.record(run="7301", server_round=1, noise_multiplier=2.0, sample_rate=1.0, steps=2, max_grad_norm=1.4,
                   kind="eval-counts")

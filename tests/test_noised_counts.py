@@ -139,3 +139,24 @@ def test_intervals_widen_with_the_count_noise_and_cover_the_accuracy():
     for key in ("accuracy_gap", "equalized_odds_difference"):
         assert np.diff(noisy[key]["ci"])[0] > np.diff(exact[key]["ci"])[0]
     assert np.diff(noisy["groups"]["male"]["macro_f1_ci"])[0] > np.diff(exact["groups"]["male"]["macro_f1_ci"])[0]
+
+
+def test_the_overall_confusion_averages_every_attribute_and_its_logged_variance_is_its_noise():
+    """The global confusion is the mean over attributes of their noised group sums (free post-processing):
+    unbiased, with the per-cell variance metrics.jsonl logs (what the report's global interval uses), which
+    is below what the first attribute's groups alone would give (4 groups of sex, summed)."""
+    split = node_split(72, seed=3)
+    truth = next(iter(split.values())).sum(axis=0)
+    nodes, releases = 3, 300
+    overall, logged = [], []
+    for _ in range(releases):
+        replies = [("n%d" % i, noised_reply(split)) for i in range(nodes)]
+        overall.append(sum(np.asarray(m[msgs.CONFUSION], dtype=np.float64) for _, m in replies))
+        logged.append(group_summary(replies)["groups_dp"]["overall_cell_noise_variance"])
+    overall = np.asarray(overall)
+    mean_error = overall.mean(axis=0) - nodes * truth.ravel()
+    assert np.all(np.abs(mean_error) < 5 * np.sqrt(logged[0] / releases))  # unbiased, every cell
+    measured = overall.var(axis=0, ddof=1).mean()  # across the 49 cells, each over the releases
+    assert 0.85 < measured / logged[0] < 1.15
+    first_groups = len(next(iter(group_schema(DATASET).values())))
+    assert measured < 0.75 * first_groups * nodes * SIGMA ** 2  # the old first-attribute sum's variance

@@ -186,13 +186,13 @@ def test_client_level_dp_never_sends_or_releases_raw_audio_sums():
 
 # --------------------------------------------------------------------------- 4. a ledger that never loses spending
 def _record_many(state_dir: str, tag: str, count: int) -> None:
-    ledger = PrivacyLedger.open(state_dir, dataset_id="d", epsilon_budget=1e6, delta=1e-5, accountant="rdp")
+    ledger = PrivacyLedger.open(state_dir, dataset_id="d", epsilon_budget=1e6, delta=1e-5, accountant="pld")
     for i in range(count):
         ledger.record(run=tag, server_round=i, noise_multiplier=5.0, sample_rate=0.01, steps=1, max_grad_norm=1.0)
 
 
 def _spend_until_declined(state_dir: str, tag: str) -> None:
-    ledger = PrivacyLedger.open(state_dir, dataset_id="d", epsilon_budget=1.0, delta=1e-5, accountant="rdp")
+    ledger = PrivacyLedger.open(state_dir, dataset_id="d", epsilon_budget=1.0, delta=1e-5, accountant="pld")
     for i in range(200):
         try:
             ledger.spend(run=tag, server_round=i, noise_multiplier=2.0, sample_rate=0.05, steps=10, max_grad_norm=1.0)
@@ -211,7 +211,7 @@ def _in_processes(target, state_dir: Path, tags=("a", "b"), *extra) -> None:
 
 
 def test_two_processes_recording_on_one_ledger_both_land_on_disk(tmp_path):
-    PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1e6, delta=1e-5, accountant="rdp")
+    PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=1e6, delta=1e-5, accountant="pld")
     _in_processes(_record_many, tmp_path, ("a", "b"), 25)
     events = PrivacyLedger.load(tmp_path / "privacy_ledger.json").events
     assert sorted((e.run, e.round) for e in events) == sorted((t, i) for t in "ab" for i in range(25))
@@ -246,7 +246,7 @@ def hospital(tmp_path_factory) -> Path:
 
 
 def _node(hospital: Path, state: Path, **overrides) -> tuple[Context, RunSettings]:
-    run_config, settings = load_run_config(None, {"dp": True, "dp-accountant": "rdp", "batch-size": 32,
+    run_config, settings = load_run_config(None, {"dp": True, "dp-accountant": "pld", "batch-size": 32,
                                                   "num-server-rounds": 2, **overrides})
     node_config = {"data-path": str(hospital), "dataset-format": "fer2013", "client-id": "hospital-a",
                    "state-dir": str(state)}
@@ -312,8 +312,8 @@ def test_exact_evaluation_under_dp_is_declared_unprotected_in_the_report(hospita
 def test_a_ledger_file_cannot_widen_the_configured_budget_and_the_report_flags_it(tmp_path):
     run_dir = tmp_path / "run"
     state = run_dir / "node-state" / "client-0"
-    PrivacyLedger.open(state, dataset_id="d", epsilon_budget=1000.0, delta=1e-5, accountant="rdp")  # doctored file
-    ledger = PrivacyLedger.open(state, dataset_id="d", epsilon_budget=8.0, delta=1e-5, accountant="rdp")
+    PrivacyLedger.open(state, dataset_id="d", epsilon_budget=1000.0, delta=1e-5, accountant="pld")  # doctored file
+    ledger = PrivacyLedger.open(state, dataset_id="d", epsilon_budget=8.0, delta=1e-5, accountant="pld")
     assert ledger.epsilon_budget == 8.0 and ledger.stored_budget == 1000.0
     with pytest.raises(BudgetExceeded):
         ledger.spend(run="r", server_round=1, noise_multiplier=0.3, sample_rate=0.5, steps=200, max_grad_norm=1.0)
@@ -321,7 +321,7 @@ def test_a_ledger_file_cannot_widen_the_configured_budget_and_the_report_flags_i
 
     event = ledger.spend(run="r", server_round=1, noise_multiplier=2.0, sample_rate=0.05, steps=10, max_grad_norm=1.0)
     client = {"client_id": "0", "epsilon": event.epsilon_after, "delta": 1e-5, "noise_multiplier": 2.0,
-              "sample_rate": 0.05, "max_grad_norm": 1.0, "accountant": "rdp", "budget": 8.0, "steps": 10,
+              "sample_rate": 0.05, "max_grad_norm": 1.0, "accountant": "pld", "budget": 8.0, "steps": 10,
               "rounds_trained": 1}
     check = check_ledgers([client], {"flower_run_id": "r", "run_config": {"dp-epsilon": 8.0}}, run_dir)
     assert check["budget_widened"] == 1 and "larger than the configured dp-epsilon" in check["status"]

@@ -70,7 +70,7 @@ def test_secure_aggregation_with_dp_sgd_clips_updates_and_keeps_the_ledgers(tmp_
     run_dir = run_simulation(None, {
         **SMALL, "data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": "secagg-dp",
         "secure-aggregation": True, "secagg-clip-norm": clip, "dp": True, "dp-epsilon": 3.0,
-        "dp-accountant": "rdp", "state-dir": str(tmp_path / "state"),
+        "dp-accountant": "pld", "state-dir": str(tmp_path / "state"),
     })
     rounds = read_rounds(run_dir)
     assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -81,7 +81,7 @@ def test_secure_aggregation_with_dp_sgd_clips_updates_and_keeps_the_ledgers(tmp_
             dp = c["dp"]  # each node's DP report travels beside its masked update
             history.setdefault(c["client"], []).append((dp["noise_multiplier"], dp["sample_rate"], dp["steps"]))
             assert dp["epsilon"] == pytest.approx(epsilon_of(history[c["client"]], dp["delta"], dp["accountant"]))
-            assert dp["epsilon"] <= 3.0 and dp["accountant"] == "rdp"
+            assert dp["epsilon"] <= 3.0 and dp["accountant"] == "pld"
     assert sorted(history) == ["0", "1", "2"]
     for client, mechanisms in history.items():
         ledger = PrivacyLedger.load(tmp_path / "state" / f"client-{client}" / "privacy_ledger.json")

@@ -108,7 +108,7 @@ def test_dp_federation_reports_recomputable_epsilon_and_nodes_refuse_past_budget
 
     base = {"data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "synth-samples": 400,
             "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 2, "local-epochs": 1,
-            "dp": True, "dp-epsilon": 2.0, "dp-accountant": "rdp", "state-dir": str(tmp_path / "state")}
+            "dp": True, "dp-epsilon": 2.0, "dp-accountant": "pld", "state-dir": str(tmp_path / "state")}
     run_dir = run_simulation(None, {**base, "run-name": "dp1"})
     rounds = read_rounds(run_dir)
     history: dict[str, list] = {}
@@ -119,7 +119,7 @@ def test_dp_federation_reports_recomputable_epsilon_and_nodes_refuse_past_budget
             history.setdefault(c["client"], []).append((dp["noise_multiplier"], dp["sample_rate"], dp["steps"]))
             # The reported epsilon is the accountant's, recomputed from the reported mechanism history.
             assert dp["epsilon"] == pytest.approx(epsilon_of(history[c["client"]], dp["delta"], dp["accountant"]))
-            assert dp["epsilon"] <= 2.0 and dp["accountant"] == "rdp" and dp["max_grad_norm"] == 1.0
+            assert dp["epsilon"] <= 2.0 and dp["accountant"] == "pld" and dp["max_grad_norm"] == 1.0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["privacy"]["max_epsilon"] == max(c["epsilon"] for c in summary["privacy"]["clients"].values())
     for client in history:
@@ -141,7 +141,7 @@ def test_dp_federation_reports_recomputable_epsilon_and_nodes_refuse_past_budget
 def test_ledger_command_describes_spent_and_remaining_budget(tmp_path, capsys):
     from shared_models.privacy_ledger import PrivacyLedger
 
-    ledger = PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=3.0, delta=1e-5, accountant="rdp")
+    ledger = PrivacyLedger.open(tmp_path, dataset_id="d", epsilon_budget=3.0, delta=1e-5, accountant="pld")
     ledger.record(run="42", server_round=1, noise_multiplier=1.5, sample_rate=0.1, steps=10, max_grad_norm=1.0)
     assert fedemo(["ledger", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -31,6 +31,7 @@ from server.report.fairness import count_noise_variance, fairness_history, fairn
 from server.report.ledger_chain import chain_check, recorded_heads
 from server.report.threat_model import guarantees
 from server.report.signing import default_key_path, load_or_create_key, write_signed
+from shared_models.demographic_groups import ATTRIBUTE_GROUPS
 
 SCHEMA_VERSION = 1
 REPORT_KIND = "fedemo-run-report"
@@ -73,7 +74,18 @@ def accuracy_interval(counts: list[list[float]], count_noise: dict[str, Any] | N
     Wilson for exact counts, with the count noise's variance added for noised ones; None without samples."""
     if sum(map(sum, counts)) <= 0:
         return None
-    return group_accuracy_interval(np.asarray(counts, dtype=np.float64), confidence, count_noise_variance(count_noise))
+    return group_accuracy_interval(np.asarray(counts, dtype=np.float64), confidence, overall_noise_variance(count_noise))
+
+
+def overall_noise_variance(count_noise: dict[str, Any] | None) -> float:
+    """Noise variance of one cell of the round's overall confusion: logged since the nodes average it over
+    attributes; a record from before, whose overall confusion summed the first attribute's groups, gets
+    that attribute's group count x a group cell's (the FER2013/CREMA-D/RAF-DB first attribute, sex, has 4)."""
+    if not count_noise:
+        return 0.0
+    if "overall_cell_noise_variance" in count_noise:
+        return float(count_noise["overall_cell_noise_variance"])
+    return len(ATTRIBUTE_GROUPS["sex"]) * count_noise_variance(count_noise)
 
 
 def round_entry(entry: dict[str, Any]) -> dict[str, Any]:
