@@ -201,7 +201,7 @@ def test_ledger_on_a_folder_with_an_unreadable_node_says_which(tmp_path, capsys)
     (tmp_path / "client-1").mkdir()
     (tmp_path / "client-1" / "privacy_ledger.json").write_text("{not json")
     code, out, _ = _fedemo(["ledger", str(tmp_path)], capsys)
-    assert code == 1 and "client-1: UNREADABLE" in out and "client-0: spent" in out
+    assert code == 1 and "client-1: UNREADABLE" in out and "client-0: training spent" in out
 
 
 def test_ledger_on_a_folder_without_ledgers_says_what_to_give(tmp_path, capsys):
