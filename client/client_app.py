@@ -37,7 +37,8 @@ from client.dp_allowlist import dp_allowlist_mod
 from client.dp_training import make_private, plan_round, planned_participation, steps_taken
 from client.fairness_weights import WeightedSamples
 from client.fixed_features import feature_dataset, uses_fixed_features
-from client.group_counts import group_count_metrics, overall_confusion, release_noised_counts, sample_groups
+from client.group_counts import (eval_noise_multiplier, group_count_metrics, overall_confusion,
+                                 release_noised_counts, sample_groups)
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import ClientSamples, client_samples
 from client.outgoing_audit import outgoing_audit_mod
@@ -196,11 +197,15 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     if settings.eval_dp_noise_multiplier > 0:  # every released count noised, checked against and spent from the ledger
         config = msg.content[msgs.CONFIG] if msgs.CONFIG in msg.content else ConfigRecord()
         ledger = open_ledger(settings, context, config, samples)
+        run = str(context.run_id)
+        noise = eval_noise_multiplier(  # the configured floor, raised to fit the run's planned evaluations
+            ledger, run, attributes=len(counts.group_confusion), floor=settings.eval_dp_noise_multiplier,
+            planned_releases=planned_participation(settings.num_server_rounds + 1, settings.fraction_evaluate))
         group_confusion, event = release_noised_counts(
-            counts.group_confusion, ledger=ledger, run=str(context.run_id),
-            server_round=int(config.get(msgs.SERVER_ROUND, 0)), noise_multiplier=settings.eval_dp_noise_multiplier)
-        # The overall confusion is the sum of one attribute's noised groups (they partition the test rows):
-        # post-processing, free. The exact loss and valence/arousal sums are not released at all.
+            counts.group_confusion, ledger=ledger, run=run,
+            server_round=int(config.get(msgs.SERVER_ROUND, 0)), noise_multiplier=noise)
+        # The overall confusion is the mean over attributes of their noised groups' sums (each partitions the
+        # test rows): post-processing, free. The exact loss and valence/arousal sums are not released at all.
         confusion = overall_confusion(group_confusion)
         metrics = {msgs.NUM_EXAMPLES: int(confusion.sum()), msgs.CONFUSION: [int(v) for v in confusion.ravel()],
                    msgs.GROUP_DP_NOISE_MULTIPLIER: event.noise_multiplier,

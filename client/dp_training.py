@@ -56,10 +56,11 @@ class DPPlan:
 
 def calibrate_noise(prior: list[tuple[float, float, int]], sample_rate: float, steps: int, *,
                     target_epsilon: float, delta: float, accountant: str = ACCOUNTANT, max_noise: float = 10.0,
-                    tolerance: float = 0.01) -> float:
-    """Smallest noise multiplier (to ``tolerance``) keeping prior + planned training within the target.
+                    tolerance: float = 0.01, adjacency: str = REPLACE_ONE) -> float:
+    """Smallest noise multiplier (to ``tolerance``) keeping prior + planned releases within the target.
 
-    Training epsilon is replace-one (shared_models.privacy_ledger.ADJACENCY), the figure the ledger binds.
+    Training epsilon is replace-one (shared_models.privacy_ledger.ADJACENCY), the figure the ledger binds;
+    noised evaluation counts pass ``adjacency`` add/remove (client/group_counts.py eval_noise_multiplier).
     Beyond ``max_noise`` the updates are noise, not learning: a node whose
     remaining budget would need more declines instead of pretending to train.
     The bisection runs on the log scale of the multiplier (about 10 PLD
@@ -67,14 +68,14 @@ def calibrate_noise(prior: list[tuple[float, float, int]], sample_rate: float, s
     nodes calibrate once per process.
     """
     return _calibrate(tuple(prior), float(sample_rate), int(steps), float(target_epsilon), float(delta), accountant,
-                      float(max_noise), float(tolerance))
+                      float(max_noise), float(tolerance), adjacency)
 
 
 @functools.lru_cache(maxsize=256)
 def _calibrate(prior: tuple[tuple[float, float, int], ...], sample_rate: float, steps: int, target_epsilon: float,
-               delta: float, accountant: str, max_noise: float, tolerance: float) -> float:
+               delta: float, accountant: str, max_noise: float, tolerance: float, adjacency: str) -> float:
     def eps(sigma: float) -> float:
-        return epsilon_of(list(prior) + [(sigma, sample_rate, steps)], delta, accountant, REPLACE_ONE)
+        return epsilon_of(list(prior) + [(sigma, sample_rate, steps)], delta, accountant, adjacency)
 
     lo, hi = _MIN_SIGMA, max_noise
     if eps(hi) > target_epsilon:

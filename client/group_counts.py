@@ -35,12 +35,13 @@ import secrets
 import numpy as np
 
 from client.loaders.base import EmotionData
-from shared_models.privacy_ledger import DPEvent, PrivacyLedger
+from shared_models.privacy_ledger import ADD_REMOVE, BudgetExceeded, DPEvent, PrivacyLedger
 from shared_models.demographic_groups import group_schema, metric_key
 from shared_models.taxonomy import NUM_EMOTIONS, UNKNOWN
 
 EVAL_EVENT_KIND = "eval-counts"
 COUNT_SENSITIVITY = 1.0  # L2 sensitivity of one attribute's histogram (one person, one cell, +-1)
+EVAL_MAX_NOISE = 100.0  # beyond this the counts say nothing: a node whose budget would need more declines
 
 
 def sample_groups(data: EmotionData, dataset: str) -> dict[str, tuple[np.ndarray, int]]:
@@ -99,3 +100,31 @@ def overall_confusion(group_confusion: dict[str, np.ndarray]) -> np.ndarray:
     ``overall_noise_factor`` x a group cell's (shared_models/demographic_groups.py says why)."""
     sums = [np.asarray(counts, dtype=np.float64).sum(axis=0) for counts in group_confusion.values()]
     return np.rint(np.mean(sums, axis=0)).astype(np.int64)
+
+
+def eval_noise_multiplier(ledger: PrivacyLedger, run: str, *, attributes: int, planned_releases: int,
+                          floor: float) -> float:
+    """The run's noise on evaluation counts: the one already recorded for it, or a fresh calibration.
+
+    ``eval-dp-noise-multiplier`` is a floor: a node raises it until the run's planned releases
+    (``attributes`` Gaussian histograms per evaluation, ``planned_releases`` evaluations) and what its test
+    records already spent fit the budget, as training calibrates its noise. Without this a fixed
+    multiplier either wastes the evaluation budget or, under a smaller ``dp-epsilon``, makes every node
+    decline every evaluation (a run at epsilon 1 ended before round 1). A run keeps one level, also across
+    a node restart (read back from the ledger).
+    """
+    earlier = [e for e in ledger.events if e.run == run and e.kind == EVAL_EVENT_KIND]
+    if earlier:
+        return earlier[0].noise_multiplier
+    from client.dp_training import calibrate_noise  # Opacus loads with it; evaluation without noise never needs it
+
+    try:
+        needed = calibrate_noise(ledger.mechanisms(EVAL_EVENT_KIND), 1.0, attributes * planned_releases,
+                                 target_epsilon=ledger.epsilon_budget, delta=ledger.delta,
+                                 accountant=ledger.accountant, max_noise=EVAL_MAX_NOISE, adjacency=ADD_REMOVE)
+    except BudgetExceeded as err:
+        raise BudgetExceeded(
+            f"evaluation-count release declined: no noise multiplier up to {EVAL_MAX_NOISE:g} keeps the "
+            f"evaluation epsilon within {ledger.epsilon_budget:g} for this run's {planned_releases} planned "
+            f"evaluations (spent {ledger.spent(EVAL_EVENT_KIND):.3f}); ledger {ledger.path}") from err
+    return max(float(floor), needed)

@@ -145,6 +145,25 @@ def test_evaluation_counts_have_their_own_epsilon_and_training_leaves_no_room_fo
     assert "evaluation counts (add or remove one test record): spent epsilon" in ledger.describe()
 
 
+def test_the_evaluation_noise_rises_to_fit_a_small_budget_over_every_planned_evaluation(hospital, tmp_path):
+    """eval-dp-noise-multiplier is a floor: at dp-epsilon 1 a fixed multiplier of 5 would decline every
+    evaluation (3 histograms x (ROUNDS + 1) evaluations cost about 1.2 at delta 1/(10 n)); the node raises it
+    once for the run, every planned evaluation is released, and the evaluation epsilon ends within 1."""
+    context = _context(hospital, tmp_path / "state", **{"dp-epsilon": 1.0, "eval-dp-noise-multiplier": 5.0})
+    replies = [_ask(context, "evaluate", r) for r in range(ROUNDS + 1)]  # round 0: the initial model
+    assert not any(r.has_error() for r in replies), replies[0].error
+    sigmas = {r.content[msgs.METRICS][msgs.GROUP_DP_NOISE_MULTIPLIER] for r in replies}
+    assert len(sigmas) == 1 and sigmas.pop() > 5.0  # one level for the run, above the floor
+    ledger = _ledger(tmp_path / "state")
+    counts = [(e.noise_multiplier, e.sample_rate, e.steps) for e in ledger.events if e.kind == "eval-counts"]
+    spent = independent_epsilon(counts, ledger.delta, NeighboringRelation.ADD_OR_REMOVE_ONE)
+    assert 0.9 < spent <= 1.0  # the budget is used, never passed
+    assert replies[-1].content[msgs.METRICS][msgs.GROUP_DP_EPSILON_SPENT] == pytest.approx(spent, rel=1e-5)
+    # A floor above what the budget needs is kept as configured.
+    roomy = _context(hospital, tmp_path / "roomy", **{"dp-epsilon": 50.0, "eval-dp-noise-multiplier": 5.0})
+    assert _ask(roomy, "evaluate", 0).content[msgs.METRICS][msgs.GROUP_DP_NOISE_MULTIPLIER] == 5.0
+
+
 def test_the_shipped_dp_configs_noise_evaluation_counts_by_default():
     for name in ("face50_dp", "voice50_dp", "quickstart_dp", "deployment_dp"):
         _, settings = load_run_config(f"configs/{name}.toml", {})
