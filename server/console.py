@@ -149,6 +149,15 @@ def majority_rate(entry: dict) -> float | None:
     return max(totals) / sum(totals) if sum(totals) else None
 
 
+def noised_accuracy_interval(entry: dict) -> list[float] | None:
+    """The 95% interval of a round's accuracy from noised evaluation counts (the report's), None for exact ones."""
+    if not entry.get("groups_dp") or not (entry.get("confusion") or {}).get("counts"):
+        return None
+    from server.report.build import accuracy_interval  # scipy loads here, at the end of a run, not at start-up
+
+    return accuracy_interval(entry["confusion"]["counts"], entry["groups_dp"])
+
+
 def final_summary(run_name: str, summary: dict, history: list[dict], report: Path | None) -> str:
     """One line: rounds, wall clock, accuracy vs the majority-class rate, max epsilon, the report."""
     final, initial = summary.get("final", {}), summary.get("initial", {})
@@ -159,10 +168,18 @@ def final_summary(run_name: str, summary: dict, history: list[dict], report: Pat
         text = f"accuracy {accuracy:.3f}"
         if initial.get("accuracy") is not None:
             text += f" (initial {initial['accuracy']:.3f})"
-        majority = majority_rate(history[-1]) if history else None
+        last = history[-1] if history else {}
+        interval = noised_accuracy_interval(last)
+        if interval is not None:  # noised counts: the point alone says little, its interval says how little
+            text += f" (noised counts: 95% interval {max(interval[0], 0):.3f} to {min(interval[1], 1):.3f})"
+        majority = majority_rate(last) if history else None
         if majority is not None:
+            majority = min(max(majority, 0.0), 1.0)
             text += f" vs majority-class rate {majority:.3f}"
-            if accuracy <= majority:
+            if interval is not None:
+                if interval[0] <= majority:
+                    text += " (at this count noise, not distinguishable from always answering the most common emotion)"
+            elif accuracy <= majority:
                 text += " (no better than always answering the most common emotion)"
         parts.append(text)
     privacy = summary.get("privacy") or {}

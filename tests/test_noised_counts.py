@@ -160,3 +160,24 @@ def test_the_overall_confusion_averages_every_attribute_and_its_logged_variance_
     assert 0.85 < measured / logged[0] < 1.15
     first_groups = len(next(iter(group_schema(DATASET).values())))
     assert measured < 0.75 * first_groups * nodes * SIGMA ** 2  # the old first-attribute sum's variance
+
+
+def test_the_final_line_gives_the_noised_accuracys_interval_and_judges_the_majority_rate_by_it():
+    """The console's last line under noised counts: the report's interval beside the point, and "no better
+    than the majority class" only as the interval allows (a noised point below the majority rate is not
+    evidence of a useless model, nor one above it of a useful one)."""
+    from server.console import final_summary
+
+    def entry(rows: int, sigma: float) -> dict:
+        replies = [(str(i), noised_reply(node_split(rows, seed=i, accuracy=0.9), sigma)) for i in range(4)]
+        summed = sum(np.asarray(m[msgs.CONFUSION], dtype=np.float64) for _, m in replies).reshape(K, K)
+        out = {"confusion": {"counts": summed.tolist()}, **group_summary(replies)}
+        out["accuracy"] = classification_metrics(summed)["accuracy"]
+        return out
+
+    summary = {"rounds": 1, "planned_rounds": 1, "wall_clock_s": 1.0, "initial": {}}
+    tiny, large = entry(8, 6.0), entry(2000, 1.0)  # a handful of test rows under heavy noise; many under light
+    line = final_summary("r", {**summary, "final": {"accuracy": tiny["accuracy"]}}, [tiny], None)
+    assert "noised counts: 95% interval" in line and "not distinguishable from always answering" in line
+    line = final_summary("r", {**summary, "final": {"accuracy": large["accuracy"]}}, [large], None)
+    assert "noised counts: 95% interval" in line and "most common emotion" not in line
