@@ -2,6 +2,7 @@
 
     fedemo simulate CONFIG [--set key=value ...]
     fedemo baseline CONFIG [--set key=value ...] [--epochs N]
+    fedemo evaluate RUN_DIR [--out FILE]
     fedemo compare RUN_A RUN_B --out DIR
     fedemo compare CONFIG --out DIR [--set k=v] [--a k=v] [--b k=v]
     fedemo data synth DATASET --out DIR [--n N] [--seed S] [--with-faces]
@@ -34,6 +35,12 @@ def add_research_commands(commands: argparse._SubParsersAction, data_commands: a
     p.add_argument("--epochs", type=int, default=None, help="default: rounds x local epochs of the config")
     p.set_defaults(func=baseline_command)
 
+    p = commands.add_parser("evaluate", help="exact accuracy of a simulated run's final model on every node's "
+                                             "test rows (research figure beside the report's noised one)")
+    p.add_argument("run", type=Path, help="a finished simulation's run folder")
+    p.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")
+    p.set_defaults(func=evaluate_command)
+
     p = commands.add_parser("compare", help="two runs side by side per group (e.g. without and with DP)")
     p.add_argument("inputs", nargs="+", help="two run folders, or one run config (TOML) to run twice")
     p.add_argument("--out", required=True, type=Path, help="folder for comparison.json and comparison.html")
@@ -50,6 +57,12 @@ def add_research_commands(commands: argparse._SubParsersAction, data_commands: a
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-faces", action="store_true", help="cremad: also write a face frame per clip (fusion)")
     p.set_defaults(func=synth_command)
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from simulations.exact_evaluation import evaluate_command as run  # torch loads here, not at `fedemo --help`
+
+    return run(args)
 
 
 # --- fedemo simulate -------------------------------------------------------------------------------
