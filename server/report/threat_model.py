@@ -78,7 +78,9 @@ def guarantees(run_config: dict[str, Any]) -> dict[str, Any]:
         })
         if eval_noise > 0:
             mechanisms.append({
-                "mechanism": f"Gaussian noise (multiplier {eval_noise:g}) on evaluation counts",
+                "mechanism": f"Gaussian noise on evaluation counts (multiplier at least {eval_noise:g}: each hospital "
+                             "raises it once per run to fit its budget over the run's evaluations; each round's "
+                             "multipliers are in metrics.jsonl)",
                 "protects": "each test record of each hospital",
                 "adjacency": "add or remove one test record (one cell of each attribute's histogram moves by 1; "
                              "the noised counts are summed unclipped, clipped only for display)",
