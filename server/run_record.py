@@ -150,14 +150,25 @@ class RunRecord:
             raise FileNotFoundError(f"{run_dir} is not a FedEmo run folder (no config.json)")
         return cls(run_dir)
 
-    def add_flower_run(self, flower_run_id: int) -> None:
-        """Record a resumed part's Flower run id in config.json (``resumed_flower_run_ids``).
+    def run_config(self) -> dict[str, Any]:
+        """The run config as config.json holds it (a resumed part's allowed changes included)."""
+        return json.loads((self.run_dir / "config.json").read_text(encoding="utf-8"))["run_config"]
+
+    def add_flower_run(self, flower_run_id: int, changes: dict[str, list[Any]] | None = None) -> None:
+        """Record a resumed part in config.json: its Flower run id (``resumed_flower_run_ids``), when it
+        started and what it changed (``resumed_parts``: only keys a resume may change), and those changes
+        in ``run_config`` itself, so the report states the config the run ends under.
 
         Nodes record their privacy spend under Flower's run id, which is new
         after a resume; the report's ledger check reads every part's.
         """
         config = json.loads((self.run_dir / "config.json").read_text(encoding="utf-8"))
+        changes = {k: v for k, v in (changes or {}).items() if k not in ("resume", "runs-dir", "run-name")}
         config["resumed_flower_run_ids"] = [*config.get("resumed_flower_run_ids", []), flower_run_id]
+        config["resumed_parts"] = [*config.get("resumed_parts", []), {
+            "flower_run_id": flower_run_id, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "changed": changes}]
+        config["run_config"].update({key: new for key, (_, new) in changes.items()})
         self.write_json("config.json", config)
 
     def write_json(self, name: str, payload: dict[str, Any]) -> Path:

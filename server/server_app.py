@@ -40,7 +40,7 @@ from server.secure_aggregation import run_secure_aggregation
 from server.strategy import FedEmoMixin, build_strategy
 from shared_models.audio_features import combine_moments
 from shared_models.registry import build_model, count_parameters
-from shared_models.run_settings import RunSettings
+from shared_models.run_settings import RunSettings, check_resume_changes, resume_changes
 
 app = ServerApp()
 
@@ -98,7 +98,10 @@ def open_run(settings: RunSettings, context: Context, checkpoint: Checkpoint | N
     data_dir = prepare_data_dir(settings)
     if checkpoint is not None:
         record = RunRecord.reopen(Path(settings.resume))
-        record.add_flower_run(context.run_id)  # the nodes' ledgers name this part of the run by it
+        # A resumed part continues the run it was: anything but the rounds and machines must stay as trained.
+        changes = resume_changes(record.run_config(), settings.to_config())
+        check_resume_changes(changes, record.run_dir)
+        record.add_flower_run(context.run_id, changes)  # the nodes' ledgers name this part of the run by it
         log(INFO, "FedEmo run %s resumes after round %d of %d", record.run_dir.name, checkpoint.server_round,
             settings.num_server_rounds)
     else:

@@ -25,7 +25,7 @@ from typing import Any
 
 from server import interruption
 from server.checkpoint import Checkpoint
-from shared_models.run_settings import ConfigError, RunSettings
+from shared_models.run_settings import ConfigError, RunSettings, check_resume_changes, resume_changes
 from simulations.data_prep import prepare_data
 from simulations.gpu_usage import GpuSampler
 from simulations.run_config import load_run_config, prepare_run, project_dir
@@ -125,6 +125,8 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
         raise FileNotFoundError(f"{run_dir} is not a FedEmo run folder (no config.json)")
     checkpoint = Checkpoint.load(run_dir)  # refuses a folder with no completed round, by name
     saved = json.loads(config_file.read_text())["run_config"]
+    # Before validation, so the refusal names the key whatever its new value (the coordinator checks again).
+    check_resume_changes(resume_changes(saved, dict(overrides or {})), run_dir)
     config, _ = load_run_config(None, {**saved, **dict(overrides or {}), "resume": str(run_dir),
                                        "runs-dir": str(run_dir.parent), "run-name": run_dir.name})
     settings = RunSettings.from_config(config)

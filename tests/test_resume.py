@@ -279,3 +279,35 @@ def test_a_killed_central_dp_run_resumes_its_account_and_counts_the_release_it_d
     resumed = rounds[done + 1]["central_dp"]["clipping_norm"]
     assert resumed == rounds[done]["central_dp"]["next_clipping_norm"] == checkpoint.central["clipping_norm"]
     assert resumed != 0.01
+
+
+@pytest.mark.slow
+def test_a_resume_refuses_every_key_that_decides_what_was_trained_and_records_what_it_may_change(tmp_path):
+    """Issue 20: `--resume` took any --set (model, dp, seed, data-dir, ...) and signed the original config.
+    Every key outside RESUMABLE_KEYS is refused by name, whatever its new value; a longer run is allowed,
+    recorded per resumed part in config.json and in the signed report, whose config says what it ended under."""
+    from shared_models.run_settings import RESUMABLE_KEYS
+
+    run_dir = run_simulation(None, {
+        "data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": "honest",
+        "synth-samples": 240, "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 1,
+        "batch-size": 16})
+    saved = json.loads((run_dir / "config.json").read_text())["run_config"]
+    refused = sorted(set(saved) - RESUMABLE_KEYS)
+    assert {"model", "dp", "seed", "data-dir", "num-supernodes", "aggregation", "dp-epsilon"} <= set(refused)
+    for key in refused:
+        old = saved[key]
+        new = (not old if isinstance(old, bool) else old + 1 if isinstance(old, (int, float))
+               else f"{old}-changed")
+        with pytest.raises(ConfigError, match=f"{key} cannot change on resume"):
+            resume_config(run_dir, {key: new})
+
+    assert run_simulation(None, {"num-server-rounds": 2}, resume=run_dir) == run_dir
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["run_config"]["num-server-rounds"] == 2
+    [part] = config["resumed_parts"]
+    assert part["changed"] == {"num-server-rounds": [1, 2]} and part["started"]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["resumed_parts"] == [part] and report["config"]["num-server-rounds"] == 2
+    assert report["run"]["rounds_planned"] == 2 and report["run"]["rounds_completed"] == 2
+    assert fedemo(["verify", str(run_dir)]) == 0

@@ -403,6 +403,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
             "elapsed_s": summary.get("elapsed_s"),
         },
         "config": run_config,
+        # each resumed part: its Flower run id, start time and what it changed (only keys a resume may change)
+        "resumed_parts": config.get("resumed_parts", []),
         "initial": round_entries[0],
         "final": round_entries[-1],
         "baseline": baseline,
