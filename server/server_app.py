@@ -31,6 +31,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from server import console
 from server.central_dp import wrap_strategy
+from server.run_lock import hold_run_folder, release_run_folders
 from server.checkpoint import Checkpoint
 from server.report.build import coordinator_key, report_at_end_of_run
 from server.round_recorder import RoundRecorder
@@ -53,6 +54,8 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException as err:
         console.end_run_log(err)
         raise
+    finally:
+        release_run_folders()  # the run folder is free again, however the run ended
     console.end_run_log()
 
 
@@ -97,6 +100,7 @@ def open_run(settings: RunSettings, context: Context, checkpoint: Checkpoint | N
     """The run folder (new, or the resumed one) and the node config every message carries."""
     data_dir = prepare_data_dir(settings)
     if checkpoint is not None:
+        hold_run_folder(settings.resume)  # before anything is written: one coordinator per run folder
         record = RunRecord.reopen(Path(settings.resume))
         # A resumed part continues the run it was: anything but the rounds and machines must stay as trained.
         changes = resume_changes(record.run_config(), settings.to_config())
@@ -108,6 +112,7 @@ def open_run(settings: RunSettings, context: Context, checkpoint: Checkpoint | N
         record = RunRecord.create(Path(settings.runs_dir).resolve(), new_run_id(settings.run_name),
                                   settings.to_config(), {"data_dir": str(data_dir or ""),
                                                          "flower_run_id": context.run_id})
+        hold_run_folder(record.run_dir)
     log(INFO, "FedEmo run %s: task=%s dataset=%s (%s) model=%s aggregation=%s, writing to %s", record.run_dir.name,
         settings.task, settings.dataset, data_dir, settings.model, settings.aggregation, record.run_dir)
     # Shared folders of a simulation, resolved once here: the dataset and the nodes' ledgers.

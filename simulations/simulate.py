@@ -25,6 +25,7 @@ from typing import Any
 
 from server import interruption
 from server.checkpoint import Checkpoint
+from server.run_lock import check_run_folder_free
 from shared_models.run_settings import ConfigError, RunSettings, check_resume_changes, resume_changes
 from simulations.data_prep import prepare_data
 from simulations.gpu_usage import GpuSampler
@@ -123,6 +124,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a FedEmo run folder (no config.json)")
+    check_run_folder_free(run_dir)  # a second resume of a running run: one line, before any engine starts
     checkpoint = Checkpoint.load(run_dir)  # refuses a folder with no completed round, by name
     saved = json.loads(config_file.read_text())["run_config"]
     # Before validation, so the refusal names the key whatever its new value (the coordinator checks again).

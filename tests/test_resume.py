@@ -311,3 +311,30 @@ def test_a_resume_refuses_every_key_that_decides_what_was_trained_and_records_wh
     assert report["resumed_parts"] == [part] and report["config"]["num-server-rounds"] == 2
     assert report["run"]["rounds_planned"] == 2 and report["run"]["rounds_completed"] == 2
     assert fedemo(["verify", str(run_dir)]) == 0
+
+
+@pytest.mark.slow
+def test_two_resumes_at_once_the_second_is_refused_in_one_line(tmp_path, capsys):
+    """Issue 20: two `--resume` of one run both succeeded and wrote rounds [0,1,2,3,3,4,4,5,5] into a report
+    that verified. The running coordinator holds the run folder; a second resume is refused before it starts."""
+    run_dir = run_simulation(None, {
+        "data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": "locked",
+        "synth-samples": 240, "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 1,
+        "batch-size": 16})
+    fedemo_bin = shutil.which("fedemo", path=str(Path(sys.executable).parent))
+    first = subprocess.Popen([fedemo_bin, "simulate", "--resume", str(run_dir), "--set", "num-server-rounds=4"],
+                             cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    lock = run_dir / "run.lock"
+    deadline = time.time() + 120
+    while not (lock.is_file() and lock.read_text().strip()):  # the first resume holds the folder
+        assert first.poll() is None and time.time() < deadline, first.stdout.read()[-3000:]
+        time.sleep(0.02)
+    code = fedemo(["simulate", "--resume", str(run_dir), "--set", "num-server-rounds=4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is in use by another FedEmo process" in err and "Traceback" not in err
+    assert first.wait(timeout=300) == 0, first.stdout.read()[-3000:]
+    rounds = [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [0, 1, 2, 3, 4]
+    assert lock.read_text() == ""  # released at the end of the run
+    assert fedemo(["verify", str(run_dir)]) == 0
