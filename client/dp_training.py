@@ -124,10 +124,8 @@ def plan_round(ledger: PrivacyLedger, run: str, *, batches_per_epoch: int, local
     """
     sample_rate = 1.0 / batches_per_epoch
     steps_per_round = local_epochs * batches_per_epoch
-    earlier = [e for e in ledger.events if e.run == run and e.kind == "train"]
-    if earlier:  # a run keeps one noise level, also across a node restart
-        sigma = earlier[0].noise_multiplier
-    else:
+    sigma = ledger.run_noise(run, "train")  # a run keeps one noise level, also across a node restart
+    if sigma is None:
         sigma = calibrate_noise(ledger.mechanisms("train"), sample_rate, steps_per_round * num_rounds,
                                 target_epsilon=ledger.epsilon_budget, delta=ledger.delta,
                                 accountant=ledger.accountant, max_noise=max_noise)

@@ -20,7 +20,7 @@ each record's id), so by parallel composition these releases have their own
 epsilon, separate from training's, each checked against the budget
 (``shared_models.privacy_ledger.ADJACENCY``). Every attribute's groups (with
 "unknown") partition the test rows, so the overall confusion matrix a DP
-node sends is the sum of the first attribute's noised groups:
+node sends is the mean over attributes of their noised groups' sums:
 post-processing, so overall and per-group figures agree and nothing exact
 is released beside them.
 
@@ -36,11 +36,10 @@ import numpy as np
 
 from client.loaders.base import EmotionData
 from shared_models.privacy_ledger import ADD_REMOVE, BudgetExceeded, DPEvent, PrivacyLedger
-from shared_models.demographic_groups import group_schema, metric_key
+from shared_models.demographic_groups import COUNT_SENSITIVITY, group_schema, metric_key
 from shared_models.taxonomy import NUM_EMOTIONS, UNKNOWN
 
 EVAL_EVENT_KIND = "eval-counts"
-COUNT_SENSITIVITY = 1.0  # L2 sensitivity of one attribute's histogram (one person, one cell, +-1)
 EVAL_MAX_NOISE = 100.0  # beyond this the counts say nothing: a node whose budget would need more declines
 
 
@@ -113,9 +112,9 @@ def eval_noise_multiplier(ledger: PrivacyLedger, run: str, *, attributes: int, p
     decline every evaluation (a run at epsilon 1 ended before round 1). A run keeps one level, also across
     a node restart (read back from the ledger).
     """
-    earlier = [e for e in ledger.events if e.run == run and e.kind == EVAL_EVENT_KIND]
-    if earlier:
-        return earlier[0].noise_multiplier
+    earlier = ledger.run_noise(run, EVAL_EVENT_KIND)
+    if earlier is not None:
+        return earlier
     from client.dp_training import calibrate_noise  # Opacus loads with it; evaluation without noise never needs it
 
     try:

@@ -172,7 +172,7 @@ def final_summary(run_name: str, summary: dict, history: list[dict], report: Pat
         interval = noised_accuracy_interval(last)
         if interval is not None:  # noised counts: the point alone says little, its interval says how little
             text += f" (noised counts: 95% interval {max(interval[0], 0):.3f} to {min(interval[1], 1):.3f})"
-        majority = majority_rate(last) if history else None
+        majority = majority_rate(last)
         if majority is not None:
             majority = min(max(majority, 0.0), 1.0)
             text += f" vs majority-class rate {majority:.3f}"

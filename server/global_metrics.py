@@ -20,10 +20,8 @@ import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
 from shared_models import messages as msgs
-from shared_models.demographic_groups import overall_noise_factor, parse_metric_key
+from shared_models.demographic_groups import COUNT_SENSITIVITY, overall_noise_factor, parse_metric_key
 from shared_models.taxonomy import NUM_EMOTIONS
-
-COUNT_SENSITIVITY = 1  # one test record moves one cell of each attribute's histogram (client/group_counts.py)
 
 
 def classification_metrics(confusion: np.ndarray) -> dict[str, float]:

@@ -29,6 +29,9 @@ DATASET_ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 
 GROUP_KEY_PREFIX = "grp."
+# L2 sensitivity of one attribute's group-count histogram: one test record moves one cell by 1. The node
+# noises with it (client/group_counts.py), the coordinator's intervals and metrics.jsonl read it.
+COUNT_SENSITIVITY = 1.0
 
 
 def overall_noise_factor(groups_per_attribute: list[int]) -> float:

@@ -341,6 +341,12 @@ class PrivacyLedger:
         return event_hash(self.events[-1]) if self.events else ""
 
     # ---------------------------------------------------------------- budget
+    def run_noise(self, run: str, kind: str = "train") -> float | None:
+        """The noise multiplier ``run`` first recorded for ``kind``: a run keeps one level, also across a node
+        restart; None before its first release of that kind."""
+        _kind(kind)
+        return next((e.noise_multiplier for e in self.events if e.run == run and e.kind == kind), None)
+
     def mechanisms(self, kind: str = "train") -> list[tuple[float, float, int]]:
         """(noise multiplier, sample rate, steps) of every event of ``kind``."""
         _kind(kind)
