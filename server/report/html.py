@@ -157,7 +157,7 @@ def fairness_html(report: dict) -> str:
                      f'multiplier {num(noise.get("noise_multiplier"))}, sensitivity {num(noise.get("sensitivity"))}'
                      + (f"; each hospital's epsilon after this evaluation: up to {max(spent):.3g}" if spent else "")
                      + "): group sizes and accuracies are noised figures"
-                     + (", and so are the overall counts, which are their sum" if noise.get("overall_from_groups")
+                     + (", and so are the overall counts, computed from them (the mean over attributes of their sums)" if noise.get("overall_from_groups")
                         else "") + ".</p>")
     for attribute, figures in fairness.items():
         parts.append(f"<h3>By {escape(attribute)}</h3>")
