@@ -6,7 +6,11 @@ What the researcher sees by default:
   round with its elapsed time and an ETA, warnings, errors). On a terminal
   each round line starts with a progress bar drawn by ``rich``; anywhere
   else (a file, a pipe, CI, ``flwr run``'s log stream) the same line is plain
-  text, with no control codes.
+  text, with no control codes. A round line fits 100 columns with its bar
+  (accuracy, macro-F1, loss, the largest epsilon, who trained, the clock;
+  ``acc 0.712~`` marks noised evaluation counts); the round's full figures
+  go to run.log as a ``details of round`` line, and to the console too with
+  ``--verbose``.
 * Flower's own INFO lines (its sampling notes, a strategy's banner and
   "Final results" dump, the SecAgg+ workflow's history) are hidden unless
   verbose: ``fedemo simulate --verbose``, or ``FEDEMO_VERBOSE=1`` in the
@@ -40,7 +44,10 @@ VERBOSE_ENV = "FEDEMO_VERBOSE"  # "1": show Flower's own INFO lines too
 STARTED_ENV = "FEDEMO_STARTED"  # epoch seconds when the command started (set by `fedemo simulate`)
 PROGRESS = "fedemo_progress"  # LogRecord attribute of a round line: (round, rounds)
 RUN_LOG = "run.log"
-BAR_WIDTH = 20
+BAR_WIDTH = 8
+DETAIL = "fedemo_detail"  # LogRecord attribute of a run.log-only line (shown on the console with --verbose)
+CONSOLE_COLUMNS = 100  # a round line, with its progress bar, fits an ordinary terminal
+ROUND_TEXT_WIDTH = CONSOLE_COLUMNS - BAR_WIDTH - 1
 
 # Said once per DP run, in place of Opacus's "Secure RNG turned off" (shared_models/quiet_warnings.py).
 DP_RANDOMNESS = ("DP-SGD: every node draws its sampling masks and Gaussian noise from a generator seeded from the "
@@ -137,6 +144,47 @@ def progress(server_round: int, num_rounds: int) -> dict[str, Any]:
     return {PROGRESS: (server_round, num_rounds)}
 
 
+def detail() -> dict[str, Any]:
+    """``extra=`` of a line for run.log only (and the console with ``--verbose``): a round's full figures."""
+    return {DETAIL: True}
+
+
+def fit(parts: list[str], optional: list[str], width: int = ROUND_TEXT_WIDTH, sep: str = "  ") -> str:
+    """``parts`` joined, then each of ``optional`` (in order of importance) that still fits in ``width``.
+
+    The last of ``parts`` (the clock) stays last. Whatever is left out is in the round's detail line.
+    """
+    head, tail = parts[:-1], parts[-1:]
+    for item in optional:
+        if len(sep.join(head + [item] + tail)) <= width:
+            head.append(item)
+    return sep.join(head + tail)
+
+
+def round_line(server_round: int, num_rounds: int, entry: dict[str, Any], epsilons: dict[str, float],
+               clients: dict[str, int], clock_text: str) -> str:
+    """The round's console line: accuracy, macro-F1, loss, the largest epsilon, who trained, the clock.
+
+    At most ``ROUND_TEXT_WIDTH`` characters, so with the terminal's progress
+    bar the line fits 100 columns; the full figures are in the detail line.
+    """
+    loss = entry.get("loss")
+    parts = [f"[fedemo] round {server_round}/{num_rounds}",
+             f"acc {entry['accuracy']:.3f}" + ("~" if entry.get("groups_dp") else ""),  # ~: noised counts
+             f"F1 {entry['macro_f1']:.3f}", "loss " + ("n/a" if loss is None else f"{loss:.4g}")]
+    names = {"training": "eps", "client-level": "client eps", "evaluation": "eval eps"}
+    spent = [f"{names[k]} {v:.2f}" for k, v in epsilons.items() if v is not None]
+    parts += spent[:1] + [clock_text]  # the first epsilon always shows (training's, where DP-SGD runs)
+    optional = spent[1:]
+    trained = f"{clients.get('trained', 0)} trained"
+    trained += "".join(f", {clients[k]} {k}" for k in ("rejected", "failed") if clients.get(k))
+    optional.append(trained)
+    if entry.get("unchanged"):
+        optional.append("model unchanged")
+    optional.append(f"UAR {entry['uar']:.3f}")
+    return fit(parts, optional)
+
+
 # --- the final summary ---------------------------------------------------------------------------
 
 
@@ -220,6 +268,7 @@ class ConsoleHandler(logging.Handler):
         super().__init__(logging.INFO)
         self.flower_handler = flower_handler
         self.addFilter(_quiet)
+        self.addFilter(lambda record: verbose() or not getattr(record, DETAIL, False))
         self._rich: dict[int, Any] = {}
 
     def emit(self, record: logging.LogRecord) -> None:

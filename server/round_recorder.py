@@ -102,23 +102,32 @@ class RoundRecorder:
         extra = ""
         if "ccc_valence" in entry:
             extra = f" ccc-v {entry['ccc_valence']:.3f} ccc-a {entry['ccc_arousal']:.3f}"
-        if self.privacy:
-            extra += f"  max client epsilon {max(p['epsilon'] for p in self.privacy.values()):.3f}"
-        if self.eval_epsilons():
-            extra += f"  max evaluation-count epsilon {max(self.eval_epsilons().values()):.3f}"
-        if "central_dp" in entry:
-            extra += f"  client-level epsilon {entry['central_dp']['epsilon']:.3f}"
+        epsilons = {"training": max((p["epsilon"] for p in self.privacy.values()), default=None),
+                    "evaluation": max(self.eval_epsilons().values(), default=None),
+                    "client-level": (entry.get("central_dp") or {}).get("epsilon")}
+        if epsilons["training"] is not None:
+            extra += f"  max client epsilon {epsilons['training']:.3f}"
+        if epsilons["evaluation"] is not None:
+            extra += f"  max evaluation-count epsilon {epsilons['evaluation']:.3f}"
+        if epsilons["client-level"] is not None:
+            extra += f"  client-level epsilon {epsilons['client-level']:.3f}"
         if rejected:
             extra += "  rejected: " + ", ".join(f"client {r['client']}" for r in train["rejected"])
         if train.get("aggregated") is False:
             extra += "  (model unchanged)"
-        # One line per round; on a terminal the console draws a progress bar before it (server/console.py).
-        log(INFO, "[fedemo] round %d/%d  loss %.4f  accuracy %.3f  macro-F1 %.3f  UAR %.3f%s  "
+        clock = self.clock.tick(server_round)
+        # One short line per round (console.round_line: 100 columns with the terminal's progress bar) ...
+        log(INFO, "%s", console.round_line(
+            server_round, self.num_rounds, {**entry, "unchanged": train.get("aggregated") is False}, epsilons,
+            {"trained": trained, "rejected": rejected, "failed": failed}, clock),
+            extra=console.progress(server_round, self.num_rounds))
+        # ... and every figure in run.log (on the console too with --verbose).
+        log(INFO, "[fedemo] details of round %d/%d:  loss %.4f  accuracy %.3f  macro-F1 %.3f  UAR %.3f%s  "
             "(%d clients trained, %d rejected, %d evaluated on %d samples%s, %d failures)  %s",
             server_round, self.num_rounds, entry["loss"] or float("nan"), entry["accuracy"], entry["macro_f1"],
             entry["uar"], extra, trained, rejected, len(entry["evaluate"]["clients"]), entry["eval_examples"],
-            " (a noised, unclipped count)" if entry.get("groups_dp") else "", failed,
-            self.clock.tick(server_round), extra=console.progress(server_round, self.num_rounds))
+            " (a noised, unclipped count)" if entry.get("groups_dp") else "", failed, clock,
+            extra=console.detail())
 
     def eval_epsilons(self) -> dict[str, float]:
         """Each client's latest evaluation-count epsilon (noised counts; separate from its training epsilon)."""

@@ -174,3 +174,62 @@ def test_flwr_run_says_what_the_federation_config_sets(monkeypatch):
     out.seek(0)
     say_federation(settings, 4)
     assert out.getvalue().startswith("flwr run: 4 simulated nodes")
+
+
+def worst_case_round(server_round: int) -> tuple[dict, dict]:
+    """A round with every optional figure: DP-SGD, noised counts, client-level DP, valence/arousal, 50 clients
+    trained, rejections and failures, a model left unchanged."""
+    clients = [{"client": str(i), "num_examples": 40, "dp": {"epsilon": 7.654321 + i / 100}} for i in range(50)]
+    train = {"clients": clients, "failures": [{"node_id": 9, "reason": "timeout"}],
+             "rejected": [{"client": "3", "reason": "norm"}, {"client": "12", "reason": "norm"}], "aggregated": False}
+    evaluation = {"loss": 12.345678, "accuracy": 0.7123, "macro_f1": 0.6543, "uar": 0.6499, "eval_examples": 123456,
+                  "ccc_valence": 0.41, "ccc_arousal": 0.38, "central_dp": {"epsilon": 3.21},
+                  "groups_dp": {"epsilon_by_client": {str(i): 1.25 for i in range(50)}},
+                  "evaluate": {"clients": [{"client": str(i)} for i in range(50)],
+                               "failures": [{"node_id": 7, "reason": "timeout"}]}}
+    return train, evaluation
+
+
+def test_round_lines_fit_100_columns_and_run_log_keeps_every_figure(tmp_path, monkeypatch):
+    """The console's round line (with its progress bar) fits 100 columns; run.log has the full figures too."""
+    from flwr.supercore.logger import console_handler
+
+    from server import console
+    from server.round_recorder import RoundRecorder
+    from server.run_record import RunRecord
+
+    console.begin()
+    monkeypatch.setenv(console.VERBOSE_ENV, "0")
+    out = io.StringIO()
+    monkeypatch.setattr(console_handler, "stream", out)
+    record = RunRecord.create(tmp_path, "wide", {}, {})
+    console.attach_run_log(record.run_dir)
+    recorder = RoundRecorder(record, num_rounds=1000)
+    for server_round in (0, 999):
+        train, evaluation = worst_case_round(server_round)
+        if server_round:
+            recorder.train_entry(server_round, train)
+        recorder.log(server_round, evaluation)
+    console.end_run_log()
+
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("[fedemo] round ")]
+    assert len(lines) == 2 and "details" not in out.getvalue()
+    for line in lines:
+        assert console.BAR_WIDTH + 1 + len(line) <= console.CONSOLE_COLUMNS, line
+    last = lines[-1]
+    assert last.startswith("[fedemo] round 999/1000  acc 0.712~  F1 0.654  loss 12.35  eps 8.14")  # largest
+    assert "elapsed " in last
+    log = (record.run_dir / "run.log").read_text(encoding="utf-8")
+    assert "[fedemo] round 999/1000  acc 0.712~" in log
+    details = next(line for line in log.splitlines() if "details of round 999/1000" in line)
+    for figure in ("UAR 0.650", "ccc-v 0.410", "max client epsilon 8.144", "max evaluation-count epsilon 1.250",
+                   "client-level epsilon 3.210", "rejected: client 3, client 12", "(model unchanged)",
+                   "50 clients trained, 2 rejected, 50 evaluated on 123456 samples (a noised, unclipped count), "
+                   "2 failures"):
+        assert figure in details
+
+    monkeypatch.setenv(console.VERBOSE_ENV, "1")  # --verbose: the details reach the console too
+    out.truncate(0)
+    out.seek(0)
+    recorder.log(1000, worst_case_round(1000)[1])
+    assert "details of round 1000/1000" in out.getvalue()
