@@ -3,10 +3,13 @@
     fedemo credentials init OUT_DIR --superlink-host H --hospital NAME ...   CA, TLS certificate, node key pairs
     fedemo credentials add-hospital OUT_DIR NAME     one more hospital's key pair
     fedemo verify RUN_DIR [--public-key PEM] [--ledger CLIENT_ID=PATH ...]
-                                                     is report.json as signed, and did its ledger check pass? exit 0
-                                                     valid, 1 not, 2 unusable input, 3 valid but the run is incomplete,
+                                                     are report.json and report.html as signed, and did the ledger
+                                                     check pass? exit 0 valid and complete, 1 a file changed (named),
+                                                     2 unusable input, 3 incomplete (the signed report stops before
+                                                     the planned rounds, or no report but a checkpoint: resumable),
                                                      4 valid signature but a privacy ledger check failed (the
-                                                     report's, or a --ledger file's chain lacks the recorded heads)
+                                                     report's, or a --ledger file's chain lacks the recorded heads),
+                                                     5 no report yet (and no checkpoint)
     fedemo report RUN_DIR [--build]                  rebuild report.html from report.json (--build: report.json too)
 
 ``simulations.cli`` mounts them beside the hospitals' and the researchers'
@@ -89,9 +92,13 @@ def verify_command(args: Namespace) -> int:
         if not sep or not client_id or not path:
             return fail(f"--ledger {spec!r}: expected CLIENT_ID=PATH (e.g. --ledger 3=/srv/node/privacy_ledger.json)")
         ledgers.append((client_id, Path(path).expanduser()))
+    checkpoint = checkpoint_round(run_dir)
+    if not (run_dir / "report.json").is_file():
+        return no_report(run_dir, checkpoint)
     result = verify_run(run_dir, expected_public_key=args.public_key, html_digest_of=source_digest)
     if not result.valid:
-        print(f"INVALID: {run_dir / 'report.json'}")
+        changed = " and ".join(result.changed_files)
+        print(f"INVALID: {changed} CHANGED in {run_dir}" if changed else f"INVALID: {run_dir / 'report.json'}")
         for problem in result.problems:
             print(f"  - {problem}")
         return 1
@@ -116,16 +123,67 @@ def verify_command(args: Namespace) -> int:
         print(f"ledger of client {client_id} ({path}): its chain holds every head the report recorded")
     if run.get("incomplete"):
         interrupted = run.get("interrupted") if isinstance(run.get("interrupted"), dict) else {}
-        print(f"signature valid, run INCOMPLETE: {run_dir / 'report.json'} is exactly as signed by key "
+        resumable = checkpoint is not None and checkpoint >= 0
+        print(f"signature valid, run INCOMPLETE ({'resumable' if resumable else 'not resumable: no checkpoint'}): "
+              f"{run_dir / 'report.json'} is exactly as signed by key "
               f"{result.key_id}, but the run stopped after {run.get('rounds_completed')} of "
               f"{run.get('rounds_planned')} planned rounds"
               + (" (interrupted)" if interrupted else " (no summary: the coordinator did not finish)")
               + "; its figures are not those of the planned run" + advice)
-        if interrupted.get("resume"):
-            print(f"  to continue: {interrupted['resume']}")
+        if interrupted.get("resume") or resumable:
+            print(f"  to continue: {interrupted.get('resume') or f'fedemo simulate --resume {run_dir}'}")
         return 3
-    print(f"valid: {run_dir / 'report.json'} is exactly as signed by key {result.key_id}{advice}")
+    print(f"valid: {run_dir / 'report.json'} is exactly as signed by key {result.key_id}, and report.html is its "
+          f"page{advice}")
     return 0
+
+
+def checkpoint_round(run_dir: Path) -> int | None:
+    """The last completed round in the run folder's checkpoint.npz; None without one, -1 when unreadable.
+
+    Reads only the checkpoint's JSON entry (``allow_pickle=False``), not its weights.
+    """
+    import json
+    import zipfile
+
+    import numpy as np
+
+    path = run_dir / "checkpoint.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return int(json.loads(str(npz["meta"]))["round"])
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return -1
+
+
+def no_report(run_dir: Path, checkpoint: int | None) -> int:
+    """verify on a folder without report.json: resumable (exit 3) when a checkpoint exists, else no report yet (5)."""
+    import json
+
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        planned = int((config.get("run_config") or {}).get("num-server-rounds"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        planned = None
+    if checkpoint is None or checkpoint < 0:
+        what = ("its checkpoint.npz is unreadable" if checkpoint == -1 else
+                "and no checkpoint: the run is still running, or stopped before completing a round"
+                if (run_dir / "config.json").is_file() else "and no config.json: not a FedEmo run folder, or the "
+                                                            "run has not started")
+        print(f"NO REPORT YET: {run_dir} holds no report.json {what}; nothing to verify")
+        return 5
+    if planned is not None and checkpoint >= planned:
+        print(f"run INCOMPLETE (resumable): {run_dir} holds no report.json, but its checkpoint holds all "
+              f"{checkpoint} of {planned} planned rounds (the coordinator stopped before writing the report)")
+        print(f"  to finish: fedemo simulate --resume {run_dir}   (or build the report: fedemo report --build "
+              f"{run_dir})")
+    else:
+        print(f"run INCOMPLETE (resumable): {run_dir} holds no report.json; its checkpoint holds round "
+              f"{checkpoint} of {planned if planned is not None else '?'} planned")
+        print(f"  to continue: fedemo simulate --resume {run_dir}")
+    return 3
 
 
 def ledger_problems(report: dict, ledgers: list[tuple[str, Path]]) -> list[str] | str:
@@ -161,33 +219,56 @@ def ledger_problems(report: dict, ledgers: list[tuple[str, Path]]) -> list[str] 
 
 
 def report_command(args: Namespace) -> int:
+    """Rebuild report.html (signed when the coordinator's key is here); a report.json that does not verify
+    gets a page with the UNVERIFIED banner and exit 1, never a clean-looking page."""
     from server.report.build import ReportError
     from server.report.html import write_html
-    from server.report.signing import SigningError
+    from server.report.signing import SigningError, verify_run
 
     run_dir = Path(args.run_dir)
     try:
         if args.build:
-            from server.report.build import coordinator_key, read_run, write_report
+            from server.report.build import write_report
 
-            run_config = read_run(run_dir)[0].get("run_config", {})  # the key the run itself was told to use
-            runs_dir = Path(str(run_config.get("runs-dir") or run_dir)).resolve()
-            if not run_dir.resolve().is_relative_to(runs_dir):  # a moved run folder: guard that folder itself
-                runs_dir = run_dir.resolve()
-            key = coordinator_key(str(run_config.get("signing-key", "")), runs_dir)
-            print(f"Built and signed {write_report(run_dir, key)}")
+            print(f"Built and signed {write_report(run_dir, run_key(run_dir, create=True))}")
+            path = run_dir / "report.html"
         elif not (run_dir / "report.json").is_file():
             return fail(f"{run_dir / 'report.json'} is missing; `fedemo report --build {run_dir}` builds and signs "
                         "one from the run's metrics")
-        path = write_html(run_dir)
+        else:
+            path = write_html(run_dir, run_key(run_dir, create=False))
     except (ReportError, SigningError, ValueError) as err:
         return fail(str(err))
-    print(f"Wrote {path}")
-    from server.report.signing import verify_run
-
     verdict = verify_run(run_dir)
     if not verdict.valid:
-        print("warning: report.json does not verify, the page shows an altered report:\n  - "
-              + "\n  - ".join(verdict.problems), file=sys.stderr)
+        print(f"Wrote {path} with an UNVERIFIED banner: report.json does not verify, the page shows an altered "
+              "or unsigned report:\n  - " + "\n  - ".join(verdict.problems), file=sys.stderr)
+        return 1
+    print(f"Wrote {path}")
     return 0
 
+
+def run_key(run_dir: Path, *, create: bool):
+    """The coordinator's key the run was told to use (run-config ``signing-key``, else the default); with
+    ``create`` False, None when that key file does not exist or cannot be read (the page then stays unsigned,
+    verifiable by re-rendering)."""
+    from server.report.build import ReportError, coordinator_key, read_run
+    from server.report.signing import SigningError, default_key_path
+
+    try:
+        run_config = read_run(run_dir)[0].get("run_config", {})  # the key the run itself was told to use
+    except (ReportError, OSError, ValueError):  # no metrics: a page rebuild needs only report.json
+        if create:
+            raise
+        run_config = {}
+    runs_dir = Path(str(run_config.get("runs-dir") or run_dir)).resolve()
+    if not run_dir.resolve().is_relative_to(runs_dir):  # a moved run folder: guard that folder itself
+        runs_dir = run_dir.resolve()
+    if not create and not default_key_path(str(run_config.get("signing-key", ""))).is_file():
+        return None
+    try:
+        return coordinator_key(str(run_config.get("signing-key", "")), runs_dir)
+    except SigningError:
+        if create:
+            raise
+        return None

@@ -456,5 +456,5 @@ def write_report(run_dir: Path, key: Ed25519PrivateKey) -> Path:
 
     run_dir = Path(run_dir)
     path = write_signed(run_dir, build_report(run_dir), key)
-    write_html(run_dir)
+    write_html(run_dir, key)  # signs the page too (report.sig "pages")
     return path

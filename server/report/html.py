@@ -20,9 +20,11 @@ from server.report.html_parts import (fingerprint, headline_html, hospitals_html
                                       interval, majority_banner, num, nw, pp_interval, ratio, ratio_interval)
 from server.report.plots import (ordered_groups, pct, plot_epsilon, plot_gaps, plot_global, plot_group_history,
                                  plot_groups, pp, same_lines)
-from server.report.signing import REPORT_FILE, SIGNATURE_FILE
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-HTML_FILE = "report.html"
+from server.report.signing import HTML_FILE, REPORT_FILE, SIGNATURE_FILE, sign_page, verify_run
+from shared_models.atomic_files import atomic_write_bytes
+
 DIGEST_META = "fedemo-report-sha256"
 
 
@@ -302,18 +304,44 @@ code.fp{font-size:.95em;word-break:break-all}.nw,.banner code{white-space:nowrap
 """
 
 
-def render_html(report: dict, report_sha256: str, key_id: str | None = None) -> str:
-    """The whole page; a pure function of the report, its digest and the signing key's id (from report.sig)."""
+def unverified_banner(problems: list[str] | None) -> str:
+    """First thing on a page built from a report.json that does not verify: its figures may be forged."""
+    if problems is None:
+        return ""
+    items = "".join(f"<li>{escape(p)}</li>" for p in problems[:8])
+    return ('<div class="banner unverified" role="alert"><p><strong>UNVERIFIED: this page was built from a '
+            'report.json that does not match its signature</strong> (or has none). Its figures may have been '
+            'altered after the run; do not rely on them. Restore report.json and report.sig from a trusted copy and '
+            f'run <code>fedemo verify RUN_FOLDER</code>.</p><ul>{items}</ul></div>')
+
+
+def rendered_page(report: dict, report_sha256: str, key_id: str | None) -> str:
+    """The page of a report.json that verifies (no UNVERIFIED banner): what ``fedemo verify`` compares an
+    unsigned report.html with, byte for byte."""
+    return render_html(report, report_sha256, key_id)
+
+
+def render_html(report: dict, report_sha256: str, key_id: str | None = None,
+                unverified: list[str] | None = None) -> str:
+    """The whole page; a pure function of the report, its digest, the signing key's id (from report.sig) and,
+    for a report.json that does not verify, the problems ``verify_run`` found (``unverified``)."""
     run = report["run"]
-    signer = (f'signed by the coordinator key with fingerprint (SHA-256 of the Ed25519 public key) '
-              f'<code class="fp" id="key-fingerprint">{escape(fingerprint(key_id))}</code>'
-              if key_id else "<strong>no signature found</strong> (report.sig is missing)")
+    if unverified is not None:
+        signer = ("<strong>report.json does NOT verify</strong>"
+                  + (f" against the signature of key <code class=\"fp\">{escape(fingerprint(key_id))}</code>"
+                     if key_id else " (report.sig is missing)"))
+    else:
+        signer = (f'signed by the coordinator key with fingerprint (SHA-256 of the Ed25519 public key) '
+                  f'<code class="fp" id="key-fingerprint">{escape(fingerprint(key_id))}</code>'
+                  if key_id else "<strong>no signature found</strong> (report.sig is missing)")
     summary = "".join(f"<li>{escape(line)}</li>" for line in plain_summary(report))
     config_rows = [[escape(k), escape(json.dumps(v))] for k, v in sorted(report.get("config", {}).items())]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="{DIGEST_META}" content="{report_sha256}">
-<title>FedEmo run report {escape(str(run.get('run_id')))}</title><style>{CSS}</style></head><body>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{'UNVERIFIED ' if unverified is not None else ''}FedEmo run report {escape(str(run.get('run_id')))}</title><style>{CSS}</style></head><body>
+{unverified_banner(unverified)}
 <h1>FedEmo run report: {escape(str(run.get('run_id')))}</h1>
 {incomplete_banner(run)}
 {majority_banner(report)}
@@ -345,15 +373,26 @@ changed since the run and that the page was built from the signed report.</p>
 """
 
 
-def write_html(run_dir: Path) -> Path:
-    """(Re)build report.html from the run folder's report.json."""
+def write_html(run_dir: Path, key: Ed25519PrivateKey | None = None) -> Path:
+    """(Re)build report.html from the run folder's report.json.
+
+    A report.json that does not verify gets a page with the UNVERIFIED banner (never a clean-looking page of
+    altered figures). ``key``: the coordinator's key, which signs the page (report.sig ``pages``) when it is
+    the key that signed report.json and report.json verifies; without it the page stays verifiable by
+    re-rendering (``fedemo verify``).
+    """
     run_dir = Path(run_dir)
     data = (run_dir / REPORT_FILE).read_bytes()
     try:  # the signer's key id, for the page; fedemo verify checks it against the signature
         key_id = str(json.loads((run_dir / SIGNATURE_FILE).read_text(encoding="utf-8"))["key_id"])
     except (OSError, ValueError, KeyError, TypeError):
         key_id = None
-    html = render_html(json.loads(data.decode("utf-8")), hashlib.sha256(data).hexdigest(), key_id)
+    verdict = verify_run(run_dir)
+    html = render_html(json.loads(data.decode("utf-8")), hashlib.sha256(data).hexdigest(), key_id,
+                       None if verdict.valid else verdict.problems)
     path = run_dir / HTML_FILE
-    path.write_text(html, encoding="utf-8")
+    page = html.encode("utf-8")
+    atomic_write_bytes(path, page)
+    if key is not None and verdict.valid:
+        sign_page(run_dir, HTML_FILE, page, key)
     return path

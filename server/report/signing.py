@@ -17,6 +17,14 @@ Files in the run folder:
   section, so a failed check can say *which* part changed;
 - ``report.pub``: the coordinator's public key (PEM) for other tools.
 
+The page people read (``report.html``) is bound to the signature too: the
+coordinator signs a statement naming the page's SHA-256 and the SHA-256 of the
+report.json it was built from (``pages`` in report.sig, :func:`sign_page`), so
+an edited page fails ``fedemo verify`` even though report.json is intact. A
+page without a valid page signature (runs signed before pages were signed, or
+a page rebuilt by someone without the key) is accepted only when it is byte
+for byte the page this software renders from the signed report.json.
+
 The private key lives outside run folders (``default_key_path``), is created
 once with permissions 0600 and never overwritten.
 """
@@ -42,6 +50,8 @@ SIGNATURE_FILE = "report.sig"
 PUBLIC_KEY_FILE = "report.pub"
 ALGORITHM = "Ed25519"
 SIGNATURE_FORMAT = 1
+HTML_FILE = "report.html"
+PAGE_STATEMENT_KIND = "fedemo-report-page"  # what a page signature signs: never valid as a report.json
 KEY_ENV = "FEDEMO_SIGNING_KEY"
 DEFAULT_KEY = Path("~/.config/fedemo/coordinator_ed25519.pem")
 
@@ -127,6 +137,46 @@ def write_signed(run_dir: Path, report: dict[str, Any], key: Ed25519PrivateKey) 
     return run_dir / REPORT_FILE
 
 
+def page_statement(page_file: str, page: bytes, report_sha256: str) -> bytes:
+    """The bytes a page signature covers: which page, its SHA-256 and the report.json SHA-256 it shows."""
+    return canonical_bytes({"kind": PAGE_STATEMENT_KIND, "page": page_file,
+                            "page_sha256": hashlib.sha256(page).hexdigest(), "report_sha256": report_sha256})
+
+
+def sign_page(run_dir: Path, page_file: str, page: bytes, key: Ed25519PrivateKey) -> bool:
+    """Add the page's signature to report.sig (``pages.<file>``); False (nothing written) when report.sig is
+    missing or names another key: only the key that signed report.json may vouch for its page."""
+    sig_path = Path(run_dir) / SIGNATURE_FILE
+    try:
+        sig = json.loads(sig_path.read_text(encoding="utf-8"))
+        report_sha256 = hashlib.sha256((Path(run_dir) / REPORT_FILE).read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return False
+    if not isinstance(sig, dict) or sig.get("key_id") != key_id(key.public_key()):
+        return False
+    pages = sig.get("pages") if isinstance(sig.get("pages"), dict) else {}
+    pages[page_file] = {"sha256": hashlib.sha256(page).hexdigest(), "report_sha256": report_sha256,
+                        "signature": base64.b64encode(key.sign(page_statement(page_file, page, report_sha256)))
+                        .decode("ascii")}
+    sig["pages"] = pages
+    atomic_write_json(sig_path, sig)
+    return True
+
+
+def page_signature_valid(sig: dict[str, Any], public: Ed25519PublicKey, page_file: str, page: bytes,
+                         report_sha256: str) -> bool:
+    """Whether report.sig holds a valid signature by ``public`` over this exact page shown with this report."""
+    entry = (sig.get("pages") or {}).get(page_file) if isinstance(sig.get("pages"), dict) else None
+    if not isinstance(entry, dict):
+        return False
+    try:
+        signature = base64.b64decode(str(entry.get("signature")), validate=True)
+        public.verify(signature, page_statement(page_file, page, report_sha256))
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
 @dataclass
 class Verification:
     """Outcome of ``verify_run``: ``valid`` and, when not, every problem found, in plain words."""
@@ -134,18 +184,22 @@ class Verification:
     valid: bool
     key_id: str | None = None
     problems: list[str] = field(default_factory=list)
+    changed_files: list[str] = field(default_factory=list)  # which of report.json, report.html differ
 
 
 def verify_run(run_dir: Path, *, expected_public_key: Path | None = None,
                html_digest_of=None) -> Verification:
-    """Check report.json against report.sig (and report.pub, and optionally a trusted key and the HTML).
+    """Check report.json against report.sig (and report.pub, optionally a trusted key, and the page).
 
-    ``html_digest_of`` maps the HTML text to the report SHA-256 it says it was
-    built from (``server.report.html.source_digest``); passed in to keep this
-    module free of the HTML code.
+    ``html_digest_of`` (``server.report.html.source_digest``: the report SHA-256 a page says it was built
+    from) turns on the page check: report.html must name this report.json and be either the page the
+    coordinator signed (``pages`` in report.sig) or, failing that, byte for byte the page this software
+    renders from the signed report.json (``server.report.html.rendered_page``, imported only then, which keeps
+    this module free of the HTML code). ``changed_files`` names each file found altered.
     """
     run_dir = Path(run_dir)
     problems: list[str] = []
+    changed: list[str] = []
     report_path, sig_path, pub_path = run_dir / REPORT_FILE, run_dir / SIGNATURE_FILE, run_dir / PUBLIC_KEY_FILE
     for path in (report_path, sig_path):
         if not path.is_file():
@@ -184,24 +238,64 @@ def verify_run(run_dir: Path, *, expected_public_key: Path | None = None,
             if not isinstance(trusted, Ed25519PublicKey) or raw_public_key(trusted) != public_raw:
                 problems.append(f"the report was signed with key {kid}, not the trusted key {expected_public_key}")
 
+    report_signed = True
     try:
         public.verify(signature, data)
     except InvalidSignature:
-        problems.append("signature does not match report.json: the file was changed after signing "
-                        "(or signed by another key)")
+        report_signed = False
+        changed.append(REPORT_FILE)
+        problems.append("report.json CHANGED: signature does not match report.json (the file was changed after "
+                        "signing, or signed by another key); do not rebuild report.html over it: restore both files "
+                        "from a trusted copy")
         problems.extend(_describe_change(data, sig))
 
     if html_digest_of is not None:
-        html_path = run_dir / "report.html"
-        if not html_path.is_file():
-            problems.append(f"{html_path} is missing (rebuild it with `fedemo report {run_dir}`)")
-        else:
-            built_from = html_digest_of(html_path.read_text(encoding="utf-8"))
-            current = hashlib.sha256(data).hexdigest()
-            if built_from != current:
-                problems.append(f"{html_path} was built from another report.json (sha256 {built_from}, "
-                                f"the file is {current}); rebuild it with `fedemo report {run_dir}`")
-    return Verification(not problems, key_id=kid, problems=problems)
+        page_problem = _page_problem(run_dir, data, sig, public, kid, report_signed, html_digest_of)
+        if page_problem:
+            changed.append(HTML_FILE)
+            problems.append(page_problem)
+    return Verification(not problems, key_id=kid, problems=problems, changed_files=changed)
+
+
+def _page_problem(run_dir: Path, data: bytes, sig: dict[str, Any], public: Ed25519PublicKey, kid: str,
+                  report_signed: bool, html_digest_of) -> str | None:
+    """Why report.html is not the page of this signed report.json, or None when it is (or when the page is
+    the one signed with the original report.json and only report.json changed: reported on its own)."""
+    html_path = run_dir / HTML_FILE
+    rebuild = f"; rebuild it with `fedemo report {run_dir}`" if report_signed else ""
+    if not html_path.is_file():
+        return f"{html_path} is missing" + rebuild
+    page = html_path.read_bytes()
+    current = hashlib.sha256(data).hexdigest()
+    entry = (sig.get("pages") or {}).get(HTML_FILE) if isinstance(sig.get("pages"), dict) else None
+    shown = str(entry.get("report_sha256")) if isinstance(entry, dict) else ""
+    if shown and page_signature_valid(sig, public, HTML_FILE, page, shown):
+        if shown == current or not report_signed:
+            return None
+        return (f"report.html was built from another report.json (sha256 {shown}, the file is {current})"
+                + rebuild)
+    try:
+        built_from = html_digest_of(page.decode("utf-8"))
+    except UnicodeDecodeError:
+        return f"report.html CHANGED: {html_path} is no longer UTF-8 text" + rebuild
+    if built_from != current:
+        return f"report.html was built from another report.json (sha256 {built_from}, the file is {current})" + rebuild
+    why = ("its signed SHA-256 does not match" if isinstance(entry, dict) else
+           "report.sig holds no page signature: a report signed before pages were, or a page rebuilt without the key")
+    if not report_signed:  # no trusted report to render the page from
+        return f"report.html CHANGED: {html_path} is not the page the coordinator signed ({why})"
+    from server.report.html import rendered_page  # noqa: PLC0415 (the HTML code, only when a page is checked)
+
+    expected = rendered_page(json.loads(data.decode("utf-8")), current, kid).encode("utf-8")
+    if expected == page:
+        return None
+    first = next((i for i, (a, b) in enumerate(zip(expected, page)) if a != b), min(len(expected), len(page)))
+    near = page[max(0, first - 30):first + 30].decode("utf-8", "replace").replace("\n", " ")
+    maybe_version = "" if isinstance(entry, dict) else " (or rendered by another FedEmo version)"
+    return (f"report.html CHANGED{maybe_version}: {html_path} is not the page signed with report.json ({why}) and "
+            f"differs from "
+            f"the page this software renders from the signed report.json at byte {first} (near {near!r})"
+            + rebuild)
 
 
 def _describe_change(data: bytes, sig: dict[str, Any]) -> list[str]:
