@@ -326,7 +326,8 @@ def test_nodes_send_only_model_arrays_and_aggregates(federation):
     assert federation.run_returncode == 0, federation.run_output[-4000:]
     from shared_models.registry import build_model
 
-    model_shapes = {k: list(v.shape) for k, v in build_model("face_cnn").state_dict().items()}
+    model = tomllib.loads((REPO / "configs" / "deployment_dp.toml").read_text())["model"]
+    model_shapes = {k: list(v.shape) for k, v in build_model(model).state_dict().items()}
     metric_lengths: dict[str, set[int]] = {}
     rounds = _rounds(federation.run_dir)
     for name in HOSPITALS:
