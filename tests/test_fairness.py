@@ -283,3 +283,53 @@ def test_noised_counts_under_dp_spend_from_the_ledger_and_nothing_exact_is_relea
         assert rounds[-1]["groups_dp"]["epsilon_by_client"][client["client"]] == pytest.approx(
             ledger.spent("eval-counts"))
         assert ledger.spent() <= 6.0 and ledger.spent("eval-counts") <= 6.0
+
+
+def fixed_confusion(n: int, correct: int) -> np.ndarray:
+    """n samples, exactly ``correct`` of them right, spread over the emotions (deterministic)."""
+    confusion = np.zeros((K, K), dtype=np.int64)
+    for i in range(n):
+        true = i % K
+        confusion[true, true if i < correct else (true + 1) % K] += 1
+    return confusion
+
+
+def test_differences_between_groups_are_signed_and_their_interval_can_include_zero():
+    """Two equally served groups: the absolute gap's bootstrap interval cannot include 0 (it made a 1.7 pp gap
+    read as real); the signed difference's interval does, and the page's verdict says no clear difference."""
+    groups = {"female": fixed_confusion(1200, 732), "male": fixed_confusion(1100, 652)}  # 61.0% vs 59.3%
+    sex = fairness_view({"sex": {g: c.tolist() for g, c in groups.items()}}, min_group_size=20,
+                        gap_threshold=0.1)["sex"]
+    gap = sex["accuracy_gap"]
+    assert gap["value"] == pytest.approx(732 / 1200 - 652 / 1100)
+    assert gap["ci"][0] > 0  # the old interval of |gap|: never includes 0
+    assert gap["difference_ci"][0] < 0 < gap["difference_ci"][1]
+    assert gap["verdict"] == "no_clear_difference" and not sex["flagged"]
+    female, male = sex["groups"]["female"]["difference_from_rest"], sex["groups"]["male"]["difference_from_rest"]
+    assert female["value"] == pytest.approx(-male["value"]) and female["value"] > 0  # signed: group minus the rest
+    assert female["rest"] == ["male"] and female["ci"][0] < 0 < female["ci"][1]
+    assert female["verdict"] == male["verdict"] == "no_clear_difference"
+
+
+def test_small_groups_are_too_few_to_conclude_and_raise_no_flag():
+    """25 vs 25 samples with a 16 pp gap (above the 10 pp threshold) used to be flagged; its interval is 50 pp
+    wide, so it is "too few to conclude", the flag stays down (also in the history), and equalized odds is
+    marked inconclusive. A large clear gap is still flagged, by the same rule."""
+    small = {"female": fixed_confusion(25, 17).tolist(), "male": fixed_confusion(25, 13).tolist()}
+    for noise in (None, {"cell_noise_variance": 4.0, "noise_multiplier": 2.0}):
+        sex = fairness_view({"sex": small}, min_group_size=20, gap_threshold=0.1, count_noise=noise)["sex"]
+        gap = sex["accuracy_gap"]
+        assert gap["value"] == pytest.approx(0.16) and gap["difference_ci"][1] - gap["difference_ci"][0] > 0.2
+        assert gap["verdict"] == "too_few_to_conclude" and not sex["flagged"] and sex["flag_reason"] is None
+        assert sex["groups"]["male"]["difference_from_rest"]["verdict"] == "too_few_to_conclude"
+        assert sex["equalized_odds_difference"]["conclusive"] is False
+    history = fairness_history([{"round": 1, "groups": {"sex": small}}], min_group_size=20, gap_threshold=0.1)
+    assert history[0]["sex"]["accuracy_gap"] == pytest.approx(0.16) and not history[0]["sex"]["flagged"]
+
+    large = {"female": fixed_confusion(1000, 800).tolist(), "male": fixed_confusion(1000, 500).tolist()}
+    sex = fairness_view({"sex": large}, min_group_size=20, gap_threshold=0.1)["sex"]
+    assert sex["accuracy_gap"]["verdict"] == "above_threshold" and sex["flagged"]
+    assert sex["accuracy_gap"]["difference_ci"][0] > 0.1 and "lies above the threshold 10.0 pp" in sex["flag_reason"]
+    assert sex["groups"]["male"]["difference_from_rest"]["ci"][1] < -0.1
+    assert fairness_history([{"round": 1, "groups": {"sex": large}}], min_group_size=20,
+                            gap_threshold=0.1)[0]["sex"]["flagged"]

@@ -64,6 +64,8 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
         raise ReportError(f"{run_dir}: config.json or metrics.jsonl line {number} is not valid JSON ({err})") from err
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    if config.get("mode") == "centralised":  # an older `fedemo baseline` numbered its lines by epoch only
+        rounds = [{"round": r["epoch"], **r} if "round" not in r and "epoch" in r else r for r in rounds]
     return config, rounds, summary
 
 
@@ -337,7 +339,7 @@ def fairness_sections(config: dict[str, Any], rounds: list[dict[str, Any]],
     last = with_groups[-1]
     view = fairness_view(last["groups"], min_group_size=min_size, gap_threshold=threshold, confidence=CONFIDENCE,
                          count_noise=last.get("groups_dp"))  # noised counts: unclipped sums, intervals include noise
-    history = fairness_history(with_groups, min_group_size=min_size, gap_threshold=threshold)
+    history = fairness_history(with_groups, min_group_size=min_size, gap_threshold=threshold, confidence=CONFIDENCE)
     meaningful = not (baseline or {}).get("no_better_than_majority")
     reason = None if meaningful else (
         "the model is no better than always predicting the majority class: group accuracies and gaps reflect "
@@ -389,6 +391,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
             "run_id": config.get("run_id", run_dir.name),
             "flower_run_id": config.get("flower_run_id"),
             "data_dir": config.get("data_dir"),
+            "mode": config.get("mode", "federated"),  # "centralised": the pooled baseline (fedemo baseline)
+            "test_split": config.get("test_split"),  # digest of the test rows where recorded (simulations/split_digest.py)
             "versions": config.get("versions", {}),
             "task": run_config.get("task"),
             "dataset": run_config.get("dataset"),
@@ -400,6 +404,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
             # stopped early (Ctrl-C: summary's "interrupted"; or killed): fewer rounds than planned
             "incomplete": len(rounds) - 1 < int(run_config.get("num-server-rounds") or 0),
             "interrupted": summary.get("interrupted"),
+            # the divergence guard stopped the run (server/divergence_guard.py): why, and whose weights were kept
+            "diverged": summary.get("diverged"),
             "elapsed_s": summary.get("elapsed_s"),
         },
         "config": run_config,
@@ -457,4 +463,7 @@ def write_report(run_dir: Path, key: Ed25519PrivateKey) -> Path:
     run_dir = Path(run_dir)
     path = write_signed(run_dir, build_report(run_dir), key)
     write_html(run_dir, key)  # signs the page too (report.sig "pages")
+    from server.report.figures import write_figures  # figures/ and rounds.csv for a paper (not signed: derived)
+
+    write_figures(run_dir, json.loads(path.read_text(encoding="utf-8")))
     return path

@@ -26,6 +26,20 @@ per-sample predictions, so every metric is computed from them:
   extended to include it (conservative, never misleading).
 - Groups with fewer than ``min_group_size`` samples are suppressed: no numbers
   (not even their size) and no part in gaps or the worst group.
+- Differences between groups are *signed*, with an interval that can
+  include 0 (:func:`difference_interval`: Newcombe's hybrid score interval,
+  i.e. MOVER on the two groups' own accuracy intervals): each group minus the
+  rest of the reported groups pooled, and the best minus the worst group. An
+  interval of the absolute gap (max - min) can never include 0, so it would
+  make every gap look real. One rule (:func:`difference_verdict`) reads them
+  all: an interval that lies beyond +-``gap_threshold`` is a difference above
+  the threshold (the only thing that is flagged); else one wider than
+  ``INCONCLUSIVE_WIDTH_FACTOR`` x the threshold is "too few to conclude" (it
+  could neither show a gap above the threshold nor rule one out); else it is
+  a difference (excludes 0) or no clear difference (includes 0). The other
+  between-group figures (equalized odds, predicted rate) carry
+  ``conclusive`` by the same width rule, so a 90 pp interval of a tiny group
+  is called inconclusive, not shown as a finding.
 
 Noised counts (``eval-dp-noise-multiplier``; the round's ``groups_dp``): the
 summed cells are unbiased but noisy and may be negative. Then
@@ -63,6 +77,13 @@ from sklearn.metrics import f1_score
 from shared_models.demographic_groups import ATTRIBUTE_GROUPS
 from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
 
+INCONCLUSIVE_WIDTH_FACTOR = 2.0  # an interval wider than this x the gap threshold is "too few to conclude"
+VERDICTS = {  # difference_verdict's values, in plain words for the page
+    "above_threshold": "difference above the threshold",
+    "too_few_to_conclude": "too few to conclude",
+    "difference": "a difference, below the threshold or of uncertain size",
+    "no_clear_difference": "no clear difference (the interval includes 0)",
+}
 BOOTSTRAP_REPLICATES = 1000
 BOOTSTRAP_SEED = 20240611
 MULTICLASS_METHOD = (
@@ -106,15 +127,18 @@ def count_noise_variance(count_noise: dict | None) -> float:
     return nodes * (sigma ** 2 + 1.0 / 12.0)
 
 
-def fairness_history(rounds: list[dict], *, min_group_size: int, gap_threshold: float) -> list[dict]:
+def fairness_history(rounds: list[dict], *, min_group_size: int, gap_threshold: float,
+                     confidence: float = 0.95) -> list[dict]:
     """Accuracy gap, worst-group accuracy and each reported group's accuracy per attribute, for every round
-    that has ``"groups"`` (suppressed groups left out, as in the view)."""
+    that has ``"groups"`` (suppressed groups left out, as in the view); flagged by the view's rule (the
+    best-minus-worst difference interval lies above the threshold)."""
     history = []
     for entry in rounds:
         if not entry.get("groups"):
             continue
         row: dict[str, Any] = {"round": int(entry["round"])}
-        noised = count_noise_variance(entry.get("groups_dp")) > 0
+        variance = count_noise_variance(entry.get("groups_dp"))
+        noised = variance > 0
         for attribute, by_group in entry["groups"].items():
             confusions = _confusions(attribute, by_group, noised)
             kept = [g for g, c in confusions.items() if not _suppressed(c, min_group_size)]
@@ -123,12 +147,53 @@ def fairness_history(rounds: list[dict], *, min_group_size: int, gap_threshold: 
                 continue
             accuracy = {g: group_accuracy(confusions[g]) for g in kept}
             gap = max(accuracy.values()) - min(accuracy.values()) if len(kept) > 1 else None
+            flagged = False
+            if gap is not None:
+                best, worst = max(kept, key=accuracy.get), min(kept, key=accuracy.get)
+                ci = difference_interval(confusions[best], confusions[worst], confidence, variance, variance)
+                flagged = difference_verdict(ci, gap_threshold) == "above_threshold"
             row[attribute] = {"accuracy_gap": gap, "worst_group_accuracy": min(accuracy.values()),
-                              "flagged": gap is not None and gap > gap_threshold,
+                              "flagged": flagged,
                               "groups": {g: {"n": int(confusions[g].sum()), "accuracy": accuracy[g]}
                                          for g in kept}}  # each reported group's accuracy this round
         history.append(row)
     return history
+
+
+def difference_interval(a: np.ndarray, b: np.ndarray, confidence: float, variance_a: float = 0.0,
+                        variance_b: float = 0.0) -> list[float] | None:
+    """Interval of accuracy(a) - accuracy(b), signed, from each side's own accuracy interval.
+
+    Newcombe's hybrid score interval (MOVER): ``d - sqrt((p_a - l_a)^2 + (u_b - p_b)^2)`` to
+    ``d + sqrt((u_a - p_a)^2 + (p_b - l_b)^2)``; with exact counts the sides' Wilson intervals, with noised
+    counts their noise-widened ones (``variance_*``: each side's per-cell noise variance). It treats the two
+    sides as independent, as they are (disjoint test rows). None when a side has no interval.
+    """
+    ci_a, ci_b = accuracy_interval(a, confidence, variance_a), accuracy_interval(b, confidence, variance_b)
+    if ci_a is None or ci_b is None:
+        return None
+    p_a, p_b = group_accuracy(a), group_accuracy(b)
+    d = p_a - p_b
+    return [float(d - math.hypot(p_a - ci_a[0], ci_b[1] - p_b)), float(d + math.hypot(ci_a[1] - p_a, p_b - ci_b[0]))]
+
+
+def difference_verdict(ci: list[float] | None, threshold: float) -> str | None:
+    """The one rule every between-group difference is read by (module docstring); a key of ``VERDICTS``."""
+    if ci is None:
+        return None
+    low, high = ci
+    if low > threshold or high < -threshold:
+        return "above_threshold"
+    if high - low > INCONCLUSIVE_WIDTH_FACTOR * threshold:
+        return "too_few_to_conclude"
+    if low > 0 or high < 0:
+        return "difference"
+    return "no_clear_difference"
+
+
+def conclusive(ci: list[float] | None, threshold: float) -> bool | None:
+    """Whether an interval is narrow enough to read (width at most ``INCONCLUSIVE_WIDTH_FACTOR`` x threshold)."""
+    return None if ci is None else bool(ci[1] - ci[0] <= INCONCLUSIVE_WIDTH_FACTOR * threshold)
 
 
 def group_accuracy(confusion: np.ndarray) -> float:
@@ -202,31 +267,41 @@ def _attribute_view(attribute: str, by_group: dict, *, min_group_size: int, gap_
     worst = min(kept, key=lambda g: points["accuracy"][g])
     view["worst_group"] = {"group": worst, "accuracy": points["accuracy"][worst],
                            "accuracy_ci": view["groups"][worst]["accuracy_ci"]}
+    view["inconclusive_width"] = INCONCLUSIVE_WIDTH_FACTOR * gap_threshold
     if len(kept) < 2:
         view.update({k: v for k, v in _empty_between().items() if k != "worst_group"})
     else:
         best = max(kept, key=lambda g: points["accuracy"][g])
+        for g, confusion in kept.items():  # each group against the rest of the reported groups, pooled
+            others = [h for h in kept if h != g]
+            rest = sum(kept[h] for h in others)
+            ci = difference_interval(confusion, rest, confidence, variance, variance * len(others))
+            groups_out[g]["difference_from_rest"] = {
+                "value": points["accuracy"][g] - group_accuracy(rest), "ci": ci, "rest": others,
+                "verdict": difference_verdict(ci, gap_threshold)}
+        difference_ci = difference_interval(kept[best], kept[worst], confidence, variance, variance)
         view["accuracy_gap"] = {"value": points["accuracy_gap"], "between": [best, worst],
-                                "ci": _interval(boot["accuracy_gap"], points["accuracy_gap"], confidence)}
+                                "ci": _interval(boot["accuracy_gap"], points["accuracy_gap"], confidence),
+                                "difference_ci": difference_ci,
+                                "verdict": difference_verdict(difference_ci, gap_threshold)}
         view["accuracy_ratio"] = {"value": points["accuracy_ratio"],
                                   "ci": _interval(boot["accuracy_ratio"], points["accuracy_ratio"], confidence)}
-        view["equalized_odds_difference"] = {
-            "value": points["equalized_odds_difference"], "method": EQUALIZED_ODDS_METHOD,
-            "ci": _interval(boot["equalized_odds_difference"], points["equalized_odds_difference"], confidence)}
-        view["predicted_rate_difference"] = {
-            "value": points["predicted_rate_difference"], "method": PREDICTED_RATE_METHOD,
-            "ci": _interval(boot["predicted_rate_difference"], points["predicted_rate_difference"], confidence)}
-    gap = view["accuracy_gap"]["value"]
-    view["flagged"] = gap is not None and gap > gap_threshold
-    view["flag_reason"] = (f"accuracy gap {100 * gap:.1f} pp between {view['accuracy_gap']['between'][0]} and "
-                           f"{view['accuracy_gap']['between'][1]} exceeds the threshold {100 * gap_threshold:.1f} pp"
-                           if view["flagged"] else None)
+        for key, method in (("equalized_odds_difference", EQUALIZED_ODDS_METHOD),
+                            ("predicted_rate_difference", PREDICTED_RATE_METHOD)):
+            ci = _interval(boot[key], points[key], confidence)
+            view[key] = {"value": points[key], "method": method, "ci": ci, "conclusive": conclusive(ci, gap_threshold)}
+    gap = view["accuracy_gap"]
+    view["flagged"] = gap.get("verdict") == "above_threshold"
+    view["flag_reason"] = (f"accuracy gap {100 * gap['value']:.1f} pp between {gap['between'][0]} and "
+                           f"{gap['between'][1]}: its {100 * confidence:g}% interval ({100 * gap['difference_ci'][0]:.1f} to "
+                           f"{100 * gap['difference_ci'][1]:.1f} pp) lies above the threshold "
+                           f"{100 * gap_threshold:.1f} pp" if view["flagged"] else None)
     return view
 
 
 def _empty_between() -> dict:
     return {"worst_group": {"group": None, "accuracy": None, "accuracy_ci": None},
-            "accuracy_gap": {"value": None, "ci": None, "between": []},
+            "accuracy_gap": {"value": None, "ci": None, "between": [], "difference_ci": None, "verdict": None},
             "accuracy_ratio": {"value": None, "ci": None},
             "equalized_odds_difference": {"value": None, "ci": None, "method": EQUALIZED_ODDS_METHOD},
             "predicted_rate_difference": {"value": None, "ci": None, "method": PREDICTED_RATE_METHOD}}
