@@ -108,16 +108,62 @@ def read_waveform(path: str | Path, max_seconds: float | None = None) -> np.ndar
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
-def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Band-limited resampling (torchaudio's windowed sinc).
+# A windowed-sinc resampler from p to q samples builds a kernel of about p x q cells (p, q: the rates divided by
+# their gcd). 44.1 -> 16 kHz is 441 x 160; but 44,101 Hz shares no factor with 16 kHz, so its kernel would be
+# 44,101 x 16,000 cells (2.8 GB), and 383,999 Hz 24.6 GB. Above this many cells the ratio is rounded instead.
+MAX_KERNEL_CELLS = 1 << 20  # 4 MiB of float32 (8 MiB while torchaudio builds it in float64)
+RATIO_TOLERANCE = 1e-4  # a rounded ratio this close plays 0.17 cents off pitch, 3 ms off over 30 s
 
-    Its cost grows with ``new_rate / gcd(orig_rate, new_rate)``, so callers
-    that pick arbitrary ratios (speed/pitch augmentation) pass small rational
-    approximations instead of raw rates.
+
+@functools.lru_cache(maxsize=256)
+def resample_ratio(orig_rate: int, new_rate: int) -> Fraction:
+    """The ratio ``orig/new`` that ``resample`` actually uses: exact, or a small fraction close to it.
+
+    Exact when the reduced ratio's kernel fits ``MAX_KERNEL_CELLS`` (every common rate: 8, 11.025, 22.05,
+    44.1, 48, 96, 384 kHz). Otherwise the fraction with the smallest denominator (doubling the bound) that is
+    within ``RATIO_TOLERANCE`` of the exact one, or the closest whose kernel still fits: so memory is
+    bounded whatever the rate, and the cost is a pitch and tempo error below 0.03 %.
+    """
+    exact = Fraction(int(orig_rate), int(new_rate))
+    if exact.numerator * exact.denominator <= MAX_KERNEL_CELLS:
+        return exact
+    best, bound = Fraction(max(1, round(exact))), 1
+    while bound <= MAX_KERNEL_CELLS:
+        candidate = exact.limit_denominator(bound)
+        if candidate.numerator * candidate.denominator > MAX_KERNEL_CELLS:
+            break
+        best = candidate
+        if abs(float(candidate / exact) - 1.0) <= RATIO_TOLERANCE:
+            break
+        bound *= 2
+    return best
+
+
+def resampling_note(orig_rate: int, new_rate: int = 16000) -> str | None:
+    """A plain-words note when ``orig_rate`` is resampled by a rounded ratio (None when exact)."""
+    used = resample_ratio(int(orig_rate), int(new_rate))
+    exact = Fraction(int(orig_rate), int(new_rate))
+    if used == exact:
+        return None
+    return (f"{orig_rate} Hz shares no small ratio with {new_rate} Hz: resampled as if it were "
+            f"{float(used * new_rate):.1f} Hz (ratio {used.numerator}/{used.denominator}; pitch and tempo off by "
+            f"{abs(float(used / exact) - 1.0) * 100:.4f} %)")
+
+
+def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Band-limited resampling (torchaudio's windowed sinc) with a kernel of bounded size.
+
+    torchaudio's kernel has (orig/gcd) x (new/gcd) cells, so the ratio is first
+    passed through ``resample_ratio``: exact for common rates, rounded (by at
+    most 0.03 %) for rates such as 44,101 Hz that share no factor with the
+    target. Peak memory then stays within a few tens of MB above the clip
+    itself for any accepted rate (``simulations/benchmarks/resample_memory.py``).
     """
     if orig_rate == new_rate:
         return np.asarray(wave, dtype=np.float32)
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), int(orig_rate), int(new_rate))
+    ratio = resample_ratio(int(orig_rate), int(new_rate))
+    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+    out = AF.resample(x, ratio.numerator, ratio.denominator)
     return out.numpy()
 
 

@@ -49,6 +49,9 @@ class EmotionData:
     valence_arousal: np.ndarray | None = None  # float32 (N, 2) in [-1, 1]
     faces: np.ndarray | None = None  # uint8 (N, 48, 48) for face and fusion data
     skipped: list[Skipped] = field(default_factory=list)
+    # Samples kept but worth a look, by kind (``client.loaders.images.FLAG_*``: constant images, images under
+    # 24 px): counted by ``fedemo data check`` and logged when a node or a simulation loads the folder.
+    flagged: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -82,6 +85,7 @@ class EmotionData:
             valence_arousal=None if self.valence_arousal is None else self.valence_arousal[rows],
             faces=None if self.faces is None else self.faces[rows],
             skipped=list(self.skipped),
+            flagged={kind: list(refs) for kind, refs in self.flagged.items()},
         )
 
     def path_of(self, row: int) -> Path:
@@ -99,6 +103,44 @@ def os_problem(err: OSError) -> str:
     if isinstance(err, PermissionError):
         return "permission denied (the node's user cannot read it)"
     return f"{type(err).__name__}: {err.strerror or err}"
+
+
+def printable(path: str | Path) -> str:
+    """``path`` as text that can be printed and written to JSON whatever its bytes.
+
+    A name that is not valid UTF-8 reaches Python as lone surrogates
+    (``\\udcff``), which ``print`` and ``json``/report writers refuse with a
+    ``UnicodeEncodeError``; here each such byte is written as ``\\xff``.
+    """
+    return os.fsencode(str(path)).decode("utf-8", errors="backslashreplace")
+
+
+def utf8_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be recorded as text (its name is not valid UTF-8), or None."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return ("the path is not valid UTF-8 (its non-UTF-8 bytes are shown as \\x escapes); rename it: run "
+                "records, reports and ledgers name it as text")
+    return None
+
+
+def unique_columns(path: Path, names: list[str]) -> dict[str, int]:
+    """Column positions by name, refusing a name that appears twice (``DatasetFormatError`` naming it).
+
+    With two ``emotion`` columns, which one holds the labels is a guess (FER2013
+    trained on the wrong one, with 0 % of labels right): the hospital must say.
+    Empty names (trailing commas) are ignored.
+    """
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name:
+            continue
+        if name in first:
+            raise DatasetFormatError(path, f"column {name!r} appears twice in the header (columns {first[name] + 1} "
+                                           f"and {i + 1}); keep one so it is clear which holds the data")
+        first[name] = i
+    return first
 
 
 def read_text_lines(path: Path) -> list[str]:
@@ -161,6 +203,10 @@ def folder_entries(folder: Path, root: Path, skipped: list[Skipped]) -> tuple[li
     files, folders = [], []
     for path in entries:
         ref = path.relative_to(root).as_posix()
+        if utf8_problem(path.name):
+            skipped.append(Skipped(printable(ref), "the name is not valid UTF-8 (its non-UTF-8 bytes are shown as "
+                                                   "\\x escapes); rename it to read it"))
+            continue
         reason = outside_reason(path, root)
         if reason is None:
             try:

@@ -6,7 +6,12 @@ Only indexes clips (waveforms are decoded on demand by
 (``1076_MTI_SAD_XX`` has no audio): those are named and skipped here, not
 discovered mid-training. With ``with_faces`` it also reads the 48x48 frame a
 user extracted from each clip's video (``FaceFrames/<clip stem>.png``) and
-returns "fusion" data.
+returns "fusion" data; constant and tiny frames are flagged.
+
+``VideoDemographics.csv`` is refused when it would be silently wrong: a column
+named twice, its header repeated mid-file, or an ActorID listed twice with
+different values (the last line used to win and rewrite an actor's sex, age or
+race). An ActorID repeated with the same values is a note, not an error.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 
 from client.loaders.audio_files import check_audio_header  # noqa: F401  (also imported from here by callers)
 from client.loaders.base import (DatasetFormatError, EmotionData, Skipped, first_skips, folder_entries,
-                                 outside_reason, read_text_lines)
+                                 outside_reason, read_text_lines, unique_columns)
 from shared_models.taxonomy import CREMAD_CODES, EMOTION_INDEX, UNKNOWN, age_band, valence_arousal
 
 AUDIO_DIR = "AudioWAV"
@@ -53,8 +58,8 @@ def load_cremad(root: str | Path, with_faces: bool = False) -> EmotionData:
     audio_dir = root / AUDIO_DIR
     if not audio_dir.is_dir():
         raise DatasetFormatError(audio_dir, f"folder missing: CREMA-D clips are expected in {AUDIO_DIR}/")
-    demographics = read_demographics(root / DEMOGRAPHICS_FILE)
     skipped: list[Skipped] = []
+    demographics = read_demographics(root / DEMOGRAPHICS_FILE, skipped)
     files, folders = folder_entries(audio_dir, root, skipped)
     for folder in folders:
         skipped.append(Skipped(folder.relative_to(root).as_posix(),
@@ -69,12 +74,17 @@ def load_cremad(root: str | Path, with_faces: bool = False) -> EmotionData:
             clips.append(clip)
 
     _listed_but_missing(root, {p.name for p in files}, skipped)
-    faces = None
+    faces, sizes = None, None
     if with_faces:
-        clips, faces = _attach_faces(root, clips, skipped)
+        clips, faces, sizes = _attach_faces(root, clips, skipped)
     if not clips:
         raise DatasetFormatError(audio_dir, f"no usable clips ({len(skipped)} skipped, e.g. {first_skips(skipped)})")
-    return _assemble(root, clips, demographics, skipped, faces)
+    data = _assemble(root, clips, demographics, skipped, faces)
+    if faces is not None:
+        from client.loaders.images import flag_faces
+
+        data.flagged = flag_faces(data.refs, faces, sizes)
+    return data
 
 
 def _parse(path: Path, root: Path, skipped: list[Skipped]) -> _Clip | None:
@@ -124,11 +134,13 @@ def _listed_but_missing(root: Path, present: set[str], skipped: list[Skipped]) -
             skipped.append(Skipped(f"{AUDIO_DIR}/{stem}.wav", f"listed in {SUMMARY_TABLE} but missing from {AUDIO_DIR}/"))
 
 
-def read_demographics(path: Path) -> dict[str, dict[str, str]]:
+def read_demographics(path: Path, notes: list[Skipped] | None = None) -> dict[str, dict[str, str]]:
     """ActorID -> {"sex", "age", "race", "ethnicity"} in taxonomy group names.
 
     A missing file or column is an error (the bias reports depend on it);
-    a value outside the published vocabulary becomes "unknown".
+    a value outside the published vocabulary becomes "unknown". A duplicate
+    column, a repeated header line or an ActorID listed twice with different
+    values is an error naming the lines; an identical repeat goes to ``notes``.
     """
     if not path.is_file():
         raise DatasetFormatError(path, f"file missing: CREMA-D needs {DEMOGRAPHICS_FILE} next to {AUDIO_DIR}/")
@@ -145,14 +157,33 @@ def read_demographics(path: Path) -> dict[str, dict[str, str]]:
     for column in DEMOGRAPHIC_COLUMNS:
         if column not in header:
             raise DatasetFormatError(path, f"column {column!r} missing (header: {', '.join(header) or 'empty'})")
+    columns = unique_columns(path, header)
     table = {}
+    first_seen: dict[str, tuple[int, dict[str, str]]] = {}
     for line_no, record in enumerate(records[1:], start=2):
         if not any(field.strip() for field in record):
             continue
-        row = dict(zip(header, (field.strip() for field in record)))
-        row = {column: row.get(column, "") for column in DEMOGRAPHIC_COLUMNS}
+        fields = [field.strip() for field in record]
+        if fields == header:
+            raise DatasetFormatError(path, f"line {line_no} repeats the header (two files joined into one?); "
+                                           "remove it and check that each ActorID is listed once")
+        row = {column: fields[columns[column]] if columns[column] < len(fields) else ""
+               for column in DEMOGRAPHIC_COLUMNS}
         if not row["ActorID"]:
             raise DatasetFormatError(path, f"line {line_no}: ActorID is empty")
+        if row["ActorID"] in first_seen:
+            first_line, first = first_seen[row["ActorID"]]
+            differ = [c for c in DEMOGRAPHIC_COLUMNS if first[c] != row[c]]
+            if differ:
+                raise DatasetFormatError(path, f"line {line_no}: ActorID {row['ActorID']} is listed again with "
+                                               "different values (" + ", ".join(
+                                                   f"{c} {first[c]!r} at line {first_line}, {row[c]!r} here"
+                                                   for c in differ) + "); keep the right line")
+            if notes is not None:
+                notes.append(Skipped(f"{DEMOGRAPHICS_FILE}:{line_no}", f"repeats ActorID {row['ActorID']} of line "
+                                                                       f"{first_line} with the same values (ignored)"))
+            continue
+        first_seen[row["ActorID"]] = (line_no, row)
         table[row["ActorID"]] = {
             "sex": _SEX.get(row["Sex"].lower(), UNKNOWN),
             "age": _age(row["Age"]),
@@ -170,11 +201,12 @@ def _age(text: str) -> str:
     return age_band(years) if 0 <= years < 130 else UNKNOWN  # also NaN and inf
 
 
-def _attach_faces(root: Path, clips: list[_Clip], skipped: list[Skipped]) -> tuple[list[_Clip], np.ndarray]:
+def _attach_faces(root: Path, clips: list[_Clip],
+                  skipped: list[Skipped]) -> tuple[list[_Clip], np.ndarray, list[tuple[int, int]]]:
     """Keep clips that have a readable face frame; frames of another size are resized to 48x48."""
-    from client.loaders.images import read_face
+    from client.loaders.images import read_face_sized
 
-    kept, faces = [], []
+    kept, faces, sizes = [], [], []
     for clip in clips:
         face_ref = f"{FACE_DIR}/{Path(clip.ref).stem}.png"
         path = root / face_ref
@@ -182,13 +214,14 @@ def _attach_faces(root: Path, clips: list[_Clip], skipped: list[Skipped]) -> tup
             skipped.append(Skipped(clip.ref, f"no face frame {face_ref}"))
             continue
         reason = outside_reason(path, root)
-        face = Skipped(face_ref, reason) if reason else read_face(path, face_ref, FACE_SIZE)
-        if isinstance(face, Skipped):
-            skipped.append(Skipped(clip.ref, f"unusable face frame {face_ref}: {face.reason}"))
+        read = Skipped(face_ref, reason) if reason else read_face_sized(path, face_ref, FACE_SIZE)
+        if isinstance(read, Skipped):
+            skipped.append(Skipped(clip.ref, f"unusable face frame {face_ref}: {read.reason}"))
             continue
         kept.append(clip)
-        faces.append(face)
-    return kept, np.stack(faces) if faces else np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
+        faces.append(read[0])
+        sizes.append(read[1])
+    return kept, np.stack(faces) if faces else np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8), sizes
 
 
 def _assemble(root: Path, clips: list[_Clip], demographics: dict[str, dict[str, str]],

@@ -14,6 +14,13 @@ site that annotated its copy can too.
 A bad row (wrong pixel count, non-integer pixel, unknown emotion code) is
 skipped and reported by line, because one corrupt row in a 35,000-row file
 should not stop a hospital's client; a file where every row is bad is an error.
+
+Refused, because the result would be silently wrong: a column name twice in
+a header (which ``emotion`` holds the labels?); a header repeated mid-file
+(two exports joined) when a sidecar is joined by row number (every row after
+it would get its neighbour's demographics); a sidecar ``row`` listed twice
+with different values. Without a sidecar the repeated header is a named skip.
+Constant faces are kept and flagged (``client.loaders.images.flag_faces``).
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from typing import NamedTuple
 import numpy as np
 
 from client.loaders.base import (DEMOGRAPHIC_ATTRIBUTES, DatasetFormatError, EmotionData, Skipped, os_problem,
-                                 outside_reason)
+                                 outside_reason, unique_columns)
+from client.loaders.images import flag_faces
 from shared_models.taxonomy import EMOTION_INDEX, FER2013_CODES, UNKNOWN
 
 # Published format facts.
@@ -79,25 +87,33 @@ def load_fer2013(root: Path | str, demographics_csv: Path | str | None = None) -
     -> "" (no published split); ``train.csv`` rows are "train".
     """
     path = find_fer2013_csv(root)
-    rows, skipped, n_data = _read_rows(path)
+    rows, skipped, n_data, repeated_headers = _read_rows(path)
     if not rows:
         raise DatasetFormatError(path, _all_bad_message(n_data, skipped))
     data_rows = np.array([r.data_row for r in rows], dtype=np.int64)
     sidecar = Path(demographics_csv) if demographics_csv is not None else path.parent / SIDECAR_NAME
     if demographics_csv is not None and not sidecar.is_file():
         raise DatasetFormatError(sidecar, "demographics file not found")
-    subjects, demographics = _read_sidecar(sidecar, data_rows) if sidecar.is_file() else _no_sidecar(len(rows))
+    if sidecar.is_file() and repeated_headers:
+        raise DatasetFormatError(path, f"line {repeated_headers[0]} repeats the header (two exports joined into one "
+                                       f"file?): {sidecar.name} is joined by data row number, which cannot be matched "
+                                       "after it; split the file, or remove the line and renumber the sidecar")
+    subjects, demographics = (_read_sidecar(sidecar, data_rows, skipped) if sidecar.is_file()
+                              else _no_sidecar(len(rows)))
+    refs = np.array([f"{path.name}:{r.line}" for r in rows], dtype=object)
+    faces = np.stack([r.pixels for r in rows]).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
     return EmotionData(
         dataset="fer2013",
         modality="face",
         root=path.parent,
-        refs=np.array([f"{path.name}:{r.line}" for r in rows], dtype=object),
+        refs=refs,
         labels=np.array([r.label for r in rows], dtype=np.int64),
         subjects=subjects,
         demographics=demographics,
         published_split=np.array([r.split for r in rows], dtype=object),
-        faces=np.stack([r.pixels for r in rows]).reshape(-1, IMAGE_SIDE, IMAGE_SIDE),
+        faces=faces,
         skipped=skipped,
+        flagged=flag_faces(refs, faces),
     )
 
 
@@ -136,10 +152,15 @@ def _csv_lines(path: Path):
                 yield line_no, f"not a valid CSV line ({err})"
 
 
-def _read_rows(path: Path) -> tuple[list[_Row], list[Skipped], int]:
-    """Parse every data row: a _Row for good rows, a Skipped for bad ones; also the data row count."""
+def _read_rows(path: Path) -> tuple[list[_Row], list[Skipped], int, list[int]]:
+    """Parse every data row: a _Row for good rows, a Skipped for bad ones; the data row count; header repeats.
+
+    A line that repeats the header is not a data row (it is skipped by name); its
+    line numbers are returned so a sidecar join can refuse the file.
+    """
     rows: list[_Row] = []
     skipped: list[Skipped] = []
+    repeated: list[int] = []
     n_data = 0
     lines = _csv_lines(path)
     header = None
@@ -152,9 +173,15 @@ def _read_rows(path: Path) -> tuple[list[_Row], list[Skipped], int]:
     if isinstance(header, str):
         raise DatasetFormatError(path, f"line {header_line}: the header is unusable: {header}")
     columns = _columns(path, header)
+    header_names = [name.strip() for name in header]
     default_split = "train" if path.name == "train.csv" else ""
     for line, record in lines:
         if not isinstance(record, str) and all(not field.strip() for field in record):
+            continue
+        if not isinstance(record, str) and [field.strip() for field in record] == header_names:
+            repeated.append(line)
+            skipped.append(Skipped(ref=f"{path.name}:{line}", reason=f"repeats the header of line {header_line} "
+                                                                     "(two exports joined into one file?)"))
             continue
         data_row = n_data
         n_data += 1
@@ -163,7 +190,7 @@ def _read_rows(path: Path) -> tuple[list[_Row], list[Skipped], int]:
             skipped.append(Skipped(ref=f"{path.name}:{line}", reason=parsed))
         else:
             rows.append(_Row(data_row, line, *parsed))
-    return rows, skipped, n_data
+    return rows, skipped, n_data, repeated
 
 
 def _columns(path: Path, header: list[str]) -> dict[str, int]:
@@ -172,13 +199,13 @@ def _columns(path: Path, header: list[str]) -> dict[str, int]:
     for required in ("emotion", "pixels"):
         if required not in names:
             raise DatasetFormatError(path, f"missing column '{required}' (header is {','.join(names)})")
-    return {name: i for i, name in enumerate(names)}
+    return unique_columns(path, names)
 
 
 def _parse_record(record: list[str], columns: dict[str, int], default_split: str) -> tuple | str:
     """(label, split, pixels) or the reason the record is unusable."""
-    if len(record) < len(columns):
-        return f"expected {len(columns)} fields, found {len(record)}"
+    if len(record) <= max(columns.values()):
+        return f"expected {max(columns.values()) + 1} fields, found {len(record)}"
     code_text = record[columns["emotion"]].strip()
     if not (code_text.isascii() and code_text.lstrip("+-").isdigit()):
         return f"emotion '{code_text[:40]}' is not an integer code"
@@ -232,12 +259,15 @@ def _no_sidecar(n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return np.full(n, "", dtype=object), {a: np.full(n, UNKNOWN, dtype=object) for a in DEMOGRAPHIC_ATTRIBUTES}
 
 
-def _read_sidecar(path: Path, data_rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _read_sidecar(path: Path, data_rows: np.ndarray,
+                  notes: list[Skipped]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Subjects and demographics from the sidecar, aligned to the kept data rows.
 
     Rows the sidecar does not mention, and empty cells, become "unknown" (or ""
     for the subject); columns other than subject and the demographic attributes
-    are ignored.
+    are ignored. A repeated header line, or a ``row`` given twice with different
+    values, is refused (which one is right?); a row repeated with the same
+    values is a note in ``notes``.
     """
     subjects, demographics = _no_sidecar(len(data_rows))
     position = {int(r): i for i, r in enumerate(data_rows)}
@@ -248,21 +278,36 @@ def _read_sidecar(path: Path, data_rows: np.ndarray) -> tuple[np.ndarray, dict[s
     header = [h.strip() for h in first]
     if "row" not in header:
         raise DatasetFormatError(path, "missing column 'row'")
-    col = {name: i for i, name in enumerate(header)}
+    col = unique_columns(path, header)
     wanted = [a for a in ("subject", *DEMOGRAPHIC_ATTRIBUTES) if a in col]
+    seen: dict[int, tuple[int, tuple[str, ...]]] = {}  # row -> (line, its values)
     for line_no, record in lines:
         if isinstance(record, str):
             raise DatasetFormatError(path, f"line {line_no}: {record}")
         if not record or all(not field.strip() for field in record):
             continue
+        if [field.strip() for field in record] == header:
+            raise DatasetFormatError(path, f"line {line_no} repeats the header (two sidecars joined into one file?): "
+                                           "its row numbers restart, so they cannot be matched to data rows")
         try:
-            i = position.get(int(record[col["row"]]))
+            row = int(record[col["row"]])
         except (ValueError, IndexError):
             raise DatasetFormatError(path, f"line {line_no}: 'row' is not an integer") from None
+        values = tuple(record[col[name]].strip() if col[name] < len(record) else "" for name in wanted)
+        if row in seen:
+            first_line, first_values = seen[row]
+            if values != first_values:
+                raise DatasetFormatError(path, f"line {line_no}: row {row} is listed again with different values "
+                                               f"(first at line {first_line}: {', '.join(first_values)}; here: "
+                                               f"{', '.join(values)}); keep the right one")
+            notes.append(Skipped(f"{path.name}:{line_no}", f"repeats row {row} of line {first_line} with the same "
+                                                           "values (ignored)"))
+            continue
+        seen[row] = (line_no, values)
+        i = position.get(row)
         if i is None:
             continue
-        for name in wanted:
-            value = record[col[name]].strip() if col[name] < len(record) else ""
+        for name, value in zip(wanted, values):
             if name == "subject":
                 subjects[i] = value
             elif value:

@@ -11,6 +11,12 @@ Used by the RAF-DB loader and by CREMA-D fusion frames. Returns a 48x48 (or
   clips every value above 255, so a 16-bit face would read as all white);
 - colour, palette and CMYK images are converted to luminance (alpha is ignored);
 - unreadable, truncated or non-image files are skipped with the reason.
+
+Two kinds of image are kept but flagged (``flag_faces``), because they are
+probably not faces yet are not malformed: a constant image (every pixel the
+same, e.g. 300 all-black frames from a failed export) and an image under
+``MIN_FACE_SIDE`` pixels on a side (a 1x1 "face" upscaled to 48x48). Data
+check counts and names them; nodes and simulations log the counts.
 """
 
 from __future__ import annotations
@@ -24,6 +30,22 @@ from PIL import Image
 from client.loaders.base import Skipped, os_problem
 
 MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; RAF-DB originals are far smaller
+MIN_FACE_SIDE = 24  # half the models' 48 px: below it a face is mostly interpolation
+FLAG_CONSTANT = "constant image"
+FLAG_SMALL = f"image under {MIN_FACE_SIDE} px"
+FLAG_EXPLAINED: dict[str, str] = {
+    FLAG_CONSTANT: "every pixel has the same value: there is no face to learn from (a failed export?)",
+    FLAG_SMALL: f"narrower or shorter than {MIN_FACE_SIDE} px, upscaled to 48x48: mostly interpolation",
+}
+
+
+def flag_faces(refs, faces: np.ndarray, sizes: list[tuple[int, int]] | None = None) -> dict[str, list[str]]:
+    """Refs of constant faces and of faces whose source was under ``MIN_FACE_SIDE`` px (``sizes``: (w, h))."""
+    flat = faces.reshape(len(faces), -1)
+    flags = {FLAG_CONSTANT: [str(r) for r, c in zip(refs, flat.min(axis=1) == flat.max(axis=1)) if c]}
+    if sizes is not None:
+        flags[FLAG_SMALL] = [str(r) for r, (w, h) in zip(refs, sizes) if min(w, h) < MIN_FACE_SIDE]
+    return {kind: found for kind, found in flags.items() if found}
 
 
 def _gray(im: Image.Image) -> Image.Image:
@@ -44,6 +66,12 @@ def _gray(im: Image.Image) -> Image.Image:
 
 def read_face(path: Path, ref: str, side: int = 48) -> np.ndarray | Skipped:
     """The image at ``path`` as ``side`` x ``side`` grayscale uint8, or a ``Skipped`` saying why not."""
+    read = read_face_sized(path, ref, side)
+    return read if isinstance(read, Skipped) else read[0]
+
+
+def read_face_sized(path: Path, ref: str, side: int = 48) -> tuple[np.ndarray, tuple[int, int]] | Skipped:
+    """``read_face`` plus the image's own (width, height), for ``flag_faces``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -57,7 +85,7 @@ def read_face(path: Path, ref: str, side: int = 48) -> np.ndarray | Skipped:
                 gray = _gray(im)
                 if gray.size != (side, side):
                     gray = gray.resize((side, side), Image.Resampling.LANCZOS)
-                return np.asarray(gray, dtype=np.uint8).copy()
+                return np.asarray(gray, dtype=np.uint8).copy(), (width, height)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         return Skipped(ref, f"image refused as a decompression bomb ({err})")
     except FileNotFoundError:

@@ -7,7 +7,8 @@ Layout (as published): ``EmoLabel/list_patition_label.txt`` (sic) lists
 gender, race and age codes. The train/test split is the name prefix.
 
 Faces are converted to 48x48 grayscale so RAF-DB and FER2013 feed the same
-models. RAF-DB has no subject ids. A missing or malformed attribute file keeps
+models (constant images and images under 24 px are kept and flagged, see
+``client.loaders.images``). RAF-DB has no subject ids. A missing or malformed attribute file keeps
 the image with "unknown" demographics (the label is still good); an image that
 is missing or cannot be decoded, or a bad label line, is skipped and named.
 """
@@ -20,7 +21,7 @@ import numpy as np
 
 from client.loaders.base import (DatasetFormatError, EmotionData, Skipped, first_skips, outside_reason,
                                  read_text_lines)
-from client.loaders.images import read_face
+from client.loaders.images import flag_faces, read_face_sized
 from shared_models.taxonomy import AGE_BANDS, EMOTION_INDEX, RAFDB_CODES, UNKNOWN
 
 # Published format facts.
@@ -44,16 +45,17 @@ def load_rafdb(root: Path | str) -> EmotionData:
     if not label_path.is_file():
         raise DatasetFormatError(label_path, f"label file not found (expected {LABEL_FILE} under {root})")
     entries, skipped = _read_labels(label_path)
-    refs, labels, faces, demo_rows = [], [], [], []
+    refs, labels, faces, sizes, demo_rows = [], [], [], [], []
     for name, label in entries:
         image = _read_image(root, name)
         if isinstance(image, Skipped):
             skipped.append(image)
             continue
-        ref, face = image
+        ref, face, size = image
         refs.append(ref)
         labels.append(label)
         faces.append(face)
+        sizes.append(size)
         demo_rows.append(_read_attributes(root, root / ANNOTATION_DIR / f"{Path(name).stem}_manu_attri.txt"))
     if not refs:
         raise DatasetFormatError(root, f"no usable images ({len(skipped)} skipped; first: {first_skips(skipped)})")
@@ -69,6 +71,7 @@ def load_rafdb(root: Path | str) -> EmotionData:
         published_split=np.array([_split_of(r) for r in refs], dtype=object),
         faces=np.stack(faces),
         skipped=skipped,
+        flagged=flag_faces(refs, np.stack(faces), sizes),
     )
 
 
@@ -102,7 +105,7 @@ def _read_labels(path: Path) -> tuple[list[tuple[str, int]], list[Skipped]]:
     return entries, skipped
 
 
-def _read_image(root: Path, name: str) -> tuple[str, np.ndarray] | Skipped:
+def _read_image(root: Path, name: str) -> tuple[str, np.ndarray, tuple[int, int]] | Skipped:
     """The aligned image if present, else the original; 48x48 grayscale uint8, or why not."""
     aligned = f"{ALIGNED_DIR}/{Path(name).stem}_aligned.jpg"
     original = f"{ORIGINAL_DIR}/{name}"
@@ -115,8 +118,8 @@ def _read_image(root: Path, name: str) -> tuple[str, np.ndarray] | Skipped:
         return Skipped(ref, reason)
     if not (root / ref).is_file():
         return Skipped(ref, "not a regular file")
-    face = read_face(root / ref, ref, FACE_SIDE)
-    return face if isinstance(face, Skipped) else (ref, face)
+    read = read_face_sized(root / ref, ref, FACE_SIDE)
+    return read if isinstance(read, Skipped) else (ref, *read)
 
 
 def _read_attributes(root: Path, path: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from client.loaders.base import DatasetFormatError, EmotionData, first_skips, os_problem
+from client.loaders.base import DatasetFormatError, EmotionData, first_skips, os_problem, printable, utf8_problem
 
 # Which datasets can feed which task. Fusion needs paired face frames, which
 # CREMA-D provides once a frame per clip is extracted into FaceFrames/.
@@ -75,6 +75,9 @@ def load_dataset(dataset: str, root: str | Path, task: str) -> EmotionData:
     """Load a dataset folder in its published format, checked for the task."""
     check_task_dataset(task, dataset)
     root = Path(root)
+    not_text = utf8_problem(root.absolute())
+    if not_text:  # refused before anything is read: every record of the run would fail to name it later
+        raise DatasetFormatError(printable(root), f"dataset folder: {not_text}")
     try:
         if not root.is_dir():
             what = "is not a folder" if root.exists() else "does not exist"
