@@ -1,12 +1,27 @@
-"""The report page's figures: matplotlib (Agg backend) drawn to base64 PNGs, so the page stays one file."""
+"""The report's figures, drawn once with matplotlib (Agg backend) and used twice.
+
+Each ``*_figure`` function returns a matplotlib figure and its alt text: the
+report page inlines it as a base64 PNG (``plot_*``, so the page stays one
+file), and ``server.report.figures`` saves the same figure as SVG and
+300-DPI PNG into the run's ``figures/`` folder for a paper. Figures are
+narrow (``FIG_WIDTH`` inches) with their legend below the plot and
+11-point text, so a phone's 390-px-wide screen shows them without text
+too small to read.
+"""
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from html import escape
 
-import functools
+FIG_WIDTH = 5.6  # inches; at the page's 96 DPI a 538-px image, shown at 70% on a 390-px phone screen
+STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
+         "xtick.labelsize": 10, "ytick.labelsize": 10,
+         "svg.fonttype": "none",  # SVG text stays text: editable, searchable, set in the paper's font
+         "svg.hashsalt": "fedemo"}  # element ids in an SVG are the same from one build to the next
+
 
 @functools.cache
 def _plt():
@@ -17,7 +32,13 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update(STYLE)
     return plt
+
+
+def subplots(height: float, width: float = FIG_WIDTH):
+    """A figure and its axes, laid out so the legend below the plot (``_legend_outside``) is never cut."""
+    return _plt().subplots(figsize=(width, height), layout="constrained")
 
 
 def _ticker():
@@ -46,11 +67,16 @@ def pp(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} pp"
 
 
-def figure_img(fig, alt: str) -> str:
-    """The figure as an ``<img>`` with its PNG inlined and ``alt`` text, so a page stays one file; closes it."""
+def integer_rounds(fig) -> None:
+    """Round axes tick whole rounds only."""
     for ax in fig.axes:
         if ax.get_xlabel().startswith("round"):
             ax.xaxis.set_major_locator(_ticker().MaxNLocator(integer=True))
+
+
+def figure_img(fig, alt: str) -> str:
+    """The figure as an ``<img>`` with its PNG inlined and ``alt`` text, so a page stays one file; closes it."""
+    integer_rounds(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, bbox_inches="tight", metadata={"Software": None})
     _plt().close(fig)
@@ -63,14 +89,27 @@ def _percent_axis(ax, axis: str = "y") -> None:
 
 
 def _legend_outside(ax, **kwargs) -> None:
-    """The legend to the right of the frame, where it hides no point."""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small", **kwargs)
+    """The legend below the plot, where it hides no point and leaves the plot the figure's full width."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.figure.legend(handles, labels, loc="outside lower center", ncols=1 if len(labels) > 4 else 2,
+                         frameon=False, **kwargs)
+
+
+def _html(drawn) -> str:
+    """``plot_*``: a ``*_figure`` result as the page's inline image ('' when there is nothing to draw)."""
+    return "" if drawn is None else figure_img(*drawn)
 
 
 # --------------------------------------------------------------------------- plots
 def plot_global(rounds: list[dict], baseline: dict | None = None) -> str:
+    return _html(global_figure(rounds, baseline))
+
+
+def global_figure(rounds: list[dict], baseline: dict | None = None):
+    """(figure, alt): accuracy with its 95% band and macro-F1 over rounds, beside majority and chance."""
     baseline = baseline or {}
-    fig, ax = _plt().subplots(figsize=(8, 3.4))
+    fig, ax = subplots(3.9)
     shown = [r for r in rounds if r.get("accuracy") is not None]
     xs = [r["round"] for r in shown]
     ax.plot(xs, [100 * r["accuracy"] for r in shown], marker="o", color="#1f77b4", label="accuracy")
@@ -101,14 +140,19 @@ def plot_global(rounds: list[dict], baseline: dict | None = None) -> str:
            + (f", against {pct(baseline.get('majority_rate'))} for always predicting the majority class and "
               f"{pct(baseline.get('chance_rate'))} for chance" if baseline.get("majority_rate") is not None else "")
            + ".")
-    return figure_img(fig, alt)
+    return fig, alt
 
 
 def plot_groups(attribute: str, figures: dict, overall: float | None, majority: float | None = None) -> str:
-    shown = [(g, v) for g, v in ordered_groups(figures) if not v.get("suppressed")]
+    return _html(groups_figure(attribute, figures, overall, majority))
+
+
+def groups_figure(attribute: str, figures: dict, overall: float | None, majority: float | None = None):
+    """(figure, alt) of each reported group's accuracy with its 95% interval, or None when none is reported."""
+    shown = [(g, v) for g, v in ordered_groups(figures) if not v.get("suppressed") and v.get("accuracy") is not None]
     if not shown:
-        return ""
-    fig, ax = _plt().subplots(figsize=(8, 0.45 * len(shown) + 1.3))
+        return None
+    fig, ax = subplots(0.45 * len(shown) + 2.0)
     acc = [100 * v["accuracy"] for _, v in shown]
     lo = [max(0.0, 100 * (v["accuracy"] - v["accuracy_ci"][0])) for _, v in shown]
     hi = [max(0.0, 100 * (v["accuracy_ci"][1] - v["accuracy"])) for _, v in shown]
@@ -127,7 +171,7 @@ def plot_groups(attribute: str, figures: dict, overall: float | None, majority: 
     ax.invert_yaxis()
     alt = (f"Bar chart of accuracy per {attribute} group with 95% intervals: "
            + "; ".join(f"{g} {pct(v['accuracy'])} (n={v['n']})" for g, v in shown) + ".")
-    return figure_img(fig, alt)
+    return fig, alt
 
 
 def plot_group_history(attribute: str, figures: dict) -> str:
@@ -137,7 +181,7 @@ def plot_group_history(attribute: str, figures: dict) -> str:
     order += sorted({g for h in history for g in h["groups"]} - set(order))
     if not history or not order:
         return ""
-    fig, ax = _plt().subplots(figsize=(8, 3.2))
+    fig, ax = subplots(3.9)
     styles = ["-", "--", "-.", ":"]
     for i, group in enumerate(order):
         points = [(h["round"], h["groups"][group]["accuracy"]) for h in history if group in h["groups"]]
@@ -172,10 +216,15 @@ def _names(clients: list[dict], limit: int = 6) -> str:
 
 
 def plot_epsilon(privacy: dict) -> str:
-    clients = privacy.get("clients", [])
+    return _html(epsilon_figure(privacy))
+
+
+def epsilon_figure(privacy: dict):
+    """(figure, alt) of each hospital's cumulative epsilon over rounds (identical ones share a line), or None."""
+    clients = [c for c in privacy.get("clients", []) if c.get("history")]
     if not clients:
-        return ""
-    fig, ax = _plt().subplots(figsize=(8, 3.4))
+        return None
+    fig, ax = subplots(3.9)
     lines = sorted(same_lines(clients), key=lambda group: -(group[0].get("epsilon") or 0.0))
     palette = _plt().get_cmap("tab10").colors
     colours = [c for i, c in enumerate(palette) if i not in (3, 7)]  # no red, no grey: grey is for unnamed lines
@@ -208,7 +257,7 @@ def plot_epsilon(privacy: dict) -> str:
            f"line(s)" + (f" ({'; '.join(f'{len(g)} hospitals share one line' for g in shared)})" if shared else "")
            + f"; largest epsilon {top:.3g}"
            + (f", budget {', '.join(f'{b:g}' for b in budgets)} (dashed black line)" if budgets else "") + ".")
-    return figure_img(fig, alt)
+    return fig, alt
 
 
 def plot_gaps(fairness: dict, threshold: float | None) -> str:
@@ -216,7 +265,7 @@ def plot_gaps(fairness: dict, threshold: float | None) -> str:
               if any(h.get("accuracy_gap") is not None for h in f.get("history", []))}
     if not series:
         return ""
-    fig, ax = _plt().subplots(figsize=(8, 3.2))
+    fig, ax = subplots(3.9)
     top = 0.0
     for attribute, history in series.items():
         points = [(h["round"], 100 * h["accuracy_gap"]) for h in history if h.get("accuracy_gap") is not None]
