@@ -16,8 +16,10 @@ import re
 from html import escape
 from pathlib import Path
 
+from server.report.fairness import INCONCLUSIVE_WIDTH_FACTOR, VERDICTS
 from server.report.html_parts import (fingerprint, headline_html, hospitals_html, html_table, incomplete_banner,
-                                      interval, majority_banner, num, nw, pp_interval, ratio, ratio_interval)
+                                      interval, majority_banner, num, nw, pp_interval, ratio, ratio_interval,
+                                      signed_pp)
 from server.report.plots import (ordered_groups, pct, plot_epsilon, plot_gaps, plot_global, plot_group_history,
                                  plot_groups, pp, same_lines)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -119,9 +121,15 @@ def plain_summary(report: dict) -> list[str]:
         else:
             text += "no group was large enough to report"
         if gap.get("value") is not None:
-            ci = gap.get("ci")
-            text += (f"; the gap to the best group ({' vs '.join(map(str, gap.get('between') or []))}) is "
-                     f"{pp(gap['value'])}" + (f" (95% interval {pp_interval(ci)})" if ci else ""))
+            ci = gap.get("difference_ci")
+            if ci:  # the signed difference best minus worst: its interval may include 0
+                text += (f"; the gap to the best group ({' vs '.join(map(str, gap.get('between') or []))}) is "
+                         f"{pp(gap['value'])} (95% interval of the difference {pp_interval(ci)}: "
+                         f"{VERDICTS.get(gap.get('verdict'), '')})")
+            else:  # a report built before signed differences: its interval is that of the absolute gap
+                ci = gap.get("ci")
+                text += (f"; the gap to the best group ({' vs '.join(map(str, gap.get('between') or []))}) is "
+                         f"{pp(gap['value'])}" + (f" (95% interval {pp_interval(ci)})" if ci else ""))
         text += "."
         if figures.get("flagged"):
             text += f" FLAGGED: {figures.get('flag_reason') or 'gap above the threshold'}."
@@ -151,7 +159,11 @@ def fairness_html(report: dict) -> str:
                  f"them and because their figures would be noise). Intervals are "
                  f"{int(100 * settings.get('confidence', 0.95))}% intervals; accuracies are in %, differences between "
                  f"groups in percentage points (pp), ratios as plain ratios."
-                 + (f" A gap above {pp(threshold)} is flagged." if threshold is not None else "") + "</p>")
+                 + (f" A difference between groups is signed (a group minus the rest of the groups, or the best "
+                    f"minus the worst group) and its interval may include 0 (no clear difference). A gap is "
+                    f"flagged only when its whole interval lies above {pp(threshold)}; an interval wider than "
+                    f"{pp(INCONCLUSIVE_WIDTH_FACTOR * threshold)} is too few samples to conclude either way."
+                    if threshold is not None else "") + "</p>")
     noise = settings.get("eval_count_noise")
     if noise:
         spent = [v for v in (noise.get("epsilon_by_client") or {}).values() if v is not None]
@@ -169,11 +181,18 @@ def fairness_html(report: dict) -> str:
         for group, v in ordered_groups(figures):
             if v.get("suppressed"):
                 rows.append([escape(str(group)), f"fewer than {settings.get('min_group_size')}",
-                             "suppressed: too few samples to report", "", ""])
+                             "suppressed: too few samples to report", "", "", "", "", ""])
             else:
+                diff = v.get("difference_from_rest") or {}
                 rows.append([escape(str(group)), num(v.get("n")), pct(v.get("accuracy")),
-                             nw(interval(v.get("accuracy_ci"))), pct(v.get("macro_f1"))])
-        parts.append(html_table(["group", "test samples", "accuracy", "95% interval", "macro-F1"], rows))
+                             nw(interval(v.get("accuracy_ci"))), pct(v.get("macro_f1")),
+                             nw(signed_pp(diff.get("value"))), nw(pp_interval(diff.get("ci"))),
+                             escape(VERDICTS.get(diff.get("verdict"), "")) if meaningful else "not assessed"])
+        headers = ["group", "test samples", "accuracy", "95% interval", "macro-F1", "difference from the rest",
+                   "95% interval", "reading"]
+        if not any(v.get("difference_from_rest") for _, v in ordered_groups(figures)):
+            headers, rows = headers[:5], [row[:5] for row in rows]  # a report built before signed differences
+        parts.append(html_table(headers, rows))
         facts = []
         for key, label in (("accuracy_gap", "accuracy gap (best - worst group)"),
                            ("accuracy_ratio", "accuracy ratio (worst / best group)"),
@@ -182,16 +201,29 @@ def fairness_html(report: dict) -> str:
             item = figures.get(key) or {}
             if item.get("value") is not None:
                 is_ratio = key == "accuracy_ratio"
+                ci, method, reading = item.get("ci"), str(item.get("method") or ""), ""
+                if key == "accuracy_gap" and item.get("difference_ci"):
+                    ci, method = item["difference_ci"], ("signed difference best minus worst group, Newcombe's "
+                                                         "hybrid score interval (may include 0)")
+                    reading = VERDICTS.get(item.get("verdict"), "")
+                elif item.get("conclusive") is False:
+                    reading = "too few to conclude: the interval is wider than " + pp(figures.get(
+                        "inconclusive_width", INCONCLUSIVE_WIDTH_FACTOR * (threshold or 0)))
+                elif item.get("conclusive"):
+                    reading = "interval narrow enough to read"
                 facts.append([escape(label), nw(ratio(item["value"]) if is_ratio else pp(item["value"])),
-                              nw(ratio_interval(item.get("ci")) if is_ratio else pp_interval(item.get("ci"))),
-                              escape(str(item.get("method") or ""))])
+                              nw(ratio_interval(ci) if is_ratio else pp_interval(ci)),
+                              escape(reading if meaningful else "not assessed"), escape(method)])
         if facts:
             parts.append(html_table(["measure" + ("" if meaningful else " (not meaningful here)"), "value",
-                                     "95% interval", "method"], facts))
+                                     "95% interval", "reading", "method"], facts))
         if not meaningful:
             status = "not assessed: the model is no better than the majority class"
         elif figures.get("flagged"):
             status = "<strong class=flag>flagged</strong>: " + escape(str(figures.get("flag_reason") or ""))
+        elif (figures.get("accuracy_gap") or {}).get("verdict") == "too_few_to_conclude":
+            status = ("not flagged: too few samples to conclude (the interval of the difference between the best "
+                      "and worst group is wider than " + pp(figures.get("inconclusive_width")) + ")")
         else:
             status = "not flagged"
         parts.append(f"<p>Status: {status}.</p>")
@@ -215,7 +247,7 @@ def guarantees_html(guarantees: dict) -> str:
                    for m in guarantees.get("mechanisms", []))
     parts = ["<h3>What the privacy figures mean</h3>"]
     if body:
-        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        parts.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
     else:
         parts.append("<p><strong>No differential-privacy mechanism was on in this run.</strong></p>")
     model = guarantees.get("threat_model", {})

@@ -25,6 +25,11 @@ def pp_interval(ci: list[float] | None) -> str:
     return "" if not ci else f"{100 * ci[0]:.1f} to {100 * ci[1]:.1f} pp"
 
 
+def signed_pp(x: float | None) -> str:
+    """A signed difference of rates in percentage points, "+1.7 pp" / "-3.0 pp"."""
+    return "" if x is None else f"{100 * x:+.1f} pp"
+
+
 def ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
@@ -55,7 +60,7 @@ def html_table(headers: list[str], rows: list[list[str]]) -> str:
     """A table whose headers are escaped here and whose cells are HTML already (callers escape or format them)."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def hospitals_html(report: dict) -> str:
