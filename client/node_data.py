@@ -18,12 +18,14 @@ import functools
 import hashlib
 import zlib
 from dataclasses import dataclass
+from logging import WARNING
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from flwr.common.logger import log
 
-from client.loaders.base import EmotionData
+from client.loaders.base import EmotionData, printable
 from client.loaders.registry import load_dataset
 from client.partitioning import PartitionSpec, partition
 from client.record_keys import record_keys
@@ -100,6 +102,9 @@ def _hospital_samples(dataset: str, root: str, client_id: str, dataset_id: str, 
                       test_fraction: float, augment: bool, secret_augmentation: bool) -> ClientSamples:
     """A hospital's train/test split: the dataset's published one if it has both parts, else by record key."""
     data = _load(dataset, root, task)
+    for kind, refs in data.flagged.items():  # kept, but in the node's log with a count (once: this is cached)
+        log(WARNING, "%s: %s: %d kept but suspect (first: %s); `fedemo data check` lists them",
+            printable(root), kind, len(refs), ", ".join(refs[:3]))
     split = data.published_split.astype(str)
     if np.any(split == "train") and np.any(split == "test"):
         train_rows, test_rows = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
