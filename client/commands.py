@@ -1,6 +1,6 @@
 """The hospital's ``fedemo`` commands: run on the node, read only local files, send nothing.
 
-    fedemo data check DATA_DIR --format FORMAT [--task T] [--json]
+    fedemo data check DATA_DIR --format FORMAT [--task T] [--nodes N [--min-partition-size M]] [--json]
     fedemo ledger STATE_DIR [--json]      one node's ledger, or every node's under a folder (runs/<id>/node-state)
     fedemo node check --superlink HOST:PORT --root-certificates CA [--auth-supernode-private-key KEY]
     fedemo node sent STATE_DIR [--last N] [--json]
@@ -33,6 +33,12 @@ def add_node_commands(commands: argparse._SubParsersAction, data_commands: argpa
                    help="its published layout (the node's dataset-format)")
     p.add_argument("--task", choices=["face", "voice", "fusion"], default=None,
                    help="the federation's task (default: the format's own; cremad can serve fusion)")
+    p.add_argument("--nodes", type=int, default=None, metavar="N",
+                   help="also check that the folder splits into N simulated nodes (num-supernodes)")
+    p.add_argument("--min-partition-size", type=int, default=None, metavar="M",
+                   help="samples each node needs (the run config's min-partition-size; default 10)")
+    p.add_argument("--partitioner", default="iid", choices=["iid", "dirichlet", "natural", "demographic"],
+                   help="with --nodes: the run config's partitioner (default iid)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=data_check_command)
 
@@ -131,7 +137,12 @@ def node_sent_command(args: argparse.Namespace) -> int:
 
 def data_check_command(args: argparse.Namespace) -> int:
     from client.data_check import check_data_dir, describe
+    from client.partitioning import PartitionSpec
 
-    report = check_data_dir(args.data_dir, args.format, args.task)
+    spec = None  # a hospital's own folder: READY needs one train and one test sample
+    if args.nodes is not None or args.min_partition_size is not None:  # a simulation's: every node's share
+        size = {} if args.min_partition_size is None else {"min_size": args.min_partition_size}
+        spec = PartitionSpec(method=args.partitioner, num_partitions=args.nodes or 1, **size)
+    report = check_data_dir(args.data_dir, args.format, args.task, partition_spec=spec)
     print(json.dumps(report.to_json(), indent=2) if args.json else describe(report))
     return 0 if report.ready else 2
