@@ -10,8 +10,10 @@ is not a copy of it), so a hospital's privacy officer, or a test, can check
 that only model arrays and fixed-size aggregates ever leave the node.
 
 It is on for any node whose node config names a ``state-dir`` (a deployed
-hospital) and off otherwise (simulations). Failing to write the audit line
-is logged and never fails the reply.
+hospital). A simulated node writes it when the run sets ``node-sent-log =
+true``, in its simulated state folder (``<state root>/client-N``, beside its
+ledger), so ``fedemo node sent`` can be tried before a deployment. Failing to
+write the audit line is logged and never fails the reply.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 
+from shared_models import messages as msgs
+from shared_models.privacy_ledger import simulated_state_dir
+
 AUDIT_FILE = "outgoing_messages.jsonl"
+NODE_SENT_LOG = "node-sent-log"  # run-config key (pyproject.toml): simulated nodes write the audit too
 
 
 def describe_content(content: RecordDict) -> dict[str, dict]:
@@ -45,16 +51,24 @@ def describe_content(content: RecordDict) -> dict[str, dict]:
     return out
 
 
-def audit_path(context: Context) -> Path | None:
+def audit_path(context: Context, config: ConfigRecord | None = None) -> Path | None:
+    """A deployed node's ``state-dir``; a simulated node's state folder under ``node-sent-log``; else None."""
     state_dir = context.node_config.get("state-dir")
-    return Path(str(state_dir)).expanduser() / AUDIT_FILE if state_dir else None
+    if state_dir:
+        return Path(str(state_dir)).expanduser() / AUDIT_FILE
+    if not context.run_config.get(NODE_SENT_LOG) or "partition-id" not in context.node_config:
+        return None
+    # The simulated node's own state folder, as its ledger's (client_app.open_ledger): the run's state-dir, else
+    # the run folder's node-state the coordinator names in every message.
+    root = str(context.run_config.get("state-dir") or (config or ConfigRecord()).get(msgs.STATE_ROOT, ""))
+    return simulated_state_dir(root, str(context.node_config["partition-id"])) / AUDIT_FILE if root else None
 
 
 def outgoing_audit_mod(msg: Message, context: Context, call_next) -> Message:
-    path = audit_path(context)
+    config = msg.content[msgs.CONFIG] if msgs.CONFIG in msg.content else ConfigRecord()
+    path = audit_path(context, config)
     if path is None:
         return call_next(msg, context)
-    config = msg.content["config"] if "config" in msg.content else ConfigRecord()
     entry = {"time": time.time(), "run": context.run_id, "message_type": msg.metadata.message_type,
              "round": config.get("server-round"), "error": None, "records": {}}
     try:

@@ -47,7 +47,8 @@ def read_audit(state_dir: Path) -> list[dict]:
     path = state_dir / AUDIT_FILE if state_dir.is_dir() else state_dir
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no outgoing-message audit here. A deployed node writes one in the "
-                                "state-dir of its --node-config once it has replied to the coordinator")
+                                "state-dir of its --node-config once it has replied to the coordinator; a simulated node "
+                                "in <run folder>/node-state/client-N when the run sets node-sent-log = true")
     entries = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
