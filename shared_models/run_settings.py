@@ -88,6 +88,7 @@ class RunSettings:
     dp_accountant: str
     dp_secure_mode: bool
     state_dir: str
+    node_sent_log: bool  # simulated nodes also write the outgoing-message audit (client/outgoing_audit.py)
     central_dp: str
     central_dp_noise_multiplier: float
     central_dp_clipping_norm: float
