@@ -11,6 +11,13 @@ says why there), waits for replies with the Grid's own
 ``push_messages``/``pull_messages`` while watching for a stop request
 (server/interruption.py), and after each completed round writes a checkpoint
 (server/checkpoint.py).
+
+Each exchange waits at most the round deadline (``round-timeout``; 0 sizes
+it from the first round: max(60 s, 5 x its duration), 3600 s until then);
+the nodes that did not reply in time are recorded by client id as timeouts
+and the round goes on without them. After each evaluation the divergence
+guard (server/divergence_guard.py) may stop the run with the best round's
+weights.
 """
 
 from __future__ import annotations
@@ -20,15 +27,21 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from logging import WARNING
+
 from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from server import interruption
 from server.checkpoint import Checkpoint
+from server.divergence_guard import DivergenceGuard
 from server.round_recorder import RoundRecorder
 from server.strategy import FedEmoMixin
 
 POLL_S = 0.1
+FIRST_ROUND_TIMEOUT_S = 3600.0  # round-timeout = 0: the deadline until a first round has been timed
+MIN_TIMEOUT_S, TIMEOUT_FACTOR = 60.0, 5.0  # round-timeout = 0: max(60 s, 5 x the first round's duration)
 
 
 class Interrupted(Exception):
@@ -40,13 +53,37 @@ class RoundsOutcome:
     arrays: ArrayRecord  # the global weights after the last completed round
     last_round: int  # the last completed round (0: none)
     interrupted: bool = False
+    diverged: dict | None = None  # the divergence guard's verdict (the weights are then the best round's)
+
+
+@dataclass
+class RoundDeadline:
+    """How long a round waits for replies: ``round-timeout`` seconds, or (0) sized from the first round."""
+
+    configured: float = 0.0
+    first_round_s: float | None = None
+
+    def seconds(self) -> float:
+        if self.configured:
+            return self.configured
+        if self.first_round_s is None:
+            return FIRST_ROUND_TIMEOUT_S
+        return max(MIN_TIMEOUT_S, TIMEOUT_FACTOR * self.first_round_s)
+
+    def timed(self, seconds: float) -> None:
+        """A round took ``seconds``: the first one sizes the deadline of the rest."""
+        if self.first_round_s is None:
+            self.first_round_s = seconds
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
-             on_reply: Callable[[Message], None] | None = None) -> list[Message]:
+             on_reply: Callable[[Message], None] | None = None, late: list[int] | None = None) -> list[Message]:
     """Send and collect the replies, like ``Grid.send_and_receive``, but stop at once on a stop request;
-    ``on_reply`` sees each reply as it arrives (while the other nodes still work)."""
+    ``on_reply`` sees each reply as it arrives (while the other nodes still work); ``late`` receives the
+    node ids that had not replied by the deadline."""
+    messages = list(messages)
     pending = set(grid.push_messages(messages))
+    node_of = dict(zip([m.metadata.message_id for m in messages], [m.metadata.dst_node_id for m in messages]))
     replies: list[Message] = []
     deadline = time.time() + timeout
     while pending and time.time() < deadline:
@@ -60,34 +97,65 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
         pending.difference_update(r.metadata.reply_to_message_id for r in got)
         if pending:  # the grid's own interval when it has one (in simulation: 20 ms, an in-memory lookup)
             time.sleep(min(POLL_S, getattr(grid, "pull_interval", POLL_S)))
+    if late is not None:
+        late.extend(sorted(node_of.get(m, -1) for m in pending))
     return replies
 
 
 def evaluate_round(strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                   timeout: float) -> list[Message]:
+                   timeout: float, recorder: RoundRecorder | None = None) -> list[Message]:
     """One federated evaluation of ``arrays`` (round 0: the initial model); returns the replies."""
+    late: list[int] = []
     replies = exchange(grid, strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid),
-                       timeout)
+                       timeout, late=late)
+    if late and recorder is not None and recorder.has_train(server_round):
+        recorder.train_of(server_round)["evaluate_timeouts"] = timeouts(recorder, late, timeout)
     strategy.aggregate_evaluate(server_round, replies)
     return replies
 
 
+def timeouts(recorder: RoundRecorder, late: list[int], timeout: float) -> list[dict]:
+    """The round record's entries for nodes that missed the deadline (by client id when one is known)."""
+    out = []
+    for node in late:
+        entry = {"node_id": node, "reason": f"no reply within the round deadline of {timeout:.0f} s (round-timeout)"}
+        if node in recorder.client_of_node:
+            entry["client"] = recorder.client_of_node[node]
+        out.append(entry)
+        log(WARNING, "[fedemo] %s did not reply within %.0f s (round-timeout); the round goes on without it",
+            f"client {entry['client']}" if "client" in entry else f"node {node}", timeout)
+    return out
+
+
 def run_rounds(strategy, fedemo: FedEmoMixin, recorder: RoundRecorder, grid: Grid, arrays: ArrayRecord, *,
-               first_round: int, num_rounds: int, config: ConfigRecord, run_dir, timeout: float = 3600
-               ) -> RoundsOutcome:
+               first_round: int, num_rounds: int, config: ConfigRecord, run_dir,
+               deadline: RoundDeadline | None = None, guard: DivergenceGuard | None = None) -> RoundsOutcome:
     """Rounds ``first_round``..``num_rounds`` of ``strategy`` (``fedemo`` is the FedEmo strategy inside it)."""
     last, done = first_round - 1, arrays
+    deadline = deadline or RoundDeadline()
+    guard = guard or DivergenceGuard(0)
     try:
         for server_round in range(first_round, num_rounds + 1):
+            started, timeout, late = time.time(), deadline.seconds(), []
             messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid)
             replies = fedemo.screen_train_replies(server_round, exchange(grid, messages, timeout,
-                                                                        on_reply=fedemo.inspect_train_reply))
+                                                                        on_reply=fedemo.inspect_train_reply,
+                                                                        late=late))
+            if late:
+                recorder.train_of(server_round)["timeouts"] = timeouts(recorder, late, timeout)
             new_arrays, _ = strategy.aggregate_train(server_round, replies)  # Flower's (or its DP wrapper's)
             if new_arrays is None:
                 recorder.mark_not_aggregated(server_round, _why_not(recorder, server_round))
             else:
                 arrays = new_arrays
-            evaluate_round(strategy, grid, server_round, arrays, config, timeout)
+            evaluate_round(strategy, grid, server_round, arrays, config, timeout, recorder)
+            deadline.timed(time.time() - started)
+            reason = guard.observe(server_round, recorder.history[-1], arrays)
+            if reason is not None:  # no checkpoint of the diverged round: the run ends on the best weights
+                log(WARNING, "[fedemo] the run diverged: %s; rolling back to round %d's weights", reason,
+                    guard.best_round)
+                best = guard.best_arrays if guard.best_arrays is not None else done
+                return RoundsOutcome(best, server_round, diverged=guard.verdict(reason, server_round))
             Checkpoint(server_round, arrays, fedemo.server_state(), random.getstate(), recorder.history,
                        recorder.privacy, recorder.central.state() if recorder.central else {}).save(run_dir)
             last, done = server_round, arrays

@@ -35,7 +35,8 @@ from server.run_lock import hold_run_folder, release_run_folders
 from server.checkpoint import Checkpoint
 from server.report.build import coordinator_key, report_at_end_of_run
 from server.round_recorder import RoundRecorder
-from server.rounds import Interrupted, RoundsOutcome, evaluate_round, run_rounds
+from server.divergence_guard import rolled_back_summary, start_guard
+from server.rounds import FIRST_ROUND_TIMEOUT_S, Interrupted, RoundDeadline, RoundsOutcome, evaluate_round, run_rounds
 from server.run_record import RunRecord, failure_reason, new_run_id
 from server.secure_aggregation import run_secure_aggregation
 from server.strategy import FedEmoMixin, build_strategy
@@ -77,7 +78,8 @@ def coordinate(grid: Grid, context: Context) -> None:
 
     if checkpoint is None:  # round 0: the untrained model, evaluated on every node, is the baseline to beat
         first_round, arrays = 1, initial
-        if not evaluate_initial_model(fedemo, grid, initial, node_config):
+        round0_timeout = settings.round_timeout or FIRST_ROUND_TIMEOUT_S
+        if not evaluate_initial_model(fedemo, grid, initial, node_config, round0_timeout):
             return finish(record, recorder, RoundsOutcome(initial, 0, interrupted=True), {}, settings, signing_key)
     else:
         first_round, arrays = resume_state(checkpoint, fedemo, recorder)
@@ -91,8 +93,10 @@ def coordinate(grid: Grid, context: Context) -> None:
         final, extra = run_secure_aggregation(grid, context, settings, strategy, recorder, initial, node_config)
         outcome = RoundsOutcome(final, len(recorder.history) - 1, interrupted=extra.pop("interrupted", False))
     else:
+        guard = start_guard(settings.divergence_rounds, recorder.history, arrays, first_round - 1)
         outcome = run_rounds(strategy, fedemo, recorder, grid, arrays, first_round=first_round,
-                             num_rounds=settings.num_server_rounds, config=node_config, run_dir=record.run_dir)
+                             num_rounds=settings.num_server_rounds, config=node_config, run_dir=record.run_dir,
+                             deadline=RoundDeadline(settings.round_timeout), guard=guard)
     finish(record, recorder, outcome, extra, settings, signing_key)
 
 
@@ -141,10 +145,11 @@ def initial_model(grid: Grid, settings: RunSettings, node_config: ConfigRecord,
     return model
 
 
-def evaluate_initial_model(fedemo: FedEmoMixin, grid: Grid, initial: ArrayRecord, node_config: ConfigRecord) -> bool:
+def evaluate_initial_model(fedemo: FedEmoMixin, grid: Grid, initial: ArrayRecord, node_config: ConfigRecord,
+                           timeout: float = FIRST_ROUND_TIMEOUT_S) -> bool:
     """Round 0 on every node; False when a stop was requested. Every node failing stops the run here."""
     try:
-        replies = evaluate_round(fedemo, grid, 0, initial, node_config, timeout=3600)
+        replies = evaluate_round(fedemo, grid, 0, initial, node_config, timeout=timeout)
     except Interrupted:
         return False
     if replies and all(r.has_error() for r in replies):
@@ -173,11 +178,16 @@ def finish(record: RunRecord, recorder: RoundRecorder, outcome: RoundsOutcome, e
         summary["interrupted"] = {"rounds_done": outcome.last_round, "planned_rounds": settings.num_server_rounds,
                                   "resume": f"fedemo simulate --resume {record.run_dir}" if resumable else None}
     summary["wall_clock_s"] = round(time.time() - console.run_started(), 1)  # the one duration the console shows
+    if outcome.diverged:  # the weights saved are the best round's (server/divergence_guard.py)
+        summary = rolled_back_summary(summary, recorder.history, outcome.diverged)
     record.write_json("summary.json", summary)
     log(INFO, "Final weights in %s", weights)
     # The auditor's report (server/report/build.py): per-group figures, privacy, signed with the coordinator's key.
     report = report_at_end_of_run(record.run_dir, signing_key)
     log(INFO, "%s", console.final_summary(record.run_dir.name, summary, recorder.history, report))
+    if outcome.diverged:
+        raise RuntimeError(f"the run diverged and stopped: {outcome.diverged['reason']}; the saved weights are "
+                           f"round {outcome.diverged['rolled_back_to_round']}'s (the best evaluated)")
     if outcome.interrupted and resumable:
         log(WARNING, "[fedemo] interrupted after round %d of %d. To continue: fedemo simulate --resume %s "
             "(flwr run: --run-config 'resume=\"%s\"')", outcome.last_round, settings.num_server_rounds,

@@ -2,7 +2,8 @@
 
 ``aggregation`` picks Flower's own aggregator (FedAvg, or FedAvgM with
 ``server-momentum``; FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan for
-robustness against hostile nodes); :class:`FedEmoMixin` adds to it, by
+robustness against hostile nodes; "auto", the default, a trimmed mean from
+5 nodes per round: server/robust_aggregation.py); :class:`FedEmoMixin` adds to it, by
 subclassing, what FedEmo needs around any aggregation:
 
 - each training reply is screened (server/update_checks.py) before any
@@ -26,15 +27,18 @@ only sound updates; ``aggregate_train`` stays Flower's own.
 
 from __future__ import annotations
 
+from logging import INFO
 from typing import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from server.global_metrics import aggregate_evaluation
 from server.round_recorder import RoundRecorder
+from server.robust_aggregation import chosen_aggregation, nodes_per_round
 from server.update_checks import UpdatePolicy, global_values, inspect, model_spec, screen
 from shared_models.run_settings import UPDATE_WEIGHT_KEY, RunSettings
 
@@ -66,8 +70,12 @@ class FedEmoMixin:
 
     def screen_train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """The replies fit to aggregate (and those that failed); the round record gets the rejected ones."""
-        passed, rejected, norms = screen(replies, self._global, self.spec, self.policy, self._inspected)
+        notes: dict[str, dict] = {}
+        passed, rejected, norms = screen(replies, self._global, self.spec, self.policy, self._inspected,
+                                         reference_norm=accepted_norm_median(self.recorder.history), notes=notes)
         self.recorder.train_replies(server_round, passed, rejected, norms)
+        # weights_clipped ({client: [claimed, used]}) and update_cosines ({client: cosine to the median update})
+        self.recorder.train_of(server_round).update(notes)
         return passed
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -81,6 +89,19 @@ class FedEmoMixin:
 
     def load_server_state(self, arrays: ArrayRecord, state: dict[str, list[np.ndarray]]) -> None:
         """Continue from a checkpoint whose global weights are ``arrays``."""
+
+
+def accepted_norm_median(history: list[dict]) -> float:
+    """The median norm of the updates accepted in the rounds so far (0: none yet): ``update-norm-growth``'s unit.
+
+    Read from the round records (checkpointed), so a resumed run keeps the same cap.
+    """
+    norms = []
+    for entry in history[1:]:
+        train = entry.get("train") or {}
+        by_client = train.get("update_norms") or {}
+        norms += [by_client[c["client"]] for c in train.get("clients", []) if c["client"] in by_client]
+    return float(np.median(norms)) if norms else 0.0
 
 
 class FedEmoFedAvg(FedEmoMixin, FedAvg):
@@ -130,7 +151,9 @@ def build_strategy(settings: RunSettings, recorder: RoundRecorder, template: Arr
         weighted_by_key=weight_key,
     )
     f = settings.robust_malicious_nodes
-    match settings.aggregation:
+    aggregation, why = chosen_aggregation(settings)
+    log(INFO, "Aggregation %s (%s)", aggregation, why)
+    match aggregation:
         case "fedavg" if settings.server_momentum > 0:
             return FedEmoFedAvgM(server_momentum=settings.server_momentum, **common)
         case "fedavg":  # Flower's client-level DP accounting accepts only FedAvg's own aggregate_train
@@ -142,8 +165,8 @@ def build_strategy(settings: RunSettings, recorder: RoundRecorder, template: Arr
         case "krum":
             return FedEmoKrum(num_malicious_nodes=f, **common)
         case "multikrum":  # average the n - f updates Krum scores best
-            sampled = max(int(settings.num_supernodes * settings.fraction_train), 1)
+            sampled = nodes_per_round(settings)
             return FedEmoMultiKrum(num_malicious_nodes=f, num_nodes_to_select=max(sampled - f, 1), **common)
         case "bulyan":
             return FedEmoBulyan(num_malicious_nodes=f, **common)
-    raise ValueError(f"unknown aggregation {settings.aggregation!r}")  # RunSettings.validate refuses it first
+    raise ValueError(f"unknown aggregation {aggregation!r}")  # RunSettings.validate refuses it first

@@ -17,9 +17,23 @@ checked here against the global model it was trained from:
    hostile node cannot move the median of several honest ones; it needs at
    least three sound updates in the round, as a median of two is no referee).
 
+4. history: the update's norm within ``update-norm-growth`` x the median
+   norm of the updates accepted in earlier rounds (an absolute cap learnt
+   from the run itself: colluders who are half of one round cannot move it);
+5. direction: the cosine of the update to the coordinate-wise median of the
+   round's sound updates at least ``update-min-cosine`` (a sign-flipped
+   update of honest size points away from it), and no two nodes sending the
+   same update (cosine above 0.99: replayed or colluding; independent data
+   never agrees that closely). When half the round or more is opposed to the
+   median, there is no honest majority to referee: nothing is aggregated.
+
+Each node's aggregation weight (``num-examples``) is also clipped to
+``update-weight-ratio`` x the round's lower median weight: a node claiming
+10^9 examples counts as at most that many times a typical node.
+
 A rejected reply is not aggregated; its client id and reason are recorded.
-A sign-flipped update passes all three (its norm is an honest one): that is
-the job of robust aggregation (``aggregation``, server/strategy.py).
+What remains is combined by ``aggregation`` (server/strategy.py; robust by
+default from 5 nodes up, server/robust_aggregation.py).
 
 Under client-level DP (``central-dp``) a rejection must not be visible in
 the released model beyond what clipping bounds: size and finiteness depend
@@ -56,17 +70,26 @@ class UpdatePolicy:
     norm_ratio: float = 10.0  # x the round's median update norm; 0: off
     max_norm: float = 0.0  # absolute bound; 0: off
     weight_key: str = "num-examples"  # the metric the aggregation weights by: must be a positive number
+    weight_ratio: float = 3.0  # clip a weight to this x the round's lower median weight; 0: off
+    norm_growth: float = 5.0  # x the median norm of earlier rounds' accepted updates; 0: off
+    min_cosine: float = -0.1  # cosine to the round's coordinate-wise median; -1: off
 
     @classmethod
     def from_settings(cls, settings: RunSettings, weight_key: str) -> "UpdatePolicy":
-        """The run's bounds. Under client-level DP the ratio to the round's median is off: whether one
+        """The run's bounds. Under client-level DP the rules that compare updates (the ratio to the round's
+        median, the cap from earlier rounds, the direction check, weight clipping: weights are equal there
+        anyway) are off: whether one
         hospital's update is kept would then depend on the others', so replacing one hospital could change
         several terms of the noised average, past the 2C/m sensitivity it is accounted for (clipping to the
         norm C bounds every update there anyway). Each update's own checks (shape, finiteness,
         ``update-max-norm``) stay: a rejected update becomes a zero update in its slot (server/central_dp.py),
         one of the clipped updates the sensitivity covers, so it decides nothing about the release."""
-        ratio = 0.0 if settings.central_dp != "off" else settings.update_norm_ratio
-        return cls(norm_ratio=ratio, max_norm=settings.update_max_norm, weight_key=weight_key)
+        if settings.central_dp != "off":  # every rule that compares one hospital's update with others' is off
+            return cls(norm_ratio=0.0, max_norm=settings.update_max_norm, weight_key=weight_key, weight_ratio=0.0,
+                       norm_growth=0.0, min_cosine=-1.0)
+        return cls(norm_ratio=settings.update_norm_ratio, max_norm=settings.update_max_norm, weight_key=weight_key,
+                   weight_ratio=settings.update_weight_ratio, norm_growth=settings.update_norm_growth,
+                   min_cosine=settings.update_min_cosine)
 
 
 @dataclass(frozen=True)
@@ -160,14 +183,93 @@ def inspect(reply: Message, current: dict[str, np.ndarray], spec: dict[str, Arra
     return problem if problem is not None else values_problem_or_norm(reply, current)
 
 
+def lower_median(values: list[float]) -> float:
+    """The ceil(n/2)-th smallest value: a majority of the values are at least this (half may be hostile)."""
+    return float(sorted(values)[(len(values) - 1) // 2])
+
+
+def clip_weights(replies: list[Message], policy: UpdatePolicy) -> dict[str, list[float]]:
+    """Clip each reply's aggregation weight to ``weight_ratio`` x the round's lower median weight, in place.
+
+    A node can claim any ``num-examples``; FedAvg would give one claiming 10^9 the whole round. The lower
+    median is a weight most nodes reach, so nodes inflating together cannot raise it. Returns
+    {client id: [claimed, used]} for the clipped ones (the round record keeps it).
+    """
+    if not policy.weight_ratio or len(replies) < 2:
+        return {}
+    weights = [float(next(iter(r.content.metric_records.values()))[policy.weight_key]) for r in replies]
+    cap = policy.weight_ratio * lower_median(weights)
+    clipped = {}
+    for reply, weight in zip(replies, weights):
+        if weight > cap:
+            record = next(iter(reply.content.metric_records.values()))
+            used = int(cap) if isinstance(record[policy.weight_key], int) else cap
+            record[policy.weight_key] = max(used, 1) if isinstance(used, int) else used
+            clipped[client_id(reply)] = [weight, float(record[policy.weight_key])]
+    return clipped
+
+
+def update_vector(reply: Message, global_arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The update (new - global weights) over the floating arrays, flattened (float32: only its direction counts)."""
+    arrays = next(iter(reply.content.array_records.values()))
+    parts = [(arrays[name].numpy().astype(np.float64) - old).astype(np.float32).ravel()
+             for name, old in global_arrays.items() if np.issubdtype(old.dtype, np.floating)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(np.dot(a.astype(np.float64), b.astype(np.float64)) / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+
+DUPLICATE_COSINE = 0.99  # two nodes' updates this close are one update sent twice (replayed or colluding)
+
+
+def direction_rejections(candidates: list[tuple[Message, float]], global_arrays: dict[str, np.ndarray],
+                         min_cosine: float, cosines_out: dict[str, float] | None = None) -> dict[int, str]:
+    """Reasons by candidate index for updates opposed to the round's coordinate-wise median, or duplicated.
+
+    The coordinate-wise median of the round's updates is the honest majority's direction as long as the
+    majority is honest; a sign-flipped update points away from it whatever its size. When half the
+    candidates or more are flagged, the round has no majority to trust and every candidate is refused.
+    """
+    if min_cosine <= -1.0 or len(candidates) < 3:
+        return {}
+    vectors = [update_vector(reply, global_arrays) for reply, _ in candidates]
+    centre = np.median(np.stack(vectors), axis=0)
+    cosines = [cosine(v, centre) for v in vectors]
+    reasons = {i: f"update opposed to the round's median update (cosine {c:.3f} < update-min-cosine {min_cosine:g})"
+               for i, c in enumerate(cosines) if c < min_cosine}
+    ids = [client_id(reply) for reply, _ in candidates]
+    if cosines_out is not None:
+        cosines_out.update({cid: round(c, 4) for cid, c in zip(ids, cosines)})
+    for i in range(len(vectors)):
+        for j in range(i + 1, len(vectors)):
+            c = cosine(vectors[i], vectors[j])
+            if c > DUPLICATE_COSINE:
+                for a, b in ((i, j), (j, i)):
+                    reasons.setdefault(a, f"update is the same as client {ids[b]}'s (cosine {c:.4f}): replayed "
+                                          f"or colluding nodes")
+    if reasons and 2 * len(reasons) >= len(candidates):
+        flagged = ", ".join(f"client {ids[i]}" for i in sorted(reasons))
+        why = "; ".join(f"client {ids[i]}: {reasons[i]}" for i in sorted(reasons))
+        return {i: f"no honest majority in the round: {len(reasons)} of {len(candidates)} updates flagged "
+                   f"({flagged}), so none is trusted ({why})" for i in range(len(candidates))}
+    return reasons
+
+
 def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[str, ArraySpec],
-           policy: UpdatePolicy, inspected: dict[str, str | float] | None = None,
+           policy: UpdatePolicy, inspected: dict[str, str | float] | None = None, reference_norm: float = 0.0,
+           notes: dict[str, dict] | None = None,
            ) -> tuple[list[Message], list[Rejection], dict[str, float]]:
     """Split a round's replies into those fit to aggregate and the rejected ones.
 
     Replies that carry an error are passed through untouched: Flower's
     strategies drop and log them, and the round record lists them as failures.
-    ``inspected`` holds ``inspect``'s verdicts already taken, by reply message id.
+    ``inspected`` holds ``inspect``'s verdicts already taken, by reply message id;
+    ``reference_norm`` is the median norm of earlier rounds' accepted updates (0: none yet);
+    ``notes`` (when given) receives ``weights_clipped`` ({client id: [claimed, used]}) and
+    ``update_cosines`` ({client id: cosine to the round's median update}) for the round record.
     Returns (replies to aggregate, in client-id order; rejections; update norm by client id).
     """
     passed, rejected, norms = [], [], {}
@@ -188,21 +290,41 @@ def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[st
         norm = checked
         norms[client_id(reply)] = round(norm, 6)
         candidates.append((reply, norm))
+    candidates.sort(key=lambda c: (len(client_id(c[0])), client_id(c[0])))
 
     median = float(np.median([n for _, n in candidates])) if candidates else 0.0
+    sized = []
     for reply, norm in candidates:
         reason = None
         if not np.isfinite(norm):
             reason = f"update norm {norm} is not finite"
         elif policy.max_norm and norm > policy.max_norm:
             reason = f"update norm {norm:.4g} exceeds update-max-norm {policy.max_norm:g}"
+        elif policy.norm_growth and reference_norm > 0 and norm > policy.norm_growth * reference_norm:
+            reason = (f"update norm {norm:.4g} exceeds update-norm-growth {policy.norm_growth:g} x the median "
+                      f"{reference_norm:.4g} of earlier rounds' accepted updates")
         elif policy.norm_ratio and len(candidates) >= 3 and median > 0 and norm > policy.norm_ratio * median:
             reason = (f"update norm {norm:.4g} exceeds update-norm-ratio {policy.norm_ratio:g} x the round's "
                       f"median {median:.4g}")
         if reason is None:
-            passed.append(reply)
+            sized.append((reply, norm))
         else:
             rejected.append(Rejection(client_id(reply), reply.metadata.src_node_id, reason))
+    if sized and policy.min_cosine > -1.0 and len(sized) >= 3:
+        current = global_values(global_arrays) if current is None else current
+        cosines: dict[str, float] = {}
+        opposed = direction_rejections(sized, current, policy.min_cosine, cosines)
+        if notes is not None and cosines:
+            notes["update_cosines"] = cosines
+        for i, (reply, _) in enumerate(sized):
+            if i in opposed:
+                rejected.append(Rejection(client_id(reply), reply.metadata.src_node_id, opposed[i]))
+        sized = [c for i, c in enumerate(sized) if i not in opposed]
+    accepted = [reply for reply, _ in sized]
+    weights = clip_weights(accepted, policy)
+    if notes is not None and weights:
+        notes["weights_clipped"] = weights
+    passed.extend(accepted)
     # Replies arrive in whatever order the nodes finish; summing them in client-id order makes the
     # aggregate (float addition is not associative) the same in every run, and a resumed run exact.
     passed.sort(key=lambda r: (len(client_id(r)), client_id(r)))

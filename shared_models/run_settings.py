@@ -26,7 +26,8 @@ PARTITIONERS = ("iid", "dirichlet", "natural", "demographic")
 REWEIGHT_ATTRIBUTES = ("sex", "age", "race", "ethnicity")  # demographic attributes a run may reweight by
 DATASET_TASKS = {"fer2013": "face", "rafdb": "face", "cremad": "voice", "ravdess": "voice"}
 # server/strategy.py maps each to a Flower strategy; docs/configuration.md says which privacy modes each allows
-AGGREGATIONS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+# auto: server/robust_aggregation.py picks one (a trimmed mean from 5 nodes per round)
+AGGREGATIONS = ("auto", "fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
 KEYS_LISTED_IN = "docs/configuration.md and pyproject.toml's [tool.flwr.app.config]"
@@ -64,6 +65,11 @@ class RunSettings:
     robust_trim_beta: float
     update_norm_ratio: float  # update screening: server/update_checks.py
     update_max_norm: float
+    update_norm_growth: float
+    update_min_cosine: float
+    update_weight_ratio: float
+    divergence_rounds: int  # the divergence guard: server/divergence_guard.py
+    round_timeout: float  # the round deadline: server/rounds.py
     min_trained_nodes: int
     resume: str  # a run folder to continue from its last checkpoint (server/checkpoint.py)
     local_epochs: int
@@ -177,11 +183,11 @@ class RunSettings:
         need(self.server_momentum == 0 or not self.secure_aggregation, "server-momentum",
              "not with secure-aggregation (its rounds run plain FedAvg)")
         need(self.aggregation in AGGREGATIONS, "aggregation", f"choose one of {', '.join(AGGREGATIONS)}")
-        need(self.aggregation == "fedavg" or self.central_dp == "off", "aggregation",
+        need(self.aggregation in ("auto", "fedavg") or self.central_dp == "off", "aggregation",
              "client-level central-dp accounts FedAvg's clipped, equally weighted mean only; use fedavg")
-        need(self.aggregation == "fedavg" or not self.secure_aggregation, "aggregation",
+        need(self.aggregation in ("auto", "fedavg") or not self.secure_aggregation, "aggregation",
              "secure-aggregation shows the coordinator only the sum of the updates; only fedavg works on a sum")
-        need(self.aggregation == "fedavg" or self.server_momentum == 0, "aggregation",
+        need(self.aggregation in ("auto", "fedavg") or self.server_momentum == 0, "aggregation",
              "server-momentum (FedAvgM) is an average's momentum; use fedavg with it")
         need(self.robust_malicious_nodes >= 0, "robust-malicious-nodes", "must be >= 0")
         need(0 <= self.robust_trim_beta < 0.5, "robust-trim-beta", "must be in [0, 0.5)")
@@ -194,6 +200,14 @@ class RunSettings:
         need(self.update_norm_ratio == 0 or self.update_norm_ratio > 1, "update-norm-ratio",
              "must be 0 (off) or > 1 (a multiple of the round's median update norm)")
         need(self.update_max_norm >= 0, "update-max-norm", "must be >= 0 (0: no absolute bound)")
+        need(self.update_norm_growth == 0 or self.update_norm_growth > 1, "update-norm-growth",
+             "must be 0 (off) or > 1 (a multiple of earlier rounds' median accepted update norm)")
+        need(-1 <= self.update_min_cosine < 1, "update-min-cosine", "must be in [-1, 1) (-1: off)")
+        need(self.update_weight_ratio == 0 or self.update_weight_ratio >= 1, "update-weight-ratio",
+             "must be 0 (off) or >= 1 (a multiple of the round's lower median num-examples)")
+        need(self.divergence_rounds >= 0, "divergence-rounds", "must be >= 0 (0: no divergence guard)")
+        need(self.round_timeout == 0 or self.round_timeout >= 1, "round-timeout",
+             "must be 0 (sized from the first round) or >= 1 second")
         need(self.min_trained_nodes >= 1, "min-trained-nodes", "must be >= 1")
         need(not self.resume or not self.secure_aggregation, "resume",
              "not with secure-aggregation: its state (SecAgg+ rounds) is not checkpointed")
@@ -305,7 +319,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
 # Keys a resumed run may change: where the run lives, how many rounds it plans, and the machines it runs on.
 # Everything else decides what was already trained or how it was accounted (model, data, seed, privacy,
 # aggregation, ...): changing it midway would sign one run's report over two different runs.
-RESUMABLE_KEYS = frozenset({"num-server-rounds", "resume", "runs-dir", "run-name", "simulation-backend",
+RESUMABLE_KEYS = frozenset({"num-server-rounds", "round-timeout", "resume", "runs-dir", "run-name",
+                            "simulation-backend",
                             "simulation-workers", "client-num-cpus", "client-num-gpus", "client-threads", "device"})
 
 

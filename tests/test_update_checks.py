@@ -149,3 +149,94 @@ def test_checkpoint_round_trips_weights_momentum_rng_and_history(tmp_path):
 def test_bad_combinations_are_refused_at_start_by_key(overrides, key):
     with pytest.raises(ConfigError, match=f"run-config {key} ="):
         load_run_config(None, overrides)
+
+
+# --- hostile updates inside the older limits (issue 20): direction, history cap, weight clipping ---
+
+COMMON = np.random.default_rng(99)  # the direction honest nodes share (they learn the same task)
+SHARED = {k: COMMON.standard_normal(a.numpy().shape).astype(a.numpy().dtype) for k, a in GLOBAL.items()}
+
+
+def honest(seed: int, factor: float = 1.0) -> dict[str, np.ndarray]:
+    """global + factor x an honest update: the shared direction plus the node's own part (cosine ~0.7)."""
+    rng = np.random.default_rng(seed)
+    return {k: a.numpy() + factor * 0.01 * (SHARED[k] + 0.8 * rng.standard_normal(a.numpy().shape)).astype(
+        a.numpy().dtype) for k, a in GLOBAL.items()}
+
+
+def with_weight(message: Message, weight) -> Message:
+    message.content["metrics"]["num-examples"] = weight
+    return message
+
+
+@pytest.mark.parametrize("factor", [-1.0, -9.0])
+def test_a_flipped_update_under_the_norm_ratio_is_rejected_by_its_direction(factor):
+    """Flipped x9 passed update-norm-ratio 10 and ruined the model (accuracy 0.03, exit 0)."""
+    replies = [reply(str(i), honest(i)) for i in range(1, 4)] + [reply("0", honest(0, factor))]
+    passed, rejected, _ = screen(replies, GLOBAL, SPEC, UpdatePolicy())
+    assert sorted(m.content["client"]["client-id"] for m in passed) == ["1", "2", "3"]
+    assert [r.client for r in rejected] == ["0"] and "opposed to the round's median" in rejected[0].reason
+
+
+def test_honest_updates_pass_the_direction_check_and_their_cosines_are_recorded():
+    notes: dict = {}
+    passed, rejected, _ = screen([reply(str(i), honest(i)) for i in range(5)], GLOBAL, SPEC, UpdatePolicy(),
+                                 notes=notes)
+    assert len(passed) == 5 and not rejected
+    assert set(notes["update_cosines"]) == {"0", "1", "2", "3", "4"} and min(notes["update_cosines"].values()) > 0.3
+
+
+def test_the_same_update_from_two_nodes_is_rejected_naming_both():
+    """2 of 5 colluders sending the same x10 update: both rejected, the 3 honest ones aggregated."""
+    same = honest(50, 10.0)
+    replies = [reply(str(i), honest(i)) for i in range(2, 5)] + [reply("0", same), reply("1", same)]
+    passed, rejected, _ = screen(replies, GLOBAL, SPEC, UpdatePolicy())
+    assert len(passed) == 3 and sorted(r.client for r in rejected) == ["0", "1"]
+    assert all("the same as client" in r.reason for r in rejected)
+
+
+def test_half_the_round_flagged_means_no_majority_and_nothing_is_aggregated():
+    """2 of 4 colluders: no honest majority to referee, so no update is trusted (each recorded by client id)."""
+    same = honest(50, -10.0)
+    replies = [reply("2", honest(2)), reply("3", honest(3)), reply("0", same), reply("1", same)]
+    passed, rejected, _ = screen(replies, GLOBAL, SPEC, UpdatePolicy())
+    assert passed == [] and sorted(r.client for r in rejected) == ["0", "1", "2", "3"]
+    assert all("no honest majority" in r.reason and "client 0" in r.reason and "client 1" in r.reason
+               for r in rejected)
+
+
+def test_an_update_growing_past_earlier_rounds_sizes_is_rejected():
+    replies = [reply(str(i), honest(i)) for i in range(1, 4)] + [reply("0", honest(0, 6.0))]
+    _, _, norms = screen(replies, GLOBAL, SPEC, UpdatePolicy(min_cosine=-1.0))
+    reference = float(np.median([norms[c] for c in "123"]))
+    passed, rejected, _ = screen(replies, GLOBAL, SPEC, UpdatePolicy(min_cosine=-1.0), reference_norm=reference)
+    assert [r.client for r in rejected] == ["0"] and "update-norm-growth 5 x the median" in rejected[0].reason
+    passed, rejected, _ = screen(replies, GLOBAL, SPEC, UpdatePolicy(min_cosine=-1.0, norm_growth=0.0),
+                                 reference_norm=reference)
+    assert len(passed) == 4 and not rejected  # the cap off: x6 is under the round's x10 ratio
+
+
+def test_an_inflated_aggregation_weight_is_clipped_and_recorded():
+    """num-examples 10^9 counted as 3 x the round's lower median (10): 30."""
+    replies = [reply(str(i), honest(i)) for i in range(1, 4)] + [with_weight(reply("0", honest(0)), 10**9)]
+    notes: dict = {}
+    passed, rejected, _ = screen(replies, GLOBAL, SPEC, UpdatePolicy(), notes=notes)
+    assert len(passed) == 4 and not rejected
+    assert notes["weights_clipped"] == {"0": [1e9, 30.0]}
+    assert {m.content["client"]["client-id"]: m.content["metrics"]["num-examples"] for m in passed}["0"] == 30
+
+
+def test_two_inflated_weights_cannot_raise_the_lower_median():
+    replies = [reply(str(i), honest(i)) for i in range(2, 4)] + [with_weight(reply(str(i), honest(i)), 10**9)
+                                                                for i in range(2)]
+    notes: dict = {}
+    screen(replies, GLOBAL, SPEC, UpdatePolicy(), notes=notes)
+    assert notes["weights_clipped"] == {"0": [1e9, 30.0], "1": [1e9, 30.0]}
+
+
+def test_client_level_dp_turns_off_every_rule_that_compares_hospitals():
+    _, settings = load_run_config(None, {"central-dp": "server-fixed"})
+    policy = UpdatePolicy.from_settings(settings, "update-weight")
+    assert (policy.norm_ratio, policy.norm_growth, policy.weight_ratio, policy.min_cosine) == (0.0, 0.0, 0.0, -1.0)
+    plain = UpdatePolicy.from_settings(load_run_config(None, {})[1], "num-examples")
+    assert (plain.norm_ratio, plain.norm_growth, plain.weight_ratio, plain.min_cosine) == (10.0, 5.0, 3.0, -0.1)
