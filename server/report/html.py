@@ -18,8 +18,8 @@ from pathlib import Path
 
 from server.report.fairness import INCONCLUSIVE_WIDTH_FACTOR, VERDICTS
 from server.report.html_parts import (fingerprint, headline_html, hospitals_html, html_table, incomplete_banner,
-                                      interval, majority_banner, num, nw, pp_interval, ratio, ratio_interval,
-                                      signed_pp)
+                                      delta, eps, interval, loss_note, majority_banner, num, nw, pp_interval,
+                                      ratio, ratio_interval, signed_pp)
 from server.report.plots import (ordered_groups, pct, plot_epsilon, plot_gaps, plot_global, plot_group_history,
                                  plot_groups, pp, same_lines)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -59,18 +59,20 @@ def plain_summary(report: dict) -> list[str]:
         + (f" Always predicting the most common emotion ('{baseline['majority_class']}') would score "
            f"{pct(baseline['majority_rate'])}, a uniform random guess {pct(baseline.get('chance_rate'))}."
            if baseline.get("majority_rate") is not None else ""))
+    if loss_note(report.get("rounds") or []):
+        lines.append(loss_note(report["rounds"]))
     if privacy.get("sample_level_dp") and privacy.get("clients"):
         budgets = sorted({c["budget"] for c in privacy["clients"] if c.get("budget") is not None})
         lines.append(
             f"Every hospital trained with differential privacy (DP-SGD). The largest training privacy loss of any "
-            f"hospital is epsilon {num(privacy.get('max_epsilon'))} against a budget of "
-            f"{', '.join(f'{b:g}' for b in budgets)}; smaller is more private. "
+            f"hospital is epsilon {eps(privacy.get('max_epsilon'))} against a budget of "
+            f"{', '.join(eps(b) for b in budgets)}; smaller is more private. "
             f"Ledger check: {privacy['ledger_check']['status']}. This training epsilon protects each training "
             f"record (replace one record by another; the training-set size is public), also against the "
             f"coordinator.")
         if privacy.get("max_eval_epsilon") is not None:
             lines.append(
-                f"Evaluation counts were noised with their own epsilon: largest {num(privacy['max_eval_epsilon'])} "
+                f"Evaluation counts were noised with their own epsilon: largest {eps(privacy['max_eval_epsilon'])} "
                 "(add or remove one test record). The split is a keyed hash of each record's id, so the two compose "
                 "in parallel: a record in either split is protected at the larger of its hospital's two epsilons, "
                 "one whose replacement moves between the splits at their sum.")
@@ -88,8 +90,8 @@ def plain_summary(report: dict) -> list[str]:
     if central.get("enabled"):
         spent = central.get("accounting") or {}
         lines.append(f"Each hospital's whole contribution was also protected by client-level DP "
-                     f"({central['settings'].get('central-dp')}): epsilon {num(spent.get('epsilon'))} at delta "
-                     f"{num(spent.get('delta'))} after {spent.get('releases', '?')} noised rounds"
+                     f"({central['settings'].get('central-dp')}): epsilon {eps(spent.get('epsilon'))} at delta "
+                     f"{format(spent['delta'], '.1e') if spent.get('delta') is not None else 'n/a'} after {spent.get('releases', '?')} noised rounds"
                      + (f", budget {spent['budget']:g}" if spent.get("budget") else "")
                      + " (replace one hospital's data; it protects against readers of the global model, "
                        "not against the coordinator, which saw each update).")
@@ -286,8 +288,8 @@ def privacy_html(privacy: dict) -> str:
                              f"hospitals {escape(', '.join(str(c['client_id']) for c in g))} share one line"
                              for g in shared) + ".</small></p>")
         checks = {c["client_id"]: c["status"] for c in privacy["ledger_check"].get("clients", [])}
-        rows = [[escape(c["client_id"]), num(c.get("epsilon")), num(c.get("eval_epsilon")), num(c.get("delta")),
-                 num(c.get("budget")), num(c.get("budget_remaining")), num(c.get("noise_multiplier")),
+        rows = [[escape(c["client_id"]), eps(c.get("epsilon")), eps(c.get("eval_epsilon")), delta(c.get("delta")),
+                 eps(c.get("budget")), eps(c.get("budget_remaining")), num(c.get("noise_multiplier")),
                  num(c.get("sample_rate")), num(c.get("steps")), num(c.get("max_grad_norm")),
                  escape(str(c.get("accountant"))), escape(checks.get(c["client_id"], ""))] for c in privacy["clients"]]
         parts.append(html_table(["hospital", "training epsilon", "evaluation-count epsilon", "delta", "budget",
@@ -333,6 +335,11 @@ small{color:#666}
 .headline span{display:block;font-size:.85em;color:#555}.headline b{display:block;font-size:1.6em}
 .headline small{display:block}
 code.fp{font-size:.95em;word-break:break-all}.nw,.banner code{white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%;margin:1em 0}.scroll table{margin:0}
+.unverified{font-size:1.05em}.unverified ul{margin:.3em 0}
+@media (max-width:600px){body{margin:.8em auto;padding:0 .6em}h1{font-size:1.3em}h2{font-size:1.2em}
+.headline div{flex:1 1 40%;min-width:0}.headline b{font-size:1.3em}table{font-size:.85em}
+.scroll table{width:max-content}th,td{max-width:15em}}
 """
 
 
@@ -367,6 +374,8 @@ def render_html(report: dict, report_sha256: str, key_id: str | None = None,
                   f'<code class="fp" id="key-fingerprint">{escape(fingerprint(key_id))}</code>'
                   if key_id else "<strong>no signature found</strong> (report.sig is missing)")
     summary = "".join(f"<li>{escape(line)}</li>" for line in plain_summary(report))
+    loss = loss_note(report.get("rounds") or [])
+    calibration = ""  # the calibration section goes here: calibration_section(report) (server/report/calibration.py)
     config_rows = [[escape(k), escape(json.dumps(v))] for k, v in sorted(report.get("config", {}).items())]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -391,7 +400,9 @@ def render_html(report: dict, report_sha256: str, key_id: str | None = None,
 {privacy_html(report['privacy'])}
 <h2>Global model over the rounds</h2>
 {plot_global(report['rounds'], report.get('baseline'))}
+{f'<p class="warn">{escape(loss)}</p>' if loss else ''}
 {rounds_html(report['rounds'])}
+{calibration}
 <h2>Is this report authentic?</h2>
 <p>This page was built from <code>report.json</code> with SHA-256 <code>{report_sha256}</code>. That file is signed
 with the coordinator's Ed25519 key (<code>report.sig</code>, public key in <code>report.pub</code>).</p>

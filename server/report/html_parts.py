@@ -38,6 +38,39 @@ def ratio_interval(ci: list[float] | None) -> str:
     return "" if not ci else f"{ci[0]:.2f} to {ci[1]:.2f}"
 
 
+def eps(x: Any) -> str:
+    """An epsilon, always 2 decimals ("7.99"): one precision everywhere on the page."""
+    return "n/a" if x is None else f"{float(x):.2f}"
+
+
+def delta(x: Any) -> str:
+    """A delta in scientific notation with 2 significant digits ("6.2e-05"), never broken across lines."""
+    return "n/a" if x is None else nw(f"{float(x):.1e}")
+
+
+LOSS_RISE = 1.25  # the loss "climbs" when its last value is this many times its lowest after training began
+ACCURACY_HOLDS = 0.03  # ... while the accuracy is within this of its value at the loss's lowest round
+
+
+def loss_note(rounds: list[dict]) -> str | None:
+    """Plain words for a test loss that climbs while accuracy holds: the predicted probabilities grew
+    overconfident (right as often, but the wrong answers come with high confidence), so a probability the
+    model gives does not mean what it says. None when the loss does not behave so (or was not reported)."""
+    trained = [r for r in rounds if r.get("round", 0) >= 1 and r.get("loss") is not None
+               and r.get("accuracy") is not None]
+    if len(trained) < 2:
+        return None
+    low = min(trained, key=lambda r: r["loss"])
+    last = trained[-1]
+    if last is low or last["loss"] < LOSS_RISE * low["loss"] or last["accuracy"] < low["accuracy"] - ACCURACY_HOLDS:
+        return None
+    return (f"The test loss climbed from {low['loss']:.2f} (round {low['round']}) to {last['loss']:.2f} (round "
+            f"{last['round']}) while accuracy held ({pct(low['accuracy'])} then {pct(last['accuracy'])}). The model "
+            "picks the right emotion as often, but its predicted probabilities have grown overconfident: its wrong "
+            "answers come with high confidence, so a probability it gives (\"80% angry\") does not mean 80%. "
+            "Use its decisions, not its probabilities, and check the calibration figures where the report has them.")
+
+
 def nw(text: str) -> str:
     """A table cell's figure kept on one line ("50.9% to 60.5%" never breaks inside)."""
     return f'<span class="nw">{text}</span>' if text else ""
@@ -98,12 +131,24 @@ def headline_html(report: dict) -> str:
     cells.append(f"<div><span>macro-F1</span><b>{pct(final.get('macro_f1'))}</b><small>mean over emotions</small></div>")
     privacy = report.get("privacy") or {}
     if privacy.get("sample_level_dp"):  # both epsilons a hospital spent: training records and test records
-        cells.append(f"<div><span>training epsilon (largest)</span><b>{num(privacy.get('max_epsilon'))}</b>"
-                     "<small>replace one training record</small></div>")
+        clients = privacy.get("clients") or []
+        deltas = [c["delta"] for c in clients if c.get("delta") is not None]
+        budgets = sorted({c["budget"] for c in clients if c.get("budget") is not None})
+        cells.append(f"<div><span>training epsilon (largest)</span><b>{eps(privacy.get('max_epsilon'))}</b>"
+                     "<small>replace one training record"
+                     + (f"; budget {', '.join(eps(b) for b in budgets)}" if budgets else "")
+                     + (f"; delta up to {delta(max(deltas))}" if deltas else "") + "</small></div>")
         eval_epsilon = privacy.get("max_eval_epsilon")
-        cells.append(f"<div><span>evaluation-count epsilon (largest)</span><b>{num(eval_epsilon)}</b><small>"
+        cells.append(f"<div><span>evaluation-count epsilon (largest)</span><b>{eps(eval_epsilon)}</b><small>"
                      + ("add or remove one test record" if eval_epsilon is not None else "counts NOT noised")
                      + "</small></div>")
+    central = privacy.get("client_level_dp") or {}
+    if central.get("enabled"):
+        spent = central.get("accounting") or {}
+        cells.append(f"<div><span>client-level epsilon</span><b>{eps(spent.get('epsilon'))}</b><small>replace one "
+                     f"hospital; delta {delta(spent.get('delta'))}</small></div>")
+    if not privacy.get("sample_level_dp") and not central.get("enabled"):
+        cells.append("<div><span>privacy</span><b>no DP</b><small>no epsilon covers this run</small></div>")
     note = ("" if not baseline.get("counts_noised") else
             "<p><small>The test counts carry differential-privacy noise, so these rates are approximate.</small></p>")
     return f'<div class="headline">{"".join(cells)}</div>{note}'
