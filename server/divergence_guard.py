@@ -5,7 +5,8 @@ the hostile updates they can see; a poisoning they miss (colluders who are
 half of the nodes, an attack below every bound) still shows in the global
 evaluation loss. After each round the guard compares it with:
 
-- round 0's (the untrained model): a model worse than untrained has diverged;
+- round 0's (the untrained model): a model worse than untrained (by more
+  than ``ROUND0_MARGIN``, room for a noisy DP-SGD first round) has diverged;
 - its own past: ``divergence-rounds`` rises in a row, ending more than
   ``RISE_MARGIN`` above the best loss so far (a slow drift; the margin keeps
   ordinary round-to-round noise and mild overfitting from tripping it).
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from flwr.app import ArrayRecord
 
 RISE_MARGIN = 0.25  # a rising streak stops the run only once the loss is this share above the best loss
+ROUND0_MARGIN = 0.05  # a loss this share above round 0's (the untrained model's) has diverged
 
 
 @dataclass
@@ -59,7 +61,7 @@ class DivergenceGuard:
         if not self.losses:
             return None
         first_round, first = self.losses[0]
-        if first_round == 0 and loss > first:
+        if first_round == 0 and loss > (1 + ROUND0_MARGIN) * first:
             return (f"round {server_round}: the global evaluation loss {loss:.4g} is above round 0's {first:.4g} "
                     f"(the untrained model's)")
         recent = [x for _, x in self.losses[-self.rounds:]] + [loss]

@@ -300,12 +300,12 @@ def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[st
             reason = f"update norm {norm} is not finite"
         elif policy.max_norm and norm > policy.max_norm:
             reason = f"update norm {norm:.4g} exceeds update-max-norm {policy.max_norm:g}"
-        elif policy.norm_growth and reference_norm > 0 and norm > policy.norm_growth * reference_norm:
-            reason = (f"update norm {norm:.4g} exceeds update-norm-growth {policy.norm_growth:g} x the median "
-                      f"{reference_norm:.4g} of earlier rounds' accepted updates")
         elif policy.norm_ratio and len(candidates) >= 3 and median > 0 and norm > policy.norm_ratio * median:
             reason = (f"update norm {norm:.4g} exceeds update-norm-ratio {policy.norm_ratio:g} x the round's "
                       f"median {median:.4g}")
+        elif policy.norm_growth and reference_norm > 0 and norm > policy.norm_growth * reference_norm:
+            reason = (f"update norm {norm:.4g} exceeds update-norm-growth {policy.norm_growth:g} x the median "
+                      f"{reference_norm:.4g} of earlier rounds' accepted updates")
         if reason is None:
             sized.append((reply, norm))
         else:

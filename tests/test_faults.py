@@ -70,8 +70,8 @@ def test_a_faulty_update_is_rejected_by_client_id_and_the_rest_aggregated(tmp_pa
     ("multikrum", "signflip", 5), ("bulyan", "scale", 7), ("fedavg", "signflip", 5),
 ])
 def test_robust_aggregation_learns_with_one_hostile_node(tmp_path, faces, aggregation, fault, nodes):
-    # The norm screen off (but for fedavg): the aggregation alone must out-vote the hostile node.
-    screen = {} if aggregation == "fedavg" else {"update_norm_ratio": 0.0}
+    # The screen's norm and direction rules off: the aggregation alone must out-vote the hostile node.
+    screen = {"update_norm_ratio": 0.0, "update_norm_growth": 0.0, "update_min_cosine": -1.0}
     run_dir = simulate(tmp_path, faces, fault, aggregation=aggregation, num_supernodes=nodes,
                        min_available_nodes=nodes, **screen)
     rounds = read_rounds(run_dir)
