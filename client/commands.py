@@ -3,6 +3,7 @@
     fedemo data check DATA_DIR --format FORMAT [--task T] [--nodes N [--min-partition-size M]] [--json]
     fedemo ledger STATE_DIR [--json]      one node's ledger, or every node's under a folder (runs/<id>/node-state)
     fedemo node check --superlink HOST:PORT --root-certificates CA [--auth-supernode-private-key KEY]
+                      [--registered [FILE]]
     fedemo node sent STATE_DIR [--last N] [--json]
 
 ``simulations.cli`` mounts them beside the coordinator's and the researchers'
@@ -52,8 +53,10 @@ def add_node_commands(commands: argparse._SubParsersAction, data_commands: argpa
                    help="the federation's ca.crt, as flower-supernode --root-certificates takes it")
     p.add_argument("--auth-supernode-private-key", type=Path, default=None, metavar="KEY",
                    help="the node's auth.key: checks that it loads and matches auth.pub beside it")
-    p.add_argument("--registered", type=Path, default=None, metavar="FILE",
-                   help="the coordinator's list of registered keys: federation.json, or a file of auth.pub lines")
+    p.add_argument("--registered", nargs="?", const="superlink", default=None, metavar="FILE",
+                   help="is the key registered? Alone: ask the SuperLink (its Control API lists registered keys, "
+                   "as `flwr supernode list`); with FILE: compare only with that local copy of the coordinator's "
+                   "list (federation.json, or a file of auth.pub lines)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each network step")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=node_check_command)

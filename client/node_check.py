@@ -16,13 +16,19 @@ words:
    and whether it requires SuperNode authentication (HTTP 401);
 5. the node key, when given: it loads as an OpenSSH EC key, exactly as
    ``flower-supernode`` reads it, and its public half is the one in
-   ``auth.pub`` beside it and, with ``--registered``, in the coordinator's
-   list (``federation.json`` or a file of ``auth.pub`` lines). The SuperLink
-   itself cannot be asked whether a key is registered without activating the
-   node, so this compares with the list the coordinator registered from.
+   ``auth.pub`` beside it;
+6. with ``--registered`` and no file, registration at the SuperLink itself:
+   the Control API's ``ListNodes`` (what ``flwr supernode list`` calls, on
+   the same TLS port; Flower 1.41's open-source Control API has no account
+   login) lists every registered node with its public key, and this key is
+   looked up there (activating nothing). With ``--registered FILE`` the key
+   is only compared with a local copy of the coordinator's list
+   (``federation.json`` or a file of ``auth.pub`` lines), and the step says
+   so: a key can be in that file and not (yet, or any more) registered.
 
-Only the standard library's ``ssl`` and ``socket`` (and ``cryptography`` for
-the key and certificate) are used: the check starts in well under a second.
+The network steps use only the standard library's ``ssl`` and ``socket``
+(and ``cryptography`` for the key and certificate); only the SuperLink
+registration step loads Flower's Control API client.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+ASK_SUPERLINK = "superlink"  # --registered without a file: ask the SuperLink's Control API
 FLEET_PROBE_PATH = "/v1/fleet/get-run"  # Flower 1.41's Fleet HTTP API (flwr/supernode/fleet_http_client.py)
 NOT_REGISTERED = "code: 2004 Failed to activate SuperNode"  # what flower-supernode prints for an unknown key
 
@@ -62,13 +69,22 @@ class NodeCheck:
 
 
 def check_node(superlink: str, root_certificates: Path, private_key: Path | None = None,
-               registered: Path | None = None, timeout: float = 10.0) -> NodeCheck:
-    """Every step above; network steps stop at the first failure, the key steps run regardless."""
+               registered: Path | str | None = None, timeout: float = 10.0) -> NodeCheck:
+    """Every step above; network steps stop at the first failure, the key steps run regardless.
+
+    ``registered``: ``ASK_SUPERLINK`` asks the SuperLink's Control API, a path compares with that local list.
+    """
     steps: list[Step] = []
     check = NodeCheck(superlink, steps)
     _network_steps(steps, superlink, Path(root_certificates), timeout)
+    reached = all(step.ok for step in steps)  # the SuperLink answered over TLS: it can be asked
     if private_key is not None:
-        steps.extend(key_steps(Path(private_key), registered))
+        local = None if registered in (None, ASK_SUPERLINK) else Path(registered)
+        key = key_steps(Path(private_key), local)
+        steps.extend(key)
+        if registered == ASK_SUPERLINK and key[0].ok and reached:  # look the loaded key up at the SuperLink
+            steps.append(superlink_registration_step(superlink, Path(root_certificates), Path(private_key),
+                                                     timeout))
     elif registered is not None:
         steps.append(Step("node key", False, "--registered needs --auth-supernode-private-key to compare against",
                           "give the key the node starts with"))
@@ -313,11 +329,64 @@ def _registration_step(public_line: str, fingerprint: str, registered: Path) -> 
         return Step("registration", False, f"cannot read the coordinator's list {registered} ({err})",
                     "give federation.json or a file of auth.pub lines")
     name = keys.get(_blob(public_line))
+    local = ("only the local list was checked, not the SuperLink; `--registered` without a file asks the "
+             "SuperLink itself")
     if name is not None:
-        return Step("registration", True, f"this key is in {registered} as {name!r}")
-    return Step("registration", False, f"this key ({fingerprint}) is not in {registered}: the SuperLink would "
-                f"refuse the node ('{NOT_REGISTERED}')",
+        return Step("registration (local list)", True, f"this key is in {registered} as {name!r}; {local}")
+    return Step("registration (local list)", False, f"this key ({fingerprint}) is not in {registered}: the "
+                f"SuperLink would refuse the node ('{NOT_REGISTERED}') if it was registered from that list; {local}",
                 "send this node's auth.pub to the coordinator, who registers it with `flwr supernode register`")
+
+
+def superlink_registration_step(superlink: str, ca_file: Path, private_key: Path, timeout: float) -> Step:
+    """Ask the SuperLink's Control API which keys are registered (``ListNodes``, as ``flwr supernode list``)."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_ssh_private_key(private_key.read_bytes(), None)
+    mine = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    fingerprint = key_fingerprint(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                serialization.PublicFormat.OpenSSH).decode())
+    try:
+        nodes = list_registered_nodes(superlink, ca_file, timeout)
+    except Exception as err:  # noqa: BLE001 - any failure of the listing is reported, in words, as unchecked
+        return Step("registration (SuperLink)", False, f"the SuperLink's Control API did not list its nodes "
+                    f"({type(err).__name__}: {str(err)[:200]}): registration NOT checked",
+                    "ask the coordinator to run `flwr supernode list`, or compare with their list: "
+                    "--registered federation.json")
+    for node in nodes:
+        if node["public_key_der"] == mine and node["status"] != "unregistered":
+            return Step("registration (SuperLink)", True, f"the SuperLink lists this key as node {node['node_id']} "
+                        f"({node['name'] or 'no name'}), status {node['status']} (asked the SuperLink's Control "
+                        "API, as `flwr supernode list`; nothing activated)")
+    return Step("registration (SuperLink)", False, f"the SuperLink does not list this key ({fingerprint}) among "
+                f"its {len(nodes)} registered nodes: it would refuse the node ('{NOT_REGISTERED}')",
+                "send this node's auth.pub to the coordinator, who registers it with `flwr supernode register`")
+
+
+def list_registered_nodes(superlink: str, ca_file: Path, timeout: float) -> list[dict]:
+    """Every node the SuperLink's Control API lists: id, name, status and public key (DER), over TLS with the CA."""
+    from cryptography.hazmat.primitives import serialization
+    from flwr.proto.control_pb2 import ListNodesRequest  # pylint: disable=no-name-in-module
+    from flwr.supercore.control import ControlHttpClient
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+    client = ControlHttpClient.from_server_address(
+        server_address=superlink, insecure=False, root_certificates=str(ca_file),
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")])
+    try:
+        response = client.ListNodes(ListNodesRequest())
+    finally:
+        client.close()
+    nodes = []
+    for info in response.nodes_info:
+        try:
+            der = serialization.load_pem_public_key(info.public_key).public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        except ValueError:
+            der = b""
+        nodes.append({"node_id": info.node_id, "name": info.name or info.owner_name, "status": info.status,
+                      "public_key_der": der})
+    return nodes
 
 
 def describe(check: NodeCheck) -> str:

@@ -165,7 +165,7 @@ def test_an_unregistered_or_unreadable_key_is_named(creds, tmp_path):
                            "--root-certificates", hospital(creds["ours"]) / "ca.crt",
                            "--auth-supernode-private-key", foreign / "auth.key",
                            "--registered", creds["ours"] / "federation.json")
-    assert code == 1 and "registration: this key (SHA256:" in out and "code: 2004" in out
+    assert code == 1 and "registration (local list): this key (SHA256:" in out and "code: 2004" in out
     assert "TLS: the SuperLink's certificate is signed" in out  # the network part was fine
     # A list of auth.pub lines works as the coordinator's list too
     listed = tmp_path / "registered.pub"
