@@ -181,7 +181,6 @@ def round_line(server_round: int, num_rounds: int, entry: dict[str, Any], epsilo
     optional.append(trained)
     if entry.get("unchanged"):
         optional.append("model unchanged")
-    optional.append(f"UAR {entry['uar']:.3f}")
     return fit(parts, optional)
 
 

@@ -4,6 +4,7 @@
     fedemo baseline CONFIG [--set key=value ...]     centralised baseline on the same rows
     fedemo evaluate RUN_DIR [--out FILE]             a simulated run's exact accuracy on every node's test rows
     fedemo compare RUN_A RUN_B --out DIR             two runs side by side per group (or: CONFIG --a k=v --b k=v)
+    fedemo plot RUN... [--out DIR]                   several runs or seeds overlaid: mean and 95% interval per round
     fedemo data synth DATASET --out DIR [--n N]      write a synthetic dataset in a published layout
     fedemo data check DATA_DIR --format FORMAT       a hospital's data folder, checked locally before joining
     fedemo ledger STATE_DIR [--json]                 a node's privacy budget: spent, remaining, per run (or every node's)
@@ -16,7 +17,7 @@
 
 ``fedemo --version`` prints FedEmo's version with Flower's, PyTorch's and Opacus's.
 
-Researchers' commands (simulate, baseline, evaluate, compare, data synth) are in
+Researchers' commands (simulate, baseline, evaluate, compare, plot, data synth) are in
 ``simulations.research_commands``, the hospital's (data check, ledger, node) in
 ``client.commands``, the coordinator's (credentials, verify, report) in
 ``server.commands``. The root lives in ``simulations`` because it is the one

@@ -5,6 +5,7 @@
     fedemo evaluate RUN_DIR [--out FILE]
     fedemo compare RUN_A RUN_B --out DIR
     fedemo compare CONFIG --out DIR [--set k=v] [--a k=v] [--b k=v]
+    fedemo plot RUN... [--out DIR]
     fedemo data synth DATASET --out DIR [--n N] [--seed S] [--with-faces]
 
 ``simulations.cli`` mounts them beside the hospitals' and the coordinator's
@@ -48,7 +49,15 @@ def add_research_commands(commands: argparse._SubParsersAction, data_commands: a
                    help="CONFIG mode: override for both runs (repeatable)")
     p.add_argument("--a", action="append", default=[], metavar="KEY=VALUE", help="CONFIG mode: override for run A only (without --a/--b: A dp=false, B dp=true)")
     p.add_argument("--b", action="append", default=[], metavar="KEY=VALUE", help="CONFIG mode: override for run B only")
+    p.add_argument("--allow-different-test-rows", action="store_true",
+                   help="compare runs scored on different test rows anyway (every output then says so)")
     p.set_defaults(func=compare_command)
+
+    p = commands.add_parser("plot", help="overlay runs or seeds: mean and 95%% interval per round (SVG, PNG, CSV)")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders; runs differing only in seed are averaged")
+    p.add_argument("--out", type=Path, default=Path("fedemo-plot"),
+                   help="folder for overlay.csv, runs.csv and the figures (default: ./fedemo-plot)")
+    p.set_defaults(func=plot_command)
 
     p = data_commands.add_parser("synth", help="write a synthetic dataset in a published format")
     p.add_argument("dataset", choices=["fer2013", "rafdb", "cremad", "ravdess"])
@@ -120,12 +129,45 @@ def compare_command(args: argparse.Namespace) -> int:
             run_a, run_b = run_both(inputs[0], args.overrides, a, b)
         else:
             return fail("give two run folders, or one run config (TOML file) to run twice")
-        path = compare_runs(run_a, run_b, Path(args.out))
+        path = compare_runs(run_a, run_b, Path(args.out), test_splits={"a": test_split(run_a), "b": test_split(run_b)},
+                            allow_different_test_rows=args.allow_different_test_rows)
     except (ComparisonError, ReportError) as err:
         return fail(str(err))
     for line in json.loads(path.read_text())["findings"]:
         print(line)
     print(f"Wrote {path} and {path.with_name('comparison.html')}")
+    return 0
+
+
+def test_split(run_dir: Path) -> dict | None:
+    """The digest of a simulated run's test rows, recomputed from its data-dir (None: deployed, or no run here).
+
+    Deployed runs record no data-dir: their rows stay at the hospitals. A
+    data-dir that is gone or unreadable gives {"error": why}; compare then
+    cannot confirm the rows.
+    """
+    from shared_models.config_error import ConfigError
+    from shared_models.dataset_format_error import DatasetFormatError
+    from simulations.split_digest import split_fingerprint
+
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # compare names what is missing
+    try:
+        return split_fingerprint(config.get("run_config") or {}, config.get("data_dir"))
+    except (ConfigError, DatasetFormatError, OSError, ValueError) as err:
+        return {"error": f"{run_dir}: {err}"}
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from server.report.overlay import OverlayError, overlay
+
+    try:
+        written = overlay(args.runs, args.out)
+    except OverlayError as err:
+        return fail(str(err))
+    print(f"Wrote {len(written)} files to {args.out}: " + ", ".join(p.name for p in written))
     return 0
 
 

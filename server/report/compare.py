@@ -13,6 +13,17 @@ The change's interval is Newcombe's hybrid score interval for a difference of
 two proportions (from the two Wilson intervals). It treats A and B as
 independent samples; both runs score the same test rows, whose paired
 differences vary less, so the interval is conservative (wider than needed).
+
+Both runs must have scored the same test rows, or the change says nothing
+about what was varied: ``test_rows_check`` compares the digests of the two
+test splits (``simulations/split_digest.py``: recomputed from a simulated
+run's data-dir, or recorded by the run) and refuses different rows
+(``ComparisonError``) unless told to go on, in which case every output
+carries the warning; where no digest exists (deployment: the rows stay at
+the hospitals) it compares the public facts (dataset, data-dir, seed,
+test-fraction) and says loudly that it cannot confirm the rows are the same.
+A centralised baseline (``fedemo baseline``) compares like a federated run:
+it scores exactly the rows the simulated nodes test on.
 """
 
 from __future__ import annotations
@@ -24,21 +35,18 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import PercentFormatter  # noqa: E402
-
-from server.report.html import CSS, source_digest  # noqa: E402
-from server.report.html_parts import html_table, interval, num  # noqa: E402
-from server.report.plots import figure_img, pct  # noqa: E402
-from server.report.signing import REPORT_FILE, verify_run  # noqa: E402
+from server.report.html import CSS, source_digest
+from server.report.html_parts import html_table, interval, num
+from server.report.plots import _plt, _ticker, figure_img, pct
+from server.report.signing import REPORT_FILE, verify_run
 
 COMPARISON_SCHEMA_VERSION = 1
 COMPARISON_JSON = "comparison.json"
 COMPARISON_HTML = "comparison.html"
 GLOBAL_METRICS = ("accuracy", "macro_f1", "uar", "loss")
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "uar": "UAR (mean recall over emotions)",
+                 "loss": "loss (cross-entropy)"}
+PUBLIC_SPLIT_FACTS = ("dataset", "seed", "test-fraction")  # with data-dir: what decides the test rows
 IGNORED_CONFIG_KEYS = ("run-name",)  # always differs, says nothing about the runs
 
 
@@ -76,6 +84,9 @@ def newcombe_interval(p_a: float, ci_a: list[float], p_b: float, ci_b: list[floa
 def _label(report: dict[str, Any]) -> str:
     config, privacy = report.get("config", {}), report.get("privacy", {})
     parts = [str(report.get("run", {}).get("run_id"))]
+    if report.get("run", {}).get("mode") == "centralised":
+        return f"{parts[0]}, centralised baseline (one model on the pooled rows, {config.get('num-server-rounds')} " \
+               "epochs, no DP)"
     if privacy.get("sample_level_dp"):
         eps = privacy.get("max_epsilon")
         parts.append(f"DP-SGD, max training epsilon {eps:.3g}" if eps is not None else "DP-SGD")
@@ -150,10 +161,68 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _short(digest: dict[str, Any] | None) -> str:
+    return f"{digest['n']} rows, SHA-256 {digest['sha256'][:12]}" if digest and digest.get("sha256") else "unknown"
+
+
+def test_rows_check(a: dict[str, Any], b: dict[str, Any], computed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Did A and B score the same test rows? {"status": "same" | "different" | "unconfirmed", "message", ...}.
+
+    ``computed``: side -> the digest recomputed now from the run's data-dir
+    (``simulations.split_digest.split_fingerprint``; None for a deployed run,
+    {"error": ...} when it could not be), else each report's recorded one.
+    """
+    computed = computed or {}
+    digests, notes = {}, []
+    for side, report in (("a", a), ("b", b)):
+        recorded, now = report.get("run", {}).get("test_split"), computed.get(side)
+        if now and now.get("error"):
+            notes.append(f"{side.upper()}: {now['error']}")
+            now = None
+        if recorded and now and recorded["sha256"] != now["sha256"]:
+            return {"status": "different", "a": digests.get("a"), "b": digests.get("b"),
+                    "message": f"the test rows of {side.upper()} are not those it was scored on: its data-dir now "
+                               f"holds {_short(now)}, the run recorded {_short(recorded)} (the data changed since)"}
+        digests[side] = now or recorded
+    out: dict[str, Any] = {"a": digests["a"], "b": digests["b"]}
+    if digests["a"] and digests["b"]:
+        same = digests["a"]["sha256"] == digests["b"]["sha256"]
+        out["status"] = "same" if same else "different"
+        out["message"] = (f"both runs scored the same test rows ({_short(digests['a'])})" if same else
+                          f"A scored {_short(digests['a'])}, B scored {_short(digests['b'])}")
+        return out
+    facts = {}
+    for key in PUBLIC_SPLIT_FACTS:
+        va, vb = a.get("config", {}).get(key), b.get("config", {}).get(key)
+        if va != vb:
+            facts[key] = [va, vb]
+    da, db = a.get("run", {}).get("data_dir") or "", b.get("run", {}).get("data_dir") or ""
+    if facts:
+        out.update(status="different", message="the test split's settings differ: " + ", ".join(
+            f"{k} {v[0]!r} in A, {v[1]!r} in B" for k, v in facts.items()))
+        return out
+    why = ("deployed runs keep their test rows at the hospitals (a node sending a hash of them would reveal "
+           "something about its records), so only the public settings could be compared and they match"
+           if not da and not db else
+           f"the test rows could not be recomputed ({'; '.join(notes) or 'no digest recorded'}); dataset, seed "
+           f"and test-fraction match" + (f", but the data-dirs differ ({da} vs {db})" if da != db else ""))
+    out.update(status="unconfirmed", message=f"cannot confirm that A and B scored the same test rows: {why}")
+    return out
+
+
 def findings(comparison: dict[str, Any]) -> list[str]:
     """The comparison in plain sentences."""
     la, lb = comparison["runs"]["a"]["label"], comparison["runs"]["b"]["label"]
-    lines = [f"A = {la}. B = {lb}."]
+    lines = []
+    rows = comparison.get("test_rows") or {}
+    if rows.get("status") == "different":
+        lines.append("WARNING: A and B were scored on DIFFERENT test rows (" + rows["message"] + "): their "
+                     "differences mix what was varied with which rows were scored.")
+    elif rows.get("status") == "unconfirmed":
+        lines.append("WARNING: " + rows["message"][0].upper() + rows["message"][1:] + ".")
+    lines.append(f"A = {la}. B = {lb}.")
+    if rows.get("status") == "same":
+        lines.append(rows["message"][0].upper() + rows["message"][1:] + ".")
     acc = comparison["global"]["accuracy"]
     if acc["change"] is not None:
         lines.append(f"Overall accuracy: {pct(acc['a'])} in A, {pct(acc['b'])} in B, a change of "
@@ -211,7 +280,7 @@ def plot_attribute(attribute: str, item: dict[str, Any]) -> str:
     rows = [(g, r) for g, r in ordered if reported(r["a"]) or reported(r["b"])]
     if not rows:
         return ""
-    fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(rows) + 1.4))
+    fig, ax = _plt().subplots(figsize=(5.6, 0.6 * len(rows) + 2.0), layout="constrained")
     height = 0.38
     for offset, side, color in ((-height / 2, "a", "#4c78a8"), (height / 2, "b", "#f58518")):
         ys, xs, lo, hi = [], [], [], []
@@ -226,10 +295,10 @@ def plot_attribute(attribute: str, item: dict[str, Any]) -> str:
     ax.set_yticks(range(len(rows)), [g for g, _ in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
-    ax.xaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=0))
+    ax.xaxis.set_major_formatter(_ticker().PercentFormatter(xmax=100, decimals=0))
     ax.set_xlabel("accuracy (error bars: 95% interval)")
     ax.set_title(f"Accuracy per {attribute} group: A vs B")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.legend(loc="outside lower center", ncols=2, frameon=False)
     alt = (f"Bar chart of accuracy per {attribute} group in run A and run B with 95% intervals: "
            + "; ".join(f"{g} A {pct((r['a'] or {}).get('accuracy'))}, B {pct((r['b'] or {}).get('accuracy'))}"
                        for g, r in rows) + ".")
@@ -267,7 +336,7 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
     def rate(metric: str) -> bool:  # rates in %, their changes in percentage points; loss and the rest plain
         return metric in ("accuracy", "macro_f1", "uar")
 
-    global_rows = [[escape(m), pct(v["a"]) if rate(m) else num(v["a"]), pct(v["b"]) if rate(m) else num(v["b"]),
+    global_rows = [[escape(METRIC_LABELS.get(m, m)), pct(v["a"]) if rate(m) else num(v["a"]), pct(v["b"]) if rate(m) else num(v["b"]),
                     "n/a" if v["change"] is None else (f"{100 * v['change']:+.1f} pp" if rate(m)
                                                        else f"{v['change']:+.3f}")]
                    for m, v in comparison["global"].items()]
@@ -278,9 +347,16 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
     diff_rows = [[escape(k), escape(json.dumps(v[0])), escape(json.dumps(v[1]))]
                  for k, v in comparison["config_differences"].items()]
     summary = "".join(f"<li>{escape(line)}</li>" for line in comparison["findings"])
+    rows = comparison.get("test_rows") or {}
+    banner = "" if rows.get("status", "same") == "same" else (
+        f'<p class="flag" role="alert"><strong>{"DIFFERENT TEST ROWS" if rows["status"] == "different" else "TEST ROWS NOT CONFIRMED"}'
+        f":</strong> {escape(rows['message'])}.</p>")
+    test_rows = (f"<h3>Test rows</h3><p>{escape(rows.get('message', 'not checked'))}. Digests: A "
+                 f"{escape(_short(rows.get('a')))}; B {escape(_short(rows.get('b')))}.</p>") if rows else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>FedEmo comparison</title><style>{CSS}</style></head><body>
 <h1>FedEmo comparison: who pays for the change?</h1>
+{banner}
 <h2>Summary</h2><div class="summary"><ul>{summary}</ul></div>
 <h2>Per group, side by side</h2>
 <p>Each group's accuracy in run A and run B with 95% intervals; the change is B minus A with a conservative 95%
@@ -288,21 +364,32 @@ interval (Newcombe). Groups too small to report are named as suppressed.</p>
 {''.join(parts) or '<p>Neither run has per-group figures.</p>'}
 <h2>Whole test set</h2>{html_table(['metric', 'A', 'B', 'change B - A'], global_rows)}
 <h2>The runs compared</h2>{html_table(['', 'run', 'folder', 'signature', 'report SHA-256'], runs_rows)}
+{test_rows}
 <h3>Configuration differences</h3>{html_table(['key', 'A', 'B'], diff_rows) if diff_rows else '<p>None.</p>'}
 </body></html>
 """
 
 
-def compare_runs(run_a: Path, run_b: Path, out_dir: Path) -> Path:
-    """Write comparison.json and comparison.html for two run folders; returns the JSON path."""
+def compare_runs(run_a: Path, run_b: Path, out_dir: Path, *, test_splits: dict[str, Any] | None = None,
+                 allow_different_test_rows: bool = False) -> Path:
+    """Write comparison.json and comparison.html for two run folders; returns the JSON path.
+
+    Refused (``ComparisonError``) when the runs scored different test rows,
+    unless ``allow_different_test_rows``; ``test_splits`` as ``test_rows_check``'s ``computed``.
+    """
     a, facts_a = load_report(run_a)
     b, facts_b = load_report(run_b)
+    rows = test_rows_check(a, b, test_splits)
+    if rows["status"] == "different" and not allow_different_test_rows:
+        raise ComparisonError(f"{run_a} and {run_b} were scored on different test rows: {rows['message']}; "
+                              "compare runs on the same data-dir, seed and test-fraction (or pass "
+                              "--allow-different-test-rows to compare them anyway, with a warning)")
     ca, cb = a.get("config", {}), b.get("config", {})
     differences = {k: [ca.get(k), cb.get(k)] for k in sorted(set(ca) | set(cb))
                    if k not in IGNORED_CONFIG_KEYS and ca.get(k) != cb.get(k)}
     comparison = {"schema_version": COMPARISON_SCHEMA_VERSION, "kind": "fedemo-comparison",
                   "runs": {"a": {**facts_a, "label": _label(a)}, "b": {**facts_b, "label": _label(b)}},
-                  "config_differences": differences, **compare_reports(a, b)}
+                  "config_differences": differences, "test_rows": rows, **compare_reports(a, b)}
     comparison["findings"] = findings(comparison)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
