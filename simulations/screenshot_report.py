@@ -42,6 +42,37 @@ def screenshot(page: Path, out: Path, *, width: int = 1280, height: int = 4000, 
     return out
 
 
+def overflow(page: Path, *, width: int = 390, timeout: float = 120.0) -> tuple[int, int]:
+    """(visible width, content width) in CSS px of ``page`` laid out ``width`` px wide, as Chromium measures them.
+
+    A content width above the visible one means the reader scrolls the whole page sideways (a table or
+    a long word pushed it out). Chromium will not open a window narrower than 500 px, so the page is laid
+    out in an iframe of ``width`` px inside a wrapper page whose script writes the two widths into the DOM
+    that ``--dump-dom`` prints (the report itself has no script).
+    """
+    browser = find_browser()
+    if browser is None:
+        raise RuntimeError("no Chromium found: apt-get install -y chromium")
+    page = Path(page).resolve()
+    with tempfile.TemporaryDirectory(prefix="fedemo-chromium-") as tmp:
+        wrapper = Path(tmp) / "measure.html"
+        wrapper.write_text(
+            f'<!DOCTYPE html><html><body><iframe id="f" src="{page.as_uri()}" style="width:{width}px;height:800px;'
+            'border:0"></iframe><script>document.getElementById("f").onload=function(){'
+            'var d=this.contentDocument.documentElement;'
+            'document.body.setAttribute("data-widths",d.clientWidth+" "+d.scrollWidth);};</script></body></html>')
+        command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                   "--virtual-time-budget=10000", f"--user-data-dir={Path(tmp) / 'profile'}",
+                   "--window-size=1280,1000", "--dump-dom", wrapper.as_uri()]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    import re
+
+    found = re.search(r'data-widths="(\d+) (\d+)"', done.stdout)
+    if not found:
+        raise RuntimeError(f"{browser} did not measure {page} ({done.returncode}): {done.stderr.strip()[-300:]}")
+    return int(found.group(1)), int(found.group(2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run folder with report.html (or the HTML file itself)")

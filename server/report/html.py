@@ -335,7 +335,7 @@ small{color:#666}
 .headline span{display:block;font-size:.85em;color:#555}.headline b{display:block;font-size:1.6em}
 .headline small{display:block}
 code.fp{font-size:.95em;word-break:break-all}.nw,.banner code{white-space:nowrap}
-.scroll{overflow-x:auto;max-width:100%;margin:1em 0}.scroll table{margin:0}
+.scroll{overflow-x:auto;max-width:100%;margin:1em 0}.scroll table{margin:0}code{overflow-wrap:anywhere}
 .unverified{font-size:1.05em}.unverified ul{margin:.3em 0}
 @media (max-width:600px){body{margin:.8em auto;padding:0 .6em}h1{font-size:1.3em}h2{font-size:1.2em}
 .headline div{flex:1 1 40%;min-width:0}.headline b{font-size:1.3em}table{font-size:.85em}
