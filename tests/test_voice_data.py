@@ -360,3 +360,44 @@ def test_log_mel_matches_slaney_reference():
     ours_power = 10.0 ** (ours.astype(np.float64) / 10.0)
     np.testing.assert_allclose(ours_power, ref_power, rtol=1e-4, atol=1e-6 * ref_power.max())
     np.testing.assert_allclose(ours, 10 * np.log10(np.maximum(ref_power, 1e-10)), atol=5e-4)
+
+
+# ---------------------------------------------------------------------------
+# Resampling with bounded memory, whatever the rate (issue 20)
+# ---------------------------------------------------------------------------
+
+RATES_TESTED = (8000, 22050, 44100, 44101, 48000, 96000, 383999, 384000)  # 384,000: the largest accepted
+
+
+def test_the_resampling_kernel_is_bounded_and_common_rates_are_exact():
+    """44,101 Hz shares no factor with 16 kHz: torchaudio's kernel would be 44,101 x 16,000 cells (2.8 GB)."""
+    from fractions import Fraction
+
+    from client.loaders.audio_files import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+    from shared_models.audio_features import MAX_KERNEL_CELLS, resample_ratio, resampling_note
+
+    assert MAX_SAMPLE_RATE == RATES_TESTED[-1]
+    rates = [*RATES_TESTED, 11025, 32000, 4001, 7919, 17959, 191999, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE - 1]
+    for rate in rates:
+        used, exact = resample_ratio(rate, SAMPLE_RATE), Fraction(rate, SAMPLE_RATE)
+        assert used.numerator * used.denominator <= MAX_KERNEL_CELLS, rate
+        assert abs(float(used / exact) - 1) < 3e-4, rate  # under 0.5 cents and 0.03 % of tempo
+        if rate in (8000, 11025, 22050, 32000, 44100, 48000, 96000, 384000):
+            assert used == exact and resampling_note(rate) is None, rate
+        if used != exact:
+            assert re.search(rf"^{rate} Hz shares no small ratio with 16000 Hz: resampled as if", resampling_note(rate))
+
+
+@pytest.mark.slow  # a fresh process per rate: about 5 s each
+@pytest.mark.parametrize("rate", RATES_TESTED)
+def test_decoding_a_30_second_clip_has_bounded_peak_memory_at_any_rate(rate):
+    """Each rate in a fresh process with its address space capped at 1 GiB over its baseline (the old code asked
+    for 2.8 GB at 44,101 Hz and 24.6 GB at 383,999 Hz): the decode succeeds, the peak resident set rises by under
+    400 MB, and a 440 Hz tone is still at 440 Hz after resampling, 30 s long at 16 kHz within 0.03 %."""
+    from simulations.benchmarks.resample_memory import measure
+
+    result = measure(rate, seconds=30.0, limit_mb=1024)
+    assert result.get("ok"), result
+    assert result["rise_mb"] < 400, result
+    assert abs(result["tone_hz"] - 440.0) < 1.0, result
+    assert abs(result["samples"] - 30 * SAMPLE_RATE) <= 30 * SAMPLE_RATE * 3e-4 + 1, result
