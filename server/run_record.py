@@ -8,6 +8,7 @@ flushed as the round ends, so a crashed run still documents its past rounds),
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from flwr.app import Message
 
 from server.global_metrics import ccc_from_moments, classification_metrics, group_summary, sum_counts
 from shared_models import messages as msgs
-from shared_models.atomic_files import atomic_write_json, atomic_write_text
+from shared_models.atomic_files import atomic_write_bytes, atomic_write_json, atomic_write_text, finite_or_null, strict_json
 from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
 
 
@@ -126,6 +127,41 @@ def training_summary(replies: list[Message]) -> dict[str, Any]:
     return {"clients": sorted(clients, key=_by_client), "failures": _failures(replies)}
 
 
+NON_FINITE_KEY = "non_finite"  # {place: "NaN" | "Infinity" | "-Infinity"}: why a figure reads null
+
+
+def finite_json(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with each NaN/infinite figure as null, and ``non_finite`` saying which were and what they were.
+
+    A diverged round's loss is NaN; Python's json would write ``NaN``, which no strict JSON reader (jq,
+    JavaScript, most languages' parsers) accepts, so one bad figure would make the whole record unreadable.
+    """
+    clean, replaced = finite_or_null(payload)
+    if replaced:
+        clean[NON_FINITE_KEY] = {**clean.get(NON_FINITE_KEY, {}), **replaced}
+    return clean
+
+
+def json_line(entry: dict[str, Any]) -> str:
+    """One metrics.jsonl line: strict JSON (non-finite figures as null, named under ``non_finite``)."""
+    return strict_json(finite_json(entry), sort_keys=True) + "\n"
+
+
+def run_is_finished(run_dir: Path, checkpoint_round: int) -> bool:
+    """Whether the run in ``run_dir`` ended after ``checkpoint_round`` with its summary and signed report.
+
+    A coordinator killed after its last checkpoint but before (or while) writing them leaves a run that
+    trained every round and says nothing: ``--resume`` finishes it (server/server_app.py ``finish``).
+    """
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    complete = summary.get("complete", "interrupted" not in summary)  # older runs' summaries lack "complete"
+    return (bool(complete) and summary.get("rounds") == checkpoint_round
+            and all((Path(run_dir) / name).is_file() for name in ("report.json", "report.sig")))
+
+
 @dataclass
 class RunRecord:
     run_dir: Path
@@ -173,23 +209,26 @@ class RunRecord:
 
     def write_json(self, name: str, payload: dict[str, Any]) -> Path:
         path = self.run_dir / name
-        atomic_write_json(path, payload)
+        atomic_write_json(path, finite_json(payload))
         return path
 
     def rewrite_rounds(self, entries: list[dict[str, Any]]) -> None:
         """metrics.jsonl as exactly these rounds (a resumed run drops lines its checkpoint does not cover)."""
-        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json_line(e) for e in entries))
 
     def log_round(self, entry: dict[str, Any]) -> None:
         entry = {"elapsed_s": round(time.time() - self.started, 2), **entry}
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.write(json_line(entry))
             fh.flush()
             os.fsync(fh.fileno())
 
     def save_weights(self, state_dict: dict[str, torch.Tensor]) -> Path:
+        """global_model.pt, atomically: a full disk is an OSError (ENOSPC) and leaves no half-written file."""
         path = self.run_dir / "global_model.pt"
-        torch.save(state_dict, path)
+        buffer = io.BytesIO()
+        torch.save(state_dict, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
         return path
 
     def rounds(self) -> Iterable[dict[str, Any]]:

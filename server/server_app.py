@@ -29,15 +29,16 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from server import console
+from server import console, interruption
 from server.central_dp import wrap_strategy
 from server.run_lock import hold_run_folder, release_run_folders
-from server.checkpoint import Checkpoint
+from server.checkpoint import Checkpoint, CheckpointError, NonFiniteWeights, check_checkpoint_fits, weights_problem
 from server.report.build import coordinator_key, report_at_end_of_run
 from server.round_recorder import RoundRecorder
 from server.divergence_guard import rolled_back_summary, start_guard
 from server.rounds import FIRST_ROUND_TIMEOUT_S, Interrupted, RoundDeadline, RoundsOutcome, evaluate_round, run_rounds
 from server.run_record import RunRecord, failure_reason, new_run_id
+from shared_models.atomic_files import remove_stale_temp_files
 from server.secure_aggregation import run_secure_aggregation
 from server.strategy import FedEmoMixin, build_strategy
 from shared_models.audio_features import combine_moments
@@ -51,7 +52,12 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     console.begin()  # our lines, a progress line per round, run.log; Flower's own chatter only when verbose
     try:
-        coordinate(grid, context)
+        try:
+            coordinate(grid, context)
+        except OSError as err:
+            if not interruption.disk_full(err):
+                raise
+            raise interruption.DiskFull(disk_full_line(err, context)) from None  # one line, no traceback
     except BaseException as err:
         console.end_run_log(err)
         raise
@@ -74,6 +80,8 @@ def coordinate(grid: Grid, context: Context) -> None:
         log(INFO, console.DP_RANDOMNESS)
     recorder = RoundRecorder(record, settings.num_server_rounds)
     initial = ArrayRecord(initial_model(grid, settings, node_config, checkpoint).state_dict())
+    if checkpoint is not None:  # a checkpoint of another model's shapes is refused by name, before any round
+        check_checkpoint_fits(checkpoint, initial.to_torch_state_dict(), record.run_dir)
     fedemo = build_strategy(settings, recorder, initial)
 
     if checkpoint is None:  # round 0: the untrained model, evaluated on every node, is the baseline to beat
@@ -94,9 +102,18 @@ def coordinate(grid: Grid, context: Context) -> None:
         outcome = RoundsOutcome(final, len(recorder.history) - 1, interrupted=extra.pop("interrupted", False))
     else:
         guard = start_guard(settings.divergence_rounds, recorder.history, arrays, first_round - 1)
-        outcome = run_rounds(strategy, fedemo, recorder, grid, arrays, first_round=first_round,
-                             num_rounds=settings.num_server_rounds, config=node_config, run_dir=record.run_dir,
-                             deadline=RoundDeadline(settings.round_timeout), guard=guard)
+        try:
+            outcome = run_rounds(strategy, fedemo, recorder, grid, arrays, first_round=first_round,
+                                 num_rounds=settings.num_server_rounds, config=node_config, run_dir=record.run_dir,
+                                 deadline=RoundDeadline(settings.round_timeout), guard=guard)
+        except NonFiniteWeights as err:  # never checkpointed, never signed: the run ends on the last finite model
+            outcome, extra = stopped_at_last_checkpoint(record, recorder, initial, interrupted=False), \
+                {"stopped": {"reason": str(err)}}
+        except OSError as err:  # the disk filled up mid-checkpoint: like an interruption, resumable
+            if not interruption.disk_full(err):
+                raise
+            outcome = stopped_at_last_checkpoint(record, recorder, initial, interrupted=True)
+            extra = {"stop_reason": f"disk full: {err.strerror} writing {err.filename}"}
     finish(record, recorder, outcome, extra, settings, signing_key)
 
 
@@ -105,18 +122,28 @@ def open_run(settings: RunSettings, context: Context, checkpoint: Checkpoint | N
     data_dir = prepare_data_dir(settings)
     if checkpoint is not None:
         hold_run_folder(settings.resume)  # before anything is written: one coordinator per run folder
+        remove_stale_temp_files(settings.resume)  # a killed writer's .checkpoint.npz.PID.tmp, ...
         record = RunRecord.reopen(Path(settings.resume))
         # A resumed part continues the run it was: anything but the rounds and machines must stay as trained.
         changes = resume_changes(record.run_config(), settings.to_config())
         check_resume_changes(changes, record.run_dir)
+        if checkpoint.server_round > settings.num_server_rounds:
+            raise CheckpointError(f"{record.run_dir} already trained {checkpoint.server_round} rounds: "
+                                  f"num-server-rounds = {settings.num_server_rounds} cannot end it earlier")
         record.add_flower_run(context.run_id, changes)  # the nodes' ledgers name this part of the run by it
-        log(INFO, "FedEmo run %s resumes after round %d of %d", record.run_dir.name, checkpoint.server_round,
-            settings.num_server_rounds)
+        if checkpoint.server_round == settings.num_server_rounds:  # killed after its last round, before its end
+            log(INFO, "FedEmo run %s trained all %d rounds but stopped before its summary and report: finishing "
+                "it (final weights, summary, signed report; no training)", record.run_dir.name,
+                checkpoint.server_round)
+        else:
+            log(INFO, "FedEmo run %s resumes after round %d of %d", record.run_dir.name, checkpoint.server_round,
+                settings.num_server_rounds)
     else:
         record = RunRecord.create(Path(settings.runs_dir).resolve(), new_run_id(settings.run_name),
                                   settings.to_config(), {"data_dir": str(data_dir or ""),
                                                          "flower_run_id": context.run_id})
         hold_run_folder(record.run_dir)
+        remove_stale_temp_files(record.run_dir)
     log(INFO, "FedEmo run %s: task=%s dataset=%s (%s) model=%s aggregation=%s, writing to %s", record.run_dir.name,
         settings.task, settings.dataset, data_dir, settings.model, settings.aggregation, record.run_dir)
     # Shared folders of a simulation, resolved once here: the dataset and the nodes' ledgers.
@@ -170,13 +197,21 @@ def resume_state(checkpoint: Checkpoint, fedemo: FedEmoMixin, recorder: RoundRec
 def finish(record: RunRecord, recorder: RoundRecorder, outcome: RoundsOutcome, extra: dict, settings: RunSettings,
            signing_key) -> None:
     """Weights, summary, signed report; then an interrupted run says how to resume, a run that trained nothing fails."""
+    problem = weights_problem({name: a.numpy() for name, a in outcome.arrays.items()})
+    if problem:  # a model that is not finite is never saved or signed (SecAgg+ rounds are not checkpointed)
+        raise NonFiniteWeights(f"the final global model holds {problem}; nothing was saved or signed")
+    stop_reason = extra.pop("stop_reason", None) or interruption.stop_reason() or "stop requested"
     weights = record.save_weights(outcome.arrays.to_torch_state_dict())
     summary = {**recorder.summary(), **extra}
     # Resumable: a checkpoint exists (a round completed) and the run's state is all in it (not SecAgg+).
     resumable = outcome.last_round > 0 and not settings.secure_aggregation
     if outcome.interrupted:
         summary["interrupted"] = {"rounds_done": outcome.last_round, "planned_rounds": settings.num_server_rounds,
-                                  "resume": f"fedemo simulate --resume {record.run_dir}" if resumable else None}
+                                  "resume": f"fedemo simulate --resume {record.run_dir}" if resumable else None,
+                                  "reason": stop_reason}
+    # Complete: every planned round trained and nothing stopped the run (fedemo verify tells it apart).
+    summary["complete"] = (not outcome.interrupted and not outcome.diverged and "stopped" not in summary
+                           and outcome.last_round >= settings.num_server_rounds)
     summary["wall_clock_s"] = round(time.time() - console.run_started(), 1)  # the one duration the console shows
     if outcome.diverged:  # the weights saved are the best round's (server/divergence_guard.py)
         summary = rolled_back_summary(summary, recorder.history, outcome.diverged)
@@ -188,9 +223,12 @@ def finish(record: RunRecord, recorder: RoundRecorder, outcome: RoundsOutcome, e
     if outcome.diverged:
         raise RuntimeError(f"the run diverged and stopped: {outcome.diverged['reason']}; the saved weights are "
                            f"round {outcome.diverged['rolled_back_to_round']}'s (the best evaluated)")
+    if "stopped" in summary:
+        raise RuntimeError(f"{summary['stopped']['reason']}; the saved and signed weights are round "
+                           f"{outcome.last_round}'s")
     if outcome.interrupted and resumable:
-        log(WARNING, "[fedemo] interrupted after round %d of %d. To continue: fedemo simulate --resume %s "
-            "(flwr run: --run-config 'resume=\"%s\"')", outcome.last_round, settings.num_server_rounds,
+        log(WARNING, "[fedemo] interrupted (%s) after round %d of %d. To continue: fedemo simulate --resume %s "
+            "(flwr run: --run-config 'resume=\"%s\"')", stop_reason, outcome.last_round, settings.num_server_rounds,
             record.run_dir, record.run_dir)
     elif outcome.interrupted:
         log(WARNING, "[fedemo] interrupted after round %d of %d (nothing to resume from: start the run again)",
@@ -199,6 +237,33 @@ def finish(record: RunRecord, recorder: RoundRecorder, outcome: RoundsOutcome, e
         reasons = "; ".join(f"{who}: {why}" for who, why in recorder.reasons_by_client().items()) or "none given"
         raise RuntimeError(f"no round aggregated at least {settings.min_trained_nodes} accepted update(s) "
                            f"(min-trained-nodes); reasons: {reasons}")
+
+
+def stopped_at_last_checkpoint(record: RunRecord, recorder: RoundRecorder, initial: ArrayRecord, *,
+                               interrupted: bool) -> RoundsOutcome:
+    """The run as its last checkpoint left it (the round that could not be checkpointed is dropped)."""
+    try:
+        checkpoint = Checkpoint.load(record.run_dir)
+    except CheckpointError:  # no round was checkpointed
+        checkpoint = Checkpoint(0, initial, history=recorder.history[:1], privacy=recorder.privacy)
+    try:
+        recorder.restore(checkpoint.history, checkpoint.privacy)  # metrics.jsonl cut back to the checkpoint
+    except OSError:  # the disk is still full: a resume cuts metrics.jsonl back
+        recorder.history = list(checkpoint.history)
+    return RoundsOutcome(checkpoint.arrays, checkpoint.server_round, interrupted=interrupted)
+
+
+def disk_full_line(err: OSError, context: Context) -> str:
+    """The one line a run that could not write its files ends with: what failed, and how to go on."""
+    run_dir = Path(str(context.run_config.get("resume") or "")) if context.run_config.get("resume") else \
+        Path(str(context.run_config.get("runs-dir", "runs"))) / str(context.run_config.get("run-name", ""))
+    try:
+        done = Checkpoint.load(run_dir).server_round
+    except CheckpointError:
+        done = 0
+    then = (f"free some space, then continue from round {done}'s checkpoint: fedemo simulate --resume {run_dir}"
+            if done else "free some space and start the run again (no round was checkpointed)")
+    return f"the disk is full ({err.strerror} writing {err.filename}); the run stopped: {then}"
 
 
 def prepare_data_dir(settings: RunSettings) -> Path | None:

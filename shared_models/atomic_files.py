@@ -10,6 +10,7 @@ file: ``atomic_create_bytes``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,85 @@ def atomic_write_text(path: str | Path, text: str, *, mode: int | None = None) -
 
 
 def atomic_write_json(path: str | Path, payload: Any, *, mode: int | None = None) -> None:
-    """Pretty, key-sorted JSON with a final newline (diffable, and stable for signatures)."""
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n", mode=mode)
+    """Pretty, key-sorted, strict JSON with a final newline (diffable, and stable for signatures).
+
+    Strict: a NaN or infinity is refused (``ValueError`` naming the file and the value's place), never
+    written as ``NaN``/``Infinity``, which no standard JSON reader accepts. Writers of figures that may
+    be non-finite pass them through :func:`finite_or_null` first.
+    """
+    atomic_write_text(path, strict_json(payload, indent=2, sort_keys=True, where=str(path)) + "\n", mode=mode)
+
+
+def strict_json(payload: Any, *, where: str = "", **dumps_args: Any) -> str:
+    """``json.dumps(payload, allow_nan=False)``, whose error names the first non-finite value's place."""
+    try:
+        return json.dumps(payload, allow_nan=False, **dumps_args)
+    except ValueError:
+        _, replaced = finite_or_null(payload)
+        if not replaced:
+            raise
+        place, value = next(iter(replaced.items()))
+        raise ValueError(f"{where or 'JSON'}: {place} is {value}, which JSON cannot hold "
+                         f"({len(replaced)} non-finite value(s))") from None
+
+
+def finite_or_null(payload: Any, _place: str = "") -> tuple[Any, dict[str, str]]:
+    """``payload`` with every NaN/infinite float replaced by ``None``, and {place: the value it was}.
+
+    Places are dotted keys and list indices (``train.clients.0.train_loss``), so a record can say
+    which figures were not finite and why they read ``null``.
+    """
+    if isinstance(payload, float) and not math.isfinite(payload):
+        return None, {_place or "value": _nonfinite_name(payload)}
+    if isinstance(payload, dict):
+        out, replaced = {}, {}
+        for key, value in payload.items():
+            out[key], sub = finite_or_null(value, f"{_place}.{key}" if _place else str(key))
+            replaced.update(sub)
+        return out, replaced
+    if isinstance(payload, (list, tuple)):
+        items, replaced = [], {}
+        for i, value in enumerate(payload):
+            item, sub = finite_or_null(value, f"{_place}.{i}" if _place else str(i))
+            items.append(item)
+            replaced.update(sub)
+        return items, replaced
+    return payload, {}
+
+
+def _nonfinite_name(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files (``.NAME.PID.tmp``) that a killed writer left in ``folder``; returns them.
+
+    :func:`atomic_write_bytes` removes its temporary file when the write fails, but a process killed
+    mid-write (SIGKILL, a power cut) cannot: its ``.checkpoint.npz.1234.tmp`` would stay for good. A
+    file is stale when the process its name ends with is gone (or is this process, which is not writing
+    it now: call this before the writes start).
+    """
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        pid = path.name[:-len(".tmp")].rsplit(".", 1)[-1]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -262,6 +263,8 @@ class RunSettings:
         need(0 <= self.central_dp_target_quantile <= 1, "central-dp-target-quantile", "must be in [0, 1]")
         need(self.central_dp_clip_lr > 0, "central-dp-clip-lr", "must be > 0")
         need(self.central_dp_clipped_count_stddev >= 0, "central-dp-clipped-count-stddev", "must be >= 0")
+        need(_plain_name(self.run_name), "run-name",
+             "must be a plain folder name (no '/', '\\', '..' or leading '.'): the run folder stays inside runs-dir")
         need(not self.signing_key or not _inside(self.signing_key, self.runs_dir), "signing-key",
              "lies inside runs-dir; keep the coordinator's key outside run folders")
         need(0 < self.secagg_num_shares <= 1, "secagg-num-shares", "must be in (0, 1] (a share of the sampled nodes)")
@@ -299,6 +302,12 @@ def secure_mode_available() -> bool:
     return importlib.util.find_spec("torchcsprng") is not None
 
 
+def _plain_name(name: str) -> bool:
+    """A run name that names one folder directly inside runs-dir ("" is a generated one)."""
+    return name == "" or ("/" not in name and "\\" not in name and not name.startswith(".")
+                          and name.isprintable())
+
+
 def _inside(path: str, folder: str) -> bool:
     return Path(path).expanduser().resolve().is_relative_to(Path(folder).expanduser().resolve())
 
@@ -307,6 +316,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     """TOML gives ints where floats are meant (lr = 1); anything else mistyped is an error."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, float) and not math.isfinite(value):  # TOML's inf/nan: never a setting
+        raise ConfigError(f"run-config {key} = {value!r}: must be a finite number")
     if kind is bool and not isinstance(value, bool):
         raise ConfigError(f"run-config {key} = {value!r}: expected true or false")
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):

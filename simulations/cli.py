@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a run's own handling (loading, data preparation): no traceback
+        print("fedemo: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `fedemo node sent DIR | head`: the reader left; no traceback for that
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

@@ -29,6 +29,7 @@ from server import console
 from server.server_app import main as coordinator
 from shared_models.run_settings import RunSettings
 from simulations.data_prep import prepare_data
+from simulations.simulate import check_partitions
 
 app = ServerApp()
 
@@ -39,7 +40,9 @@ def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_config(context.run_config)
     if settings.data_dir:  # a simulation (a deployment's nodes are real machines with their own resources)
         say_federation(settings, len(list(grid.get_node_ids())))
-    prepare_data(settings)
+    data_dir = prepare_data(settings)
+    if data_dir is not None:  # too few rows for the federation's nodes: one line now, not a failure in every node
+        check_partitions(settings, data_dir, len(list(grid.get_node_ids())))
     coordinator(grid, context)
 
 

@@ -26,7 +26,10 @@ worker threads) and replaces only where a ClientApp runs:
   its message answered with an error naming the node's partition and the
   exit code, so one crashed node never takes healthy nodes down with it.
 * Workers ignore SIGINT/SIGTERM: the first Ctrl-C belongs to the coordinator
-  (server/interruption.py), which stops the run and then this backend.
+  (server/interruption.py), which stops the run and then this backend; a
+  second one stops every worker at once (``stop_now``). A node stopped so is
+  answered with an error reply, not an exception: Flower's engine would log
+  the exception's traceback.
 
 The same ServerApp and ClientApp run unchanged here, under Ray, under
 ``flwr run`` and on deployed SuperNodes: the backend only decides where the
@@ -48,6 +51,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from flwr.app import Context, Message
+from flwr.app.error import Error
+from flwr.common.constant import ErrorCode
 from flwr.clientapp import ClientApp
 from flwr.clientapp.client_app import ClientAppException
 from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
@@ -210,7 +215,7 @@ class LocalBackend(Backend):
                 status, payload = worker.conn.recv()
             except (EOFError, OSError):
                 if self._stopping.is_set():  # abort() killed it: the run is over, nobody waits for this reply
-                    raise ClientAppException("the simulation stopped while this node was working") from None
+                    return self._stopped_reply(message), context  # a reply, not an exception Flower would log
                 code = self._replace(slot)
                 raise ClientAppException(f"the node process for partition {partition} died "
                                          f"(exit code {code}); a fresh worker replaces it") from None
@@ -218,6 +223,21 @@ class LocalBackend(Backend):
         if status == "ok":
             return payload
         raise ClientAppException(str(payload))
+
+    @staticmethod
+    def _stopped_reply(message: Message) -> Message:
+        """The error reply of a node stopped by the end of the run (Flower would log a raised one's traceback)."""
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                             reason="the simulation stopped while this node was working"), reply_to=message)
+
+    def stop_now(self) -> None:
+        """A second Ctrl-C: kill every worker, busy or idle; messages in hand are answered as stopped."""
+        self._stopping.set()
+        with self._lock:
+            workers = list(self._slots)
+        for worker in workers:
+            if worker.process.poll() is None:
+                worker.process.kill()
 
     def abort(self) -> None:
         """The run is over (or was interrupted): kill the workers still busy with a message.

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from server import interruption
-from server.checkpoint import Checkpoint
+from server.checkpoint import Checkpoint, check_checkpoint_fits
 from server.run_lock import check_run_folder_free
+from server.run_record import finite_json, run_is_finished
+from shared_models.atomic_files import atomic_write_json
 from shared_models.run_settings import ConfigError, RunSettings, check_resume_changes, resume_changes
 from simulations.data_prep import prepare_data
 from simulations.gpu_usage import GpuSampler
@@ -132,13 +134,39 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     config, _ = load_run_config(None, {**saved, **dict(overrides or {}), "resume": str(run_dir),
                                        "runs-dir": str(run_dir.parent), "run-name": run_dir.name})
     settings = RunSettings.from_config(config)
-    if checkpoint.server_round >= settings.num_server_rounds:
+    if checkpoint.server_round > settings.num_server_rounds:
+        raise ConfigError(f"{run_dir} already trained {checkpoint.server_round} rounds: num-server-rounds = "
+                          f"{settings.num_server_rounds} cannot end it earlier")
+    # A run killed after its last checkpoint but before its summary and signed report is finished by the
+    # resume (no round is trained); one that ended properly is done.
+    if checkpoint.server_round == settings.num_server_rounds and run_is_finished(run_dir, checkpoint.server_round):
         raise FileExistsError(f"{run_dir} already completed its {settings.num_server_rounds} rounds; "
                               "raise num-server-rounds (--set) to train on")
+    from shared_models.registry import build_model  # torch: only once the folder is worth continuing
+
+    check_checkpoint_fits(checkpoint, build_model(settings.model, valence_arousal=settings.valence_arousal)
+                          .state_dict(), run_dir)  # another model's weights: one line, before any engine
     from server.central_dp import check_resumable  # client-level DP continues only in the mode it started in
 
     check_resumable(settings.central_dp, checkpoint.central, run_dir)
     return config, settings
+
+
+def check_partitions(settings: RunSettings, data_dir: Path, nodes: int) -> None:
+    """Split the data as the nodes will, before any engine starts: too few rows for ``nodes`` nodes of at least
+    ``min-partition-size`` each is a PartitionError in one line (it failed in every node, after the start)."""
+    from client.node_data import _load
+    from client.partitioning import PartitionSpec, partition
+
+    data = _load(settings.dataset, str(data_dir), settings.task)
+    needed = nodes * settings.min_partition_size
+    if len(data) < needed:
+        from client.partitioning import PartitionError
+
+        raise PartitionError(f"data-dir {data_dir} has {len(data)} usable {settings.dataset} samples: too few for "
+                             f"num-supernodes = {nodes} nodes of min-partition-size = {settings.min_partition_size} "
+                             f"each ({needed} samples); lower either, or add data")
+    partition(data, PartitionSpec.from_settings(settings, nodes))  # the skewed splits' own limits
 
 
 def run_simulation(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
@@ -168,6 +196,7 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     data_dir = prepare_data(settings)  # synthesised and checked before any engine starts
     if data_dir is not None:
         config["data-dir"] = str(data_dir)
+        check_partitions(settings, data_dir, settings.num_supernodes)
     os.environ.setdefault("FLWR_HOME", str(Path(settings.runs_dir) / ".flwr"))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -179,8 +208,9 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     app_dir = str(project_dir())
     client_reference = client_app or client_app_reference(app_dir)
     interruption.reset()
-    previous = interruption.install_handlers()
     backend = None
+    # A second Ctrl-C stops the nodes at once (the local backend's workers; Ray stops its own on exit).
+    previous = interruption.install_handlers(stop_nodes=lambda: backend.stop_now() if backend is not None else None)
     gpu = GpuSampler() if uses_gpu(settings) and GpuSampler.available() else None
     try:
         if gpu:
@@ -209,7 +239,12 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     summary["engine"] = engine_summary(settings, backend)
     if gpu and gpu.figures():
         summary["engine"]["gpu"] = gpu.figures()
-    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    try:
+        atomic_write_json(summary_path, finite_json(summary))
+    except OSError as err:  # a full disk now: the coordinator's summary stays, without the engine's figures
+        if not interruption.disk_full(err):
+            raise
+        print(f"[fedemo] could not add the engine's figures to {summary_path}: {err.strerror}")
     if "gpu" in summary["engine"] or "peak_cuda_mib" in summary["engine"]:
         print(gpu_line(summary["engine"]))
     return run_dir
