@@ -43,6 +43,7 @@ from client.local_training import evaluate, make_optimizer, resolve_device, trai
 from client.node_data import ClientSamples, client_samples
 from client.outgoing_audit import outgoing_audit_mod
 from client.secure_aggregation import secure_aggregation_mod
+from client.spend_plan import require_approval
 from client.torch_data import NUM_MODEL_INPUTS
 from shared_models import messages as msgs
 from shared_models.privacy_ledger import LedgerError, PrivacyLedger, run_folder_name, simulated_state_dir
@@ -182,8 +183,10 @@ def open_ledger(settings: RunSettings, context: Context, config: ConfigRecord, s
     delta = settings.dp_delta or 1.0 / (10 * max(n, 1))
     run = (str(context.run_id), run_folder_name(config.get(msgs.STATE_ROOT), settings.run_name))  # named by its folder
     # The ledger refuses a delta (min of stored and configured) of 1/n or more: see _check_delta's reason.
-    return PrivacyLedger.open(state_dir, dataset_id=samples.dataset_id, epsilon_budget=settings.dp_epsilon,
-                              delta=delta, accountant=settings.dp_accountant, run=run, records=n)
+    ledger = PrivacyLedger.open(state_dir, dataset_id=samples.dataset_id, epsilon_budget=settings.dp_epsilon,
+                                delta=delta, accountant=settings.dp_accountant, run=run, records=n)
+    require_approval(context.node_config, state_dir, ledger)  # approve-first: a first spend needs its approval
+    return ledger
 
 
 @app.evaluate(mods=[dp_allowlist_mod])

@@ -5,6 +5,7 @@
     fedemo node check --superlink HOST:PORT --root-certificates CA [--auth-supernode-private-key KEY]
                       [--registered [FILE]]
     fedemo node sent STATE_DIR [--last N] [--json]
+    fedemo node approve --node-config "..." --run-config FILE [--yes] [--json]
 
 ``simulations.cli`` mounts them beside the coordinator's and the researchers'
 commands; their code sits here, next to the loaders and the ledger they read.
@@ -20,8 +21,10 @@ from pathlib import Path
 DATASET_FORMATS = ["fer2013", "rafdb", "cremad", "ravdess"]
 
 
-def add_node_commands(commands: argparse._SubParsersAction, data_commands: argparse._SubParsersAction) -> None:
-    """``ledger`` at the top level, ``check`` under ``fedemo data``, ``check`` and ``sent`` under ``fedemo node``."""
+def add_node_commands(commands: argparse._SubParsersAction,
+                      data_commands: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """``ledger`` at the top level, ``check`` under ``fedemo data``, ``check``, ``sent`` and ``approve`` under
+    ``fedemo node`` (returned: ``simulations.cli`` adds ``dry-run``, which needs the synthetic data generator)."""
     p = commands.add_parser("ledger", help="show a node's privacy ledger in plain words (spent, remaining, per run)")
     p.add_argument("state_dir", type=Path,
                    help="the node's state folder (or its privacy_ledger.json), or a folder of node state folders")
@@ -66,6 +69,23 @@ def add_node_commands(commands: argparse._SubParsersAction, data_commands: argpa
     p.add_argument("--last", type=int, default=None, metavar="N", help="only the last N replies")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=node_sent_command)
+    p = node_commands.add_parser("approve", help="show what a run will spend from this node's privacy budget and "
+                                 "approve it (needed before a first spend under approve-first=true)")
+    add_plan_arguments(p)
+    p.add_argument("--yes", action="store_true", help="approve without asking")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (approves only with --yes)")
+    p.set_defaults(func=node_approve_command)
+    return node_commands
+
+
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """The node's own config and the federation's run config: what a spend plan is computed from."""
+    p.add_argument("--node-config", required=True, metavar="'k=\"v\" ...'",
+                   help="the node's --node-config, exactly as flower-supernode takes it (data-path, dataset-format, "
+                   "dataset-id, state-dir)")
+    p.add_argument("--run-config", required=True, type=Path, metavar="FILE",
+                   help="the federation's run config (e.g. configs/deployment_dp.toml): rounds, fraction-train, "
+                   "dp-epsilon")
 
 
 def ledger_command(args: argparse.Namespace) -> int:
@@ -135,6 +155,35 @@ def node_sent_command(args: argparse.Namespace) -> int:
 
     print(json.dumps(sent_log.to_json(args.state_dir), indent=2) if args.json
           else sent_log.describe(args.state_dir, last=args.last))
+    return 0
+
+
+def node_approve_command(args: argparse.Namespace) -> int:
+    """0: approved (spend_approval.json written); 1: not approved (nothing written)."""
+    import sys
+    from dataclasses import asdict
+
+    from client.spend_plan import describe, parse_node_config, plan_spend, run_settings, write_approval
+
+    node_config = parse_node_config(args.node_config)
+    plan = plan_spend(run_settings(args.run_config), node_config)
+    if args.json:
+        print(json.dumps({**asdict(plan), "total": plan.total, "per_round": plan.per_round}, indent=2))
+    else:
+        print(describe(plan))
+    if not args.yes:
+        if args.json or not sys.stdin.isatty():
+            print("Not approved: nothing written (no terminal to ask; add --yes to approve this plan)",
+                  file=sys.stderr)
+            return 1
+        answer = input(f"Spend up to epsilon {plan.budget:g} of dataset {plan.dataset_id!r}'s budget, for good? "
+                       "[y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Not approved: nothing written; the node refuses a first spend (approve-first=true)")
+            return 1
+    path = write_approval(plan)
+    print(f"Approved: {path} (a node with approve-first=true now trains on dataset {plan.dataset_id!r} up to "
+          f"epsilon {plan.budget:g})", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -10,6 +10,8 @@
     fedemo ledger STATE_DIR [--json]                 a node's privacy budget: spent, remaining, per run (or every node's)
     fedemo node check --superlink HOST:PORT --root-certificates CA   can a hospital's node reach the coordinator?
     fedemo node sent STATE_DIR                       what a hospital's node sent, per round, in plain words
+    fedemo node approve --node-config ... --run-config FILE [--yes]   what a run will spend; approve a first spend
+    fedemo node dry-run --node-config ... --run-config FILE   the real ClientApp on synthetic data: spends nothing
     fedemo credentials init OUT_DIR --hospital NAME ...   CA, SuperLink TLS certificate, hospital key pairs
     fedemo credentials add-hospital OUT_DIR NAME     one more hospital's key pair
     fedemo verify RUN_DIR [--public-key PEM] [--ledger ID=PATH]   signed report unaltered, ledgers on record?
@@ -40,6 +42,7 @@ import sys
 
 from client.commands import add_node_commands
 from server.commands import add_coordinator_commands
+from simulations.node_dry_run import add_dry_run_command
 from simulations.research_commands import add_research_commands
 
 
@@ -49,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     data_commands = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     add_research_commands(commands, data_commands)  # simulate (simulations/research_commands.py), baseline, ...
-    add_node_commands(commands, data_commands)
+    node_commands = add_node_commands(commands, data_commands)
+    add_dry_run_command(node_commands)  # fedemo node dry-run: needs the synthetic data generator (simulations/)
     add_coordinator_commands(commands)
     return parser
 
