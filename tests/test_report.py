@@ -288,7 +288,9 @@ def test_report_build_signs_a_run_folder_that_has_no_report(runs, tmp_path, caps
     shutil.copytree(run_a, run)
     for path in run.glob("report.*"):
         path.unlink()
-    assert fedemo(["verify", str(run)]) == 1
+    # Not INVALID (nothing was altered): every planned round is in its checkpoint, the report was never written.
+    assert fedemo(["verify", str(run)]) == 3
+    assert "INCOMPLETE (resumable)" in capsys.readouterr().out
     assert fedemo(["report", str(run)]) == 2
     assert "fedemo report --build" in capsys.readouterr().err
     assert fedemo(["report", "--build", str(run)]) == 0

@@ -79,7 +79,7 @@ from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
 
 INCONCLUSIVE_WIDTH_FACTOR = 2.0  # an interval wider than this x the gap threshold is "too few to conclude"
 VERDICTS = {  # difference_verdict's values, in plain words for the page
-    "above_threshold": "difference above the threshold",
+    "above_threshold": "a difference larger than the threshold",
     "too_few_to_conclude": "too few to conclude",
     "difference": "a difference, below the threshold or of uncertain size",
     "no_clear_difference": "no clear difference (the interval includes 0)",

@@ -126,8 +126,8 @@ def plain_summary(report: dict) -> list[str]:
             ci = gap.get("difference_ci")
             if ci:  # the signed difference best minus worst: its interval may include 0
                 text += (f"; the gap to the best group ({' vs '.join(map(str, gap.get('between') or []))}) is "
-                         f"{pp(gap['value'])} (95% interval of the difference {pp_interval(ci)}: "
-                         f"{VERDICTS.get(gap.get('verdict'), '')})")
+                         f"{pp(gap['value'])} (95% interval of the difference {pp_interval(ci)}"
+                         + ("" if figures.get("flagged") else f": {VERDICTS.get(gap.get('verdict'), '')}") + ")")
             else:  # a report built before signed differences: its interval is that of the absolute gap
                 ci = gap.get("ci")
                 text += (f"; the gap to the best group ({' vs '.join(map(str, gap.get('between') or []))}) is "
@@ -142,6 +142,17 @@ def plain_summary(report: dict) -> list[str]:
     if not report.get("fairness"):
         lines.append(f"No per-group figures: {settings.get('status', 'not available')}.")
     return lines
+
+
+def group_reading(diff: dict) -> str:
+    """A group's signed difference from the rest in words, with its direction when the interval shows one."""
+    verdict = diff.get("verdict")
+    text = VERDICTS.get(verdict, "")
+    if verdict in ("above_threshold", "difference") and diff.get("value") is not None:
+        side = "lower" if diff["value"] < 0 else "higher"
+        text = (f"{side} than the rest, by more than the threshold" if verdict == "above_threshold"
+                else f"{side} than the rest, by less than the threshold or an uncertain amount")
+    return text
 
 
 def fairness_html(report: dict) -> str:
@@ -189,7 +200,7 @@ def fairness_html(report: dict) -> str:
                 rows.append([escape(str(group)), num(v.get("n")), pct(v.get("accuracy")),
                              nw(interval(v.get("accuracy_ci"))), pct(v.get("macro_f1")),
                              nw(signed_pp(diff.get("value"))), nw(pp_interval(diff.get("ci"))),
-                             escape(VERDICTS.get(diff.get("verdict"), "")) if meaningful else "not assessed"])
+                             escape(group_reading(diff)) if meaningful else "not assessed"])
         headers = ["group", "test samples", "accuracy", "95% interval", "macro-F1", "difference from the rest",
                    "95% interval", "reading"]
         if not any(v.get("difference_from_rest") for _, v in ordered_groups(figures)):
