@@ -19,6 +19,7 @@ of the run say so, with the numbers in force.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from logging import INFO, WARNING
 
 from flwr.app import Context
@@ -29,7 +30,6 @@ from server import console
 from server.server_app import main as coordinator
 from shared_models.run_settings import RunSettings
 from simulations.data_prep import prepare_data
-from simulations.simulate import check_partitions
 
 app = ServerApp()
 
@@ -40,9 +40,10 @@ def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_config(context.run_config)
     if settings.data_dir:  # a simulation (a deployment's nodes are real machines with their own resources)
         say_federation(settings, len(list(grid.get_node_ids())))
-    data_dir = prepare_data(settings)
-    if data_dir is not None:  # too few rows for the federation's nodes: one line now, not a failure in every node
-        check_partitions(settings, data_dir, len(list(grid.get_node_ids())))
+    # The data is split for the federation's node count (Flower's, not num-supernodes): too few rows for them
+    # is one line now, not a failure in every node after the start.
+    nodes = len(list(grid.get_node_ids())) if settings.data_dir else settings.num_supernodes
+    prepare_data(replace(settings, num_supernodes=nodes))
     coordinator(grid, context)
 
 

@@ -152,23 +152,6 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     return config, settings
 
 
-def check_partitions(settings: RunSettings, data_dir: Path, nodes: int) -> None:
-    """Split the data as the nodes will, before any engine starts: too few rows for ``nodes`` nodes of at least
-    ``min-partition-size`` each is a PartitionError in one line (it failed in every node, after the start)."""
-    from client.node_data import _load
-    from client.partitioning import PartitionSpec, partition
-
-    data = _load(settings.dataset, str(data_dir), settings.task)
-    needed = nodes * settings.min_partition_size
-    if len(data) < needed:
-        from client.partitioning import PartitionError
-
-        raise PartitionError(f"data-dir {data_dir} has {len(data)} usable {settings.dataset} samples: too few for "
-                             f"num-supernodes = {nodes} nodes of min-partition-size = {settings.min_partition_size} "
-                             f"each ({needed} samples); lower either, or add data")
-    partition(data, PartitionSpec.from_settings(settings, nodes))  # the skewed splits' own limits
-
-
 def run_simulation(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
                    resume: str | Path | None = None, client_app: str | None = None) -> Path:
     """Run one simulation; returns the run folder it wrote.
@@ -196,7 +179,6 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     data_dir = prepare_data(settings)  # synthesised and checked before any engine starts
     if data_dir is not None:
         config["data-dir"] = str(data_dir)
-        check_partitions(settings, data_dir, settings.num_supernodes)
     os.environ.setdefault("FLWR_HOME", str(Path(settings.runs_dir) / ".flwr"))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
