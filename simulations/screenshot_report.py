@@ -2,6 +2,10 @@
 
     python -m simulations.screenshot_report RUN_DIR [OUT.png] [--width 1280] [--height 4000]
 
+``overflow(PAGE, width=390)`` measures whether the page would scroll sideways
+on a phone (tests/test_report_page.py). The screenshots in docs/img
+(report-390.png, report-1280.png) were taken with this module.
+
 Needs Debian's ``chromium`` package (``apt-get install -y chromium``); the
 page loads nothing from the network, so the browser runs with networking
 irrelevant. Prints the PNG's path; exit 2 when Chromium or the page is missing.
