@@ -252,9 +252,9 @@ def direction_rejections(candidates: list[tuple[Message, float]], global_arrays:
                                           f"or colluding nodes")
     if reasons and 2 * len(reasons) >= len(candidates):
         flagged = ", ".join(f"client {ids[i]}" for i in sorted(reasons))
-        why = "; ".join(f"client {ids[i]}: {reasons[i]}" for i in sorted(reasons))
-        return {i: f"no honest majority in the round: {len(reasons)} of {len(candidates)} updates flagged "
-                   f"({flagged}), so none is trusted ({why})" for i in range(len(candidates))}
+        verdict = f"no honest majority in the round: {len(reasons)} of {len(candidates)} updates flagged ({flagged})"
+        return {i: f"{verdict}; its own: {reasons[i]}" if i in reasons else f"{verdict}, so none is trusted"
+                for i in range(len(candidates))}
     return reasons
 
 

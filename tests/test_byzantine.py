@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord
@@ -129,13 +129,16 @@ def assert_learns(run_dir: Path) -> None:
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
+OPPOSED, GROWN = "opposed to the round's median", "update-norm-growth"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fault, nodes, aggregation, rejected, words", [
-    ("flip9", 4, "auto", ["0"], "opposed to the round's median"),  # was accepted: accuracy 0.03, exit 0
-    ("heavy", 4, "auto", ["0"], "opposed to the round's median"),  # flipped, num-examples 10^9
-    ("drift", 4, "auto", ["0"], "opposed to the round's median"),  # flipped, x1.5 a round
-    ("collude", 5, "auto", ["0", "1"], "the same as client"),  # 2 of 5 send the same x10 update
-    ("flip9", 5, "multikrum", ["0"], "opposed to the round's median"),
+    ("flip9", 4, "auto", ["0"], f"{OPPOSED}|{GROWN}"),  # was accepted: accuracy 0.03, exit 0
+    ("heavy", 4, "auto", ["0"], OPPOSED),  # flipped, num-examples 10^9
+    ("drift", 4, "auto", ["0"], OPPOSED),  # flipped, x1.5 a round
+    ("collude", 5, "auto", ["0", "1"], f"the same as client|update-norm-ratio|{GROWN}"),  # 2 of 5, the same x10
+    ("flip9", 5, "multikrum", ["0"], f"{OPPOSED}|{GROWN}"),
 ])
 def test_a_hostile_update_is_rejected_by_client_id_every_round_and_the_rest_learn(tmp_path, faces, fault, nodes,
                                                                                   aggregation, rejected, words):
@@ -143,7 +146,7 @@ def test_a_hostile_update_is_rejected_by_client_id_every_round_and_the_rest_lear
     for entry in read_rounds(run_dir)[1:]:
         train = entry["train"]
         assert sorted(r["client"] for r in train["rejected"]) == rejected, train["rejected"]
-        assert all(words in r["reason"] for r in train["rejected"]), train["rejected"]
+        assert all(re.search(words, r["reason"]) for r in train["rejected"]), train["rejected"]
         assert len(train["clients"]) == nodes - len(rejected)
     assert_learns(run_dir)
 
