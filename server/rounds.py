@@ -13,7 +13,8 @@ says why there), waits for replies with the Grid's own
 (server/checkpoint.py).
 
 Each exchange waits at most the round deadline (``round-timeout``; 0 sizes
-it from the first round: max(60 s, 5 x its duration), 3600 s until then);
+it from the first training round: max(60 s, 5 x the time by which half its
+nodes had replied), so one node that sleeps through round 1 cannot size it);
 the nodes that did not reply in time are recorded by client id as timeouts
 and the round goes on without them. After each evaluation the divergence
 guard (server/divergence_guard.py) may stop the run with the best round's
@@ -41,7 +42,7 @@ from server.strategy import FedEmoMixin
 
 POLL_S = 0.1
 FIRST_ROUND_TIMEOUT_S = 3600.0  # round-timeout = 0: the deadline until a first round has been timed
-MIN_TIMEOUT_S, TIMEOUT_FACTOR = 60.0, 5.0  # round-timeout = 0: max(60 s, 5 x the first round's duration)
+MIN_TIMEOUT_S, TIMEOUT_FACTOR = 60.0, 5.0  # round-timeout = 0: max(60 s, 5 x round 1's half-reply time)
 
 
 class Interrupted(Exception):
@@ -58,34 +59,41 @@ class RoundsOutcome:
 
 @dataclass
 class RoundDeadline:
-    """How long a round waits for replies: ``round-timeout`` seconds, or (0) sized from the first round."""
+    """How long a round waits for replies: ``round-timeout`` seconds, or (0) sized from the first training
+    round: max(60 s, 5 x the time by which half of its nodes had replied). The half, not the last: a node
+    that sleeps through the first round would otherwise size every deadline after it."""
 
     configured: float = 0.0
-    first_round_s: float | None = None
+    half_reply_s: float | None = None  # round 1: seconds until half the sampled nodes had replied
 
     def seconds(self) -> float:
         if self.configured:
             return self.configured
-        if self.first_round_s is None:
+        if self.half_reply_s is None:
             return FIRST_ROUND_TIMEOUT_S
-        return max(MIN_TIMEOUT_S, TIMEOUT_FACTOR * self.first_round_s)
+        return max(MIN_TIMEOUT_S, TIMEOUT_FACTOR * self.half_reply_s)
 
-    def timed(self, seconds: float) -> None:
-        """A round took ``seconds``: the first one sizes the deadline of the rest."""
-        if self.first_round_s is None:
-            self.first_round_s = seconds
+    def half_replied(self, seconds: float) -> float:
+        """Half the nodes of a training round replied after ``seconds``: the first time sizes the deadline.
+        Returns the round's deadline in seconds from its start."""
+        if self.half_reply_s is None and not self.configured:
+            self.half_reply_s = seconds
+        return self.seconds()
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
-             on_reply: Callable[[Message], None] | None = None, late: list[int] | None = None) -> list[Message]:
+             on_reply: Callable[[Message], None] | None = None, late: list[int] | None = None,
+             sizing: RoundDeadline | None = None) -> list[Message]:
     """Send and collect the replies, like ``Grid.send_and_receive``, but stop at once on a stop request;
     ``on_reply`` sees each reply as it arrives (while the other nodes still work); ``late`` receives the
-    node ids that had not replied by the deadline."""
+    node ids that had not replied by the deadline; ``sizing`` (a training round's) learns when half the
+    nodes had replied and may shorten this round's deadline with it."""
     messages = list(messages)
     pending = set(grid.push_messages(messages))
     node_of = dict(zip([m.metadata.message_id for m in messages], [m.metadata.dst_node_id for m in messages]))
     replies: list[Message] = []
-    deadline = time.time() + timeout
+    started = time.time()
+    deadline = started + timeout
     while pending and time.time() < deadline:
         if interruption.stop_requested():
             raise Interrupted(interruption.stop_reason())
@@ -95,6 +103,9 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
             for reply in got:
                 on_reply(reply)
         pending.difference_update(r.metadata.reply_to_message_id for r in got)
+        if sizing is not None and got and 2 * len(replies) >= len(node_of):
+            deadline = min(deadline, started + sizing.half_replied(time.time() - started))
+            sizing = None
         if pending:  # the grid's own interval when it has one (in simulation: 20 ms, an in-memory lookup)
             time.sleep(min(POLL_S, getattr(grid, "pull_interval", POLL_S)))
     if late is not None:
@@ -136,11 +147,12 @@ def run_rounds(strategy, fedemo: FedEmoMixin, recorder: RoundRecorder, grid: Gri
     guard = guard or DivergenceGuard(0)
     try:
         for server_round in range(first_round, num_rounds + 1):
-            started, timeout, late = time.time(), deadline.seconds(), []
+            timeout, late = deadline.seconds(), []
             messages = strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid)
             replies = fedemo.screen_train_replies(server_round, exchange(grid, messages, timeout,
                                                                         on_reply=fedemo.inspect_train_reply,
-                                                                        late=late))
+                                                                        late=late, sizing=deadline))
+            timeout = deadline.seconds()  # sized by now when round-timeout = 0
             if late:
                 recorder.train_of(server_round)["timeouts"] = timeouts(recorder, late, timeout)
             new_arrays, _ = strategy.aggregate_train(server_round, replies)  # Flower's (or its DP wrapper's)
@@ -149,7 +161,6 @@ def run_rounds(strategy, fedemo: FedEmoMixin, recorder: RoundRecorder, grid: Gri
             else:
                 arrays = new_arrays
             evaluate_round(strategy, grid, server_round, arrays, config, timeout, recorder)
-            deadline.timed(time.time() - started)
             reason = guard.observe(server_round, recorder.history[-1], arrays)
             if reason is not None:  # no checkpoint of the diverged round: the run ends on the best weights
                 log(WARNING, "[fedemo] the run diverged: %s; rolling back to round %d's weights", reason,

@@ -68,15 +68,15 @@ def test_the_guard_judges_no_noised_evaluation_but_a_non_finite_loss_from_real_c
 
 
 def test_the_round_deadline_is_configured_or_sized_from_the_first_round():
-    assert RoundDeadline(45.0).seconds() == 45.0
+    configured = RoundDeadline(45.0)
+    assert configured.seconds() == 45.0 and configured.half_replied(1.0) == 45.0
     auto = RoundDeadline()
     assert auto.seconds() == FIRST_ROUND_TIMEOUT_S
-    auto.timed(4.0)
-    auto.timed(100.0)  # only the first round sizes it
+    assert auto.half_replied(4.0) == 60.0  # max(60 s, 5 x 4 s)
+    auto.half_replied(100.0)  # only the first training round sizes it
     assert auto.seconds() == 60.0
-    late = RoundDeadline()
-    late.timed(30.0)
-    assert late.seconds() == 150.0
+    slow = RoundDeadline()
+    assert slow.half_replied(30.0) == 150.0
 
 
 @pytest.mark.parametrize("overrides, expected", [
