@@ -108,3 +108,24 @@ def test_a_hospitals_own_split_is_the_same_in_every_run_whatever_its_seed(tmp_pa
         samples = client_samples(settings, node, data_dir="")
         splits.append(sorted(str(ref) for ref in samples.test.data.refs))
     assert splits[0] == splits[1] == splits[2] and 0 < len(splits[0]) < 60
+
+
+def test_a_hospital_node_logs_how_many_faces_are_constant_or_tiny(tmp_path, caplog):
+    """Kept (they are not malformed) but counted in the node's own log, once per load (issue 20)."""
+    import logging
+
+    from PIL import Image
+
+    root = tmp_path / "rafdb"
+    write_rafdb(root, 60, seed=7)
+    aligned = sorted((root / "Image" / "aligned").glob("train_*_aligned.jpg"))
+    for path in aligned[:3]:  # all black, as a failed export writes them
+        Image.fromarray(np.zeros((100, 100), np.uint8)).save(path)
+    Image.fromarray(np.array([[0, 255]], np.uint8)).save(aligned[3])  # a 2x1 "face" (not constant)
+    _, settings = load_run_config(None, {"dataset": "rafdb"})
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        samples = client_samples(settings, {"data-path": str(root), "dataset-format": "rafdb"}, "")
+    assert len(samples.train) + len(samples.test) == 60
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("constant image: 3 kept but suspect" in m for m in messages), messages
+    assert any("image under 24 px: 1 kept but suspect" in m for m in messages), messages
