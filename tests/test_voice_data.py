@@ -377,11 +377,13 @@ def test_the_resampling_kernel_is_bounded_and_common_rates_are_exact():
     from shared_models.audio_features import MAX_KERNEL_CELLS, resample_ratio, resampling_note
 
     assert MAX_SAMPLE_RATE == RATES_TESTED[-1]
-    rates = [*RATES_TESTED, 11025, 32000, 4001, 7919, 17959, 191999, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE - 1]
+    rates = [*RATES_TESTED, 11025, 32000, 4001, 7919, 16015, 17959, 191999, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE - 1]
     for rate in rates:
         used, exact = resample_ratio(rate, SAMPLE_RATE), Fraction(rate, SAMPLE_RATE)
         assert used.numerator * used.denominator <= MAX_KERNEL_CELLS, rate
-        assert abs(float(used / exact) - 1) < 3e-4, rate  # under 0.5 cents and 0.03 % of tempo
+        # under 0.5 cents and 0.03 % of tempo for the rates listed in the issue; 16,015 Hz is the worst integer
+        # rate from 4 to 384 kHz (1/1, 0.094 %, 1.6 cents: docs/data.md)
+        assert abs(float(used / exact) - 1) < (3e-4 if rate in RATES_TESTED else 1e-3), rate
         if rate in (8000, 11025, 22050, 32000, 44100, 48000, 96000, 384000):
             assert used == exact and resampling_note(rate) is None, rate
         if used != exact:
