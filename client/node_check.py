@@ -371,7 +371,7 @@ def list_registered_nodes(superlink: str, ca_file: Path, timeout: float) -> list
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
     client = ControlHttpClient.from_server_address(
-        server_address=superlink, insecure=False, root_certificates=str(ca_file),
+        server_address=superlink, insecure=False, root_certificates=ca_file.read_bytes(),
         interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")])
     try:
         response = client.ListNodes(ListNodesRequest())

@@ -219,11 +219,22 @@ def federation(tmp_path_factory) -> Federation:
             must(_tool("flwr"), "supernode", "register", str(creds / "hospitals" / name / "auth.pub"), "fedemo",
                  "--name", name)
 
-        # The hospitals: each with the CA, its own key and a node config naming its data and state folder.
+        # The researcher's run: the shipped deployment config, shortened (published to the hospitals before).
+        config = tomllib.loads((REPO / "configs" / "deployment_dp.toml").read_text())
+        config.update({"num-server-rounds": ROUNDS, "min-available-nodes": len(HOSPITALS),
+                       "runs-dir": str(root / "runs"), "run-name": "deployed", "batch-size": 16})
+        run_config = root / "run.toml"
+        run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+
+        # The hospitals: each with the CA, its own key and a node config naming its data and state folder;
+        # approve-first: each operator approves the run's spend plan before its dataset's first spend.
         for name, (fmt, _, _) in HOSPITALS.items():
             keys = creds / "hospitals" / name
             node_config = (f'data-path="{root / name / "data"}" dataset-format="{fmt}" '
-                           f'state-dir="{root / name / "state"}" client-id="{name}"')
+                           f'dataset-id="{name}-{fmt}" state-dir="{root / name / "state"}" client-id="{name}" '
+                           'approve-first=true')
+            assert "this dataset has never spent" in fedemo("node", "approve", "--node-config", node_config,
+                                                           "--run-config", str(run_config), "--yes")
             _start(processes, root, name, [
                 _tool("flower-supernode"), "--superlink", f"localhost:{port}",
                 "--root-certificates", str(keys / "ca.crt"), "--auth-supernode-private-key", str(keys / "auth.key"),
@@ -231,12 +242,7 @@ def federation(tmp_path_factory) -> Federation:
             ], {**base_env, "FLWR_HOME": str(root / name / "flwr-home")}, root / name)
         _wait_online(researcher_env, root, len(HOSPITALS), processes)
 
-        # The researcher: the shipped deployment config, shortened, through `flwr run` over TLS.
-        config = tomllib.loads((REPO / "configs" / "deployment_dp.toml").read_text())
-        config.update({"num-server-rounds": ROUNDS, "min-available-nodes": len(HOSPITALS),
-                       "runs-dir": str(root / "runs"), "run-name": "deployed", "batch-size": 16})
-        run_config = root / "run.toml"
-        run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+        # The researcher: that config through `flwr run` over TLS.
         code, output = _run_to_exit([_tool("flwr"), "run", ".", "fedemo", "--run-config", str(run_config),
                                      "--stream"], researcher_env, REPO, RUN_TIMEOUT_S)
         yield Federation(root=root, env=researcher_env, port=port, creds=creds, run_dir=root / "runs" / "deployed",
@@ -368,6 +374,15 @@ def test_a_hospital_checks_its_connection_and_reads_what_it_sent(federation):
                            str(keys / "auth.key"), "--registered", str(federation.creds / "federation.json"))
     assert code == 0, output
     assert "requires SuperNode authentication" in output and "as 'hospital-a'" in output
+    assert "only the local list was checked, not the SuperLink" in output
+    # Asked of the SuperLink itself (its Control API's node list): registered, and the unregistered key is not.
+    for name, ready in (("hospital-a", True), ("unregistered", False)):
+        keys = federation.creds / "hospitals" / name
+        code, output = _fedemo("node", "check", "--superlink", f"localhost:{federation.port}",
+                               "--root-certificates", str(keys / "ca.crt"), "--auth-supernode-private-key",
+                               str(keys / "auth.key"), "--registered")
+        assert (code == 0) is ready, output
+        assert ("the SuperLink lists this key as node" in output) is ready, output
     # Another federation's CA is refused with the reason, in words
     foreign = federation.root / "foreign-creds"
     assert _fedemo("credentials", "init", str(foreign), "--superlink-host", "localhost")[0] == 0
