@@ -18,8 +18,8 @@ What the researcher sees by default:
   errors always show. This is logging configuration only (a handler and a
   filter on the ``flwr`` logger): Flower itself is untouched.
 * One final summary: accuracy beside the majority-class rate, the largest
-  epsilon spent (under DP), the report's path and the run's one wall-clock
-  figure (seconds since the command started).
+  epsilon spent (under DP), the report's and the figures' paths and the
+  run's one wall-clock figure (seconds since the command started).
 
 ``run.log`` in the run folder gets the same lines in plain text with a
 timestamp, plus the Python warnings raised in the coordinator's process.
@@ -235,6 +235,8 @@ def final_summary(run_name: str, summary: dict, history: list[dict], report: Pat
     if "central_dp" in privacy and privacy["central_dp"].get("epsilon") is not None:
         parts.append(f"client-level epsilon {privacy['central_dp']['epsilon']:.2f}")
     parts.append(f"report {report.with_suffix('.html')}" if report else "no report (see the error above)")
+    if report and (report.parent / "figures").is_dir():  # figures/ and rounds.csv for a paper
+        parts.append(f"figures {report.parent / 'figures'}")
     return "; ".join(parts)
 
 

@@ -354,7 +354,8 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
     test_rows = (f"<h3>Test rows</h3><p>{escape(rows.get('message', 'not checked'))}. Digests: A "
                  f"{escape(_short(rows.get('a')))}; B {escape(_short(rows.get('b')))}.</p>") if rows else ""
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>FedEmo comparison</title><style>{CSS}</style></head><body>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>FedEmo comparison</title><style>{CSS}</style></head><body>
 <h1>FedEmo comparison: who pays for the change?</h1>
 {banner}
 <h2>Summary</h2><div class="summary"><ul>{summary}</ul></div>
