@@ -43,15 +43,16 @@ def add_coordinator_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("name")
     p.set_defaults(func=credentials_command)
 
-    p = commands.add_parser("verify", help="check a run's signed report: valid, or exactly what does not match "
-                                           "(exit 3: a valid signature on an incomplete run)")
+    p = commands.add_parser("verify", help="check a run's signed report and its page: valid, or exactly which file "
+                                           "does not match (exit 3: incomplete or resumable, 5: no report yet)")
     p.add_argument("run_dir", type=Path, help="the run folder (holds report.json, report.sig, report.pub)")
     p.add_argument("--public-key", type=Path, default=None, help="the coordinator's trusted public key (PEM)")
     p.add_argument("--ledger", action="append", default=[], metavar="CLIENT_ID=PATH",
                    help="a hospital's privacy_ledger.json to check against the chain heads the signed report "
                         "recorded for that client (repeatable; exit 4 when its chain lacks one)")
     p.set_defaults(func=verify_command)
-    p = commands.add_parser("report", help="rebuild a run's report.html from its report.json")
+    p = commands.add_parser("report", help="rebuild a run's report.html from its report.json (UNVERIFIED banner "
+                                           "and exit 1 when report.json does not verify)")
     p.add_argument("run_dir", type=Path, help="the run folder")
     p.add_argument("--build", action="store_true", help="also build and sign report.json from the run's metrics")
     p.set_defaults(func=report_command)
@@ -80,7 +81,7 @@ def credentials_command(args: Namespace) -> int:
 
 
 def verify_command(args: Namespace) -> int:
-    from server.report.html import source_digest
+    from server.report.html import rendered_page, source_digest
     from server.report.signing import verify_run
 
     run_dir = Path(args.run_dir)
@@ -95,7 +96,8 @@ def verify_command(args: Namespace) -> int:
     checkpoint = checkpoint_round(run_dir)
     if not (run_dir / "report.json").is_file():
         return no_report(run_dir, checkpoint)
-    result = verify_run(run_dir, expected_public_key=args.public_key, html_digest_of=source_digest)
+    result = verify_run(run_dir, expected_public_key=args.public_key, html_digest_of=source_digest,
+                        render_page=rendered_page)
     if not result.valid:
         changed = " and ".join(result.changed_files)
         print(f"INVALID: {changed} CHANGED in {run_dir}" if changed else f"INVALID: {run_dir / 'report.json'}")

@@ -379,12 +379,13 @@ def test_the_page_uses_one_unit_per_kind_of_figure(runs, learned):
             if gap["value"] is None:
                 continue
             assert f"{100 * gap['value']:.1f} pp" in text
-            assert f"{100 * gap['ci'][0]:.1f} to {100 * gap['ci'][1]:.1f} pp" in text
+            low, high = gap["difference_ci"]  # the signed best-minus-worst difference: may go below 0
+            assert f"{100 * low:.1f} to {100 * high:.1f} pp" in text
             ratio = figures["accuracy_ratio"]
             assert f"{ratio['value']:.2f}" in text and f"{ratio['ci'][0]:.2f} to {ratio['ci'][1]:.2f}" in text
             if figures["flagged"]:
-                assert re.search(r"accuracy gap \d+\.\d pp between .* exceeds the threshold \d+\.\d pp",
-                                 figures["flag_reason"])
+                assert re.search(r"accuracy gap \d+\.\d pp between .*: its 95% interval \(-?\d+\.\d to -?\d+\.\d "
+                                 r"pp\) lies above the threshold \d+\.\d pp", figures["flag_reason"])
         final = report["final"]
         assert f"{100 * final['accuracy']:.1f}%" in text
         assert f"{100 * final['accuracy_ci'][0]:.1f}% to {100 * final['accuracy_ci'][1]:.1f}%" in text

@@ -31,7 +31,7 @@ per-sample predictions, so every metric is computed from them:
   i.e. MOVER on the two groups' own accuracy intervals): each group minus the
   rest of the reported groups pooled, and the best minus the worst group. An
   interval of the absolute gap (max - min) can never include 0, so it would
-  make every gap look real. One rule (:func:`difference_verdict`) reads them
+  make every gap look real. One rule (``server.report.difference_rule.difference_verdict``) reads them
   all: an interval that lies beyond +-``gap_threshold`` is a difference above
   the threshold (the only thing that is flagged); else one wider than
   ``INCONCLUSIVE_WIDTH_FACTOR`` x the threshold is "too few to conclude" (it
@@ -74,16 +74,11 @@ from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, 
 from scipy.stats import binomtest, norm
 from sklearn.metrics import f1_score
 
+from server.report.difference_rule import (INCONCLUSIVE_WIDTH_FACTOR, VERDICTS,  # noqa: F401 (re-exported)
+                                           conclusive, difference_verdict)
 from shared_models.demographic_groups import ATTRIBUTE_GROUPS
 from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
 
-INCONCLUSIVE_WIDTH_FACTOR = 2.0  # an interval wider than this x the gap threshold is "too few to conclude"
-VERDICTS = {  # difference_verdict's values, in plain words for the page
-    "above_threshold": "a difference larger than the threshold",
-    "too_few_to_conclude": "too few to conclude",
-    "difference": "a difference, below the threshold or of uncertain size",
-    "no_clear_difference": "no clear difference (the interval includes 0)",
-}
 BOOTSTRAP_REPLICATES = 1000
 BOOTSTRAP_SEED = 20240611
 MULTICLASS_METHOD = (
@@ -175,25 +170,6 @@ def difference_interval(a: np.ndarray, b: np.ndarray, confidence: float, varianc
     p_a, p_b = group_accuracy(a), group_accuracy(b)
     d = p_a - p_b
     return [float(d - math.hypot(p_a - ci_a[0], ci_b[1] - p_b)), float(d + math.hypot(ci_a[1] - p_a, p_b - ci_b[0]))]
-
-
-def difference_verdict(ci: list[float] | None, threshold: float) -> str | None:
-    """The one rule every between-group difference is read by (module docstring); a key of ``VERDICTS``."""
-    if ci is None:
-        return None
-    low, high = ci
-    if low > threshold or high < -threshold:
-        return "above_threshold"
-    if high - low > INCONCLUSIVE_WIDTH_FACTOR * threshold:
-        return "too_few_to_conclude"
-    if low > 0 or high < 0:
-        return "difference"
-    return "no_clear_difference"
-
-
-def conclusive(ci: list[float] | None, threshold: float) -> bool | None:
-    """Whether an interval is narrow enough to read (width at most ``INCONCLUSIVE_WIDTH_FACTOR`` x threshold)."""
-    return None if ci is None else bool(ci[1] - ci[0] <= INCONCLUSIVE_WIDTH_FACTOR * threshold)
 
 
 def group_accuracy(confusion: np.ndarray) -> float:

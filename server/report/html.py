@@ -16,7 +16,7 @@ import re
 from html import escape
 from pathlib import Path
 
-from server.report.fairness import INCONCLUSIVE_WIDTH_FACTOR, VERDICTS
+from server.report.difference_rule import INCONCLUSIVE_WIDTH_FACTOR, VERDICTS
 from server.report.html_parts import (fingerprint, headline_html, hospitals_html, html_table, incomplete_banner,
                                       delta, eps, interval, loss_note, majority_banner, num, nw, pp_interval,
                                       ratio, ratio_interval, signed_pp)

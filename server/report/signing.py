@@ -188,14 +188,15 @@ class Verification:
 
 
 def verify_run(run_dir: Path, *, expected_public_key: Path | None = None,
-               html_digest_of=None) -> Verification:
+               html_digest_of=None, render_page=None) -> Verification:
     """Check report.json against report.sig (and report.pub, optionally a trusted key, and the page).
 
     ``html_digest_of`` (``server.report.html.source_digest``: the report SHA-256 a page says it was built
     from) turns on the page check: report.html must name this report.json and be either the page the
-    coordinator signed (``pages`` in report.sig) or, failing that, byte for byte the page this software
-    renders from the signed report.json (``server.report.html.rendered_page``, imported only then, which keeps
-    this module free of the HTML code). ``changed_files`` names each file found altered.
+    coordinator signed (``pages`` in report.sig) or, failing that, byte for byte the page ``render_page``
+    (``server.report.html.rendered_page``) makes of the signed report.json. Both are passed in to keep this
+    module free of the HTML code; without ``render_page`` an unsigned page is only checked for naming this
+    report.json (what ``fedemo compare`` needs). ``changed_files`` names each file found altered.
     """
     run_dir = Path(run_dir)
     problems: list[str] = []
@@ -250,7 +251,7 @@ def verify_run(run_dir: Path, *, expected_public_key: Path | None = None,
         problems.extend(_describe_change(data, sig))
 
     if html_digest_of is not None:
-        page_problem = _page_problem(run_dir, data, sig, public, kid, report_signed, html_digest_of)
+        page_problem = _page_problem(run_dir, data, sig, public, kid, report_signed, html_digest_of, render_page)
         if page_problem:
             changed.append(HTML_FILE)
             problems.append(page_problem)
@@ -258,7 +259,7 @@ def verify_run(run_dir: Path, *, expected_public_key: Path | None = None,
 
 
 def _page_problem(run_dir: Path, data: bytes, sig: dict[str, Any], public: Ed25519PublicKey, kid: str,
-                  report_signed: bool, html_digest_of) -> str | None:
+                  report_signed: bool, html_digest_of, render_page) -> str | None:
     """Why report.html is not the page of this signed report.json, or None when it is (or when the page is
     the one signed with the original report.json and only report.json changed: reported on its own)."""
     html_path = run_dir / HTML_FILE
@@ -284,9 +285,9 @@ def _page_problem(run_dir: Path, data: bytes, sig: dict[str, Any], public: Ed255
            "report.sig holds no page signature: a report signed before pages were, or a page rebuilt without the key")
     if not report_signed:  # no trusted report to render the page from
         return f"report.html CHANGED: {html_path} is not the page the coordinator signed ({why})"
-    from server.report.html import rendered_page  # noqa: PLC0415 (the HTML code, only when a page is checked)
-
-    expected = rendered_page(json.loads(data.decode("utf-8")), current, kid).encode("utf-8")
+    if render_page is None:
+        return None
+    expected = render_page(json.loads(data.decode("utf-8")), current, kid).encode("utf-8")
     if expected == page:
         return None
     first = next((i for i, (a, b) in enumerate(zip(expected, page)) if a != b), min(len(expected), len(page)))
