@@ -23,13 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
-from client.node_data import simulated_split
-from client.partitioning import PartitionSpec, partition
 from client.group_counts import sample_groups
 from client.loaders.registry import load_dataset
 from client.torch_data import NUM_MODEL_INPUTS, EmotionSamples
@@ -41,19 +38,8 @@ from shared_models.registry import build_model
 from shared_models.demographic_groups import group_schema
 from shared_models.taxonomy import EMOTIONS
 from simulations.data_prep import prepare_data
-from simulations.split_digest import split_digest
+from simulations.split_digest import pooled_rows, split_digest
 from simulations.run_config import prepare_run
-
-
-def pooled_rows(data, settings) -> tuple[np.ndarray, np.ndarray]:
-    """Union of all simulated clients' train rows and of their test rows."""
-    spec = PartitionSpec.from_settings(settings, settings.num_supernodes)
-    train, test = [], []
-    for pid, rows in enumerate(partition(data, spec)):
-        tr, te = simulated_split(data, rows, settings.test_fraction, settings.seed, pid)
-        train.append(tr)
-        test.append(te)
-    return np.concatenate(train), np.concatenate(test)
 
 
 def run_centralised(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,

@@ -4,8 +4,8 @@ Two runs compared on different test rows (another data-dir, seed or
 test-fraction) differ for reasons that have nothing to do with what was
 varied. A simulated run's test rows are the union of its nodes' test splits
 (``client.node_data.simulated_split``), which the researcher's machine can
-recompute from the run's data-dir and config; the centralised baseline
-scores exactly these rows (``simulations.centralised.pooled_rows``).
+recompute from the run's data-dir and config (``pooled_rows``); the
+centralised baseline trains and scores on exactly these pooled rows.
 
 The digest is SHA-256 over the sorted per-record digests of (record key,
 label, face pixels where the records are faces): the record key alone is a
@@ -27,9 +27,22 @@ from typing import Any
 
 import numpy as np
 
+from client.node_data import simulated_split
+from client.partitioning import PartitionSpec, partition
 from shared_models.config_error import ConfigError
 
 SPLIT_KEYS = ("dataset", "task", "data-dir", "seed", "test-fraction", "num-supernodes", "partitioner")
+
+
+def pooled_rows(data, settings) -> tuple[np.ndarray, np.ndarray]:
+    """Union of all simulated clients' train rows and of their test rows."""
+    spec = PartitionSpec.from_settings(settings, settings.num_supernodes)
+    train, test = [], []
+    for pid, rows in enumerate(partition(data, spec)):
+        tr, te = simulated_split(data, rows, settings.test_fraction, settings.seed, pid)
+        train.append(tr)
+        test.append(te)
+    return np.concatenate(train), np.concatenate(test)
 
 
 def split_digest(data, rows: np.ndarray) -> dict[str, Any]:
@@ -65,7 +78,6 @@ def split_fingerprint(run_config: dict[str, Any], data_dir: str | Path | None) -
     Raises ``ConfigError`` naming the folder when a simulated run's data-dir is gone.
     """
     from client.loaders.registry import load_dataset
-    from simulations.centralised import pooled_rows
 
     if not data_dir:
         return None

@@ -37,6 +37,7 @@ def mounted_commands() -> list[str]:
     (["baseline"], "simulations.research_commands"),
     (["compare", "run-a", "run-b", "--out", "cmp"], "simulations.research_commands"),
     (["evaluate", "run"], "simulations.research_commands"),
+    (["plot", "run-a", "run-b"], "simulations.research_commands"),
     (["data", "synth", "fer2013", "--out", "data"], "simulations.research_commands"),
     (["data", "check", "data", "--format", "fer2013"], "client.commands"),
     (["ledger", "node-state"], "client.commands"),
@@ -54,7 +55,8 @@ def test_each_command_runs_code_that_lives_with_its_users(argv, module):
 
 def test_the_parametrised_list_above_covers_every_mounted_command():
     assert sorted(mounted_commands()) == sorted([
-        "simulate", "baseline", "evaluate", "compare", "data synth", "data check", "ledger", "node check", "node sent",
+        "simulate", "baseline", "evaluate", "compare", "plot", "data synth", "data check", "ledger", "node check",
+        "node sent",
         "credentials init", "credentials add-hospital", "verify", "report",
     ])
 

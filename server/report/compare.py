@@ -336,7 +336,8 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
     def rate(metric: str) -> bool:  # rates in %, their changes in percentage points; loss and the rest plain
         return metric in ("accuracy", "macro_f1", "uar")
 
-    global_rows = [[escape(METRIC_LABELS.get(m, m)), pct(v["a"]) if rate(m) else num(v["a"]), pct(v["b"]) if rate(m) else num(v["b"]),
+    global_rows = [[escape(METRIC_LABELS.get(m, m)), pct(v["a"]) if rate(m) else num(v["a"]),
+                    pct(v["b"]) if rate(m) else num(v["b"]),
                     "n/a" if v["change"] is None else (f"{100 * v['change']:+.1f} pp" if rate(m)
                                                        else f"{v['change']:+.3f}")]
                    for m, v in comparison["global"].items()]
@@ -348,9 +349,9 @@ def render_comparison_html(comparison: dict[str, Any]) -> str:
                  for k, v in comparison["config_differences"].items()]
     summary = "".join(f"<li>{escape(line)}</li>" for line in comparison["findings"])
     rows = comparison.get("test_rows") or {}
+    headline = "DIFFERENT TEST ROWS" if rows.get("status") == "different" else "TEST ROWS NOT CONFIRMED"
     banner = "" if rows.get("status", "same") == "same" else (
-        f'<p class="flag" role="alert"><strong>{"DIFFERENT TEST ROWS" if rows["status"] == "different" else "TEST ROWS NOT CONFIRMED"}'
-        f":</strong> {escape(rows['message'])}.</p>")
+        f'<p class="flag" role="alert"><strong>{headline}:</strong> {escape(rows["message"])}.</p>')
     test_rows = (f"<h3>Test rows</h3><p>{escape(rows.get('message', 'not checked'))}. Digests: A "
                  f"{escape(_short(rows.get('a')))}; B {escape(_short(rows.get('b')))}.</p>") if rows else ""
     return f"""<!DOCTYPE html>
