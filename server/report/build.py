@@ -392,7 +392,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
             "flower_run_id": config.get("flower_run_id"),
             "data_dir": config.get("data_dir"),
             "mode": config.get("mode", "federated"),  # "centralised": the pooled baseline (fedemo baseline)
-            "test_split": config.get("test_split"),  # digest of the test rows where recorded (simulations/split_digest.py)
+            "test_split": config.get("test_split"),  # digest of the test rows where recorded (split_digest.py)
             "versions": config.get("versions", {}),
             "task": run_config.get("task"),
             "dataset": run_config.get("dataset"),
