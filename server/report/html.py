@@ -5,7 +5,11 @@ backend, no scripts, no network), built only from report.json, so
 ``fedemo report RUN_DIR`` can rebuild it at any time and the same JSON always
 gives the same page. The page names the SHA-256 of the report.json it was
 built from (``<meta name="fedemo-report-sha256">``), which ``fedemo verify``
-compares with the file, so an outdated page is caught.
+compares with the file, so an outdated page is caught. The page itself is
+bound to the signature: the coordinator signs its bytes (``write_html`` with
+the key), and a page without that signature must equal ``rendered_page``
+byte for byte. A report.json that does not verify never gets a clean page:
+its page opens with the UNVERIFIED banner.
 """
 
 from __future__ import annotations
@@ -418,9 +422,10 @@ def render_html(report: dict, report_sha256: str, key_id: str | None = None,
 <p>This page was built from <code>report.json</code> with SHA-256 <code>{report_sha256}</code>. That file is signed
 with the coordinator's Ed25519 key (<code>report.sig</code>, public key in <code>report.pub</code>).</p>
 <p>Signing key fingerprint: {f'<code class="fp">{escape(fingerprint(key_id))}</code>' if key_id else 'none (report.sig is missing)'}.
-Compare it with the fingerprint the coordinator publishes; this page itself is not signed, so run
+Compare it with the fingerprint the coordinator publishes. The coordinator also signs this page's exact bytes
+(<code>pages</code> in <code>report.sig</code>), but a page cannot vouch for itself: run
 <code>fedemo verify RUN_FOLDER</code> (it prints the same fingerprint) to check that neither file was
-changed since the run and that the page was built from the signed report.</p>
+changed since the run; it names the file that was.</p>
 <details><summary>Run configuration</summary>{html_table(['key', 'value'], config_rows)}</details>
 <p><small>Software: {escape(json.dumps(run.get('versions', {}), sort_keys=True))}</small></p>
 </body></html>
