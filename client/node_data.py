@@ -103,7 +103,7 @@ def _hospital_samples(dataset: str, root: str, client_id: str, dataset_id: str, 
     """A hospital's train/test split: the dataset's published one if it has both parts, else by record key."""
     data = _load(dataset, root, task)
     for kind, refs in data.flagged.items():  # kept, but in the node's log with a count (once: this is cached)
-        log(WARNING, "%s: %s: %d kept but suspect (first: %s); `fedemo data check` lists them",
+        log(WARNING, "%s: %s: %d kept but flagged (first: %s); `fedemo data check` lists them",
             printable(root), kind, len(refs), ", ".join(refs[:3]))
     split = data.published_split.astype(str)
     if np.any(split == "train") and np.any(split == "test"):

@@ -9,7 +9,7 @@ of every virtual node failing with a traceback of its own. The check runs the
 run's partitioner (every node must get ``min-partition-size`` samples) and
 decodes a sample of the clips (``DECODE_SAMPLE``; all of them if none of those
 decodes), so an all-NaN folder or a 5-row CSV for 10 nodes stops here too.
-Faces and clips that are kept but suspect are counted in the run's log.
+Faces and clips that are kept but flagged (constant or tiny faces, rounded rates) are counted in the run's log.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def prepare_data(settings: RunSettings, *, check: bool = True) -> Path | None:
                                      f"--format {settings.dataset} --nodes {spec.num_partitions} "
                                      f"--min-partition-size {spec.min_size})")
         for kind, refs in report.flagged.items():  # kept, but counted in the run's log
-            log(WARNING, "%s: %d in %s kept but suspect (first: %s); `fedemo data check` lists them",
+            log(WARNING, "%s: %d in %s kept but flagged (first: %s); `fedemo data check` lists them",
                 kind, len(refs), printable(data_dir), ", ".join(refs[:3]))
         if report.skipped:  # the folder's own skips, counted once here (each node counts only its own rows')
             shown = "; ".join(f"{s['ref']}: {s['reason']}" for s in report.skipped[:3])

@@ -179,7 +179,7 @@ def test_constant_faces_are_counted_in_the_check_and_in_the_runs_log(tmp_path, c
     _, settings = load_run_config(None, {"data-dir": str(folder), "num-supernodes": 2, "runs-dir": str(tmp_path / "r")})
     with caplog.at_level(logging.WARNING, logger="flwr"):
         assert prepare_data(settings) == folder
-    assert any(re.search(r"constant image: 300 in .* kept but suspect", r.getMessage()) for r in caplog.records)
+    assert any(re.search(r"constant image: 300 in .* kept but flagged", r.getMessage()) for r in caplog.records)
 
 
 @pytest.mark.slow

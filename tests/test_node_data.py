@@ -127,5 +127,5 @@ def test_a_hospital_node_logs_how_many_faces_are_constant_or_tiny(tmp_path, capl
         samples = client_samples(settings, {"data-path": str(root), "dataset-format": "rafdb"}, "")
     assert len(samples.train) + len(samples.test) == 60
     messages = [r.getMessage() for r in caplog.records]
-    assert any("constant image: 3 kept but suspect" in m for m in messages), messages
-    assert any("image under 24 px: 1 kept but suspect" in m for m in messages), messages
+    assert any("constant image: 3 kept but flagged" in m for m in messages), messages
+    assert any("image under 24 px: 1 kept but flagged" in m for m in messages), messages
