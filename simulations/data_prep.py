@@ -9,7 +9,8 @@ of every virtual node failing with a traceback of its own. The check runs the
 run's partitioner (every node must get ``min-partition-size`` samples) and
 decodes a sample of the clips (``DECODE_SAMPLE``; all of them if none of those
 decodes), so an all-NaN folder or a 5-row CSV for 10 nodes stops here too.
-Faces and clips that are kept but flagged (constant or tiny faces, rounded rates) are counted in the run's log.
+Faces and clips kept but flagged (constant or tiny faces, clips at a rate
+resampled by a rounded ratio) are counted in the run's log.
 """
 
 from __future__ import annotations
