@@ -27,7 +27,6 @@ import soundfile as sf
 
 from client.loaders.base import (DEMOGRAPHIC_ATTRIBUTES, DatasetFormatError, EmotionData, Skipped, first_skips,
                                  os_problem, printable)
-from client.loaders.images import FLAG_EXPLAINED
 from client.loaders.registry import DATASETS, TASK_DATASETS, load_dataset
 from client.partitioning import PartitionError, PartitionSpec, partition
 from shared_models.taxonomy import EMOTIONS, UNKNOWN
@@ -209,9 +208,12 @@ def _describe(data: EmotionData, report: DataCheckReport) -> None:
     report.per_split = dict(sorted(split.items()))
     report.skipped = [{"ref": s.ref, "reason": s.reason} for s in data.skipped]
     report.flagged = {kind: list(refs) for kind, refs in data.flagged.items() if refs}
+    explained: dict[str, str] = {}
+    if report.flagged and data.faces is not None:  # faces only: a voice node needs no image stack
+        from client.loaders.images import FLAG_EXPLAINED as explained
     for kind, refs in report.flagged.items():
-        if kind in FLAG_EXPLAINED:
-            report.warnings.append(f"{kind}: {len(refs)} kept but suspect, {FLAG_EXPLAINED[kind]} "
+        if kind in explained:
+            report.warnings.append(f"{kind}: {len(refs)} kept but suspect, {explained[kind]} "
                                    f"(first: {', '.join(refs[:3])})")
 
     for attr in DEMOGRAPHIC_ATTRIBUTES:
