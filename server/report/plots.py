@@ -92,7 +92,8 @@ def _legend_outside(ax, **kwargs) -> None:
     """The legend below the plot, where it hides no point and leaves the plot the figure's full width."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        ax.figure.legend(handles, labels, loc="outside lower center", ncols=1 if len(labels) > 4 else 2,
+        short = max(len(label) for label in labels) <= 30  # two short columns still fit the figure's width
+        ax.figure.legend(handles, labels, loc="outside lower center", ncols=2 if short and len(labels) > 1 else 1,
                          frameon=False, **kwargs)
 
 
