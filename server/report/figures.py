@@ -75,7 +75,7 @@ def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str]) -
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow(["" if row.get(c) is None else (repr(row[c]) if isinstance(row[c], float) else row[c])
+        writer.writerow(["" if row.get(c) is None else (repr(float(row[c])) if isinstance(row[c], float) else row[c])
                          for c in columns])
     return out.getvalue()
 
