@@ -110,7 +110,10 @@ def baseline_command(args: argparse.Namespace) -> int:
     overrides = _checked_overrides(args)
     from simulations.centralised import run_centralised
 
-    _print_summary(run_centralised(args.config, overrides, epochs=args.epochs))
+    run_dir = run_centralised(args.config, overrides, epochs=args.epochs)
+    _print_summary(run_dir)
+    print(f"Signed report {run_dir / 'report.html'}, figures {run_dir / 'figures'}; the federated gap: "
+          f"`fedemo compare RUN_DIR {run_dir} --out DIR` with a federated run of the same config")
     return 0
 
 
