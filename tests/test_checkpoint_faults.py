@@ -27,7 +27,6 @@ import torch
 from flwr.app import ArrayRecord
 
 from server.checkpoint import CHECKPOINT_FILE, Checkpoint, CheckpointError
-from shared_models.atomic_files import remove_stale_temp_files
 from simulations.cli import main as fedemo
 from simulations.run_config import default_config, load_run_config
 from simulations.simulate import resume_config, run_simulation
@@ -123,6 +122,8 @@ def test_every_flipped_byte_of_a_checkpoint_is_caught(tmp_path):
 
 
 def test_stale_temp_files_of_dead_writers_are_removed_and_a_live_writers_kept(tmp_path):
+    from shared_models.atomic_files import remove_stale_temp_files
+
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
