@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common import Error, Metadata
 
 from server.checkpoint import Checkpoint, CheckpointError
-from server.update_checks import UpdatePolicy, global_values, inspect, model_spec, screen
+from server.update_checks import UpdatePolicy, global_values, inspect, leave_one_out_medians, model_spec, screen
 from shared_models.registry import build_model
 from shared_models.run_settings import ConfigError
 from simulations.run_config import load_run_config
@@ -240,3 +240,11 @@ def test_client_level_dp_turns_off_every_rule_that_compares_hospitals():
     assert (policy.norm_ratio, policy.norm_growth, policy.weight_ratio, policy.min_cosine) == (0.0, 0.0, 0.0, -1.0)
     plain = UpdatePolicy.from_settings(load_run_config(None, {})[1], "num-examples")
     assert (plain.norm_ratio, plain.norm_growth, plain.weight_ratio, plain.min_cosine) == (10.0, 5.0, 3.0, -0.1)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 8])
+def test_leave_one_out_medians_are_numpys_median_of_the_others(n):
+    stacked = np.random.default_rng(n).standard_normal((n, 500)).astype(np.float32)
+    stacked[:, :20] = 0.25  # ties
+    for i, centre in enumerate(leave_one_out_medians(stacked)):
+        np.testing.assert_allclose(centre, np.median(np.delete(stacked, i, axis=0), axis=0), atol=1e-7)
