@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from shared_models.atomic_files import atomic_write_text
+from shared_models.config_error import ConfigError
 from shared_models.privacy_ledger import LEDGER_FILE, LedgerError, PrivacyLedger
 from shared_models.run_settings import RunSettings
 
@@ -98,6 +99,9 @@ def plan_spend(settings: RunSettings, node_config: Mapping[str, Any]) -> SpendPl
 
     if not settings.dp:
         raise LedgerError("the run config has dp = false: such a run spends no privacy budget (and protects nothing)")
+    if "data-path" not in node_config:
+        raise ConfigError('--node-config names no data-path: give the node\'s own, as flower-supernode takes it '
+                          '(data-path="..." dataset-format="..." dataset-id="..." state-dir="...")')
     samples = client_samples(settings, node_config, "")
     state_dir = state_dir_of(node_config)
     n = len(samples.train)
