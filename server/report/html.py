@@ -347,7 +347,7 @@ small{color:#666}
 .warn{border-left:4px solid #c60;background:#fff6e5;padding:.4em .8em}
 .headline{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
 .headline div{border:1px solid #ddd;border-radius:4px;padding:.4em .8em;min-width:10em}
-.headline span{display:block;font-size:.85em;color:#555}.headline b{display:block;font-size:1.6em}
+.headline div>span{display:block;font-size:.85em;color:#555}.headline b{display:block;font-size:1.6em}
 .headline small{display:block}
 code.fp{font-size:.95em;word-break:break-all}.nw,.banner code{white-space:nowrap}
 .scroll{overflow-x:auto;max-width:100%;margin:1em 0}.scroll table{margin:0}code{overflow-wrap:anywhere}
