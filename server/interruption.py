@@ -45,12 +45,13 @@ def reset() -> None:
     _REASON.clear()
 
 
-def install_handlers(stop_nodes: Callable[[], None] | None = None) -> dict[int, object]:
+def install_handlers(stop_nodes: Callable[[], bool] | None = None) -> dict[int, object]:
     """Catch SIGINT/SIGTERM for a run; returns the old handlers (``restore_handlers``).
 
     The first asks the coordinator to stop after the last checkpointed round; it then writes the
-    summary and report. The second also stops the node processes at once (``stop_nodes``): a node in
-    the middle of a long round no longer holds the end up. A third ends the process at once, with
+    summary and report. The second also stops the node processes at once (``stop_nodes``, which says
+    whether it could): a node in the middle of a long round no longer holds the end up. A third (or a
+    second that could stop no node) ends the process at once, with
     one line (the checkpoint on disk is whole: it is replaced atomically). None prints a traceback.
     """
     previous: dict[int, object] = {}
@@ -63,9 +64,8 @@ def install_handlers(stop_nodes: Callable[[], None] | None = None) -> dict[int, 
             request_stop(name)
             _say(f"{name}: stopping after the last completed round, then writing the summary and report "
                  "(again: stop the nodes at once)")
-        elif len(received) == 2 and stop_nodes is not None:
-            _say(f"{name} again: stopping the nodes now; writing the summary (again: quit at once)")
-            stop_nodes()
+        elif len(received) == 2 and stop_nodes is not None and stop_nodes():
+            _say(f"{name} again: stopped the nodes; writing the summary (again: quit at once)")
         else:
             _say(f"{name} again: quitting at once; the last checkpoint is kept (fedemo simulate --resume RUN_DIR)")
             os._exit(130)

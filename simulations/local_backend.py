@@ -230,14 +230,17 @@ class LocalBackend(Backend):
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                              reason="the simulation stopped while this node was working"), reply_to=message)
 
-    def stop_now(self) -> None:
-        """A second Ctrl-C: kill every worker, busy or idle; messages in hand are answered as stopped."""
+    def stop_now(self) -> bool:
+        """A second Ctrl-C: kill every worker, busy or idle; messages in hand are answered as stopped.
+
+        Called from a signal handler in the main thread, which may itself hold ``_lock`` (terminate):
+        the slots are copied without it.
+        """
         self._stopping.set()
-        with self._lock:
-            workers = list(self._slots)
-        for worker in workers:
+        for worker in list(self._slots):
             if worker.process.poll() is None:
                 worker.process.kill()
+        return True
 
     def abort(self) -> None:
         """The run is over (or was interrupted): kill the workers still busy with a message.

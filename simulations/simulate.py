@@ -191,8 +191,8 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     client_reference = client_app or client_app_reference(app_dir)
     interruption.reset()
     backend = None
-    # A second Ctrl-C stops the nodes at once (the local backend's workers; Ray stops its own on exit).
-    previous = interruption.install_handlers(stop_nodes=lambda: backend.stop_now() if backend is not None else None)
+    # A second Ctrl-C stops the nodes at once (the local backend's workers; under Ray it quits at once).
+    previous = interruption.install_handlers(stop_nodes=lambda: backend is not None and backend.stop_now())
     gpu = GpuSampler() if uses_gpu(settings) and GpuSampler.available() else None
     try:
         if gpu:
