@@ -37,8 +37,8 @@ from client.dp_allowlist import dp_allowlist_mod
 from client.dp_training import make_private, plan_round, planned_participation, steps_taken
 from client.fairness_weights import WeightedSamples
 from client.fixed_features import feature_dataset, uses_fixed_features
-from client.group_counts import (eval_noise_multiplier, group_count_metrics, overall_confusion,
-                                 release_noised_counts, sample_groups)
+from client.group_counts import (eval_noise_multiplier, group_calibration_metrics, group_count_metrics,
+                                 overall_confusion, release_noised_evaluation, sample_groups)
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.node_data import ClientSamples, client_samples
 from client.outgoing_audit import outgoing_audit_mod
@@ -204,8 +204,8 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         noise = eval_noise_multiplier(  # the configured floor, raised to fit the run's planned evaluations
             ledger, run, attributes=len(counts.group_confusion), floor=settings.eval_dp_noise_multiplier,
             planned_releases=planned_participation(settings.num_server_rounds + 1, settings.fraction_evaluate))
-        group_confusion, event = release_noised_counts(
-            counts.group_confusion, ledger=ledger, run=run,
+        group_confusion, group_calibration, event = release_noised_evaluation(  # confusion + calibration bins
+            counts.group_confusion, counts.group_calibration, ledger=ledger, run=run,
             server_round=int(config.get(msgs.SERVER_ROUND, 0)), noise_multiplier=noise)
         # The overall confusion is the mean over attributes of their noised groups' sums (each partitions the
         # test rows): post-processing, free. The exact loss and valence/arousal sums are not released at all.
@@ -214,6 +214,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
                    msgs.GROUP_DP_NOISE_MULTIPLIER: event.noise_multiplier,
                    msgs.GROUP_DP_EPSILON_SPENT: event.epsilon_after}  # the evaluation epsilon, not training's
         metrics.update(group_count_metrics(group_confusion, settings.dataset))
+        metrics.update(group_calibration_metrics(group_calibration, settings.dataset))
         reply = _reply(msg, samples, metrics)
         reply.content[msgs.CLIENT][msgs.DP_LEDGER_HEAD] = ledger.chain_head()
         return reply
@@ -227,6 +228,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     if counts.va_moments is not None:
         metrics[msgs.VA_MOMENTS] = [float(v) for v in counts.va_moments.ravel()]
     metrics.update(group_count_metrics(counts.group_confusion, settings.dataset))
+    metrics.update(group_calibration_metrics(counts.group_calibration, settings.dataset))
     return _reply(msg, samples, metrics)
 
 

@@ -6,12 +6,19 @@ confusion matrix flattened into one list-valued metric (``grp.race.asian``).
 Every node sends every key, with zeros for groups it has none of, because
 Flower aggregates only keys that all replies share. Never per-sample outputs.
 
+Beside each confusion matrix goes the group's calibration bins
+(``cal.race.asian``: per confidence bin the correct and incorrect counts and
+the confidence sum, shared_models/calibration_bins.py), so the report can give
+calibration per group.
+
 Optionally the counts are released through a Gaussian mechanism and recorded
 in the node's privacy ledger. One person is one test sample and sits in one
-group per attribute, so adding or removing them changes one cell of each
-attribute's histogram by 1: each attribute's histogram is a Gaussian
-mechanism with L2 sensitivity 1, composed at sample rate 1 with the
-configured noise multiplier. Add/remove is the adjacency that holds here
+group per attribute, so adding or removing them changes one confusion cell by
+1, one calibration bin's correct-or-incorrect cell by 1 and its confidence sum
+by at most 1: each attribute's release (its groups' confusion and bins) is a
+Gaussian mechanism with L2 sensitivity sqrt(3) (``COUNT_SENSITIVITY``; 1 when
+only the confusion was sent), noised with std multiplier x sqrt(3) and
+composed at sample rate 1 with the configured noise multiplier. Add/remove is the adjacency that holds here
 (unlike training's replace-one): the noised counts do not release the
 test-set size exactly, and one test record moves one cell per histogram.
 A release of A attributes is A such steps, recorded as one ``eval-counts``
@@ -36,7 +43,8 @@ import numpy as np
 
 from client.loaders.base import EmotionData
 from shared_models.privacy_ledger import ADD_REMOVE, BudgetExceeded, DPEvent, PrivacyLedger
-from shared_models.demographic_groups import COUNT_SENSITIVITY, group_schema, metric_key
+from shared_models.calibration_bins import CALIBRATION_BINS, CALIBRATION_FIELDS
+from shared_models.demographic_groups import COUNT_SENSITIVITY, calibration_key, group_schema, metric_key
 from shared_models.taxonomy import NUM_EMOTIONS, UNKNOWN
 
 EVAL_EVENT_KIND = "eval-counts"
@@ -62,6 +70,26 @@ def group_count_metrics(group_confusion: dict[str, np.ndarray], dataset: str) ->
         for i, group in enumerate(groups):
             metrics[metric_key(attribute, group)] = [int(v) for v in counts[i]]
     return metrics
+
+
+def group_calibration_metrics(group_calibration: dict[str, np.ndarray], dataset: str) -> dict[str, list[float]]:
+    """The reply's calibration keys: one flattened (bins x 3) float list per (attribute, group) of the schema."""
+    metrics = {}
+    cells = CALIBRATION_BINS * len(CALIBRATION_FIELDS)
+    for attribute, groups in group_schema(dataset).items():
+        counts = np.asarray(group_calibration[attribute], dtype=np.float64).reshape(len(groups), cells)
+        for i, group in enumerate(groups):
+            metrics[calibration_key(attribute, group)] = [float(v) for v in counts[i]]
+    return metrics
+
+
+def noised_calibration(group_calibration: dict[str, np.ndarray], noise_multiplier: float) -> dict[str, np.ndarray]:
+    """Gaussian noise of std ``noise_multiplier`` x sensitivity on every calibration cell, NOT clipped, not rounded
+    (the confidence sums are not integers); released with the confusion under one ledger event."""
+    rng = np.random.default_rng(secrets.randbits(128))
+    std = noise_multiplier * COUNT_SENSITIVITY
+    return {attribute: np.asarray(counts, dtype=np.float64) + rng.normal(0.0, std, np.shape(counts))
+            for attribute, counts in group_calibration.items()}
 
 
 def noised_counts(group_confusion: dict[str, np.ndarray], noise_multiplier: float) -> dict[str, np.ndarray]:
@@ -91,6 +119,24 @@ def release_noised_counts(group_confusion: dict[str, np.ndarray], *, ledger: Pri
     event = ledger.spend(run=run, server_round=server_round, noise_multiplier=noise_multiplier, sample_rate=1.0,
                          steps=len(group_confusion), max_grad_norm=COUNT_SENSITIVITY, kind=EVAL_EVENT_KIND)
     return noised_counts(group_confusion, noise_multiplier), event
+
+
+def release_noised_evaluation(group_confusion: dict[str, np.ndarray], group_calibration: dict[str, np.ndarray], *,
+                              ledger: PrivacyLedger, run: str, server_round: int, noise_multiplier: float
+                              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], DPEvent]:
+    """The confusion and calibration counts of every attribute as one accounted release: one Gaussian mechanism
+    per attribute of sensitivity ``COUNT_SENSITIVITY`` (sqrt 3) covering both, recorded before anything is noised."""
+    if set(group_calibration) != set(group_confusion):
+        raise ValueError("the calibration bins must cover the same attributes as the confusion counts")
+    noised, event = release_noised_counts(group_confusion, ledger=ledger, run=run, server_round=server_round,
+                                          noise_multiplier=noise_multiplier)
+    return noised, noised_calibration(group_calibration, noise_multiplier), event
+
+
+def overall_calibration(group_calibration: dict[str, np.ndarray]) -> np.ndarray:
+    """(bins, 3) calibration of all test rows: the mean over attributes of each attribute's groups summed,
+    as ``overall_confusion`` (not rounded)."""
+    return np.mean([np.asarray(c, dtype=np.float64).sum(axis=0) for c in group_calibration.values()], axis=0)
 
 
 def overall_confusion(group_confusion: dict[str, np.ndarray]) -> np.ndarray:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler
 
+from shared_models.calibration_bins import CALIBRATION_BINS, CALIBRATION_FIELDS, bin_counts
 from shared_models.taxonomy import NUM_EMOTIONS
 from shared_models.voice_models import ccc_loss
 
@@ -133,6 +134,9 @@ class EvalCounts:
     confusion: np.ndarray  # (7, 7) int64, rows = true class, columns = predicted
     va_moments: np.ndarray | None = None  # (2, 5): per dimension sum p, sum t, sum pp, sum tt, sum pt
     group_confusion: dict[str, np.ndarray] | None = None  # attribute -> (groups, 7, 7) int64, per demographic group
+    # (bins, 3) float: per confidence bin correct, incorrect, confidence sum (shared_models/calibration_bins.py)
+    calibration: np.ndarray | None = None
+    group_calibration: dict[str, np.ndarray] | None = None  # attribute -> (groups, bins, 3), per demographic group
 
 
 @torch.no_grad()
@@ -141,8 +145,9 @@ def evaluate(model: nn.Module, loader: DataLoader, *, n_inputs: int, device: tor
     """Counts of one pass over ``loader``.
 
     ``groups`` maps a demographic attribute to (group index of every sample in
-    loader order, number of groups); it adds one confusion matrix per group,
-    so the loader must not shuffle.
+    loader order, number of groups); it adds one confusion matrix and one set of
+    calibration bins per group, so the loader must not shuffle. The calibration
+    bins count the top-class softmax probability of every prediction.
     """
     if groups and not isinstance(loader.sampler, SequentialSampler):
         raise ValueError("per-group evaluation needs a loader in dataset order (shuffle=False)")
@@ -151,6 +156,9 @@ def evaluate(model: nn.Module, loader: DataLoader, *, n_inputs: int, device: tor
                        for attr, (_, size) in (groups or {}).items()}
     criterion = nn.CrossEntropyLoss(reduction="sum")
     confusion = np.zeros((NUM_EMOTIONS, NUM_EMOTIONS), dtype=np.int64)
+    cells = (CALIBRATION_BINS, len(CALIBRATION_FIELDS))
+    calibration = np.zeros(cells)
+    group_calibration = {attr: np.zeros((size, *cells)) for attr, (_, size) in (groups or {}).items()}
     loss_sum, n = 0.0, 0
     va_moments = None
     for batch in loader:
@@ -161,11 +169,18 @@ def evaluate(model: nn.Module, loader: DataLoader, *, n_inputs: int, device: tor
         pred = logits.argmax(dim=1).cpu().numpy()
         true = labels.cpu().numpy()
         np.add.at(confusion, (true, pred), 1)
+        confidence = logits.double().softmax(dim=1).max(dim=1).values.cpu().numpy()
+        calibration += bin_counts(confidence, pred == true)
         for attr, (codes, _) in (groups or {}).items():
-            np.add.at(group_confusion[attr], (codes[n - len(true):n], true, pred), 1)
+            batch_codes = codes[n - len(true):n]
+            np.add.at(group_confusion[attr], (batch_codes, true, pred), 1)
+            for g in np.unique(batch_codes):
+                in_group = batch_codes == g
+                group_calibration[attr][g] += bin_counts(confidence[in_group], (pred == true)[in_group])
         if va_pred is not None:
             p, t = va_pred.double().cpu(), va.double().cpu()
             moments = torch.stack([p.sum(0), t.sum(0), (p * p).sum(0), (t * t).sum(0), (p * t).sum(0)], dim=1)
             va_moments = moments.numpy() if va_moments is None else va_moments + moments.numpy()
     return EvalCounts(loss_sum=loss_sum, n=n, confusion=confusion, va_moments=va_moments,
-                      group_confusion=group_confusion if groups else None)
+                      group_confusion=group_confusion if groups else None, calibration=calibration,
+                      group_calibration=group_calibration if groups else None)

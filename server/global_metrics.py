@@ -20,7 +20,9 @@ import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
 from shared_models import messages as msgs
-from shared_models.demographic_groups import COUNT_SENSITIVITY, overall_noise_factor, parse_metric_key
+from shared_models.calibration_bins import CALIBRATION_BINS, CALIBRATION_FIELDS, ece_from_counts, reliability
+from shared_models.demographic_groups import (COUNT_SENSITIVITY, overall_noise_factor, parse_calibration_key,
+                                              parse_metric_key)
 from shared_models.taxonomy import NUM_EMOTIONS
 
 
@@ -118,8 +120,68 @@ def cell_noise_variance(noise_multipliers: list[float]) -> float:
     return float(sum((float(z) * COUNT_SENSITIVITY) ** 2 + 1.0 / 12.0 for z in noise_multipliers))
 
 
+def sum_group_calibration(metric_records) -> dict[str, dict[str, np.ndarray]]:
+    """Attribute -> group -> summed (bins, 3) calibration counts of the replies' ``cal.<attribute>.<group>`` keys."""
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for metrics in metric_records:
+        for key in metrics:
+            parsed = parse_calibration_key(key)
+            if parsed is None:
+                continue
+            attribute, group = parsed
+            counts = np.asarray(metrics[key], dtype=np.float64).reshape(CALIBRATION_BINS, len(CALIBRATION_FIELDS))
+            by_group = groups.setdefault(attribute, {})
+            by_group[group] = by_group[group] + counts if group in by_group else counts
+    return groups
+
+
+ECE_NOISE_DRAWS = 2000
+
+
+def ece_noise_bound(cell_variance: float, rows: float, bins: int = CALIBRATION_BINS) -> float:
+    """95% bound on how far count noise moves an ECE read from noised counts (0 for exact counts).
+
+    ECE = sum_b |confidence sum_b - correct_b| / rows; each bin's difference carries the noise of two cells
+    (variance 2 v), so by the triangle inequality the noise moves the numerator by at most sum_b |e_b|, whose
+    95th percentile is drawn here (fixed seed: a deterministic figure of v, rows and bins). The absolute
+    values bias a noised ECE upwards; the test set's own sampling error is not included.
+    """
+    if cell_variance <= 0 or rows <= 0:
+        return 0.0
+    draws = np.random.default_rng(0).normal(0.0, np.sqrt(2 * cell_variance), (ECE_NOISE_DRAWS, bins))
+    return float(np.quantile(np.abs(draws).sum(axis=1), 0.95) / rows)
+
+
+def _calibration_view(counts: np.ndarray, cell_variance: float) -> dict:
+    rows = float(counts[:, 0].sum() + counts[:, 1].sum())
+    return {"counts": counts.tolist(), "ece": ece_from_counts(counts), "rows": rows,
+            "ece_noise_bound": ece_noise_bound(cell_variance, rows), "reliability": reliability(counts)}
+
+
+def calibration_summary(client_metrics: list[tuple[str, dict]], noise_multipliers: list[float]) -> dict | None:
+    """metrics.jsonl's "calibration": summed bins, ECE and reliability overall and per group (None: no bins sent).
+
+    The overall bins are the mean over attributes of their groups' sums (each attribute's groups partition the
+    test rows), as the overall confusion is. Under noised counts every summed group cell carries noise of variance
+    sum (z x sensitivity)^2 (not rounded), the overall cell ``overall_noise_factor`` x that; each ECE comes with
+    ``ece_noise_bound`` and the record says it is noised.
+    """
+    groups = sum_group_calibration(m for _, m in client_metrics)
+    if not groups:
+        return None
+    variance = float(sum((float(z) * COUNT_SENSITIVITY) ** 2 for z in noise_multipliers))
+    overall_variance = overall_noise_factor([len(g) for g in groups.values()]) * variance if variance else 0.0
+    overall = np.mean([np.sum(list(by_group.values()), axis=0) for by_group in groups.values()], axis=0)
+    return {"bins": CALIBRATION_BINS, "fields": list(CALIBRATION_FIELDS), "noised": bool(noise_multipliers),
+            "cell_noise_variance": variance, "overall_cell_noise_variance": overall_variance,
+            "overall": _calibration_view(overall, overall_variance),
+            "groups": {a: {g: _calibration_view(c, variance) for g, c in by_group.items()}
+                       for a, by_group in groups.items()}}
+
+
 def group_summary(client_metrics: list[tuple[str, dict]]) -> dict:
-    """metrics.jsonl's "groups" (summed per-group confusion lists) and, when the nodes noised them, "groups_dp".
+    """metrics.jsonl's "groups" (summed per-group confusion lists), "calibration" (``calibration_summary``) and,
+    when the nodes noised them, "groups_dp".
 
     ``client_metrics`` is (client id, evaluation MetricRecord) of every reply without error. The sums are
     of the noised, unclipped cells; ``groups_dp.cell_noise_variance`` is the noise variance of every summed
@@ -140,6 +202,10 @@ def group_summary(client_metrics: list[tuple[str, dict]]) -> dict:
                                 * cell_noise_variance(multipliers) + len(noised) / 12.0),
                             "clipped": "for display only: sums are of the unclipped noised cells",
                             "epsilon_by_client": {cid: float(m[msgs.GROUP_DP_EPSILON_SPENT]) for cid, m in noised}}
+    calibration = calibration_summary(
+        client_metrics, [float(m[msgs.GROUP_DP_NOISE_MULTIPLIER]) for _, m in noised])
+    if calibration is not None:
+        out["calibration"] = calibration
     return out
 
 

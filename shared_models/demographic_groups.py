@@ -10,6 +10,8 @@ counts as "unknown", as the loaders already do for unknown codes.
 
 from __future__ import annotations
 
+import math
+
 from shared_models.taxonomy import AGE_BANDS, UNKNOWN
 
 # Canonical group names per attribute (docs/data.md), "unknown" last.
@@ -29,9 +31,13 @@ DATASET_ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 
 GROUP_KEY_PREFIX = "grp."
-# L2 sensitivity of one attribute's group-count histogram: one test record moves one cell by 1. The node
-# noises with it (client/group_counts.py), the coordinator's intervals and metrics.jsonl read it.
-COUNT_SENSITIVITY = 1.0
+CALIBRATION_KEY_PREFIX = "cal."  # a group's calibration bins (shared_models/calibration_bins.py)
+# L2 sensitivity of one attribute's release: its groups' confusion matrices and calibration bins. One test
+# record (add/remove) moves one confusion cell by 1, one bin's correct-or-incorrect cell by 1 and that bin's
+# confidence sum by its confidence (at most 1): sqrt(1 + 1 + 1). It was 1 while only the confusion was sent.
+# The node noises every cell with noise multiplier x this (client/group_counts.py); the epsilon depends on
+# the multiplier alone, so it holds; the coordinator's intervals and metrics.jsonl read it.
+COUNT_SENSITIVITY = math.sqrt(3.0)
 
 
 def overall_noise_factor(groups_per_attribute: list[int]) -> float:
@@ -66,4 +72,17 @@ def parse_metric_key(key: str) -> tuple[str, str] | None:
     if not key.startswith(GROUP_KEY_PREFIX):
         return None
     attribute, _, group = key[len(GROUP_KEY_PREFIX):].partition(".")
+    return attribute, group
+
+
+def calibration_key(attribute: str, group: str) -> str:
+    """MetricRecord key of one group's flattened calibration bins, e.g. "cal.race.asian"."""
+    return f"{CALIBRATION_KEY_PREFIX}{attribute}.{group}"
+
+
+def parse_calibration_key(key: str) -> tuple[str, str] | None:
+    """(attribute, group) of a calibration key, None for any other key."""
+    if not key.startswith(CALIBRATION_KEY_PREFIX):
+        return None
+    attribute, _, group = key[len(CALIBRATION_KEY_PREFIX):].partition(".")
     return attribute, group

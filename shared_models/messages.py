@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from shared_models.demographic_groups import GROUP_KEY_PREFIX
+from shared_models.demographic_groups import CALIBRATION_KEY_PREFIX, GROUP_KEY_PREFIX
 
 # ---------------------------------------------------------------- record names
 ARRAYS = "arrays"      # ArrayRecord: model weights (train request and reply, evaluate request)
@@ -88,7 +88,8 @@ DP_EXACT_EVAL_METRICS = frozenset({NUM_EXAMPLES, UPDATE_WEIGHT, CONFUSION, LOSS_
 
 
 def is_group_key(key: str) -> bool:
-    return key.startswith(GROUP_KEY_PREFIX)
+    """A per-group evaluation key: a group's confusion ("grp.") or its calibration bins ("cal."), noised alike."""
+    return key.startswith((GROUP_KEY_PREFIX, CALIBRATION_KEY_PREFIX))
 
 
 def dp_allowed_metrics(message_type: str, *, eval_counts_noised: bool) -> frozenset[str] | None:

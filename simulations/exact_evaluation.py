@@ -17,7 +17,9 @@ from typing import Any
 
 
 def exact_evaluation(run_dir: Path) -> dict[str, Any]:
-    """Accuracy, macro-F1 and UAR of the run's final model on all simulated nodes' test rows, and per node."""
+    """Accuracy, macro-F1, UAR, mean loss and ECE of the run's final model on all simulated nodes' test rows,
+    and per node: the exact figures beside the report's noised ones (the loss and calibration are what a
+    DP recipe's overconfidence shows in; shared_models/calibration_bins.py)."""
     import numpy as np
     import torch
     from torch.utils.data import DataLoader
@@ -28,6 +30,7 @@ def exact_evaluation(run_dir: Path) -> dict[str, Any]:
     from client.torch_data import NUM_MODEL_INPUTS
     from server.global_metrics import classification_metrics
     from shared_models.config_error import ConfigError
+    from shared_models.calibration_bins import ece_from_counts, reliability
     from shared_models.registry import build_model
     from shared_models.run_settings import RunSettings
 
@@ -43,6 +46,7 @@ def exact_evaluation(run_dir: Path) -> dict[str, Any]:
     model = build_model(settings.model, valence_arousal=settings.valence_arousal)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     total = np.zeros((7, 7), dtype=np.int64)
+    calibration, loss_sum = None, 0.0
     nodes = {}
     for pid in range(settings.num_supernodes):
         samples = client_samples(settings, {"partition-id": pid, "num-partitions": settings.num_supernodes}, data_dir)
@@ -50,10 +54,16 @@ def exact_evaluation(run_dir: Path) -> dict[str, Any]:
         counts = evaluate(model, DataLoader(test, batch_size=256), n_inputs=NUM_MODEL_INPUTS[settings.task],
                           device=torch.device("cpu"))
         total += counts.confusion.astype(np.int64)
-        nodes[str(pid)] = {"test_rows": int(counts.n), "accuracy": classification_metrics(counts.confusion)["accuracy"]}
+        loss_sum += counts.loss_sum
+        calibration = counts.calibration if calibration is None else calibration + counts.calibration
+        nodes[str(pid)] = {"test_rows": int(counts.n), "accuracy": classification_metrics(counts.confusion)["accuracy"],
+                           "ece": ece_from_counts(counts.calibration)}
     metrics = classification_metrics(total)
-    return {"run": run_dir.name, "test_rows": int(total.sum()), "accuracy": metrics["accuracy"],
-            "macro_f1": metrics["macro-f1"], "uar": metrics["uar"], "confusion": total.tolist(), "nodes": nodes}
+    rows = int(total.sum())
+    return {"run": run_dir.name, "test_rows": rows, "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro-f1"], "uar": metrics["uar"], "loss": loss_sum / rows if rows else float("nan"),
+            "ece": ece_from_counts(calibration), "reliability": reliability(calibration),
+            "confusion": total.tolist(), "nodes": nodes}
 
 
 def evaluate_command(args) -> int:
@@ -61,6 +71,6 @@ def evaluate_command(args) -> int:
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"{result['run']}: exact accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}, "
-          f"UAR {result['uar']:.3f} on {result['test_rows']} test rows of {len(result['nodes'])} simulated nodes "
+          f"UAR {result['uar']:.3f}, loss {result['loss']:.3f}, ECE {result['ece']:.3f} on {result['test_rows']} test rows of {len(result['nodes'])} simulated nodes "
           "(research figure: not signed, not part of the report)")
     return 0

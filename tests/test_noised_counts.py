@@ -18,7 +18,7 @@ from flwr.app import MetricRecord, RecordDict
 from client.group_counts import group_count_metrics, noised_counts, overall_confusion
 from server.global_metrics import aggregate_evaluation, classification_metrics, group_summary
 from shared_models import messages as msgs
-from shared_models.demographic_groups import group_schema
+from shared_models.demographic_groups import COUNT_SENSITIVITY, group_schema
 from shared_models.taxonomy import NUM_EMOTIONS
 
 K = NUM_EMOTIONS
@@ -59,13 +59,14 @@ def test_the_coordinators_summed_total_of_noised_counts_is_unbiased():
         reply = noised_reply(split)
         totals.append(aggregate_evaluation([RecordDict({"metrics": reply})], "num-examples")["eval-examples"])
         group_sums.append(np.array(group_summary([("0", reply)])["groups"][first]["unknown"]))
-    # The total sums every cell of the first attribute's groups, each with noise of variance sigma^2 + 1/12.
+    # The total sums every cell of the first attribute's groups, each with noise of variance
+    # (sigma x sensitivity)^2 + 1/12.
     cells = split[first].size
-    standard_error = np.sqrt(cells * (SIGMA ** 2 + 1 / 12) / releases)
+    standard_error = np.sqrt(cells * ((SIGMA * COUNT_SENSITIVITY) ** 2 + 1 / 12) / releases)
     assert abs(np.mean(totals) - 72) < 4 * standard_error, f"mean total {np.mean(totals):.1f} for 72 rows"
     # Every summed cell is unbiased too, an empty one included (clipping at 0 made it about 0.4 sigma).
     exact = split[first][list(group_schema(DATASET)[first]).index("unknown")]
-    cell_error = np.sqrt((SIGMA ** 2 + 1 / 12) / releases)
+    cell_error = np.sqrt(((SIGMA * COUNT_SENSITIVITY) ** 2 + 1 / 12) / releases)
     assert np.all(np.abs(np.mean(group_sums, axis=0).reshape(K, K) - exact) < 4.5 * cell_error)
 
 
@@ -75,7 +76,8 @@ def test_negative_noised_cells_are_sent_and_summed_and_recorded_with_their_varia
     summary = group_summary(replies)
     sums = [v for by_group in summary["groups"].values() for c in by_group.values() for row in c for v in row]
     assert min(sums) < 0  # noised sums of empty cells go below 0 and stay there
-    assert summary["groups_dp"]["cell_noise_variance"] == pytest.approx(2.0 ** 2 + 3.0 ** 2 + 2 / 12)
+    assert summary["groups_dp"]["cell_noise_variance"] == pytest.approx(
+        (2.0 ** 2 + 3.0 ** 2) * COUNT_SENSITIVITY ** 2 + 2 / 12)
 
 
 def test_displayed_figures_are_clipped():
@@ -159,7 +161,7 @@ def test_the_overall_confusion_averages_every_attribute_and_its_logged_variance_
     measured = overall.var(axis=0, ddof=1).mean()  # across the 49 cells, each over the releases
     assert 0.85 < measured / logged[0] < 1.15
     first_groups = len(next(iter(group_schema(DATASET).values())))
-    assert measured < 0.75 * first_groups * nodes * SIGMA ** 2  # the old first-attribute sum's variance
+    assert measured < 0.75 * first_groups * nodes * (SIGMA * COUNT_SENSITIVITY) ** 2  # the first attribute's sum
 
 
 def test_the_final_line_gives_the_noised_accuracys_interval_and_judges_the_majority_rate_by_it():
