@@ -264,7 +264,8 @@ class RunSettings:
         need(self.central_dp_clip_lr > 0, "central-dp-clip-lr", "must be > 0")
         need(self.central_dp_clipped_count_stddev >= 0, "central-dp-clipped-count-stddev", "must be >= 0")
         need(_plain_name(self.run_name), "run-name",
-             "must be a plain folder name (no '/', '\\', '..' or leading '.'): the run folder stays inside runs-dir")
+             "must be a plain folder name (no '/', '\\', '..' or leading '.', at most 200 bytes): the run folder "
+             "stays inside runs-dir")
         need(not self.signing_key or not _inside(self.signing_key, self.runs_dir), "signing-key",
              "lies inside runs-dir; keep the coordinator's key outside run folders")
         need(0 < self.secagg_num_shares <= 1, "secagg-num-shares", "must be in (0, 1] (a share of the sampled nodes)")
@@ -305,7 +306,7 @@ def secure_mode_available() -> bool:
 def _plain_name(name: str) -> bool:
     """A run name that names one folder directly inside runs-dir ("" is a generated one)."""
     return name == "" or ("/" not in name and "\\" not in name and not name.startswith(".")
-                          and name.isprintable())
+                          and name.isprintable() and len(name.encode("utf-8", "surrogateescape")) <= 200)
 
 
 def _inside(path: str, folder: str) -> bool:

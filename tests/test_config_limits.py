@@ -54,7 +54,7 @@ def test_dp_epsilon_inf_from_the_command_line_is_one_line_before_any_run(tmp_pat
 
 
 @pytest.mark.parametrize("name", ["../../escape", "../sibling", "a/b", "..", ".", ".hidden", "/tmp/absolute",
-                                  "back\\slash", "new\nline"])
+                                  "back\\slash", "new\nline", "x" * 201])
 def test_a_run_name_that_leaves_runs_dir_is_refused(tmp_path, name):
     with pytest.raises(ConfigError, match="run-config run-name = .*plain folder name"):
         load_run_config(None, {"run-name": name, "runs-dir": str(tmp_path / "a" / "b" / "runs")})
