@@ -184,8 +184,9 @@ def test_a_poisoning_past_the_screen_stops_the_run_non_zero_with_the_best_weight
 @pytest.mark.slow
 def test_a_node_past_the_round_deadline_is_recorded_as_a_timeout_by_client_id(tmp_path, faces, monkeypatch):
     """A node that sleeps held the round for 155 s (deadline hard-coded at 3600 s); round-timeout now bounds it."""
-    monkeypatch.setenv("FEDEMO_TEST_SLEEP_S", "25")
-    run_dir = simulate(tmp_path, faces, "sleep", 4, round_timeout=8.0, num_server_rounds=1)
+    monkeypatch.setenv("FEDEMO_TEST_SLEEP_S", "60")
+    # a worker process per node: in simulation a sleeping node holds its worker, which others would queue behind
+    run_dir = simulate(tmp_path, faces, "sleep", 4, round_timeout=20.0, num_server_rounds=1, simulation_workers=4)
     train = read_rounds(run_dir)[1]["train"]
     assert [t.get("client") for t in train["timeouts"]] == ["0"] and "round-timeout" in train["timeouts"][0]["reason"]
     assert sorted(c["client"] for c in train["clients"]) == ["1", "2", "3"]
