@@ -26,6 +26,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.report.baseline import baseline_section, hospitals_section
+from server.report.calibration import calibration_report
 from server.report.fairness import accuracy_interval as group_accuracy_interval
 from server.report.fairness import count_noise_variance, fairness_history, fairness_view
 from server.report.ledger_chain import chain_check, recorded_heads
@@ -419,6 +420,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "privacy": privacy_section(config, rounds, summary, run_dir),
         "fairness": fairness,
         "fairness_settings": fairness_settings,
+        "calibration": calibration_report(rounds),  # ECE and reliability, overall and per group (calibration.py)
     }
     return _clean(report)
 

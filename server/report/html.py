@@ -20,6 +20,7 @@ import re
 from html import escape
 from pathlib import Path
 
+from server.report.calibration import calibration_section
 from server.report.difference_rule import INCONCLUSIVE_WIDTH_FACTOR, VERDICTS
 from server.report.html_parts import (fingerprint, headline_html, hospitals_html, html_table, incomplete_banner,
                                       delta, eps, interval, loss_note, majority_banner, num, nw, pp_interval,
@@ -390,7 +391,7 @@ def render_html(report: dict, report_sha256: str, key_id: str | None = None,
                   if key_id else "<strong>no signature found</strong> (report.sig is missing)")
     summary = "".join(f"<li>{escape(line)}</li>" for line in plain_summary(report))
     loss = loss_note(report.get("rounds") or [])
-    calibration = ""  # the calibration section goes here: calibration_section(report) (server/report/calibration.py)
+    calibration = calibration_section(report)  # ECE per group and reliability diagram (server/report/calibration.py)
     config_rows = [[escape(k), escape(json.dumps(v))] for k, v in sorted(report.get("config", {}).items())]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -1,0 +1,117 @@
+"""The report's calibration: does "80% sure" mean right 80% of the time, overall and for each group?
+
+For a clinical reader a model's probabilities matter as much as its accuracy,
+and DP-SGD's effect on them is part of its cost (a DP head can keep its
+accuracy while its confidence runs away). The coordinator has no test data:
+each round's metrics.jsonl ``calibration`` record holds the nodes' summed
+confidence bins (server/global_metrics.py ``calibration_summary``; noised
+alike with the confusion counts under ``eval-dp-noise-multiplier``), and this
+module turns the last round's into report.json's ``calibration`` section, a
+table of expected calibration error (ECE) per group and a reliability diagram.
+
+Under noised counts each ECE is read from noised bins: the absolute values in
+it bias it upwards, and its ``ece_noise_bound`` (95%) says how far the noise
+can move it; both are on the page, with the words "noised". A group with
+fewer than ``MIN_ROWS`` test rows gets no ECE: ten bins of a handful of rows
+say nothing.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from server.report.html_parts import html_table, nw
+from server.report.plots import _legend_outside, _percent_axis, figure_img, subplots
+
+MIN_ROWS = 30
+
+
+def calibration_report(rounds: list[dict]) -> dict[str, Any] | None:
+    """report.json's ``calibration``: the last round's bins, ECE and reliability, overall and per group, and the
+    overall ECE of every round that logged bins (None: no round did)."""
+    logged = [r for r in rounds if r.get("calibration")]
+    if not logged:
+        return None
+    last = logged[-1]["calibration"]
+    groups = {attribute: {group: {**view, "too_few_rows": view["rows"] < MIN_ROWS} for group, view in by_group.items()}
+              for attribute, by_group in last["groups"].items()}
+    return {"round": logged[-1]["round"], "noised": last["noised"], "bins": last["bins"], "min_rows": MIN_ROWS,
+            "overall": last["overall"], "groups": groups,
+            "history": [{"round": r["round"], "ece": r["calibration"]["overall"]["ece"],
+                         "ece_noise_bound": r["calibration"]["overall"]["ece_noise_bound"]} for r in logged]}
+
+
+def reliability_figure(calibration: dict[str, Any]):
+    """(figure, alt): accuracy per confidence bin against the diagonal of perfect calibration (overall)."""
+    rel = calibration["overall"]["reliability"]
+    shown = [i for i, rows in enumerate(rel["rows"]) if rows and rows >= 1 and rel["accuracy"][i] is not None]
+    if not shown:
+        return None
+    fig, ax = subplots(4.2)
+    width = 100 * (rel["upper"][0] - rel["lower"][0])
+    centres = [100 * (rel["lower"][i] + rel["upper"][i]) / 2 for i in shown]
+    ax.bar(centres, [100 * rel["accuracy"][i] for i in shown], width=0.9 * width, color="#1f77b4", alpha=0.75,
+           label="accuracy in the bin" + (" (noised counts)" if calibration["noised"] else ""))
+    ax.plot([100 * rel["confidence"][i] for i in shown], [100 * rel["accuracy"][i] for i in shown], "o",
+            color="#d62728", label="at the bin's mean confidence")
+    ax.plot([0, 100], [0, 100], linestyle="--", color="#444444", linewidth=1, label="perfectly calibrated")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    _percent_axis(ax, "x")
+    _percent_axis(ax)
+    ax.set_xlabel("model's confidence (top-class probability)")
+    ax.set_ylabel("% right")
+    ax.set_title(f"Reliability, round {calibration['round']}")
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    overall = calibration["overall"]
+    alt = (f"Reliability diagram: accuracy per confidence bin against the diagonal; expected calibration error "
+           f"{100 * overall['ece']:.1f} percentage points" if overall.get("ece") is not None else
+           "Reliability diagram: accuracy per confidence bin against the diagonal")
+    return fig, alt
+
+
+def plot_reliability(calibration: dict[str, Any]) -> str:
+    drawn = reliability_figure(calibration)
+    return "" if drawn is None else figure_img(*drawn)
+
+
+def _ece_cell(view: dict[str, Any], noised: bool) -> str:
+    if view.get("ece") is None:
+        return "n/a"
+    text = f"{100 * view['ece']:.1f} pp"
+    if noised:
+        text += f" &plusmn; {100 * view['ece_noise_bound']:.1f}"
+    return nw(text)
+
+
+def calibration_section(report: dict[str, Any]) -> str:
+    """The page's calibration section (HTML); '' when the run logged no calibration bins."""
+    calibration = report.get("calibration")
+    if not calibration:
+        return ""
+    noised = calibration["noised"]
+    overall = calibration["overall"]
+    words = ("The expected calibration error (ECE) is how far, on average over the test rows, the model's "
+             "confidence in its answer is from how often such answers are right: 0 means \"80% sure\" is right "
+             "80% of the time. It is computed from the hospitals' counts per confidence bin, never from "
+             "their predictions.")
+    caveat = (" <strong>Noised:</strong> the counts carry the evaluation noise that protects each test record; "
+              "each ECE is given &plusmn; how far that noise can move it (95%), and the noise tends to raise it "
+              "(an ECE near its bound may be noise alone). The test set's own sampling error is not included."
+              if noised else "")
+    rows = []
+    for attribute, by_group in calibration["groups"].items():
+        for group, view in by_group.items():
+            shown = "too few test rows" if view["too_few_rows"] else _ece_cell(view, noised)
+            rows.append([escape(attribute), escape(group), f"{view['rows']:.0f}", shown])
+    history = ", ".join(f"round {h['round']}: {100 * h['ece']:.1f} pp" for h in calibration["history"]
+                        if h.get("ece") is not None)
+    return (f"<h2>Do its probabilities mean what they say? (calibration)</h2>\n"
+            f"<p>{words}{caveat}</p>\n"
+            f"<p>Overall ECE in round {calibration['round']}: <strong>{_ece_cell(overall, noised)}</strong> "
+            f"on {overall['rows']:.0f} test rows.</p>\n"
+            f"{plot_reliability(calibration)}\n"
+            f"{html_table(['attribute', 'group', 'test rows', 'ECE'], rows)}\n"
+            f"<p><small>Overall ECE by round: {escape(history)}.</small></p>")
