@@ -44,3 +44,9 @@ def chosen_aggregation(settings: RunSettings) -> tuple[str, str]:
     if n >= AUTO_ROBUST_FROM:
         return "fedtrimmedavg", f"auto: {n} nodes per round (>= {AUTO_ROBUST_FROM}): a trimmed mean"
     return "fedavg", f"auto: {n} nodes per round (< {AUTO_ROBUST_FROM}: a trimmed mean would cut nothing)"
+
+
+def aggregation_record(settings: RunSettings) -> dict[str, str]:
+    """summary.json's ``aggregation``: what ran, and why (config.json keeps the key as set, e.g. "auto")."""
+    used, why = chosen_aggregation(settings)
+    return {"used": used, "why": why}

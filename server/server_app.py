@@ -36,6 +36,7 @@ from server.checkpoint import Checkpoint, CheckpointError, NonFiniteWeights, che
 from server.report.build import coordinator_key, report_at_end_of_run
 from server.round_recorder import RoundRecorder
 from server.divergence_guard import rolled_back_summary, start_guard
+from server.robust_aggregation import aggregation_record
 from server.rounds import FIRST_ROUND_TIMEOUT_S, Interrupted, RoundDeadline, RoundsOutcome, evaluate_round, run_rounds
 from server.run_record import RunRecord, failure_reason, new_run_id
 from shared_models.atomic_files import remove_stale_temp_files
@@ -114,6 +115,7 @@ def coordinate(grid: Grid, context: Context) -> None:
                 raise
             outcome = stopped_at_last_checkpoint(record, recorder, initial, interrupted=True)
             extra = {"stop_reason": f"disk full: {err.strerror} writing {err.filename}"}
+    extra["aggregation"] = aggregation_record(settings)  # what "auto" chose (server/robust_aggregation.py)
     finish(record, recorder, outcome, extra, settings, signing_key)
 
 

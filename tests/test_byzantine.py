@@ -173,6 +173,8 @@ def test_a_poisoning_past_the_screen_stops_the_run_non_zero_with_the_best_weight
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["diverged"]["round"] == 1 and summary["diverged"]["rolled_back_to_round"] == 0
     assert summary["final"]["round"] == 0 and summary["diverged_last_round"]["round"] == 1
+    assert summary["aggregation"] == {"used": "fedavg", "why": "auto: 4 nodes per round (< 5: a trimmed mean would "
+                                                                "cut nothing)"}
     report = json.loads((run_dir / "report.json").read_text())
     assert "above round 0's" in json.dumps(report)
     initial = read_rounds(run_dir)[0]
