@@ -43,6 +43,8 @@ def mounted_commands() -> list[str]:
     (["ledger", "node-state"], "client.commands"),
     (["node", "check", "--superlink", "localhost:8000", "--root-certificates", "ca.crt"], "client.commands"),
     (["node", "sent", "state"], "client.commands"),
+    (["node", "approve", "--node-config", "dataset-id='a'", "--run-config", "run.toml"], "client.commands"),
+    (["node", "dry-run", "--node-config", "dataset-id='a'", "--run-config", "run.toml"], "simulations.node_dry_run"),
     (["credentials", "init", "creds"], "server.commands"),
     (["credentials", "add-hospital", "creds", "hospital-d"], "server.commands"),
     (["verify", "run"], "server.commands"),
@@ -56,7 +58,7 @@ def test_each_command_runs_code_that_lives_with_its_users(argv, module):
 def test_the_parametrised_list_above_covers_every_mounted_command():
     assert sorted(mounted_commands()) == sorted([
         "simulate", "baseline", "evaluate", "compare", "plot", "data synth", "data check", "ledger", "node check",
-        "node sent",
+        "node sent", "node approve", "node dry-run",
         "credentials init", "credentials add-hospital", "verify", "report",
     ])
 
