@@ -77,9 +77,14 @@ def plot_reliability(calibration: dict[str, Any]) -> str:
     return "" if drawn is None else figure_img(*drawn)
 
 
+UNREADABLE_BOUND = 0.5  # a noise bound of 50 pp or more: the noised ECE says nothing about the group
+
+
 def _ece_cell(view: dict[str, Any], noised: bool) -> str:
     if view.get("ece") is None:
         return "n/a"
+    if noised and view["ece_noise_bound"] >= UNREADABLE_BOUND:
+        return nw(f"too noised to read (&plusmn; {100 * view['ece_noise_bound']:.0f} pp)")
     text = f"{100 * view['ece']:.1f} pp"
     if noised:
         text += f" &plusmn; {100 * view['ece_noise_bound']:.1f}"
