@@ -45,16 +45,19 @@ def calibration_report(rounds: list[dict]) -> dict[str, Any] | None:
 def reliability_figure(calibration: dict[str, Any]):
     """(figure, alt): accuracy per confidence bin against the diagonal of perfect calibration (overall)."""
     rel = calibration["overall"]["reliability"]
-    shown = [i for i, rows in enumerate(rel["rows"]) if rows and rows >= 1 and rel["accuracy"][i] is not None]
+    noised = calibration["noised"]
+    least = MIN_ROWS if noised else 1  # a noised bin of a few rows reads as anything: left out
+    shown = [i for i, rows in enumerate(rel["rows"]) if rows and rows >= least and rel["accuracy"][i] is not None]
     if not shown:
         return None
     fig, ax = subplots(4.2)
     width = 100 * (rel["upper"][0] - rel["lower"][0])
     centres = [100 * (rel["lower"][i] + rel["upper"][i]) / 2 for i in shown]
     ax.bar(centres, [100 * rel["accuracy"][i] for i in shown], width=0.9 * width, color="#1f77b4", alpha=0.75,
-           label="accuracy in the bin" + (" (noised counts)" if calibration["noised"] else ""))
-    ax.plot([100 * rel["confidence"][i] for i in shown], [100 * rel["accuracy"][i] for i in shown], "o",
-            color="#d62728", label="at the bin's mean confidence")
+           label="accuracy in the bin" + (f" (noised counts; bins of {MIN_ROWS}+ rows)" if noised else ""))
+    if not noised:  # a noised bin's mean confidence (noised sum / noised rows) can fall outside its bin
+        ax.plot([100 * rel["confidence"][i] for i in shown], [100 * rel["accuracy"][i] for i in shown], "o",
+                color="#d62728", label="at the bin's mean confidence")
     ax.plot([0, 100], [0, 100], linestyle="--", color="#444444", linewidth=1, label="perfectly calibrated")
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 100)
