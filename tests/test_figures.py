@@ -120,3 +120,19 @@ def test_plot_overlays_two_runs_as_two_settings_with_their_own_curves(runs, tmp_
 def test_plot_names_a_folder_that_is_no_run(tmp_path, capsys):
     assert fedemo(["plot", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "config.json is missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # builds and signs a real run's report
+def test_a_figure_that_cannot_be_written_leaves_the_signed_report_standing(tmp_path, caplog):
+    # figures/ blocked by a plain file: the report and its page are written and verify; the log says what is missing.
+    run = tmp_path / "learned_run"
+    shutil.copytree(FIXTURES / "learned_run", run)
+    (run / "figures").write_text("not a folder")
+    from server.report.build import report_at_end_of_run
+    from server.report.signing import load_or_create_key
+
+    key = load_or_create_key(tmp_path / "key.pem")
+    assert report_at_end_of_run(run, key) == run / "report.json"
+    assert (run / "report.html").is_file()
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "No report written" not in messages and "no figures/" in messages

@@ -465,7 +465,12 @@ def write_report(run_dir: Path, key: Ed25519PrivateKey) -> Path:
     run_dir = Path(run_dir)
     path = write_signed(run_dir, build_report(run_dir), key)
     write_html(run_dir, key)  # signs the page too (report.sig "pages")
+    from flwr.common.logger import log
     from server.report.figures import write_figures  # figures/ and rounds.csv for a paper (not signed: derived)
 
-    write_figures(run_dir, json.loads(path.read_text(encoding="utf-8")))
+    try:  # the signed report stands without them: a figure problem is a warning, not "no report"
+        write_figures(run_dir, json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        log(WARNING, "Report written, but no figures/ for %s: %s (`fedemo report --build %s` writes them again)",
+            run_dir, err, run_dir)
     return path
