@@ -56,6 +56,11 @@ def vm_kib(key):
         if line.startswith(key):
             return int(line.split()[1])
 base_rss = vm_kib("VmRSS:")
+try:  # reset the high-water mark to now (Linux >= 4.0), so the peak below is the decode's
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+except OSError:
+    pass
 if limit_mb > 0:
     cap = (vm_kib("VmSize:") + limit_mb * 1024) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -66,7 +71,9 @@ try:
 except BaseException as err:
     wave = None
     result.update(ok=False, error=f"{type(err).__name__}: {str(err)[:200]}")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the decode's peak, before the check below
+# The decode's peak, before the check below. VmHWM, not ru_maxrss: Linux folds the parent's peak into a child's
+# ru_maxrss across fork and exec, so under a large parent (a long pytest run) ru_maxrss read the parent's 3.4 GB.
+peak = vm_kib("VmHWM:")
 result.update(peak_mb=peak / 1024, rise_mb=(peak - base_rss) / 1024)
 if wave is not None:  # where the 440 Hz tone landed (a power-of-two FFT: cheap in memory)
     spectrum = np.abs(np.fft.rfft(wave, n=1 << 20))
