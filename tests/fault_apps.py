@@ -84,6 +84,8 @@ def fault_mod(fault: str, partitions: tuple[int, ...] = (FAULTY_PARTITION,)):
         faulty = int(context.node_config.get("partition-id", -1)) in partitions
         if fault == "crash" and is_train and faulty:
             raise NodeCrash("injected dropout: this node fails every training round")
+        if fault == "crash-evaluate" and not is_train and faulty:
+            raise NodeCrash("injected failure: this node cannot read its test data")
         if fault == "exit" and is_train and faulty:
             os._exit(17)  # the node's process dies mid-round, as from a segfault or the OOM killer
         if fault == "sleep" and is_train and faulty:  # a node that holds the round (FEDEMO_TEST_SLEEP_S seconds)
@@ -141,4 +143,5 @@ flip9_app = faulty_app("flip9")  # node 0: the update flipped, x9
 heavy_app = faulty_app("heavy")  # node 0: flipped, honest size, num-examples 10^9
 collude_app = faulty_app("collude", (0, 1))  # nodes 0 and 1: the same x10 update
 drift_app = faulty_app("drift")  # node 0: flipped, x1.5 more each round
+crash_evaluate_all_app = faulty_app("crash-evaluate", tuple(range(1000)))  # every node fails every evaluation
 sleep_app = faulty_app("sleep")  # node 0 sleeps FEDEMO_TEST_SLEEP_S seconds before training

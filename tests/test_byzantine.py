@@ -192,3 +192,16 @@ def test_a_node_past_the_round_deadline_is_recorded_as_a_timeout_by_client_id(tm
     train = read_rounds(run_dir)[1]["train"]
     assert [t.get("client") for t in train["timeouts"]] == ["0"] and "round-timeout" in train["timeouts"][0]["reason"]
     assert sorted(c["client"] for c in train["clients"]) == ["1", "2", "3"]
+
+
+def test_one_noisy_round_above_the_untrained_loss_is_not_divergence_but_staying_above_it_is():
+    # Central DP on 3 nodes once measured round 1 at 1.8 x round 0's loss and recovered; the guard must not end
+    # such a run, but a model that stays worse than untrained for divergence-rounds evaluations has diverged.
+    guard = start_guard(3, [evaluated(0, 2.0)], ArrayRecord(), 0)
+    assert guard.observe(1, evaluated(1, 3.6), ArrayRecord()) is None
+    assert guard.observe(2, evaluated(2, 1.9), ArrayRecord()) is None  # recovered below the untrained loss
+    stuck = start_guard(3, [evaluated(0, 2.0)], ArrayRecord(), 0)
+    verdicts = [stuck.observe(r, evaluated(r, loss), ArrayRecord()) for r, loss in enumerate([2.5, 2.3, 2.4], 1)]
+    assert verdicts[:2] == [None, None] and "for 3 rounds in a row" in verdicts[2]
+    assert "above round 0's" in start_guard(3, [evaluated(0, 2.0)], ArrayRecord(), 0).observe(
+        1, evaluated(1, 4.5), ArrayRecord())  # more than twice the untrained loss: at once

@@ -167,7 +167,8 @@ def test_a_simulation_with_one_diverged_hospital_releases_every_planned_round(tm
         "data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": "diverged",
         "synth-samples": 300, "num-supernodes": M, "min-available-nodes": M, "num-server-rounds": rounds,
         "local-epochs": 1, "central-dp": "server-fixed", "central-dp-noise-multiplier": z,
-        "central-dp-clipping-norm": 0.5, "central-dp-epsilon": budget, "update-max-norm": 50.0},
+        "central-dp-clipping-norm": 0.5, "central-dp-epsilon": budget, "update-max-norm": 50.0,
+        "divergence-rounds": 0},  # z = 2 on 3 tiny nodes ruins the model (loss 34 once): releases are the point here
         client_app="tests.test_central_dp_release:nan_app")
     entries = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["round"] for e in entries] == [0, 1, 2]

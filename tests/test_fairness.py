@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 from client.group_counts import release_noised_counts
 from shared_models.privacy_ledger import ADD_REMOVE, BudgetExceeded, PrivacyLedger, epsilon_of
 from server.report.fairness import confusion_statistics, fairness_history, fairness_view
-from shared_models.demographic_groups import group_schema
+from shared_models.demographic_groups import COUNT_SENSITIVITY, group_schema
 from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
 
 K = NUM_EMOTIONS
@@ -255,10 +255,11 @@ def test_noised_counts_under_dp_spend_from_the_ledger_and_nothing_exact_is_relea
     n_attributes = len(group_schema("fer2013"))
     for entry in rounds:
         assert not entry["evaluate"]["failures"]
-        assert entry["groups_dp"]["noise_multiplier"] == sigma and entry["groups_dp"]["sensitivity"] == 1
+        assert entry["groups_dp"]["noise_multiplier"] == sigma
+        assert entry["groups_dp"]["sensitivity"] == COUNT_SENSITIVITY  # sqrt 3: confusion + calibration cells
         for by_group in entry["groups"].values():  # sums of unclipped noised cells: integers, negatives allowed
             assert all(isinstance(v, int) for c in by_group.values() for row in c for v in row)
-        assert entry["groups_dp"]["cell_noise_variance"] == pytest.approx(3 * (sigma ** 2 + 1 / 12))
+        assert entry["groups_dp"]["cell_noise_variance"] == pytest.approx(3 * ((sigma * COUNT_SENSITIVITY) ** 2 + 1 / 12))
         # The global confusion is post-processing of the noised groups (each node's mean over attributes of
         # their group sums, rounded: within half a count per node of the mean of the summed groups); no exact
         # loss was sent.
