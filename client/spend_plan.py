@@ -10,9 +10,11 @@ config (rounds, fraction sampled, ``dp-epsilon``), exactly as the node will
 calibrate it (``client.dp_training``), shows it, asks (or takes ``--yes``)
 and writes ``spend_approval.json`` in the node's ``state-dir``.
 
-A node whose node config sets ``approve-first=true`` refuses to spend on a
-dataset-id that has never spent until that approval is there and covers the
-run's budget (``require_approval``, called where the ClientApp opens its
+A deployed node (its node config names a ``data-path``) refuses to spend on
+a dataset-id that has never spent until that approval is there and covers
+the run's budget, unless its node config sets ``approve-first=false``
+(simulated nodes, which hold a share of a research data folder, default to
+false) (``require_approval``, called where the ClientApp opens its
 ledger): the guard sits where the spending happens, so a node started by
 plain ``flower-supernode`` (a systemd unit) is held as well. Once a dataset
 has spent, its ledger composes every later run against the same budget.
@@ -178,9 +180,17 @@ def read_approval(state_dir: Path) -> dict | None:
         raise LedgerError(f"{path}: not a spend approval ({err.msg}); approve again with `fedemo node approve`")
 
 
+def approval_required(node_config: Mapping[str, Any]) -> bool:
+    """``approve-first`` as set, else on for a deployed node (a ``data-path``), off for a simulated one."""
+    value = node_config.get(APPROVE_FIRST, "data-path" in node_config)
+    if isinstance(value, str):
+        value = value.strip().lower() not in ("false", "0", "no", "")
+    return bool(value)
+
+
 def require_approval(node_config: Mapping[str, Any], state_dir: Path, ledger: PrivacyLedger) -> None:
     """Under ``approve-first``, a never-spent dataset spends only what its operator approved (raises: declines)."""
-    if not node_config.get(APPROVE_FIRST) or ledger.events:
+    if not approval_required(node_config) or ledger.events:
         return
     approval = read_approval(state_dir)
     command = (f"run `fedemo node approve --node-config '...' --run-config RUN_CONFIG` on the node with its "

@@ -55,7 +55,7 @@ def dry_run(node_config: dict[str, Any], run_config_file: str | Path, rounds: in
     with tempfile.TemporaryDirectory(prefix="fedemo-dry-run-") as scratch:
         data = synthesize(fmt, Path(scratch) / "data", size, seed=0)
         fake = {k: v for k, v in node_config.items() if k != APPROVE_FIRST}
-        fake.update({"data-path": str(data), "state-dir": str(Path(scratch) / "state"),
+        fake.update({APPROVE_FIRST: False, "data-path": str(data), "state-dir": str(Path(scratch) / "state"),
                      "dataset-id": f"dry-run:{real.dataset_id}"})
         context = Context(run_id=1, node_id=1, node_config=fake, state=RecordDict(), run_config=settings.to_config())
         weights = ArrayRecord(build_model(settings.model, valence_arousal=settings.valence_arousal).state_dict())

@@ -52,7 +52,8 @@ def _context(hospital, state, **overrides) -> Context:
                                            "model": "face_scatter", "optimizer": "sgd", "learning-rate": 1.0,
                                            "momentum": 0.0, **overrides})
     node_config = {"data-path": str(hospital), "dataset-format": "fer2013", "client-id": "hospital-a",
-                   "state-dir": str(state)}
+                   "state-dir": str(state),
+                   "approve-first": False}  # these tests are not about the operator's approval
     return Context(run_id=7, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)
 
 

@@ -250,7 +250,8 @@ def _node(hospital: Path, state: Path, **overrides) -> tuple[Context, RunSetting
     run_config, settings = load_run_config(None, {"dp": True, "dp-accountant": "pld", "batch-size": 32,
                                                   "num-server-rounds": 2, **overrides})
     node_config = {"data-path": str(hospital), "dataset-format": "fer2013", "client-id": "hospital-a",
-                   "state-dir": str(state)}
+                   "state-dir": str(state),
+                   "approve-first": False}  # these tests are not about the operator's approval
     return Context(run_id=7, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config), settings
 
 

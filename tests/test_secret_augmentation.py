@@ -49,7 +49,8 @@ def _train_and_watch(hospital: Path, state: Path, **overrides):
     run_config, settings = load_run_config(None, {"batch-size": 16, "augment": True,
                                                   "num-server-rounds": 2, **overrides})
     node_config = {"data-path": str(hospital), "dataset-format": "fer2013", "client-id": CLIENT,
-                   "state-dir": str(state)}
+                   "state-dir": str(state),
+                   "approve-first": False}  # these tests are not about the operator's approval
     context = Context(run_id=7, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)
     torch.manual_seed(settings.seed)
     content = RecordDict({msgs.ARRAYS: ArrayRecord(build_model(settings.model).state_dict()),

@@ -123,6 +123,17 @@ def test_an_approve_first_node_refuses_a_first_spend_until_approved(hospital, tm
     assert len(PrivacyLedger.load(state / "privacy_ledger.json").events) == 1
 
 
+def test_a_deployed_node_asks_first_by_default_and_only_an_explicit_false_spends_unasked(hospital, tmp_path):
+    from shared_models.privacy_ledger import LedgerError, PrivacyLedger
+
+    state = tmp_path / "state"
+    with pytest.raises(LedgerError, match="has never spent privacy budget"):  # no approve-first key: on
+        _train(hospital, _node_config(hospital, state))
+    assert not PrivacyLedger.load(state / "privacy_ledger.json").events
+    reply = _train(hospital, _node_config(hospital, state, **{"approve-first": False}))
+    assert not reply.has_error() and len(PrivacyLedger.load(state / "privacy_ledger.json").events) == 1
+
+
 def test_a_dry_run_trains_on_synthetic_data_and_leaves_the_state_dir_untouched(hospital, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
