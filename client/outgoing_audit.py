@@ -27,6 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.common.logger import log
 
 from shared_models import messages as msgs
+from shared_models.atomic_files import finite_or_null
 from shared_models.privacy_ledger import simulated_state_dir
 
 AUDIT_FILE = "outgoing_messages.jsonl"
@@ -89,6 +90,9 @@ def _append(path: Path, entry: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
+            payload, replaced = finite_or_null(entry)  # strict JSON: a NaN the node sent reads null, named
+            if replaced:
+                payload["non_finite"] = replaced
+            f.write(json.dumps(payload, sort_keys=True, allow_nan=False) + "\n")
     except OSError as err:
         log(WARNING, "could not append to the outgoing-message audit %s: %s", path, err)

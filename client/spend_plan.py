@@ -166,7 +166,7 @@ def write_approval(plan: SpendPlan) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"dataset_id": plan.dataset_id, "approved_epsilon": plan.budget, "approved_at": time.time(),
               "plan": {**asdict(plan), "total": plan.total}}
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
 
 

@@ -205,7 +205,7 @@ def load_federation(out_dir: Path) -> Federation:
 
 
 def _save_manifest(out_dir: Path, federation: Federation) -> None:
-    atomic_write_text(Path(out_dir) / MANIFEST, json.dumps(asdict(federation), indent=2) + "\n")
+    atomic_write_text(Path(out_dir) / MANIFEST, json.dumps(asdict(federation), indent=2, allow_nan=False) + "\n")
 
 
 def init_federation(out_dir: Path, hosts: list[str], ips: list[str], hospitals: list[str],
