@@ -168,7 +168,7 @@ class RoundRecorder:
         rejected = sum(len((e["train"] or {}).get("rejected", [])) for e in self.history)
         return {
             "privacy": privacy,
-            "rounds": len(self.history) - 1,
+            "rounds": max(len(self.history) - 1, 0),  # stopped before round 0 was evaluated: none
             "planned_rounds": self.num_rounds,
             "rejected_updates": rejected,
             "elapsed_s": round(time.time() - self.record.started, 2),
