@@ -140,3 +140,19 @@ def test_the_report_page_shows_ece_per_group_and_a_reliability_diagram(trained):
     assert report["round"] == 2 and [h["round"] for h in report["history"]] == [1, 2]
     assert "Noised" in html and "&plusmn;" in html
     assert calibration_section({"calibration": None}) == ""
+
+
+def test_a_paper_figure_of_the_reliability_diagram_is_written_with_the_others(trained, tmp_path):
+    from server.report.calibration import calibration_report
+    from server.report.figures import write_figures
+
+    model, x, labels, groups = trained
+    counts = _counts(model, x, labels, groups)
+    metrics = MetricRecord(group_calibration_metrics(counts.group_calibration, DATASET))
+    report = {"rounds": [], "calibration": calibration_report(
+        [{"round": 0}, {"round": 1, "calibration": calibration_summary([("0", metrics)], [])}])}
+    written = {p.name for p in write_figures(tmp_path, report)}
+    assert {"calibration.svg", "calibration.png"} <= written
+    (tmp_path / "none").mkdir()
+    assert write_figures(tmp_path / "none", {"rounds": []})  # no calibration in the report: no diagram
+    assert not (tmp_path / "none" / "figures" / "calibration.svg").exists()

@@ -113,4 +113,10 @@ def write_figures(run_dir: Path, report: dict[str, Any]) -> list[Path]:
         drawn = plots.groups_figure(attribute, figures, final.get("accuracy"), baseline.get("majority_rate"))
         if drawn is not None:
             written += save_figure(drawn[0], out / f"groups-{file_stem(attribute)}")
+    if (report.get("calibration") or {}).get("overall"):  # the reliability diagram (server/report/calibration.py)
+        from server.report.calibration import reliability_figure
+
+        drawn = reliability_figure(report["calibration"])
+        if drawn is not None:
+            written += save_figure(drawn[0], out / "calibration")
     return written
