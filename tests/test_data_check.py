@@ -59,7 +59,8 @@ def test_cli_plain_words_json_and_exit_codes(fer_folder, tmp_path, capsys):
 
 def test_deployed_node_uses_only_its_node_config(fer_folder, tmp_path):
     _, settings = load_run_config(None, {"dp": True})
-    node_config = {"data-path": str(fer_folder), "dataset-format": "fer2013", "client-id": "hospital-x"}
+    node_config = {"data-path": str(fer_folder), "dataset-format": "fer2013", "client-id": "hospital-x",
+                   "approve-first": False}  # not about the operator's approval (tests/test_spend_approval.py)
     # The coordinator's simulation folders are ignored: the data comes from data-path...
     samples = client_samples(settings, node_config, data_dir=str(tmp_path / "coordinator-data"))
     assert samples.client_id == "hospital-x" and len(samples.train) + len(samples.test) == 40
