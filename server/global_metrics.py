@@ -91,24 +91,28 @@ def sum_counts(metric_records) -> tuple[np.ndarray, float, int, np.ndarray | Non
     return confusion, loss_sum, n, va
 
 
-def sum_group_counts(metric_records) -> dict[str, dict[str, np.ndarray]]:
-    """Attribute -> group -> summed 7x7 confusion of the replies' ``grp.<attribute>.<group>`` keys.
-
-    Integer sums, so the pooled per-group counts are exact (noised counts: unbiased,
-    cells may be negative); every reply has the same keys (the dataset's fixed
-    schema), the first one fixes the order.
-    """
+def _sum_by_group(metric_records, parse, dtype, shape) -> dict[str, dict[str, np.ndarray]]:
+    """Attribute -> group -> the replies' arrays under the keys ``parse`` reads, summed; the first reply fixes
+    the order (every reply has the same keys: the dataset's fixed schema)."""
     groups: dict[str, dict[str, np.ndarray]] = {}
     for metrics in metric_records:
         for key in metrics:
-            parsed = parse_metric_key(key)
+            parsed = parse(key)
             if parsed is None:
                 continue
             attribute, group = parsed
-            counts = np.asarray(metrics[key], dtype=np.int64).reshape(NUM_EMOTIONS, NUM_EMOTIONS)
+            counts = np.asarray(metrics[key], dtype=dtype).reshape(shape)
             by_group = groups.setdefault(attribute, {})
             by_group[group] = by_group[group] + counts if group in by_group else counts
     return groups
+
+
+def sum_group_counts(metric_records) -> dict[str, dict[str, np.ndarray]]:
+    """Attribute -> group -> summed 7x7 confusion of the replies' ``grp.<attribute>.<group>`` keys.
+
+    Integer sums, so the pooled per-group counts are exact (noised counts: unbiased, cells may be negative).
+    """
+    return _sum_by_group(metric_records, parse_metric_key, np.int64, (NUM_EMOTIONS, NUM_EMOTIONS))
 
 
 def cell_noise_variance(noise_multipliers: list[float]) -> float:
@@ -122,17 +126,8 @@ def cell_noise_variance(noise_multipliers: list[float]) -> float:
 
 def sum_group_calibration(metric_records) -> dict[str, dict[str, np.ndarray]]:
     """Attribute -> group -> summed (bins, 3) calibration counts of the replies' ``cal.<attribute>.<group>`` keys."""
-    groups: dict[str, dict[str, np.ndarray]] = {}
-    for metrics in metric_records:
-        for key in metrics:
-            parsed = parse_calibration_key(key)
-            if parsed is None:
-                continue
-            attribute, group = parsed
-            counts = np.asarray(metrics[key], dtype=np.float64).reshape(CALIBRATION_BINS, len(CALIBRATION_FIELDS))
-            by_group = groups.setdefault(attribute, {})
-            by_group[group] = by_group[group] + counts if group in by_group else counts
-    return groups
+    return _sum_by_group(metric_records, parse_calibration_key, np.float64,
+                         (CALIBRATION_BINS, len(CALIBRATION_FIELDS)))
 
 
 ECE_NOISE_DRAWS = 2000
