@@ -9,7 +9,8 @@
                                                      the planned rounds, or no report but a checkpoint: resumable),
                                                      4 valid signature but a privacy ledger check failed (the
                                                      report's, or a --ledger file's chain lacks the recorded heads),
-                                                     5 no report yet (and no checkpoint)
+                                                     5 no report yet (and no checkpoint), 6 the run diverged or
+                                                     stopped on a non-finite model (signed as it happened)
     fedemo report RUN_DIR [--build]                  rebuild report.html from report.json (--build: report.json too)
 
 ``simulations.cli`` mounts them beside the hospitals' and the researchers'
@@ -123,6 +124,13 @@ def verify_command(args: Namespace) -> int:
         return 4
     for client_id, path in ledgers:
         print(f"ledger of client {client_id} ({path}): its chain holds every head the report recorded")
+    ended = run.get("diverged") or run.get("stopped")
+    if ended:  # the guard or a non-finite model stopped it: signed as it happened, never a valid run
+        kind = "DIVERGED" if run.get("diverged") else "STOPPED"
+        print(f"signature valid, run {kind}: {run_dir / 'report.json'} is exactly as signed by key {result.key_id}, "
+              f"but the run ended on a failure: {ended.get('reason')}; its saved model is not the planned run's "
+              f"(exit 6)" + advice)
+        return 6
     if run.get("incomplete"):
         interrupted = run.get("interrupted") if isinstance(run.get("interrupted"), dict) else {}
         resumable = checkpoint is not None and checkpoint >= 0

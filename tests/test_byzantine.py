@@ -177,6 +177,9 @@ def test_a_poisoning_past_the_screen_stops_the_run_non_zero_with_the_best_weight
                                                                 "cut nothing)"}
     report = json.loads((run_dir / "report.json").read_text())
     assert "above round 0's" in json.dumps(report)
+    from simulations.cli import main as fedemo
+
+    assert fedemo(["verify", str(run_dir)]) == 6  # signed as it happened, never called a valid run
     initial = read_rounds(run_dir)[0]
     saved = torch.load(run_dir / "global_model.pt")
     assert all(torch.isfinite(w).all() for w in saved.values() if w.is_floating_point())

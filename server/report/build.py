@@ -407,6 +407,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
             "interrupted": summary.get("interrupted"),
             # the divergence guard stopped the run (server/divergence_guard.py): why, and whose weights were kept
             "diverged": summary.get("diverged"),
+            # a non-finite aggregation ended the run on the last finite model (server/server_app.py)
+            "stopped": summary.get("stopped"),
             "elapsed_s": summary.get("elapsed_s"),
         },
         "config": run_config,
