@@ -180,6 +180,7 @@ def test_a_poisoning_past_the_screen_stops_the_run_non_zero_with_the_best_weight
     from simulations.cli import main as fedemo
 
     assert fedemo(["verify", str(run_dir)]) == 6  # signed as it happened, never called a valid run
+    assert "Run stopped on a failure: it diverged" in (run_dir / "report.html").read_text()
     initial = read_rounds(run_dir)[0]
     saved = torch.load(run_dir / "global_model.pt")
     assert all(torch.isfinite(w).all() for w in saved.values() if w.is_floating_point())

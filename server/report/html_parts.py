@@ -164,7 +164,16 @@ def majority_banner(report: dict) -> str:
 
 
 def incomplete_banner(run: dict) -> str:
-    """A run that stopped before its planned rounds says so first: its figures are not the planned run's."""
+    """A run that stopped before its planned rounds, or on a failure, says so first: its figures are not the
+    planned run's."""
+    ended = run.get("diverged") or run.get("stopped")
+    if ended:  # the divergence guard, or a non-finite aggregation (fedemo verify: exit 6)
+        kept = ended.get("rolled_back_to_round")
+        return (f'<p class="banner" role="alert"><strong>Run stopped on a failure: '
+                f'{"it diverged" if run.get("diverged") else "its model was not finite"}</strong> '
+                f'({escape(str(ended.get("reason")))}). '
+                + (f"The saved model is round {kept}'s. " if kept is not None else "")
+                + 'This is not the planned run; do not use its model.</p>')
     if not run.get("incomplete"):
         return ""
     interrupted = run.get("interrupted") or {}
