@@ -111,7 +111,12 @@ def fault_mod(fault: str, partitions: tuple[int, ...] = (FAULTY_PARTITION,)):
 
 
 def faulty_app(fault: str, partitions: tuple[int, ...] = (FAULTY_PARTITION,)) -> ClientApp:
-    app = ClientApp(mods=[fault_mod(fault, partitions)])
+    return app_with_mod(fault_mod(fault, partitions))
+
+
+def app_with_mod(mod) -> ClientApp:
+    """FedEmo's own ClientApp behind one misbehaving mod (tests/overflow_app.py uses it too)."""
+    app = ClientApp(mods=[mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

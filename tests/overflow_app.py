@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
-from flwr.clientapp import ClientApp
 
-from client.client_app import app as fedemo_app
+from tests.fault_apps import app_with_mod
 
 HUGE = np.float32(3e38)
 
@@ -31,14 +30,4 @@ def overflow_mod(msg: Message, context: Context, call_next) -> Message:
     return reply
 
 
-app = ClientApp(mods=[overflow_mod])
-
-
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    return fedemo_app(msg, context)
-
-
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    return fedemo_app(msg, context)
+app = app_with_mod(overflow_mod)
