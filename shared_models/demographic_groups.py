@@ -67,12 +67,16 @@ def metric_key(attribute: str, group: str) -> str:
     return f"{GROUP_KEY_PREFIX}{attribute}.{group}"
 
 
+def _parse_prefixed_key(prefix: str, key: str) -> tuple[str, str] | None:
+    if not key.startswith(prefix):
+        return None
+    attribute, _, group = key[len(prefix):].partition(".")
+    return attribute, group
+
+
 def parse_metric_key(key: str) -> tuple[str, str] | None:
     """(attribute, group) of a group key, None for any other key. Group names may contain dots."""
-    if not key.startswith(GROUP_KEY_PREFIX):
-        return None
-    attribute, _, group = key[len(GROUP_KEY_PREFIX):].partition(".")
-    return attribute, group
+    return _parse_prefixed_key(GROUP_KEY_PREFIX, key)
 
 
 def calibration_key(attribute: str, group: str) -> str:
@@ -82,7 +86,4 @@ def calibration_key(attribute: str, group: str) -> str:
 
 def parse_calibration_key(key: str) -> tuple[str, str] | None:
     """(attribute, group) of a calibration key, None for any other key."""
-    if not key.startswith(CALIBRATION_KEY_PREFIX):
-        return None
-    attribute, _, group = key[len(CALIBRATION_KEY_PREFIX):].partition(".")
-    return attribute, group
+    return _parse_prefixed_key(CALIBRATION_KEY_PREFIX, key)
