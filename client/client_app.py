@@ -14,7 +14,7 @@ Everything node-specific (data folder, dataset format) comes from the node
 config, so the same app runs in simulation and on a real SuperNode.
 
 Under ``dp = true`` a reply carries only values the node's ledger accounts
-for or that do not depend on its records (``client/dp_allowlist.py`` checks
+for or that do not depend on its records (``client/privacy/dp_allowlist.py`` checks
 every reply): no training loss, no sample counts beyond the training-set
 size, and evaluation counts either all noised and accounted or, without
 count noise, exact and declared unprotected in the report.
@@ -32,27 +32,27 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
-from client.central_dp_clipping import central_dp_clipping_mod
-from client.dp_allowlist import dp_allowlist_mod
-from client.dp_training import make_private, plan_round, planned_participation, steps_taken
-from client.fairness_weights import WeightedSamples
-from client.fixed_features import feature_dataset, uses_fixed_features
-from client.group_counts import (eval_noise_multiplier, group_calibration_metrics, group_count_metrics,
+from client.privacy.central_dp_clipping import central_dp_clipping_mod
+from client.privacy.dp_allowlist import dp_allowlist_mod
+from client.privacy.dp_training import make_private, plan_round, planned_participation, steps_taken
+from client.data.fairness_weights import WeightedSamples
+from client.data.fixed_features import feature_dataset, uses_fixed_features
+from client.privacy.group_counts import (eval_noise_multiplier, group_calibration_metrics, group_count_metrics,
                                  overall_confusion, release_noised_evaluation, sample_groups)
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
-from client.node_data import ClientSamples, client_samples
-from client.outgoing_audit import outgoing_audit_mod
-from client.secure_aggregation import secure_aggregation_mod
-from client.spend_plan import require_approval
-from client.torch_data import NUM_MODEL_INPUTS
+from client.data.node_data import ClientSamples, client_samples
+from client.tools.outgoing_audit import outgoing_audit_mod
+from client.privacy.secure_aggregation import secure_aggregation_mod
+from client.tools.spend_plan import require_approval
+from client.data.torch_data import NUM_MODEL_INPUTS
 from shared_models import messages as msgs
 from shared_models.privacy_ledger import LedgerError, PrivacyLedger, run_folder_name, simulated_state_dir
 from shared_models.quiet_warnings import install as quiet_known_warnings
-from shared_models.registry import build_model
-from shared_models.run_settings import RunSettings
+from shared_models.models.registry import build_model
+from shared_models.settings.run_settings import RunSettings
 
 quiet_known_warnings()  # third-party warnings known to be harmless here, each silenced with its reason
-app = ClientApp(mods=[outgoing_audit_mod])  # a deployed node logs what it sends (client/outgoing_audit.py)
+app = ClientApp(mods=[outgoing_audit_mod])  # a deployed node logs what it sends (client/tools/outgoing_audit.py)
 # Opacus's engine only counts this round's steps (steps_taken); the ledger's PLD accountant does the accounting.
 OPACUS_STEP_COUNTER = "rdp"
 
@@ -112,7 +112,7 @@ def train(msg: Message, context: Context) -> Message:
     model = _global_model(msg, settings, device, fresh=settings.dp)
     config = msg.content[msgs.CONFIG]
     server_round = int(config.get(msgs.SERVER_ROUND, 0))
-    # Augmentation draws (per record, client/torch_data.py): without dp reproducible from the seed, the round and
+    # Augmentation draws (per record, client/data/torch_data.py): without dp reproducible from the seed, the round and
     # the client id; under dp from fresh secret bits, after make_private (below).
     if not settings.dp:
         samples.train.reseed([settings.seed, server_round, zlib.crc32(samples.client_id.encode())])

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 from shared_models.calibration_bins import CALIBRATION_BINS, CALIBRATION_FIELDS, bin_counts
 from shared_models.taxonomy import NUM_EMOTIONS
-from shared_models.voice_models import ccc_loss
+from shared_models.models.voice_models import ccc_loss
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,12 +61,12 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     sample's gradient to the others, defeating per-sample clipping.
 
     Items with one more field than ``(*inputs, label, va)`` carry a per-sample
-    loss weight (``client.fairness_weights``): the classification loss is then
+    loss weight (``client.data.fairness_weights``): the classification loss is then
     the mean of weight x cross-entropy, still one term per sample.
     """
     model.train()
     criterion = nn.CrossEntropyLoss()
-    # Opacus's ghost clipping (client.dp_training) needs the loss per sample; opacus is imported by then.
+    # Opacus's ghost clipping (client.privacy.dp_training) needs the loss per sample; opacus is imported by then.
     ghost = "opacus" in sys.modules and _uses_ghost_clipping(model)
     empty_step = _empty_batch_step(model) if "opacus" in sys.modules else None
     total_loss, seen = 0.0, 0
@@ -108,19 +108,19 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
 
 
 def _empty_batch_step(model: nn.Module):
-    from client.dp_training import empty_batch_step, needs_empty_batch_step
+    from client.privacy.dp_training import empty_batch_step, needs_empty_batch_step
 
     return empty_batch_step if needs_empty_batch_step(model) else None
 
 
 def _uses_ghost_clipping(model: nn.Module) -> bool:
-    from client.dp_training import uses_ghost_clipping
+    from client.privacy.dp_training import uses_ghost_clipping
 
     return uses_ghost_clipping(model)
 
 
 def _ghost_clipping_loss(model: nn.Module, optimizer: torch.optim.Optimizer, per_sample: torch.Tensor):
-    from client.dp_training import ghost_clipping_loss
+    from client.privacy.dp_training import ghost_clipping_loss
 
     return ghost_clipping_loss(model, optimizer, per_sample)
 

@@ -7,10 +7,10 @@ One run, in order (``main`` reads as this outline):
 3. for audio tasks, build the global log-mel normalisation from the nodes'
    per-band sums and counts (a ``query`` round), stored in the model's buffers;
 4. evaluate the initial model on every node (round 0, the baseline to beat);
-5. run the rounds with the FedEmo strategy (server/strategy.py: Flower's
+5. run the rounds with the FedEmo strategy (server/aggregation/strategy.py: Flower's
    aggregation of screened updates, every round recorded), wrapped by
    client-level DP or run under SecAgg+ when configured, checkpointing each
-   round (server/rounds.py); a stop request ends the run cleanly;
+   round (server/rounds/round_loop.py); a stop request ends the run cleanly;
 6. save the final weights, the summary and the signed report; a run in which
    no round aggregated ``min-trained-nodes`` updates fails, with the reasons.
 """
@@ -29,22 +29,22 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from server import console, interruption
-from server.central_dp import wrap_strategy
-from server.run_lock import hold_run_folder, release_run_folders
-from server.checkpoint import Checkpoint, CheckpointError, NonFiniteWeights, check_checkpoint_fits, weights_problem
+from server.rounds import console, interruption
+from server.privacy.central_dp import wrap_strategy
+from server.record.run_lock import hold_run_folder, release_run_folders
+from server.record.checkpoint import Checkpoint, CheckpointError, NonFiniteWeights, check_checkpoint_fits, weights_problem
 from server.report.build import coordinator_key, report_at_end_of_run
-from server.round_recorder import RoundRecorder
-from server.divergence_guard import rolled_back_summary, start_guard
-from server.robust_aggregation import aggregation_record
-from server.rounds import FIRST_ROUND_TIMEOUT_S, Interrupted, RoundDeadline, RoundsOutcome, evaluate_round, run_rounds
-from server.run_record import RunRecord, failure_reason, new_run_id
+from server.record.round_recorder import RoundRecorder
+from server.rounds.divergence_guard import rolled_back_summary, start_guard
+from server.aggregation.robust_aggregation import aggregation_record
+from server.rounds.round_loop import FIRST_ROUND_TIMEOUT_S, Interrupted, RoundDeadline, RoundsOutcome, evaluate_round, run_rounds
+from server.record.run_record import RunRecord, failure_reason, new_run_id
 from shared_models.atomic_files import remove_stale_temp_files
-from server.secure_aggregation import run_secure_aggregation
-from server.strategy import FedEmoMixin, build_strategy
+from server.privacy.secure_aggregation import run_secure_aggregation
+from server.aggregation.strategy import FedEmoMixin, build_strategy
 from shared_models.audio_features import combine_moments
-from shared_models.registry import build_model, count_parameters
-from shared_models.run_settings import RunSettings, check_resume_changes, resume_changes
+from shared_models.models.registry import build_model, count_parameters
+from shared_models.settings.run_settings import RunSettings, check_resume_changes, resume_changes
 
 app = ServerApp()
 
@@ -98,7 +98,7 @@ def coordinate(grid: Grid, context: Context) -> None:
                             checkpoint=checkpoint)
     strategy, recorder.central = (fedemo, None) if central is None else (central.strategy, central)
     extra: dict = {}
-    if settings.secure_aggregation:  # SecAgg+ runs on Flower's legacy workflow: server/secure_aggregation.py
+    if settings.secure_aggregation:  # SecAgg+ runs on Flower's legacy workflow: server/privacy/secure_aggregation.py
         final, extra = run_secure_aggregation(grid, context, settings, strategy, recorder, initial, node_config)
         outcome = RoundsOutcome(final, len(recorder.history) - 1, interrupted=extra.pop("interrupted", False))
     else:
@@ -115,7 +115,7 @@ def coordinate(grid: Grid, context: Context) -> None:
                 raise
             outcome = stopped_at_last_checkpoint(record, recorder, initial, interrupted=True)
             extra = {"stop_reason": f"disk full: {err.strerror} writing {err.filename}"}
-    extra["aggregation"] = aggregation_record(settings)  # what "auto" chose (server/robust_aggregation.py)
+    extra["aggregation"] = aggregation_record(settings)  # what "auto" chose (server/aggregation/robust_aggregation.py)
     finish(record, recorder, outcome, extra, settings, signing_key)
 
 
@@ -215,7 +215,7 @@ def finish(record: RunRecord, recorder: RoundRecorder, outcome: RoundsOutcome, e
     summary["complete"] = (not outcome.interrupted and not outcome.diverged and "stopped" not in summary
                            and outcome.last_round >= settings.num_server_rounds)
     summary["wall_clock_s"] = round(time.time() - console.run_started(), 1)  # the one duration the console shows
-    if outcome.diverged:  # the weights saved are the best round's (server/divergence_guard.py)
+    if outcome.diverged:  # the weights saved are the best round's (server/rounds/divergence_guard.py)
         summary = rolled_back_summary(summary, recorder.history, outcome.diverged)
     record.write_json("summary.json", summary)
     log(INFO, "Final weights in %s", weights)
@@ -272,7 +272,7 @@ def prepare_data_dir(settings: RunSettings) -> Path | None:
     """The dataset folder as an absolute path; None in a deployment (each node names its own folder).
 
     The coordinator only resolves it: writing a synthetic dataset is the
-    simulation's job (simulations/data_prep.py, before the engine starts;
+    simulation's job (simulations/synthetic/data_prep.py, before the engine starts;
     under ``flwr run .``, simulations/flwr_app.py), or the user's
     (``fedemo data synth``).
     """

@@ -1,6 +1,6 @@
 """The one error a malformed dataset raises, wherever it is found.
 
-Loaders (``client.loaders``) find most of these while indexing a folder, but
+Loaders (``client.data.loaders``) find most of these while indexing a folder, but
 an audio clip can turn out to be broken only when ``shared_models.audio_features``
 decodes it, so the error lives in the bottom layer both can import.
 """

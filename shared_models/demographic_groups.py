@@ -35,7 +35,7 @@ CALIBRATION_KEY_PREFIX = "cal."  # a group's calibration bins (shared_models/cal
 # L2 sensitivity of one attribute's release: its groups' confusion matrices and calibration bins. One test
 # record (add/remove) moves one confusion cell by 1, one bin's correct-or-incorrect cell by 1 and that bin's
 # confidence sum by its confidence (at most 1): sqrt(1 + 1 + 1). It was 1 while only the confusion was sent.
-# The node noises every cell with noise multiplier x this (client/group_counts.py); the epsilon depends on
+# The node noises every cell with noise multiplier x this (client/privacy/group_counts.py); the epsilon depends on
 # the multiplier alone, so it holds; the coordinator's intervals and metrics.jsonl read it.
 COUNT_SENSITIVITY = math.sqrt(3.0)
 

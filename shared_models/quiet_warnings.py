@@ -2,11 +2,11 @@
 
 ``install()`` runs once per process: at the top of the ClientApp module (every
 node, simulated or deployed) and when the coordinator sets up its console
-(server/console.py). Only the exact messages below are silenced; anything
+(server/rounds/console.py). Only the exact messages below are silenced; anything
 else from the same libraries still shows. Where a warning is about something
 that matters (the randomness behind DP noise) our own statement replaces it:
 the coordinator says once per DP run where the noise comes from
-(server/console.py, ``DP_RANDOMNESS``).
+(server/rounds/console.py, ``DP_RANDOMNESS``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def install() -> None:
 
     # Opacus's PrivacyEngine(secure_mode=False) warns that its default RNG is not cryptographically secure.
     # FedEmo never uses that RNG for DP: the Poisson masks and the Gaussian noise come from generators seeded
-    # from the OS's CSPRNG (client/dp_training.py, secret_generator); the coordinator states this once per run.
+    # from the OS's CSPRNG (client/privacy/dp_training.py, secret_generator); the coordinator states this once per run.
     warnings.filterwarnings("ignore", message="Secure RNG turned off")
 
     # Ray's driver, at ray.init: a tip about a future default for CUDA_VISIBLE_DEVICES with num_gpus=0. The

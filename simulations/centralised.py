@@ -27,17 +27,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
-from client.group_counts import sample_groups
-from client.loaders.registry import load_dataset
-from client.torch_data import NUM_MODEL_INPUTS, EmotionSamples
-from server.global_metrics import ccc_from_moments, classification_metrics
+from client.privacy.group_counts import sample_groups
+from client.data.loaders.registry import load_dataset
+from client.data.torch_data import NUM_MODEL_INPUTS, EmotionSamples
+from server.rounds.global_metrics import ccc_from_moments, classification_metrics
 from server.report.build import coordinator_key, write_report
-from server.run_record import RunRecord
+from server.record.run_record import RunRecord
 from shared_models.audio_features import combine_moments
-from shared_models.registry import build_model
+from shared_models.models.registry import build_model
 from shared_models.demographic_groups import group_schema
 from shared_models.taxonomy import EMOTIONS
-from simulations.data_prep import prepare_data
+from simulations.synthetic.data_prep import prepare_data
 from simulations.split_digest import pooled_rows, split_digest
 from simulations.run_config import prepare_run
 

@@ -21,8 +21,8 @@
 
 Researchers' commands (simulate, baseline, evaluate, compare, plot, data synth) are in
 ``simulations.research_commands``, the hospital's (data check, ledger, node) in
-``client.commands``, the coordinator's (credentials, verify, report) in
-``server.commands``. The root lives in ``simulations`` because it is the one
+``client.tools.commands``, the coordinator's (credentials, verify, report) in
+``server.tools.commands``. The root lives in ``simulations`` because it is the one
 layer allowed to import all three.
 
 Errors a user can fix (bad config, malformed data) are printed as one line
@@ -40,8 +40,8 @@ import argparse
 import os
 import sys
 
-from client.commands import add_node_commands
-from server.commands import add_coordinator_commands
+from client.tools.commands import add_node_commands
+from server.tools.commands import add_coordinator_commands
 from simulations.node_dry_run import add_dry_run_command
 from simulations.research_commands import add_research_commands
 
@@ -111,7 +111,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     Imported only once a command has failed: the partitioner's module brings
     numpy, which ``fedemo --help`` has no use for.
     """
-    from client.partitioning import PartitionError
+    from client.data.partitioning import PartitionError
     from shared_models.config_error import ConfigError
     from shared_models.dataset_format_error import DatasetFormatError
     from shared_models.privacy_ledger import LedgerError

@@ -4,7 +4,7 @@ Under noised evaluation counts (every shipped DP config) the report's accuracy
 is what the coordinator may know: a noised figure with an honest interval, wide
 when hospitals hold few test rows. A researcher simulating the federation holds
 every node's data anyway, so this rebuilds each simulated node's test split
-exactly as the node does (``client.node_data.client_samples``) and scores
+exactly as the node does (``client.data.node_data.client_samples``) and scores
 ``global_model.pt`` on it without noise. Nothing here is signed or sent: it
 is a research measurement (``fedemo evaluate RUN_DIR``), for simulations only.
 """
@@ -24,15 +24,15 @@ def exact_evaluation(run_dir: Path) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from client.fixed_features import feature_dataset, uses_fixed_features
+    from client.data.fixed_features import feature_dataset, uses_fixed_features
     from client.local_training import evaluate
-    from client.node_data import client_samples
-    from client.torch_data import NUM_MODEL_INPUTS
-    from server.global_metrics import classification_metrics
+    from client.data.node_data import client_samples
+    from client.data.torch_data import NUM_MODEL_INPUTS
+    from server.rounds.global_metrics import classification_metrics
     from shared_models.config_error import ConfigError
     from shared_models.calibration_bins import ece_from_counts, reliability
-    from shared_models.registry import build_model
-    from shared_models.run_settings import RunSettings
+    from shared_models.models.registry import build_model
+    from shared_models.settings.run_settings import RunSettings
 
     config_path, weights = run_dir / "config.json", run_dir / "global_model.pt"
     for path in (config_path, weights):

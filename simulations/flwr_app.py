@@ -26,10 +26,10 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from server import console
+from server.rounds import console
 from server.server_app import main as coordinator
-from shared_models.run_settings import RunSettings
-from simulations.data_prep import prepare_data
+from shared_models.settings.run_settings import RunSettings
+from simulations.synthetic.data_prep import prepare_data
 
 app = ServerApp()
 

@@ -2,7 +2,7 @@
 
 It reads the node's own ``--node-config`` and the federation's run config as
 ``fedemo node approve`` does, then writes a synthetic dataset of the same
-format and size as the node's real one (``simulations.synthetic_data``) into
+format and size as the node's real one (``simulations.synthetic.synthetic_data``) into
 a scratch folder and runs the real ClientApp on it, round by round, from the
 run's initial model: DP-SGD, the ledger, the noised evaluation counts and the
 outgoing-message audit all run, against a scratch state folder. The node's
@@ -24,7 +24,7 @@ from typing import Any
 
 
 def add_dry_run_command(node_commands: argparse._SubParsersAction) -> None:
-    from client.commands import add_plan_arguments
+    from client.tools.commands import add_plan_arguments
 
     p = node_commands.add_parser("dry-run", help="train on synthetic data of the node's shape through the real "
                                  "ClientApp and show what it would send and spend (spends nothing)")
@@ -40,11 +40,11 @@ def dry_run(node_config: dict[str, Any], run_config_file: str | Path, rounds: in
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
     from client.client_app import app
-    from client.node_data import client_samples
-    from client.spend_plan import APPROVE_FIRST, run_settings, state_dir_of
+    from client.data.node_data import client_samples
+    from client.tools.spend_plan import APPROVE_FIRST, run_settings, state_dir_of
     from shared_models import messages as msgs
-    from shared_models.registry import build_model
-    from simulations.synthetic_data import synthesize
+    from shared_models.models.registry import build_model
+    from simulations.synthetic.synthetic_data import synthesize
 
     settings = run_settings(run_config_file)
     real = client_samples(settings, node_config, "")  # the real folder: only its format and size are used
@@ -88,7 +88,7 @@ def dry_run(node_config: dict[str, Any], run_config_file: str | Path, rounds: in
                 if confusion.size == 49 else None,
                 "numbers_sent": sum(int(np.prod(a.shape)) for a in weights.values()),
             })
-        from client.sent_log import describe as describe_sent
+        from client.tools.sent_log import describe as describe_sent
 
         result["sent"] = describe_sent(Path(scratch) / "state")
     return result
@@ -108,7 +108,7 @@ def describe(result: dict[str, Any], state_dir: str) -> str:
 
 
 def dry_run_command(args: argparse.Namespace) -> int:
-    from client.spend_plan import parse_node_config
+    from client.tools.spend_plan import parse_node_config
 
     node_config = parse_node_config(args.node_config)
     result = dry_run(node_config, args.run_config, args.rounds)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from server.console import VerboseFlag
+from server.rounds.console import VerboseFlag
 
 DEFAULT_A = ["dp=false"]  # compare CONFIG without --a/--b: the cost of DP
 DEFAULT_B = ["dp=true"]
@@ -190,7 +190,7 @@ def run_both(config: Path, overrides: list[str], a: list[str], b: list[str]) -> 
 
 
 def synth_command(args: argparse.Namespace) -> int:
-    from simulations.synthetic_data import synthesize
+    from simulations.synthetic.synthetic_data import synthesize
 
     started = time.time()
     out = synthesize(args.dataset, args.out, args.n, args.seed, with_faces=args.with_faces)

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from shared_models.run_settings import ConfigError, RunSettings, unknown_keys_error
+from shared_models.settings.run_settings import ConfigError, RunSettings, unknown_keys_error
 
 
 def project_dir() -> Path:

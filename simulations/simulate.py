@@ -4,13 +4,13 @@ This is what ``flwr run .`` does inside its managed SuperLink, minus the
 background daemon and the app packaging: the same ServerApp and ClientApp,
 the same fused run config, Flower's engine. The ClientApps run on the
 backend ``simulation-backend`` names: ``local`` (default; a few worker
-processes kept for the whole run, simulations/local_backend.py) or ``ray``
+processes kept for the whole run, simulations/engine/local_backend.py) or ``ray``
 (Flower's actor pool, per-client resources, for multi-machine simulation).
-Flower's private pieces are used in one module, simulations/flower_engine.py.
+Flower's private pieces are used in one module, simulations/engine/flower_engine.py.
 
 Before the engine starts, the data is made ready and checked
-(simulations/data_prep.py). While it runs, the first Ctrl-C (SIGINT or
-SIGTERM) asks the coordinator to stop cleanly (server/interruption.py): the
+(simulations/synthetic/data_prep.py). While it runs, the first Ctrl-C (SIGINT or
+SIGTERM) asks the coordinator to stop cleanly (server/rounds/interruption.py): the
 run folder then says it was interrupted and how to resume
 (``fedemo simulate --resume RUN_DIR``, which continues from the last
 checkpointed round).
@@ -23,14 +23,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from server import interruption
-from server.checkpoint import Checkpoint, check_checkpoint_fits
-from server.run_lock import check_run_folder_free
-from server.run_record import finite_json, run_is_finished
+from server.rounds import interruption
+from server.record.checkpoint import Checkpoint, check_checkpoint_fits
+from server.record.run_lock import check_run_folder_free
+from server.record.run_record import finite_json, run_is_finished
 from shared_models.atomic_files import atomic_write_json
-from shared_models.run_settings import ConfigError, RunSettings, check_resume_changes, resume_changes
-from simulations.data_prep import prepare_data
-from simulations.gpu_usage import GpuSampler
+from shared_models.settings.run_settings import ConfigError, RunSettings, check_resume_changes, resume_changes
+from simulations.synthetic.data_prep import prepare_data
+from simulations.engine.gpu_usage import GpuSampler
 from simulations.run_config import load_run_config, prepare_run, project_dir
 
 
@@ -76,7 +76,7 @@ def local_workers(settings: RunSettings) -> int:
 
 
 def local_backend_config(settings: RunSettings, client_reference: str, app_dir: str) -> dict[str, Any]:
-    """The local backend's section of Flower's backend config (simulations/local_backend.py)."""
+    """The local backend's section of Flower's backend config (simulations/engine/local_backend.py)."""
     # As Ray does for its actors: each worker's OpenMP/BLAS pools sized to its share of the cores, unless set.
     threads = {name: str(settings.client_threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                                 "OPENBLAS_NUM_THREADS") if name not in os.environ}
@@ -91,7 +91,7 @@ def engine_summary(settings: RunSettings, backend: Any) -> dict[str, Any]:
     coordinator = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if backend is None:  # Ray: its actors' memory is Ray's to report
         return {"backend": "ray", "peak_rss_mib": {"coordinator": round(coordinator, 1)}}
-    from simulations.local_backend import pss_mib
+    from simulations.engine.local_backend import pss_mib
 
     workers = [round(p.rss_mib, 1) for p in backend.stats.peaks]
     shared = [round(p.pss_mib, 1) for p in backend.stats.peaks]
@@ -142,11 +142,11 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     if checkpoint.server_round == settings.num_server_rounds and run_is_finished(run_dir, checkpoint.server_round):
         raise FileExistsError(f"{run_dir} already completed its {settings.num_server_rounds} rounds; "
                               "raise num-server-rounds (--set) to train on")
-    from shared_models.registry import build_model  # torch: only once the folder is worth continuing
+    from shared_models.models.registry import build_model  # torch: only once the folder is worth continuing
 
     check_checkpoint_fits(checkpoint, build_model(settings.model, valence_arousal=settings.valence_arousal)
                           .state_dict(), run_dir)  # another model's weights: one line, before any engine
-    from server.central_dp import check_resumable  # client-level DP continues only in the mode it started in
+    from server.privacy.central_dp import check_resumable  # client-level DP continues only in the mode it started in
 
     check_resumable(settings.central_dp, checkpoint.central, run_dir)
     return config, settings
@@ -161,7 +161,7 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     reference other than pyproject's (the tests put faulty nodes in a
     federation this way).
     """
-    from server import console
+    from server.rounds import console
 
     console.mark_start()  # the run's one wall-clock figure (the coordinator's wall_clock_s) counts from here
     console.begin()  # before the first line: no doubled lines, Flower's own lines only with --verbose, run.log
@@ -173,7 +173,7 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
         raise ConfigError(f"run-config min-available-nodes = {settings.min_available_nodes}: more than the "
                           f"{settings.num_supernodes} simulated nodes (num-supernodes); the run would never start")
     if settings.central_dp != "off":  # a plan over the client-level budget stops here, before any work
-        from server.central_dp import check_central_budget
+        from server.privacy.central_dp import check_central_budget
 
         check_central_budget(settings, population=settings.num_supernodes)
     data_dir = prepare_data(settings)  # synthesised and checked before any engine starts
@@ -182,7 +182,7 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     os.environ.setdefault("FLWR_HOME", str(Path(settings.runs_dir) / ".flwr"))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-    from simulations import flower_engine
+    from simulations.engine import flower_engine
 
     run, server_context = flower_engine.new_run(config)
     # Load the apps by reference from the app folder, as `flwr run` does: every
@@ -202,7 +202,7 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
                                      client_app=client_reference, num_supernodes=settings.num_supernodes,
                                      app_dir=app_dir, backend_config=backend_config(settings))
         else:
-            from simulations.local_backend import LocalBackend
+            from simulations.engine.local_backend import LocalBackend
 
             backend = LocalBackend(local_backend_config(settings, client_reference, app_dir))
             flower_engine.run_on_backend(backend, run=run, server_context=server_context, server_app=COORDINATOR_APP,

@@ -3,7 +3,7 @@
 Two runs compared on different test rows (another data-dir, seed or
 test-fraction) differ for reasons that have nothing to do with what was
 varied. A simulated run's test rows are the union of its nodes' test splits
-(``client.node_data.simulated_split``), which the researcher's machine can
+(``client.data.node_data.simulated_split``), which the researcher's machine can
 recompute from the run's data-dir and config (``pooled_rows``); the
 centralised baseline trains and scores on exactly these pooled rows.
 
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from client.node_data import simulated_split
-from client.partitioning import PartitionSpec, partition
+from client.data.node_data import simulated_split
+from client.data.partitioning import PartitionSpec, partition
 from shared_models.config_error import ConfigError
 
 SPLIT_KEYS = ("dataset", "task", "data-dir", "seed", "test-fraction", "num-supernodes", "partitioner")
@@ -47,7 +47,7 @@ def pooled_rows(data, settings) -> tuple[np.ndarray, np.ndarray]:
 
 def split_digest(data, rows: np.ndarray) -> dict[str, Any]:
     """{"sha256", "n"} of the records at ``rows`` of ``data`` (an ``EmotionData``), independent of their order."""
-    from client.record_keys import record_keys
+    from client.data.record_keys import record_keys
 
     subset = data.subset(np.sort(np.asarray(rows, dtype=np.int64)))
     keys = record_keys(subset)
@@ -65,7 +65,7 @@ def split_digest(data, rows: np.ndarray) -> dict[str, Any]:
 
 def settings_of(run_config: dict[str, Any]):
     """The run's settings, its keys over today's defaults (a run from before a key existed still parses)."""
-    from shared_models.run_settings import RunSettings
+    from shared_models.settings.run_settings import RunSettings
     from simulations.run_config import load_run_config
 
     known = {f.name.replace("_", "-") for f in fields(RunSettings)}
@@ -77,7 +77,7 @@ def split_fingerprint(run_config: dict[str, Any], data_dir: str | Path | None) -
 
     Raises ``ConfigError`` naming the folder when a simulated run's data-dir is gone.
     """
-    from client.loaders.registry import load_dataset
+    from client.data.loaders.registry import load_dataset
 
     if not data_dir:
         return None

@@ -20,10 +20,10 @@ from flwr.serverapp import (GaussianPrivacyEvent, NeighboringRelation, PrivacyCo
                             SamplingMethod)
 from opacus.accountants.utils import get_noise_multiplier
 
-from client.dp_training import calibrate_noise
+from client.privacy.dp_training import calibrate_noise
 from shared_models.privacy_ledger import (ADD_REMOVE, PLD_DISCRETIZATION, REPLACE_ONE, LedgerError, PrivacyLedger,
                                           epsilon_of)
-from server.central_dp import epsilon_after, epsilon_of_releases
+from server.privacy.central_dp import epsilon_after, epsilon_of_releases
 
 # Opacus's accountants_test.py: 90 epochs at q = 0.04, sigma = 1.5, delta = 1e-5 -> 7.32911117143 (RDP).
 OPACUS_RDP = dict(sigma=1.5, q=0.04, steps=int(90 / 0.04), delta=1e-5, epsilon=7.32911117143)

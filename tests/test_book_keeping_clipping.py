@@ -1,4 +1,4 @@
-"""Book-keeping clipping (client/book_keeping_clipping.py) against brute force, and its refusals.
+"""Book-keeping clipping (client/privacy/book_keeping_clipping.py) against brute force, and its refusals.
 
 A model made private under ghost clipping, then given ``install_book_keeping``, clips without Opacus's hooks
 (one ``autograd.grad`` to the trained layers' outputs). Its clipped sum must equal per-sample gradients from plain
@@ -18,8 +18,8 @@ from test_dp_modes_bruteforce import _brute_force_clipped_sum, _dataset, _model,
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.book_keeping_clipping import book_keeping_backward, install_book_keeping, uses_book_keeping
-from client.dp_training import DPPlan, make_private, steps_taken
+from client.privacy.book_keeping_clipping import book_keeping_backward, install_book_keeping, uses_book_keeping
+from client.privacy.dp_training import DPPlan, make_private, steps_taken
 from client.local_training import train_epochs
 
 C = 1e-3  # far below every per-sample gradient norm here: every sample is clipped
@@ -98,7 +98,7 @@ def test_node_training_loop_matches_brute_force(monkeypatch):
     """``train_epochs`` (the node's loop: per-sample weighted cross-entropy, the empty batch through a plain
     backward of a zero loss) with book-keeping; until dp_training installs it in
     ``make_private`` and routes its ghost loss to it, the test does both the same way."""
-    import client.dp_training as dp_training
+    import client.privacy.dp_training as dp_training
 
     model = _model("face_cnn")
     reference = copy.deepcopy(model)

@@ -18,10 +18,10 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from server.divergence_guard import DivergenceGuard, start_guard
-from server.robust_aggregation import chosen_aggregation
-from server.rounds import FIRST_ROUND_TIMEOUT_S, RoundDeadline
-from shared_models.run_settings import ConfigError
+from server.rounds.divergence_guard import DivergenceGuard, start_guard
+from server.aggregation.robust_aggregation import chosen_aggregation
+from server.rounds.round_loop import FIRST_ROUND_TIMEOUT_S, RoundDeadline
+from shared_models.settings.run_settings import ConfigError
 from simulations.run_config import load_run_config
 from simulations.simulate import run_simulation
 

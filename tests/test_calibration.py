@@ -17,14 +17,14 @@ import torch
 from flwr.app import MetricRecord
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.group_counts import (group_calibration_metrics, group_count_metrics, noised_calibration,
+from client.privacy.group_counts import (group_calibration_metrics, group_count_metrics, noised_calibration,
                                  overall_calibration, release_noised_evaluation)
 from client.local_training import evaluate
-from server.global_metrics import calibration_summary
+from server.rounds.global_metrics import calibration_summary
 from shared_models.calibration_bins import ece_from_counts, ece_from_predictions
 from shared_models.demographic_groups import COUNT_SENSITIVITY, group_schema
 from shared_models.privacy_ledger import ADD_REMOVE, PrivacyLedger, epsilon_of
-from shared_models.scatter_models import FaceScatterLinear
+from shared_models.models.scatter_models import FaceScatterLinear
 
 DATASET = "fer2013"
 ROWS = 300

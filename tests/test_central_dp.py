@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import (
 )
 
 from client.client_app import app as fedemo_app
-from server.central_dp import (
+from server.privacy.central_dp import (
     RELEASES_FILE,
     CentralDP,
     ServerSideAdaptiveClipping,
@@ -32,9 +32,9 @@ from server.central_dp import (
     clip_update,
     epsilon_after,
 )
-from server.checkpoint import Checkpoint, CheckpointError
+from server.record.checkpoint import Checkpoint, CheckpointError
 from shared_models.config_error import ConfigError
-from shared_models.registry import build_model
+from shared_models.models.registry import build_model
 from simulations.cli import main as fedemo
 from simulations.simulate import run_simulation
 
@@ -155,7 +155,7 @@ def test_epsilon_after_matches_a_hand_computed_gaussian_bound():
 
 @pytest.mark.slow
 def test_voice_under_dp_uses_fixed_normalisation_and_federated_sums_are_refused(tmp_path, capsys):
-    from simulations.synth_voices import write_cremad
+    from simulations.synthetic.synth_voices import write_cremad
 
     write_cremad(tmp_path / "cremad", n_clips=60, seed=3, n_actors=6)
     run_dir = run_simulation(None, {

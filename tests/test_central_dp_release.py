@@ -3,7 +3,7 @@
 Driven on the real objects a coordinator runs: the FedEmo strategy from
 ``build_strategy`` with its screen, wrapped by ``wrap_strategy`` in the
 configured Flower DP wrapper with its accountant, fed real Flower Messages in
-the order server/rounds.py uses (screen, then the wrapper's ``aggregate_train``).
+the order server/rounds/round_loop.py uses (screen, then the wrapper's ``aggregate_train``).
 The planned budget is set to exactly the plan, so a release that cost more
 than planned (fewer averaged updates under the same noise) would be refused.
 """
@@ -18,11 +18,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import Error, Metadata
 
-from server.central_dp import central_delta, clip_update, epsilon_after, wrap_strategy
-from server.round_recorder import RoundRecorder
-from server.run_record import RunRecord
-from server.strategy import build_strategy
-from shared_models.run_settings import RunSettings
+from server.privacy.central_dp import central_delta, clip_update, epsilon_after, wrap_strategy
+from server.record.round_recorder import RoundRecorder
+from server.record.run_record import RunRecord
+from server.aggregation.strategy import build_strategy
+from shared_models.settings.run_settings import RunSettings
 from simulations.run_config import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from client.loaders.fer2013 import load_fer2013
+from client.data.loaders.fer2013 import load_fer2013
 from simulations.centralised import pooled_rows, run_centralised
 from simulations.cli import main as fedemo
 from simulations.run_config import load_run_config

@@ -26,7 +26,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from server.checkpoint import CHECKPOINT_FILE, Checkpoint, CheckpointError
+from server.record.checkpoint import CHECKPOINT_FILE, Checkpoint, CheckpointError
 from simulations.cli import main as fedemo
 from simulations.run_config import default_config, load_run_config
 from simulations.simulate import resume_config, run_simulation
@@ -41,7 +41,7 @@ def resumable_folder(tmp_path: Path) -> Path:
     Its data-dir is empty (and never synthesised), so a checkpoint that is wrongly accepted ends the
     resume at the data check, within seconds, instead of training.
     """
-    from shared_models.registry import build_model
+    from shared_models.models.registry import build_model
 
     (tmp_path / "empty").mkdir()
     config, settings = load_run_config(None, {"runs-dir": str(tmp_path / "runs"), "run-name": "r",

@@ -39,16 +39,16 @@ def mounted_commands() -> list[str]:
     (["evaluate", "run"], "simulations.research_commands"),
     (["plot", "run-a", "run-b"], "simulations.research_commands"),
     (["data", "synth", "fer2013", "--out", "data"], "simulations.research_commands"),
-    (["data", "check", "data", "--format", "fer2013"], "client.commands"),
-    (["ledger", "node-state"], "client.commands"),
-    (["node", "check", "--superlink", "localhost:8000", "--root-certificates", "ca.crt"], "client.commands"),
-    (["node", "sent", "state"], "client.commands"),
-    (["node", "approve", "--node-config", "dataset-id='a'", "--run-config", "run.toml"], "client.commands"),
+    (["data", "check", "data", "--format", "fer2013"], "client.tools.commands"),
+    (["ledger", "node-state"], "client.tools.commands"),
+    (["node", "check", "--superlink", "localhost:8000", "--root-certificates", "ca.crt"], "client.tools.commands"),
+    (["node", "sent", "state"], "client.tools.commands"),
+    (["node", "approve", "--node-config", "dataset-id='a'", "--run-config", "run.toml"], "client.tools.commands"),
     (["node", "dry-run", "--node-config", "dataset-id='a'", "--run-config", "run.toml"], "simulations.node_dry_run"),
-    (["credentials", "init", "creds"], "server.commands"),
-    (["credentials", "add-hospital", "creds", "hospital-d"], "server.commands"),
-    (["verify", "run"], "server.commands"),
-    (["report", "run"], "server.commands"),
+    (["credentials", "init", "creds"], "server.tools.commands"),
+    (["credentials", "add-hospital", "creds", "hospital-d"], "server.tools.commands"),
+    (["verify", "run"], "server.tools.commands"),
+    (["report", "run"], "server.tools.commands"),
 ])
 def test_each_command_runs_code_that_lives_with_its_users(argv, module):
     args = build_parser().parse_args(argv)
@@ -149,7 +149,7 @@ def test_a_mistyped_key_is_answered_before_torch_loads():  # Flower's config rea
 
 
 def test_run_settings_refuse_unknown_keys_with_a_suggestion_too():
-    from shared_models.run_settings import ConfigError, RunSettings
+    from shared_models.settings.run_settings import ConfigError, RunSettings
     from simulations.run_config import load_run_config
 
     config, _ = load_run_config()

@@ -7,9 +7,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 
 from client.client_app import app
 from shared_models import messages as msgs
-from shared_models.registry import build_model
+from shared_models.models.registry import build_model
 from simulations.run_config import load_run_config
-from simulations.synthetic_data import synthesize
+from simulations.synthetic.synthetic_data import synthesize
 
 
 def test_a_process_serving_many_nodes_carries_nothing_from_one_node_to_the_next(tmp_path, task_identity):

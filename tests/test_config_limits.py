@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from shared_models.atomic_files import atomic_write_json
-from shared_models.run_settings import ConfigError, RunSettings
+from shared_models.settings.run_settings import ConfigError, RunSettings
 from simulations.cli import main as fedemo
 from simulations.run_config import load_run_config
 
@@ -88,7 +88,7 @@ def test_more_nodes_or_larger_partitions_than_the_rows_allow_stop_before_the_eng
 
 
 def test_metrics_and_summaries_are_strict_json_with_non_finite_figures_named(tmp_path):
-    from server.run_record import RunRecord
+    from server.record.run_record import RunRecord
 
     record = RunRecord.create(tmp_path, "nan-run", {"dp-epsilon": 1.0}, {})
     record.log_round({"round": 0, "loss": float("nan"), "accuracy": 0.1,

@@ -1,5 +1,5 @@
 """What `fedemo simulate` prints and keeps: our lines and a progress line per round, Flower's own lines only
-with --verbose, a plain run.log, one wall-clock figure and a final summary (server/console.py).
+with --verbose, a plain run.log, one wall-clock figure and a final summary (server/rounds/console.py).
 
 The two runs are real (the quickstart config, 2 rounds, 300 synthetic faces) and their output is captured
 through pipes, as in CI: no control codes may reach it.
@@ -28,7 +28,7 @@ DURATION = re.compile(r"(?<![\w:.])(\d+(?:\.\d+)?) ?s\b")  # "69.6 s"; the round
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory) -> Path:
     """The dataset, written before the runs: its own "written in N s" line stays out of their output."""
-    from simulations.synthetic_data import synthesize
+    from simulations.synthetic.synthetic_data import synthesize
 
     return synthesize("fer2013", tmp_path_factory.mktemp("data") / "fer2013", 300, 0)
 
@@ -94,7 +94,7 @@ def test_flowers_banner_and_final_results_dump_show_only_when_verbose(monkeypatc
     from flwr.supercore.logger import console_handler
     from flwr.supercore.task_identity import TaskIdentity
 
-    from server import console
+    from server.rounds import console
 
     for attr in ("_run_id", "_task_id", "_node_id"):  # what a ServerApp process has before building messages
         if hasattr(TaskIdentity, attr):
@@ -157,8 +157,8 @@ def test_flwr_run_says_what_the_federation_config_sets(monkeypatch):
     """Under `flwr run` the node count and resources come from Flower's federation config: said at start."""
     from flwr.supercore.logger import console_handler
 
-    from server import console
-    from shared_models.run_settings import RunSettings
+    from server.rounds import console
+    from shared_models.settings.run_settings import RunSettings
     from simulations.flwr_app import say_federation
     from simulations.run_config import load_run_config
 
@@ -194,9 +194,9 @@ def test_round_lines_fit_100_columns_and_run_log_keeps_every_figure(tmp_path, mo
     """The console's round line (with its progress bar) fits 100 columns; run.log has the full figures too."""
     from flwr.supercore.logger import console_handler
 
-    from server import console
-    from server.round_recorder import RoundRecorder
-    from server.run_record import RunRecord
+    from server.rounds import console
+    from server.record.round_recorder import RoundRecorder
+    from server.record.run_record import RunRecord
 
     console.begin()
     monkeypatch.setenv(console.VERBOSE_ENV, "0")

@@ -9,13 +9,13 @@ import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from client.client_app import open_ledger
-from client.data_check import check_data_dir
-from client.node_data import client_samples
+from client.tools.data_check import check_data_dir
+from client.data.node_data import client_samples
 from shared_models.privacy_ledger import LedgerError
 from server.server_app import prepare_data_dir
 from simulations.cli import main
 from simulations.run_config import load_run_config
-from simulations.synthetic_data import synthesize
+from simulations.synthetic.synthetic_data import synthesize
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def _non_utf8_fer(tmp_path):
 
 
 def test_ready_accounts_for_min_partition_size_times_nodes(tmp_path, capsys):
-    from client.partitioning import PartitionSpec
+    from client.data.partitioning import PartitionSpec
 
     folder = _five_row_fer(tmp_path / "five")
     assert check_data_dir(folder, "fer2013").ready  # a hospital's own node can train and test on 5 rows
@@ -144,7 +144,7 @@ def test_ready_accounts_for_min_partition_size_times_nodes(tmp_path, capsys):
 def test_a_simulation_refuses_its_data_before_the_engine_starts(tmp_path, case):
     """``prepare_data`` (what `fedemo simulate` and `baseline` run first) refuses in one printable line."""
     from shared_models.dataset_format_error import DatasetFormatError
-    from simulations.data_prep import prepare_data
+    from simulations.synthetic.data_prep import prepare_data
 
     overrides = {"five-rows-ten-nodes": {"data-dir": str(_five_row_fer(tmp_path / "five"))},
                  "all-nan-clips": {"data-dir": str(_all_nan_cremad(tmp_path / "nan")), "dataset": "cremad",
@@ -168,7 +168,7 @@ def test_constant_faces_are_counted_in_the_check_and_in_the_runs_log(tmp_path, c
     """300 all-black faces are kept (they are not malformed) but counted, in data check and in the run's log."""
     import logging
 
-    from simulations.data_prep import prepare_data
+    from simulations.synthetic.data_prep import prepare_data
 
     folder = synthesize("fer2013", tmp_path / "fer", 40, seed=6)
     black = " ".join(["0"] * 48 * 48)

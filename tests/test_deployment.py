@@ -328,9 +328,9 @@ def test_connection_without_tls_fails(federation):
 
 
 def test_nodes_send_only_model_arrays_and_aggregates(federation):
-    """Every reply each hospital sent, as its outgoing-message audit recorded it (client/outgoing_audit.py)."""
+    """Every reply each hospital sent, as its outgoing-message audit recorded it (client/tools/outgoing_audit.py)."""
     assert federation.run_returncode == 0, federation.run_output[-4000:]
-    from shared_models.registry import build_model
+    from shared_models.models.registry import build_model
 
     model = tomllib.loads((REPO / "configs" / "deployment_dp.toml").read_text())["model"]
     model_shapes = {k: list(v.shape) for k, v in build_model(model).state_dict().items()}

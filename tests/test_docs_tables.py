@@ -65,7 +65,7 @@ def test_the_configs_table_states_each_configs_own_rounds_and_clients():
 
 
 def test_the_model_row_names_every_model_the_registry_builds():
-    from shared_models.registry import MODELS
+    from shared_models.models.registry import MODELS
 
     row = next(line for line in PAGE.read_text(encoding="utf-8").splitlines() if line.startswith("| `model` |"))
     named = set(re.findall(r"`([a-z_]+)`", row.split("|")[3]))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared_models.run_settings import ConfigError
+from shared_models.settings.run_settings import ConfigError
 from simulations.run_config import load_run_config
 from simulations.simulate import run_simulation
 

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.dp_training import DPPlan, default_grad_sample_mode, make_private, steps_taken
+from client.privacy.dp_training import DPPlan, default_grad_sample_mode, make_private, steps_taken
 from client.local_training import train_epochs
-from shared_models.registry import build_model, model_task
-from shared_models.scatter_models import NUM_FEATURES
+from shared_models.models.registry import build_model, model_task
+from shared_models.models.scatter_models import NUM_FEATURES
 
 # The mode each model declares, as a node trains it (read from the models, so the tests follow a change of mode).
 NODE_MODES = {name: default_grad_sample_mode(build_model(name)) for name in ("face_scatter", "face_cnn", "voice_stats",
@@ -37,7 +37,7 @@ def _model(name: str, va: bool = False) -> nn.Module:
 
 def _dataset(name: str, n: int, *, weighted: bool = False, seed: int = 1) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
-    if name == "face_scatter":  # a node trains on the fixed features (client.fixed_features)
+    if name == "face_scatter":  # a node trains on the fixed features (client.data.fixed_features)
         inputs = (torch.randn(n, NUM_FEATURES, generator=g),)
     elif model_task(name) == "face":
         inputs = (torch.rand(n, 1, 48, 48, generator=g),)

@@ -1,7 +1,7 @@
 """The cheaper DP-SGD step paths (simulations/benchmarks/dp_cost.py) against brute force.
 
 Ghost clipping of a model whose only trained layer is one Linear (face_scatter, voice_stats: heads on fixed
-features) runs without Opacus's module hooks (``client.dp_training.LinearHeadCapture``): one ``autograd.grad``
+features) runs without Opacus's module hooks (``client.privacy.dp_training.LinearHeadCapture``): one ``autograd.grad``
 to the layer's output and one matrix product. Its clipped sum must equal per-sample gradients from plain
 autograd, one sample at a time, each clipped to C over all trainable parameters jointly, summed; on batches of
 varying size, an empty one among them, with per-sample loss weights, a frozen or missing bias, a frozen weight,
@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.book_keeping_clipping import uses_book_keeping
-from client.dp_training import DPPlan, make_private, sole_trained_linear, steps_taken
+from client.privacy.book_keeping_clipping import uses_book_keeping
+from client.privacy.dp_training import DPPlan, make_private, sole_trained_linear, steps_taken
 from client.local_training import train_epochs
-from shared_models.registry import build_model, model_task
-from shared_models.scatter_models import NUM_FEATURES
+from shared_models.models.registry import build_model, model_task
+from shared_models.models.scatter_models import NUM_FEATURES
 
 C = 1e-3  # far below every per-sample gradient norm here: every sample is clipped
 CPU = torch.device("cpu")
@@ -109,7 +109,7 @@ def test_linear_head_models_clip_without_opacus_hooks(name):
 
 def test_models_with_more_than_a_head_take_book_keeping_or_keep_opacus_hooks():
     torch.manual_seed(0)
-    model = build_model("face_cnn", dropout=0.0)  # Linear, Conv2d and GroupNorm: client/book_keeping_clipping.py
+    model = build_model("face_cnn", dropout=0.0)  # Linear, Conv2d and GroupNorm: client/privacy/book_keeping_clipping.py
     data = TensorDataset(torch.rand(8, 1, 48, 48), torch.randint(0, 7, (8,)), torch.zeros(8, 2))
     private, *_ = _private(model, data)
     assert sole_trained_linear(model) is None

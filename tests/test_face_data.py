@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client.loaders.base import DatasetFormatError
-from client.loaders.fer2013 import load_fer2013
-from client.loaders.rafdb import load_rafdb
+from client.data.loaders.base import DatasetFormatError
+from client.data.loaders.fer2013 import load_fer2013
+from client.data.loaders.rafdb import load_rafdb
 from shared_models.taxonomy import AGE_BANDS, EMOTIONS, UNKNOWN
-from simulations.synth_faces import (
+from simulations.synthetic.synth_faces import (
     FaceDifficulty,
     generate_faces,
     rafdb_records,

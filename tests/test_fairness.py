@@ -12,7 +12,7 @@ import torch
 from fairlearn.metrics import MetricFrame, demographic_parity_difference, equalized_odds_difference
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from client.group_counts import release_noised_counts
+from client.privacy.group_counts import release_noised_counts
 from shared_models.privacy_ledger import ADD_REMOVE, BudgetExceeded, PrivacyLedger, epsilon_of
 from server.report.fairness import confusion_statistics, fairness_history, fairness_view
 from shared_models.demographic_groups import COUNT_SENSITIVITY, group_schema

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from server import federation_credentials as fc
+from server.tools import federation_credentials as fc
 from simulations.cli import main
 
 

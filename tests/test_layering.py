@@ -221,7 +221,7 @@ def test_a_clean_tree_passes(tmp_path):
 ])
 def test_each_crossing_import_is_named_with_file_line_and_target(tmp_path, path, source, line, target):
     files = {"shared_models/a.py": "", "client/b.py": "", "server/c.py": "", "simulations/d.py": "",
-             "client/loaders/__init__.py": ""}
+             "client/data/loaders/__init__.py": ""}
     root = _tree(tmp_path, {**files, path: source})
     problems = check_tree(root)
     assert len(problems) == 1

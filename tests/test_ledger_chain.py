@@ -23,14 +23,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 
 from client.client_app import app
 from server.report.build import build_report
-from server.round_recorder import RoundRecorder
-from server.run_record import RunRecord
+from server.record.round_recorder import RoundRecorder
+from server.record.run_record import RunRecord
 from shared_models import messages as msgs
 from shared_models.privacy_ledger import LEDGER_FILE, NODE_FILE, LedgerError, PrivacyLedger
-from shared_models.registry import build_model
+from shared_models.models.registry import build_model
 from simulations.cli import main as fedemo
 from simulations.run_config import load_run_config
-from simulations.synthetic_data import synthesize
+from simulations.synthetic.synthetic_data import synthesize
 
 EARLIER_RUN, RUN = 6, 7  # Flower run ids: an earlier run on the same data, then the run the report covers
 ROUNDS, NODES = 2, 2

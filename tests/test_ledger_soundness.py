@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 
 from client.client_app import app
 from shared_models import messages as msgs
-from shared_models.registry import build_model
+from shared_models.models.registry import build_model
 from simulations.run_config import load_run_config
 
 ROUNDS = 2
@@ -40,7 +40,7 @@ def independent_epsilon(events: list[tuple[float, float, int]], delta: float, re
 
 @pytest.fixture(scope="module")
 def hospital(tmp_path_factory):
-    from simulations.synth_faces import write_fer2013
+    from simulations.synthetic.synth_faces import write_fer2013
 
     root = tmp_path_factory.mktemp("hospital") / "fer2013"
     write_fer2013(root, 240, seed=5)
@@ -105,7 +105,7 @@ def test_add_remove_calibration_at_quickstart_dp_figures_overspends_under_replac
     which is what holds when n is sent; the ledger's replace-one calibration keeps it."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    from client.dp_training import calibrate_noise
+    from client.privacy.dp_training import calibrate_noise
     from shared_models.privacy_ledger import ADD_REMOVE, epsilon_of
 
     q, steps, delta = 1 / 25, 200, 1 / 16_000
@@ -175,7 +175,7 @@ def test_the_shipped_dp_configs_noise_evaluation_counts_by_default():
 # --------------------------------------------------------------------------- finding 5: delta
 def test_a_node_refuses_a_delta_that_is_not_below_one_over_n(hospital, tmp_path):
     from shared_models.privacy_ledger import LedgerError
-    from shared_models.run_settings import ConfigError
+    from shared_models.settings.run_settings import ConfigError
 
     with pytest.raises(LedgerError, match=r"delta 0.5 is not below 1/n .* fails outright"):
         _ask(_context(hospital, tmp_path / "state", **{"dp-delta": 0.5}), "train", 1)
@@ -283,7 +283,7 @@ def test_every_dp_reply_carries_the_ledger_head_after_its_spend(hospital, tmp_pa
 def test_fedemo_ledger_shows_both_epsilons(tmp_path, capsys):
     import argparse
 
-    from client.commands import ledger_command
+    from client.tools.commands import ledger_command
     from shared_models.privacy_ledger import PrivacyLedger
 
     ledger = PrivacyLedger.open(tmp_path / "node-0", dataset_id="d", epsilon_budget=8.0, delta=1e-5, run=("7", "face"))

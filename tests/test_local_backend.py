@@ -1,11 +1,11 @@
-"""The local simulation backend (simulations/local_backend.py) in real Flower simulations.
+"""The local simulation backend (simulations/engine/local_backend.py) in real Flower simulations.
 
 It replaces Ray's actor pool under Flower's own engine: a few worker
 processes that load the ClientApp once and keep it, and every node's cached
 data, for the whole run. These tests check what it promises: workers start
 once, not per round; a node whose process dies is answered with an error
 naming it and a fresh worker takes its place; one worker on a GPU; and the
-Flower internals simulations/flower_engine.py relies on still exist.
+Flower internals simulations/engine/flower_engine.py relies on still exist.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from shared_models.run_settings import RunSettings
-from simulations.flower_engine import PRIVATE_NAMES
+from shared_models.settings.run_settings import RunSettings
+from simulations.engine.flower_engine import PRIVATE_NAMES
 from simulations.run_config import load_run_config
 from simulations.simulate import local_workers, run_simulation
 
@@ -90,7 +90,7 @@ def test_a_node_whose_process_dies_is_named_and_replaced_and_the_rest_keep_train
 
 def test_gpu_figures_come_from_nvidia_smi_samples(tmp_path, monkeypatch):
     """The sampler runs the real ``nvidia-smi`` command line; here a stand-in script on PATH answers it."""
-    from simulations.gpu_usage import GpuSampler
+    from simulations.engine.gpu_usage import GpuSampler
 
     script = tmp_path / "nvidia-smi"
     script.write_text("#!/bin/sh\necho '37, 1024'\necho '12, 2048'\n")  # two GPUs: the busiest one is kept

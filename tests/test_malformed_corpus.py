@@ -35,10 +35,10 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from client.data_check import check_data_dir, default_task, describe
-from client.loaders.base import DatasetFormatError, EmotionData
-from client.loaders.registry import load_dataset
-from client.torch_data import EmotionSamples
+from client.tools.data_check import check_data_dir, default_task, describe
+from client.data.loaders.base import DatasetFormatError, EmotionData
+from client.data.loaders.registry import load_dataset
+from client.data.torch_data import EmotionSamples
 from shared_models.audio_features import SAMPLE_RATE, WaveAugment, pitch_shift
 from shared_models.taxonomy import EMOTION_INDEX
 
@@ -331,7 +331,7 @@ def _accept_format(subtype: str, sr: int = SAMPLE_RATE, channels: int = 1) -> Ca
 
 def _decodes_like_the_tone(data: EmotionData) -> None:
     row = list(data.refs).index("AudioWAV/1002_MTI_HAP_MD.wav")
-    from client.loaders.audio_files import decode_clip
+    from client.data.loaders.audio_files import decode_clip
 
     wave = decode_clip(data.path_of(row))
     assert wave.dtype == np.float32 and abs(wave.size - SAMPLE_RATE // 2) <= 2
@@ -344,7 +344,7 @@ def _sixty_seconds(root: Path) -> None:
 
 
 def _sixty_second_check(data: EmotionData) -> None:
-    from client.loaders.audio_files import MAX_DECODE_SECONDS, decode_clip
+    from client.data.loaders.audio_files import MAX_DECODE_SECONDS, decode_clip
 
     row = list(data.refs).index("AudioWAV/1002_MTI_HAP_MD.wav")
     assert decode_clip(data.path_of(row)).size == int(MAX_DECODE_SECONDS * SAMPLE_RATE)
@@ -949,7 +949,7 @@ def test_short_clips_cannot_crash_augmentation():
 
 
 def test_folder_skips_are_counted_once_per_dataset_not_once_per_client(tmp_path):
-    from client.node_data import client_samples
+    from client.data.node_data import client_samples
     from simulations.run_config import load_run_config
 
     root = cremad(tmp_path / "cremad")
@@ -1017,7 +1017,7 @@ def _restricted_check(root: Path, dataset: str) -> tuple[int, dict]:
     """``check_data_dir`` (what ``fedemo data check`` runs) in a process that mode bits apply to, also as root."""
     import json
 
-    child = ("import json, sys; from client.data_check import check_data_dir; "
+    child = ("import json, sys; from client.tools.data_check import check_data_dir; "
              "r = check_data_dir(sys.argv[1], sys.argv[2]); print(json.dumps(r.to_json())); sys.exit(0 if r.ready else 2)")
     done = subprocess.run([sys.executable, "-c", child, str(root), dataset], capture_output=True, text=True,
                           timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},

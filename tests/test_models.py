@@ -11,10 +11,10 @@ from opacus import GradSampleModule, PrivacyEngine
 from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 
-from shared_models.fusion_model import FusionNet
-from shared_models.registry import MODELS, build_model, count_parameters, model_task
+from shared_models.models.fusion_model import FusionNet
+from shared_models.models.registry import MODELS, build_model, count_parameters, model_task
 from shared_models.taxonomy import NUM_EMOTIONS
-from shared_models.voice_models import VoiceCRNN, ccc, ccc_loss, reverse_within_length
+from shared_models.models.voice_models import VoiceCRNN, ccc, ccc_loss, reverse_within_length
 
 torch.set_num_threads(1)
 
@@ -294,7 +294,7 @@ def test_build_model_errors():
 
 
 def test_face_scatter_trains_only_its_head_and_features_depend_on_each_face_alone():
-    from shared_models.scatter_models import NUM_FEATURES, scatter_features
+    from shared_models.models.scatter_models import NUM_FEATURES, scatter_features
 
     model = build_model("face_scatter")
     assert list(model.state_dict()) == ["head.weight", "head.bias"]  # the transform never travels
@@ -320,7 +320,7 @@ def test_sequence_lstm_is_opacus_dplstm_at_a_fraction_of_the_dp_cost():
     """SequenceLSTM: DPLSTM's parameters, initialisation, outputs and gradients; loads DPLSTM state dicts."""
     from opacus.layers import DPLSTM
 
-    from shared_models.voice_models import SequenceLSTM
+    from shared_models.models.voice_models import SequenceLSTM
 
     torch.manual_seed(3)
     reference = DPLSTM(10, 8, batch_first=True)

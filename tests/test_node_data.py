@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from client.node_data import client_samples, train_test_split
+from client.data.node_data import client_samples, train_test_split
 from simulations.run_config import load_run_config
-from simulations.synth_faces import write_fer2013, write_rafdb
+from simulations.synthetic.synth_faces import write_fer2013, write_rafdb
 
 
 def test_hospital_node_reads_its_folder_and_keeps_the_published_split(tmp_path):
@@ -38,7 +38,7 @@ def test_simulated_nodes_get_disjoint_reproducible_partitions(tmp_path):
 
 def test_a_worker_process_parses_a_dataset_once_for_all_its_nodes_and_rounds(tmp_path, monkeypatch):
     """Flower reuses a few workers for many virtual clients; each must not reparse the folder."""
-    from client import node_data
+    from client.data import node_data
 
     write_rafdb(tmp_path / "rafdb", 200, seed=6)
     _, settings = load_run_config(None, {"dataset": "rafdb", "partitioner": "iid", "seed": 3})

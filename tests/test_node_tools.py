@@ -176,7 +176,7 @@ def test_an_unregistered_or_unreadable_key_is_named(creds, tmp_path):
                        "--auth-supernode-private-key", bad_key)
     assert code == 1 and "'localhost' is not HOST:PORT" in out
     assert "cannot be read as an OpenSSH EC private key" in out and "Unable to parse the private key file" in out
-    from client.node_check import key_steps
+    from client.tools.node_check import key_steps
 
     steps = key_steps(foreign / "auth.key", listed)
     assert [s.ok for s in steps] == [True, True, True] and f"this key is in {listed} as '" in steps[-1].detail
@@ -186,8 +186,8 @@ def test_an_unregistered_or_unreadable_key_is_named(creds, tmp_path):
 
 
 def _audit_line(run: int, round_: int, kind: str, content=None, error: str | None = None) -> str:
-    """One line as client/outgoing_audit.py writes it, the records described by its own describe_content."""
-    from client.outgoing_audit import describe_content
+    """One line as client/tools/outgoing_audit.py writes it, the records described by its own describe_content."""
+    from client.tools.outgoing_audit import describe_content
 
     return json.dumps({"time": 1796165175.0 + round_, "run": run, "message_type": kind, "round": round_,
                        "error": error, "records": describe_content(content) if content is not None else {}},

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from flwr.app import MetricRecord, RecordDict
 
-from client.group_counts import group_count_metrics, noised_counts, overall_confusion
-from server.global_metrics import aggregate_evaluation, classification_metrics, group_summary
+from client.privacy.group_counts import group_count_metrics, noised_counts, overall_confusion
+from server.rounds.global_metrics import aggregate_evaluation, classification_metrics, group_summary
 from shared_models import messages as msgs
 from shared_models.demographic_groups import COUNT_SENSITIVITY, group_schema
 from shared_models.taxonomy import NUM_EMOTIONS
@@ -168,7 +168,7 @@ def test_the_final_line_gives_the_noised_accuracys_interval_and_judges_the_major
     """The console's last line under noised counts: the report's interval beside the point, and "no better
     than the majority class" only as the interval allows (a noised point below the majority rate is not
     evidence of a useless model, nor one above it of a useful one)."""
-    from server.console import final_summary
+    from server.rounds.console import final_summary
 
     def declared(split: dict[str, np.ndarray], sigma: float) -> MetricRecord:
         """A reply declaring noise of ``sigma`` on counts left as they are: the interval is then deterministic

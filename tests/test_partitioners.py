@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.loaders.base import EmotionData
-from client.node_data import EmptySplitError, train_test_split
-from client.partitioning import PartitionError, PartitionSpec, partition
+from client.data.loaders.base import EmotionData
+from client.data.node_data import EmptySplitError, train_test_split
+from client.data.partitioning import PartitionError, PartitionSpec, partition
 
 
 def make_data(n: int = 1200, n_subjects: int = 60, seed: int = 0) -> EmotionData:

@@ -1,4 +1,4 @@
-"""The per-sample gradient rules of client/per_sample_grads.py against brute force.
+"""The per-sample gradient rules of client/privacy/per_sample_grads.py against brute force.
 
 Each rule must return, for every sample, exactly the gradient plain autograd gives for that sample alone
 (the segment rule: summed over the sample's segments), in every layout it accepts and in those it hands
@@ -16,9 +16,9 @@ from opacus.grad_sample.grad_sample_module import GradSampleHooks
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import client.dp_training  # noqa: F401  (what a node imports: registers the rules)
-from client.per_sample_grads import conv2d_grad_sample, keep_freed_memory_for_reuse, segment_conv2d_grad_sample
-from shared_models.segment_layers import SegmentConv2d
+import client.privacy.dp_training  # noqa: F401  (what a node imports: registers the rules)
+from client.privacy.per_sample_grads import conv2d_grad_sample, keep_freed_memory_for_reuse, segment_conv2d_grad_sample
+from shared_models.models.segment_layers import SegmentConv2d
 from test_dp_modes_bruteforce import _check_steps_against_brute_force, _dataset, _model, _poisson_like_batches
 
 

@@ -9,7 +9,7 @@ import pytest
 from dp_accounting import NeighboringRelation
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 
-from client.dp_training import calibrate_noise
+from client.privacy.dp_training import calibrate_noise
 from shared_models.privacy_ledger import PLD_DISCRETIZATION, BudgetExceeded, LedgerError, PrivacyLedger, epsilon_of
 
 
@@ -107,9 +107,9 @@ def _private_update(name: str, mode: str, *, weighted: bool = False, va: bool = 
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from client.dp_training import DPPlan, make_private
+    from client.privacy.dp_training import DPPlan, make_private
     from client.local_training import train_epochs
-    from shared_models.registry import build_model, model_task
+    from shared_models.models.registry import build_model, model_task
 
     torch.manual_seed(0)
     model = build_model(name, valence_arousal=va) if va else build_model(name)
@@ -157,9 +157,9 @@ def test_each_model_trains_under_dp_in_its_mode_and_an_empty_batch_is_pure_noise
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from client.dp_training import DPPlan, default_grad_sample_mode, make_private
+    from client.privacy.dp_training import DPPlan, default_grad_sample_mode, make_private
     from client.local_training import train_epochs
-    from shared_models.registry import build_model, model_task
+    from shared_models.models.registry import build_model, model_task
 
     model = build_model(name)
     assert default_grad_sample_mode(model) == mode

@@ -24,17 +24,17 @@ from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.client_app import app
-from client.dp_allowlist import UnaccountedRelease, disallowed_content, dp_allowlist_mod
-from client.book_keeping_clipping import uses_book_keeping
-from client.dp_training import DPPlan, ghost_clipping_loss, make_private, uses_ghost_clipping
-from server.central_dp import wrap_strategy
+from client.privacy.dp_allowlist import UnaccountedRelease, disallowed_content, dp_allowlist_mod
+from client.privacy.book_keeping_clipping import uses_book_keeping
+from client.privacy.dp_training import DPPlan, ghost_clipping_loss, make_private, uses_ghost_clipping
+from server.privacy.central_dp import wrap_strategy
 from server.report.build import check_ledgers
 from shared_models import messages as msgs
 from shared_models.demographic_groups import group_schema
 from shared_models.privacy_ledger import BudgetExceeded, PrivacyLedger, epsilon_of, group_mechanisms
-from shared_models.registry import build_model
-from shared_models.scatter_models import NUM_FEATURES as NUM_SCATTER_FEATURES
-from shared_models.run_settings import ConfigError, RunSettings
+from shared_models.models.registry import build_model
+from shared_models.models.scatter_models import NUM_FEATURES as NUM_SCATTER_FEATURES
+from shared_models.settings.run_settings import ConfigError, RunSettings
 from simulations.run_config import load_run_config
 
 SEED, ROUND = 42, 1
@@ -64,7 +64,7 @@ def _face_scatter():
     return build_model("face_scatter")
 
 
-# Each way a node clips (client/dp_training.py): Opacus's hooks on a plain Linear; book-keeping clipping
+# Each way a node clips (client/privacy/dp_training.py): Opacus's hooks on a plain Linear; book-keeping clipping
 # (face_cnn: one backward pass, no hooks); the hook-free linear head on fixed features (face_scatter,
 # voice_stats). Each is built by make_private as the node builds it; ``uses`` says the path was taken.
 CLIPPING_PATHS = {
@@ -239,7 +239,7 @@ def test_concurrent_spending_never_passes_the_budget(tmp_path):
 # --------------------------------------------------------------------------- 5. nothing unaccounted leaves a DP node
 @pytest.fixture(scope="module")
 def hospital(tmp_path_factory) -> Path:
-    from simulations.synth_faces import write_fer2013
+    from simulations.synthetic.synth_faces import write_fer2013
 
     root = tmp_path_factory.mktemp("hospital") / "fer2013"
     write_fer2013(root, 240, seed=5)
@@ -367,7 +367,7 @@ def test_two_simulations_on_one_state_dir_compose_without_losing_or_overspending
     import subprocess
     import sys
 
-    from simulations.synthetic_data import synthesize
+    from simulations.synthetic.synthetic_data import synthesize
 
     synthesize("fer2013", tmp_path / "fer", 300, SEED)
     common = {"data-dir": tmp_path / "fer", "runs-dir": tmp_path / "runs", "state-dir": tmp_path / "state",

@@ -101,7 +101,7 @@ def test_a_page_rebuilt_over_an_altered_report_is_unverified_and_not_advised(run
 def write_checkpoint(run_dir: Path, server_round: int) -> None:
     from flwr.app import Array, ArrayRecord
 
-    from server.checkpoint import Checkpoint
+    from server.record.checkpoint import Checkpoint
 
     Checkpoint(server_round, ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})).save(run_dir)
 

@@ -27,8 +27,8 @@ import dp_accounting
 import pytest
 import torch
 
-from server.central_dp import RELEASES_FILE, epsilon_after
-from server.checkpoint import Checkpoint, CheckpointError
+from server.privacy.central_dp import RELEASES_FILE, epsilon_after
+from server.record.checkpoint import Checkpoint, CheckpointError
 from shared_models.config_error import ConfigError
 from simulations.cli import main as fedemo
 from simulations.simulate import resume_config, run_simulation
@@ -286,7 +286,7 @@ def test_a_resume_refuses_every_key_that_decides_what_was_trained_and_records_wh
     """Issue 20: `--resume` took any --set (model, dp, seed, data-dir, ...) and signed the original config.
     Every key outside RESUMABLE_KEYS is refused by name, whatever its new value; a longer run is allowed,
     recorded per resumed part in config.json and in the signed report, whose config says what it ended under."""
-    from shared_models.run_settings import RESUMABLE_KEYS
+    from shared_models.settings.run_settings import RESUMABLE_KEYS
 
     run_dir = run_simulation(None, {
         "data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": "honest",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared_models.run_settings import ConfigError
+from shared_models.settings.run_settings import ConfigError
 from simulations.run_config import load_run_config, parse_overrides
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
@@ -57,7 +57,7 @@ def test_command_line_overrides_are_read_as_toml_values():
 
 
 def test_a_negative_seed_is_refused_by_name():
-    from shared_models.run_settings import ConfigError
+    from shared_models.settings.run_settings import ConfigError
     from simulations.run_config import load_run_config
 
     with pytest.raises(ConfigError, match="seed = -1"):

@@ -1,6 +1,6 @@
 """The run record names a failed node's problem in one line, as the node said it."""
 
-from server.run_record import failure_reason
+from server.record.run_record import failure_reason
 
 # What Flower's Ray backend hands the coordinator when a simulated ClientApp raises (abridged, colours kept).
 RAY_WRAPPED = (

@@ -24,15 +24,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from torch.utils.data import DataLoader
 
 from client.client_app import app
-from client.fixed_features import feature_dataset
-from client.loaders.registry import load_dataset
-from client.node_data import _hospital_samples, client_samples
-from client.torch_data import EmotionSamples
+from client.data.fixed_features import feature_dataset
+from client.data.loaders.registry import load_dataset
+from client.data.node_data import _hospital_samples, client_samples
+from client.data.torch_data import EmotionSamples
 from shared_models import messages as msgs
-from shared_models.registry import build_model
+from shared_models.models.registry import build_model
 from simulations.run_config import load_run_config
-from simulations.synth_faces import write_fer2013
-from simulations.synth_voices import write_cremad
+from simulations.synthetic.synth_faces import write_fer2013
+from simulations.synthetic.synth_voices import write_cremad
 
 ROUND, CLIENT = 3, "hospital-a"
 
@@ -176,7 +176,7 @@ def test_through_the_client_app_one_records_absence_changes_no_other_records_dra
     and on the folder without its first training record, with the augmentation secret fixed: every other
     record's k-th augmented face is the same in both. (The secret is fixed by giving this module the same 128
     bits twice; the masks and the noise stay secret and differ between the two calls.)"""
-    from client import torch_data
+    from client.data import torch_data
 
     monkeypatch.setattr(torch_data, "secrets", type("FixedSecret", (), {"randbits": staticmethod(lambda k: 0x5EC2E7)}))
     lines = (hospital / "fer2013.csv").read_text().splitlines()

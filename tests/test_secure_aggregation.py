@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared_models.registry import build_model
+from shared_models.models.registry import build_model
 from simulations.cli import main as fedemo
 from simulations.simulate import run_simulation
 

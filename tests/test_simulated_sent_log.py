@@ -51,7 +51,7 @@ def test_simulated_nodes_write_the_outgoing_log_that_node_sent_reads(tmp_path):
 
     from flwr.app import ConfigRecord, Context, RecordDict
 
-    from client.outgoing_audit import audit_path
+    from client.tools.outgoing_audit import audit_path
 
     defaults = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     run_config = defaults["tool"]["flwr"]["app"]["config"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared_models.registry import build_model
+from shared_models.models.registry import build_model
 from simulations.cli import main as fedemo
 from simulations.simulate import run_simulation
 
@@ -52,7 +52,7 @@ def test_face_federation_learns_and_writes_its_run_folder(tmp_path):
 
 
 def test_voice_federation_normalises_globally_and_counts_broken_clips(tmp_path):
-    from simulations.synth_voices import write_cremad
+    from simulations.synthetic.synth_voices import write_cremad
 
     data_dir = tmp_path / "cremad"
     write_cremad(data_dir, n_clips=240, seed=3, n_actors=12)
@@ -70,7 +70,7 @@ def test_voice_federation_normalises_globally_and_counts_broken_clips(tmp_path):
     # The broken clips belong to the shared folder: counted once for the dataset (the data check, which the
     # simulation runs and logs before the engine starts), not once per node.
     assert [c["skipped"] for c in rounds[-1]["evaluate"]["clients"]] == [0, 0, 0]
-    from client.data_check import check_data_dir
+    from client.tools.data_check import check_data_dir
 
     assert sorted(s["ref"] for s in check_data_dir(data_dir, "cremad", "voice").skipped) == sorted(
         f"AudioWAV/{p.name}" for p in broken)

@@ -63,7 +63,7 @@ def _train(hospital, node_config: dict, server_round: int = 1) -> Message:
     """One training message through the real ClientApp, as a deployed node receives it."""
     from client.client_app import app
     from shared_models import messages as msgs
-    from shared_models.registry import build_model
+    from shared_models.models.registry import build_model
     from simulations.run_config import load_run_config
 
     run_config, _ = load_run_config(hospital["run_config"])

@@ -10,10 +10,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import Error, Metadata
 
-from server.checkpoint import Checkpoint, CheckpointError
-from server.update_checks import UpdatePolicy, global_values, inspect, leave_one_out_medians, model_spec, screen
-from shared_models.registry import build_model
-from shared_models.run_settings import ConfigError
+from server.record.checkpoint import Checkpoint, CheckpointError
+from server.aggregation.update_checks import UpdatePolicy, global_values, inspect, leave_one_out_medians, model_spec, screen
+from shared_models.models.registry import build_model
+from shared_models.settings.run_settings import ConfigError
 from simulations.run_config import load_run_config
 
 GLOBAL = ArrayRecord(build_model("face_cnn").state_dict())

@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from client.loaders.base import DatasetFormatError
-from client.loaders.cremad import load_cremad
-from client.loaders.ravdess import load_ravdess
+from client.data.loaders.base import DatasetFormatError
+from client.data.loaders.cremad import load_cremad
+from client.data.loaders.ravdess import load_ravdess
 from shared_models.audio_features import (
     SAMPLE_RATE,
     SILENCE_DB,
@@ -31,7 +31,7 @@ from shared_models.audio_features import (
     read_waveform,
 )
 from shared_models.taxonomy import CREMAD_CODES, EMOTION_INDEX, RAVDESS_CODES, age_band, valence_arousal
-from simulations.synth_voices import CREMAD_SENTENCES, write_cremad, write_ravdess
+from simulations.synthetic.synth_voices import CREMAD_SENTENCES, write_cremad, write_ravdess
 
 CREMAD_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_(LO|MD|HI|XX)\.wav$")
 RAVDESS_NAME = re.compile(r"^03-01-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d{2})\.wav$")
@@ -373,7 +373,7 @@ def test_the_resampling_kernel_is_bounded_and_common_rates_are_exact():
     """44,101 Hz shares no factor with 16 kHz: torchaudio's kernel would be 44,101 x 16,000 cells (2.8 GB)."""
     from fractions import Fraction
 
-    from client.loaders.audio_files import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+    from client.data.loaders.audio_files import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
     from shared_models.audio_features import MAX_KERNEL_CELLS, resample_ratio, resampling_note
 
     assert MAX_SAMPLE_RATE == RATES_TESTED[-1]

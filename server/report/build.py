@@ -405,7 +405,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
             # stopped early (Ctrl-C: summary's "interrupted"; or killed): fewer rounds than planned
             "incomplete": len(rounds) - 1 < int(run_config.get("num-server-rounds") or 0),
             "interrupted": summary.get("interrupted"),
-            # the divergence guard stopped the run (server/divergence_guard.py): why, and whose weights were kept
+            # the divergence guard stopped the run (server/rounds/divergence_guard.py): why, and whose weights were kept
             "diverged": summary.get("diverged"),
             # a non-finite aggregation ended the run on the last finite model (server/server_app.py)
             "stopped": summary.get("stopped"),

@@ -4,7 +4,7 @@ For a clinical reader a model's probabilities matter as much as its accuracy,
 and DP-SGD's effect on them is part of its cost (a DP head can keep its
 accuracy while its confidence runs away). The coordinator has no test data:
 each round's metrics.jsonl ``calibration`` record holds the nodes' summed
-confidence bins (server/global_metrics.py ``calibration_summary``; noised
+confidence bins (server/rounds/global_metrics.py ``calibration_summary``; noised
 alike with the confusion counts under ``eval-dp-noise-multiplier``), and this
 module turns the last round's into report.json's ``calibration`` section, a
 table of expected calibration error (ECE) per group and a reliability diagram.

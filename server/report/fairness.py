@@ -53,7 +53,7 @@ summed cells are unbiased but noisy and may be negative. Then
   a group's ``confusion`` is shown clipped, its ``n`` is the unclipped sum;
 - intervals include the count noise. Every summed cell carries independent
   noise of variance ``v`` (``groups_dp.cell_noise_variance``: the sum over
-  noised nodes of sigma^2 + 1/12, see server/global_metrics.py). Accuracy:
+  noised nodes of sigma^2 + 1/12, see server/rounds/global_metrics.py). Accuracy:
   an Agresti-Coull interval whose variance is the sampling variance plus
   the noise's, by the delta method on p = C / N with C the 7 diagonal and
   N - C the 42 other cells: ``v (7 (1 - p)^2 + 42 p^2) / N^2``

@@ -6,14 +6,14 @@
 1. Time per local step as a node takes it (``client.local_training.train_epochs``
    over a loader of the node's kind of data: faces, log-mel segments, or for
    face_scatter the scattering features a node computes once and caches),
-   without DP and under DP-SGD (``client.dp_training.make_private``: secret
+   without DP and under DP-SGD (``client.privacy.dp_training.make_private``: secret
    Poisson sampling, clipping, noise) in each of Opacus's grad_sample_modes
    ("hooks", "ew" expanded weights, "functorch", "ghost" clipping), for
    face_cnn and voice_crnn and for the DP configs' face_scatter and
    voice_stats (whose only trained layer is one Linear: under "ghost" they
-   clip without Opacus's module hooks, ``client.dp_training.LinearHeadCapture``;
+   clip without Opacus's module hooks, ``client.privacy.dp_training.LinearHeadCapture``;
    face_cnn's Linear, Conv2d and GroupNorm layers under "ghost" take
-   book-keeping clipping, also without hooks, client/book_keeping_clipping.py).
+   book-keeping clipping, also without hooks, client/privacy/book_keeping_clipping.py).
    Each (model, mode) runs in a fresh process, alternating
    epochs with a non-private twin so the shared machine's load hits both
    alike; the ratio is the median over paired epochs. A mode Opacus cannot
@@ -43,7 +43,7 @@ MODELS = {"face_cnn": ("face", 32, "adam"), "voice_crnn": ("voice", 16, "adam"),
           "face_scatter": ("face", 64, "sgd"), "voice_stats": ("voice", 16, "sgd")}
 # Opacus's ways of getting per-sample gradients (or, for "ghost", only their norms: ghost clipping for
 # Linear and Embedding, per-sample gradients as fallback for other layers, then a second backward pass;
-# our hook-free paths replace it for linear heads and for Linear/Conv2d/GroupNorm models, client/dp_training.py).
+# our hook-free paths replace it for linear heads and for Linear/Conv2d/GroupNorm models, client/privacy/dp_training.py).
 DP_MODES = ("hooks", "ew", "functorch", "ghost")
 
 
@@ -56,8 +56,8 @@ def _dataset(model_name: str, n: int):
     labels = torch.randint(0, 7, (n,), generator=generator)
     va = torch.rand(n, 2, generator=generator) * 2 - 1
     if model_name == "face_scatter":  # the node computes the scattering once, then serves stored features
-        from client.fixed_features import FeatureRows
-        from shared_models.scatter_models import scatter_features
+        from client.data.fixed_features import FeatureRows
+        from shared_models.models.scatter_models import scatter_features
 
         faces = torch.rand(n, 1, 48, 48, generator=generator)
         return FeatureRows(scatter_features(faces), labels, va), 1
@@ -71,13 +71,13 @@ def _dataset(model_name: str, n: int):
 
 def _trainer(model_name: str, mode: str, steps: int):
     """A node's local training, ready to run epochs: ``train_epochs`` over a loader of the node's kind of
-    dataset (loading and batching included), under DP after ``client.dp_training.make_private`` (secret
+    dataset (loading and batching included), under DP after ``client.privacy.dp_training.make_private`` (secret
     Poisson sampling and noise) with Opacus's ``grad_sample_mode`` ``mode``."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
     from client.local_training import train_epochs
-    from shared_models.registry import build_model
+    from shared_models.models.registry import build_model
 
     torch.manual_seed(0)
     _, batch, optimizer_name = MODELS[model_name]
@@ -89,7 +89,7 @@ def _trainer(model_name: str, mode: str, steps: int):
                  else torch.optim.SGD(model.parameters(), lr=0.1))
     loader = DataLoader(dataset, batch_size=batch, shuffle=True)
     if mode != "plain":
-        from client.dp_training import DPPlan, make_private
+        from client.privacy.dp_training import DPPlan, make_private
 
         plan = DPPlan(noise_multiplier=1.0, sample_rate=1 / len(loader), steps_per_round=len(loader),
                       max_grad_norm=1.0)
@@ -137,9 +137,9 @@ def step_costs(steps: int, models=tuple(MODELS), modes=DP_MODES, min_seconds: fl
     ctx = mp.get_context("spawn")
     out = {}
     for name in models:
-        from shared_models.registry import MODELS as REGISTRY
+        from shared_models.models.registry import MODELS as REGISTRY
 
-        row = {"batch": MODELS[name][1], "optimizer": MODELS[name][2],  # the node's mode: client/dp_training.py
+        row = {"batch": MODELS[name][1], "optimizer": MODELS[name][2],  # the node's mode: client/privacy/dp_training.py
                "node_mode": getattr(REGISTRY[name].constructor, "dp_grad_sample_mode", "hooks")}
         for mode in ("plain", *modes):
             queue = ctx.Queue()

@@ -15,7 +15,7 @@ its own process instead of exhausting the machine; such a rate shows
 "failed" with the error.
 
 Rates: 8, 22.05, 44.1, 44.101, 48 and 96 kHz, 383,999 Hz and the largest
-accepted rate (``client.loaders.audio_files.MAX_SAMPLE_RATE``). Figures, not
+accepted rate (``client.data.loaders.audio_files.MAX_SAMPLE_RATE``). Figures, not
 tests; ``tests/test_voice_data.py`` asserts the bound on the same child.
 """
 
@@ -97,7 +97,7 @@ def measure(rate: int, seconds: float = 30.0, limit_mb: int = 2048) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from client.loaders.audio_files import MAX_SAMPLE_RATE
+    from client.data.loaders.audio_files import MAX_SAMPLE_RATE
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="clip length (30 s: the longest decoded)")

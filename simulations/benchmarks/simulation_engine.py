@@ -7,7 +7,7 @@ evaluates, every round) in one run, side by side, so the machine's noise
 cancels in the ratios:
 
 1. ``fedemo simulate`` on Flower's Ray backend (``client-num-cpus = 1``);
-2. the same on the local backend (simulations/local_backend.py; automatic
+2. the same on the local backend (simulations/engine/local_backend.py; automatic
    worker count: one per core, or one on a GPU);
 3. the single-process compute bound: the same client work (load the global
    weights into one model object, train, evaluate every client's test split)
@@ -18,7 +18,7 @@ A round's cost is the mean of the warm rounds (2..R; round 1 also reads and
 caches every node's data, in both the federation and the loop), taken from
 each run's ``metrics.jsonl``. Also printed: peak resident memory (the
 coordinator plus every worker), and on CUDA the GPU's utilisation (sampled
-with nvidia-smi during each run: simulations/gpu_usage.py) and peak memory. Results go to ``<out>/benchmark.json``.
+with nvidia-smi during each run: simulations/engine/gpu_usage.py) and peak memory. Results go to ``<out>/benchmark.json``.
 Figures, not assertions: speed belongs here, not in timed tests.
 """
 
@@ -34,9 +34,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
-from client.node_data import client_samples
-from client.torch_data import NUM_MODEL_INPUTS
-from shared_models.registry import build_model
+from client.data.node_data import client_samples
+from client.data.torch_data import NUM_MODEL_INPUTS
+from shared_models.models.registry import build_model
 from simulations.run_config import load_run_config
 from simulations.simulate import run_simulation
 

@@ -1,0 +1,1 @@
+"""The node's data: dataset loaders (one per format), partitions, tensors, fixed features."""

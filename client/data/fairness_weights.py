@@ -1,0 +1,52 @@
+"""Fairness-aware local training: weight each sample's loss by the inverse frequency of its group.
+
+With ``fairness-reweight = "race"`` (or another attribute) every training
+sample of a node carries a weight ``n / (groups x n_group)`` computed on that
+node's training split (scikit-learn's ``compute_sample_weight("balanced")``),
+so each group present on the node contributes equally to the loss and the
+weights average 1 (the learning rate keeps its meaning). "unknown" is a group
+like any other.
+
+The weight travels with the sample, as one more item field, and multiplies
+that sample's own loss term: the loss stays a mean of per-sample terms.
+(Normalising by the batch's weight sum would tie samples together.)
+
+It is refused with ``dp = true`` (shared_models/settings/run_settings.py): the weights
+come from the node's private group counts, so removing one record changes
+every other record's weight, and DP-SGD's per-sample sensitivity would no
+longer hold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_sample_weight
+from torch.utils.data import Dataset
+
+from shared_models.taxonomy import UNKNOWN
+
+
+def inverse_frequency_weights(groups: np.ndarray) -> np.ndarray:
+    """Per-sample weights n / (k x n_group) over the k groups present; float32, mean 1."""
+    groups = np.asarray([str(g) for g in groups], dtype=object)
+    if len(groups) == 0:
+        return np.zeros(0, dtype=np.float32)
+    return compute_sample_weight("balanced", groups).astype(np.float32)
+
+
+class WeightedSamples(Dataset):
+    """A node's training samples with their loss weight appended: ``(*inputs, label, va, weight)``."""
+
+    def __init__(self, samples, attribute: str, data=None):
+        """``data`` (an EmotionData) holds the demographics when ``samples`` does not (precomputed features)."""
+        self.samples = samples
+        data = data if data is not None else samples.data
+        values = data.demographics.get(attribute, np.full(len(samples), UNKNOWN, dtype=object))
+        self.weights = torch.from_numpy(inverse_frequency_weights(values))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return (*self.samples[i], self.weights[i])

@@ -1,0 +1,90 @@
+"""Dataset name -> loader, so run configs and node configs can name a format.
+
+Imports are lazy: a hospital with only voice data never needs the image stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from client.data.loaders.base import DatasetFormatError, EmotionData, first_skips, os_problem, printable, utf8_problem
+
+# Which datasets can feed which task. Fusion needs paired face frames, which
+# CREMA-D provides once a frame per clip is extracted into FaceFrames/.
+TASK_DATASETS: dict[str, tuple[str, ...]] = {
+    "face": ("fer2013", "rafdb"),
+    "voice": ("cremad", "ravdess"),
+    "fusion": ("cremad",),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    title: str
+    load: Callable[[Path, str], EmotionData]
+
+
+def _fer2013(root: Path, task: str) -> EmotionData:
+    from client.data.loaders.fer2013 import load_fer2013
+
+    return load_fer2013(root)
+
+
+def _rafdb(root: Path, task: str) -> EmotionData:
+    from client.data.loaders.rafdb import load_rafdb
+
+    return load_rafdb(root)
+
+
+def _cremad(root: Path, task: str) -> EmotionData:
+    from client.data.loaders.cremad import load_cremad
+
+    return load_cremad(root, with_faces=(task == "fusion"))
+
+
+def _ravdess(root: Path, task: str) -> EmotionData:
+    from client.data.loaders.ravdess import load_ravdess
+
+    return load_ravdess(root)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "fer2013": DatasetSpec("fer2013", "FER2013 (fer2013.csv)", _fer2013),
+    "rafdb": DatasetSpec("rafdb", "RAF-DB basic", _rafdb),
+    "cremad": DatasetSpec("cremad", "CREMA-D (AudioWAV + VideoDemographics.csv)", _cremad),
+    "ravdess": DatasetSpec("ravdess", "RAVDESS speech (Actor_XX/*.wav)", _ravdess),
+}
+
+
+def check_task_dataset(task: str, dataset: str) -> None:
+    """Refuse a task/dataset pair that cannot work, before anything is loaded."""
+    if task not in TASK_DATASETS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_DATASETS)}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset not in TASK_DATASETS[task]:
+        raise ValueError(
+            f"dataset {dataset!r} cannot serve task {task!r}; it needs one of {', '.join(TASK_DATASETS[task])}"
+        )
+
+
+def load_dataset(dataset: str, root: str | Path, task: str) -> EmotionData:
+    """Load a dataset folder in its published format, checked for the task."""
+    check_task_dataset(task, dataset)
+    root = Path(root)
+    not_text = utf8_problem(root.absolute())
+    if not_text:  # refused before anything is read: every record of the run would fail to name it later
+        raise DatasetFormatError(printable(root), f"dataset folder: {not_text}")
+    try:
+        if not root.is_dir():
+            what = "is not a folder" if root.exists() else "does not exist"
+            raise DatasetFormatError(root, f"dataset folder for {DATASETS[dataset].title} {what}")
+        data = DATASETS[dataset].load(root, task)
+    except OSError as err:  # a backstop: loaders turn the OSErrors they expect into DatasetFormatError themselves
+        raise DatasetFormatError(err.filename or root, f"cannot read: {os_problem(err)}") from None
+    if len(data) == 0:
+        raise DatasetFormatError(root, f"no usable samples ({len(data.skipped)} skipped; first: {first_skips(data.skipped)})")
+    return data

@@ -1,0 +1,1 @@
+"""Hospital commands: node check, approve, sent log, data check."""

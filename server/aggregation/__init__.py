@@ -1,0 +1,1 @@
+"""How updates become a model: the strategy, update screening, robust aggregation rules."""

@@ -1,0 +1,1 @@
+"""Privacy at the coordinator: client-level central DP and SecAgg+."""

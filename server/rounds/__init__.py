@@ -1,0 +1,1 @@
+"""The round loop and what watches it: divergence guard, metrics, console, interruption."""

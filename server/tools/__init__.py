@@ -1,0 +1,1 @@
+"""Coordinator commands: verify, federation credentials."""

@@ -1,0 +1,1 @@
+"""The model families both sides build, and the registry that names them."""

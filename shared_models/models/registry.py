@@ -1,0 +1,76 @@
+"""Model names used in configs (``model = "face_cnn"``) -> constructors and tasks.
+
+The task says which inputs a model takes: "face" (images), "voice" (log-mel
+segments + mask) or "fusion" (both); the data pipeline is chosen from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from shared_models.models.face_models import FaceCNN, FaceResNet
+from shared_models.models.fusion_model import FusionNet
+from shared_models.models.scatter_models import FaceScatterLinear
+from shared_models.models.voice_models import VoiceCRNN
+from shared_models.models.voice_stats_model import VoiceStatsLinear
+
+__all__ = ["MODELS", "ModelSpec", "build_model", "count_parameters", "model_task"]
+
+TASKS = ("face", "voice", "fusion")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    constructor: Callable[..., nn.Module]
+    task: str  # "face" | "voice" | "fusion"
+    supports_valence_arousal: bool
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+
+
+MODELS: dict[str, ModelSpec] = {
+    "face_cnn": ModelSpec(FaceCNN, "face", False),
+    "face_resnet": ModelSpec(FaceResNet, "face", False),
+    "face_scatter": ModelSpec(FaceScatterLinear, "face", False),  # fixed scattering + linear head: the DP model
+    "voice_crnn": ModelSpec(VoiceCRNN, "voice", True),
+    "voice_stats": ModelSpec(VoiceStatsLinear, "voice", False),  # fixed clip statistics + linear head: the DP model
+    "fusion": ModelSpec(FusionNet, "fusion", True),
+}
+
+
+def _spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}") from None
+
+
+def build_model(name: str, *, valence_arousal: bool = False, **kwargs) -> nn.Module:
+    """Instantiate model ``name`` with constructor ``kwargs``.
+
+    Raises ValueError for an unknown name, or when a valence/arousal head is
+    requested from a model that has none (face models: their datasets carry no
+    continuous affect labels).
+    """
+    spec = _spec(name)
+    if spec.supports_valence_arousal:
+        kwargs["valence_arousal"] = valence_arousal
+    elif valence_arousal:
+        supported = sorted(n for n, s in MODELS.items() if s.supports_valence_arousal)
+        raise ValueError(f"model {name!r} has no valence/arousal head; models with one: {', '.join(supported)}")
+    return spec.constructor(**kwargs)
+
+
+def model_task(name: str) -> str:
+    """The task ("face" | "voice" | "fusion") model ``name`` serves."""
+    return _spec(name).task
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable, by default) parameter elements; buffers excluded."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,79 @@
+"""Fixed scattering features with a small trained head: the face model that learns under DP-SGD.
+
+Tramer and Boneh (2021) showed that at small data a fixed, data-independent
+feature extractor with a linear head beats end-to-end CNNs under
+differential privacy: the noise DP-SGD adds grows with the number of trained
+parameters and the steps needed, and a wavelet scattering transform (Bruna
+and Mallat) already gives features that separate expressions. Here the
+transform is kymatio's 2-D scattering (J = 2, L = 8 orientations: 81
+channels of 12 x 12 for a 48 x 48 face), each sample's channels are
+standardised in groups of three (per-sample group normalisation, which
+depends on that sample only, so DP-SGD's per-sample sensitivity holds), and
+only a linear layer is trained.
+
+The transform has no parameters and is not part of the state dict, so
+nothing but the head travels between nodes and coordinator. A node computes
+the features of its samples once (``fixed_features``) and trains the head on
+them; ``forward`` also accepts raw faces, so every other caller (the
+centralised baseline, evaluation code) works unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from shared_models.taxonomy import NUM_EMOTIONS
+
+FACE_SIZE = 48
+SCATTER_J = 2
+SCATTER_ORIENTATIONS = 8
+SCATTER_CHANNELS = 1 + SCATTER_J * SCATTER_ORIENTATIONS + SCATTER_ORIENTATIONS ** 2 * SCATTER_J * (SCATTER_J - 1) // 2
+SCATTER_SIDE = FACE_SIZE // 2 ** SCATTER_J
+NORM_GROUPS = 27
+NUM_FEATURES = SCATTER_CHANNELS * SCATTER_SIDE * SCATTER_SIDE
+
+
+@functools.lru_cache(maxsize=4)
+def _scattering(device: str):
+    # kymatio's top-level ``kymatio.torch`` also imports its 3-D transforms, which need a SciPy function
+    # removed in SciPy 1.15; the 2-D front end alone imports cleanly.
+    from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+
+    return ScatteringTorch2D(J=SCATTER_J, shape=(FACE_SIZE, FACE_SIZE), L=SCATTER_ORIENTATIONS).to(device)
+
+
+@torch.no_grad()
+def scatter_features(faces: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Faces (B, 1, 48, 48) in [0, 1] -> fixed features (B, NUM_FEATURES), standardised per sample."""
+    out = []
+    for start in range(0, len(faces), batch_size):
+        x = faces[start:start + batch_size].float()
+        coeffs = _scattering(str(x.device))(x.reshape(-1, FACE_SIZE, FACE_SIZE))
+        groups = coeffs.reshape(len(x), NORM_GROUPS, -1)
+        groups = (groups - groups.mean(-1, keepdim=True)) / (groups.std(-1, keepdim=True) + 1e-5)
+        out.append(groups.reshape(len(x), NUM_FEATURES))
+    return torch.cat(out) if out else torch.zeros(0, NUM_FEATURES, device=faces.device)
+
+
+class FaceScatterLinear(nn.Module):
+    """Scattering features (fixed) -> linear classifier (trained). Returns logits (B, num_classes)."""
+
+    fixed_features = staticmethod(scatter_features)  # what a node may precompute once per sample
+    # Opacus mode under DP-SGD (client/privacy/dp_training.py): ghost clipping needs only per-sample gradient norms,
+    # ||g_i|| ||a_i|| for a linear head, where per-sample gradients would be 82k numbers per sample; for a
+    # model whose only trained layer is one Linear it runs without module hooks (LinearHeadCapture)
+    # (simulations/benchmarks/dp_cost.py measures every mode).
+    dp_grad_sample_mode = "ghost"
+
+    def __init__(self, num_classes: int = NUM_EMOTIONS, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)  # off by default: under DP the noise is the regulariser
+        self.head = nn.Linear(NUM_FEATURES, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # raw faces; nodes pass precomputed features instead
+            x = scatter_features(x)
+        return self.head(self.dropout(x))

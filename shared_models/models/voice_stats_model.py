@@ -1,0 +1,67 @@
+"""Fixed per-clip log-mel statistics with a linear head: the voice model that learns under DP-SGD.
+
+The log-mel front end is already fixed; what makes a recurrent network hard
+to train under DP-SGD is its parameter count and the steps it needs, against
+30-odd clips per hospital. Following Tramer and Boneh (2021), this model
+trains only a linear layer on fixed, per-clip features: for every mel band,
+the mean and the standard deviation of the normalised log-mel energy over
+the clip's valid frames, and the mean absolute frame-to-frame change (a
+crude modulation measure). Each feature depends on that clip alone, so
+DP-SGD's per-sample clipping and accounting hold unchanged.
+
+The model keeps the voice models' normalisation buffers (``feature_mean``,
+``feature_std``) and ``set_feature_stats``, so the coordinator sets them
+exactly as for ``voice_crnn`` (fixed, data-independent values under DP).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shared_models.taxonomy import NUM_EMOTIONS
+from shared_models.models.voice_models import copy_feature_stats
+
+STATS_PER_BAND = 3  # mean, standard deviation, mean absolute change
+
+
+def clip_statistics(z: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, segments, mels, frames) normalised log-mel, (B, segments) mask -> (B, 3 x mels) per-clip statistics."""
+    valid = torch.ones(z.shape[:2], device=z.device) if mask is None else mask.to(z.dtype)
+    w = valid[:, :, None, None]
+    frames = (valid.sum(1) * z.shape[-1]).clamp(min=1.0)[:, None]
+    mean = (z * w).sum((1, 3)) / frames
+    var = (((z - mean[:, None, :, None]) ** 2) * w).sum((1, 3)) / frames
+    change = (z[..., 1:] - z[..., :-1]).abs()
+    change = (change * w).sum((1, 3)) / (valid.sum(1) * change.shape[-1]).clamp(min=1.0)[:, None]
+    return torch.cat([mean, var.clamp(min=0).sqrt(), change], dim=1)
+
+
+class VoiceStatsLinear(nn.Module):
+    """Per-band clip statistics of the log-mel (fixed) -> linear classifier (trained); returns logits."""
+
+    # Opacus mode under DP-SGD (client/privacy/dp_training.py): ghost clipping, which for a model whose only trained
+    # layer is one Linear runs without module hooks (one gradient to the head's output, one matrix product:
+    # client.privacy.dp_training.LinearHeadCapture), ahead of expanded weights and hooks
+    # (simulations/benchmarks/dp_cost.py measures every mode).
+    dp_grad_sample_mode = "ghost"
+
+    def __init__(self, num_classes: int = NUM_EMOTIONS, n_mels: int = 128, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_mels = n_mels
+        self.register_buffer("feature_mean", torch.zeros(n_mels))
+        self.register_buffer("feature_std", torch.ones(n_mels))
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(STATS_PER_BAND * n_mels, num_classes)
+
+    def set_feature_stats(self, mean, std) -> None:
+        """Per-mel-band normalisation (length n_mels, std > 0), as the other voice models take."""
+        copy_feature_stats(self.feature_mean, self.feature_std, mean, std)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[2] != self.n_mels:
+            raise ValueError(f"expected log-mel segments (B, segments, {self.n_mels}, frames), got {tuple(x.shape)}")
+        z = (x - self.feature_mean.view(1, 1, -1, 1)) / self.feature_std.view(1, 1, -1, 1)
+        with torch.no_grad():  # fixed features: nothing upstream of the head is trained
+            stats = clip_statistics(z, mask)
+        return self.head(self.dropout(stats))

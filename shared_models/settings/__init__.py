@@ -1,0 +1,1 @@
+"""The run configuration: every key, parsed and checked once, in sections."""

@@ -1,0 +1,1 @@
+"""Running a federation on one machine: Flower's engine and the local backend."""

@@ -1,0 +1,208 @@
+"""The one module that touches Flower's private simulation internals.
+
+Flower 1.41 has no public entry point that runs a ServerApp and a ClientApp
+by reference with a given run config (``flwr.simulation.run_simulation``
+takes app objects, an empty run config and only Ray), and its engine's
+``start_vce`` always builds a ``RayBackend`` whatever backend is named. The
+engine's ``run_api`` does take any ``Backend``. So this module assembles, from
+Flower's own pieces and in Flower's order (``_main_loop`` and ``start_vce``
+in flwr/simulation/run_simulation.py and flwr/server/superlink/fleet/vce/
+vce_api.py), a simulation that differs only in the backend:
+
+* ``run_on_ray``: Flower's ``_run_simulation`` as it is (Ray's actor pool;
+  the choice for multi-machine simulation).
+* ``run_on_backend``: the same link state, grid, ServerApp thread, node
+  registration and engine worker loop, with a backend object of our choosing
+  (simulations/engine/local_backend.py), a link state that finds a node's messages
+  without checking every other node's (``NodeFilteredLinkState``) and a stop
+  event that wakes the engine when messages arrive (``EngineStopEvent``).
+
+``PRIVATE_NAMES`` lists every private name used here;
+tests/test_local_backend.py imports each and checks the signatures, so a
+Flower upgrade that moves one fails there, loudly, instead of in a run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from queue import Empty, Queue
+from typing import Any
+
+from flwr.app import Context, RecordDict
+from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+from flwr.proto.task_pb2 import Task  # pylint: disable=no-name-in-module
+from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.fleet.vce.backend import Backend
+from flwr.server.superlink.fleet.vce.metrics import VceMetrics
+from flwr.server.superlink.linkstate import LinkStateFactory
+from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState, RunRecord
+from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+from flwr.simulation.run_simulation import _run_simulation, run_serverapp_th
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+from flwr.supercore.date import now
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supercore.telemetry import EventType
+from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.grid import InMemoryGrid
+
+# (module, name, parameters this module passes): checked by tests/test_local_backend.py
+PRIVATE_NAMES = [
+    ("flwr.simulation.run_simulation", "_run_simulation",
+     ["num_supernodes", "exit_event", "client_app_attr", "server_app_attr", "backend_name", "backend_config",
+      "server_app_context", "app_dir", "is_app", "run"]),
+    ("flwr.simulation.run_simulation", "run_serverapp_th",
+     ["server_app_attr", "server_app", "server_app_context", "grid", "app_dir", "f_stop", "exception_queue",
+      "enable_tf_gpu_growth", "ctx_queue"]),
+    ("flwr.server.superlink.fleet.vce.vce_api", "run_api",
+     ["app_fn", "backend_fn", "nodes_mapping", "state_factory", "node_info_stores", "f_stop", "metrics"]),
+    ("flwr.server.superlink.fleet.vce.vce_api", "_register_nodes", ["num_nodes", "state_factory"]),
+    ("flwr.server.superlink.fleet.vce.vce_api", "_register_node_info_stores", ["nodes_mapping", "run", "app_dir"]),
+    ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState.get_message_ins",
+     ["self", "node_id", "limit", "run_id"]),
+    ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState._check_stored_messages",
+     ["self", "message_ids"]),
+    ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState.store_message_ins", ["self", "message"]),
+    ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState.__init__",
+     ["self", "federation_manager", "object_store"]),
+]
+
+
+class EngineStopEvent(threading.Event):
+    """The engine's stop event, whose timed waits also end when the coordinator sends messages.
+
+    Flower's engine looks for new messages every 0.1 s and sleeps between
+    looks by waiting on its stop event with a timeout (``add_messages_to_queue``).
+    A round's train and evaluate messages would then wait 50 ms on average
+    before any node starts, twice a round. ``nudge`` ends such a timed wait at
+    once (as a spurious wake-up would: the flag stays unset); waits without a
+    timeout still last until ``set``.
+    """
+
+    def nudge(self) -> None:
+        with self._cond:  # the Condition inside threading.Event
+            self._cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            if timeout is None:
+                while not self._flag:
+                    self._cond.wait()
+            elif not self._flag:
+                self._cond.wait(timeout)
+            return self._flag
+
+
+class NodeFilteredLinkState(InMemoryLinkState):
+    """Flower's in-memory link state, with ``get_message_ins`` checking only the asking node's messages.
+
+    The engine asks for every node's next message ten times a second. Flower
+    1.41's in-memory state answers each question by running its expiry and
+    federation checks on every stored message of every node, under the
+    state's lock: 50 nodes x 50 pending messages is 2,500 checks per tick,
+    about a tenth of a core taken from the nodes and the lock held against
+    the coordinator. Here a node's question checks that node's undelivered
+    messages only (the same checks, the same answer); the others are checked
+    when their own node asks or when their replies are pulled.
+    """
+
+    def __init__(self, *args, on_message_stored: Callable[[], None] = lambda: None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_message_stored = on_message_stored
+
+    def store_message_ins(self, message):  # type: ignore[no-untyped-def]
+        stored = super().store_message_ins(message)
+        self.on_message_stored()  # the engine looks for it now, not at its next 0.1 s tick
+        return stored
+
+    def get_message_ins(self, node_id: int, limit: int | None, *, run_id: int | None = None) -> list:
+        if limit is not None and limit < 1:
+            raise AssertionError("`limit` must be >= 1")
+        found = []
+        with self.lock:
+            for msg_id, message in list(self.message_ins_store.items()):
+                if message.metadata.dst_node_id != node_id or message.metadata.delivered_at != "":
+                    continue
+                self._check_stored_messages({msg_id})  # expired, or a node left the federation: deleted
+                if msg_id in self.message_ins_store and (run_id is None or message.metadata.run_id == run_id):
+                    found.append(message)
+                if limit and len(found) == limit:
+                    break
+        delivered_at = now().isoformat()
+        for message in found:
+            message.metadata.delivered_at = delivered_at
+        return found
+
+
+def new_run(run_config: dict[str, Any]) -> tuple[Run, Context]:
+    """A fresh Flower run carrying ``run_config``, and the ServerApp's context for it."""
+    run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
+    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+    run.federation_id = NOOP_FEDERATION_ID
+    run.override_config = run_config
+    TaskIdentity.task_id = run.primary_task_id
+    TaskIdentity.run_id = run.run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    return run, context
+
+
+def run_on_ray(*, run: Run, server_context: Context, server_app: str, client_app: str, num_supernodes: int,
+               app_dir: str, backend_config: dict[str, Any]) -> None:
+    """Flower's own simulation with Ray's actor pool."""
+    _run_simulation(num_supernodes=num_supernodes, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                    client_app_attr=client_app, server_app_attr=server_app, backend_name="ray",
+                    backend_config=backend_config, server_app_context=server_context, app_dir=app_dir,
+                    is_app=True, run=run)
+
+
+def run_on_backend(backend: Backend, *, run: Run, server_context: Context, server_app: str, num_supernodes: int,
+                   app_dir: str, stop_server: Callable[[str], None]) -> VceMetrics:
+    """Flower's simulation loop with ``backend`` running the ClientApps; returns the engine's metrics.
+
+    The backend is built before the ServerApp starts, so a ClientApp that
+    cannot load stops the run before any round instead of leaving the
+    coordinator waiting for replies that never come. If the engine itself
+    fails mid-run, ``stop_server`` asks the ServerApp to stop (it would
+    otherwise wait for replies forever) before its thread is joined.
+    """
+    backend.build(lambda: None)  # type: ignore[arg-type,return-value]  # workers load the app by reference
+    state_factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    f_stop = EngineStopEvent()
+    state = state_factory.state_instance = NodeFilteredLinkState(
+        state_factory.federation_manager, state_factory.objectstore_factory.store(), on_message_stored=f_stop.nudge)
+    if state_factory.state() is not state:  # every part of the engine must share this one state
+        raise RuntimeError("Flower's LinkStateFactory no longer keeps its state in state_instance")
+    state.run_ids[run.run_id] = RunRecord(run=run)  # type: ignore[attr-defined]  # the in-memory state
+    state.task_store[run.primary_task_id] = Task(task_id=run.primary_task_id, run_id=run.run_id)  # type: ignore
+    grid = InMemoryGrid(state_factory=state_factory, pull_interval=0.02)  # replies seen within 20 ms, not 100
+    grid.set_run(run)
+    server_errors: Queue[BaseException] = Queue()
+    contexts: Queue[Context] = Queue()
+    metrics = VceMetrics()
+    nodes = vce_api._register_nodes(num_nodes=num_supernodes, state_factory=state_factory)
+    node_stores = vce_api._register_node_info_stores(nodes_mapping=nodes, run=run, app_dir=app_dir)
+    # When the ServerApp ends (done, failed or interrupted), workers still busy are stopped at once.
+    abort = getattr(backend, "abort", None)
+    if abort is not None:
+        threading.Thread(target=lambda: (f_stop.wait(), abort()), name="backend-abort", daemon=True).start()
+    server_thread = run_serverapp_th(server_app_attr=server_app, server_app=None, server_app_context=server_context,
+                                     grid=grid, app_dir=app_dir, f_stop=f_stop, exception_queue=server_errors,
+                                     enable_tf_gpu_growth=False, ctx_queue=contexts)
+    engine_failed = True
+    try:
+        vce_api.run_api(app_fn=lambda: None, backend_fn=lambda: backend,  # type: ignore[arg-type,return-value]
+                        nodes_mapping=nodes, state_factory=state_factory, node_info_stores=node_stores,
+                        f_stop=f_stop, metrics=metrics)
+        engine_failed = False
+    finally:
+        f_stop.set()
+        if engine_failed:
+            stop_server("the simulation engine failed")
+        server_thread.join()
+    try:
+        raise server_errors.get_nowait()
+    except Empty:
+        return metrics

@@ -1,0 +1,320 @@
+"""A lean simulation backend for Flower's virtual-client engine: a few long-lived worker processes.
+
+Flower's engine (``flwr.server.superlink.fleet.vce``) hands every message
+for a virtual node to a ``Backend``; Flower 1.41 ships only Ray's actor pool.
+This backend keeps the engine (its link state, queues, node contexts and
+worker threads) and replaces only where a ClientApp runs:
+
+* ``workers`` plain processes, started once per run, all at once. On Linux
+  they fork from a ``forkserver`` (a single-threaded process that has
+  imported the ClientApp's module once; the engine's threads make a plain
+  ``fork`` of this process unsafe): a worker
+  starts in well under a second, a replacement too, and torch's pages are
+  shared among them. Elsewhere they ``spawn``. Each keeps the ClientApp, and
+  everything the app caches per process (partitions, decoded features, the
+  DP model's fixed features), for every round. No Ray head, no object store,
+  no per-round process start.
+* A message and its node's context travel by pickle over a socket pair to
+  the node's own worker (partition-id modulo the worker count) and come back
+  the same way; nothing else is shared. Each worker so caches only its share
+  of the nodes' data.
+* On a GPU the default is one worker: one CUDA context for all virtual
+  nodes, however many there are.
+* A ClientApp that raises is answered like Ray's backend answers it (an
+  error reply for that node, the run goes on). A worker process that dies
+  (``os._exit``, a segfault, the OOM killer) is replaced by a fresh one and
+  its message answered with an error naming the node's partition and the
+  exit code, so one crashed node never takes healthy nodes down with it.
+* Workers ignore SIGINT/SIGTERM: the first Ctrl-C belongs to the coordinator
+  (server/rounds/interruption.py), which stops the run and then this backend; a
+  second one stops every worker at once (``stop_now``). A node stopped so is
+  answered with an error reply, not an exception: Flower's engine would log
+  the exception's traceback.
+
+The same ServerApp and ClientApp run unchanged here, under Ray, under
+``flwr run`` and on deployed SuperNodes: the backend only decides where the
+ClientApp's code executes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from flwr.app import Context, Message
+from flwr.app.error import Error
+from flwr.common.constant import ErrorCode
+from flwr.clientapp import ClientApp
+from flwr.clientapp.client_app import ClientAppException
+from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
+
+CONFIG_KEY = "local"  # this backend's section of Flower's backend config
+ENGINE_THREADS_PER_WORKER = 16  # messages in hand per worker (LocalBackend.num_workers says why)
+
+
+@dataclass
+class WorkerPeak:
+    """What one worker process used at its peak (reported when it stops)."""
+
+    rss_mib: float
+    cuda_mib: float = 0.0
+    pss_mib: float = 0.0  # proportional set size at the end: shared library pages split among the processes
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen
+    conn: Connection
+
+
+@dataclass
+class BackendStats:
+    """Filled in as the run goes: the figures a benchmark prints."""
+
+    workers_started: int = 0
+    workers_replaced: int = 0
+    messages: int = 0
+    peaks: list[WorkerPeak] = field(default_factory=list)
+
+
+def load_client_app(reference: str, app_dir: str) -> ClientApp:
+    """``module:attribute`` -> the ClientApp object, importing from ``app_dir`` first."""
+    module_name, _, attribute = reference.partition(":")
+    if app_dir and app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    app = getattr(importlib.import_module(module_name), attribute or "app")
+    if not isinstance(app, ClientApp):
+        raise TypeError(f"{reference} is a {type(app).__name__}, not a flwr ClientApp")
+    return app
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def pss_mib() -> float:
+    """This process's proportional set size (Linux); 0 where /proc cannot tell.
+
+    RSS counts torch's shared libraries in full in every worker; PSS splits
+    them among the processes sharing them, so the sum over processes is the
+    memory the simulation really holds.
+    """
+    try:
+        for line in open("/proc/self/smaps_rollup", encoding="ascii"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _cuda_peak_mib() -> float:
+    torch = sys.modules.get("torch")  # only if the ClientApp used torch
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return 0.0
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def worker_main(conn: Connection, reference: str, app_dir: str) -> None:
+    """A worker process: load the ClientApp once, then answer messages until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C and stops us
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        app = load_client_app(reference, app_dir)
+    except Exception as err:  # noqa: BLE001 - reported to the engine, which names the app
+        conn.send(("load-error", f"{type(err).__name__}: {err}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:  # the backend went away
+            return
+        if request is None:
+            conn.send(("stopped", (_peak_rss_mib(), _cuda_peak_mib(), pss_mib())))  # plain values: no class to unpickle
+            conn.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)  # skip the interpreter's teardown of torch and friends (seconds, nothing to save)
+        message, context = request
+        try:
+            reply = app(message=message, context=context)
+        except Exception as err:  # noqa: BLE001 - one node's failure is its own error reply
+            conn.send(("error", str(err) or type(err).__name__))  # as Ray's backend words it
+            continue
+        conn.send(("ok", (reply, context)))
+
+
+class LocalBackend(Backend):
+    """Flower ``Backend`` running ClientApps in a pool of long-lived local worker processes.
+
+    Backend config (``backend_config["local"]``): ``client_app`` (the
+    ``module:attribute`` reference), ``app_dir``, ``workers`` (processes) and
+    optionally ``environment`` (variables every worker gets on top of this
+    process's environment).
+    """
+
+    def __init__(self, backend_config: BackendConfig) -> None:
+        super().__init__(backend_config)
+        settings = dict(backend_config.get(CONFIG_KEY, {}))
+        self.reference = str(settings["client_app"])
+        self.app_dir = str(settings.get("app_dir", ""))
+        self.workers = max(1, int(settings.get("workers", 1)))
+        self.environment = {str(k): str(v) for k, v in dict(settings.get("environment", {})).items()}
+        self.stats = BackendStats()
+        self._slots: list[_Worker] = []  # slot i serves the nodes whose partition-id % workers == i
+        self._busy = [threading.Lock() for _ in range(self.workers)]
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    # -- Flower's Backend interface -------------------------------------------------
+    def build(self, app_fn: Callable[[], ClientApp]) -> None:
+        """Start the workers; each loads the ClientApp by reference (``app_fn`` is not picklable)."""
+        del app_fn
+        if self._slots:  # Flower's engine calls build() again; the workers already run
+            return
+        pending = [self._launch() for _ in range(self.workers)]  # all start at once, then report ready
+        self._slots = [self._await_ready(*launched) for launched in pending]
+
+    @property
+    def num_workers(self) -> int:
+        """Engine threads, each holding one message until its node's worker is free.
+
+        Many per worker: a thread waits on the worker of the node it took, so
+        with a few per worker, a slower worker would gather every thread while
+        the other worker has work queued that no thread holds, and idles.
+        """
+        return ENGINE_THREADS_PER_WORKER * self.workers
+
+    def is_worker_idle(self) -> bool:
+        return any(not busy.locked() for busy in self._busy)
+
+    def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
+        """Run the node's message on its own worker (node affinity: its cached data lives there only).
+
+        A node always goes to the same worker, so each worker holds the
+        partitions and features of its share of the nodes, not of all of
+        them; messages arrive in node order, so the shares interleave and the
+        workers stay evenly busy.
+        """
+        partition = context.node_config.get("partition-id", "?")
+        slot = int(partition) % self.workers if str(partition).isdigit() else 0
+        with self._busy[slot]:
+            worker = self._slots[slot]
+            try:
+                worker.conn.send((message, context))
+                status, payload = worker.conn.recv()
+            except (EOFError, OSError):
+                if self._stopping.is_set():  # abort() killed it: the run is over, nobody waits for this reply
+                    return self._stopped_reply(message), context  # a reply, not an exception Flower would log
+                code = self._replace(slot)
+                raise ClientAppException(f"the node process for partition {partition} died "
+                                         f"(exit code {code}); a fresh worker replaces it") from None
+        self.stats.messages += 1
+        if status == "ok":
+            return payload
+        raise ClientAppException(str(payload))
+
+    @staticmethod
+    def _stopped_reply(message: Message) -> Message:
+        """The error reply of a node stopped by the end of the run (Flower would log a raised one's traceback)."""
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                             reason="the simulation stopped while this node was working"), reply_to=message)
+
+    def stop_now(self) -> bool:
+        """A second Ctrl-C: kill every worker, busy or idle; messages in hand are answered as stopped.
+
+        Called from a signal handler in the main thread, which may itself hold ``_lock`` (terminate):
+        the slots are copied without it.
+        """
+        self._stopping.set()
+        for worker in list(self._slots):
+            if worker.process.poll() is None:
+                worker.process.kill()
+        return True
+
+    def abort(self) -> None:
+        """The run is over (or was interrupted): kill the workers still busy with a message.
+
+        Flower's engine waits for every message in hand before it calls
+        terminate(); a node in the middle of a long training round would hold
+        a Ctrl-C up for as long. Idle workers are left for terminate().
+        """
+        self._stopping.set()
+        for slot, busy in enumerate(self._busy):
+            if busy.locked():
+                self._slots[slot].process.kill()
+
+    def terminate(self) -> None:
+        """Ask every worker for its peak memory and let it exit; kill what does not."""
+        with self._lock:
+            workers = list(self._slots)
+        for worker in workers:
+            if worker.process.poll() is not None:  # killed by abort()
+                worker.conn.close()
+                continue
+            try:
+                worker.conn.send(None)
+                if worker.conn.poll(10):
+                    status, peak = worker.conn.recv()
+                    if status == "stopped":
+                        self.stats.peaks.append(WorkerPeak(*peak))
+            except (EOFError, OSError):
+                pass
+            try:
+                worker.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            worker.conn.close()
+
+    # -- workers ----------------------------------------------------------------------
+    def _start_worker(self) -> _Worker:
+        return self._await_ready(*self._launch())
+
+    def _launch(self) -> tuple[subprocess.Popen, Connection]:
+        ours, theirs = socket.socketpair()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "simulations.engine.local_backend", str(theirs.fileno()), self.reference, self.app_dir],
+            pass_fds=(theirs.fileno(),), env={**os.environ, **self.environment}, cwd=self.app_dir or None)
+        theirs.close()
+        return process, Connection(ours.detach())
+
+    def _await_ready(self, process: subprocess.Popen, conn: Connection) -> _Worker:
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            status, payload = "load-error", f"the worker exited with code {process.wait()}"
+        if status != "ready":
+            process.wait(timeout=10)
+            raise RuntimeError(f"the ClientApp {self.reference} could not be loaded in a worker: {payload}")
+        self.stats.workers_started += 1
+        return _Worker(process, conn)
+
+    def _replace(self, slot: int) -> int | None:
+        """The slot's worker died mid-message: reap it, start a fresh one there, return the exit code."""
+        worker = self._slots[slot]
+        try:
+            code = worker.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # its socket broke but it lives on: stop it for good
+            worker.process.kill()
+            code = worker.process.wait()
+        worker.conn.close()
+        fresh = self._start_worker()
+        with self._lock:
+            self._slots[slot] = fresh
+        self.stats.workers_replaced += 1
+        return code
+
+
+if __name__ == "__main__":  # a worker: python -m simulations.engine.local_backend FD MODULE:ATTRIBUTE APP_DIR
+    worker_main(Connection(int(sys.argv[1])), sys.argv[2], sys.argv[3])

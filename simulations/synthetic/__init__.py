@@ -1,0 +1,1 @@
+"""Synthetic datasets in the published formats, and preparing data for a simulation."""
