@@ -1,0 +1,30 @@
+"""Where the work runs: simulated nodes, their CPU/GPU shares, the local or Ray backend, the device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared_models.settings.checks import need
+
+SIMULATION_BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    num_supernodes: int
+    client_num_cpus: float
+    client_num_gpus: float
+    simulation_backend: str  # fedemo simulate only: local | ray (simulations/engine/local_backend.py)
+    simulation_workers: int
+    device: str
+    client_threads: int
+
+    def check(self) -> None:
+        need(self, self.num_supernodes >= 1, "num-supernodes", "must be >= 1")
+        need(self, self.client_num_cpus > 0, "client-num-cpus", "must be > 0")
+        need(self, 0 <= self.client_num_gpus <= 1, "client-num-gpus", "must be in [0, 1]")
+        need(self, self.simulation_backend in SIMULATION_BACKENDS, "simulation-backend", "choose local or ray")
+        need(self, self.simulation_workers >= 0, "simulation-workers", "must be >= 0 (0: automatic)")
+        need(self, self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+             "choose auto, cpu or cuda[:N]")
+        need(self, self.client_threads >= 1, "client-threads", "must be >= 1")
