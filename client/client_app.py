@@ -129,8 +129,8 @@ def train(msg: Message, context: Context) -> Message:
     metrics: dict = {msgs.NUM_EXAMPLES: len(samples.train)}
     if not settings.dp:
         trained = train_epochs(model, loader, optimizer, epochs=settings.local_epochs, n_inputs=n_inputs, device=device)
-        metrics.update({msgs.SKIPPED: samples.skipped, msgs.TRAIN_LOSS: trained["train-loss"],
-                        msgs.TRAIN_SAMPLES: trained["train-samples"]})
+        metrics.update({msgs.SKIPPED: samples.skipped, msgs.TRAIN_LOSS: trained[msgs.TRAIN_LOSS],
+                        msgs.TRAIN_SAMPLES: trained[msgs.TRAIN_SAMPLES]})
         return _reply(msg, samples, metrics, ArrayRecord(_cpu_state(model)))
 
     # Sample-level DP-SGD: check the ledger first, record the spend before replying.

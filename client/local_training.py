@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler
 
+from shared_models import messages as msgs
 from shared_models.calibration_bins import CALIBRATION_BINS, CALIBRATION_FIELDS, bin_counts
 from shared_models.taxonomy import NUM_EMOTIONS
 from shared_models.models.voice_models import ccc_loss
@@ -104,7 +105,7 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
             if len(labels):
                 total_loss += float(loss.detach()) * len(labels)
             seen += len(labels)
-    return {"train-loss": total_loss / max(seen, 1), "train-samples": float(seen)}
+    return {msgs.TRAIN_LOSS: total_loss / max(seen, 1), msgs.TRAIN_SAMPLES: float(seen)}
 
 
 def _empty_batch_step(model: nn.Module):

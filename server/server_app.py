@@ -39,6 +39,7 @@ from server.rounds.divergence_guard import rolled_back_summary, start_guard
 from server.aggregation.robust_aggregation import aggregation_record
 from server.rounds.round_loop import FIRST_ROUND_TIMEOUT_S, Interrupted, RoundDeadline, RoundsOutcome, evaluate_round, run_rounds
 from server.record.run_record import RunRecord, failure_reason, new_run_id
+from shared_models import messages as msgs
 from shared_models.atomic_files import remove_stale_temp_files
 from server.privacy.secure_aggregation import run_secure_aggregation
 from server.aggregation.strategy import FedEmoMixin, build_strategy
@@ -149,9 +150,9 @@ def open_run(settings: RunSettings, context: Context, checkpoint: Checkpoint | N
     log(INFO, "FedEmo run %s: task=%s dataset=%s (%s) model=%s aggregation=%s, writing to %s", record.run_dir.name,
         settings.task, settings.dataset, data_dir, settings.model, settings.aggregation, record.run_dir)
     # Shared folders of a simulation, resolved once here: the dataset and the nodes' ledgers.
-    node_config = ConfigRecord({"data-dir": str(data_dir), "state-root": str(record.run_dir / "node-state")})
+    node_config = ConfigRecord({msgs.DATA_DIR: str(data_dir), msgs.STATE_ROOT: str(record.run_dir / "node-state")})
     if data_dir is None:  # deployment: every node reads its own data-path (node config); none is sent
-        del node_config["data-dir"]
+        del node_config[msgs.DATA_DIR]
     return record, node_config
 
 
@@ -288,8 +289,8 @@ def prepare_data_dir(settings: RunSettings) -> Path | None:
 def global_feature_stats(grid: Grid, settings: RunSettings, node_config: ConfigRecord) -> tuple[np.ndarray, np.ndarray]:
     """Per-mel-band mean/std of all nodes' training audio, from their sums and counts."""
     node_ids, _ = sample_nodes(grid, settings.min_available_nodes, len(list(grid.get_node_ids())))
-    config = ConfigRecord({**dict(node_config), "query": "feature-moments"})
-    messages = [Message(content=RecordDict({"config": config}), dst_node_id=nid, message_type=MessageType.QUERY)
+    config = ConfigRecord({**dict(node_config), msgs.QUERY: msgs.QUERY_FEATURE_MOMENTS})
+    messages = [Message(content=RecordDict({msgs.CONFIG: config}), dst_node_id=nid, message_type=MessageType.QUERY)
                 for nid in node_ids]
     replies = list(grid.send_and_receive(messages))
     moments = []
@@ -297,8 +298,8 @@ def global_feature_stats(grid: Grid, settings: RunSettings, node_config: ConfigR
         if reply.has_error():
             log(WARNING, "Node %d sent no feature moments: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
-        m = reply.content["metrics"]
-        moments.append((np.asarray(m["mel-sum"]), np.asarray(m["mel-sumsq"]), int(m["frames"])))
+        m = reply.content[msgs.METRICS]
+        moments.append((np.asarray(m[msgs.MEL_SUM]), np.asarray(m[msgs.MEL_SUMSQ]), int(m[msgs.FRAMES])))
     if not moments:
         raise RuntimeError("no node returned feature moments; cannot normalise audio features")
     log(INFO, "Global feature normalisation from %d of %d nodes", len(moments), len(replies))

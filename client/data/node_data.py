@@ -30,6 +30,7 @@ from client.data.loaders.registry import load_dataset
 from client.data.partitioning import PartitionSpec, partition
 from client.data.record_keys import record_keys
 from client.data.torch_data import EmotionSamples
+from shared_models import messages as msgs
 from shared_models.settings.run_settings import RunSettings
 
 _CACHE_SIZE = 64  # datasets, partitionings and client splits kept per process (least recently used go first)
@@ -81,7 +82,7 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
     if "data-path" in node_config:
         dataset = str(node_config.get("dataset-format", settings.dataset))
         root = str(node_config["data-path"])
-        client_id = str(node_config.get("client-id", Path(root).name))
+        client_id = str(node_config.get(msgs.CLIENT_ID, Path(root).name))
         dataset_id = str(node_config.get("dataset-id", f"{dataset}:{Path(root).resolve()}"))
         return _hospital_samples(dataset, root, client_id, dataset_id, settings.task, settings.seed,
                                  settings.test_fraction, settings.augment, settings.dp)

@@ -37,6 +37,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.compat.common import recorddict_compat as compat
 
 from client.data.node_data import client_samples
+from shared_models import messages as msgs
 from shared_models.models.registry import build_model
 from shared_models.settings.run_settings import ConfigError, RunSettings
 
@@ -55,27 +56,27 @@ def legacy_fit(msg: Message, context: Context, train) -> Message:
     config = ConfigRecord(dict(fitins.config))
     # Refuse before training: a weight above max-weight would overflow SecAgg+'s quantised sum,
     # and under DP a refusal after training would have spent budget for nothing.
-    samples = client_samples(settings, context.node_config, str(config.get("data-dir", settings.data_dir)))
+    samples = client_samples(settings, context.node_config, str(config.get(msgs.DATA_DIR, settings.data_dir)))
     if len(samples.train) > settings.secagg_max_weight:
         raise ConfigError(f"run-config secagg-max-weight = {settings.secagg_max_weight:g}: this node has "
                           f"{len(samples.train)} training samples, its weight in SecAgg+ would overflow; "
                           f"raise secagg-max-weight above the largest node")
 
     global_state = named_state(settings, parameters_to_ndarrays(fitins.parameters))
-    msg.content = RecordDict({"arrays": ArrayRecord(global_state), "config": config})
+    msg.content = RecordDict({msgs.ARRAYS: ArrayRecord(global_state), msgs.CONFIG: config})
     reply = train(msg, context)
     if reply.has_error():
         raise RuntimeError(reply.error.reason)
 
-    trained = reply.content["arrays"].to_torch_state_dict()
+    trained = reply.content[msgs.ARRAYS].to_torch_state_dict()
     update = [(trained[k].detach().cpu().double() - v.double()).numpy() for k, v in global_state.items()]
     update, clipped = clip_update(update, settings.secagg_clip_norm)
     # Legacy fitres metrics hold scalars only; list-valued metrics (none in training today) stay home.
-    metrics = {k: v for k, v in reply.content["metrics"].items() if isinstance(v, (int, float))}
-    metrics.update({k: str(v) for k, v in reply.content["client"].items()})  # client-id, dp-accountant
-    metrics["update-clipped"] = int(clipped)
+    metrics = {k: v for k, v in reply.content[msgs.METRICS].items() if isinstance(v, (int, float))}
+    metrics.update({k: str(v) for k, v in reply.content[msgs.CLIENT].items()})  # client-id, dp-accountant
+    metrics[msgs.UPDATE_CLIPPED] = int(clipped)
     fitres = FitRes(status=Status(code=Code.OK, message="ok"), parameters=ndarrays_to_parameters(update),
-                    num_examples=int(metrics["num-examples"]), metrics=metrics)
+                    num_examples=int(metrics[msgs.NUM_EXAMPLES]), metrics=metrics)
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
 
 

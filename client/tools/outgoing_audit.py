@@ -71,7 +71,7 @@ def outgoing_audit_mod(msg: Message, context: Context, call_next) -> Message:
     if path is None:
         return call_next(msg, context)
     entry = {"time": time.time(), "run": context.run_id, "message_type": msg.metadata.message_type,
-             "round": config.get("server-round"), "error": None, "records": {}}
+             "round": config.get(msgs.SERVER_ROUND), "error": None, "records": {}}
     try:
         reply = call_next(msg, context)
     except Exception as err:  # Flower sends the exception's text as an error reply: record that too

@@ -40,6 +40,7 @@ from server.rounds.global_metrics import aggregate_evaluation
 from server.record.round_recorder import RoundRecorder
 from server.aggregation.robust_aggregation import chosen_aggregation, nodes_per_round
 from server.aggregation.update_checks import UpdatePolicy, global_values, inspect, model_spec, screen
+from shared_models import messages as msgs
 from shared_models.settings.run_settings import UPDATE_WEIGHT_KEY, RunSettings
 
 
@@ -142,7 +143,7 @@ class FedEmoBulyan(FedEmoMixin, Bulyan):
 def build_strategy(settings: RunSettings, recorder: RoundRecorder, template: ArrayRecord) -> FedEmoMixin:
     """The run's strategy from its ``aggregation`` (and ``server-momentum``) keys."""
     # Client-level DP needs equal weights: one node's influence must be bounded by the clipping norm alone.
-    weight_key = UPDATE_WEIGHT_KEY if settings.central_dp != "off" else "num-examples"
+    weight_key = UPDATE_WEIGHT_KEY if settings.central_dp != "off" else msgs.NUM_EXAMPLES
     common = dict(
         recorder=recorder, policy=UpdatePolicy.from_settings(settings, weight_key), template=template,
         fraction_train=settings.fraction_train, fraction_evaluate=settings.fraction_evaluate,

@@ -52,6 +52,7 @@ from typing import Iterable
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
+from shared_models import messages as msgs
 from shared_models.settings.run_settings import RunSettings
 
 
@@ -69,7 +70,7 @@ class UpdatePolicy:
 
     norm_ratio: float = 10.0  # x the round's median update norm; 0: off
     max_norm: float = 0.0  # absolute bound; 0: off
-    weight_key: str = "num-examples"  # the metric the aggregation weights by: must be a positive number
+    weight_key: str = msgs.NUM_EXAMPLES  # the metric the aggregation weights by: must be a positive number
     weight_ratio: float = 3.0  # clip a weight to this x the round's lower median weight; 0: off
     norm_growth: float = 5.0  # x the median norm of earlier rounds' accepted updates; 0: off
     min_cosine: float = -0.1  # cosine to the round's coordinate-wise median; -1: off
@@ -111,8 +112,8 @@ def model_spec(arrays: ArrayRecord) -> dict[str, ArraySpec]:
 
 def client_id(reply: Message) -> str:
     """The node's own client id when it sent one, else Flower's node id (a failed reply has no content)."""
-    if not reply.has_error() and "client" in reply.content:
-        return str(reply.content["client"].get("client-id", reply.metadata.src_node_id))
+    if not reply.has_error() and msgs.CLIENT in reply.content:
+        return str(reply.content[msgs.CLIENT].get(msgs.CLIENT_ID, reply.metadata.src_node_id))
     return str(reply.metadata.src_node_id)
 
 

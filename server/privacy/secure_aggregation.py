@@ -41,6 +41,7 @@ from server.rounds import interruption
 from server.record.round_recorder import RoundRecorder
 from server.rounds.round_loop import Interrupted
 from server.record.run_record import training_summary
+from shared_models import messages as msgs
 from shared_models.settings.privacy_modes import MIN_SECAGG_NODES
 from shared_models.settings.run_settings import RunSettings
 
@@ -112,7 +113,7 @@ def _as_message(node_id: int, fitres: FitRes) -> Message:
     """A node's legacy fit metrics as the Message our training_summary reads (numbers vs. labels)."""
     numbers = {k: v for k, v in fitres.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     labels = {k: v for k, v in fitres.metrics.items() if isinstance(v, str)}
-    content = RecordDict({"metrics": MetricRecord(numbers), "client": ConfigRecord(labels)})
+    content = RecordDict({msgs.METRICS: MetricRecord(numbers), msgs.CLIENT: ConfigRecord(labels)})
     return Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN)
 
 
@@ -135,12 +136,12 @@ def run_secure_aggregation(grid: Grid, context: Context, settings: RunSettings, 
         messages = [_as_message(proxy.node_id, fitres) for proxy, fitres in results]
         entry = training_summary(messages)
         entry["failures"] = failure_reasons(failures)
-        clipped[server_round] = sum(int(fitres.metrics.get("update-clipped", 0)) for _, fitres in results)
+        clipped[server_round] = sum(int(fitres.metrics.get(msgs.UPDATE_CLIPPED, 0)) for _, fitres in results)
         entry["secagg"] = {"nodes_aggregated": len(results), "updates_clipped": clipped[server_round]}
         recorder.train_entry(server_round, entry)
 
     def fit_config(server_round: int) -> dict[str, Any]:
-        return {**dict(node_config), "server-round": server_round}
+        return {**dict(node_config), msgs.SERVER_ROUND: server_round}
 
     legacy = UpdateFedAvg(
         template=dtypes, on_train=on_train,

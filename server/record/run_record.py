@@ -44,8 +44,8 @@ def software_versions() -> dict[str, str]:
 
 def _client_id(reply: Message) -> str:
     content = reply.content
-    if "client" in content:
-        return str(content["client"].get("client-id", reply.metadata.src_node_id))
+    if msgs.CLIENT in content:
+        return str(content[msgs.CLIENT].get(msgs.CLIENT_ID, reply.metadata.src_node_id))
     return str(reply.metadata.src_node_id)
 
 
@@ -79,16 +79,16 @@ def _failures(replies: list[Message]) -> list[dict[str, Any]]:
 def evaluation_summary(replies: list[Message]) -> dict[str, Any]:
     """Global metrics from the summed counts of all evaluation replies, plus per-client counts."""
     ok = [r for r in replies if not r.has_error()]
-    confusion, loss_sum, n, va = sum_counts(r.content["metrics"] for r in ok)
+    confusion, loss_sum, n, va = sum_counts(r.content[msgs.METRICS] for r in ok)
     clients = []
     for r in ok:
-        m = r.content["metrics"]
-        c = np.asarray(m["confusion"], dtype=np.int64)
+        m = r.content[msgs.METRICS]
+        c = np.asarray(m[msgs.CONFUSION], dtype=np.int64)
         # noised counts (unclipped: a cell, even the total, may be negative): the rate is clipped for display only
         accuracy = float(np.clip(np.trace(c.reshape(NUM_EMOTIONS, NUM_EMOTIONS)) / c.sum(), 0.0, 1.0)) \
             if c.sum() > 0 else None
-        entry = {"client": _client_id(r), "num_examples": int(m["num-examples"]), "accuracy": accuracy,
-                 "skipped": int(m.get("skipped", 0))}
+        entry = {"client": _client_id(r), "num_examples": int(m[msgs.NUM_EXAMPLES]), "accuracy": accuracy,
+                 "skipped": int(m.get(msgs.SKIPPED, 0))}
         client = r.content[msgs.CLIENT] if msgs.CLIENT in r.content else {}
         if msgs.DP_LEDGER_HEAD in client:  # the ledger head after a noised release: checked like a training one
             entry["ledger_head"] = str(client[msgs.DP_LEDGER_HEAD])
@@ -98,7 +98,7 @@ def evaluation_summary(replies: list[Message]) -> dict[str, Any]:
     if va is not None and n:
         out["ccc_valence"], out["ccc_arousal"] = ccc_from_moments(va, n)
     out["confusion"] = {"labels": list(EMOTIONS), "counts": confusion.tolist()}
-    out.update(group_summary([(_client_id(r), r.content["metrics"]) for r in ok]))  # "groups" (+ "groups_dp")
+    out.update(group_summary([(_client_id(r), r.content[msgs.METRICS]) for r in ok]))  # "groups" (+ "groups_dp")
     out["evaluate"] = {"clients": sorted(clients, key=_by_client), "failures": _failures(replies)}
     return out
 

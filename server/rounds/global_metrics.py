@@ -212,7 +212,7 @@ def aggregate_evaluation(records: list[RecordDict], weighting_key: str) -> Metri
     are left out here: metrics.jsonl sums them from the replies themselves
     (``group_summary``), and Flower would print every list at the end of a run.
     """
-    confusion, loss_sum, n, _ = sum_counts(record["metrics"] for record in records)
+    confusion, loss_sum, n, _ = sum_counts(record[msgs.METRICS] for record in records)
     out = {"loss": loss_sum / n if n else float("nan"), "eval-examples": n}  # NaN when a node sent no loss
     out.update(classification_metrics(confusion))
     return MetricRecord(out)
