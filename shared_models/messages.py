@@ -40,6 +40,7 @@ SKIPPED = "skipped"                # unreadable rows the node skipped (not sent 
 # train reply
 TRAIN_LOSS = "train-loss"          # mean local training loss (not sent under dp: unbounded sensitivity)
 TRAIN_SAMPLES = "train-samples"    # samples seen, i.e. the sum of Poisson batch sizes (not sent under dp)
+UPDATE_CLIPPED = "update-clipped"  # secure aggregation only: 1 when the node clipped its update to secagg-clip-norm
 DP_EPSILON_SPENT = "dp-epsilon-spent"
 DP_DELTA = "dp-delta"
 DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
