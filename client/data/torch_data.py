@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from client.data.loaders.audio_files import decode_clip
 from client.data.loaders.base import DatasetFormatError, EmotionData, Skipped, first_skips
 from client.data.record_keys import record_keys
+from shared_models.preprocessing.faces import face_tensor
 from shared_models.audio_features import LogMelConfig, WaveAugment, clip_segments, feature_moments
 
 NUM_MODEL_INPUTS = {"face": 1, "voice": 2, "fusion": 3}
@@ -47,7 +48,7 @@ def _face_tensor(face: np.ndarray, rng: np.random.Generator | None) -> torch.Ten
             img = img[:, ::-1]
         dy, dx = rng.integers(-2, 3, size=2)
         img = np.roll(img, (int(dy), int(dx)), axis=(0, 1))
-    return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32) / 255.0).unsqueeze(0)
+    return face_tensor(img)  # shared with prediction (shared_models/preprocessing/faces.py)
 
 
 class AugmentDraws:

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from client.data.loaders.base import Skipped, os_problem
+from shared_models.preprocessing.faces import face_pixels
 
 MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; RAF-DB originals are far smaller
 MIN_FACE_SIDE = 24  # half the models' 48 px: below it a face is mostly interpolation
@@ -48,22 +49,6 @@ def flag_faces(refs, faces: np.ndarray, sizes: list[tuple[int, int]] | None = No
     return {kind: found for kind, found in flags.items() if found}
 
 
-def _gray(im: Image.Image) -> Image.Image:
-    """Luminance as mode "L", scaling high-bit-depth grayscale by its depth."""
-    mode = im.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        values = np.asarray(im, dtype=np.float64)
-        if mode.startswith("I;16"):
-            top = 65535.0
-        elif mode == "I":  # 32-bit int: Pillow uses it for 16-bit PNGs too
-            top = 65535.0 if values.max(initial=0) > 255 else 255.0
-        else:  # float: [0, 1] or [0, 255]
-            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
-        scaled = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L")
-    return im.convert("L")
-
-
 def read_face(path: Path, ref: str, side: int = 48) -> np.ndarray | Skipped:
     """The image at ``path`` as ``side`` x ``side`` grayscale uint8, or a ``Skipped`` saying why not."""
     read = read_face_sized(path, ref, side)
@@ -82,10 +67,7 @@ def read_face_sized(path: Path, ref: str, side: int = 48) -> tuple[np.ndarray, t
                 if width * height > MAX_PIXELS:
                     return Skipped(ref, f"image claims {width}x{height} pixels, more than the "
                                         f"{MAX_PIXELS:,} a face image may have (not decoded)")
-                gray = _gray(im)
-                if gray.size != (side, side):
-                    gray = gray.resize((side, side), Image.Resampling.LANCZOS)
-                return np.asarray(gray, dtype=np.uint8).copy(), (width, height)
+                return face_pixels(im, side), (width, height)  # the preprocessing prediction uses too
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         return Skipped(ref, f"image refused as a decompression bomb ({err})")
     except FileNotFoundError:
