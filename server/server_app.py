@@ -18,6 +18,7 @@ One run, in order (``main`` reads as this outline):
 from __future__ import annotations
 
 import random
+import shlex
 import time
 from logging import INFO, WARNING
 from pathlib import Path
@@ -70,6 +71,8 @@ def main(grid: Grid, context: Context) -> None:
 
 def coordinate(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_config(context.run_config)
+    if settings.data_dir and len(list(grid.get_node_ids())) != settings.num_supernodes:  # flwr run: Flower's count
+        say_federation(settings, len(list(grid.get_node_ids())))
     # Flower samples clients with `random` (reproducible: client-level DP claims no amplification by
     # sampling). numpy's global generator is never seeded (client-level DP noise comes from the OS's entropy).
     random.seed(settings.seed)
@@ -122,7 +125,7 @@ def coordinate(grid: Grid, context: Context) -> None:
 
 def open_run(settings: RunSettings, context: Context, checkpoint: Checkpoint | None) -> tuple[RunRecord, ConfigRecord]:
     """The run folder (new, or the resumed one) and the node config every message carries."""
-    data_dir = prepare_data_dir(settings)
+    data_dir = dataset_folder(settings)
     if checkpoint is not None:
         hold_run_folder(settings.resume)  # before anything is written: one coordinator per run folder
         remove_stale_temp_files(settings.resume)  # a killed writer's .checkpoint.npz.PID.tmp, ...
@@ -269,21 +272,46 @@ def disk_full_line(err: OSError, context: Context) -> str:
     return f"the disk is full ({err.strerror} writing {err.filename}); the run stopped: {then}"
 
 
-def prepare_data_dir(settings: RunSettings) -> Path | None:
+def dataset_folder(settings: RunSettings) -> Path | None:
     """The dataset folder as an absolute path; None in a deployment (each node names its own folder).
 
-    The coordinator only resolves it: writing a synthetic dataset is the
-    simulation's job (simulations/synthetic/data_prep.py, before the engine starts;
-    under ``flwr run .``, simulations/flwr_app.py), or the user's
-    (``fedemo data synth``).
+    The one check that a simulation's data is there, made by the coordinator
+    and, before the engine starts, by ``fedemo simulate``
+    (simulations/synthetic/data_prep.py, which writes a synthetic dataset
+    into an empty folder first). Under ``flwr run`` nothing runs before the
+    coordinator: a missing or empty folder stops the run with one line
+    saying how to prepare it.
     """
     if not settings.data_dir:
         return None
     data_dir = Path(settings.data_dir).expanduser().resolve()
-    if not (data_dir.is_dir() and any(data_dir.iterdir())):
+    if not holds_files(data_dir):
         raise FileNotFoundError(f"data-dir {data_dir} is missing or empty: point it at your {settings.dataset} copy, "
-                                f"or write a synthetic one with `fedemo data synth {settings.dataset} --out {data_dir}`")
+                                f"or write a synthetic one first with `{synth_command(settings, data_dir)}` "
+                                "(`fedemo simulate` does this itself when synthesize-if-missing = true)")
     return data_dir
+
+
+def holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def synth_command(settings: RunSettings, data_dir: Path) -> str:
+    """The command that writes the run's synthetic dataset, as ``fedemo simulate`` would."""
+    faces = " --with-faces" if settings.task == "fusion" else ""
+    return (f"fedemo data synth {settings.dataset} --out {shlex.quote(str(data_dir))} --n {settings.synth_samples} "
+            f"--seed {settings.seed}{faces}")
+
+
+def say_federation(settings: RunSettings, nodes: int) -> None:
+    """Under ``flwr run``: what the run config cannot set, in our words, with what is in force instead."""
+    differs = nodes != settings.num_supernodes
+    log(WARNING if differs else INFO,
+        "flwr run: %d simulated nodes, as Flower's federation config sets them; the run config's "
+        "num-supernodes = %d, client-num-cpus = %g and client-num-gpus = %g apply only to `fedemo simulate`. "
+        "To set them here: flwr run . --federation-config \"num-supernodes=%d client-resources-num-cpus=%g "
+        "client-resources-num-gpus=%g\"", nodes, settings.num_supernodes, settings.client_num_cpus,
+        settings.client_num_gpus, settings.num_supernodes, settings.client_num_cpus, settings.client_num_gpus)
 
 
 def global_feature_stats(grid: Grid, settings: RunSettings, node_config: ConfigRecord) -> tuple[np.ndarray, np.ndarray]:

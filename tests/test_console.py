@@ -159,7 +159,7 @@ def test_flwr_run_says_what_the_federation_config_sets(monkeypatch):
 
     from server.rounds import console
     from shared_models.settings.run_settings import RunSettings
-    from simulations.flwr_app import say_federation
+    from server.server_app import say_federation
     from simulations.run_config import load_run_config
 
     console.begin()

@@ -12,7 +12,7 @@ from client.client_app import open_ledger
 from client.tools.data_check import check_data_dir
 from client.data.node_data import client_samples
 from shared_models.privacy_ledger import LedgerError
-from server.server_app import prepare_data_dir
+from server.server_app import dataset_folder
 from simulations.cli import main
 from simulations.run_config import load_run_config
 from simulations.synthetic.synthetic_data import synthesize
@@ -78,7 +78,7 @@ def test_deployed_node_uses_only_its_node_config(fer_folder, tmp_path):
 def test_coordinator_without_data_synthesises_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _, settings = load_run_config(None, {"data-dir": "", "synthesize-if-missing": False})
-    assert prepare_data_dir(settings) is None
+    assert dataset_folder(settings) is None
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="needs the run's data-dir"):
         client_samples(settings, {"partition-id": 0, "num-partitions": 2}, "")

@@ -1,9 +1,15 @@
-"""`flwr run .` (Flower's own CLI and managed local SuperLink) runs the same apps and config."""
+"""`flwr run .` (Flower's own CLI and managed local SuperLink) runs the same apps and config.
+
+pyproject names the coordinator itself (server/server_app.py) as the ServerApp: a deployed `flwr run`
+loads no research code, and prepares no data (an empty data-dir stops it with the command that writes one).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,7 +18,36 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+
+
+def test_pyproject_apps_are_the_product_and_load_no_research_code():
+    """The apps `flwr run` loads are the coordinator and the node; importing them imports nothing of simulations/."""
+    from flwr.common.config import get_project_config
+
+    components = get_project_config(REPO)["tool"]["flwr"]["app"]["components"]
+    assert components == {"serverapp": "server.server_app:app", "clientapp": "client.client_app:app"}
+    probe = ("import sys, importlib\n"
+             + "".join(f"importlib.import_module({ref.partition(':')[0]!r})\n" for ref in components.values())
+             + "print(sorted(m for m in sys.modules if m.split('.')[0] == 'simulations'))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout
+
+
+def test_an_empty_data_dir_stops_the_coordinator_with_the_command_that_fills_it(tmp_path):
+    """What `flwr run` shows for a missing dataset: one line whose `fedemo data synth` command makes it ready."""
+    from server.server_app import dataset_folder
+    from simulations.cli import main
+    from simulations.run_config import load_run_config
+
+    folder = tmp_path / "no data yet"
+    _, settings = load_run_config(None, {"data-dir": str(folder), "synth-samples": 120, "runs-dir": str(tmp_path)})
+    with pytest.raises(FileNotFoundError) as err:
+        dataset_folder(settings)
+    line = str(err.value)
+    assert "\n" not in line and not folder.exists()
+    command = shlex.split(re.search(r"`(fedemo data synth [^`]+)`", line).group(1))
+    assert main(command[1:]) == 0
+    assert dataset_folder(settings) == folder.resolve()
 
 
 def _stop_local_superlink(flwr_home: Path) -> None:
@@ -20,6 +55,7 @@ def _stop_local_superlink(flwr_home: Path) -> None:
     subprocess.run(["pkill", "-f", str(flwr_home)], check=False)
 
 
+@pytest.mark.slow
 def test_flwr_run_from_the_repo_root(tmp_path):
     flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or shutil.which("flwr")
     assert flwr, "the flwr CLI is installed with flwr[simulation]"
@@ -31,11 +67,17 @@ def test_flwr_run_from_the_repo_root(tmp_path):
            "PATH": f"{Path(flwr).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     run_config = (f'data-dir="{tmp_path / "data"}" runs-dir="{tmp_path / "runs"}" run-name="flwr-run" '
                   "synth-samples=300 num-server-rounds=1")
+    command = [flwr, "run", ".", "--stream", "--run-config", run_config, "--federation-config", "num-supernodes=2"]
     try:
-        proc = subprocess.run(
-            [flwr, "run", ".", "--stream", "--run-config", run_config, "--federation-config", "num-supernodes=2"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-        )
+        # No data yet: the coordinator stops at once, with one line naming the command that writes it.
+        empty = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        said = re.search(r"data-dir \S+ is missing or empty: .*`(fedemo data synth [^`]+)`.*", empty.stdout + empty.stderr)
+        assert said, (empty.stdout + empty.stderr)[-3000:]
+        assert not (tmp_path / "data").exists()  # nothing was synthesised by the coordinator
+        synth = shlex.split(said.group(1))
+        fedemo = str(Path(sys.executable).parent / "fedemo")
+        subprocess.run([fedemo, *synth[1:]], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     finally:
         _stop_local_superlink(flwr_home)
     output = proc.stdout + proc.stderr

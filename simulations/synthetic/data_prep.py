@@ -1,7 +1,9 @@
 """A simulation's data, ready before Flower's engine starts.
 
 Writing the embedded synthetic dataset is research tooling, so it happens
-here, on the simulation's side, not inside the coordinator. Then the folder
+here, on the simulation's side (``fedemo simulate``, ``fedemo baseline``), not
+inside the coordinator; the folder must then pass the coordinator's own check
+(``server_app.dataset_folder``: there and not empty). Then the folder
 goes through the same check a hospital runs before joining
 (``fedemo data check``, client/tools/data_check.py): a folder that holds files but
 no usable dataset stops the run with one line naming the problem, instead
@@ -23,6 +25,7 @@ from flwr.common.logger import log
 from client.tools.data_check import check_data_dir
 from client.data.loaders.base import DatasetFormatError, printable, utf8_problem
 from client.data.partitioning import PartitionSpec
+from server.server_app import dataset_folder, holds_files
 from shared_models.settings.run_settings import RunSettings
 
 DECODE_SAMPLE = 64  # clips decoded before the engine starts (~0.5 s); the nodes decode and count the rest
@@ -40,16 +43,14 @@ def prepare_data(settings: RunSettings, *, check: bool = True) -> Path | None:
     not_text = utf8_problem(data_dir)
     if not_text:  # before anything is written into it: the run's records could not name it
         raise DatasetFormatError(printable(data_dir), f"data-dir: {not_text}")
-    if not (data_dir.is_dir() and any(data_dir.iterdir())):
-        if not settings.synthesize_if_missing:
-            raise FileNotFoundError(f"data-dir {data_dir} is missing or empty and synthesize-if-missing is false; "
-                                    f"point data-dir at your {settings.dataset} copy")
+    if settings.synthesize_if_missing and not holds_files(data_dir):
         from simulations.synthetic.synthetic_data import synthesize
 
         log(INFO, "Writing synthetic %s (%d samples, seed %d) to %s", settings.dataset, settings.synth_samples,
             settings.seed, data_dir)
         synthesize(settings.dataset, data_dir, settings.synth_samples, settings.seed,
                    with_faces=settings.task == "fusion")  # the run's one wall-clock figure includes this
+    data_dir = dataset_folder(settings)  # the coordinator's own check: a missing or empty folder, in one line
     if check:
         # Loading and splitting are what fail for a folder without a dataset; a sample of the clips is decoded
         # (an all-NaN folder is decoded whole), the rest is left to the nodes, which skip and count bad clips.
