@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,8 @@ import pytest
 from shared_models.settings.run_settings import ConfigError
 from simulations.run_config import load_run_config, parse_overrides
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.toml"))
 
 
 def test_configs_folder_ships_the_documented_configs():
@@ -62,3 +66,31 @@ def test_a_negative_seed_is_refused_by_name():
 
     with pytest.raises(ConfigError, match="seed = -1"):
         load_run_config(None, {"seed": -1})
+
+
+def test_settings_loaders_and_models_read_one_dataset_task_model_table():
+    """shared_models/datasets.py is the only table: the loaders and model constructors name its entries, and
+    the settings accept exactly its task/dataset/model combinations."""
+    from client.data.loaders.registry import LOADERS
+    from shared_models import datasets
+    from shared_models.models.registry import CONSTRUCTORS, model_task
+
+    assert set(LOADERS) == set(datasets.DATASETS) and set(CONSTRUCTORS) == set(datasets.MODELS)
+    assert all(model_task(name) == entry.task for name, entry in datasets.MODELS.items())
+    for task, dataset, model in itertools.product(datasets.TASKS, datasets.DATASETS, datasets.MODELS):
+        overrides = {"task": task, "dataset": dataset, "model": model, "feature-normalisation": "fixed"}
+        fits = dataset in datasets.TASK_DATASETS[task] and datasets.MODELS[model].task == task
+        if fits:
+            load_run_config(None, overrides)
+        else:
+            with pytest.raises(ConfigError, match="run-config (dataset|model) = "):
+                load_run_config(None, overrides)
+
+
+def test_a_config_is_checked_without_loading_torch():
+    """Checking the task/dataset/model keys needs the table only, not the models (torch takes seconds to load)."""
+    code = ("import sys, tomllib; from shared_models.settings.run_settings import RunSettings; "
+            "c = tomllib.load(open('pyproject.toml', 'rb'))['tool']['flwr']['app']['config']; "
+            "RunSettings.from_config(c); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

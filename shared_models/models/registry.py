@@ -1,4 +1,5 @@
-"""Model names used in configs (``model = "face_cnn"``) -> constructors and tasks.
+"""Model names used in configs (``model = "face_cnn"``) -> constructors; their tasks come from the one table,
+shared_models/datasets.py.
 
 The task says which inputs a model takes: "face" (images), "voice" (log-mel
 segments + mask) or "fusion" (both); the data pipeline is chosen from it.
@@ -11,6 +12,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from shared_models.datasets import MODELS as MODEL_TABLE
+from shared_models.datasets import TASKS, same_names
 from shared_models.models.face_models import FaceCNN, FaceResNet
 from shared_models.models.fusion_model import FusionNet
 from shared_models.models.scatter_models import FaceScatterLinear
@@ -18,8 +21,6 @@ from shared_models.models.voice_models import VoiceCRNN
 from shared_models.models.voice_stats_model import VoiceStatsLinear
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "count_parameters", "model_task"]
-
-TASKS = ("face", "voice", "fusion")
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,14 @@ class ModelSpec:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
 
 
-MODELS: dict[str, ModelSpec] = {
-    "face_cnn": ModelSpec(FaceCNN, "face", False),
-    "face_resnet": ModelSpec(FaceResNet, "face", False),
-    "face_scatter": ModelSpec(FaceScatterLinear, "face", False),  # fixed scattering + linear head: the DP model
-    "voice_crnn": ModelSpec(VoiceCRNN, "voice", True),
-    "voice_stats": ModelSpec(VoiceStatsLinear, "voice", False),  # fixed clip statistics + linear head: the DP model
-    "fusion": ModelSpec(FusionNet, "fusion", True),
+CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
+    "face_cnn": FaceCNN, "face_resnet": FaceResNet, "face_scatter": FaceScatterLinear,
+    "voice_crnn": VoiceCRNN, "voice_stats": VoiceStatsLinear, "fusion": FusionNet,
 }
+same_names("shared_models/models/registry.py", CONSTRUCTORS, MODEL_TABLE)
+# the table's task and valence/arousal head of each model, with its constructor
+MODELS: dict[str, ModelSpec] = {name: ModelSpec(CONSTRUCTORS[name], entry.task, entry.valence_arousal)
+                                for name, entry in MODEL_TABLE.items()}
 
 
 def _spec(name: str) -> ModelSpec:

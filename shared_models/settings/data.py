@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared_models.datasets import DATASETS, MODELS, TASKS
 from shared_models.settings.checks import need
 
-TASKS = ("face", "voice", "fusion")
 PARTITIONERS = ("iid", "dirichlet", "natural", "demographic")
-DATASET_TASKS = {"fer2013": "face", "rafdb": "face", "cremad": "voice", "ravdess": "voice"}
 
 
 @dataclass(frozen=True)
@@ -32,15 +31,12 @@ class DataSettings:
     feature_fixed_std: float
 
     def check(self) -> None:
-        from shared_models.models.registry import MODELS, model_task  # torch: loaded once a config's keys are known
-
         need(self, self.task in TASKS, "task", f"choose one of {', '.join(TASKS)}")
-        need(self, self.dataset in DATASET_TASKS, "dataset", f"choose one of {', '.join(DATASET_TASKS)}")
+        need(self, self.dataset in DATASETS, "dataset", f"choose one of {', '.join(DATASETS)}")
         need(self, self.model in MODELS, "model", f"choose one of {', '.join(MODELS)}")
-        need(self, model_task(self.model) == self.task, "model",
-             f"serves task {model_task(self.model)!r}, not {self.task!r}")
-        fits = DATASET_TASKS[self.dataset] == self.task or (self.task == "fusion" and self.dataset == "cremad")
-        need(self, fits, "dataset", f"cannot serve task {self.task!r}")
+        need(self, MODELS[self.model].task == self.task, "model",
+             f"serves task {MODELS[self.model].task!r}, not {self.task!r}")
+        need(self, self.task in DATASETS[self.dataset].tasks, "dataset", f"cannot serve task {self.task!r}")
         need(self, not (self.valence_arousal and self.task == "face"), "valence-arousal",
              "the face datasets have no valence/arousal targets")
         need(self, self.partitioner in PARTITIONERS, "partitioner", f"choose one of {', '.join(PARTITIONERS)}")

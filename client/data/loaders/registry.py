@@ -1,30 +1,18 @@
-"""Dataset name -> loader, so run configs and node configs can name a format.
+"""Dataset name -> loader, so run configs and node configs can name a format (the names, titles and tasks:
+shared_models/datasets.py).
 
 Imports are lazy: a hospital with only voice data never needs the image stack.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from client.data.loaders.base import DatasetFormatError, EmotionData, first_skips, os_problem, printable, utf8_problem
+from shared_models.datasets import DATASETS, TASK_DATASETS, same_names
 
-# Which datasets can feed which task. Fusion needs paired face frames, which
-# CREMA-D provides once a frame per clip is extracted into FaceFrames/.
-TASK_DATASETS: dict[str, tuple[str, ...]] = {
-    "face": ("fer2013", "rafdb"),
-    "voice": ("cremad", "ravdess"),
-    "fusion": ("cremad",),
-}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    title: str
-    load: Callable[[Path, str], EmotionData]
+__all__ = ["DATASETS", "TASK_DATASETS", "LOADERS", "check_task_dataset", "load_dataset"]
 
 
 def _fer2013(root: Path, task: str) -> EmotionData:
@@ -51,12 +39,11 @@ def _ravdess(root: Path, task: str) -> EmotionData:
     return load_ravdess(root)
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "fer2013": DatasetSpec("fer2013", "FER2013 (fer2013.csv)", _fer2013),
-    "rafdb": DatasetSpec("rafdb", "RAF-DB basic", _rafdb),
-    "cremad": DatasetSpec("cremad", "CREMA-D (AudioWAV + VideoDemographics.csv)", _cremad),
-    "ravdess": DatasetSpec("ravdess", "RAVDESS speech (Actor_XX/*.wav)", _ravdess),
+# dataset name (shared_models/datasets.py's table, which also says which tasks each serves) -> its reader
+LOADERS: dict[str, Callable[[Path, str], EmotionData]] = {
+    "fer2013": _fer2013, "rafdb": _rafdb, "cremad": _cremad, "ravdess": _ravdess,
 }
+same_names("client/data/loaders/registry.py", LOADERS, DATASETS)
 
 
 def check_task_dataset(task: str, dataset: str) -> None:
@@ -82,7 +69,7 @@ def load_dataset(dataset: str, root: str | Path, task: str) -> EmotionData:
         if not root.is_dir():
             what = "is not a folder" if root.exists() else "does not exist"
             raise DatasetFormatError(root, f"dataset folder for {DATASETS[dataset].title} {what}")
-        data = DATASETS[dataset].load(root, task)
+        data = LOADERS[dataset](root, task)
     except OSError as err:  # a backstop: loaders turn the OSErrors they expect into DatasetFormatError themselves
         raise DatasetFormatError(err.filename or root, f"cannot read: {os_problem(err)}") from None
     if len(data) == 0:
