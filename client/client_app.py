@@ -40,6 +40,7 @@ from client.data.fixed_features import feature_dataset, uses_fixed_features
 from client.privacy.group_counts import (eval_noise_multiplier, group_calibration_metrics, group_count_metrics,
                                  overall_confusion, release_noised_evaluation, sample_groups)
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
+from client.data.consent_log import consent_wire, log_training
 from client.data.node_data import ClientSamples, client_samples
 from client.tools.outgoing_audit import outgoing_audit_mod
 from client.privacy.secure_aggregation import secure_aggregation_mod
@@ -64,7 +65,8 @@ def _setup(msg: Message, context: Context) -> tuple[RunSettings, ClientSamples, 
     # In simulation the coordinator resolves the shared dataset folder once and
     # sends it; a deployed node ignores it and reads its own node config.
     data_dir = str(config.get(msgs.DATA_DIR, settings.data_dir))
-    return settings, client_samples(settings, context.node_config, data_dir), resolve_device(settings.device)
+    samples = client_samples(settings, context.node_config, data_dir, str(config.get(msgs.STATE_ROOT, "")))
+    return settings, samples, resolve_device(settings.device)
 
 
 @functools.lru_cache(maxsize=8)
@@ -95,10 +97,11 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
 
 
-def _reply(msg: Message, samples: ClientSamples, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
+def _reply(msg: Message, samples: ClientSamples, metrics: dict, arrays: ArrayRecord | None = None,
+           client: dict | None = None) -> Message:
     metrics = {**metrics, msgs.UPDATE_WEIGHT: 1}  # equal weights: what client-level central DP averages by
     content = RecordDict({msgs.METRICS: MetricRecord(metrics),
-                          msgs.CLIENT: ConfigRecord({msgs.CLIENT_ID: samples.client_id})})
+                          msgs.CLIENT: ConfigRecord({msgs.CLIENT_ID: samples.client_id, **(client or {})})})
     if arrays is not None:
         content[msgs.ARRAYS] = arrays
     return Message(content=content, reply_to=msg)
@@ -126,12 +129,16 @@ def train(msg: Message, context: Context) -> Message:
     loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = make_optimizer(model, settings)
     n_inputs = NUM_MODEL_INPUTS[settings.task]
-    metrics: dict = {msgs.NUM_EXAMPLES: len(samples.train)}
+    # Consent: this run's line in the node's consent log, then counts and the manifest's hash (never record ids).
+    run_name = run_folder_name(config.get(msgs.STATE_ROOT), settings.run_name)
+    log_training(samples, run_name, str(context.run_id))
+    consent_metrics, consent_client = consent_wire(samples, run_name, str(context.run_id))
+    metrics: dict = {msgs.NUM_EXAMPLES: len(samples.train), **consent_metrics}
     if not settings.dp:
         trained = train_epochs(model, loader, optimizer, epochs=settings.local_epochs, n_inputs=n_inputs, device=device)
         metrics.update({msgs.SKIPPED: samples.skipped, msgs.TRAIN_LOSS: trained[msgs.TRAIN_LOSS],
                         msgs.TRAIN_SAMPLES: trained[msgs.TRAIN_SAMPLES]})
-        return _reply(msg, samples, metrics, ArrayRecord(_cpu_state(model)))
+        return _reply(msg, samples, metrics, ArrayRecord(_cpu_state(model)), consent_client)
 
     # Sample-level DP-SGD: check the ledger first, record the spend before replying.
     ledger = open_ledger(settings, context, config, samples)
@@ -161,7 +168,7 @@ def train(msg: Message, context: Context) -> Message:
         msgs.DP_MAX_GRAD_NORM: event.max_grad_norm, msgs.DP_BUDGET: ledger.epsilon_budget,
         msgs.DP_BUDGET_REMAINING: max(0.0, ledger.epsilon_budget - event.epsilon_after),
     })
-    reply = _reply(msg, samples, metrics, ArrayRecord(_cpu_state(private_model._module)))
+    reply = _reply(msg, samples, metrics, ArrayRecord(_cpu_state(private_model._module)), consent_client)
     reply.content[msgs.CLIENT][msgs.DP_ACCOUNTANT] = ledger.accountant
     reply.content[msgs.CLIENT][msgs.DP_LEDGER_HEAD] = ledger.chain_head()  # our event's hash: the coordinator records it
     return reply

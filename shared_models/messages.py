@@ -51,6 +51,19 @@ DP_MAX_GRAD_NORM = "dp-max-grad-norm"
 DP_BUDGET = "dp-budget"
 DP_BUDGET_REMAINING = "dp-budget-remaining"
 
+# train reply: patients' consent (client/data/consent*.py); counts and a hash, never record ids
+CONSENT_USED = "consent-used"            # consented records trained on: the training-set size (public, as num-examples)
+CONSENT_EXCLUDED = "consent-excluded"    # the node's records left out: refused, not named (exclude), withdrawn
+CONSENT_WITHDRAWN = "consent-withdrawn"  # of those, withdrawn (the node's state-dir)
+CONSENT_WITHDRAWN_NEW = "consent-withdrawn-new"  # withdrawals recorded since the node's previous run
+CONSENT_MANIFEST = "consent-manifest"    # in CLIENT: sha256 of the consent manifest applied; "" without one
+CONSENT_POLICY = "consent-policy"        # in CLIENT: exclude | include, for records the manifest does not name
+CONSENT_TRACKED = "consent-tracked"      # in CLIENT: whether the node keeps a consent log (a state folder)
+CONSENT_TAINTED_RUNS = "consent-tainted-runs"  # in CLIENT: run names (newline-separated) that trained on
+#                                                records withdrawn since
+CONSENT_METRICS = (CONSENT_USED, CONSENT_EXCLUDED, CONSENT_WITHDRAWN, CONSENT_WITHDRAWN_NEW)
+CONSENT_CLIENT_KEYS = (CONSENT_MANIFEST, CONSENT_POLICY, CONSENT_TRACKED, CONSENT_TAINTED_RUNS)
+
 # evaluate reply
 LOSS_SUM = "loss-sum"
 CONFUSION = "confusion"            # flattened 7x7 counts, rows = true class
@@ -78,8 +91,10 @@ DP_REPORT_FIELDS = {
 # spent, noise multiplier, ...), or independent of the records' content (the
 # node's id, its training-set size, which the threat model treats as public,
 # as Opacus's sample rate does). docs/privacy.md lists each with its reason.
-DP_TRAIN_METRICS = frozenset({NUM_EXAMPLES, UPDATE_WEIGHT, *DP_REPORT_FIELDS})
-DP_CLIENT_KEYS = frozenset({CLIENT_ID, DP_ACCOUNTANT, DP_LEDGER_HEAD})
+# Consent counts are treated like the training-set size (public under the threat model, docs/privacy.md):
+# neither changes when one training record is replaced or one test record is added or removed.
+DP_TRAIN_METRICS = frozenset({NUM_EXAMPLES, UPDATE_WEIGHT, *DP_REPORT_FIELDS, *CONSENT_METRICS})
+DP_CLIENT_KEYS = frozenset({CLIENT_ID, DP_ACCOUNTANT, DP_LEDGER_HEAD, *CONSENT_CLIENT_KEYS})
 # Evaluation under dp with noised counts: only the noised per-group counts, the overall confusion
 # summed from them (post-processing) and its total; never the exact loss or valence/arousal sums.
 DP_NOISED_EVAL_METRICS = frozenset({NUM_EXAMPLES, UPDATE_WEIGHT, CONFUSION, GROUP_DP_NOISE_MULTIPLIER,
@@ -110,3 +125,16 @@ def dp_allowed_metrics(message_type: str, *, eval_counts_noised: bool) -> frozen
 def dp_report(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """metrics.jsonl's "dp" entry (epsilon, delta, ...) from a train reply's metrics; {} when DP was off."""
     return {name: metrics[key] for key, name in DP_REPORT_FIELDS.items() if key in metrics}
+
+
+def consent_report(metrics: Mapping[str, Any], client: Mapping[str, Any]) -> dict[str, Any]:
+    """metrics.jsonl's "consent" entry from a train reply; {} when the node sent none (an older node)."""
+    if CONSENT_MANIFEST not in client:
+        return {}
+    tainted = str(client.get(CONSENT_TAINTED_RUNS, ""))
+    return {"manifest": str(client[CONSENT_MANIFEST]), "policy": str(client.get(CONSENT_POLICY, "")),
+            "tracked": bool(client.get(CONSENT_TRACKED, False)),
+            "used": int(metrics.get(CONSENT_USED, 0)), "excluded": int(metrics.get(CONSENT_EXCLUDED, 0)),
+            "withdrawn": int(metrics.get(CONSENT_WITHDRAWN, 0)),
+            "withdrawn_new": int(metrics.get(CONSENT_WITHDRAWN_NEW, 0)),
+            "runs_on_withdrawn": [run for run in tainted.split("\n") if run]}

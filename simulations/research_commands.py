@@ -65,6 +65,8 @@ def add_research_commands(commands: argparse._SubParsersAction, data_commands: a
     p.add_argument("--n", type=int, default=3000, help="number of samples (faces or clips)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-faces", action="store_true", help="cremad: also write a face frame per clip (fusion)")
+    p.add_argument("--consent-refusal-rate", type=float, default=None, metavar="R",
+                   help="also write consent.csv naming every record, each refused with probability R (docs/data.md)")
     p.set_defaults(func=synth_command)
 
 
@@ -196,6 +198,12 @@ def synth_command(args: argparse.Namespace) -> int:
     out = synthesize(args.dataset, args.out, args.n, args.seed, with_faces=args.with_faces)
     print(f"Wrote synthetic {args.dataset} ({args.n} samples, seed {args.seed}) to {out} "
           f"in {time.time() - started:.1f} s")
+    if args.consent_refusal_rate is not None:
+        from simulations.synthetic.consent_manifest import write_consent_manifest
+
+        path = write_consent_manifest(args.dataset, out, args.consent_refusal_rate, args.seed,
+                                      task="fusion" if args.with_faces else None)
+        print(f"Wrote {path}: consent manifest, refusal rate {args.consent_refusal_rate:g}")
     return 0
 
 

@@ -6,6 +6,7 @@
                       [--registered [FILE]]
     fedemo node sent STATE_DIR [--last N] [--json]
     fedemo node approve --node-config "..." --run-config FILE [--yes] [--json]
+    fedemo node withdraw (--node-config "..." | --state-dir DIR --dataset-id ID) RECORD... [--file F]
 
 ``simulations.cli`` mounts them beside the coordinator's and the researchers'
 commands; their code sits here, next to the loaders and the ledger they read.
@@ -17,6 +18,8 @@ import argparse
 import json
 import re
 from pathlib import Path
+
+from client.tools.withdraw import add_withdraw_command
 
 DATASET_FORMATS = ["fer2013", "rafdb", "cremad", "ravdess"]
 
@@ -43,6 +46,10 @@ def add_node_commands(commands: argparse._SubParsersAction,
                    help="samples each node needs (the run config's min-partition-size; default 10)")
     p.add_argument("--partitioner", default="iid", choices=["iid", "dirichlet", "natural", "demographic"],
                    help="with --nodes: the run config's partitioner (default iid)")
+    p.add_argument("--consent-default", default="exclude", choices=["exclude", "include"],
+                   help="the node's policy for records consent.csv does not name (its node config's consent-default)")
+    p.add_argument("--consent-manifest", type=Path, default=None,
+                   help="the node config's consent-manifest, when the manifest is not DATA_DIR/consent.csv")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=data_check_command)
 
@@ -75,6 +82,7 @@ def add_node_commands(commands: argparse._SubParsersAction,
     p.add_argument("--yes", action="store_true", help="approve without asking")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (approves only with --yes)")
     p.set_defaults(func=node_approve_command)
+    add_withdraw_command(node_commands)  # fedemo node withdraw (client/tools/withdraw.py)
     return node_commands
 
 
@@ -195,6 +203,7 @@ def data_check_command(args: argparse.Namespace) -> int:
     if args.nodes is not None or args.min_partition_size is not None:  # a simulation's: every node's share
         size = {} if args.min_partition_size is None else {"min_size": args.min_partition_size}
         spec = PartitionSpec(method=args.partitioner, num_partitions=args.nodes or 1, **size)
-    report = check_data_dir(args.data_dir, args.format, args.task, partition_spec=spec)
+    report = check_data_dir(args.data_dir, args.format, args.task, partition_spec=spec,
+                            consent_default=args.consent_default, consent_manifest=args.consent_manifest)
     print(json.dumps(report.to_json(), indent=2) if args.json else describe(report))
     return 0 if report.ready else 2

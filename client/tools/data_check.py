@@ -28,6 +28,7 @@ import soundfile as sf
 from client.data.loaders.base import (DEMOGRAPHIC_ATTRIBUTES, DatasetFormatError, EmotionData, Skipped, first_skips,
                                  os_problem, printable)
 from client.data.loaders.registry import DATASETS, TASK_DATASETS, load_dataset
+from client.data.consent_check import check_manifest, coverage_lines, describe_coverage
 from client.data.partitioning import PartitionError, PartitionSpec, partition
 from shared_models.taxonomy import EMOTIONS, UNKNOWN
 
@@ -51,6 +52,7 @@ class DataCheckReport:
     flagged: dict[str, list[str]] = field(default_factory=dict)  # kept but suspect, by kind -> refs
     decoded: int | None = None  # clips decoded by the check (None: not a voice check, or decoding off)
     indexed_clips: int | None = None  # clips the loader indexed (decoded < indexed_clips: a sample was decoded)
+    consent: dict = field(default_factory=dict)  # the consent manifest's coverage (client/data/consent_check.py)
     problems: list[str] = field(default_factory=list)  # the node cannot join with this folder
     warnings: list[str] = field(default_factory=list)
 
@@ -67,7 +69,8 @@ def default_task(dataset: str) -> str:
 
 
 def check_data_dir(folder: str | Path, dataset: str, task: str | None = None, *, decode_audio: bool = True,
-                   decode_limit: int | None = None, partition_spec: PartitionSpec | None = None) -> DataCheckReport:
+                   decode_limit: int | None = None, partition_spec: PartitionSpec | None = None,
+                   consent_default: str = "exclude", consent_manifest: str | Path | None = None) -> DataCheckReport:
     """Load ``folder`` as ``dataset`` for ``task`` and describe what a node would train on.
 
     For voice and fusion tasks clips are also decoded (``decode_audio``), as
@@ -84,8 +87,10 @@ def check_data_dir(folder: str | Path, dataset: str, task: str | None = None, *,
         raise ValueError(f"unknown dataset format {dataset!r}; choose one of {', '.join(DATASETS)}")
     task = task or default_task(dataset)
     report = DataCheckReport(folder=printable(Path(folder).absolute()), dataset=dataset, task=task)
+    if not check_manifest(folder, consent_manifest, report):  # every bad line named, before the folder is read
+        return report
     try:
-        data = load_dataset(dataset, folder, task)
+        data = load_dataset(dataset, folder, task, consent_default=consent_default, consent_manifest=consent_manifest)
     except (DatasetFormatError, ValueError) as err:  # missing folder/file, every row bad, task mismatch
         report.problems.append(str(err))
         return report
@@ -99,6 +104,7 @@ def check_data_dir(folder: str | Path, dataset: str, task: str | None = None, *,
             data = _decode_clips(data, report, decode_limit)
             if data is None:
                 return report
+    describe_coverage(data.consent, report)
     _describe(data, report)
     if partition_spec is not None:
         _check_partition(indexed, partition_spec, report)
@@ -253,6 +259,7 @@ def describe(report: DataCheckReport) -> str:
                 lines.append(f"  per {attr}: not provided (group-wise reports will count these samples as unknown)")
             else:
                 lines.append(f"  per {attr}: " + ", ".join(f"{k} {v}" for k, v in groups.items()))
+    lines += coverage_lines(report.consent)
     if report.flagged:
         lines.append("  flagged (kept): " + ", ".join(f"{kind} {len(refs)}" for kind, refs in report.flagged.items()))
     if report.decoded is not None and report.decoded < (report.indexed_clips or 0):

@@ -114,6 +114,9 @@ def training_summary(replies: list[Message]) -> dict[str, Any]:
             entry["train_loss"] = float(m[msgs.TRAIN_LOSS])
         if msgs.SKIPPED in m:
             entry["skipped"] = int(m[msgs.SKIPPED])
+        consent = msgs.consent_report(m, r.content[msgs.CLIENT] if msgs.CLIENT in r.content else {})
+        if consent:  # counts and the manifest's hash (server/report/consent_section.py)
+            entry["consent"] = consent
         dp = msgs.dp_report(m)
         if dp:  # what the node spent this round, as its ledger computed it
             client = r.content[msgs.CLIENT] if msgs.CLIENT in r.content else {}

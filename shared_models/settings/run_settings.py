@@ -17,6 +17,7 @@ from shared_models.messages import UPDATE_WEIGHT as UPDATE_WEIGHT_KEY  # every t
 from shared_models.settings.aggregation import AggregationSettings
 from shared_models.settings.audit import AuditSettings
 from shared_models.settings.central_dp import CentralDPSettings
+from shared_models.settings.consent import ConsentSettings
 from shared_models.settings.data import DataSettings
 from shared_models.settings.dp import DPSettings, secure_mode_available
 from shared_models.settings.fairness import FairnessSettings
@@ -33,7 +34,7 @@ __all__ = ["ConfigError", "RunSettings", "UPDATE_WEIGHT_KEY", "RESUMABLE_KEYS", 
 
 # checked in this order; a check may read keys of other sections (every section sees the whole settings)
 SECTIONS = (DataSettings, SimulationSettings, RoundSettings, AggregationSettings, TrainingSettings, DPSettings,
-            FairnessSettings, CentralDPSettings, OutputSettings, SecAggSettings, AuditSettings)
+            FairnessSettings, CentralDPSettings, OutputSettings, SecAggSettings, AuditSettings, ConsentSettings)
 
 KEYS_LISTED_IN = "docs/configuration.md and pyproject.toml's [tool.flwr.app.config]"
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}

@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,8 @@ class EmotionData:
     # Samples kept but worth a look, by kind (``client.data.loaders.images.FLAG_*``: constant images, images under
     # 24 px): counted by ``fedemo data check`` and logged when a node or a simulation loads the folder.
     flagged: dict[str, list[str]] = field(default_factory=dict)
+    # What the folder's consent manifest did (``client.data.consent.ConsentSummary``); set by ``load_dataset``.
+    consent: Any = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -86,6 +89,7 @@ class EmotionData:
             faces=None if self.faces is None else self.faces[rows],
             skipped=list(self.skipped),
             flagged={kind: list(refs) for kind, refs in self.flagged.items()},
+            consent=self.consent,
         )
 
     def path_of(self, row: int) -> Path:

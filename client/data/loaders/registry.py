@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from client.data.consent import load_consented
 from client.data.loaders.base import DatasetFormatError, EmotionData, first_skips, os_problem, printable, utf8_problem
 from shared_models.datasets import DATASETS, TASK_DATASETS, same_names
 
@@ -58,8 +59,14 @@ def check_task_dataset(task: str, dataset: str) -> None:
         )
 
 
-def load_dataset(dataset: str, root: str | Path, task: str) -> EmotionData:
-    """Load a dataset folder in its published format, checked for the task."""
+def load_dataset(dataset: str, root: str | Path, task: str, *, consent_default: str = "exclude",
+                 consent_manifest: str | Path | None = None) -> EmotionData:
+    """Load a dataset folder in its published format, checked for the task, with its consent manifest applied.
+
+    The manifest (``consent.csv`` in the folder, or ``consent_manifest``) removes every record it does not
+    allow before any caller sees the rows (``client.data.consent``); ``consent_default`` decides for records
+    it does not name. Without a manifest every record is kept.
+    """
     check_task_dataset(task, dataset)
     root = Path(root)
     not_text = utf8_problem(root.absolute())
@@ -74,4 +81,10 @@ def load_dataset(dataset: str, root: str | Path, task: str) -> EmotionData:
         raise DatasetFormatError(err.filename or root, f"cannot read: {os_problem(err)}") from None
     if len(data) == 0:
         raise DatasetFormatError(root, f"no usable samples ({len(data.skipped)} skipped; first: {first_skips(data.skipped)})")
+    held = len(data)
+    data = load_consented(data, root, consent_default, consent_manifest)
+    if len(data) == 0:
+        raise DatasetFormatError(root, f"no record may be used: the consent manifest {data.consent.manifest} excludes "
+                                       f"all {held} ({data.consent.refused} refused, {data.consent.missing} not named, "
+                                       f"consent-default {data.consent.policy})")
     return data
