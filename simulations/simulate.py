@@ -169,9 +169,6 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
         config, settings = resume_config(resume, overrides)
     else:
         config, settings = prepare_run(config_file, overrides, label=str(os.getpid()))
-    if settings.min_available_nodes > settings.num_supernodes:  # Flower would wait for them forever
-        raise ConfigError(f"run-config min-available-nodes = {settings.min_available_nodes}: more than the "
-                          f"{settings.num_supernodes} simulated nodes (num-supernodes); the run would never start")
     if settings.central_dp != "off":  # a plan over the client-level budget stops here, before any work
         from server.privacy.central_dp import check_central_budget
 

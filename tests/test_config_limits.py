@@ -110,3 +110,32 @@ def test_the_shared_json_writer_refuses_nan_naming_the_file_and_place(tmp_path):
     assert not target.exists() and not list(tmp_path.iterdir())  # nothing half-written, no temp file left
     atomic_write_json(target, {"epsilon": 1.5})
     assert strict_loads(target.read_text()) == {"epsilon": 1.5}
+
+
+@pytest.mark.parametrize("overrides, refused", [
+    # was a ValueError from build_model once the coordinator built the model
+    ({"task": "voice", "dataset": "cremad", "model": "voice_stats", "valence-arousal": True,
+      "feature-normalisation": "fixed"}, "valence-arousal = True: model 'voice_stats' has no valence/arousal head"),
+    # was refused by `fedemo simulate` only, after parsing; `flwr run` waited for the nodes forever
+    ({"min-available-nodes": 5, "num-supernodes": 4}, "min-available-nodes = 5: more than the 4 simulated nodes"),
+    # was Flower's ValueError inside the coordinator, turned into a ConfigError as the run started
+    ({"central-dp": "server-adaptive", "central-dp-noise-multiplier": 1.0, "central-dp-clipped-count-stddev": 0.5},
+     "central-dp-clipped-count-stddev = 0.5: must be more than half of central-dp-noise-multiplier"),
+])
+def test_checks_of_the_run_config_alone_refuse_it_while_it_is_parsed(overrides, refused):
+    """A check that needs nothing but the run config lives in its settings section, so every entry point
+    (fedemo simulate, flwr run, the node) refuses the config in the same line before anything starts."""
+    with pytest.raises(ConfigError, match=refused):
+        RunSettings.from_config(_config(overrides))
+
+
+def _config(overrides):
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    return {**tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"], **overrides}
+
+
+def test_deployed_hospitals_are_not_counted_by_num_supernodes():
+    """With no shared data-dir the nodes are hospitals that connect; num-supernodes does not bound them."""
+    RunSettings.from_config(_config({"data-dir": "", "min-available-nodes": 50, "synthesize-if-missing": False}))

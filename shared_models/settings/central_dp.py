@@ -34,3 +34,10 @@ class CentralDPSettings:
         need(self, 0 <= self.central_dp_target_quantile <= 1, "central-dp-target-quantile", "must be in [0, 1]")
         need(self, self.central_dp_clip_lr > 0, "central-dp-clip-lr", "must be > 0")
         need(self, self.central_dp_clipped_count_stddev >= 0, "central-dp-clipped-count-stddev", "must be >= 0")
+        # Flower's adaptive clipping draws the update's noise and the clipped count's from one z: it needs
+        # z < 2 x this std (0: Flower's default, sampled nodes / 20, checked when the nodes are known)
+        need(self, not (self.central_dp.endswith("adaptive") and self.central_dp_clipped_count_stddev > 0
+                        and self.central_dp_noise_multiplier >= 2 * self.central_dp_clipped_count_stddev),
+             "central-dp-clipped-count-stddev",
+             f"must be more than half of central-dp-noise-multiplier ({self.central_dp_noise_multiplier:g}) under "
+             f"adaptive clipping, which splits that noise between the update and the clipped count")

@@ -39,6 +39,9 @@ class DataSettings:
         need(self, self.task in DATASETS[self.dataset].tasks, "dataset", f"cannot serve task {self.task!r}")
         need(self, not (self.valence_arousal and self.task == "face"), "valence-arousal",
              "the face datasets have no valence/arousal targets")
+        need(self, not self.valence_arousal or MODELS[self.model].valence_arousal, "valence-arousal",
+             f"model {self.model!r} has no valence/arousal head; models with one: "
+             f"{', '.join(sorted(name for name, model in MODELS.items() if model.valence_arousal))}")
         need(self, self.partitioner in PARTITIONERS, "partitioner", f"choose one of {', '.join(PARTITIONERS)}")
         need(self, self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0")
         need(self, self.demographic_alpha > 0, "demographic-alpha", "must be > 0")

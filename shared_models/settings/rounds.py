@@ -23,6 +23,9 @@ class RoundSettings:
         need(self, 0 < self.fraction_train <= 1, "fraction-train", "must be in (0, 1]")
         need(self, 0 < self.fraction_evaluate <= 1, "fraction-evaluate", "must be in (0, 1]")
         need(self, self.min_available_nodes >= 1, "min-available-nodes", "must be >= 1")
+        # a simulation (data-dir set) starts num-supernodes nodes; deployed hospitals are counted as they connect
+        need(self, not self.data_dir or self.min_available_nodes <= self.num_supernodes, "min-available-nodes",
+             f"more than the {self.num_supernodes} simulated nodes (num-supernodes); the run would never start")
         need(self, self.divergence_rounds >= 0, "divergence-rounds", "must be >= 0 (0: no divergence guard)")
         need(self, self.round_timeout == 0 or self.round_timeout >= 1, "round-timeout",
              "must be 0 (sized from the first round) or >= 1 second")
