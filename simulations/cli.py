@@ -16,6 +16,8 @@
     fedemo credentials add-hospital OUT_DIR NAME     one more hospital's key pair
     fedemo verify RUN_DIR [--public-key PEM] [--ledger ID=PATH]   signed report unaltered, ledgers on record?
     fedemo report RUN_DIR [--build]                  rebuild report.html from report.json
+    fedemo predict RUN_DIR INPUT... [--format csv]   the run's model on images, clips, videos (one record each)
+    fedemo export RUN_DIR --format onnx [--int8]     ONNX fp32/int8 files and a signed model_card.json
 
 ``fedemo --version`` prints FedEmo's version with Flower's, PyTorch's and Opacus's.
 
@@ -40,8 +42,10 @@ import argparse
 import os
 import sys
 
+from client.inference.commands import add_predict_command
 from client.tools.commands import add_node_commands
 from server.tools.commands import add_coordinator_commands
+from simulations.export_command import add_export_command
 from simulations.node_dry_run import add_dry_run_command
 from simulations.research_commands import add_research_commands
 
@@ -55,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     node_commands = add_node_commands(commands, data_commands)
     add_dry_run_command(node_commands)  # fedemo node dry-run: needs the synthetic data generator (simulations/)
     add_coordinator_commands(commands)
+    add_predict_command(commands)  # fedemo predict (client/inference/commands.py)
+    add_export_command(commands)  # fedemo export: ONNX, int8 and the signed model card (simulations/export_command.py)
     return parser
 
 

@@ -1,0 +1,108 @@
+"""A trained model to ONNX through PyTorch's current exporter (``torch.onnx.export(..., dynamo=True)``).
+
+Inputs keep the training layout, with a dynamic batch axis: ``face``
+(N, 1, 48, 48) float32 in [0, 1]; ``features`` (N, 6, 128, 32) float32 log-mel
+and ``mask`` (N, 6) bool. Outputs: ``logits`` (N, 7), plus ``valence_arousal``
+(N, 2) for models with that head. Face crops and log-mel features are made
+outside the graph by the same code as in training (``shared_models.preprocessing``,
+``shared_models.audio_features``).
+
+``face_scatter``: the fixed scattering front end (kymatio, FFT based) is
+exported as its own graph when the exporter can take it whole; otherwise the
+ONNX file holds the trained head on scattering features and its metadata
+(``fedemo.preprocessing = scatter_features``) tells ``preprocessing_for`` to
+compute the features in PyTorch first (``shared_models.models.scatter_models``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+INPUT_NAMES = {"face": ["face"], "voice": ["features", "mask"], "fusion": ["face", "features", "mask"]}
+SCATTER_PREPROCESSING = "scatter_features"
+
+
+def example_inputs(task: str, batch: int = 2, seed: int = 0):
+    """Random inputs of the task's shapes (a varied mask, so masking is traced, not constant-folded)."""
+    import torch
+
+    from shared_models.audio_features import DEFAULT_CONFIG as cfg
+
+    g = torch.Generator().manual_seed(seed)
+    face = torch.rand(batch, 1, 48, 48, generator=g)
+    features = torch.randn(batch, cfg.max_segments, cfg.n_mels, cfg.frames_per_segment, generator=g) * 10 - 40
+    mask = torch.ones(batch, cfg.max_segments, dtype=torch.bool)
+    mask[-1, cfg.max_segments // 2:] = False
+    return {"face": (face,), "voice": (features, mask), "fusion": (face, features, mask)}[task]
+
+
+class _ScatterHead:
+    """The face_scatter head alone, taking scattering features (N, NUM_FEATURES)."""
+
+    @staticmethod
+    def module(model):
+        import torch
+
+        class Head(torch.nn.Module):
+            def __init__(self, head):
+                super().__init__()
+                self.head = head
+
+            def forward(self, features):
+                return self.head(features)
+
+        return Head(model.head).eval()
+
+
+def export_onnx(model, name: str, task: str, path: Path) -> Path:
+    """Write ``model`` (eval mode) to ``path`` with a dynamic batch axis; returns the path."""
+    import onnx
+    import torch
+
+    model = model.eval().cpu()
+    inputs = example_inputs(task)
+    names = list(INPUT_NAMES[task])
+    preprocessing = ""
+    if name == "face_scatter":
+        from shared_models.models.scatter_models import scatter_features
+
+        model, inputs, names = _ScatterHead.module(model), (scatter_features(inputs[0]),), ["scatter_features"]
+        preprocessing = SCATTER_PREPROCESSING
+    outputs = ["logits", "valence_arousal"] if getattr(model, "valence_arousal", False) else ["logits"]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, inputs, dynamo=True, dynamic_shapes=tuple({0: batch} for _ in inputs),
+                                    input_names=names, output_names=outputs, optimize=True, verbose=False)
+    program.save(str(path))
+    proto = onnx.load(str(path))
+    for key, value in (("fedemo.model", name), ("fedemo.task", task), ("fedemo.preprocessing", preprocessing)):
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return Path(path)
+
+
+def metadata(path: Path) -> dict[str, str]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def preprocessing_for(path: Path):
+    """The step an exported file needs before its graph (None for most): face_scatter's scattering features."""
+    if metadata(path).get("fedemo.preprocessing") != SCATTER_PREPROCESSING:
+        return None
+
+    def scatter(inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        import torch
+
+        from shared_models.models.scatter_models import scatter_features
+
+        return (scatter_features(torch.from_numpy(np.ascontiguousarray(inputs[0]))).numpy(),)
+
+    return scatter
