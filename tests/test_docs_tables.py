@@ -39,7 +39,8 @@ def key_table_problems(repo: Path = REPO) -> list[str]:
     """
     from shared_models.settings.run_settings import SECTIONS
 
-    defaults = set(tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"])
+    pyproject = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))
+    defaults = set(pyproject["tool"]["flwr"]["app"]["config"])
     section_of = {}  # key -> settings module that declares it
     for section in SECTIONS:
         module = "shared_models/settings/" + section.__module__.rsplit(".", 1)[1] + ".py"

@@ -16,6 +16,9 @@ read from the source with ``ast`` (nothing is imported, so it also runs on an ol
    into ``RecordDict``/``ConfigRecord``/``MetricRecord``/``ArrayRecord``, and the index or ``.get`` key
    on a record read from a message in the same function (a name assigned from one of those, a parameter
    annotated as a record, or a loop variable over such a parameter).
+4. A key read from a node config (``context.node_config["data-path"]``, ``node_config.get(...)``) is the
+   hospital's own vocabulary (``flower-supernode --node-config``), not the wire's: rule 1 does not apply
+   there, even where a node-config key is spelled like a wire key (``"client-id"``).
 """
 
 from __future__ import annotations
@@ -121,6 +124,24 @@ def _message_keys(tree: ast.AST) -> set[int]:
     return out
 
 
+def _node_config_keys(tree: ast.AST) -> set[int]:
+    """ids of the string literals that name a node-config key (rule 4)."""
+    def is_node_config(node: ast.expr) -> bool:
+        return isinstance(node, (ast.Name, ast.Attribute)) and ast.unparse(node).endswith("node_config")
+
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and is_node_config(node.value):
+            out.add(id(node.slice))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args \
+                and node.func.attr == "get" and is_node_config(node.func.value):
+            out.add(id(node.args[0]))
+        elif isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops) \
+                and is_node_config(node.comparators[-1]):
+            out.add(id(node.left))
+    return out
+
+
 def violations(root: Path) -> list[str]:
     """Every literal that should be a messages.py constant: ``path:line: 'key' (use messages.NAME)``."""
     keys = wire_keys(root)
@@ -132,12 +153,12 @@ def violations(root: Path) -> list[str]:
             if rel == MESSAGES:
                 continue
             tree = ast.parse(path.read_text(encoding="utf-8"))
-            docs, in_message = _docstrings(tree), _message_keys(tree)
+            docs, in_message, node_config = _docstrings(tree), _message_keys(tree), _node_config_keys(tree)
             for node in ast.walk(tree):
                 if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in docs:
                     continue
                 key = node.value
-                if id(node) in in_message or (key in keys and key not in ambiguous):
+                if id(node) in in_message or (key in keys and key not in ambiguous and id(node) not in node_config):
                     name = keys.get(key)
                     hint = f"use messages.{name}" if name else "name it in shared_models/messages.py"
                     found.append(f"{rel}:{node.lineno}: {key!r} ({hint})")
@@ -164,7 +185,8 @@ def test_the_checker_finds_a_spelled_key_in_each_position(tmp_path):
         '    out = MetricRecord({"dp-delta": 1.0})\n'            # 6: key written into a record
         '    key = "num-examples"\n'                             # 7: distinctive key anywhere
         '    summary = {"metrics": 1, "dp-delta": settings.dp_delta}\n'  # 8: ordinary words: allowed
-        '    return m, n, clipped, out, key, summary\n')
+        '    rows = context.node_config.get("num-examples", 0)\n'  # 9: a node-config key: allowed
+        '    return m, n, clipped, out, key, summary, rows\n')
     assert violations(tmp_path) == [
         "client/node.py:3: 'metrics' (use messages.METRICS)",
         "client/node.py:4: 'rows' (name it in shared_models/messages.py)",
