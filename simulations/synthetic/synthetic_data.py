@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SYNTHETIC_DATASETS = ("fer2013", "rafdb", "cremad", "ravdess")
+from shared_models.datasets import DATASETS
+
+SYNTHETIC_DATASETS = tuple(DATASETS)  # every dataset of the table has a synthetic stand-in
 
 
 def synthesize(dataset: str, out_dir: str | Path, n: int, seed: int, *, with_faces: bool = False) -> Path:
