@@ -1,0 +1,1 @@
+"""Synthetic faces: population (who), params (what each face looks like), render (pixels), writers (layouts)."""
