@@ -6,7 +6,7 @@ the same fused run config, Flower's engine. The ClientApps run on the
 backend ``simulation-backend`` names: ``local`` (default; a few worker
 processes kept for the whole run, simulations/engine/local_backend.py) or ``ray``
 (Flower's actor pool, per-client resources, for multi-machine simulation).
-Flower's private pieces are used in one module, simulations/engine/flower_engine.py.
+Flower's private pieces are used in one module, simulations/engine/flower_seam.py.
 
 Before the engine starts, the data is made ready and checked
 (simulations/synthetic/data_prep.py). While it runs, the first Ctrl-C (SIGINT or
@@ -179,9 +179,9 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     os.environ.setdefault("FLWR_HOME", str(Path(settings.runs_dir) / ".flwr"))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-    from simulations.engine import flower_engine
+    from simulations.engine import flower_seam
 
-    run, server_context = flower_engine.new_run(config)
+    run, server_context = flower_seam.new_run(config)
     # Load the apps by reference from the app folder, as `flwr run` does: every
     # virtual node then gets the same fused run config from pyproject + overrides.
     app_dir = str(project_dir())
@@ -195,14 +195,14 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
         if gpu:
             gpu.__enter__()
         if settings.simulation_backend == "ray":
-            flower_engine.run_on_ray(run=run, server_context=server_context, server_app=COORDINATOR_APP,
+            flower_seam.run_on_ray(run=run, server_context=server_context, server_app=COORDINATOR_APP,
                                      client_app=client_reference, num_supernodes=settings.num_supernodes,
                                      app_dir=app_dir, backend_config=backend_config(settings))
         else:
             from simulations.engine.local_backend import LocalBackend
 
             backend = LocalBackend(local_backend_config(settings, client_reference, app_dir))
-            flower_engine.run_on_backend(backend, run=run, server_context=server_context, server_app=COORDINATOR_APP,
+            flower_seam.run_on_backend(backend, run=run, server_context=server_context, server_app=COORDINATOR_APP,
                                          num_supernodes=settings.num_supernodes, app_dir=app_dir,
                                          stop_server=interruption.request_stop)
     finally:

@@ -23,15 +23,8 @@ from flwr.serverapp.strategy import (
 )
 
 from client.client_app import app as fedemo_app
-from server.privacy.central_dp import (
-    RELEASES_FILE,
-    CentralDP,
-    ServerSideAdaptiveClipping,
-    ServerSideFixedClipping,
-    check_resumable,
-    clip_update,
-    epsilon_after,
-)
+from server.privacy.central_dp import RELEASES_FILE, CentralDP, check_resumable, epsilon_after
+from server.privacy.flower_dp_seam import ServerSideAdaptiveClipping, ServerSideFixedClipping, clip_update
 from server.record.checkpoint import Checkpoint, CheckpointError
 from shared_models.config_error import ConfigError
 from shared_models.models.registry import build_model

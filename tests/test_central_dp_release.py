@@ -18,7 +18,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import Error, Metadata
 
-from server.privacy.central_dp import central_delta, clip_update, epsilon_after, wrap_strategy
+from server.privacy.central_dp import central_delta, epsilon_after, wrap_strategy
+from server.privacy.flower_dp_seam import clip_update
 from server.record.round_recorder import RoundRecorder
 from server.record.run_record import RunRecord
 from server.aggregation.strategy import build_strategy

@@ -5,34 +5,46 @@ processes that load the ClientApp once and keep it, and every node's cached
 data, for the whole run. These tests check what it promises: workers start
 once, not per round; a node whose process dies is answered with an error
 naming it and a fresh worker takes its place; one worker on a GPU; and the
-Flower internals simulations/engine/flower_engine.py relies on still exist.
+engine's stop event wakes on messages without reading threading.Event's
+inside. (The Flower internals the engine relies on: tests/test_flower_seams.py.)
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
 from shared_models.settings.run_settings import RunSettings
-from simulations.engine.flower_engine import PRIVATE_NAMES
 from simulations.run_config import load_run_config
 from simulations.simulate import local_workers, run_simulation
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module, name, parameters", PRIVATE_NAMES, ids=[n for _, n, _ in PRIVATE_NAMES])
-def test_the_private_flower_names_the_engine_uses_still_take_our_arguments(module, name, parameters):
-    """A Flower upgrade that moves or reshapes one of these fails here, not in a researcher's run."""
-    function = importlib.import_module(module)
-    for part in name.split("."):  # a function, or a class's method
-        function = getattr(function, part)
-    accepted = inspect.signature(function).parameters
-    assert [p for p in parameters if p not in accepted] == []
+def test_the_engine_stop_event_wakes_on_messages_and_reads_nothing_of_threading_inside():
+    """nudge ends a timed wait (flag unset) or the next one, never an untimed wait; set ends every wait."""
+    from simulations.engine.flower_seam import EngineStopEvent
+
+    event = EngineStopEvent()
+    event.nudge()  # before anyone waits: the next timed wait ends at once, not after its timeout
+    assert event.wait(timeout=600) is False
+    results: list[bool] = []
+    timed = threading.Thread(target=lambda: results.append(event.wait(timeout=600)))
+    untimed = threading.Thread(target=lambda: results.append(event.wait()))
+    timed.start()
+    untimed.start()
+    while timed.is_alive():
+        event.nudge()
+        timed.join(0.05)
+    assert results == [False] and untimed.is_alive()  # a message wakes the engine's poll, not its final wait
+    event.set()
+    untimed.join(60)
+    assert results == [False, True] and event.wait(timeout=600) is True
+    source = (REPO / "simulations" / "engine" / "flower_seam.py").read_text()
+    assert "._cond" not in source and "._flag" not in source
 
 
 def settings_with(**overrides) -> RunSettings:
@@ -41,7 +53,7 @@ def settings_with(**overrides) -> RunSettings:
 
 def test_one_worker_on_a_gpu_and_one_per_reserved_cores_on_cpu():
     assert local_workers(settings_with(device="cuda")) == 1  # one CUDA context for every virtual node
-    assert local_workers(settings_with(device="cpu", client_num_cpus=1.0, num_supernodes=1)) == 1
+    assert local_workers(settings_with(device="cpu", client_num_cpus=1.0, num_supernodes=1, min_available_nodes=1)) == 1
     cpu = settings_with(device="cpu", client_num_cpus=1.0, num_supernodes=50)
     import os
 

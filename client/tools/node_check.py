@@ -366,19 +366,11 @@ def superlink_registration_step(superlink: str, ca_file: Path, private_key: Path
 def list_registered_nodes(superlink: str, ca_file: Path, timeout: float) -> list[dict]:
     """Every node the SuperLink's Control API lists: id, name, status and public key (DER), over TLS with the CA."""
     from cryptography.hazmat.primitives import serialization
-    from flwr.proto.control_pb2 import ListNodesRequest  # pylint: disable=no-name-in-module
-    from flwr.supercore.control import ControlHttpClient
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
-    client = ControlHttpClient.from_server_address(
-        server_address=superlink, insecure=False, root_certificates=ca_file.read_bytes(),
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")])
-    try:
-        response = client.ListNodes(ListNodesRequest())
-    finally:
-        client.close()
+    from client.tools.flower_control_seam import list_nodes
+
     nodes = []
-    for info in response.nodes_info:
+    for info in list_nodes(superlink, ca_file.read_bytes()):
         try:
             der = serialization.load_pem_public_key(info.public_key).public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -31,11 +31,12 @@ from logging import INFO
 from typing import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
+from server.aggregation.flower_strategy_seam import momentum_state, restore_momentum_state
 from server.rounds.global_metrics import aggregate_evaluation
 from server.record.round_recorder import RoundRecorder
 from server.aggregation.robust_aggregation import chosen_aggregation, nodes_per_round
@@ -113,11 +114,10 @@ class FedEmoFedAvgM(FedEmoMixin, FedAvgM):
     """FedAvgM: the momentum vector and the weights it was applied to are its state."""
 
     def server_state(self) -> dict[str, list[np.ndarray]]:
-        return {"momentum": list(self.momentum_vector)} if self.momentum_vector is not None else {}
+        return momentum_state(self)
 
     def load_server_state(self, arrays: ArrayRecord, state: dict[str, list[np.ndarray]]) -> None:
-        self.current_arrays = ArrayRecord({k: Array(v.numpy()) for k, v in arrays.items()})
-        self.momentum_vector = [np.asarray(v) for v in state["momentum"]] if "momentum" in state else None
+        restore_momentum_state(self, arrays, state)
 
 
 class FedEmoFedMedian(FedEmoMixin, FedMedian):

@@ -27,7 +27,7 @@ one of its records or timed out on a large set. Had such a reply simply been
 dropped, the mean of the others would cost more epsilon (fewer terms, same
 noise), the budget would refuse the round, and the unchanged global model
 would tell every reader that one hospital's update was unusable (measured:
-norm 4.5 released, 6.0 not). So :class:`_Accounted` averages a fixed
+norm 4.5 released, 6.0 not). So :meth:`CentralDP.slot_inputs` averages a fixed
 ``k = max(m, nodes sent the round's instructions)`` slots: each usable reply
 fills one with equal weight (the ``update-weight`` a node sends is not
 trusted), and every sampled node without a usable update (screened out by
@@ -46,14 +46,6 @@ same way: the coordinator cannot tell them apart from data-dependent ones.
   under replacement both sensitivities double, so the same ``z / 2``
   accounting covers them.
 
-**Secret noise.** Flower draws this noise (and the adaptive clipped-count
-noise) from numpy's global generator, which anyone holding the run config
-could seed alike. The wrappers here are subclasses that override exactly
-those two draws (``_add_noise_to_aggregated_arrays``, ``_noisy_fraction``)
-with a fresh ``numpy.random.default_rng()`` per release, seeded from the
-operating system's entropy: nothing the coordinator logs or sends
-determines it.
-
 **Trust.** Central DP trusts the coordinator: it sees every update before
 noise (or, with client-side clipping, every clipped update). The guarantee
 covers what is released from it, the sequence of global models, against
@@ -64,14 +56,8 @@ have an unbounded influence): every node sends ``update-weight`` 1, and the
 slots FedAvg averages carry weight 1 whatever a node sent (a node claiming a
 tiny weight would otherwise enlarge everyone else's influence).
 
-**Flower 1.41, corrected.** (1) Its adaptive wrappers move the clipping norm
-before adding the round's noise (too little noise when it shrinks); here the
-noise follows the norm the round's updates were clipped to. (2) Its server-side
-clipping divides by the update's norm (``clip_inputs_inplace``,
-``adaptive_clip_inputs_inplace`` in ``flwr.supercore.differential_privacy``):
-an update equal to the global model raised ``ZeroDivisionError`` and ended the
-federation. Our server-side wrappers override ``aggregate_train`` with Flower's
-steps and :func:`clip_update`, which leaves a zero update as it is.
+**Flower's wrappers** are subclassed in one module, server/privacy/flower_dp_seam.py, which
+also says what its overrides correct (secret noise, zero-norm clipping, the adaptive step).
 
 **Resume.** The account is checkpointed each round (:meth:`CentralDP.state`)
 and each release is journaled to ``central_dp_releases.json`` as it is made,
@@ -83,26 +69,17 @@ the adaptive clipping norm continues from the checkpointed round.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
 import dp_accounting
-import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.common.logger import log
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping,
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    FedAvg,
-)
-from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
-from flwr.supercore.differential_privacy import KEY_NORM_BIT, get_norm
+from flwr.serverapp.strategy import FedAvg
 
+from server.privacy.flower_dp_seam import KEY_NORM_BIT, WRAPPERS, clipping_norm, restore_clipping_norm
 from server.record.checkpoint import CheckpointError
 from shared_models.atomic_files import atomic_write_json
 from shared_models.messages import ARRAYS, METRICS
@@ -113,65 +90,6 @@ ACCOUNTING = ("rdp (dp-accounting), client-level replace-one-hospital: each rele
               "multiplier z x slots / (2 x sampled), every sampled node a slot (a zero update when its reply was "
               "rejected or missing), no sampling amplification")
 RELEASES_FILE = "central_dp_releases.json"  # every release, written as it is made (the resume reads it)
-
-
-def clip_update(new: list[np.ndarray], old: list[np.ndarray], clipping_norm: float) -> tuple[list[np.ndarray], bool]:
-    """Flower's FlatClip (``old + update * min(1, C / |update|)``) and whether it clipped; norm 0: ``new`` as is."""
-    update = [np.subtract(n, o) for n, o in zip(new, old, strict=True)]
-    norm = get_norm(update)
-    if not norm > clipping_norm:  # also norm 0: nothing to scale
-        return [np.asarray(n) for n in new], False
-    scale = clipping_norm / norm
-    return [np.asarray(o + u * scale).astype(np.asarray(n).dtype, copy=False)
-            for n, o, u in zip(new, old, update, strict=True)], True
-
-
-class _SecretNoise:
-    """Flower's two noise draws, from the OS's entropy instead of numpy's global (seedable) generator."""
-
-    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
-        clip = getattr(self, "release_clipping_norm", None) or self.clipping_norm  # the round's (_Accounted sets it)
-        stdv = self.noise_multiplier * clip / self.num_sampled_clients  # Flower's compute_stdv
-        rng = np.random.default_rng()  # fresh OS entropy, per release
-        noised = {key: Array(np.asarray(a + rng.normal(0.0, stdv, a.shape)).astype(a.dtype))
-                  for key, a in zip(aggregated.keys(), aggregated.to_numpy_ndarrays(), strict=True)}
-        log(INFO, "aggregate_train: central DP noise with %.4f stdev added (OS-seeded generator)", stdv)
-        return ArrayRecord(noised)
-
-    def _noisy_fraction(self, count: int, total: int) -> float:
-        return float(np.random.default_rng().normal(count, self.clipped_count_stddev)) / float(total)
-
-
-class _Accounted:
-    """Releases the mean of a fixed number of update slots and counts it in ``self.account`` (set by
-    ``wrap_strategy``) at its effective multiplier; a sampled node without a usable update is a zero update."""
-
-    account: "CentralDP"
-    norm_bit_required = False  # client-side adaptive clipping: each slot reports whether its update was clipped
-    sent_this_round = 0  # nodes sent this round's training instructions (configure_train)
-
-    def configure_train(self, server_round, arrays, config, grid):
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self.current_arrays, self.sent_this_round = arrays, len(messages)  # zero updates are this model
-        return messages
-
-    def aggregate_train(self, server_round, replies):
-        replies = list(replies)
-        clip_used = float(self.clipping_norm)  # adaptive: the step inside moves it for the next round
-        self.release_clipping_norm = clip_used  # the noise is scaled by it (_SecretNoise)
-        slots = release_slots(replies, self.account.num_sampled, self.sent_this_round)
-        if not self.account.release_fits(slots):  # data-independent: only earlier releases (a resumed rerun) count
-            log(WARNING, "Central DP: round %d not released: one more release would pass central-dp-epsilon %g "
-                "after %d releases; the global model stays as it was", server_round, self.account.budget,
-                len(self.account.multipliers))
-            return None, None
-        inputs = fill_slots(replies, slots, self.current_arrays, self.strategy.weighted_by_key,
-                            self.norm_bit_required)
-        arrays, metrics = super().aggregate_train(server_round, inputs)
-        if arrays is None:  # every slot holds an update: Flower's FedAvg always averages them
-            raise RuntimeError(f"central DP: round {server_round}'s {slots} update slots gave no average")
-        self.account.count_release(slots, clip_used, server_round)  # noise added, average released: one mechanism
-        return arrays, metrics
 
 
 def release_slots(replies: list, num_sampled: int, sent: int) -> int:
@@ -223,91 +141,6 @@ def fill_slots(replies: list, slots: int, current: ArrayRecord, weight_key: str,
         log(INFO, "Central DP: %d of %d update slots are zero updates (sampled nodes without a usable update)",
             zeros, slots)
     return inputs
-
-
-def clip_replies(replies: list, current: ArrayRecord, clipping_norm: float) -> int:
-    """Clip each reply's update (from ``current``) in place with :func:`clip_update`; returns how many were clipped."""
-    clipped, current_arrays = 0, current.to_numpy_ndarrays()
-    for reply in replies:
-        for name, record in reply.content.array_records.items():
-            arrays, was_clipped = clip_update(record.to_numpy_ndarrays(), current_arrays, clipping_norm)
-            clipped += was_clipped
-            reply.content[name] = ArrayRecord(dict(zip(record.keys(), (Array(a) for a in arrays), strict=True)))
-    log(INFO, "aggregate_train: updates clipped to norm %.4f (%d of %d)", clipping_norm, clipped, len(replies))
-    return clipped
-
-
-class _ZeroSafeServerFixed:
-    """Flower 1.41's ``DifferentialPrivacyServerSideFixedClipping.aggregate_train``, clipping safely."""
-
-    def aggregate_train(self, server_round, replies):
-        replies = list(replies)
-        event = self._pop_pending_event(server_round)  # Flower's own accountant (unused here: None)
-        if not validate_replies(replies, self.num_sampled_clients, strict=self.accountant is not None):
-            return None, None
-        self._validate_uniform_weights(replies)
-        clip_replies(replies, self.current_arrays, self.clipping_norm)
-        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        if arrays:
-            arrays = self._add_noise_to_aggregated_arrays(arrays)
-            self._compose_release(event)
-        return arrays, metrics
-
-
-class _ZeroSafeServerAdaptive:
-    """Flower 1.41's ``DifferentialPrivacyServerSideAdaptiveClipping.aggregate_train``, clipping safely."""
-
-    def aggregate_train(self, server_round, replies):
-        replies = list(replies)
-        if not validate_replies(replies, self.num_sampled_clients):
-            return None, None
-        clipped = clip_replies(replies, self.current_arrays, self.clipping_norm)
-        self._geometric_update(self._noisy_fraction(clipped, len(replies)))
-        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        if arrays:
-            arrays = self._add_noise_to_aggregated_arrays(arrays)
-        return arrays, metrics
-
-
-class _AndrewClipUpdate:
-    """Andrew et al.'s geometric clipping-norm update, in place of Flower 1.41's.
-
-    Flower 1.41 multiplies the norm by ``exp(-lr * (clipped_fraction - target))``:
-    when most updates are clipped it *shrinks* the norm, which then clips even
-    more, and the norm collapses towards zero (seen here: every update clipped,
-    norm 0.01 -> 0.0088). The paper's rule moves the norm towards the
-    ``target`` quantile of update norms: ``C *= exp(-lr * (unclipped_fraction -
-    target))``, with ``target`` (central-dp-target-quantile) the fraction of
-    updates meant to pass unclipped. The privacy cost is unchanged: the same
-    noisy count is used, only the direction of the step differs.
-    """
-
-    def _geometric_update(self, clipped_fraction: float) -> None:
-        unclipped_fraction = 1.0 - clipped_fraction
-        self.clipping_norm *= math.exp(-self.clip_norm_lr * (unclipped_fraction - self.target_clipped_quantile))
-
-
-class ServerSideFixedClipping(_Accounted, _SecretNoise, _ZeroSafeServerFixed,
-                              DifferentialPrivacyServerSideFixedClipping):
-    pass
-
-
-class ClientSideFixedClipping(_Accounted, _SecretNoise, DifferentialPrivacyClientSideFixedClipping):
-    pass
-
-
-class ServerSideAdaptiveClipping(_Accounted, _SecretNoise, _AndrewClipUpdate, _ZeroSafeServerAdaptive,
-                                 DifferentialPrivacyServerSideAdaptiveClipping):
-    pass
-
-
-class ClientSideAdaptiveClipping(_Accounted, _SecretNoise, _AndrewClipUpdate,
-                                 DifferentialPrivacyClientSideAdaptiveClipping):
-    norm_bit_required = True
-
-
-WRAPPERS = {"server-fixed": ServerSideFixedClipping, "client-fixed": ClientSideFixedClipping,
-            "server-adaptive": ServerSideAdaptiveClipping, "client-adaptive": ClientSideAdaptiveClipping}
 
 
 def sampled_per_round(settings: RunSettings, population: int) -> int:
@@ -363,8 +196,8 @@ class CentralDP:
             "releases": len(self.multipliers),
             "noise_multiplier": self.noise_multiplier,
             "effective_noise_multipliers": list(self.multipliers),
-            "clipping_norm": float(self.clip_used if self.clip_used is not None else self.strategy.clipping_norm),
-            "next_clipping_norm": float(self.strategy.clipping_norm),
+            "clipping_norm": float(self.clip_used if self.clip_used is not None else clipping_norm(self.strategy)),
+            "next_clipping_norm": clipping_norm(self.strategy),
             "num_sampled_clients": self.num_sampled,
             "population": self.population,
             "budget": self.budget or None,
@@ -383,6 +216,17 @@ class CentralDP:
         after = self.multipliers + [effective_multiplier(self.noise_multiplier, slots, self.num_sampled)]
         return epsilon_of_releases(after, self.delta) <= self.budget
 
+    def slot_inputs(self, server_round: int, replies: list, sent: int, current: ArrayRecord, weight_key: str,
+                    norm_bit_required: bool) -> list[Message] | None:
+        """The round's update slots (:func:`fill_slots`), or None when one more release would pass the budget."""
+        slots = release_slots(replies, self.num_sampled, sent)
+        if not self.release_fits(slots):  # data-independent: only earlier releases (a resumed rerun) count
+            log(WARNING, "Central DP: round %d not released: one more release would pass central-dp-epsilon %g "
+                "after %d releases; the global model stays as it was", server_round, self.budget,
+                len(self.multipliers))
+            return None
+        return fill_slots(replies, slots, current, weight_key, norm_bit_required)
+
     def count_release(self, slots: int, clip_used: float, server_round: int = 0) -> None:
         """Count one release, and write it down before the released model leaves the coordinator."""
         self.clip_used = clip_used
@@ -397,7 +241,7 @@ class CentralDP:
     def state(self) -> dict[str, Any]:
         """What the checkpoint keeps: the releases so far and the clipping norm the next round starts from."""
         return {"mode": self.mode, "multipliers": list(self.multipliers), "release_rounds": list(self.release_rounds),
-                "clip_used": self.clip_used, "clipping_norm": float(self.strategy.clipping_norm)}
+                "clip_used": self.clip_used, "clipping_norm": clipping_norm(self.strategy)}
 
     def resume(self, state: dict[str, Any], run_dir: Path, server_round: int) -> None:
         """Continue a checkpointed account (``state`` at ``server_round``): every journaled release counts, those
@@ -417,12 +261,12 @@ class CentralDP:
             raise CheckpointError(f"{path} disagrees with the checkpoint's {kept} client-level DP releases; "
                                   "refusing to resume")
         self.multipliers, self.release_rounds, self.clip_used = multipliers, rounds, state["clip_used"]
-        self.strategy.clipping_norm = float(state["clipping_norm"])
+        restore_clipping_norm(self.strategy, state["clipping_norm"])
         if len(multipliers) > kept:
             log(WARNING, "Central DP: %d release(s) made after round %d, before the coordinator stopped, stay "
                 "counted (rounds %s); they are run again", len(multipliers) - kept, server_round, rounds[kept:])
         log(INFO, "Central DP resumes after %d releases: epsilon %.4f at delta %g, clipping norm %.4f",
-            len(multipliers), epsilon_of_releases(multipliers, self.delta), self.delta, self.strategy.clipping_norm)
+            len(multipliers), epsilon_of_releases(multipliers, self.delta), self.delta, clipping_norm(self.strategy))
 
 
 def check_resumable(mode: str, state: dict[str, Any] | None, run_dir: Path) -> None:

@@ -1,25 +1,18 @@
-"""The one module that touches Flower's private simulation internals.
+"""The engine seam: every private piece of Flower's simulation engine FedEmo uses, and only here.
 
 Flower 1.41 has no public entry point that runs a ServerApp and a ClientApp
-by reference with a given run config (``flwr.simulation.run_simulation``
-takes app objects, an empty run config and only Ray), and its engine's
-``start_vce`` always builds a ``RayBackend`` whatever backend is named. The
-engine's ``run_api`` does take any ``Backend``. So this module assembles, from
-Flower's own pieces and in Flower's order (``_main_loop`` and ``start_vce``
-in flwr/simulation/run_simulation.py and flwr/server/superlink/fleet/vce/
-vce_api.py), a simulation that differs only in the backend:
+by reference with a given run config, and its engine's ``start_vce`` always
+builds a ``RayBackend``; its ``run_api`` does take any ``Backend``. So this
+module assembles, from Flower's own pieces and in Flower's order
+(``_main_loop``/``start_vce`` in flwr/simulation/run_simulation.py and
+flwr/server/superlink/fleet/vce/vce_api.py), a simulation that differs only
+in the backend (``run_on_backend``; ``run_on_ray`` is Flower's own), and
+hands simulations/engine/local_backend.py the ``Backend`` interface.
 
-* ``run_on_ray``: Flower's ``_run_simulation`` as it is (Ray's actor pool;
-  the choice for multi-machine simulation).
-* ``run_on_backend``: the same link state, grid, ServerApp thread, node
-  registration and engine worker loop, with a backend object of our choosing
-  (simulations/engine/local_backend.py), a link state that finds a node's messages
-  without checking every other node's (``NodeFilteredLinkState``) and a stop
-  event that wakes the engine when messages arrive (``EngineStopEvent``).
-
-``PRIVATE_NAMES`` lists every private name used here;
-tests/test_local_backend.py imports each and checks the signatures, so a
-Flower upgrade that moves one fails there, loudly, instead of in a run.
+``PRIVATE_NAMES``, ``PRIVATE_CALLS`` and ``PRIVATE_ATTRIBUTES`` list every
+non-public Flower name, signature and attribute used here;
+tests/test_flower_seams.py checks each against the installed Flower and
+fails on any private use outside the seam modules.
 """
 
 from __future__ import annotations
@@ -29,16 +22,16 @@ from collections.abc import Callable
 from queue import Empty, Queue
 from typing import Any
 
-from flwr.app import Context, RecordDict
-from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp.client_app import ClientAppException
+from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES, ErrorCode
 from flwr.proto.task_pb2 import Task  # pylint: disable=no-name-in-module
 from flwr.server.superlink.fleet.vce import vce_api
-from flwr.server.superlink.fleet.vce.backend import Backend
+from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
 from flwr.server.superlink.fleet.vce.metrics import VceMetrics
 from flwr.server.superlink.linkstate import LinkStateFactory
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState, RunRecord
 from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
-from flwr.simulation.run_simulation import _run_simulation, run_serverapp_th
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
 from flwr.supercore.date import now
 from flwr.supercore.object_store import ObjectStoreFactory
@@ -48,25 +41,80 @@ from flwr.supercore.telemetry import EventType
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
-# (module, name, parameters this module passes): checked by tests/test_local_backend.py
+__all__ = ["Backend", "BackendConfig", "ClientAppException", "new_run", "run_on_backend", "run_on_ray",
+           "stopped_reply"]
+
+VCE = "flwr.server.superlink.fleet.vce"
+LINKSTATE = "flwr.server.superlink.linkstate"
+RUN_SIMULATION = "flwr.simulation.run_simulation"
+
+# Every name imported from a module outside Flower's public API (flwr.app, flwr.clientapp, flwr.serverapp):
+# (module, name). tests/test_flower_seams.py imports each and checks this list against the imports above.
 PRIVATE_NAMES = [
-    ("flwr.simulation.run_simulation", "_run_simulation",
+    ("flwr.clientapp.client_app", "ClientAppException"),
+    ("flwr.common.constant", "RUN_ID_NUM_BYTES"), ("flwr.common.constant", "SUPERLINK_NODE_ID"),
+    ("flwr.common.constant", "TASK_ID_NUM_BYTES"), ("flwr.common.constant", "ErrorCode"),
+    ("flwr.proto.task_pb2", "Task"),
+    (f"{VCE}", "vce_api"), (f"{VCE}.backend", "Backend"), (f"{VCE}.backend", "BackendConfig"),
+    (f"{VCE}.metrics", "VceMetrics"),
+    (LINKSTATE, "LinkStateFactory"), (f"{LINKSTATE}.in_memory_linkstate", "InMemoryLinkState"),
+    (f"{LINKSTATE}.in_memory_linkstate", "RunRecord"), (f"{LINKSTATE}.utils", "generate_rand_int_from_bytes"),
+    (RUN_SIMULATION, "_run_simulation"), (RUN_SIMULATION, "run_serverapp_th"),
+    ("flwr.supercore.constant", "FLWR_IN_MEMORY_DB_NAME"), ("flwr.supercore.constant", "NOOP_FEDERATION_ID"),
+    ("flwr.supercore.date", "now"), ("flwr.supercore.object_store", "ObjectStoreFactory"),
+    ("flwr.supercore.run", "Run"), ("flwr.supercore.task_identity", "TaskIdentity"),
+    ("flwr.supercore.telemetry", "EventType"), ("flwr.superlink.federation", "NoOpFederationManager"),
+    ("flwr.superlink.grid", "InMemoryGrid"),
+]
+
+# What we call, construct or override: (module, name or Class.member, the parameters we pass or define).
+PRIVATE_CALLS = [
+    (RUN_SIMULATION, "_run_simulation",
      ["num_supernodes", "exit_event", "client_app_attr", "server_app_attr", "backend_name", "backend_config",
       "server_app_context", "app_dir", "is_app", "run"]),
-    ("flwr.simulation.run_simulation", "run_serverapp_th",
+    (RUN_SIMULATION, "run_serverapp_th",
      ["server_app_attr", "server_app", "server_app_context", "grid", "app_dir", "f_stop", "exception_queue",
       "enable_tf_gpu_growth", "ctx_queue"]),
-    ("flwr.server.superlink.fleet.vce.vce_api", "run_api",
+    (f"{VCE}.vce_api", "run_api",
      ["app_fn", "backend_fn", "nodes_mapping", "state_factory", "node_info_stores", "f_stop", "metrics"]),
-    ("flwr.server.superlink.fleet.vce.vce_api", "_register_nodes", ["num_nodes", "state_factory"]),
-    ("flwr.server.superlink.fleet.vce.vce_api", "_register_node_info_stores", ["nodes_mapping", "run", "app_dir"]),
-    ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState.get_message_ins",
-     ["self", "node_id", "limit", "run_id"]),
-    ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState._check_stored_messages",
-     ["self", "message_ids"]),
-    ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState.store_message_ins", ["self", "message"]),
-    ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState.__init__",
-     ["self", "federation_manager", "object_store"]),
+    (f"{VCE}.vce_api", "_register_nodes", ["num_nodes", "state_factory"]),
+    (f"{VCE}.vce_api", "_register_node_info_stores", ["nodes_mapping", "run", "app_dir"]),
+    (f"{VCE}.backend", "Backend.__init__", ["self", "backend_config"]),
+    (f"{VCE}.backend", "Backend.build", ["self", "app_fn"]),
+    (f"{VCE}.backend", "Backend.is_worker_idle", ["self"]),
+    (f"{VCE}.backend", "Backend.process_message", ["self", "message", "context"]),
+    (f"{VCE}.backend", "Backend.terminate", ["self"]),
+    (f"{VCE}.metrics", "VceMetrics", []),
+    (LINKSTATE, "LinkStateFactory.__init__", ["self", "database", "federation_manager", "objectstore_factory"]),
+    (LINKSTATE, "LinkStateFactory.state", ["self"]),
+    (f"{LINKSTATE}.in_memory_linkstate", "InMemoryLinkState.__init__", ["self", "federation_manager", "object_store"]),
+    (f"{LINKSTATE}.in_memory_linkstate", "InMemoryLinkState.get_message_ins", ["self", "node_id", "limit", "run_id"]),
+    (f"{LINKSTATE}.in_memory_linkstate", "InMemoryLinkState._check_stored_messages", ["self", "message_ids"]),
+    (f"{LINKSTATE}.in_memory_linkstate", "InMemoryLinkState.store_message_ins", ["self", "message"]),
+    (f"{LINKSTATE}.in_memory_linkstate", "RunRecord", ["run"]),
+    (f"{LINKSTATE}.utils", "generate_rand_int_from_bytes", ["num_bytes"]),
+    ("flwr.supercore.run", "Run.create_empty", ["run_id"]),
+    ("flwr.superlink.grid", "InMemoryGrid.__init__", ["self", "state_factory", "pull_interval"]),
+    ("flwr.superlink.grid", "InMemoryGrid.set_run", ["self", "run"]),
+    ("flwr.supercore.object_store", "ObjectStoreFactory.store", ["self"]),
+    ("flwr.clientapp.client_app", "ClientAppException.__init__", ["self", "message"]),
+]
+
+# Flower's state we read or write: (module, Class, attribute), checked on a real instance (or the class).
+PRIVATE_ATTRIBUTES = [
+    (LINKSTATE, "LinkStateFactory", "state_instance"), (LINKSTATE, "LinkStateFactory", "federation_manager"),
+    (LINKSTATE, "LinkStateFactory", "objectstore_factory"),
+    (f"{LINKSTATE}.in_memory_linkstate", "InMemoryLinkState", "lock"),
+    (f"{LINKSTATE}.in_memory_linkstate", "InMemoryLinkState", "message_ins_store"),
+    (f"{LINKSTATE}.in_memory_linkstate", "InMemoryLinkState", "run_ids"),
+    (f"{LINKSTATE}.in_memory_linkstate", "InMemoryLinkState", "task_store"),
+    ("flwr.supercore.run", "Run", "primary_task_id"), ("flwr.supercore.run", "Run", "federation_id"),
+    ("flwr.supercore.run", "Run", "override_config"), ("flwr.supercore.run", "Run", "run_id"),
+    ("flwr.supercore.task_identity", "TaskIdentity", "task_id"),
+    ("flwr.supercore.task_identity", "TaskIdentity", "run_id"),
+    ("flwr.supercore.task_identity", "TaskIdentity", "node_id"),
+    ("flwr.supercore.telemetry", "EventType", "PYTHON_API_RUN_SIMULATION_LEAVE"),
+    ("flwr.common.constant", "ErrorCode", "CLIENT_APP_RAISED_EXCEPTION"),
 ]
 
 
@@ -75,24 +123,35 @@ class EngineStopEvent(threading.Event):
 
     Flower's engine looks for new messages every 0.1 s and sleeps between
     looks by waiting on its stop event with a timeout (``add_messages_to_queue``).
-    A round's train and evaluate messages would then wait 50 ms on average
-    before any node starts, twice a round. ``nudge`` ends such a timed wait at
-    once (as a spurious wake-up would: the flag stays unset); waits without a
-    timeout still last until ``set``.
+    ``nudge`` ends such a timed wait at once (the flag stays unset), or the
+    next one if none is under way, so a round's messages do not wait for the
+    next tick; waits without a timeout last until ``set``. Built on a
+    Condition of its own: nothing of ``threading.Event``'s inside is read.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._wake = threading.Condition()
+        self._nudged = False
+
     def nudge(self) -> None:
-        with self._cond:  # the Condition inside threading.Event
-            self._cond.notify_all()
+        with self._wake:
+            self._nudged = True
+            self._wake.notify_all()
+
+    def set(self) -> None:
+        super().set()
+        with self._wake:
+            self._wake.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            if timeout is None:
-                while not self._flag:
-                    self._cond.wait()
-            elif not self._flag:
-                self._cond.wait(timeout)
-            return self._flag
+        if timeout is None:
+            return super().wait()
+        with self._wake:
+            if not self._nudged and not self.is_set():
+                self._wake.wait(timeout)
+            self._nudged = False
+        return self.is_set()
 
 
 class NodeFilteredLinkState(InMemoryLinkState):
@@ -149,9 +208,16 @@ def new_run(run_config: dict[str, Any]) -> tuple[Run, Context]:
     return run, context
 
 
+def stopped_reply(message: Message, reason: str) -> Message:
+    """The error reply Flower's engine expects for a node that could not answer (no exception to log)."""
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+
+
 def run_on_ray(*, run: Run, server_context: Context, server_app: str, client_app: str, num_supernodes: int,
                app_dir: str, backend_config: dict[str, Any]) -> None:
     """Flower's own simulation with Ray's actor pool."""
+    from flwr.simulation.run_simulation import _run_simulation
+
     _run_simulation(num_supernodes=num_supernodes, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                     client_app_attr=client_app, server_app_attr=server_app, backend_name="ray",
                     backend_config=backend_config, server_app_context=server_context, app_dir=app_dir,
@@ -168,6 +234,8 @@ def run_on_backend(backend: Backend, *, run: Run, server_context: Context, serve
     fails mid-run, ``stop_server`` asks the ServerApp to stop (it would
     otherwise wait for replies forever) before its thread is joined.
     """
+    from flwr.simulation.run_simulation import run_serverapp_th
+
     backend.build(lambda: None)  # type: ignore[arg-type,return-value]  # workers load the app by reference
     state_factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
     f_stop = EngineStopEvent()

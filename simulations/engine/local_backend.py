@@ -1,39 +1,25 @@
 """A lean simulation backend for Flower's virtual-client engine: a few long-lived worker processes.
 
-Flower's engine (``flwr.server.superlink.fleet.vce``) hands every message
-for a virtual node to a ``Backend``; Flower 1.41 ships only Ray's actor pool.
-This backend keeps the engine (its link state, queues, node contexts and
-worker threads) and replaces only where a ClientApp runs:
+Flower's engine hands every message for a virtual node to a ``Backend``
+(reached through simulations/engine/flower_seam.py); Flower 1.41 ships only
+Ray's actor pool. This backend keeps the engine and replaces only where a
+ClientApp runs:
 
-* ``workers`` plain processes, started once per run, all at once. On Linux
-  they fork from a ``forkserver`` (a single-threaded process that has
-  imported the ClientApp's module once; the engine's threads make a plain
-  ``fork`` of this process unsafe): a worker
-  starts in well under a second, a replacement too, and torch's pages are
-  shared among them. Elsewhere they ``spawn``. Each keeps the ClientApp, and
-  everything the app caches per process (partitions, decoded features, the
-  DP model's fixed features), for every round. No Ray head, no object store,
-  no per-round process start.
-* A message and its node's context travel by pickle over a socket pair to
-  the node's own worker (partition-id modulo the worker count) and come back
-  the same way; nothing else is shared. Each worker so caches only its share
-  of the nodes' data.
-* On a GPU the default is one worker: one CUDA context for all virtual
-  nodes, however many there are.
-* A ClientApp that raises is answered like Ray's backend answers it (an
-  error reply for that node, the run goes on). A worker process that dies
-  (``os._exit``, a segfault, the OOM killer) is replaced by a fresh one and
-  its message answered with an error naming the node's partition and the
-  exit code, so one crashed node never takes healthy nodes down with it.
+* ``workers`` plain processes (``python -m simulations.engine.local_backend``),
+  started once per run, all at once; each loads the ClientApp by reference and
+  keeps it, with everything it caches per process, for every round. No Ray
+  head, no object store, no per-round process start.
+* A message and its node's context travel by pickle over a socket pair to the
+  node's own worker (partition-id modulo the worker count), so each worker
+  caches only its share of the nodes' data. On a GPU the default is one
+  worker: one CUDA context for all virtual nodes.
+* A ClientApp that raises is answered as Ray's backend answers it (an error
+  reply for that node). A worker that dies (``os._exit``, a segfault, the OOM
+  killer) is replaced and its message answered with an error naming the
+  node's partition and the exit code.
 * Workers ignore SIGINT/SIGTERM: the first Ctrl-C belongs to the coordinator
-  (server/rounds/interruption.py), which stops the run and then this backend; a
-  second one stops every worker at once (``stop_now``). A node stopped so is
-  answered with an error reply, not an exception: Flower's engine would log
-  the exception's traceback.
-
-The same ServerApp and ClientApp run unchanged here, under Ray, under
-``flwr run`` and on deployed SuperNodes: the backend only decides where the
-ClientApp's code executes.
+  (server/rounds/interruption.py); a second one stops every worker at once
+  (``stop_now``), each message in hand answered with an error reply.
 """
 
 from __future__ import annotations
@@ -51,13 +37,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from flwr.app import Context, Message
-from flwr.app.error import Error
-from flwr.common.constant import ErrorCode
 from flwr.clientapp import ClientApp
-from flwr.clientapp.client_app import ClientAppException
-from flwr.server.superlink.fleet.vce.backend import Backend, BackendConfig
+
+from simulations.engine.flower_seam import Backend, BackendConfig, ClientAppException, stopped_reply
 
 CONFIG_KEY = "local"  # this backend's section of Flower's backend config
+STOPPED = "the simulation stopped while this node was working"
 ENGINE_THREADS_PER_WORKER = 16  # messages in hand per worker (LocalBackend.num_workers says why)
 
 
@@ -215,7 +200,7 @@ class LocalBackend(Backend):
                 status, payload = worker.conn.recv()
             except (EOFError, OSError):
                 if self._stopping.is_set():  # abort() killed it: the run is over, nobody waits for this reply
-                    return self._stopped_reply(message), context  # a reply, not an exception Flower would log
+                    return stopped_reply(message, STOPPED), context  # a reply, not an exception Flower would log
                 code = self._replace(slot)
                 raise ClientAppException(f"the node process for partition {partition} died "
                                          f"(exit code {code}); a fresh worker replaces it") from None
@@ -223,12 +208,6 @@ class LocalBackend(Backend):
         if status == "ok":
             return payload
         raise ClientAppException(str(payload))
-
-    @staticmethod
-    def _stopped_reply(message: Message) -> Message:
-        """The error reply of a node stopped by the end of the run (Flower would log a raised one's traceback)."""
-        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                             reason="the simulation stopped while this node was working"), reply_to=message)
 
     def stop_now(self) -> bool:
         """A second Ctrl-C: kill every worker, busy or idle; messages in hand are answered as stopped.
