@@ -100,7 +100,8 @@ def export_run(run, out_dir: Path, *, int8: bool, calibration: InputSet | None, 
     if int8:
         if calibration is None:
             raise ValueError("int8 export needs a calibration set")
-        int8_path = quantize_int8(fp32_path, out_dir / INT8_FILE, calibration.batches(16))
+        batches = [prepare(b) if prepare else b for b in calibration.batches(16)]  # the graph's own inputs
+        int8_path = quantize_int8(fp32_path, out_dir / INT8_FILE, batches)
         _, int8_row = measure(OrtEngine(int8_path, threads=1, prepare=prepare), test, int8_path.stat().st_size)
         result["forms"]["onnxruntime_int8"] = int8_row
         result["files"]["int8"] = str(int8_path)
