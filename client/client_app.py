@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader
 
 from client.privacy.central_dp_clipping import central_dp_clipping_mod
 from client.privacy.dp_allowlist import dp_allowlist_mod
-from client.privacy.dp_training import make_private, plan_round, planned_participation, steps_taken
+from client.privacy.dp_training import make_private, plan_round, planned_participation
+from client.privacy.node_runtime import start_node_runtime
 from client.data.fairness_weights import WeightedSamples
 from client.data.fixed_features import feature_dataset, uses_fixed_features
 from client.privacy.group_counts import (eval_noise_multiplier, group_calibration_metrics, group_count_metrics,
@@ -54,7 +55,7 @@ from shared_models.settings.run_settings import RunSettings
 
 quiet_known_warnings()  # third-party warnings known to be harmless here, each silenced with its reason
 app = ClientApp(mods=[outgoing_audit_mod])  # a deployed node logs what it sends (client/tools/outgoing_audit.py)
-# Opacus's engine only counts this round's steps (steps_taken); the ledger's PLD accountant does the accounting.
+# Opacus's engine only counts this round's steps (PrivateStep.steps_taken); the ledger's PLD accountant accounts.
 OPACUS_STEP_COUNTER = "rdp"
 
 
@@ -148,15 +149,15 @@ def train(msg: Message, context: Context) -> Message:
                       max_grad_norm=settings.dp_max_grad_norm,
                       max_noise=settings.dp_max_noise_multiplier)
     planned_epsilon = ledger.check(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)  # raises: declines
-    private_model, private_optimizer, private_loader, engine = make_private(
-        model, optimizer, loader, plan, accountant=OPACUS_STEP_COUNTER, secure_mode=settings.dp_secure_mode)
+    start_node_runtime()  # once per process: process settings a DP step relies on (client/privacy/node_runtime.py)
+    dp = make_private(model, optimizer, loader, plan, accountant=OPACUS_STEP_COUNTER, secure_mode=settings.dp_secure_mode)
     # The coordinator knows the seed, the round and the client id: the draws come from fresh secret bits, drawn
     # after Opacus's loader read dataset[0] for its empty-batch shapes (so whichever record is first uses no draw).
     samples.train.reseed_secret()
     # The loss and the samples seen stay on the node: neither is accounted for.
-    train_epochs(private_model, private_loader, private_optimizer, epochs=settings.local_epochs,
-                 n_inputs=n_inputs, device=device, private=True)
-    steps = steps_taken(engine)  # Opacus's Poisson loader takes exactly the planned steps; recompute if not
+    train_epochs(dp.model, dp.loader, dp.optimizer, epochs=settings.local_epochs,
+                 n_inputs=n_inputs, device=device, private=dp)
+    steps = dp.steps_taken()  # Opacus's Poisson loader takes exactly the planned steps; recompute if not
     # Binding check-and-record under the ledger's lock, before anything is sent (raises: nothing sent).
     event = ledger.spend(run=run, server_round=server_round, noise_multiplier=plan.noise_multiplier,
                          sample_rate=plan.sample_rate, steps=steps, max_grad_norm=plan.max_grad_norm,
@@ -168,7 +169,7 @@ def train(msg: Message, context: Context) -> Message:
         msgs.DP_MAX_GRAD_NORM: event.max_grad_norm, msgs.DP_BUDGET: ledger.epsilon_budget,
         msgs.DP_BUDGET_REMAINING: max(0.0, ledger.epsilon_budget - event.epsilon_after),
     })
-    reply = _reply(msg, samples, metrics, ArrayRecord(_cpu_state(private_model._module)), consent_client)
+    reply = _reply(msg, samples, metrics, ArrayRecord(_cpu_state(dp.module)), consent_client)
     reply.content[msgs.CLIENT][msgs.DP_ACCOUNTANT] = ledger.accountant
     reply.content[msgs.CLIENT][msgs.DP_LEDGER_HEAD] = ledger.chain_head()  # our event's hash: the coordinator records it
     return reply

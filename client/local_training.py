@@ -8,8 +8,8 @@ to give exactly the pooled metric, and they reveal far less than predictions.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from shared_models import messages as msgs
 from shared_models.calibration_bins import CALIBRATION_BINS, CALIBRATION_FIELDS, bin_counts
 from shared_models.taxonomy import NUM_EMOTIONS
 from shared_models.models.voice_models import ccc_loss
+
+if TYPE_CHECKING:  # Opacus loads only under DP
+    from client.privacy.private_step import PrivateStep
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,78 +55,53 @@ def _forward(model: nn.Module, inputs):
 
 def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
                  epochs: int, n_inputs: int, device: torch.device, va_weight: float = 1.0,
-                 private: bool = False) -> dict[str, float]:
+                 private: PrivateStep | None = None) -> dict[str, float]:
     """Local training; returns mean loss and the number of samples seen.
 
-    Under DP-SGD (``private``) every Poisson batch is a step, even an empty
-    one: skipping it would reveal that the batch was empty, and the accountant
-    assumes each step released a noisy update. The valence/arousal loss is
-    then a per-sample MSE, because CCC uses batch statistics and would tie one
+    Under DP-SGD (``private``, from ``client.privacy.dp_training.make_private``, whose model, loader and
+    optimizer are passed) every Poisson batch is a step, even an empty one: skipping it would reveal that the
+    batch was empty, and the accountant assumes each step released a noisy update. The loss is then one term per
+    sample, and the valence/arousal loss a per-sample MSE, because CCC uses batch statistics and would tie one
     sample's gradient to the others, defeating per-sample clipping.
 
     Items with one more field than ``(*inputs, label, va)`` carry a per-sample
     loss weight (``client.data.fairness_weights``): the classification loss is then
     the mean of weight x cross-entropy, still one term per sample.
     """
+    if private is not None and (private.model is not model or private.optimizer is not optimizer):
+        raise ValueError("train_epochs: under DP pass the private step's own model and optimizer")
     model.train()
     criterion = nn.CrossEntropyLoss()
-    # Opacus's ghost clipping (client.privacy.dp_training) needs the loss per sample; opacus is imported by then.
-    ghost = "opacus" in sys.modules and _uses_ghost_clipping(model)
-    empty_step = _empty_batch_step(model) if "opacus" in sys.modules else None
     total_loss, seen = 0.0, 0
     for _ in range(epochs):
         for batch in loader:
             inputs, labels, va = _split_batch(batch, n_inputs, device)
             weights = batch[n_inputs + 2].to(device) if len(batch) > n_inputs + 2 else None
-            if len(labels) == 0 and not private:
-                continue
-            if len(labels) == 0 and empty_step is not None:  # expanded weights cannot run a batch of 0
-                empty_step(model, optimizer)
+            if len(labels) == 0 and private is None:
                 continue
             optimizer.zero_grad(set_to_none=True)
             logits, va_pred = _forward(model, inputs)
-            if len(labels) == 0:  # an empty DP step still goes through the (noisy) optimizer
-                # every output, the valence/arousal head's too: a head outside the loss has no (empty) per-sample
-                # gradient and Opacus fails the step, which would tell the coordinator the batch was empty
-                loss = logits.sum() * 0.0 + (va_pred.sum() * 0.0 if va_pred is not None else 0.0)
-            elif ghost:  # the same loss, one term per sample: mean(w x CE) + va_weight x MSE
+            if private is not None:  # mean(w x CE) + va_weight x MSE, one term per sample (every head in it)
                 per_sample = nn.functional.cross_entropy(logits, labels, reduction="none")
                 if weights is not None:
                     per_sample = per_sample * weights
                 if va_pred is not None:
                     per_sample = per_sample + va_weight * nn.functional.mse_loss(va_pred, va, reduction="none").mean(1)
-                loss = _ghost_clipping_loss(model, optimizer, per_sample)
-            elif weights is not None:
+                private.step(per_sample)
+                total_loss += float(per_sample.detach().sum())
+                seen += len(labels)
+                continue
+            if weights is not None:
                 loss = (nn.functional.cross_entropy(logits, labels, reduction="none") * weights).mean()
             else:
                 loss = criterion(logits, labels)
-            if va_pred is not None and len(labels) and not ghost:
-                va_loss = nn.functional.mse_loss(va_pred, va) if private else ccc_loss(va_pred, va)
-                loss = loss + va_weight * va_loss
+            if va_pred is not None:
+                loss = loss + va_weight * ccc_loss(va_pred, va)
             loss.backward()
             optimizer.step()
-            if len(labels):
-                total_loss += float(loss.detach()) * len(labels)
+            total_loss += float(loss.detach()) * len(labels)
             seen += len(labels)
     return {msgs.TRAIN_LOSS: total_loss / max(seen, 1), msgs.TRAIN_SAMPLES: float(seen)}
-
-
-def _empty_batch_step(model: nn.Module):
-    from client.privacy.dp_training import empty_batch_step, needs_empty_batch_step
-
-    return empty_batch_step if needs_empty_batch_step(model) else None
-
-
-def _uses_ghost_clipping(model: nn.Module) -> bool:
-    from client.privacy.dp_training import uses_ghost_clipping
-
-    return uses_ghost_clipping(model)
-
-
-def _ghost_clipping_loss(model: nn.Module, optimizer: torch.optim.Optimizer, per_sample: torch.Tensor):
-    from client.privacy.dp_training import ghost_clipping_loss
-
-    return ghost_clipping_loss(model, optimizer, per_sample)
 
 
 @dataclass

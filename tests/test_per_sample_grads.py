@@ -1,10 +1,9 @@
-"""The per-sample gradient rules of client/privacy/per_sample_grads.py against brute force.
+"""The per-sample convolution rules (client/privacy/clipping/convolution.py) against brute force.
 
-Each rule must return, for every sample, exactly the gradient plain autograd gives for that sample alone
-(the segment rule: summed over the sample's segments), in every layout it accepts and in those it hands
-back to Opacus's rule; and a whole DP step of the models that use them (the node's mode) must clip each
-sample's gradient jointly over all parameters exactly like brute force (the check of
-tests/test_dp_modes_bruteforce.py, whose helpers are reused).
+Each rule must return, for every sample, exactly the gradient plain autograd gives for that sample alone (the
+segment rule: summed over the sample's segments), in every layout it accepts and in those it hands back to
+Opacus's rule. Book-keeping uses them for its norms and clipped sums; the node's start-up registers them for
+Opacus's hooks, whose DP step must then still clip like brute force (tests/clipping_reference.py).
 """
 
 from __future__ import annotations
@@ -14,12 +13,11 @@ import torch
 from opacus.grad_sample import GradSampleModule
 from opacus.grad_sample.grad_sample_module import GradSampleHooks
 from torch import nn
-from torch.utils.data import TensorDataset
 
-import client.privacy.dp_training  # noqa: F401  (what a node imports: registers the rules)
-from client.privacy.per_sample_grads import conv2d_grad_sample, keep_freed_memory_for_reuse, segment_conv2d_grad_sample
+import clipping_reference as ref
+from client.privacy.clipping.convolution import conv2d_grad_sample, segment_conv2d_grad_sample
+from client.privacy.node_runtime import register_hook_rules
 from shared_models.models.segment_layers import SegmentConv2d
-from test_dp_modes_bruteforce import _check_steps_against_brute_force, _dataset, _model, _poisson_like_batches
 
 
 def _brute_force_per_sample(layer: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> dict:
@@ -88,13 +86,11 @@ def test_segment_conv_rule_is_each_samples_gradient_summed_over_its_segments(cas
     _assert_rule_matches_brute_force(segment_conv2d_grad_sample, layer, torch.randn(batch, 3, in_ch, 16, 8))
 
 
-def test_the_faster_rules_are_the_ones_opacus_uses():
+def test_opacus_hooks_with_the_rules_give_brute_force_per_sample_gradients_of_a_conv_net():
+    """End to end through Opacus's hooks with the rules registered: strided and plain convolutions with biases."""
+    register_hook_rules()
     assert GradSampleHooks.GRAD_SAMPLERS[nn.Conv2d] is conv2d_grad_sample
     assert GradSampleHooks.GRAD_SAMPLERS[SegmentConv2d] is segment_conv2d_grad_sample
-
-
-def test_opacus_hooks_with_the_rules_give_brute_force_per_sample_gradients_of_a_conv_net():
-    """End to end through Opacus's hooks: strided and plain convolutions with biases, a loss over the batch."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2, padding=1),
                         nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
@@ -108,20 +104,9 @@ def test_opacus_hooks_with_the_rules_give_brute_force_per_sample_gradients_of_a_
         torch.testing.assert_close(p.grad_sample, e, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["face_cnn", "voice_crnn"])
+@pytest.mark.parametrize("name", ["face_cnn", pytest.param("voice_crnn", marks=pytest.mark.slow)])
 def test_hooks_dp_step_with_the_rules_clips_each_sample_jointly_like_brute_force(name):
-    """The whole DP step in hooks mode (face_cnn's and voice_crnn's node mode uses these rules) on
-    Poisson-like batches, an empty one included."""
-    model = _model(name)
-    data: TensorDataset = _dataset(name, 13)
-    n_inputs = 1 if name == "face_cnn" else 2
-    _check_steps_against_brute_force(model, data, _poisson_like_batches(data), n_inputs, "hooks")
-
-
-def test_keep_freed_memory_for_reuse_is_idempotent_and_reports_whether_it_applied():
-    import sys
-
-    first, second = keep_freed_memory_for_reuse(), keep_freed_memory_for_reuse()
-    assert first == second
-    if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()):
-        assert first is True
+    """The whole DP step on Opacus's hooks with the rules registered, on Poisson-like batches (one empty)."""
+    register_hook_rules()
+    data = ref.dataset(name, 13)
+    ref.check_steps(ref.model(name), data, ref.batches(data), ref.n_inputs(name), clipping="hooks")

@@ -103,7 +103,7 @@ def test_corrupt_missing_or_foreign_ledger_is_an_error_not_a_reset(tmp_path):
 
 # --------------------------------------------------------------------------- DP-SGD's clipping, whatever the mode
 def _private_update(name: str, mode: str, *, weighted: bool = False, va: bool = False) -> list:
-    """One noiseless DP-SGD step of model ``name`` under Opacus mode ``mode``, on a fixed batch."""
+    """One noiseless DP-SGD step of model ``name`` with clipping path ``mode``, on a fixed batch."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -126,21 +126,21 @@ def _private_update(name: str, mode: str, *, weighted: bool = False, va: bool = 
         fields = (*fields, torch.rand(n, generator=g) + 0.5)
     loader = DataLoader(TensorDataset(*fields), batch_size=n)
     # Clipping norm 0.05: every sample's gradient is clipped, so a wrong clipping factor would show.
-    private, optimizer, _, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), loader,
-                                            DPPlan(0.0, 1.0, 1, 0.05), accountant="rdp", grad_sample_mode=mode)
-    before = [p.detach().clone() for p in private.parameters()]
-    train_epochs(private, loader, optimizer, epochs=1, n_inputs=len(inputs), device=torch.device("cpu"),
-                 private=True)  # the fixed batch, not the Poisson loader: the same samples for every mode
-    return [b - p.detach() for b, p in zip(before, private.parameters())]
+    dp = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), loader, DPPlan(0.0, 1.0, 1, 0.05),
+                      accountant="rdp", clipping=mode)
+    before = [p.detach().clone() for p in dp.model.parameters()]
+    train_epochs(dp.model, loader, dp.optimizer, epochs=1, n_inputs=len(inputs), device=torch.device("cpu"),
+                 private=dp)  # the fixed batch, not the Poisson loader: the same samples for every mode
+    return [b - p.detach() for b, p in zip(before, dp.model.parameters())]
 
 
 @pytest.mark.parametrize("name,mode,weighted,va", [
-    ("face_scatter", "ghost", False, False), ("face_scatter", "ghost", True, False),
-    ("voice_stats", "ghost", False, False), ("voice_stats", "ew", True, False), ("face_cnn", "ghost", False, False),
-    ("face_cnn", "ew", False, False), ("voice_crnn", "ghost", True, True)])
+    ("face_scatter", "book-keeping", False, False), ("face_scatter", "book-keeping", True, False),
+    ("voice_stats", "book-keeping", True, False), ("face_cnn", "book-keeping", False, False),
+    ("voice_crnn", "book-keeping", True, True)])
 def test_every_grad_sample_mode_clips_like_opacus_hooks(name, mode, weighted, va):
-    """Ghost clipping (two backward passes, per-sample norms only) and expanded weights give the same
-    clipped, summed gradient as Opacus's hooks: the mode changes the cost, never the mechanism."""
+    """Book-keeping clipping (one backward pass, per-layer rules) gives the same clipped, summed gradient as
+    Opacus's hooks: the path changes the cost, never the mechanism."""
     import torch
 
     expected = _private_update(name, "hooks", weighted=weighted, va=va)
@@ -150,33 +150,32 @@ def test_every_grad_sample_mode_clips_like_opacus_hooks(name, mode, weighted, va
         torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name,mode", [("face_scatter", "ghost"), ("voice_stats", "ghost"), ("face_cnn", "ghost"),
-                                       ("voice_crnn", "hooks")])
+@pytest.mark.parametrize("name,mode", [("face_scatter", "book-keeping"), ("voice_stats", "book-keeping"),
+                                       ("face_cnn", "book-keeping"), ("voice_crnn", "book-keeping")])
 def test_each_model_trains_under_dp_in_its_mode_and_an_empty_batch_is_pure_noise(name, mode):
     """The models' documented modes; an empty Poisson batch still takes a (noise-only) step in each."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from client.privacy.dp_training import DPPlan, default_grad_sample_mode, make_private
+    from client.privacy.dp_training import DPPlan, make_private
     from client.local_training import train_epochs
     from shared_models.models.registry import build_model, model_task
 
     model = build_model(name)
-    assert default_grad_sample_mode(model) == mode
     n = 8
     if model_task(name) == "face":
         inputs = (torch.rand(n, 1, 48, 48),)
     else:
         inputs = (torch.randn(n, 6, 128, 32), torch.ones(n, 6, dtype=torch.bool))
     data = TensorDataset(*inputs, torch.zeros(n, dtype=torch.long), torch.zeros(n, 2))
-    private, optimizer, _, engine = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0),
-                                                 DataLoader(data, batch_size=4), DPPlan(1.0, 0.5, 2, 1.0),
-                                                 accountant="rdp")
-    before = [p.detach().clone() for p in private.parameters()]
+    dp = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), DataLoader(data, batch_size=4),
+                      DPPlan(1.0, 0.5, 2, 1.0), accountant="rdp")
+    assert dp.clipping == mode
+    before = [p.detach().clone() for p in dp.model.parameters()]
     empty = [tuple(t[:0] for t in data.tensors)]  # what the Poisson loader yields when it samples no one
-    train_epochs(private, empty, optimizer, epochs=1, n_inputs=len(inputs), device=torch.device("cpu"), private=True)
-    assert all(not torch.equal(b, p) for b, p in zip(before, private.parameters()))  # noise, from no data
-    trained = train_epochs(private, DataLoader(data, batch_size=4), optimizer, epochs=1, n_inputs=len(inputs),
-                           device=torch.device("cpu"), private=True)
+    train_epochs(dp.model, empty, dp.optimizer, epochs=1, n_inputs=len(inputs), device=torch.device("cpu"), private=dp)
+    assert all(not torch.equal(b, p) for b, p in zip(before, dp.model.parameters()))  # noise, from no data
+    trained = train_epochs(dp.model, DataLoader(data, batch_size=4), dp.optimizer, epochs=1, n_inputs=len(inputs),
+                           device=torch.device("cpu"), private=dp)
     assert trained["train-samples"] == 8.0
-    assert sum(steps for _, _, steps in engine.accountant.history) == 3  # the empty step is accounted too
+    assert sum(steps for _, _, steps in dp.engine.accountant.history) == 3  # the empty step is accounted too

@@ -25,8 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from client.client_app import app
 from client.privacy.dp_allowlist import UnaccountedRelease, disallowed_content, dp_allowlist_mod
-from client.privacy.book_keeping_clipping import uses_book_keeping
-from client.privacy.dp_training import DPPlan, ghost_clipping_loss, make_private, uses_ghost_clipping
+from client.privacy.dp_training import DPPlan, make_private
 from server.privacy.central_dp import wrap_strategy
 from server.report.build import check_ledgers
 from shared_models import messages as msgs
@@ -52,8 +51,8 @@ def _indices(loader) -> list[tuple[int, ...]]:
     return [tuple(sorted(int(v) for v in x.flatten(1)[:, 0])) for x, _ in loader]
 
 
-def _linear():
-    return torch.nn.Linear(1, 2)
+def _linear():  # a LayerNorm: no book-keeping rule, so Opacus's hooks clip
+    return torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.LayerNorm(2))
 
 
 def _face_cnn():
@@ -64,19 +63,18 @@ def _face_scatter():
     return build_model("face_scatter")
 
 
-# Each way a node clips (client/privacy/dp_training.py): Opacus's hooks on a plain Linear; book-keeping clipping
-# (face_cnn: one backward pass, no hooks); the hook-free linear head on fixed features (face_scatter,
-# voice_stats). Each is built by make_private as the node builds it; ``uses`` says the path was taken.
+# Each way a node clips (client/privacy/private_step.py), built by make_private as the node builds it: book-keeping
+# (face_cnn; face_scatter, a linear head on fixed features) and Opacus's hooks (the fallback).
 CLIPPING_PATHS = {
-    "hooks": (_linear, (1,), lambda m: not uses_ghost_clipping(m)),
-    "book-keeping": (_face_cnn, (1, 48, 48), lambda m: uses_book_keeping(m)),
-    "linear-head": (_face_scatter, (NUM_SCATTER_FEATURES,), lambda m: hasattr(m, "_fedemo_linear_head")),
+    "hooks": (_linear, (1,), "hooks"),
+    "book-keeping": (_face_cnn, (1, 48, 48), "book-keeping"),
+    "book-keeping-head": (_face_scatter, (NUM_SCATTER_FEATURES,), "book-keeping"),
 }
 
 
 @pytest.mark.parametrize("path", list(CLIPPING_PATHS))
 def test_poisson_masks_and_gradient_noise_cannot_be_rebuilt_from_what_the_coordinator_knows(path):
-    build, shape, uses = CLIPPING_PATHS[path]
+    build, shape, clipping = CLIPPING_PATHS[path]
     inputs = torch.zeros(200, *shape)
     inputs.view(200, -1)[:, 0] = torch.arange(200, dtype=torch.float32)  # each row names itself
     data = TensorDataset(inputs, torch.zeros(200, dtype=torch.long))
@@ -86,15 +84,12 @@ def test_poisson_masks_and_gradient_noise_cannot_be_rebuilt_from_what_the_coordi
         torch.manual_seed(SEED)  # even the global torch seed is one the coordinator could know
         model = build()
         loader = DataLoader(data, batch_size=20, shuffle=True, generator=torch.Generator().manual_seed(coordinator_seed))
-        private_model, optimizer, private_loader, _ = make_private(
-            model, torch.optim.SGD(model.parameters(), lr=1.0), loader, DPPlan(1.0, 0.1, 10, 1.0), accountant="rdp")
-        assert uses(private_model), f"make_private did not take the {path} path"
-        masks = _indices(private_loader)
-        optimizer.zero_grad()
-        zero = private_model(torch.zeros(4, *shape)).sum(1) * 0.0  # a zero gradient: the step is pure noise
-        (ghost_clipping_loss(private_model, optimizer, zero) if uses_ghost_clipping(private_model) else zero.sum()).backward()
-        optimizer.step()
-        return masks, torch.cat([p.detach().flatten() for p in private_model._module.parameters() if p.requires_grad])
+        dp = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), loader, DPPlan(1.0, 0.1, 10, 1.0),
+                          accountant="rdp")
+        assert dp.clipping == clipping, f"make_private did not take the {path} path"
+        masks = _indices(dp.loader)
+        dp.step(dp.model(torch.zeros(4, *shape)).sum(1) * 0.0)  # a zero gradient: the step is pure noise
+        return masks, torch.cat([p.detach().flatten() for p in dp.module.parameters() if p.requires_grad])
 
     (masks_a, weights_a), (masks_b, weights_b) = node_round(), node_round()
     # What the coordinator rebuilds: Opacus's Poisson sampler on the generator it can seed.

@@ -112,13 +112,6 @@ class FaceCNN(nn.Module):
     under differential privacy, so dropout adds little there.
     """
 
-    # Opacus mode under DP-SGD (client/privacy/dp_training.py): "ghost", which for a model of Linear, Conv2d and
-    # GroupNorm layers runs book-keeping clipping without Opacus's hooks (client/privacy/book_keeping_clipping.py:
-    # one backward pass to the layers' outputs, ghost norms for the Linear layers, per-sample conv gradients
-    # from one grouped convolution, no second backward pass); simulations/benchmarks/dp_cost.py measures
-    # every mode.
-    dp_grad_sample_mode = "ghost"
-
     def __init__(
         self,
         num_classes: int = NUM_EMOTIONS,

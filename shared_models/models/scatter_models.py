@@ -62,11 +62,6 @@ class FaceScatterLinear(nn.Module):
     """Scattering features (fixed) -> linear classifier (trained). Returns logits (B, num_classes)."""
 
     fixed_features = staticmethod(scatter_features)  # what a node may precompute once per sample
-    # Opacus mode under DP-SGD (client/privacy/dp_training.py): ghost clipping needs only per-sample gradient norms,
-    # ||g_i|| ||a_i|| for a linear head, where per-sample gradients would be 82k numbers per sample; for a
-    # model whose only trained layer is one Linear it runs without module hooks (LinearHeadCapture)
-    # (simulations/benchmarks/dp_cost.py measures every mode).
-    dp_grad_sample_mode = "ghost"
 
     def __init__(self, num_classes: int = NUM_EMOTIONS, dropout: float = 0.0) -> None:
         super().__init__()

@@ -282,7 +282,10 @@ class VoiceCRNNTrunk(nn.Module):
         seg = self.cnn(x)  # (B, S, D)
         if mask is not None:
             # Move real segments to the front, in their original order.
-            order = torch.argsort((~mask).to(torch.int64), dim=1, stable=True)
+            # Distinct keys (padding after real segments, then position) make any sort the stable one; a
+            # stable sort has no ONNX export (fedemo export: shared_models/export/onnx_export.py).
+            steps = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+            order = torch.argsort((~mask).to(torch.int64) * mask.shape[1] + steps, dim=1)
             seg = seg.gather(1, order.unsqueeze(-1).expand_as(seg))
             lengths = mask.sum(dim=1)
             mask = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0) < lengths.unsqueeze(1)
@@ -296,12 +299,6 @@ class VoiceCRNN(nn.Module):
     forward(x, mask=None) returns logits (B, num_classes), or ``(logits, va)``
     with va (B, 2) = (valence, arousal) in [-1, 1] when ``valence_arousal``.
     """
-
-    # Opacus mode under DP-SGD (client/privacy/dp_training.py): hooks, one backward pass, with client/privacy/per_sample_grads.py's
-    # segment conv rule (each sample's weight gradient, summed over its segments, from one grouped convolution);
-    # ghost clipping's second pass through the segment CNN costs more than the per-sample gradients it saves,
-    # expanded weights cannot run the segment layers (simulations/benchmarks/dp_cost.py measures every mode).
-    dp_grad_sample_mode = "hooks"
 
     def __init__(
         self,

@@ -40,12 +40,6 @@ def clip_statistics(z: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 class VoiceStatsLinear(nn.Module):
     """Per-band clip statistics of the log-mel (fixed) -> linear classifier (trained); returns logits."""
 
-    # Opacus mode under DP-SGD (client/privacy/dp_training.py): ghost clipping, which for a model whose only trained
-    # layer is one Linear runs without module hooks (one gradient to the head's output, one matrix product:
-    # client.privacy.dp_training.LinearHeadCapture), ahead of expanded weights and hooks
-    # (simulations/benchmarks/dp_cost.py measures every mode).
-    dp_grad_sample_mode = "ghost"
-
     def __init__(self, num_classes: int = NUM_EMOTIONS, n_mels: int = 128, dropout: float = 0.0) -> None:
         super().__init__()
         self.n_mels = n_mels

@@ -1,28 +1,16 @@
 """Benchmark: what sample-level DP-SGD costs in time, memory and accuracy.
 
     python -m simulations.benchmarks.dp_cost [--steps 20] [--min-seconds 2] [--no-accuracy]
-        [--models face_cnn ...] [--modes hooks ew functorch ghost] [--out runs/bench-dp]
+        [--models face_cnn ...] [--modes book-keeping hooks] [--out runs/bench-dp]
 
-1. Time per local step as a node takes it (``client.local_training.train_epochs``
-   over a loader of the node's kind of data: faces, log-mel segments, or for
-   face_scatter the scattering features a node computes once and caches),
-   without DP and under DP-SGD (``client.privacy.dp_training.make_private``: secret
-   Poisson sampling, clipping, noise) in each of Opacus's grad_sample_modes
-   ("hooks", "ew" expanded weights, "functorch", "ghost" clipping), for
-   face_cnn and voice_crnn and for the DP configs' face_scatter and
-   voice_stats (whose only trained layer is one Linear: under "ghost" they
-   clip without Opacus's module hooks, ``client.privacy.dp_training.LinearHeadCapture``;
-   face_cnn's Linear, Conv2d and GroupNorm layers under "ghost" take
-   book-keeping clipping, also without hooks, client/privacy/book_keeping_clipping.py).
-   Each (model, mode) runs in a fresh process, alternating
-   epochs with a non-private twin so the shared machine's load hits both
-   alike; the ratio is the median over paired epochs. A mode Opacus cannot
-   run on a model's layers is shown as n/a with the reason.
-2. Global accuracy of a short face simulation with the DP recipe
-   (configs/quickstart_dp.toml: 4 hospitals, 2,000 faces each, 12 rounds) at
-   epsilon 1, 3 and 8, the same recipe without DP, and the plain quickstart
-   recipe (configs/quickstart.toml) without DP, each with the majority-class
-   rate of the same test rows (what a model that learned nothing scores).
+1. Time per local step as a node takes it (``client.local_training.train_epochs`` over a loader of the node's kind
+   of data; face_scatter on the cached scattering features), without DP and under DP-SGD
+   (``client.privacy.dp_training.make_private``) with each clipping path: book-keeping and Opacus's hooks
+   (client/privacy/private_step.py). Each (model, path) runs in a fresh process after the node's start-up call,
+   alternating epochs with a non-private twin so the shared machine's load hits both alike; the ratio is the
+   median over paired epochs. A path that cannot run a model is shown as n/a with the reason.
+2. Global accuracy of a short face simulation with the DP recipe (configs/quickstart_dp.toml) at epsilon 1, 3
+   and 8, without DP, and the plain quickstart recipe, each with the majority-class rate of the same test rows.
 
 Prints a table and writes ``<out>/benchmark_dp.json``. Figures, not tests.
 """
@@ -37,14 +25,12 @@ import statistics
 import time
 from pathlib import Path
 
-# model -> (task, batch, optimizer): face_cnn and voice_crnn at their non-DP configs' settings; face_scatter and
-# voice_stats as the DP configs train them (configs/face50_dp.toml, voice50_dp.toml).
+# model -> (task, batch, optimizer): face_cnn, voice_crnn and fusion at their non-DP configs' settings; face_scatter
+# and voice_stats as the DP configs train them (configs/face50_dp.toml, voice50_dp.toml); face_resnet as face_cnn.
 MODELS = {"face_cnn": ("face", 32, "adam"), "voice_crnn": ("voice", 16, "adam"),
-          "face_scatter": ("face", 64, "sgd"), "voice_stats": ("voice", 16, "sgd")}
-# Opacus's ways of getting per-sample gradients (or, for "ghost", only their norms: ghost clipping for
-# Linear and Embedding, per-sample gradients as fallback for other layers, then a second backward pass;
-# our hook-free paths replace it for linear heads and for Linear/Conv2d/GroupNorm models, client/privacy/dp_training.py).
-DP_MODES = ("hooks", "ew", "functorch", "ghost")
+          "face_scatter": ("face", 64, "sgd"), "voice_stats": ("voice", 16, "sgd"),
+          "face_resnet": ("face", 32, "adam"), "fusion": ("fusion", 16, "adam")}
+DP_MODES = ("book-keeping", "hooks")  # client.privacy.private_step.CLIPPING
 
 
 def _dataset(model_name: str, n: int):
@@ -61,18 +47,19 @@ def _dataset(model_name: str, n: int):
 
         faces = torch.rand(n, 1, 48, 48, generator=generator)
         return FeatureRows(scatter_features(faces), labels, va), 1
+    faces = (torch.rand(n, 1, 48, 48, generator=generator),) if MODELS[model_name][0] in ("face", "fusion") else ()
     if MODELS[model_name][0] == "face":
-        return TensorDataset(torch.rand(n, 1, 48, 48, generator=generator), labels, va), 1
+        return TensorDataset(*faces, labels, va), 1
     x = torch.randn(n, 6, 128, 32, generator=generator) * 10 - 40
     mask = torch.ones(n, 6, dtype=torch.bool)
     mask[::3, 4:] = False  # some shorter clips
-    return TensorDataset(x, mask, labels, va), 2
+    return TensorDataset(*faces, x, mask, labels, va), len(faces) + 2
 
 
 def _trainer(model_name: str, mode: str, steps: int):
     """A node's local training, ready to run epochs: ``train_epochs`` over a loader of the node's kind of
     dataset (loading and batching included), under DP after ``client.privacy.dp_training.make_private`` (secret
-    Poisson sampling and noise) with Opacus's ``grad_sample_mode`` ``mode``."""
+    Poisson sampling and noise) with clipping path ``mode``."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -88,18 +75,18 @@ def _trainer(model_name: str, mode: str, steps: int):
     optimizer = (torch.optim.Adam(model.parameters(), lr=1e-3) if optimizer_name == "adam"
                  else torch.optim.SGD(model.parameters(), lr=0.1))
     loader = DataLoader(dataset, batch_size=batch, shuffle=True)
+    dp = None
     if mode != "plain":
         from client.privacy.dp_training import DPPlan, make_private
 
         plan = DPPlan(noise_multiplier=1.0, sample_rate=1 / len(loader), steps_per_round=len(loader),
                       max_grad_norm=1.0)
-        model, optimizer, loader, _ = make_private(model, optimizer, loader, plan, accountant="prv",
-                                                   grad_sample_mode=mode)
+        dp = make_private(model, optimizer, loader, plan, accountant="prv", clipping=mode)
+        model, optimizer, loader = dp.model, dp.optimizer, dp.loader
 
     def epoch(data=loader) -> float:
         started = time.perf_counter()
-        train_epochs(model, data, optimizer, epochs=1, n_inputs=n_inputs, device=torch.device("cpu"),
-                     private=mode != "plain")
+        train_epochs(model, data, optimizer, epochs=1, n_inputs=n_inputs, device=torch.device("cpu"), private=dp)
         return (time.perf_counter() - started) / len(data) * 1000
 
     epoch(DataLoader(Subset(dataset, range(2 * batch)), batch_size=batch))  # warm-up
@@ -116,7 +103,10 @@ def _time_steps(model_name: str, mode: str, steps: int, min_seconds: float, queu
     try:
         import torch
 
+        from client.privacy.node_runtime import start_node_runtime
+
         torch.set_num_threads(1)
+        start_node_runtime()  # as a DP node does before it trains (the plain twin shares the process)
         private = _trainer(model_name, mode, steps)
         plain = _trainer(model_name, "plain", steps) if mode != "plain" else None
         times, ratios = [], []
@@ -128,7 +118,7 @@ def _time_steps(model_name: str, mode: str, steps: int, min_seconds: float, queu
                 ratios.append(ms / plain())
         ratio = statistics.median(ratios) if ratios else None
         queue.put((statistics.median(times), ratio, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, None))
-    except Exception as error:  # a mode Opacus does not support for this model's layers
+    except Exception as error:  # a clipping path that cannot run this model's layers
         reason = str(error).splitlines()[0][:60] if str(error) else ""
         queue.put((None, None, None, f"{type(error).__name__}: {reason}"))
 
@@ -136,11 +126,12 @@ def _time_steps(model_name: str, mode: str, steps: int, min_seconds: float, queu
 def step_costs(steps: int, models=tuple(MODELS), modes=DP_MODES, min_seconds: float = 2.0) -> dict:
     ctx = mp.get_context("spawn")
     out = {}
-    for name in models:
-        from shared_models.models.registry import MODELS as REGISTRY
+    from client.privacy.clipping.book_keeping import book_keeping_layers
+    from shared_models.models.registry import build_model
 
-        row = {"batch": MODELS[name][1], "optimizer": MODELS[name][2],  # the node's mode: client/privacy/dp_training.py
-               "node_mode": getattr(REGISTRY[name].constructor, "dp_grad_sample_mode", "hooks")}
+    for name in models:
+        node_mode = "book-keeping" if book_keeping_layers(build_model(name)) is not None else "hooks"  # make_private's
+        row = {"batch": MODELS[name][1], "optimizer": MODELS[name][2], "node_mode": node_mode}
         for mode in ("plain", *modes):
             queue = ctx.Queue()
             proc = ctx.Process(target=_time_steps, args=(name, mode, steps, min_seconds, queue))
