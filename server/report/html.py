@@ -18,6 +18,7 @@ from typing import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.report.calibration import calibration_section
+from server.report.consent_section import consent_html
 from server.report.fairness_html import fairness_html, group_reading  # noqa: F401 (importable from here)
 from server.report.html_parts import (fingerprint, headline_html, hospitals_html, html_table, incomplete_banner,
                                       interval, loss_note, majority_banner, num, nw)
@@ -69,6 +70,7 @@ PAGE_SECTIONS: list[PageSection] = [
     ("Privacy spent by each hospital", lambda report: privacy_html(report["privacy"])),
     ("Global model over the rounds", global_html),
     (None, calibration_section),  # ECE per group and reliability diagram (server/report/calibration.py)
+    (None, consent_html),  # patients' consent per hospital (server/report/consent_section.py)
 ]
 
 
