@@ -41,9 +41,12 @@ def synthetic_inputs(task: str, n: int = CALIBRATION_SIZE, seed: int = CALIBRATI
     from shared_models.preprocessing.faces import face_batch
     from simulations.synthetic.synth_faces import generate_faces
 
-    inputs = []
+    inputs, labels, groups = [], None, {}
     if task in ("face", "fusion"):
-        inputs.append(face_batch(generate_faces(n, seed).faces))
+        faces = generate_faces(n, seed)
+        inputs.append(face_batch(faces.faces))
+        if task == "face":  # labelled, with demographic groups: accuracy per group without the run's data
+            labels, groups = faces.labels, {a: np.asarray(v, dtype=object) for a, v in faces.demographics.items()}
     if task in ("voice", "fusion"):
         from simulations.synthetic.synth_voices import write_cremad
 
@@ -53,7 +56,7 @@ def synthetic_inputs(task: str, n: int = CALIBRATION_SIZE, seed: int = CALIBRATI
         inputs += [np.concatenate([c[0] for c in clips]), np.concatenate([c[1] for c in clips])]
         if task == "fusion":
             inputs[0] = inputs[0][:len(clips)]
-    return InputSet(tuple(inputs), source=f"synthetic {('faces' if task == 'face' else 'clips' if task == 'voice' else 'faces and clips')} "
+    return InputSet(tuple(inputs), labels, groups, source=f"synthetic {('faces' if task == 'face' else 'clips' if task == 'voice' else 'faces and clips')} "
                                           f"(FedEmo generator, seed {seed}, {len(inputs[0])} inputs)")
 
 
