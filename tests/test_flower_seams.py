@@ -248,3 +248,26 @@ def test_the_scan_finds_a_private_use():
     assert {"_check_stored_messages", "_noisy_fraction"} <= {n.attr for n in ast.walk(sample)
                                                             if isinstance(n, ast.Attribute)} & private
     assert [n for _, n, _ in flower_imports(sample)] == ["_run_simulation"]
+
+
+def upstream_reproductions() -> tuple[str, list[tuple[str, str]]]:
+    """docs/upstream.md's setup block, and each section's title with its reproduction."""
+    import re
+
+    text = (REPO / "docs" / "upstream.md").read_text()
+    setup = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    sections = re.findall(r"^## (.+?)\n.*?```python\n(.*?)```", text[text.index("\n## "):], re.S | re.M)
+    return setup, sections
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("title, code", upstream_reproductions()[1], ids=[t for t, _ in upstream_reproductions()[1]])
+def test_each_upstream_reproduction_still_shows_the_bug_in_the_installed_flower(title, code, tmp_path):
+    """Each block asserts the bug; once Flower fixes one, this fails and its workaround can be retired."""
+    import subprocess
+    import sys
+
+    setup, _ = upstream_reproductions()
+    ran = subprocess.run([sys.executable, "-c", setup + "\n" + code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
