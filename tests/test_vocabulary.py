@@ -24,6 +24,7 @@ read from the source with ``ast`` (nothing is imported, so it also runs on an ol
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +47,7 @@ def wire_keys(root: Path) -> dict[str, str]:
 
 
 def run_config_keys(root: Path) -> set[str]:
-    """The keys of pyproject.toml's [tool.flwr.app.config] (read as text: no tomllib needed on old trees)."""
-    import tomllib
-
+    """The keys of pyproject.toml's [tool.flwr.app.config]."""
     config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"]
     return set(config)
 
