@@ -27,9 +27,10 @@ import soundfile as sf
 
 from client.data.loaders.base import (DEMOGRAPHIC_ATTRIBUTES, DatasetFormatError, EmotionData, Skipped, first_skips,
                                  os_problem, printable)
-from client.data.loaders.registry import DATASETS, TASK_DATASETS, load_dataset
+from client.data.loaders.registry import load_dataset
 from client.data.consent_check import check_manifest, coverage_lines, describe_coverage
 from client.data.partitioning import PartitionError, PartitionSpec, partition
+from shared_models.datasets import DATASETS, TASK_DATASETS
 from shared_models.taxonomy import EMOTIONS, UNKNOWN
 
 MIN_PER_SPLIT = 1  # a node needs at least one train and one test sample (client.data.node_data)

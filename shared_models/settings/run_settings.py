@@ -2,7 +2,9 @@
 
 Flower hands both sides the same flat run config (pyproject's ``[tool.flwr.app.config]`` fused with a
 config file). ``RunSettings`` is that config, one section per job (one module each, beside its checks),
-so a typo stops the run at start with the key's name instead of failing inside 50 clients.
+so a typo stops the run at start with the key's name instead of failing inside 50 clients. Each section's keys
+have their defaults in pyproject.toml and their rows under the section's heading in docs/configuration.md
+(tests/test_docs_tables.py holds the three to the same keys).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from client.data.consent import load_consented
 from client.data.loaders.base import DatasetFormatError, EmotionData, first_skips, os_problem, printable, utf8_problem
 from shared_models.datasets import DATASETS, TASK_DATASETS, same_names
 
-__all__ = ["DATASETS", "TASK_DATASETS", "LOADERS", "check_task_dataset", "load_dataset"]
+__all__ = ["LOADERS", "check_task_dataset", "load_dataset"]
 
 
 def _fer2013(root: Path, task: str) -> EmotionData:
