@@ -161,8 +161,7 @@ class NodeFilteredLinkState(InMemoryLinkState):
     1.41's in-memory state answers each question by running its expiry and
     federation checks on every stored message of every node, under the
     state's lock: 50 nodes x 50 pending messages is 2,500 checks per tick,
-    about a tenth of a core taken from the nodes and the lock held against
-    the coordinator. Here a node's question checks that node's undelivered
+    CPU taken from the nodes and the lock held against the coordinator. Here a node's question checks that node's undelivered
     messages only (the same checks, the same answer); the others are checked
     when their own node asks or when their replies are pulled.
     """
