@@ -12,6 +12,7 @@
     fedemo node sent STATE_DIR                       what a hospital's node sent, per round, in plain words
     fedemo node approve --node-config ... --run-config FILE [--yes]   what a run will spend; approve a first spend
     fedemo node dry-run --node-config ... --run-config FILE   the real ClientApp on synthetic data: spends nothing
+    fedemo node withdraw --node-config ... RECORD...   a patient's withdrawn consent: left out from the next round
     fedemo credentials init OUT_DIR --hospital NAME ...   CA, SuperLink TLS certificate, hospital key pairs
     fedemo credentials add-hospital OUT_DIR NAME     one more hospital's key pair
     fedemo verify RUN_DIR [--public-key PEM] [--ledger ID=PATH]   signed report unaltered, ledgers on record?

@@ -45,6 +45,7 @@ def mounted_commands() -> list[str]:
     (["node", "sent", "state"], "client.tools.commands"),
     (["node", "approve", "--node-config", "dataset-id='a'", "--run-config", "run.toml"], "client.tools.commands"),
     (["node", "dry-run", "--node-config", "dataset-id='a'", "--run-config", "run.toml"], "simulations.node_dry_run"),
+    (["node", "withdraw", "--state-dir", "state", "--dataset-id", "a", "r1"], "client.tools.withdraw"),
     (["credentials", "init", "creds"], "server.tools.commands"),
     (["credentials", "add-hospital", "creds", "hospital-d"], "server.tools.commands"),
     (["verify", "run"], "server.tools.commands"),
@@ -58,7 +59,7 @@ def test_each_command_runs_code_that_lives_with_its_users(argv, module):
 def test_the_parametrised_list_above_covers_every_mounted_command():
     assert sorted(mounted_commands()) == sorted([
         "simulate", "baseline", "evaluate", "compare", "plot", "data synth", "data check", "ledger", "node check",
-        "node sent", "node approve", "node dry-run",
+        "node sent", "node approve", "node dry-run", "node withdraw",
         "credentials init", "credentials add-hospital", "verify", "report",
     ])
 

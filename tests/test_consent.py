@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.data.consent import ConsentError, every_record, read_manifest, record_ids
-from client.data.loaders.registry import load_dataset
+from client.data.consent import ConsentError, read_manifest, record_ids
+from client.data.loaders.registry import every_record, load_dataset
 from client.tools.data_check import check_data_dir, describe
 from simulations.cli import main as fedemo
 from simulations.synthetic.consent_manifest import write_consent_manifest

@@ -218,12 +218,3 @@ def load_consented(data: EmotionData, root: str | Path, policy: str = "exclude",
     path = manifest_path(root, override)
     return apply_manifest(data, None if path is None else read_manifest(path), policy)
 
-
-def every_record(dataset: str, root: str | Path, task: str | None = None) -> EmotionData:
-    """Every record the folder holds, before consent: only to name records (a manifest, ids to withdraw), never
-    to train or evaluate on (``load_dataset`` is the one way to read data for that)."""
-    from client.data.loaders import registry
-
-    task = task or next(t for t, names in registry.TASK_DATASETS.items() if dataset in names)
-    registry.check_task_dataset(task, dataset)
-    return getattr(registry, f"_{dataset}")(Path(root), task)

@@ -84,7 +84,8 @@ def withdraw_command(args: argparse.Namespace) -> int:
 
 def unknown_records(dataset: str, data_path: Path, records: list[str]) -> list[str]:
     """The ids among ``records`` that name no record the loader reads in ``data_path`` (before any manifest)."""
-    from client.data.consent import every_record, record_ids
+    from client.data.consent import record_ids
+    from client.data.loaders.registry import every_record
 
     held = set(record_ids(every_record(dataset, data_path)))
     return [r for r in dict.fromkeys(r.strip() for r in records) if r and r not in held]

@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from client.data.consent import COLUMNS, MANIFEST_FILE, every_record, record_ids
+from client.data.consent import COLUMNS, MANIFEST_FILE, record_ids
+from client.data.loaders.registry import every_record
 from client.data.loaders.base import EmotionData
 
 FORM_VERSION = "synthetic-v1"

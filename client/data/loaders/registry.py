@@ -88,3 +88,11 @@ def load_dataset(dataset: str, root: str | Path, task: str, *, consent_default: 
                                        f"all {held} ({data.consent.refused} refused, {data.consent.missing} not named, "
                                        f"consent-default {data.consent.policy})")
     return data
+
+
+def every_record(dataset: str, root: str | Path, task: str | None = None) -> EmotionData:
+    """Every record the folder holds, before consent: only to name records (a consent manifest, ids to withdraw),
+    never to train, evaluate or count on (``load_dataset`` is the one way to read data for that)."""
+    task = task or next(t for t, names in TASK_DATASETS.items() if dataset in names)
+    check_task_dataset(task, dataset)
+    return globals()[f"_{dataset}"](Path(root), task)
