@@ -37,7 +37,7 @@ PUBLIC = {"flwr", "flwr.app", "flwr.clientapp", "flwr.clientapp.mod", "flwr.serv
 # (module, name) is listed, so a NEW non-public name outside a seam fails test_no_private_flower_use_outside_the_seams.
 OUTSIDE_SEAMS = {
     ("flwr.common.logger", "log"), ("flwr.supercore.logger", "FLOWER_LOGGER"),
-    ("flwr.supercore.logger", "console_handler"), ("flwr.supercore.task_identity", "TaskIdentity"),
+    ("flwr.supercore.logger", "console_handler"),
     ("flwr.common.config", "flatten_dict"), ("flwr.common.config", "parse_config_args"),
     ("flwr.common.config", "get_project_config"), ("flwr.common.config", "fuse_dicts"),
     ("flwr.common.config", "get_fused_config_from_dir"), ("flwr.serverapp.strategy.strategy_utils", "sample_nodes"),
