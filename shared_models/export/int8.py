@@ -21,6 +21,13 @@ from typing import Sequence
 import numpy as np
 
 
+# The compute-heavy operators: their weights go int8 (per output channel) and ONNX Runtime runs them as integer
+# kernels. Pooling, reshapes, GroupNorm and the LSTM's elementwise gates stay float between them: quantising them
+# adds QuantizeLinear/DequantizeLinear pairs that cost more than they save on models this small, and weights that
+# feed several of them (the unrolled LSTM's) cannot be quantised in ONNX Runtime's shared-parameter mode.
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+
+
 def _reader(names: list[str], batches: Sequence[tuple[np.ndarray, ...]]):
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -47,7 +54,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, batches: Sequence[tuple[np.nd
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out_path), _reader(names, batches), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     _copy_metadata(fp32_path, out_path)
@@ -68,10 +76,12 @@ def _quiet_logging():
 
 
 def _copy_metadata(source: Path, target: Path) -> None:
-    """Keep the fp32 file's FedEmo metadata (model name, preprocessing) in the int8 file."""
+    """Keep the fp32 file's FedEmo metadata (model name, preprocessing) in the int8 file; drop debug info."""
     import onnx
 
-    src, dst = onnx.load(str(source)), onnx.load(str(target))
+    from shared_models.export.onnx_export import strip_debug_info
+
+    src, dst = onnx.load(str(source)), strip_debug_info(onnx.load(str(target)))
     have = {p.key for p in dst.metadata_props}
     for prop in src.metadata_props:
         if prop.key not in have:
