@@ -44,7 +44,7 @@ def test_a_worker_process_parses_a_dataset_once_for_all_its_nodes_and_rounds(tmp
     _, settings = load_run_config(None, {"dataset": "rafdb", "partitioner": "iid", "seed": 3})
     parses = []
     real_load = node_data.load_dataset
-    monkeypatch.setattr(node_data, "load_dataset", lambda *args: parses.append(args) or real_load(*args))
+    monkeypatch.setattr(node_data, "load_dataset", lambda *args, **kw: parses.append(args) or real_load(*args, **kw))
     first_round = [client_samples(settings, {"partition-id": pid, "num-partitions": 4}, str(tmp_path / "rafdb"))
                    for pid in range(4)]
     second_round = client_samples(settings, {"partition-id": 1, "num-partitions": 4}, str(tmp_path / "rafdb"))
