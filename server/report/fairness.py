@@ -1,66 +1,10 @@
-"""Fairness per demographic group, with uncertainty, from summed confusion counts.
+"""Fairness per demographic group, with uncertainty, from the summed confusion counts of metrics.jsonl.
 
-Input is what ``metrics.jsonl`` holds per round under ``"groups"``: for every
-demographic attribute and group, the 7x7 confusion matrix summed over the
-evaluating hospitals (rows = true emotion, columns = predicted, order
-``shared_models.taxonomy.EMOTIONS``). Counts are all there is, never
-per-sample predictions, so every metric is computed from them:
-
-- Point estimates come from Fairlearn's ``MetricFrame`` and scikit-learn on
-  label arrays expanded from the counts (one row per counted sample), so the
-  numbers are the libraries' own definitions, not formulas of ours.
-- Fairlearn's rate metrics (true/false positive rate, selection rate) are
-  binary only. For 7 emotions they are computed one-vs-rest per class
-  (``y_true == k`` vs ``y_pred == k``); between-group differences are taken per
-  class and the worst class is reported (:data:`MULTICLASS_METHOD`). A group
-  with no samples of class k has no recall for k (``None``), and is left out of
-  that class's recall comparison rather than counted as recall 0 (which is what
-  Fairlearn's ``true_positive_rate`` returns for it).
-- Intervals: a group's accuracy gets a Wilson score interval (scipy). Every
-  other statistic gets a percentile bootstrap over the counts: each group's
-  confusion matrix is redrawn from a multinomial with its observed size and
-  cell frequencies (:data:`BOOTSTRAP_REPLICATES` draws, fixed seed
-  :data:`BOOTSTRAP_SEED`, so a report is reproducible). Max-minus-min
-  statistics (gaps, equalized odds) are biased upward under resampling; where
-  the point estimate falls outside the percentile interval, the interval is
-  extended to include it (conservative, never misleading).
-- Groups with fewer than ``min_group_size`` samples are suppressed: no numbers
-  (not even their size) and no part in gaps or the worst group.
-- Differences between groups are *signed*, with an interval that can
-  include 0 (:func:`difference_interval`: Newcombe's hybrid score interval,
-  i.e. MOVER on the two groups' own accuracy intervals): each group minus the
-  rest of the reported groups pooled, and the best minus the worst group. An
-  interval of the absolute gap (max - min) can never include 0, so it would
-  make every gap look real. One rule (``server.report.difference_rule.difference_verdict``) reads them
-  all: an interval that lies beyond +-``gap_threshold`` is a difference above
-  the threshold (the only thing that is flagged); else one wider than
-  ``INCONCLUSIVE_WIDTH_FACTOR`` x the threshold is "too few to conclude" (it
-  could neither show a gap above the threshold nor rule one out); else it is
-  a difference (excludes 0) or no clear difference (includes 0). The other
-  between-group figures (equalized odds, predicted rate) carry
-  ``conclusive`` by the same width rule, so a 90 pp interval of a tiny group
-  is called inconclusive, not shown as a finding.
-
-Noised counts (``eval-dp-noise-multiplier``; the round's ``groups_dp``): the
-summed cells are unbiased but noisy and may be negative. Then
-
-- accuracy (and so the accuracy gap, ratio and worst group) is the ratio of
-  the summed correct to the summed total counts, clipped into [0, 1]: a ratio
-  of unbiased sums, never of cells clipped one by one. On exact counts this
-  is scikit-learn's ``accuracy_score`` per group (tests check it);
-- the per-class rates and macro-F1 come from Fairlearn on the counts with
-  each cell clipped at 0 (display only; a rate needs non-negative counts);
-  a group's ``confusion`` is shown clipped, its ``n`` is the unclipped sum;
-- intervals include the count noise. Every summed cell carries independent
-  noise of variance ``v`` (``groups_dp.cell_noise_variance``: the sum over
-  noised nodes of sigma^2 + 1/12, see server/rounds/global_metrics.py). Accuracy:
-  an Agresti-Coull interval whose variance is the sampling variance plus
-  the noise's, by the delta method on p = C / N with C the 7 diagonal and
-  N - C the 42 other cells: ``v (7 (1 - p)^2 + 42 p^2) / N^2``
-  (:func:`accuracy_interval`). Every other statistic: the bootstrap above
-  becomes parametric, each replicate's cells redrawn from the multinomial
-  and then given fresh Gaussian noise of variance ``v``, the statistic taken
-  as the point estimate is (accuracy from the sums, rates from clipped cells).
+Counts are all there is (never per-sample predictions): point estimates come from Fairlearn's MetricFrame and
+scikit-learn on labels expanded from the counts; intervals (Wilson, bootstrap over counts, Newcombe for signed
+differences, widened for noised counts) come from ``server.report.fairness_intervals``; small groups are
+suppressed; one rule (``difference_rule``) reads every signed difference. The method in full, with the
+noised-count variances: docs/fairness_statistics.md.
 """
 
 from __future__ import annotations
@@ -71,16 +15,16 @@ from typing import Any
 
 import numpy as np
 from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
-from scipy.stats import binomtest, norm
 from sklearn.metrics import f1_score
 
 from server.report.difference_rule import (INCONCLUSIVE_WIDTH_FACTOR, VERDICTS,  # noqa: F401 (re-exported)
                                            conclusive, difference_verdict)
+from server.report.fairness_intervals import (BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED,  # noqa: F401 (re-exported)
+                                              _bootstrap, _interval, accuracy_interval, confusion_statistics,
+                                              difference_interval, group_accuracy, wilson_interval)
 from shared_models.demographic_groups import ATTRIBUTE_GROUPS
 from shared_models.taxonomy import EMOTIONS, NUM_EMOTIONS
 
-BOOTSTRAP_REPLICATES = 1000
-BOOTSTRAP_SEED = 20240611
 MULTICLASS_METHOD = (
     "one-vs-rest: for each emotion k, Fairlearn's binary rate metrics on (y_true == k, y_pred == k) per group; "
     "between-group differences (max - min over groups with that class, Fairlearn's 'between_groups') per class, "
@@ -153,30 +97,6 @@ def fairness_history(rounds: list[dict], *, min_group_size: int, gap_threshold: 
                                          for g in kept}}  # each reported group's accuracy this round
         history.append(row)
     return history
-
-
-def difference_interval(a: np.ndarray, b: np.ndarray, confidence: float, variance_a: float = 0.0,
-                        variance_b: float = 0.0) -> list[float] | None:
-    """Interval of accuracy(a) - accuracy(b), signed, from each side's own accuracy interval.
-
-    Newcombe's hybrid score interval (MOVER): ``d - sqrt((p_a - l_a)^2 + (u_b - p_b)^2)`` to
-    ``d + sqrt((u_a - p_a)^2 + (p_b - l_b)^2)``; with exact counts the sides' Wilson intervals, with noised
-    counts their noise-widened ones (``variance_*``: each side's per-cell noise variance). It treats the two
-    sides as independent, as they are (disjoint test rows). None when a side has no interval.
-    """
-    ci_a, ci_b = accuracy_interval(a, confidence, variance_a), accuracy_interval(b, confidence, variance_b)
-    if ci_a is None or ci_b is None:
-        return None
-    p_a, p_b = group_accuracy(a), group_accuracy(b)
-    d = p_a - p_b
-    return [float(d - math.hypot(p_a - ci_a[0], ci_b[1] - p_b)), float(d + math.hypot(ci_a[1] - p_a, p_b - ci_b[0]))]
-
-
-def group_accuracy(confusion: np.ndarray) -> float:
-    """Summed correct over summed total, clipped into [0, 1] (noised sums can stray out); exact counts:
-    scikit-learn's ``accuracy_score`` on the expanded labels."""
-    confusion = np.asarray(confusion)
-    return float(np.clip(np.trace(confusion) / confusion.sum(), 0.0, 1.0))
 
 
 def expand_counts(confusions: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -329,105 +249,6 @@ def _point_estimates(kept: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def _spread(values: list[float]) -> float:
     return max(values) - min(values) if len(values) > 1 else 0.0
-
-
-# --------------------------------------------------------------------------- bootstrap over counts
-def confusion_statistics(confusions: np.ndarray) -> dict[str, np.ndarray]:
-    """The same statistics, vectorised over replicates: ``confusions`` is (..., groups, 7, 7).
-
-    Used only for bootstrap replicates (a MetricFrame per replicate would take
-    minutes); tests check these equal the Fairlearn/sklearn point estimates.
-    """
-    c = np.asarray(confusions, dtype=np.float64)
-    n = c.sum(axis=(-1, -2))
-    tp = np.diagonal(c, axis1=-2, axis2=-1)
-    support = c.sum(axis=-1)
-    predicted = c.sum(axis=-2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        accuracy = np.where(n > 0, np.clip(tp.sum(-1) / n, 0.0, 1.0), np.nan)  # noised replicates: see module
-        present = (support + predicted) > 0
-        f1 = np.where(present, 2 * tp / (support + predicted), 0.0)
-        macro_f1 = f1.sum(-1) / present.sum(-1)
-        tpr = np.where(support > 0, tp / support, np.nan)
-        negatives = n[..., None] - support
-        fpr = np.where(negatives > 0, (predicted - tp) / negatives, np.nan)
-        sel = predicted / n[..., None]
-        acc_max, acc_min = accuracy.max(-1), accuracy.min(-1)
-        ratio = np.where(acc_max > 0, acc_min / acc_max, np.nan)
-    eod = np.maximum(_nan_spread(tpr), _nan_spread(fpr)).max(-1)
-    prd = (sel.max(-2) - sel.min(-2)).max(-1)
-    return {"accuracy": accuracy, "macro_f1": macro_f1, "accuracy_gap": acc_max - acc_min, "accuracy_ratio": ratio,
-            "equalized_odds_difference": eod, "predicted_rate_difference": prd}
-
-
-def _nan_spread(rates: np.ndarray) -> np.ndarray:
-    """max - min over groups (axis -2) ignoring undefined rates; 0 where fewer than two groups have one."""
-    defined = ~np.isnan(rates)
-    hi = np.where(defined, rates, -np.inf).max(-2)
-    lo = np.where(defined, rates, np.inf).min(-2)
-    return np.where(defined.sum(-2) > 1, hi - lo, 0.0)
-
-
-def _bootstrap(kept: dict[str, np.ndarray], confidence: float, variance: float = 0.0) -> dict[str, Any]:
-    """Replicates of every statistic: multinomial redraws of each group's counts, plus (noised counts)
-    Gaussian noise of the released variance on every cell, each statistic taken as its point estimate is."""
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    draws = []
-    for confusion in kept.values():
-        shown = np.clip(confusion, 0, None).ravel()
-        draws.append(rng.multinomial(int(confusion.sum()), shown / shown.sum(), size=BOOTSTRAP_REPLICATES))
-    replicates = np.stack(draws, axis=1).reshape(BOOTSTRAP_REPLICATES, len(kept), NUM_EMOTIONS, NUM_EMOTIONS)
-    if variance > 0:
-        replicates = replicates + rng.normal(0.0, math.sqrt(variance), replicates.shape)
-    sums = confusion_statistics(replicates)  # accuracy and what derives from it: from the summed counts
-    clipped = confusion_statistics(np.clip(replicates, 0, None)) if variance > 0 else sums  # rates: clipped cells
-    names = list(kept)
-    out: dict[str, Any] = {"macro_f1": {g: clipped["macro_f1"][:, i] for i, g in enumerate(names)}}
-    for key in ("accuracy_gap", "accuracy_ratio"):
-        out[key] = sums[key]
-    for key in ("equalized_odds_difference", "predicted_rate_difference"):
-        out[key] = clipped[key]
-    return out
-
-
-def _interval(samples: np.ndarray, point: float | None, confidence: float) -> list[float] | None:
-    """Percentile interval of bootstrap replicates, extended to include the point estimate."""
-    if point is None:
-        return None
-    samples = np.asarray(samples, dtype=np.float64)
-    samples = samples[~np.isnan(samples)]
-    if samples.size == 0:
-        return [point, point]
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(samples, [alpha, 1 - alpha])
-    return [float(min(lo, point)), float(max(hi, point))]
-
-
-def accuracy_interval(confusion: np.ndarray, confidence: float, cell_noise_variance: float = 0.0
-                      ) -> list[float] | None:
-    """Interval of a group's accuracy from its summed 7x7 counts: Wilson for exact counts; with count noise of
-    variance ``cell_noise_variance`` per summed cell, Agresti-Coull with the noise's variance added (delta
-    method on correct / total; module docstring). None when the noised total is not positive."""
-    confusion = np.asarray(confusion, dtype=np.float64).reshape(NUM_EMOTIONS, NUM_EMOTIONS)
-    n, correct = float(confusion.sum()), float(np.trace(confusion))
-    if cell_noise_variance <= 0:
-        return wilson_interval(int(round(correct)), int(round(n)), confidence)
-    if n <= 0:
-        return None
-    p = group_accuracy(confusion)
-    z = float(norm.ppf(0.5 + confidence / 2))
-    n_adj = n + z * z
-    p_adj = (min(max(correct, 0.0), n) + z * z / 2) / n_adj
-    diagonal, off = NUM_EMOTIONS, NUM_EMOTIONS * NUM_EMOTIONS - NUM_EMOTIONS
-    noise = cell_noise_variance * (diagonal * (1 - p) ** 2 + off * p ** 2) / n ** 2
-    half = z * math.sqrt(p_adj * (1 - p_adj) / n_adj + noise)
-    return [float(max(0.0, min(p_adj - half, p))), float(min(1.0, max(p_adj + half, p)))]
-
-
-def wilson_interval(successes: int, n: int, confidence: float) -> list[float]:
-    """Wilson score interval of a proportion (scipy)."""
-    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return [float(ci.low), float(ci.high)]
 
 
 def _float(value) -> float | None:
