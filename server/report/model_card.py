@@ -84,6 +84,23 @@ def write_card(run_dir: Path, card: dict[str, Any], key) -> Path:
     return run_dir / CARD_FILE
 
 
+def check_card(run_dir: Path, verification) -> None:
+    """Add the card's problems to ``signing.verify_run``'s verdict (invalid when the card is not as signed)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        sig = json.loads((Path(run_dir) / SIGNATURE_FILE).read_text(encoding="utf-8"))
+        public = Ed25519PublicKey.from_public_bytes(base64.b64decode(sig["public_key"], validate=True))
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # report.sig itself is broken: verify_run already says so
+    problems = card_problems(run_dir, public)
+    if problems:
+        verification.valid = False
+        verification.problems.extend(problems)
+        if any("CHANGED" in p for p in problems):
+            verification.changed_files.append(CARD_FILE)
+
+
 def card_problems(run_dir: Path, public) -> list[str]:
     """Why model_card.json is not the card signed with this run's report key (empty when it is, or absent)."""
     from cryptography.exceptions import InvalidSignature

@@ -250,12 +250,6 @@ def verify_run(run_dir: Path, *, expected_public_key: Path | None = None,
                         "from a trusted copy")
         problems.extend(_describe_change(data, sig))
 
-    from server.report.model_card import card_problems  # here, not at the top: model_card imports this module
-
-    card = card_problems(run_dir, public)  # model_card.json (fedemo export), when there is one
-    if any("CHANGED" in p for p in card):
-        changed.append("model_card.json")
-    problems.extend(card)
     if html_digest_of is not None:
         page_problem = _page_problem(run_dir, data, sig, public, kid, report_signed, html_digest_of, render_page)
         if page_problem:

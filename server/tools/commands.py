@@ -99,6 +99,9 @@ def verify_command(args: Namespace) -> int:
         return no_report(run_dir, checkpoint)
     result = verify_run(run_dir, expected_public_key=args.public_key, html_digest_of=source_digest,
                         render_page=rendered_page)
+    from server.report.model_card import check_card
+
+    check_card(run_dir, result)  # model_card.json (fedemo export), when there is one: signed with the report's key
     if not result.valid:
         changed = " and ".join(result.changed_files)
         print(f"INVALID: {changed} CHANGED in {run_dir}" if changed else f"INVALID: {run_dir / 'report.json'}")
