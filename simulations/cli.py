@@ -2,6 +2,7 @@
 
     fedemo simulate CONFIG [--set key=value ...]     federated simulation (Flower engine)
     fedemo baseline CONFIG [--set key=value ...]     centralised baseline on the same rows
+    fedemo audit CONFIG [--set key=value ...]        research run with canaries: empirical lower bound on epsilon
     fedemo evaluate RUN_DIR [--out FILE]             a simulated run's exact accuracy on every node's test rows
     fedemo compare RUN_A RUN_B --out DIR             two runs side by side per group (or: CONFIG --a k=v --b k=v)
     fedemo plot RUN... [--out DIR]                   several runs or seeds overlaid: mean and 95% interval per round
@@ -46,6 +47,7 @@ import sys
 from client.inference.commands import add_predict_command
 from client.tools.commands import add_node_commands
 from server.tools.commands import add_coordinator_commands
+from simulations.audit.command import add_audit_command
 from simulations.export_command import add_export_command
 from simulations.node_dry_run import add_dry_run_command
 from simulations.research_commands import add_research_commands
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     data_commands = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     add_research_commands(commands, data_commands)  # simulate (simulations/research_commands.py), baseline, ...
+    add_audit_command(commands)  # fedemo audit: canaries and an empirical lower bound on epsilon (simulations/audit/)
     node_commands = add_node_commands(commands, data_commands)
     add_dry_run_command(node_commands)  # fedemo node dry-run: needs the synthetic data generator (simulations/)
     add_coordinator_commands(commands)
