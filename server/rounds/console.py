@@ -1,29 +1,10 @@
 """The coordinator's console and its ``run.log``: our lines, one progress line per round, one final summary.
 
-What the researcher sees by default:
-
-* FedEmo's own lines (the run's settings, one ``[fedemo] round n/N`` line per
-  round with its elapsed time and an ETA, warnings, errors). On a terminal
-  each round line starts with a progress bar drawn by ``rich``; anywhere
-  else (a file, a pipe, CI, ``flwr run``'s log stream) the same line is plain
-  text, with no control codes. A round line fits 100 columns with its bar
-  (accuracy, macro-F1, loss, the largest epsilon, who trained, the clock;
-  ``acc 0.712~`` marks noised evaluation counts); the round's full figures
-  go to run.log as a ``details of round`` line, and to the console too with
-  ``--verbose``.
-* Flower's own INFO lines (its sampling notes, a strategy's banner and
-  "Final results" dump, the SecAgg+ workflow's history) are hidden unless
-  verbose: ``fedemo simulate --verbose``, or ``FEDEMO_VERBOSE=1`` in the
-  environment of the process that runs the ServerApp. Flower's warnings and
-  errors always show. This is logging configuration only (a handler and a
-  filter on the ``flwr`` logger): Flower itself is untouched.
-* One final summary: accuracy beside the majority-class rate, the largest
-  epsilon spent (under DP), the report's and the figures' paths and the
-  run's one wall-clock figure (seconds since the command started).
-
-``run.log`` in the run folder gets the same lines in plain text with a
-timestamp, plus the Python warnings raised in the coordinator's process.
-Lines logged before the run folder exists are kept and written first.
+By default the console shows FedEmo's own lines (settings, one ``[fedemo] round n/N`` line per round that fits
+100 columns, with a ``rich`` progress bar on a terminal and plain text elsewhere, warnings, errors) and hides
+Flower's INFO chatter unless verbose (``--verbose`` or ``FEDEMO_VERBOSE=1``); this is logging configuration
+only, Flower is untouched. ``run.log`` gets the same lines with timestamps, each round's full figures and the
+coordinator's Python warnings; lines logged before the run folder exists are written first.
 """
 
 from __future__ import annotations
@@ -38,6 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
+from server.rounds.final_summary import (final_summary, majority_rate,  # noqa: F401 (console.final_summary)
+                                         noised_accuracy_interval)
 from shared_models import quiet_warnings
 
 VERBOSE_ENV = "FEDEMO_VERBOSE"  # "1": show Flower's own INFO lines too
@@ -182,62 +165,6 @@ def round_line(server_round: int, num_rounds: int, entry: dict[str, Any], epsilo
     if entry.get("unchanged"):
         optional.append("model unchanged")
     return fit(parts, optional)
-
-
-# --- the final summary ---------------------------------------------------------------------------
-
-
-def majority_rate(entry: dict) -> float | None:
-    """Largest true-class share of the evaluated rows (rows of the summed confusion matrix)."""
-    counts = (entry.get("confusion") or {}).get("counts")
-    if not counts:
-        return None
-    totals = [sum(row) for row in counts]
-    return max(totals) / sum(totals) if sum(totals) else None
-
-
-def noised_accuracy_interval(entry: dict) -> list[float] | None:
-    """The 95% interval of a round's accuracy from noised evaluation counts (the report's), None for exact ones."""
-    if not entry.get("groups_dp") or not (entry.get("confusion") or {}).get("counts"):
-        return None
-    from server.report.build import accuracy_interval  # scipy loads here, at the end of a run, not at start-up
-
-    return accuracy_interval(entry["confusion"]["counts"], entry["groups_dp"])
-
-
-def final_summary(run_name: str, summary: dict, history: list[dict], report: Path | None) -> str:
-    """One line: rounds, wall clock, accuracy vs the majority-class rate, max epsilon, the report."""
-    final, initial = summary.get("final", {}), summary.get("initial", {})
-    parts = [f"FedEmo run {run_name}: {summary.get('rounds', 0)} of {summary.get('planned_rounds', '?')} rounds "
-             f"in {summary['wall_clock_s']:.1f} s"]
-    accuracy = final.get("accuracy")
-    if accuracy is not None:
-        text = f"accuracy {accuracy:.3f}"
-        if initial.get("accuracy") is not None:
-            text += f" (initial {initial['accuracy']:.3f})"
-        last = history[-1] if history else {}
-        interval = noised_accuracy_interval(last)
-        if interval is not None:  # noised counts: the point alone says little, its interval says how little
-            text += f" (noised counts: 95% interval {max(interval[0], 0):.3f} to {min(interval[1], 1):.3f})"
-        majority = majority_rate(last)
-        if majority is not None:
-            majority = min(max(majority, 0.0), 1.0)
-            text += f" vs majority-class rate {majority:.3f}"
-            if interval is not None:
-                if interval[0] <= majority:
-                    text += " (at this count noise, not distinguishable from always answering the most common emotion)"
-            elif accuracy <= majority:
-                text += " (no better than always answering the most common emotion)"
-        parts.append(text)
-    privacy = summary.get("privacy") or {}
-    if "max_epsilon" in privacy:
-        parts.append(f"max epsilon {privacy['max_epsilon']:.2f}")
-    if "central_dp" in privacy and privacy["central_dp"].get("epsilon") is not None:
-        parts.append(f"client-level epsilon {privacy['central_dp']['epsilon']:.2f}")
-    parts.append(f"report {report.with_suffix('.html')}" if report else "no report (see the error above)")
-    if report and (report.parent / "figures").is_dir():  # figures/ and rounds.csv for a paper
-        parts.append(f"figures {report.parent / 'figures'}")
-    return "; ".join(parts)
 
 
 # --- logging configuration -----------------------------------------------------------------------
