@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.report.baseline import baseline_section, hospitals_section
 from server.report.calibration import calibration_report
+from server.report.audit_section import audit_part
 from server.report.consent_section import consent_part
 from server.report.fairness_section import fairness_sections
 from server.report.ledger_check import check_ledgers, ledger_path  # noqa: F401 (callers import them from here)
@@ -101,7 +102,7 @@ def calibration_part(run: RunFolder, report: dict[str, Any]) -> dict[str, Any]:
 # before it, and returns the keys it adds. A new section: one module with a builder, one line here.
 Section = Callable[[RunFolder, dict[str, Any]], dict[str, Any]]
 SECTIONS: list[Section] = [run_section, rounds_part, baseline_part, hospitals_part, privacy_part, fairness_part,
-                           calibration_part, consent_part]
+                           calibration_part, consent_part, audit_part]
 
 
 def _clean(value: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.report.calibration import calibration_section
+from server.report.audit_section import audit_banner, audit_html
 from server.report.consent_section import consent_html
 from server.report.fairness_html import fairness_html, group_reading  # noqa: F401 (importable from here)
 from server.report.html_parts import (fingerprint, headline_html, hospitals_html, html_table, incomplete_banner,
@@ -71,6 +72,7 @@ PAGE_SECTIONS: list[PageSection] = [
     ("Global model over the rounds", global_html),
     (None, calibration_section),  # ECE per group and reliability diagram (server/report/calibration.py)
     (None, consent_html),  # patients' consent per hospital (server/report/consent_section.py)
+    (None, audit_html),  # an audit run's empirical lower bound on epsilon (server/report/audit_section.py)
 ]
 
 
@@ -116,6 +118,7 @@ def render_html(report: dict, report_sha256: str, key_id: str | None = None,
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{'UNVERIFIED ' if unverified is not None else ''}FedEmo run report {escape(str(run.get('run_id')))}</title><style>{CSS}</style></head><body>
 {unverified_banner(unverified)}
+{audit_banner(report)}
 <h1>FedEmo run report: {escape(str(run.get('run_id')))}</h1>
 {incomplete_banner(run)}
 {majority_banner(report)}

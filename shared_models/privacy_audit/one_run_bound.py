@@ -21,6 +21,7 @@ from scipy.special import expit
 from scipy.stats import binom
 
 TOLERANCE = 1e-7  # bisection width on epsilon
+AUDIT_FILE = "audit.json"  # an audit run's canaries, scores, coins and bound, in its run folder
 
 
 def p_value(m: int, guesses: int, correct: int, epsilon: float, delta: float) -> float:

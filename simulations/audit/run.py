@@ -2,8 +2,8 @@
 
 1. prepare the canaries and draw their secret coins (simulations/audit/plan.py);
 2. run the simulation with the canary ClientApp (simulations/audit/canary_app.py);
-3. score every canary on the result: ``sample``, black-box: minus the final global model's cross-entropy
-   loss on the mislabelled canary record; ``client``: the cosine between the canary's direction and the
+3. score every canary on the result: ``sample``, black-box: the final global model's log-probability of the
+   canary's wrong label minus that of its true label on the canary record; ``client``: the cosine between the canary's direction and the
    final model delta (final global model minus the initial one);
 4. reveal the coins, guess "in" for the top-k scores, and compute the bound (shared_models/privacy_audit/);
 5. write audit.json beside the run's other files and sign the report again with its audit section.
@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 
 from shared_models.atomic_files import atomic_write_json
-from shared_models.privacy_audit.one_run_bound import audit_scores, ceiling
+from shared_models.privacy_audit.one_run_bound import AUDIT_FILE, audit_scores, ceiling
 from shared_models.settings.run_settings import ConfigError, RunSettings
 from simulations.audit import plan as plans
 from simulations.run_config import prepare_run
 
-AUDIT_FILE = "audit.json"
 CANARY_APP = "simulations.audit.canary_app:app"
 
 
@@ -74,7 +73,8 @@ def score_and_bound(run_dir: Path, settings: RunSettings, plan: dict[str, Any], 
         from simulations.audit.scores import sample_scores
 
         scores, score_name = sample_scores(run_dir, settings, plan, data_dir), \
-            "minus the final global model's cross-entropy loss on the mislabelled canary record (black-box)"
+            ("log p(canary label | x) - log p(true label | x) under the final global model (black-box: its "
+                          "outputs only)")
         claimed, delta = sample_claim(run_dir, settings, plan, data_dir)
     else:
         from simulations.audit.scores import client_scores

@@ -1,7 +1,8 @@
 """Each canary's score after training: how strongly the final global model says "this canary was in".
 
-``sample_scores`` (black-box): minus the final global model's cross-entropy loss on the mislabelled canary
-record (its true image or clip with the canary's wrong label). ``client_scores``: the cosine between canary
+``sample_scores`` (black-box: the final global model's output only): log p(canary label | x) - log p(true
+label | x) for the canary record x. Coin 1 trained on (x, canary label), coin 0 on (x, true label), so the
+score moves both ways with the coin (the loss on the canary label alone would see only half of it). ``client_scores``: the cosine between canary
 node i's direction and the final model delta; the initial model is the one the canary nodes received in
 round 1 (written by simulations/audit/canary_app.py).
 """
@@ -34,20 +35,23 @@ def sample_scores(run_dir: Path, settings: RunSettings, plan: dict[str, Any], da
     model = final_model(run_dir, settings)
     data = full_dataset(settings.dataset, data_dir, settings.task)
     canaries = data.subset([c["row"] for c in plan["canaries"]])
-    canaries.labels = np.array([c["canary_label"] for c in plan["canaries"]], dtype=np.int64)
+    wrong = torch.tensor([c["canary_label"] for c in plan["canaries"]])
+    true = torch.tensor([c["true_label"] for c in plan["canaries"]])
     samples = EmotionSamples(canaries, settings.task, augment=False, seed=[0])
     if len(samples) != len(plan["canaries"]):
         raise RuntimeError(f"{len(plan['canaries']) - len(samples)} canary clips did not decode")
     dataset = feature_dataset(samples, model.fixed_features) if uses_fixed_features(model) else samples
     n_inputs = NUM_MODEL_INPUTS[settings.task]
-    losses = []
+    margins, start = [], 0
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=256):
-            inputs, labels = batch[:n_inputs], batch[n_inputs]
-            logits = model(*inputs)
-            logits = logits[0] if isinstance(logits, tuple) else logits
-            losses.append(torch.nn.functional.cross_entropy(logits, labels, reduction="none").double().numpy())
-    return -np.concatenate(losses)
+            logits = model(*batch[:n_inputs])
+            logits = (logits[0] if isinstance(logits, tuple) else logits).double().log_softmax(dim=1)
+            rows = torch.arange(len(logits))
+            end = start + len(logits)
+            margins.append((logits[rows, wrong[start:end]] - logits[rows, true[start:end]]).numpy())
+            start = end
+    return np.concatenate(margins)
 
 
 def client_scores(run_dir: Path, plan: dict[str, Any], initial_file: Path) -> np.ndarray:
