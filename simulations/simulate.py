@@ -40,7 +40,10 @@ COORDINATOR_APP = "server.server_app:app"
 def backend_config(settings: RunSettings) -> dict[str, Any]:
     """Ray resources: each virtual client reserves these CPUs/GPU share."""
     resources: dict[str, Any] = {"num_cpus": settings.client_num_cpus, "num_gpus": settings.client_num_gpus}
-    return {"client_resources": resources, "init_args": {"logging_level": "error", "log_to_driver": True}}
+    init_args: dict[str, Any] = {"logging_level": "error", "log_to_driver": True}
+    if settings.ray_address:  # an existing cluster; without it ray.init() itself honours $RAY_ADDRESS
+        init_args["address"] = settings.ray_address
+    return {"client_resources": resources, "init_args": init_args}
 
 
 def client_app_reference(app_dir: str | Path) -> str:

@@ -11,7 +11,7 @@ from shared_models.config_error import ConfigError
 # Everything else decides what was already trained or how it was accounted (model, data, seed, privacy,
 # aggregation, ...): changing it midway would sign one run's report over two different runs.
 RESUMABLE_KEYS = frozenset({"num-server-rounds", "round-timeout", "resume", "runs-dir", "run-name",
-                            "simulation-backend",
+                            "simulation-backend", "ray-address",
                             "simulation-workers", "client-num-cpus", "client-num-gpus", "client-threads", "device"})
 
 

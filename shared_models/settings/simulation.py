@@ -16,6 +16,7 @@ class SimulationSettings:
     client_num_gpus: float
     simulation_backend: str  # fedemo simulate only: local | ray (simulations/engine/local_backend.py)
     simulation_workers: int
+    ray_address: str  # ray backend: an existing Ray cluster's head (host:port); "" = RAY_ADDRESS or a local Ray
     device: str
     client_threads: int
 
@@ -24,6 +25,10 @@ class SimulationSettings:
         need(self, self.client_num_cpus > 0, "client-num-cpus", "must be > 0")
         need(self, 0 <= self.client_num_gpus <= 1, "client-num-gpus", "must be in [0, 1]")
         need(self, self.simulation_backend in SIMULATION_BACKENDS, "simulation-backend", "choose local or ray")
+        need(self, not self.ray_address or self.simulation_backend == "ray", "ray-address",
+             "only with simulation-backend = \"ray\" (the local backend runs on this machine)")
+        need(self, not self.ray_address or (":" in self.ray_address and " " not in self.ray_address), "ray-address",
+             "give the Ray head's host:port (the address `ray start --head` prints), or \"\"")
         need(self, self.simulation_workers >= 0, "simulation-workers", "must be >= 0 (0: automatic)")
         need(self, self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "choose auto, cpu or cuda[:N]")
