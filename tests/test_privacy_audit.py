@@ -29,3 +29,79 @@ def test_ceiling_of_1000_canaries_is_about_5_and_random_coins_audit_near_zero():
     assert outcome.lower_bound < 0.5  # scores that ignore the coins
     leaky = audit_scores(coins + 0.01 * rng.standard_normal(1000), coins, significance=0.05, delta=1e-5)
     assert leaky.lower_bound > 3.5 and leaky.correct == leaky.guesses
+
+
+def test_audit_settings_refuse_what_cannot_be_audited():
+    from simulations.run_config import load_run_config
+    from shared_models.settings.run_settings import ConfigError, RunSettings
+
+    def settings(**overrides):
+        config, _ = load_run_config(REPO / "configs" / "quickstart_dp.toml", overrides)
+        return RunSettings.from_config(config)
+
+    assert settings(audit="sample").audit_canaries == 1000
+    for overrides, words in [({"audit": "client"}, "dp = false"),  # quickstart_dp has dp = true
+                             ({"audit": "client", "dp": False, "central-dp": "server-adaptive", "server-momentum": 0.0}, "fixed clipping"),
+                             ({"audit": "sample", "dp": False, "central-dp": "server-fixed", "server-momentum": 0.0}, "audit = client"),
+                             ({"audit": "sample", "data-dir": ""}, "simulated federation"),
+                             ({"audit": "sample", "audit-guesses": 2000}, "audit-canaries"),
+                             ({"audit": "sample", "audit-canaries": 5}, "at least 10")]:
+        with pytest.raises(ConfigError, match=words):
+            settings(**overrides)
+
+
+# ---- audits of real runs (Flower simulations): client-level canaries on a tiny face federation ----------------
+
+REPO = Path(__file__).resolve().parents[1]
+CANARIES = 200  # every guess right at delta 1e-5: a bound of at most about 2.4
+
+
+def tiny_audit(tmp_path: Path, name: str, **overrides) -> dict:
+    from simulations.audit.run import run_audit
+
+    run_dir = run_audit(REPO / "configs" / "quickstart_dp.toml", {
+        "data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": name,
+        "synth-samples": 600, "num-supernodes": 3, "min-available-nodes": 3, "num-server-rounds": 2,
+        "dp": False, "eval-dp-noise-multiplier": 0.0, "divergence-rounds": 0, "audit": "client",
+        "server-momentum": 0.0,  # refused with central-dp; off in the no-DP run too, so the runs compare
+        "audit-canaries": CANARIES, "central-dp-delta": 1e-5, **overrides})
+    return json.loads((run_dir / "audit.json").read_text()) | {"run_dir": str(run_dir)}
+
+
+@pytest.mark.slow
+def test_no_dp_run_audits_well_above_a_dp_run_at_epsilon_2_which_stays_below_2(tmp_path):
+    from simulations.audit.run import central_noise_for
+
+    open_run = tiny_audit(tmp_path, "nodp")
+    z = central_noise_for(2.0, releases=2, delta=1e-5)
+    private = tiny_audit(tmp_path, "eps2", **{"central-dp": "server-fixed", "central-dp-noise-multiplier": z})
+    assert open_run["claimed_epsilon"] is None and open_run["mechanism"].startswith("none")
+    assert private["claimed_epsilon"] == pytest.approx(2.0, abs=0.01)
+    print(f"no DP: {open_run['correct']}/{open_run['guesses']} right, bound {open_run['lower_bound']:.2f} "
+          f"(ceiling {open_run['ceiling']:.2f}); epsilon 2 (z {z:.2f}): {private['correct']}/{private['guesses']}, "
+          f"bound {private['lower_bound']:.2f}")
+    assert open_run["lower_bound"] > private["lower_bound"] + 1.0
+    assert open_run["lower_bound"] > 0.8 * open_run["ceiling"]
+    assert private["lower_bound"] <= 2.0 and private["passed"]
+    assert len(private["scores"]) == len(private["coins"]) == CANARIES and set(private["coins"]) == {0, 1}
+
+
+@pytest.mark.slow
+def test_a_mechanism_that_drops_its_noise_is_caught_and_the_report_marks_the_audit_failed(tmp_path, monkeypatch):
+    # TEST-ONLY fault: the coordinator's client-level DP adds no noise, while its account still claims epsilon 1.
+    from server.privacy import central_dp
+    from simulations.audit.run import central_noise_for
+
+    monkeypatch.setattr(central_dp._SecretNoise, "_add_noise_to_aggregated_arrays", lambda self, arrays: arrays)
+    z = central_noise_for(1.0, releases=2, delta=1e-5)
+    broken = tiny_audit(tmp_path, "broken", **{"central-dp": "server-fixed", "central-dp-noise-multiplier": z})
+    print(f"noise dropped, claimed {broken['claimed_epsilon']:.2f}: bound {broken['lower_bound']:.2f}")
+    assert broken["claimed_epsilon"] == pytest.approx(1.0, abs=0.01)
+    assert broken["lower_bound"] > 1.0 and broken["passed"] is False
+    run_dir = Path(broken["run_dir"])
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["audit"]["passed"] is False and report["audit"]["lower_bound"] == broken["lower_bound"]
+    assert "The audit FAILED" in (run_dir / "report.html").read_text()
+    from simulations.cli import main
+
+    assert main(["verify", str(run_dir)]) == 0  # the audit's section is signed data: the report still verifies

@@ -149,3 +149,14 @@ def audit_line(audit: dict[str, Any]) -> str:
     return (f"[fedemo] audit ({audit['mode']}, m = {audit['m']}): {audit['correct']} of {audit['guesses']} guesses "
             f"right; empirical epsilon >= {audit['lower_bound']:.2f} (significance {audit['significance']}, delta "
             f"{audit['delta']:.2g}; at most {audit['ceiling']:.2f} with m canaries), {claim}{verdict}")
+
+
+def central_noise_for(epsilon: float, releases: int, delta: float) -> float:
+    """The central-dp-noise-multiplier whose ``releases`` full rounds spend ``epsilon`` at ``delta`` (bisection)."""
+    from server.privacy.central_dp import epsilon_after
+
+    low, high = 0.05, 200.0
+    while high - low > 1e-4:
+        mid = (low + high) / 2
+        low, high = (low, mid) if epsilon_after(mid, releases, delta) <= epsilon else (mid, high)
+    return high
