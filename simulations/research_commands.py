@@ -84,6 +84,9 @@ def add_simulate_command(commands: argparse._SubParsersAction) -> None:
     _add_config_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue that run from its last completed round (its own config; --set still applies)")
+    p.add_argument("--from-round", type=int, default=None, metavar="N",
+                   help="with --resume: go back to round N's kept checkpoint (checkpoints/round-N.npz) and train on "
+                   "from there, e.g. without records whose consent was since withdrawn")
     p.add_argument("--verbose", action=VerboseFlag)  # sets FEDEMO_VERBOSE: Flower's own log lines show too
     p.set_defaults(func=simulate_command)
 
@@ -94,6 +97,13 @@ def simulate_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     overrides = _checked_overrides(args)  # a mistyped key is answered before torch and Flower load
+    if args.from_round is not None:
+        if not args.resume:
+            print("fedemo: error: --from-round goes with --resume RUN_DIR", file=sys.stderr)
+            return 2
+        from server.record.checkpoint import roll_back
+
+        print(f"Rolled {args.resume} back to {roll_back(Path(args.resume), args.from_round)}")
     from simulations.simulate import run_simulation
 
     run_dir = run_simulation(args.config, overrides, resume=args.resume)  # ends with the one summary line

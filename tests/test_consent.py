@@ -194,9 +194,8 @@ def test_simulation_never_touches_a_refused_record(tmp_path, dataset):
     for c in train:
         assert c["consent"]["used"] == c["num_examples"] and c["consent"]["manifest"] == manifest
         assert c["consent"]["excluded"] == 0  # a simulated node's own rows: the folder's refusals are the folder's
-    report = json.loads((run / "report.json").read_text())
-    if "consent" in report:
-        assert report["consent"]["any_manifest"] and len(report["consent"]["clients"]) == 2
+    report = json.loads((run / "report.json").read_text())["consent"]
+    assert report["any_manifest"] and [c["manifest"] for c in report["clients"]] == [manifest] * 2
 
 
 @pytest.mark.slow
@@ -233,7 +232,35 @@ def test_withdrawal_between_runs_changes_the_second_runs_counts_and_resume_keeps
     assert [r["round"] for r in resumed] == [0, 1, 2]
     assert sum(c["num_examples"] for c in resumed[2]["train"]["clients"]) \
         == sum(c["num_examples"] for c in second[-1]["train"]["clients"])
-    report = json.loads((resumed_run / "report.json").read_text())
-    if "consent" in report:
-        started = {c["client"] for c in report["consent"]["clients"] if c["started_from_withdrawn"]}
-        assert started == trained_on and report["consent"]["remedy"]
+    report = json.loads((resumed_run / "report.json").read_text())["consent"]
+    started = {c["client"] for c in report["clients"] if c["started_from_withdrawn"]}
+    assert started == trained_on and report["remedy"]
+    assert "this run started from such a model" in (resumed_run / "report.html").read_text()
+
+    # Every round's checkpoint is kept: roll the run back to round 1 and train round 2 again from there.
+    assert sorted(p.name for p in (resumed_run / "checkpoints").iterdir()) == ["round-0001.npz", "round-0002.npz"]
+    assert fedemo(["simulate", "--resume", str(resumed_run), "--from-round", "1"]) == 0
+    again = _rounds(resumed_run)
+    assert [r["round"] for r in again] == [0, 1, 2] and again[1] == resumed[1]
+    assert sum(c["num_examples"] for c in again[2]["train"]["clients"]) \
+        == sum(c["num_examples"] for c in second[-1]["train"]["clients"])
+
+
+def test_a_run_rolls_back_only_to_a_round_whose_checkpoint_it_kept(tmp_path, capsys):
+    from flwr.app import Array, ArrayRecord
+
+    from server.record.checkpoint import Checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for server_round in (1, 2):
+        Checkpoint(server_round, ArrayRecord({"w": Array(np.full(3, float(server_round), np.float32))})).save(run)
+    assert Checkpoint.load(run).server_round == 2
+    assert fedemo(["simulate", "--resume", str(run), "--from-round", "5"]) == 2
+    assert "kept no checkpoint of round 5 (kept: 1, 2)" in capsys.readouterr().err
+    assert fedemo(["simulate", "--from-round", "1"]) == 2
+    from server.record.checkpoint import roll_back
+
+    roll_back(run, 1)
+    back = Checkpoint.load(run)
+    assert back.server_round == 1 and back.arrays["w"].numpy().tolist() == [1.0, 1.0, 1.0]

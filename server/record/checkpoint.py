@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import zipfile
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from shared_models.atomic_files import atomic_write_bytes, finite_or_null
 from shared_models.config_error import ConfigError
 
 CHECKPOINT_FILE = "checkpoint.npz"
+ROUND_CHECKPOINTS = "checkpoints"  # round-NNNN.npz: every round's checkpoint, to roll back to (--from-round)
 DIGEST_TAG = b"\nfedemo-sha256:"  # after the .npz: the SHA-256 of every byte before it (a flipped byte anywhere)
 DIGEST_LEN = len(DIGEST_TAG) + 64
 
@@ -127,6 +129,7 @@ class Checkpoint:
         path = Path(run_dir) / CHECKPOINT_FILE
         body = buffer.getvalue()
         atomic_write_bytes(path, body + DIGEST_TAG + hashlib.sha256(body).hexdigest().encode("ascii"))
+        keep_round_copy(path, self.server_round)
         return path
 
     @classmethod
@@ -158,6 +161,36 @@ class Checkpoint:
         if problem:
             raise CheckpointError(f"{path} holds {problem}: the run cannot resume from it; start the run again")
         return checkpoint
+
+
+def keep_round_copy(path: Path, server_round: int) -> Path | None:
+    """Keep ``path`` (just written) as ``checkpoints/round-NNNN.npz`` too: a hard link, so no second write.
+
+    The next save replaces checkpoint.npz by a new file, leaving this one as it was. A run can then go back to
+    any round it kept, e.g. to retrain without records whose consent was since withdrawn (docs/data.md).
+    """
+    keep = path.parent / ROUND_CHECKPOINTS / f"round-{server_round:04d}.npz"
+    try:
+        keep.parent.mkdir(exist_ok=True)
+        keep.unlink(missing_ok=True)
+        try:
+            os.link(path, keep)
+        except OSError:  # a file system without hard links
+            atomic_write_bytes(keep, path.read_bytes())
+    except OSError:  # best effort (a full disk): the run's own checkpoint is written; this round is not kept
+        return None
+    return keep
+
+
+def roll_back(run_dir: Path, server_round: int) -> Path:
+    """Make round ``server_round``'s kept checkpoint the run's checkpoint, so ``--resume`` continues from it."""
+    kept = Path(run_dir) / ROUND_CHECKPOINTS / f"round-{int(server_round):04d}.npz"
+    if not kept.is_file():
+        rounds = sorted(int(p.stem.split("-")[1]) for p in kept.parent.glob("round-*.npz"))
+        raise CheckpointError(f"{run_dir} kept no checkpoint of round {server_round} (kept: "
+                              f"{', '.join(map(str, rounds)) or 'none'}); resume from one of those")
+    atomic_write_bytes(Path(run_dir) / CHECKPOINT_FILE, kept.read_bytes())
+    return kept
 
 
 def _verified_body(raw: bytes) -> bytes:

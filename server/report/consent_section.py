@@ -15,7 +15,8 @@ from html import escape
 from typing import Any
 
 REMEDY = ("retrain from a checkpoint saved before the first run that trained on the withdrawn records (or from "
-          "scratch), and stop using models from those runs (docs/data.md, 'Consent')")
+          "scratch; a run's own earlier round: fedemo simulate --resume RUN_FOLDER --from-round N), and stop using "
+          "models from those runs (docs/data.md, 'Consent')")
 
 
 def consent_section(config: dict[str, Any], rounds: list[dict[str, Any]], run_name: str) -> dict[str, Any]:
