@@ -49,7 +49,7 @@ def run_centralised(config_file: str | Path | None = None, overrides: dict[str, 
     data_dir = prepare_data(settings)
     # As many passes over the data as the federation makes on average (sampled clients x local epochs).
     epochs = epochs or max(1, round(settings.num_server_rounds * settings.local_epochs * settings.fraction_train))
-    data = load_dataset(settings.dataset, data_dir, settings.task)
+    data = load_dataset(settings.dataset, data_dir, settings.task, consent_default=settings.consent_default)
     train_rows, test_rows = pooled_rows(data, settings)
     config, not_applied = baseline_config(settings, epochs)
     record = RunRecord.create(Path(settings.runs_dir), settings.run_name, config,

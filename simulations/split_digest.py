@@ -36,9 +36,15 @@ SPLIT_KEYS = ("dataset", "task", "data-dir", "seed", "test-fraction", "num-super
 
 def pooled_rows(data, settings) -> tuple[np.ndarray, np.ndarray]:
     """Union of all simulated clients' train rows and of their test rows."""
+    from client.data.consent_withdrawals import read_withdrawals
+    from client.data.node_data import folder_dataset_id, without_withdrawn
+
     spec = PartitionSpec.from_settings(settings, settings.num_supernodes)
+    # the simulated federation's withdrawals (its state-dir), left out of each node's rows as the nodes do
+    withdrawn = frozenset(read_withdrawals(settings.state_dir, folder_dataset_id(settings.dataset, data.root)))
     train, test = [], []
     for pid, rows in enumerate(partition(data, spec)):
+        rows, _ = without_withdrawn(data, rows, withdrawn)
         tr, te = simulated_split(data, rows, settings.test_fraction, settings.seed, pid)
         train.append(tr)
         test.append(te)
@@ -85,7 +91,7 @@ def split_fingerprint(run_config: dict[str, Any], data_dir: str | Path | None) -
     if not data_dir.is_dir():
         raise ConfigError(f"data-dir {data_dir} of the run no longer exists: its test rows cannot be checked")
     settings = settings_of(run_config)
-    data = load_dataset(settings.dataset, data_dir, settings.task)
+    data = load_dataset(settings.dataset, data_dir, settings.task, consent_default=settings.consent_default)
     _, test_rows = pooled_rows(data, settings)
     return {**split_digest(data, test_rows), "data_dir": str(data_dir),
             "settings": {k: run_config.get(k) for k in SPLIT_KEYS if k in run_config}}

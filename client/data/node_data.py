@@ -145,7 +145,7 @@ def folder_dataset_id(dataset: str, root: str | Path) -> str:
     return f"{dataset}:{Path(root).resolve()}"
 
 
-def _without_withdrawn(data: EmotionData, rows: np.ndarray, withdrawn: frozenset) -> tuple[np.ndarray, int]:
+def without_withdrawn(data: EmotionData, rows: np.ndarray, withdrawn: frozenset) -> tuple[np.ndarray, int]:
     """``rows`` less those whose record was withdrawn, and how many that was."""
     if not withdrawn or len(rows) == 0:
         return rows, 0
@@ -160,7 +160,7 @@ def _hospital_samples(dataset: str, root: str, client_id: str, dataset_id: str, 
                       withdrawn: frozenset = frozenset(), state_dir: str = "") -> ClientSamples:
     """A hospital's train/test split: the dataset's published one if it has both parts, else by record key."""
     data = _load(dataset, root, task, rule)
-    rows, n_withdrawn = _without_withdrawn(data, np.arange(len(data)), withdrawn)
+    rows, n_withdrawn = without_withdrawn(data, np.arange(len(data)), withdrawn)
     if len(rows) == 0:
         raise EmptySplitError(f"{printable(root)}: every consented record was withdrawn ({n_withdrawn})")
     if n_withdrawn:
@@ -193,7 +193,7 @@ def _simulated_samples(dataset: str, data_dir: str, task: str, spec: PartitionSp
     once, by the data check); withdrawals after it, so a withdrawal moves no other record between nodes.
     """
     data = _load(dataset, data_dir, task, rule)
-    rows, n_withdrawn = _without_withdrawn(data, _partitions(dataset, data_dir, task, spec, rule)[pid], withdrawn)
+    rows, n_withdrawn = without_withdrawn(data, _partitions(dataset, data_dir, task, spec, rule)[pid], withdrawn)
     if len(rows) == 0:
         raise EmptySplitError(f"client {pid}: every consented record of its share was withdrawn ({n_withdrawn})")
     train_rows, test_rows = simulated_split(data, rows, test_fraction, spec.seed, pid)
