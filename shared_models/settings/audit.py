@@ -35,6 +35,9 @@ class AuditSettings:
              "an audit is a research run on a simulated federation (a run-config data-dir): canaries never "
              "reach a real hospital's data or ledger")
         need(self, not self.secure_aggregation, "audit", "not with secure-aggregation (audits plain FedAvg rounds)")
+        need(self, not self.state_dir, "audit",
+             "an audit spends into its run's own fresh ledgers (leave state-dir empty): canaries never reach a "
+             "ledger that other runs compose")
         need(self, not self.resume, "audit", "an audit run cannot be resumed (its canaries' coins belong to one run)")
         if self.audit == "client":
             need(self, not self.dp, "audit",
