@@ -22,7 +22,10 @@ from shared_models import messages as msgs
 
 # Metric keys in words, and how each is protected when it leaves the node
 PUBLIC = {msgs.NUM_EXAMPLES: "the local set's size, public under the threat model",
-          msgs.UPDATE_WEIGHT: "always 1"}
+          msgs.UPDATE_WEIGHT: "always 1",
+          msgs.CONSENT_USED: "consented records trained on: the training-set size",
+          msgs.CONSENT_EXCLUDED: "records consent left out, a count like the set's size",
+          msgs.CONSENT_WITHDRAWN: "of those, withdrawn", msgs.CONSENT_WITHDRAWN_NEW: "withdrawals since the last run"}
 ACCOUNTING = set(msgs.DP_REPORT_FIELDS) | {msgs.GROUP_DP_NOISE_MULTIPLIER, msgs.GROUP_DP_EPSILON_SPENT}
 EXACT = {msgs.TRAIN_LOSS: "mean training loss", msgs.TRAIN_SAMPLES: "samples seen",
          msgs.SKIPPED: "unreadable rows skipped", msgs.LOSS_SUM: "test loss sum",
