@@ -1,39 +1,10 @@
 """A node's privacy ledger: every DP event ever spent on its dataset, in one hash-chained file.
 
-Budgets belong to the data, not to a run: the ledger composes across rounds and
-across runs, and survives crashes and restarts.
-
-- Every write is atomic (``shared_models.atomic_files``), so a crash leaves
-  either the old ledger or the new one, never half of one.
-- Every spend is one check-and-record under an exclusive file lock, with the
-  ledger re-read under the lock: two handles on one state folder (two runs
-  on one node, two simulations sharing a ``state-dir``) both land on disk,
-  and neither can pass the budget on a stale view of the other's spending.
-- The stricter figure wins: a ledger's effective budget and delta are the
-  smaller of the ones stored in its file and the ones the run configures
-  (``dp-epsilon``, ``dp-delta``), so neither a doctored file nor a later run
-  can widen them; a node also refuses a delta of 1/n or more (``open``).
-- A ledger that cannot be read is an error, never a silent reset. So is a
-  missing ledger in a state folder that says it had one (``node.json``): a
-  deleted ledger would otherwise hand the data a fresh budget.
-- The events are hash-chained: each stores ``prev``, the SHA-256 of the
-  previous event's canonical JSON (a genesis value derived from the dataset
-  id for the first). Removing, reordering or editing an event breaks the
-  chain and the ledger no longer loads. Cutting events off the end keeps a
-  valid chain: that is what the chain head each DP reply carries is for (the
-  coordinator records it; a ledger whose chain lacks a recorded head was cut).
-- Two epsilons, composed separately (parallel composition over a stable
-  train/test split, where each record is in exactly one): "train" events
-  (DP-SGD) under REPLACE-ONE adjacency, "eval-counts" events (noised
-  evaluation counts) under ADD/REMOVE. Each is checked against the budget on
-  its own. ``ADJACENCY`` says why each relation is the one that holds.
-- Epsilon is always recomputed from the recorded events (noise multiplier,
-  sample rate, steps) with Google's dp-accounting PLD accountant; each event
-  records the accountant, adjacency and delta its ``epsilon_after`` was
-  computed with, so anyone holding the file recomputes every figure exactly.
-- Events carry Flower's numeric run id (what the coordinator's report matches
-  them by); ``run_names`` maps each id to the run folder's name, which is how
-  ``fedemo ledger`` names runs (a resumed run's Flower ids share one name).
+Budgets belong to the data, not to a run: the ledger composes across rounds and runs and survives crashes.
+Writes are atomic, each spend is one check-and-record under a file lock, the stricter of the stored and
+configured budget/delta wins, an unreadable or deleted ledger is an error (never a reset), events are
+hash-chained, and every epsilon is recomputed from the recorded events (``ledger_accounting``: PLD, two
+adjacencies composed separately). Design in full: docs/privacy_ledger.md.
 """
 
 from __future__ import annotations
@@ -44,11 +15,14 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from shared_models.atomic_files import atomic_write_json
+from shared_models.ledger_accounting import (ACCOUNTANT, ACCOUNTANTS, ADD_REMOVE,  # noqa: F401 (re-exported)
+                                             ADJACENCY, EVENT_KINDS, LEGACY_ACCOUNTANTS, PLD_DISCRETIZATION,
+                                             REPLACE_ONE, LedgerError, epsilon_of, group_mechanisms,
+                                             pld_epsilon)
 
 LEDGER_FILE = "privacy_ledger.json"
 LOCK_FILE = "privacy_ledger.lock"
@@ -76,35 +50,6 @@ def run_folder_name(state_root: Any, run_name: str = "") -> str:
 # (nothing can prove what was removed before), its events keep their recorded figures, marked add/remove,
 # and from then on the budget binds on the epsilons below, recomputed from those same events.
 SCHEMA_VERSION = 2
-ACCOUNTANT = "pld"  # Google's dp-accounting PLDAccountant; the only accountant new events use
-LEGACY_ACCOUNTANTS = ("prv", "rdp")  # Opacus's, add/remove only: in schema-1 events, read to recompute them
-ACCOUNTANTS = (ACCOUNTANT, *LEGACY_ACCOUNTANTS)
-REPLACE_ONE, ADD_REMOVE = "replace-one", "add-remove"
-# What a ledger event released: a DP-SGD training round, or noised per-group evaluation counts
-# (one Gaussian mechanism per attribute histogram, sample rate 1). Files without "kind" are training.
-EVENT_KINDS = ("train", "eval-counts")
-# The adjacency each kind is accounted under, and why it is the one that holds:
-# - train: a DP node sends its training-set size n (num-examples; dp-delta = 1/(10 n) and the sample rate
-#   reveal it too), so n is public and neighbouring training sets differ in one record's content, not in
-#   their size: replace-one. One record's clipped gradient (norm <= C) is then swapped for another's,
-#   which moves the clipped sum by up to 2C in the steps that sample it.
-# - eval-counts: one test record sits in one cell of each attribute's histogram; the noised counts do not
-#   release the test-set size exactly, so adding or removing one test record (sensitivity 1 per histogram)
-#   is the relation (replacing one is a removal and an addition: at most twice the epsilon). Under a stable
-#   keyed-hash split a record is in train or in test, never both, so the two epsilons compose in parallel:
-#   each is checked against the budget on its own.
-ADJACENCY = {"train": REPLACE_ONE, "eval-counts": ADD_REMOVE}
-# PLD's privacy-loss grid. Its rounding is pessimistic (epsilon is an upper bound): at 1e-3 the figures are
-# within 0.01% of the 1e-4 grid for quickstart_dp/face50_dp-like runs (epsilon 3-25) and at most ~0.6%
-# above it for small epsilons (~1) after thousands of steps, at a tenth of the time (0.1 s instead of 1 s
-# per figure), which calibration's bisection needs. Fixed here, so every figure recomputes exactly.
-PLD_DISCRETIZATION = 1e-3
-
-
-class LedgerError(RuntimeError):
-    """The ledger is missing, corrupt or inconsistent; the node must not train."""
-
-
 class BudgetExceeded(RuntimeError):
     """Training this round would spend more than the dataset's remaining budget."""
 
@@ -134,75 +79,6 @@ def event_hash(event: DPEvent) -> str:
 def genesis_hash(dataset_id: str) -> str:
     """The ``prev`` of a ledger's first event: fixed by the dataset id, so a chain cannot be moved to another."""
     return hashlib.sha256(f"fedemo-privacy-ledger-genesis:{dataset_id}".encode()).hexdigest()
-
-
-def epsilon_of(events: list[tuple[float, float, int]], delta: float, accountant: str = ACCOUNTANT,
-               adjacency: str = REPLACE_ONE) -> float:
-    """Epsilon of composed (noise multiplier, sample rate, steps) events under ``adjacency``.
-
-    ``accountant`` "pld" (dp-accounting's PLD) serves both relations; the legacy Opacus names ("prv", "rdp")
-    only recompute schema-1 figures, which are add/remove.
-    """
-    if not events:
-        return 0.0
-    if accountant not in ACCOUNTANTS:
-        raise LedgerError(f"unknown accountant {accountant!r}; choose one of {', '.join(ACCOUNTANTS)}")
-    if adjacency not in (REPLACE_ONE, ADD_REMOVE):
-        raise LedgerError(f"unknown adjacency {adjacency!r}; choose {REPLACE_ONE} or {ADD_REMOVE}")
-    if accountant in LEGACY_ACCOUNTANTS and adjacency != ADD_REMOVE:
-        raise LedgerError(f"Opacus's {accountant!r} accountant accounts add/remove only; "
-                          f"{adjacency} needs {ACCOUNTANT!r}")
-    return _epsilon(tuple(group_mechanisms(events)), float(delta), accountant, adjacency)
-
-
-@lru_cache(maxsize=4096)  # calibration's bisection and 50 alike simulated nodes ask the same figures many times
-def _epsilon(mechanisms: tuple[tuple[float, float, int], ...], delta: float, accountant: str, adjacency: str) -> float:
-    if accountant == ACCOUNTANT:
-        return pld_epsilon(mechanisms, delta, adjacency)
-    import numpy as np  # numpy and Opacus load here, where epsilon is computed, so `fedemo --help` stays quick
-    from opacus.accountants import create_accountant
-
-    acc = create_accountant(accountant)
-    acc.history = list(mechanisms)
-    with np.errstate(divide="ignore"):  # PRV takes log(1 - q) = log(0) for sample rate 1 (eval counts); harmless
-        return float(acc.get_epsilon(delta))
-
-
-def pld_epsilon(mechanisms: tuple[tuple[float, float, int], ...], delta: float, adjacency: str) -> float:
-    """dp-accounting's PLD epsilon of Poisson-subsampled Gaussian steps (noise std = multiplier x sensitivity).
-
-    dp-accounting's convention (pld/privacy_loss_mechanism.py, AdditiveNoisePrivacyLoss) is that one record
-    contributes at most ``sensitivity`` (here 1, in units of the clipping norm C, as the noise is z x C) away
-    from the value without it. ADD_OR_REMOVE_ONE compares q N(1, z^2) + (1-q) N(0, z^2) with N(0, z^2);
-    REPLACE_ONE compares q N(+1, z^2) + (1-q) N(0, z^2) with q N(-1, z^2) + (1-q) N(0, z^2): the same
-    sampled slot holds record x in one dataset and x' in the other, each clipped to norm <= C, and the
-    worst pair is x = -x' along one direction (||x - x'|| = 2C, each within C of the record-free sum), with
-    the rest of the batch common to both. That pair is DP-SGD's under replace-one with per-sample clipping
-    to C, so sensitivity 1 (not 2) with REPLACE_ONE is the correct call; at sample rate 1 it reduces to a
-    Gaussian of sensitivity 2, as it must. A sample rate of 1 (evaluation counts) is a plain Gaussian.
-    """
-    from dp_accounting import NeighboringRelation, dp_event, pld
-
-    relation = NeighboringRelation.REPLACE_ONE if adjacency == REPLACE_ONE else NeighboringRelation.ADD_OR_REMOVE_ONE
-    acc = pld.PLDAccountant(relation, value_discretization_interval=PLD_DISCRETIZATION)
-    for sigma, q, steps in mechanisms:
-        gaussian = dp_event.GaussianDpEvent(float(sigma))
-        step = gaussian if q >= 1.0 else dp_event.PoissonSampledDpEvent(float(q), gaussian)
-        acc.compose(dp_event.SelfComposedDpEvent(step, int(steps)))
-    return float(acc.get_epsilon(delta))
-
-
-def group_mechanisms(events: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
-    """One (noise multiplier, sample rate, steps) entry per distinct mechanism, wherever it stands in the history.
-
-    Composition does not depend on order, so identical mechanisms compose as
-    one with their steps added: a run's rounds cost the accountant one entry,
-    not one per round.
-    """
-    steps_by_mechanism: dict[tuple[float, float], int] = {}
-    for sigma, q, steps in events:
-        steps_by_mechanism[(sigma, q)] = steps_by_mechanism.get((sigma, q), 0) + int(steps)
-    return [(sigma, q, steps) for (sigma, q), steps in steps_by_mechanism.items()]
 
 
 def _kind(kind: str) -> str:
