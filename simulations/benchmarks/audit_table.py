@@ -22,7 +22,8 @@ CLIENT_CANARIES = 500  # canary nodes (each one a message per round)
 def cell_overrides(config: str, mode: str, epsilon: float | None, rounds: int) -> dict:
     from simulations.audit.run import central_noise_for
 
-    common = {"num-server-rounds": rounds, "audit": mode, "runs-dir": str(REPO / "runs" / "audit-table")}
+    common = {"num-server-rounds": rounds, "audit": mode, "runs-dir": str(REPO / "runs" / "audit-table"),
+              "divergence-rounds": 0}  # without DP's clipping the DP recipe's loss jumps in round 1: keep training
     if mode == "sample":
         common["audit-canaries"] = CANARIES[config]
         if epsilon is None:
