@@ -23,19 +23,9 @@
 
 ``fedemo --version`` prints FedEmo's version with Flower's, PyTorch's and Opacus's.
 
-Researchers' commands (simulate, baseline, evaluate, compare, plot, data synth) are in
-``simulations.research_commands``, the hospital's (data check, ledger, node) in
-``client.tools.commands``, the coordinator's (credentials, verify, report) in
-``server.tools.commands``. The root lives in ``simulations`` because it is the one
-layer allowed to import all three.
-
-Errors a user can fix (bad config, malformed data) are printed as one line
-naming the file or key, with exit code 2, instead of a traceback.
-
-Start-up stays quick (``fedemo --help`` well under a second): this module and
-the three it mounts import only the standard library at module level; torch,
-Opacus, Flower, numpy and matplotlib load inside the command that uses them
-(tests/test_cli.py checks that building the parser imports none of them).
+Each user's commands live with their code (``simulations.research_commands``, ``client.tools.commands``,
+``server.tools.commands``); this root lives in ``simulations``, the one layer allowed to import all three.
+Fixable errors are one line naming the file or key (exit 2); only the standard library loads at start-up.
 """
 
 from __future__ import annotations

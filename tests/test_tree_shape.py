@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("client", "server", "shared_models", "simulations")
 MAX_LINES = 400
 MAX_DOCSTRING_LINES = 12
+# The root command's docstring is the command index (tests/test_cli.py checks it lists every mounted command).
+DOCSTRING_EXEMPT = {"simulations/cli.py"}
 
 
 def modules() -> list[Path]:
@@ -35,5 +37,6 @@ def test_no_module_is_over_400_lines():
 
 
 def test_no_module_docstring_is_over_12_lines():
-    long = {str(p.relative_to(ROOT)): n for p in modules() if (n := docstring_lines(p)) > MAX_DOCSTRING_LINES}
+    long = {rel: n for p in modules() if (rel := p.relative_to(ROOT).as_posix()) not in DOCSTRING_EXEMPT
+            and (n := docstring_lines(p)) > MAX_DOCSTRING_LINES}
     assert not long, f"say what and why in a few lines; move figures and method notes to docs/ (lines): {long}"

@@ -1,38 +1,10 @@
 """A node's per-group evaluation counts: which group each test sample is in, and what it sends.
 
-The node evaluates the global model on its test split and reports, for every
-demographic attribute of the dataset's fixed schema and every group, a 7x7
-confusion matrix flattened into one list-valued metric (``grp.race.asian``).
-Every node sends every key, with zeros for groups it has none of, because
-Flower aggregates only keys that all replies share. Never per-sample outputs.
-
-Beside each confusion matrix goes the group's calibration bins
-(``cal.race.asian``: per confidence bin the correct and incorrect counts and
-the confidence sum, shared_models/calibration_bins.py), so the report can give
-calibration per group.
-
-Optionally the counts are released through a Gaussian mechanism and recorded
-in the node's privacy ledger. One person is one test sample and sits in one
-group per attribute, so adding or removing them changes one confusion cell by
-1, one calibration bin's correct-or-incorrect cell by 1 and its confidence sum
-by at most 1: each attribute's release (its groups' confusion and bins) is a
-Gaussian mechanism with L2 sensitivity sqrt(3) (``COUNT_SENSITIVITY``; 1 when
-only the confusion was sent), noised with std multiplier x sqrt(3) and
-composed at sample rate 1 with the configured noise multiplier. Add/remove is the adjacency that holds here
-(unlike training's replace-one): the noised counts do not release the
-test-set size exactly, and one test record moves one cell per histogram.
-A release of A attributes is A such steps, recorded as one ``eval-counts``
-event. The test records never enter training (the split is a keyed hash of
-each record's id), so by parallel composition these releases have their own
-epsilon, separate from training's, each checked against the budget
-(``shared_models.privacy_ledger.ADJACENCY``). Every attribute's groups (with
-"unknown") partition the test rows, so the overall confusion matrix a DP
-node sends is the mean over attributes of their noised groups' sums:
-post-processing, so overall and per-group figures agree and nothing exact
-is released beside them.
-
-The noise comes from a generator seeded with 128 fresh bits from the OS,
-never from anything the coordinator sends.
+For every demographic attribute and group: a 7x7 confusion matrix and calibration bins (every node sends
+every key, zeros included, as Flower aggregates only shared keys); never per-sample outputs. Optionally
+released through a Gaussian mechanism (L2 sensitivity sqrt(3) per attribute, add/remove adjacency, sample
+rate 1) and recorded as one ``eval-counts`` ledger event; its epsilon composes in parallel with training's.
+Noise from an OS-seeded generator. Derivation: docs/design_notes.md and docs/privacy.md.
 """
 
 from __future__ import annotations

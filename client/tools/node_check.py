@@ -1,34 +1,10 @@
 """``fedemo node check``: can this hospital's node reach the coordinator with its CA and key? Joins nothing.
 
-It takes the flags a deployed ``flower-supernode`` takes (``--superlink``,
-``--root-certificates``, ``--auth-supernode-private-key``) and checks, in
-order, what the SuperNode would do on start, each step answered in plain
-words:
-
-1. the address: ``HOST:PORT``, and the host name resolves;
-2. TCP: something accepts connections there (refused, timed out and
-   unreachable are told apart: each has a different fix);
-3. TLS: the SuperLink's certificate is signed by the CA file and names the
-   host dialled (on failure the certificate is fetched again unverified, to
-   say which names it holds, who issued it and until when it is valid);
-4. the Fleet API: one unsigned HTTP request (``get-run``, which creates,
-   registers and activates nothing) shows that a Flower SuperLink answers,
-   and whether it requires SuperNode authentication (HTTP 401);
-5. the node key, when given: it loads as an OpenSSH EC key, exactly as
-   ``flower-supernode`` reads it, and its public half is the one in
-   ``auth.pub`` beside it;
-6. with ``--registered`` and no file, registration at the SuperLink itself:
-   the Control API's ``ListNodes`` (what ``flwr supernode list`` calls, on
-   the same TLS port; Flower 1.41's open-source Control API has no account
-   login) lists every registered node with its public key, and this key is
-   looked up there (activating nothing). With ``--registered FILE`` the key
-   is only compared with a local copy of the coordinator's list
-   (``federation.json`` or a file of ``auth.pub`` lines), and the step says
-   so: a key can be in that file and not (yet, or any more) registered.
-
-The network steps use only the standard library's ``ssl`` and ``socket``
-(and ``cryptography`` for the key and certificate); only the SuperLink
-registration step loads Flower's Control API client.
+Takes a deployed ``flower-supernode``'s flags and checks in order, each answered in plain words: the address
+resolves, TCP connects, TLS verifies against the CA (else says what the certificate holds), a Flower
+SuperLink answers the Fleet API, the node key loads and matches ``auth.pub``, and (``--registered``) the key
+is registered at the SuperLink or in a local list. Standard-library network code; only the registration
+step loads Flower's Control API client. The steps in detail: docs/design_notes.md.
 """
 
 from __future__ import annotations

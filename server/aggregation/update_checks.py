@@ -1,47 +1,10 @@
-"""Screening of the nodes' training replies before anything is aggregated.
+"""Screening of the nodes' training replies before anything is aggregated: one bad reply must not poison the model.
 
-Flower's aggregators average (or take medians of) whatever arrays arrive: one
-node that sends NaN, an array of the wrong shape or an update scaled by 1e6
-poisons the global model for good or crashes the round. Every reply is
-checked here against the global model it was trained from:
-
-1. structure: the same array names, shapes and dtypes as the global model
-   (a wrong shape would crash the average; a wrong dtype means a different
-   model or a node that was tampered with), and a positive aggregation
-   weight (``num-examples``, or ``update-weight`` under client-level DP);
-2. values: no NaN or Inf anywhere;
-3. size: the L2 norm of the update (new - global weights, floating arrays
-   only) within ``update-max-norm`` (absolute, off by default) and within
-   ``update-norm-ratio`` x the median norm of the round's structurally sound
-   updates (relative: it needs no knowledge of the model's scale, and one
-   hostile node cannot move the median of several honest ones; it needs at
-   least three sound updates in the round, as a median of two is no referee).
-
-4. history: the update's norm within ``update-norm-growth`` x the median
-   norm of the updates accepted in earlier rounds (an absolute cap learnt
-   from the run itself: colluders who are half of one round cannot move it);
-5. direction: the cosine of the update to the coordinate-wise median of the
-   round's sound updates at least ``update-min-cosine`` (a sign-flipped
-   update of honest size points away from it), and no two nodes sending the
-   same update (cosine above 0.99: replayed or colluding; independent data
-   never agrees that closely). When half the round or more is opposed to the
-   median, there is no honest majority to referee: nothing is aggregated.
-
-Each node's aggregation weight (``num-examples``) is also clipped to
-``update-weight-ratio`` x the round's lower median weight: a node claiming
-10^9 examples counts as at most that many times a typical node.
-
-A rejected reply is not aggregated; its client id and reason are recorded.
-What remains is combined by ``aggregation`` (server/aggregation/strategy.py; robust by
-default from 5 nodes up, server/aggregation/robust_aggregation.py).
-
-Under client-level DP (``central-dp``) a rejection must not be visible in
-the released model beyond what clipping bounds: size and finiteness depend
-on the hospital's data, so the DP wrapper (server/privacy/central_dp.py) gives every
-sampled node without a passed reply a *zero update* in a fixed number of
-slots, and the release, its noise and its account are the same whatever was
-rejected. The record of the rejection stays in the coordinator's own
-metrics.jsonl, which central DP trusts (it sees every update anyway).
+Each reply is checked against the global model it was trained from: structure (names, shapes, dtypes, a
+positive weight), finite values, update size (absolute and relative to the round's median), growth over
+earlier rounds, and direction (cosine to the median; duplicates). Weights are clipped to a multiple of the
+round's lower median. Rejections are recorded by client id and reason; under client-level DP a rejected
+node's slot gets a zero update so the release does not depend on it. The rules in full: docs/design_notes.md.
 """
 
 from __future__ import annotations

@@ -1,36 +1,10 @@
 """The coordinator's checkpoint: everything needed to continue a run after its last completed round.
 
-Flower's ``Strategy.start`` always begins at round 1 and keeps its state in
-memory, so a killed coordinator loses the run. After every round the round
-loop writes ``checkpoint.npz`` into the run folder, atomically
-(shared_models/atomic_files.py: a crash leaves the previous checkpoint or the
-new one, never half of one):
-
-- the global weights after the round;
-- the server optimiser's state (FedAvgM's momentum vector), without which a
-  resumed FedAvgM run would take different steps;
-- the round number;
-- the state of Python's ``random``, which Flower samples clients with;
-- the metrics.jsonl entries so far (a line written after the checkpoint is
-  dropped on resume, as its round is run again) and the nodes' latest DP
-  reports;
-- with client-level DP (central-dp), the accountant's releases so far and
-  the clipping norm the next round starts from (server/privacy/central_dp.py
-  ``CentralDP.state``). Releases made after the checkpoint, in the round
-  the coordinator died in, are in the run folder's release journal
-  (``central_dp_releases.json``): a resumed run counts them too.
-
-One ``.npz`` (arrays plus a JSON document), read back with
-``allow_pickle=False``: a checkpoint cannot execute code when it is loaded.
-A checkpoint that cannot be trusted is a :class:`CheckpointError` in one
-line (the file and what is wrong), never a traceback: a truncated, empty or
-byte-flipped file (the zip's CRC-32 of every member is checked), weights
-that are not finite, or weights of another model's shapes. The same finite
-check runs before every save, so the round loop never checkpoints (and the
-run never signs) a model an aggregation turned to NaN or infinity
-(:class:`NonFiniteWeights`).
-Nodes' privacy ledgers are not here: they live with each node and keep every
-spend, including a round trained before a crash and run again after it.
+Written atomically after every round (``checkpoint.npz``): global weights, the server optimiser's state,
+the round, Python's ``random`` state (Flower samples clients with it), metrics so far and the nodes' DP
+reports, and central DP's accountant state. Read with ``allow_pickle=False``; an untrustworthy file
+(truncated, CRC mismatch, non-finite or mis-shaped weights) is a one-line ``CheckpointError``, and a
+non-finite model is never saved (``NonFiniteWeights``). Nodes' ledgers stay with the nodes.
 """
 
 from __future__ import annotations

@@ -1,42 +1,10 @@
-"""Speech-emotion model: per-segment CNN, bidirectional LSTM, attention pooling.
+"""Speech-emotion model: per-segment CNN, bidirectional LSTM, attention pooling (the common CNN-BiLSTM-attention SER design).
 
-Follows the CNN-BiLSTM-attention design common in speech-emotion recognition
-(a 2-D CNN over each segment's log-mel patch, a recurrent layer over the
-sequence of segment embeddings, attention pooling over time, softmax head).
-
-Input convention: log-mel features (B, S, n_mels, n_frames) in dB (FedEmo's
-feature extractor: S <= 6 segments of 0.5 s, 128 mel bands, 32 frames) and an
-optional bool mask (B, S), True for real segments. Padded segments have no
-effect on the output: not on attention pooling, and not on the LSTM either.
-
-Everything here is built so Opacus can compute exact per-sample gradients with
-its default hook-based engine, without a rewrite:
-
-* Per-sample gradients require every parametrised layer to see the sample as
-  its batch dimension. Running a plain CNN on (B*S) segment images would give
-  Opacus B*S "samples" and silently break per-sample clipping. The segment
-  layers (``shared_models/models/segment_layers.py``) take (B, S, C, H, W),
-  compute on the flattened (B*S) images (fast 2-D kernels) and register grad
-  samplers that sum each sample's segment gradients. GroupNorm statistics are
-  per segment, so a padded segment cannot leak into a real one.
-* GroupNorm, never BatchNorm: BatchNorm mixes samples of a batch, so a
-  "per-sample" gradient depends on the other samples and DP-SGD's clipping
-  bound no longer holds; its running statistics are also un-noised private state.
-* :class:`SequenceLSTM` instead of ``nn.LSTM``: the fused ``nn.LSTM`` kernel
-  keeps its gate matmuls inside one op, so Opacus has no per-sample gradient
-  rule for it (its validator rejects ``nn.LSTM``). ``opacus.layers.DPLSTM``
-  is the same LSTM written with hookable linear layers, called once per time
-  step (per-sample gradients computed and summed step by step);
-  ``SequenceLSTM`` computes the same function with the same parameters and
-  initialisation, each linear layer called once over the whole sequence.
-* Bidirectionality is built from unidirectional LSTMs rather than
-  ``pack_padded_sequence``: with packed input DPLSTM accumulates per-sample
-  gradients in length-sorted order, while every other layer keeps the original
-  batch order, so Opacus would clip mismatched rows together. Instead each
-  sample's real segments are moved to the front, the forward direction reads
-  them left to right and the backward direction reads them reversed *within
-  their length*, so neither direction ever reads a padded segment before a
-  real one.
+Input: log-mel features (B, S, n_mels, n_frames) in dB and an optional bool mask (B, S) of real segments;
+padded segments affect neither the attention nor the LSTM. Built so Opacus computes exact per-sample
+gradients without a rewrite: segment layers that keep the sample as the batch dimension, GroupNorm (never
+BatchNorm), ``SequenceLSTM`` (DPLSTM's function, one linear call per sequence) and bidirectionality from
+two unidirectional LSTMs over each sample's real segments. Why each choice: docs/design_notes.md.
 """
 
 from __future__ import annotations
