@@ -56,7 +56,7 @@ def prepare_data(settings: RunSettings, *, check: bool = True) -> Path | None:
         # (an all-NaN folder is decoded whole), the rest is left to the nodes, which skip and count bad clips.
         spec = PartitionSpec.from_settings(settings, settings.num_supernodes)
         report = check_data_dir(data_dir, settings.dataset, settings.task, decode_limit=DECODE_SAMPLE,
-                                partition_spec=spec)
+                                partition_spec=spec, consent_default=settings.consent_default)
         if not report.ready:
             shown = printable(data_dir)
             raise DatasetFormatError(shown, f"not a usable {settings.dataset} dataset for data-dir: "
@@ -71,4 +71,9 @@ def prepare_data(settings: RunSettings, *, check: bool = True) -> Path | None:
             log(WARNING, "%d files or lines of %s were skipped as unreadable or malformed (%s%s); "
                 "`fedemo data check %s --format %s` lists them all", len(report.skipped), printable(data_dir), shown,
                 "; ..." if len(report.skipped) > 3 else "", printable(data_dir), settings.dataset)
+        if report.consent.get("applied"):  # the folder's consent, counted once here (nodes count their withdrawals)
+            c = report.consent
+            log(INFO, "%s: consent manifest applied (sha256 %s...): %d yes, %d no, %d not named (consent-default "
+                "%s): %d records left out", printable(data_dir), c["sha256"][:12], c["yes"], c["no"], c["missing"],
+                c["policy"], c["excluded"])
     return data_dir
