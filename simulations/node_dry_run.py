@@ -54,7 +54,8 @@ def dry_run(node_config: dict[str, Any], run_config_file: str | Path, rounds: in
     rounds = rounds or settings.num_server_rounds
     with tempfile.TemporaryDirectory(prefix="fedemo-dry-run-") as scratch:
         data = synthesize(fmt, Path(scratch) / "data", size, seed=0)
-        fake = {k: v for k, v in node_config.items() if k != APPROVE_FIRST}
+        # the synthetic folder has no consent manifest: the real one would name none of its records
+        fake = {k: v for k, v in node_config.items() if k not in (APPROVE_FIRST, "consent-manifest")}
         fake.update({APPROVE_FIRST: False, "data-path": str(data), "state-dir": str(Path(scratch) / "state"),
                      "dataset-id": f"dry-run:{real.dataset_id}"})
         context = Context(run_id=1, node_id=1, node_config=fake, state=RecordDict(), run_config=settings.to_config())
