@@ -1,28 +1,10 @@
 """The node's side of secure aggregation (Flower's SecAgg+), switched by the run config.
 
-Flower 1.41 has SecAgg+ only on its legacy path: the coordinator's
-``SecAggPlusWorkflow`` sends four ``train`` messages per round (setup, share
-keys, collect masked vectors, unmask) and Flower's ``secaggplus_mod`` answers
-them on the node. Only the third stage trains: it carries a legacy
-``fitins.*`` message and expects a ``fitres.*`` reply, whose parameters the
-mod multiplies by the node's weight, quantises, masks and sends; the
-coordinator only ever sees the sum of all masked vectors.
-
-``secure_aggregation_mod`` sits on our train handler. With
-``secure-aggregation = false`` it passes every message straight through, so
-one ClientApp serves all modes. With it on, it hands the message to
-``secaggplus_mod`` with :func:`legacy_fit` as the inner app, which
-
-1. translates ``fitins`` into the Message-API train message our handler
-   reads (named weights + config) and runs that handler unchanged: the same
-   training, the same DP-SGD, ledger checks and spend, the same metrics;
-2. sends the *update* (new - global weights), not the weights, clipped to
-   L2 norm ``secagg-clip-norm``: SecAgg+ quantises every value within
-   ``[-secagg-clipping-range, secagg-clipping-range]``, and a clipped update
-   fits there whole (each coordinate is at most its L2 norm), while raw
-   weights or buffers such as the audio normalisation statistics need not;
-3. reports the metrics in ``fitres.metrics`` (in the clear, as Flower's
-   SecAgg+ does: only the weights are masked).
+``secure_aggregation_mod`` sits on our train handler: off, it passes messages through; on, it hands them
+to Flower's ``secaggplus_mod`` with ``legacy_fit`` as the inner app, which runs our unchanged train handler
+(same DP-SGD, ledger and metrics) and sends the update clipped to ``secagg-clip-norm`` (so it fits
+SecAgg+'s quantisation range), metrics in the clear. The coordinator sees only the masked sum.
+Protocol details: docs/design_notes.md.
 """
 
 from __future__ import annotations

@@ -1,28 +1,10 @@
 """FedEmo's strategy: Flower's aggregation, with every training reply screened and every round recorded.
 
-``aggregation`` picks Flower's own aggregator (FedAvg, or FedAvgM with
-``server-momentum``; FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan for
-robustness against hostile nodes; "auto", the default, a trimmed mean from
-5 nodes per round: server/aggregation/robust_aggregation.py); :class:`FedEmoMixin` adds to it, by
-subclassing, what FedEmo needs around any aggregation:
-
-- each training reply is screened (server/aggregation/update_checks.py) before any
-  aggregation sees it; rejected replies go to the round record;
-- each round's replies go to the :class:`~server.record.round_recorder.RoundRecorder`
-  (metrics.jsonl and the ``[fedemo] round`` line);
-- the server optimiser's state (FedAvgM's momentum) can be saved and restored
-  (server/record/checkpoint.py).
-
-Why the round loop (server/rounds/round_loop.py) calls :meth:`FedEmoMixin.screen_train_replies`
-before it hands the replies to the strategy it drives, rather than this class
-screening inside ``aggregate_train``: with client-level DP the strategy
-driven is Flower's DP wrapper around this one (server/privacy/central_dp.py), which
-clips every reply against the global model (a wrong shape would crash it)
-and averages a fixed number of update slots, one per sampled node, a node
-whose reply was screened out or failed holding a zero update (so no
-screening verdict, which may depend on one hospital's data, changes whether
-or at what cost the round is released). Screened first, the wrapper sees
-only sound updates; ``aggregate_train`` stays Flower's own.
+``aggregation`` picks Flower's own aggregator (FedAvg/FedAvgM, FedMedian, FedTrimmedAvg, Krum, MultiKrum,
+Bulyan; "auto": a trimmed mean from 5 nodes); ``FedEmoMixin`` adds the reply screen, the round recorder and
+saving the server optimiser's state. The round loop screens before the strategy it drives, so under
+client-level DP Flower's DP wrapper sees only sound updates and a screened-out node holds a zero update
+(no verdict changes whether or at what cost a round is released). Details: docs/design_notes.md.
 """
 
 from __future__ import annotations

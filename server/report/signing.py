@@ -1,32 +1,10 @@
 """Signing and verifying a run's report.json with the coordinator's Ed25519 key.
 
-Why the exact bytes: an auditor must be told when *any* byte of report.json
-changed. A signature over a re-serialised, parsed form would accept edits that
-parse to the same object (spacing, ``1.0`` vs ``1.00``, key order). So the
-report is written in its canonical form (``canonical_bytes``: sorted keys, no
-spaces, UTF-8) and the signature covers exactly the bytes of the file; a file
-that verifies is therefore also canonical, and anyone can recompute the
-canonical form from the parsed JSON.
-
-Files in the run folder:
-
-- ``report.json``: the canonical report bytes;
-- ``report.sig``: JSON with the algorithm, the public key (raw, base64), its
-  key id (SHA-256 of the raw public key, hex), the signature (base64), and, as
-  diagnostics only, the file's size, SHA-256 and a SHA-256 per top-level
-  section, so a failed check can say *which* part changed;
-- ``report.pub``: the coordinator's public key (PEM) for other tools.
-
-The page people read (``report.html``) is bound to the signature too: the
-coordinator signs a statement naming the page's SHA-256 and the SHA-256 of the
-report.json it was built from (``pages`` in report.sig, :func:`sign_page`), so
-an edited page fails ``fedemo verify`` even though report.json is intact. A
-page without a valid page signature (runs signed before pages were signed, or
-a page rebuilt by someone without the key) is accepted only when it is byte
-for byte the page this software renders from the signed report.json.
-
-The private key lives outside run folders (``default_key_path``), is created
-once with permissions 0600 and never overwritten.
+The signature covers the exact bytes of report.json, written in canonical form (sorted keys, no spaces,
+UTF-8), so any changed byte is caught; report.sig also carries per-section digests so a failed check says
+which part changed. The page (report.html) is bound too: the coordinator signs its digest (``sign_page``),
+and an unsigned page must equal the page this software renders. The private key lives outside run folders,
+created once with 0600 and never overwritten. Files and formats: docs/report.md, docs/design_notes.md.
 """
 
 from __future__ import annotations

@@ -1,29 +1,10 @@
 """The divergence guard: a run whose global model gets worse stops, with the best round's weights.
 
-The update screen (server/aggregation/update_checks.py) and a robust aggregation stop
-the hostile updates they can see; a poisoning they miss (colluders who are
-half of the nodes, an attack below every bound) still shows in the global
-evaluation loss. After each round the guard compares it with:
-
-- round 0's (the untrained model): a loss ``ROUND0_FAIL`` times round 0's
-  (a model far worse than untrained: the x9 flipped update measured 3.6x)
-  has diverged at once; a loss above round 0's (by more than
-  ``ROUND0_MARGIN``) for ``divergence-rounds`` evaluations in a row has
-  diverged too. One bad round above the untrained loss is not enough: a noisy
-  first round (DP-SGD, central DP on few nodes: 1.8x once in a 3-node test)
-  often recovers, and stopping it would end honest runs;
-- its own past: ``divergence-rounds`` rises in a row, ending more than
-  ``RISE_MARGIN`` above the best loss so far (a slow drift; the margin keeps
-  ordinary round-to-round noise and mild overfitting from tripping it).
-
-A non-finite loss (from finite counts) has diverged. When it trips, the
-round loop (server/rounds/round_loop.py) puts back the best round's weights, the
-summary and the report say why, and the run ends non-zero.
-
-Under noised evaluation counts (``eval-dp-noise-multiplier``, the DP modes)
-the nodes send no loss: it is unknown, not bad, so the guard watches nothing
-there (the summary says so) rather than a noised proxy that could stop an
-honest run.
+A poisoning the update screen misses still shows in the global evaluation loss. After each round the loss
+is compared with round 0's (far above it at once, or above it for ``divergence-rounds`` evaluations) and
+with its own best (``divergence-rounds`` rises ending well above it); a non-finite loss has diverged. The
+round loop then restores the best weights and the run ends non-zero. Under noised evaluation counts no loss
+is sent, so the guard watches nothing (and says so). Thresholds and why: docs/design_notes.md.
 """
 
 from __future__ import annotations

@@ -1,30 +1,9 @@
 """Everything a deployed federation needs to trust itself: a CA, the SuperLink's TLS certificate, node keys.
 
-Flower 1.41's deployment runtime uses two separate mechanisms, and this module
-writes the files for both:
-
-- **TLS** (every connection to the SuperLink: hospitals' SuperNodes and the
-  researcher's ``flwr`` CLI). The SuperLink serves a certificate signed by a
-  federation CA; its subject alternative names list every host name and IP the
-  SuperLink is reached by, because clients check the address they dialled
-  against them. Clients get the CA certificate (``--root-certificates`` /
-  ``root-certificates``).
-- **SuperNode authentication** (``flower-superlink --enable-supernode-auth``).
-  Each hospital holds an EC key pair on a NIST curve (P-384 here), the private
-  key in OpenSSH format (``flower-supernode --auth-supernode-private-key``,
-  read with ``load_ssh_private_key``), the public key as an OpenSSH line that
-  the coordinator registers with ``flwr supernode register``. The SuperLink
-  refuses nodes whose key is not registered, and every Fleet request is
-  signed with the key.
-
-Layout of the folder (the private keys are 0600 in 0700 folders; nothing is
-ever overwritten: every file is created exclusively and an existing one is an
-error naming it)::
-
-    OUT/federation.json            what was made: SANs, CA and key fingerprints (no secrets)
-    OUT/ca/ca.crt, ca.key          the federation CA (keep ca.key offline)
-    OUT/superlink/server.crt, server.key, ca.crt     for flower-superlink
-    OUT/hospitals/NAME/auth.key, auth.pub, ca.crt    hand this folder to hospital NAME
+Writes the files for Flower's two mechanisms: TLS (a federation CA signs the SuperLink's certificate, whose
+SANs list every name it is reached by) and SuperNode authentication (one P-384 key pair per hospital, the
+private key in OpenSSH format, the public line registered with ``flwr supernode register``). Private keys
+are 0600 in 0700 folders; nothing is ever overwritten. Folder layout: docs/deployment.md, docs/design_notes.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
 """FER2013 reader: one CSV of 48x48 grayscale faces, pixels as space-separated text.
 
-The published file is ``fer2013.csv`` (``emotion,pixels,Usage``); copies in
-the wild are also named ``icml_face_data.csv`` (``emotion, Usage, pixels``,
-with leading spaces) or ``train.csv`` (``emotion,pixels``, the training part
-only). We look for them in the folder and in ``<folder>/fer2013/``, in
-torchvision's priority order.
-
-FER2013 publishes no subjects or demographics. A sidecar
-``fer2013_demographics.csv`` (``row,subject,sex,age,race``; ``row`` is the
-0-based data row) can supply them: our synthetic generator writes one, and a
-site that annotated its copy can too.
-
-A bad row (wrong pixel count, non-integer pixel, unknown emotion code) is
-skipped and reported by line, because one corrupt row in a 35,000-row file
-should not stop a hospital's client; a file where every row is bad is an error.
-
-Refused, because the result would be silently wrong: a column name twice in
-a header (which ``emotion`` holds the labels?); a header repeated mid-file
-(two exports joined) when a sidecar is joined by row number (every row after
-it would get its neighbour's demographics); a sidecar ``row`` listed twice
-with different values. Without a sidecar the repeated header is a named skip.
-Constant faces are kept and flagged (``client.data.loaders.images.flag_faces``).
+Reads ``fer2013.csv`` and the copies in the wild (``icml_face_data.csv``, ``train.csv``), in torchvision's
+priority order, plus an optional ``fer2013_demographics.csv`` sidecar (FER2013 has no demographics). A bad
+row is skipped and reported by line; what would be silently wrong (a duplicated column, a repeated header
+with a row-joined sidecar, a contradictory sidecar row) is refused. Details: docs/design_notes.md.
 """
 
 from __future__ import annotations
