@@ -113,3 +113,25 @@ def test_every_model_family_exports_equal_and_quantises(name, tmp_path):
     ops = quantized_operators(int8)
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
     assert int8_weight_initializers(int8) >= 1
+
+
+def test_predict_with_an_onnx_file_never_loads_pytorch(exported, tmp_path):
+    """The start-up path of a bedside device: ONNX Runtime, OpenCV and Pillow only."""
+    import subprocess
+    import sys
+
+    images = write_images(tmp_path / "images")
+    code = ("import sys; from simulations.cli import main; "
+            f"rc = main(['predict', {str(exported)!r}, {str(images['grey_png'])!r}, '--onnx', "
+            f"{str(exported / 'export' / 'model.int8.onnx')!r}]); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip().splitlines()[-1] == "NO-TORCH 0", out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["error"] is None
+
+
+def test_an_onnx_file_of_another_model_is_refused(exported, tmp_path, capsys):
+    other = run_folder(tmp_path / "voice", "voice_stats")
+    code = fedemo(["predict", str(other), "x.wav", "--onnx", str(exported / "export" / "model.onnx")])
+    assert code == 2 and "exported from model 'face_cnn'" in capsys.readouterr().err

@@ -34,12 +34,14 @@ def predict_command(args: argparse.Namespace) -> int:
     from client.inference.predict import Tally, predict_paths
     from client.inference.run_model import load_run_model
 
-    run = load_run_model(args.run, device=args.device)
-    if args.onnx is not None:
+    if args.onnx is not None:  # ONNX Runtime only: PyTorch is not even imported for a face model
         from shared_models.export.onnx_export import preprocessing_for
+        from client.inference.run_model import describe_run
 
+        run = describe_run(args.run, args.onnx)
         engine = OrtEngine(args.onnx, threads=0, prepare=preprocessing_for(args.onnx))
     else:
+        run = load_run_model(args.run, device=args.device)
         engine = TorchEngine(run.model, args.device)
     stream = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout
     tally = Tally()

@@ -67,6 +67,23 @@ def load_run_model(run_dir: Path | str, device: str = "cpu") -> RunModel:
     return RunModel(run_dir, name, task, va, model, config)
 
 
+def describe_run(run_dir: Path | str, onnx_path: Path) -> RunModel:
+    """The run as an exported ONNX file serves it, without loading PyTorch (``model`` is None): the file's
+    metadata must name the run's model, or the file belongs to another run."""
+    from shared_models.export.onnx_export import metadata
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    run_config = config.get("run_config") or {}
+    name = str(run_config.get("model", ""))
+    meta = metadata(onnx_path)
+    if meta.get("fedemo.model") != name:
+        raise ConfigError(f"{onnx_path}: exported from model {meta.get('fedemo.model')!r}, but run {run_dir.name} "
+                          f"trained {name!r} (export this run with `fedemo export {run_dir}`)")
+    return RunModel(run_dir, name, meta.get("fedemo.task", ""), bool(run_config.get("valence-arousal", False)),
+                    None, config)
+
+
 def input_kind(path: str) -> str | None:
     """"image", "video", "clip", "image+clip" (a fusion pair ``FACE+CLIP``) or None from the file name."""
     if "+" in path and not Path(path).exists():

@@ -98,6 +98,7 @@ def strip_debug_info(proto):
 
 
 def metadata(path: Path) -> dict[str, str]:
+    """The FedEmo keys of an exported file (``fedemo.model``, ``fedemo.task``, ``fedemo.preprocessing``)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

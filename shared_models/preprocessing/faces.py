@@ -18,7 +18,6 @@ call these very functions.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
 FACE_SIDE = 48
@@ -48,8 +47,10 @@ def face_pixels(im: Image.Image, side: int = FACE_SIDE) -> np.ndarray:
     return np.asarray(gray, dtype=np.uint8).copy()
 
 
-def face_tensor(pixels: np.ndarray) -> torch.Tensor:
+def face_tensor(pixels: np.ndarray):
     """uint8 (48, 48) -> float32 tensor (1, 48, 48) in [0, 1]: what every face model takes."""
+    import torch  # here: prediction with an ONNX file never loads PyTorch
+
     return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32) / 255.0).unsqueeze(0)
 
 
