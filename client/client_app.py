@@ -1,23 +1,10 @@
 """FedEmo ClientApp: the hospital node's side of the federation (Flower Message API).
 
-It answers three kinds of message from the coordinator:
-
-- ``query`` "feature-moments": per-mel-band sums and counts of this node's
-  training audio, from which the coordinator builds the global normalisation
-  (never asked under DP: the sums are not noised, see docs/privacy.md).
-- ``train``: local training from the global weights; replies with new weights
-  and counts.
-- ``evaluate``: evaluates the global weights on this node's test split and
-  replies with a confusion matrix and moment sums, never per-sample outputs.
-
-Everything node-specific (data folder, dataset format) comes from the node
-config, so the same app runs in simulation and on a real SuperNode.
-
-Under ``dp = true`` a reply carries only values the node's ledger accounts
-for or that do not depend on its records (``client/privacy/dp_allowlist.py`` checks
-every reply): no training loss, no sample counts beyond the training-set
-size, and evaluation counts either all noised and accounted or, without
-count noise, exact and declared unprotected in the report.
+Answers ``query`` "feature-moments" (audio normalisation sums; never under DP), ``train`` (local training
+from the global weights) and ``evaluate`` (confusion counts on the node's test split, never per-sample
+outputs). Everything node-specific comes from the node config, so one app runs in simulation and on a
+real SuperNode. Under ``dp = true`` every reply value is accounted by the ledger or data-independent
+(``client/privacy/dp_allowlist.py`` checks each reply).
 """
 
 from __future__ import annotations

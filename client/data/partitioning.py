@@ -1,23 +1,9 @@
-"""Split one dataset into simulated hospitals (clients).
+"""Split one dataset into simulated hospitals (clients): ``iid``, ``dirichlet`` (label skew), ``natural`` (one
+subject per client, as in real hospitals) and ``demographic`` (clients serve different populations).
 
-A simulated node carves its own share out of the shared dataset
-(``client.data.node_data``), so the split lives with the node's data; the
-centralised baseline (``simulations.centralised``) pools the same shares.
-
-Four ways, each matching a question researchers ask:
-
-- ``iid``: every client sees the same distribution (the easy upper bound).
-- ``dirichlet``: label skew; each class is spread over clients with
-  Dirichlet(alpha) proportions (small alpha = each client sees few emotions).
-- ``natural``: one speaker/subject belongs to exactly one client, as in real
-  hospitals (FedMultimodal's CREMA-D split). Needs subject ids.
-- ``demographic``: clients serve different populations; each group of one
-  demographic attribute is spread over clients with Dirichlet(alpha)
-  proportions, so some hospitals see mostly one group.
-
-All are deterministic functions of (data, number of clients, seed). Every
-client gets at least ``min_size`` samples, or the call fails with the reason,
-because an empty client would silently drop out of the federation.
+Each is a deterministic function of (data, number of clients, seed); every client gets at least
+``min_size`` samples or the call fails with the reason (an empty client would silently drop out). A
+simulated node carves its own share (``client.data.node_data``); the centralised baseline pools them.
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
-"""Turn a client's EmotionData rows into torch datasets for its task.
+"""Turn a client's EmotionData rows into torch datasets for its task: ``(*model_inputs, label, valence_arousal)``.
 
-Every item is ``(*model_inputs, label, valence_arousal)``, where the model
-inputs are ``(face,)``, ``(features, mask)`` or ``(face, features, mask)``.
-One layout for all tasks keeps the training loop and Opacus's per-sample
-machinery oblivious to the modality.
-
-Voice clips are decoded once per client process (decoding dominates otherwise)
-and turned into log-mel segments per epoch, so train-time augmentation acts on
-the waveform, as the recipe prescribes. Clips that fail to decode (unreadable,
-NaN/Inf samples, digital silence, too short; ``decode_clip``) are dropped and
-counted in ``skipped`` by name, never silently; a node none of whose clips
-decode stops with one ``DatasetFormatError`` naming the folder and examples.
-
-Every augmentation draw is per record (``AugmentDraws``): a record's k-th
-fetch draws from a generator keyed by (stream key, its record key, k), so one
-record's presence never changes another's augmented input, whatever the
-fetch order. The stream key is public seed material for a reproducible
-research run, or 128 fresh secret bits under DP, where the coordinator knows
-the seed, the round and the client id and must not rebuild the draws.
+One item layout for every task keeps training and Opacus oblivious to the modality. Voice clips are decoded
+once per process and cut into log-mel segments per epoch (augmentation acts on the waveform); clips that
+fail to decode are skipped and counted by name. Every augmentation draw is keyed per record and fetch, so
+one record never changes another's input; under DP the key is 128 secret bits the coordinator cannot know.
 """
 
 from __future__ import annotations

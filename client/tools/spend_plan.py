@@ -1,23 +1,10 @@
 """What a run will spend from a hospital's privacy budget, and the operator's approval before a first spend.
 
-A DP run calibrates its noise so that the whole planned run fits the
-dataset's remaining budget: the first run on a fresh ``dataset-id`` spends
-nearly all of it, for good. A SuperNode cannot ask its operator anything
-mid-run, so the question is asked before, on the node's machine:
-``fedemo node approve`` computes the plan with the node's own data (its
-training-set size sets the sample rate and steps) and the federation's run
-config (rounds, fraction sampled, ``dp-epsilon``), exactly as the node will
-calibrate it (``client.privacy.dp_training``), shows it, asks (or takes ``--yes``)
-and writes ``spend_approval.json`` in the node's ``state-dir``.
-
-A deployed node (its node config names a ``data-path``) refuses to spend on
-a dataset-id that has never spent until that approval is there and covers
-the run's budget, unless its node config sets ``approve-first=false``
-(simulated nodes, which hold a share of a research data folder, default to
-false) (``require_approval``, called where the ClientApp opens its
-ledger): the guard sits where the spending happens, so a node started by
-plain ``flower-supernode`` (a systemd unit) is held as well. Once a dataset
-has spent, its ledger composes every later run against the same budget.
+A DP run's first spend on a fresh ``dataset-id`` uses nearly all of its budget for good, and a SuperNode
+cannot ask mid-run: ``fedemo node approve`` computes the plan with the node's own data and the run config,
+exactly as the node will calibrate it, asks, and writes ``spend_approval.json``. A deployed node refuses a
+first spend without that approval (``require_approval``, where the ClientApp opens its ledger), unless its
+node config sets ``approve-first=false``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """The coordinator's side of secure aggregation: Flower's SecAgg+ driven from our Message-API ServerApp.
 
-Flower 1.41 ships SecAgg+ only on its legacy path (``SecAggPlusWorkflow``
-inside ``DefaultWorkflow``, with a legacy ``Strategy`` and a
-``LegacyContext``). Both ServerApp flavours are one class in this release, so
-the legacy workflow runs inside our ``@app.main()``: ``DefaultWorkflow`` is a
-plain callable of ``(grid, LegacyContext)``.
-
-What the coordinator sees per round is only the weighted average of the
-nodes' clipped *updates* (client/privacy/secure_aggregation.py sends new - global
-weights): SecAgg+ unmasks the sum, never a single node's vector.
-:class:`UpdateFedAvg` adds that average to the global weights. Each node's
-metrics (sample count, training loss, DP accounting) travel in the clear
-beside the masked vector, as in Flower's own SecAgg+ mod, so metrics.jsonl
-keeps its per-client training entries and the nodes' epsilons.
-
-Evaluation uses our own Message-API evaluate round (the one round 0 uses) as
-``DefaultWorkflow``'s evaluate stage, so metrics.jsonl, the RoundRecorder and the
-global metrics are exactly those of a plain run.
+Flower 1.41 has SecAgg+ only on its legacy path, so its ``DefaultWorkflow`` runs inside our ``@app.main()``.
+The coordinator sees only the weighted average of the nodes' clipped updates (``UpdateFedAvg`` adds it to
+the global weights); metrics travel in the clear beside the masked vectors, as in Flower's own mod.
+Evaluation is our own evaluate round, so records and metrics are those of a plain run.
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
 """The round loop: Flower's ``Strategy.start`` loop, resumable, interruptible and checkpointed.
 
-``Strategy.start`` always runs rounds 1..N in memory, waits on
-``send_and_receive`` without a way to stop, and keeps nothing when the
-process dies. This loop drives the same strategy methods
-(``configure_train``, ``aggregate_train``, ``configure_evaluate``,
-``aggregate_evaluate``: the strategy may be wrapped by Flower's DP wrappers)
-from any first round, screens the training replies with the FedEmo strategy
-before the (possibly wrapped) strategy aggregates them (server/aggregation/strategy.py
-says why there), waits for replies with the Grid's own
-``push_messages``/``pull_messages`` while watching for a stop request
-(server/rounds/interruption.py), and after each completed round writes a checkpoint
-(server/record/checkpoint.py).
-
-Each exchange waits at most the round deadline (``round-timeout``; 0 sizes
-it from the first training round: max(60 s, 5 x the time by which half its
-nodes had replied), so one node that sleeps through round 1 cannot size it);
-the nodes that did not reply in time are recorded by client id as timeouts
-and the round goes on without them. After each evaluation the divergence
-guard (server/rounds/divergence_guard.py) may stop the run with the best round's
-weights.
+Drives the same strategy methods (possibly wrapped by Flower's DP wrappers) from any first round, screens
+training replies before the strategy aggregates them, waits with the Grid's push/pull while watching for a
+stop request, writes a checkpoint after each round, and lets the divergence guard stop the run. Each
+exchange waits at most ``round-timeout`` (0: sized from round 1 as max(60 s, 5x the half-replied time));
+late nodes are recorded as timeouts and the round goes on. Details: docs/design_notes.md.
 """
 
 from __future__ import annotations

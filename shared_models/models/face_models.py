@@ -1,23 +1,9 @@
 """Face expression classifiers for 48x48 grayscale crops (FER2013 / RAF-DB).
 
-Input convention: float32 tensor (B, 1, 48, 48) holding pixel values in [0, 1]
-(callers pass ``pixels / 255``). Each model standardises internally with a fixed
-affine map, ``(x - pixel_mean) / pixel_std``, so the preprocessing travels with
-the model instead of being re-implemented by every hospital node.
-
-Design choices forced by differential privacy (Opacus):
-
-* GroupNorm, never BatchNorm. BatchNorm normalises with statistics of the whole
-  batch, so one sample's output (and gradient) depends on the other samples in
-  the batch: per-sample gradients, which DP-SGD clips one by one, are then no
-  longer per-sample, and its running statistics are extra state computed from
-  private data without noise. GroupNorm normalises each sample on its own.
-* No in-place activations: Opacus captures activations and backprops with module
-  hooks, and in-place ops on hooked tensors break them.
-* Every model is split into a ``trunk`` (image -> embedding) and a ``head``
-  (embedding -> logits), so :class:`shared_models.models.fusion_model.FusionNet` reuses
-  the trunk without carrying an unused classifier (an unused parameter gets no
-  per-sample gradient, which Opacus rejects).
+Input: float32 (B, 1, 48, 48) in [0, 1]; each model standardises with a fixed affine map, so preprocessing
+travels with the model. For DP (Opacus): GroupNorm never BatchNorm (per-sample gradients stay per sample),
+no in-place activations (Opacus's hooks), and a ``trunk``/``head`` split so the fusion model reuses the
+trunk without an unused classifier. Why each: docs/design_notes.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,8 @@
 """Reading one face image file safely: any common mode and size, never a crash, never a wrong face.
 
-Used by the RAF-DB loader and by CREMA-D fusion frames. Returns a 48x48 (or
-``side``) grayscale uint8 array, or a ``Skipped`` naming the problem:
-
-- an image whose header claims more than ``MAX_PIXELS`` is refused before
-  it is decoded (a PNG "claiming 20000x20000" would otherwise be Pillow's
-  ``DecompressionBombError``, or gigabytes of memory just under its limit);
-- 16-bit and 32-bit grayscale (``I;16``, ``I``) and float (``F``) images are
-  scaled to 0-255 by their bit depth, not clipped (Pillow's ``convert("L")``
-  clips every value above 255, so a 16-bit face would read as all white);
-- colour, palette and CMYK images are converted to luminance (alpha is ignored);
-- unreadable, truncated or non-image files are skipped with the reason.
-
-Two kinds of image are kept but flagged (``flag_faces``), because they are
-probably not faces yet are not malformed: a constant image (every pixel the
-same, e.g. 300 all-black frames from a failed export) and an image under
-``MIN_FACE_SIDE`` pixels on a side (a 1x1 "face" upscaled to 48x48). Data
-check counts and names them; nodes and simulations log the counts.
+Returns a 48x48 (or ``side``) grayscale uint8 array or a ``Skipped`` naming the problem: oversized headers
+refused before decoding, 16/32-bit and float images scaled by bit depth (not clipped), colour converted to
+luminance, unreadable files skipped. Constant images and tiny ones are kept but flagged (``flag_faces``).
 """
 
 from __future__ import annotations
