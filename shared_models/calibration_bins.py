@@ -1,18 +1,9 @@
 """Calibration as counts: confidence bins x (correct, incorrect, confidence sum), and ECE from them.
 
-Whether "80% sure" means right 80% of the time matters to a clinician as much
-as accuracy. The coordinator has no test data, so nodes send, per demographic
-group, for each of ``CALIBRATION_BINS`` equal-width bins of the top-class
-probability: how many predictions in the bin were correct, how many wrong,
-and the sum of their confidences. These sum across nodes exactly, and the
-expected calibration error (ECE, the standard binned one: the rows-weighted
-mean over bins of |accuracy - mean confidence|) follows from them without
-approximation: sum over bins of |confidence sum - correct| / rows.
-
-One test record falls in one bin, adds 1 to its correct or its incorrect cell
-and at most 1 to its confidence sum: with its one confusion-matrix cell, an
-attribute's release moves by at most sqrt(3) in L2 (``COUNT_SENSITIVITY`` in
-shared_models/demographic_groups.py).
+Nodes send per group, per equal-width bin of the top-class probability, the correct and incorrect counts
+and the sum of confidences; these sum across nodes exactly and give the standard binned ECE without
+approximation. One test record moves its bin by at most 1 per cell, so with its confusion cell an
+attribute's release has L2 sensitivity sqrt(3) (``COUNT_SENSITIVITY``).
 """
 
 from __future__ import annotations

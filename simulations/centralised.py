@@ -1,20 +1,9 @@
 """Centralised baseline: the same model on the pooled data, to read off the federated gap.
 
-It pools exactly the rows the simulated clients train on and tests on exactly
-the rows they test on (same partitioner, same per-client splits, same seed),
-and trains for as many passes over the data as the federation makes
-(rounds x local epochs x fraction of clients sampled), so the only difference left is federation itself.
-
-It writes a run folder like a federated run's: metrics.jsonl with one line
-per epoch (``round`` = epoch, 0 = before training, with the confusion and
-per-group counts), summary.json, and a signed report (report.json/.html,
-figures/), so ``fedemo compare RUN central`` shows the federated gap per
-group. Its config.json says ``mode: centralised``; in its run config
-``num-server-rounds`` is the number of epochs and the privacy keys are off
-(the baseline trains without DP: it is the no-federation, no-privacy
-reference), and ``not_applied`` keeps the federated values it replaced.
-``test_split`` is the digest of the pooled test rows
-(``simulations.split_digest``), which compare checks.
+It pools exactly the rows the simulated clients train and test on and trains as many passes as the
+federation makes, so federation is the only difference left; no DP (it is the no-federation, no-privacy
+reference). It writes a run folder like a federated run's (metrics.jsonl per epoch, summary, signed
+report, ``mode: centralised``, the pooled test rows' digest), so ``fedemo compare RUN central`` works.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
 """Which test rows a simulated run scored: a digest of its test split, so ``fedemo compare`` can tell.
 
-Two runs compared on different test rows (another data-dir, seed or
-test-fraction) differ for reasons that have nothing to do with what was
-varied. A simulated run's test rows are the union of its nodes' test splits
-(``client.data.node_data.simulated_split``), which the researcher's machine can
-recompute from the run's data-dir and config (``pooled_rows``); the
-centralised baseline trains and scores on exactly these pooled rows.
-
-The digest is SHA-256 over the sorted per-record digests of (record key,
-label, face pixels where the records are faces): the record key alone is a
-file's path, and a data folder rewritten under the same file names (another
-``fedemo data synth`` seed) holds other records.
-
-A deployed run's test rows stay at the hospitals: a node sending a hash of
-its test keys would tell the coordinator something about its records (under
-DP, nothing may leave a node unaccounted), so deployment runs get no digest
-and ``compare`` says it cannot confirm the rows are the same.
+Runs compared on different test rows differ for reasons unrelated to what was varied. A simulated run's
+test rows are recomputed from its data-dir and config (``pooled_rows``); the digest is SHA-256 over the
+sorted per-record digests of (record key, label, face pixels). Deployed runs get no digest: a node sending
+a hash of its test keys would release something unaccounted, so ``compare`` says it cannot confirm the rows.
 """
 
 from __future__ import annotations

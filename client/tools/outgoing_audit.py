@@ -1,19 +1,9 @@
 """What leaves a hospital's node: every reply's structure, written to the node's own state folder.
 
-A ClientApp mod (the outermost one, so it sees each reply exactly as Flower
-will send it) appends one JSON line per reply to
-``<state-dir>/outgoing_messages.jsonl``: the message type, the round, and for
-every record its type and keys; for arrays their shapes and dtypes, for
-metrics whether each is a scalar or a list and its length, for config values
-their type and length. No values are written (the file describes traffic, it
-is not a copy of it), so a hospital's privacy officer, or a test, can check
-that only model arrays and fixed-size aggregates ever leave the node.
-
-It is on for any node whose node config names a ``state-dir`` (a deployed
-hospital). A simulated node writes it when the run sets ``node-sent-log =
-true``, in its simulated state folder (``<state root>/client-N``, beside its
-ledger), so ``fedemo node sent`` can be tried before a deployment. Failing to
-write the audit line is logged and never fails the reply.
+The outermost ClientApp mod appends one JSON line per reply to ``<state-dir>/outgoing_messages.jsonl``:
+message type, round, and each record's keys, shapes, dtypes and lengths, never values, so a privacy
+officer (or a test) can check that only model arrays and fixed-size aggregates leave. On for deployed nodes
+(a ``state-dir``) and for simulated ones with ``node-sent-log``; a failed write never fails the reply.
 """
 
 from __future__ import annotations

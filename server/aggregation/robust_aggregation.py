@@ -1,21 +1,9 @@
 """Which aggregation ``aggregation = "auto"`` (the default) runs: robust from 5 nodes per round up.
 
-FedAvg lets one hostile node that passes the screen (server/aggregation/update_checks.py)
-pull the average as far as its update reaches. A coordinate-wise trimmed mean
-(Flower's FedTrimmedAvg, ``robust-trim-beta`` = 0.2 cuts one value from each
-end of every coordinate at 5 nodes) bounds that pull by the honest values
-around it. Below 5 nodes it would cut nothing (4 x 0.2 < 1), so FedAvg runs.
-
-"auto" stays FedAvg where a robust rule cannot work or would break an
-accounted guarantee (docs/configuration.md says so per mode):
-
-- client-level central DP accounts FedAvg's clipped, equally weighted mean
-  (a trimmed mean's sensitivity to one hospital is another one);
-- SecAgg+ shows the coordinator only the sum of the masked updates;
-- ``server-momentum`` (FedAvgM) is an average's momentum.
-
-An explicit robust ``aggregation`` with one of these is refused by
-RunSettings.validate, with the reason.
+A coordinate-wise trimmed mean (Flower's FedTrimmedAvg, ``robust-trim-beta`` 0.2) bounds how far one hostile
+node that passes the screen can pull the model; below 5 nodes it would trim nothing, so FedAvg runs. "auto"
+also stays FedAvg under client-level DP (accounted for FedAvg's clipped mean), SecAgg+ (only the sum is
+seen) and ``server-momentum``; an explicit robust rule with one of these is refused at start.
 """
 
 from __future__ import annotations

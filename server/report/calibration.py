@@ -1,19 +1,9 @@
 """The report's calibration: does "80% sure" mean right 80% of the time, overall and for each group?
 
-For a clinical reader a model's probabilities matter as much as its accuracy,
-and DP-SGD's effect on them is part of its cost (a DP head can keep its
-accuracy while its confidence runs away). The coordinator has no test data:
-each round's metrics.jsonl ``calibration`` record holds the nodes' summed
-confidence bins (server/rounds/global_metrics.py ``calibration_summary``; noised
-alike with the confusion counts under ``eval-dp-noise-multiplier``), and this
-module turns the last round's into report.json's ``calibration`` section, a
-table of expected calibration error (ECE) per group and a reliability diagram.
-
-Under noised counts each ECE is read from noised bins: the absolute values in
-it bias it upwards, and its ``ece_noise_bound`` (95%) says how far the noise
-can move it; both are on the page, with the words "noised". A group with
-fewer than ``MIN_ROWS`` test rows gets no ECE: ten bins of a handful of rows
-say nothing.
+DP-SGD can keep accuracy while confidence runs away, so probabilities are part of its cost. From the last
+round's summed confidence bins (no test data at the coordinator) this builds report.json's ``calibration``
+section (ECE per group, a reliability diagram) and its page section. Under noised counts each ECE carries
+``ece_noise_bound`` and the word "noised"; groups under ``MIN_ROWS`` test rows get no ECE.
 """
 
 from __future__ import annotations

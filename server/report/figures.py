@@ -1,21 +1,9 @@
 """A run's figures and table for a paper: ``figures/`` in the run folder, rebuilt from its report.
 
-The report page inlines small PNGs and metrics.jsonl nests each round's
-replies; a paper needs vector figures, print-resolution images and one flat
-table. ``write_figures`` writes, from the report (``build.build_report``'s
-dict, so exactly the figures the signed report holds):
-
-* ``rounds.csv``: one row per round, the same columns in every run
-  (``ROUND_COLUMNS``; empty where a run has no such figure), so the tables of
-  several runs or seeds concatenate;
-* ``accuracy.svg``/``.png``: accuracy (95% band) and macro-F1 over rounds;
-* ``epsilon.svg``/``.png``: each hospital's cumulative DP-SGD epsilon (DP runs);
-* ``groups-<attribute>.svg``/``.png``: each group's accuracy with its 95% interval.
-
-SVG keeps its text as text; PNG is 300 DPI. The figures are drawn by
-``server.report.plots``, as on the report page. The folder is not signed:
-it is derived, and ``fedemo report --build RUN`` rewrites it from the signed
-report.json.
+``write_figures`` writes, from the signed report's figures, ``rounds.csv`` (one row per round, the same
+columns in every run so tables concatenate), and accuracy, epsilon and per-group accuracy plots as SVG
+(text kept as text) and 300-DPI PNG, drawn by ``server.report.plots`` as on the page. The folder is derived,
+not signed: ``fedemo report --build RUN`` rewrites it.
 """
 
 from __future__ import annotations

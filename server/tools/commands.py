@@ -2,20 +2,10 @@
 
     fedemo credentials init OUT_DIR --superlink-host H --hospital NAME ...   CA, TLS certificate, node key pairs
     fedemo credentials add-hospital OUT_DIR NAME     one more hospital's key pair
-    fedemo verify RUN_DIR [--public-key PEM] [--ledger CLIENT_ID=PATH ...]
-                                                     are report.json and report.html as signed, and did the ledger
-                                                     check pass? exit 0 valid and complete, 1 a file changed (named),
-                                                     2 unusable input, 3 incomplete (the signed report stops before
-                                                     the planned rounds, or no report but a checkpoint: resumable),
-                                                     4 valid signature but a privacy ledger check failed (the
-                                                     report's, or a --ledger file's chain lacks the recorded heads),
-                                                     5 no report yet (and no checkpoint), 6 the run diverged or
-                                                     stopped on a non-finite model (signed as it happened)
+    fedemo verify RUN_DIR [--public-key PEM] [--ledger CLIENT_ID=PATH ...]   as signed? (exit codes: docs/report.md)
     fedemo report RUN_DIR [--build]                  rebuild report.html from report.json (--build: report.json too)
 
-``simulations.cli`` mounts them beside the hospitals' and the researchers'
-commands; their code sits here, next to the keys and the report they handle.
-Heavy imports wait inside each command, so ``fedemo --help`` stays quick.
+``simulations.cli`` mounts them; heavy imports wait inside each command, so ``fedemo --help`` stays quick.
 """
 
 from __future__ import annotations
