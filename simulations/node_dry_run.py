@@ -1,16 +1,9 @@
 """``fedemo node dry-run``: a hospital's trial of the federation's run that spends nothing.
 
-It reads the node's own ``--node-config`` and the federation's run config as
-``fedemo node approve`` does, then writes a synthetic dataset of the same
-format and size as the node's real one (``simulations.synthetic.synthetic_data``) into
-a scratch folder and runs the real ClientApp on it, round by round, from the
-run's initial model: DP-SGD, the ledger, the noised evaluation counts and the
-outgoing-message audit all run, against a scratch state folder. The node's
-real ``state-dir`` is never opened for writing: no ledger entry, no approval,
-no audit line. The operator sees what the node will send and spend per round
-before approving anything. It lives here, not in ``client/``, because the
-synthetic-data generator is research tooling that a deployed node does not
-import.
+Reads the node config and run config as ``fedemo node approve`` does, writes a synthetic dataset of the
+node's format and size into a scratch folder and runs the real ClientApp on it round by round (DP-SGD,
+ledger, noised counts, outgoing audit) against a scratch state folder; the real ``state-dir`` is never
+written. It lives in simulations/ because the synthetic generator is research tooling.
 """
 
 from __future__ import annotations

@@ -3,14 +3,11 @@
     fedemo simulate CONFIG [--set key=value ...]
     fedemo baseline CONFIG [--set key=value ...] [--epochs N]
     fedemo evaluate RUN_DIR [--out FILE]
-    fedemo compare RUN_A RUN_B --out DIR
-    fedemo compare CONFIG --out DIR [--set k=v] [--a k=v] [--b k=v]
+    fedemo compare RUN_A RUN_B --out DIR  |  fedemo compare CONFIG --out DIR [--a k=v] [--b k=v]
     fedemo plot RUN... [--out DIR]
     fedemo data synth DATASET --out DIR [--n N] [--seed S] [--with-faces]
 
-``simulations.cli`` mounts them beside the hospitals' and the coordinator's
-commands. Heavy imports (torch, Flower) wait inside each command, so
-``fedemo --help`` stays quick.
+``simulations.cli`` mounts them; heavy imports wait inside each command.
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """Check a hospital's data folder before its node joins a federation (``fedemo data check``).
 
-It reads the folder with exactly the loader the ClientApp will use and reports,
-locally and without contacting anything: samples per emotion and per
-demographic group, the node's train/test split, every file or line the loader
-skipped (by name, with the reason), and where demographics are missing.
-Problems that would stop the node (no readable samples, too few to split) make
-the folder "not ready"; everything else is a warning the hospital may accept.
-
-A simulation (``simulations/synthetic/data_prep.py``) runs the same check before Flower's
-engine starts, with its partition (``partition``): READY then also means every
-simulated node gets at least ``min-partition-size`` samples, and a sample of the
-clips is decoded (``decode_limit``), enough to find a folder where no clip decodes.
-Samples that are kept but suspect (constant or tiny faces, clips at a rate that
-is resampled by a rounded ratio) are counted in ``flagged`` and as warnings.
+Reads the folder with exactly the ClientApp's loader and reports locally: samples per emotion and group,
+the train/test split, every skipped file or line with its reason, missing demographics, and flagged
+(kept but suspect) samples. What would stop the node makes the folder "not ready"; the rest are warnings.
+A simulation runs the same check with its partition before the engine starts (every node must get
+``min-partition-size`` samples; a sample of clips is decoded).
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """Does a node's privacy ledger still hold every chain head the coordinator recorded?
 
-Each DP train reply (and each reply with noised evaluation counts) carries
-the node's ledger head after that release (``dp-ledger-head``: the SHA-256
-of its newest event, which covers the hash of the one before, and so the
-whole history). The coordinator keeps each head
-in metrics.jsonl, and the signed report lists them per hospital. A ledger
-whose events were deleted, or that was replaced by a fresh one (deleting
-``privacy_ledger.json`` and ``node.json`` gives a fresh budget), no longer
-contains those heads, however consistent it is in itself; a ledger whose
-chain was cut without re-hashing does not load at all. The report's ledger
-check (simulation: the coordinator sees the ledgers) and
-``fedemo verify RUN_DIR --ledger CLIENT_ID=PATH`` (a hospital or auditor with
-a ledger the coordinator never sees) both answer with ``chain_check``.
+Each DP reply carries the node's ledger head after that release; the coordinator keeps them in
+metrics.jsonl and the signed report. A ledger with deleted events, or replaced by a fresh one, no longer
+holds them, however consistent in itself. The report's ledger check and ``fedemo verify --ledger`` both
+answer with ``chain_check``.
 """
 
 from __future__ import annotations

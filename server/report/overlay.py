@@ -1,17 +1,8 @@
 """Several runs on one figure: ``fedemo plot RUN... --out DIR``, with the mean over seeds and its interval.
 
-A single run's curve hides how much it owes to its seed. ``overlay`` reads
-each run's report (report.json; a run without one is built in memory, not
-signed) and groups the runs by configuration, ignoring the keys that only
-name or seed a run (``SEED_KEYS``): runs that differ only in ``seed`` are
-repeats of one setting; runs that differ in anything else (``dp``, a
-centralised baseline beside a federation) are separate settings, named by
-the keys that tell them apart.
-
-Per setting and round it gives the number of runs, their mean, the 95%
-t-interval of the mean (Student's t over the runs that reached that round,
-none for a single run) and the min-max range, as CSV and as figures (SVG
-and 300-DPI PNG): each run a thin line, the mean bold, the interval a band.
+Runs are grouped by configuration, ignoring the keys that only name or seed a run (``SEED_KEYS``); per
+setting and round: the number of runs, their mean, the 95% t-interval of the mean and the min-max range,
+as CSV and as SVG/PNG figures (each run thin, the mean bold, the interval a band).
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """Global metrics from counts that clients report (never from per-sample outputs).
 
-Summing clients' confusion matrices and moment sums gives exactly the metric a
-pooled test set would give, so federated evaluation needs no raw predictions.
-
-Noised counts (``eval-dp-noise-multiplier``): each node sends its cells with
-Gaussian noise, rounded but not clipped, so a cell may be negative. Every sum
-here (totals, confusion matrices, per-group matrices) is of those unclipped
-values and is therefore unbiased; only displayed figures are clipped: each
-rate (accuracy, recall, precision) is computed from the summed counts and
-clipped into [0, 1]. The noise on every summed cell has the variance
-:func:`cell_noise_variance` gives (``groups_dp.cell_noise_variance`` in
-metrics.jsonl), which the report's intervals add to the sampling variance
-(server/report/fairness.py).
+Summed confusion matrices and moment sums give exactly the metric a pooled test set would. Noised counts
+(``eval-dp-noise-multiplier``) may be negative: every sum is of the unclipped values (unbiased), only the
+displayed rates are clipped into [0, 1], and ``cell_noise_variance`` gives each summed cell's noise
+variance, which the report's intervals add.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """A stop request that the round loop honours within a poll interval (clean Ctrl-C).
 
-``fedemo simulate`` runs the ServerApp in a thread of its own process, where
-no signal handler can be installed; the simulation's main thread installs one
-(``install_handlers``) that only sets this flag. The round loop
-(server/rounds/round_loop.py) checks it while it waits for replies, stops, and the
-ServerApp writes an interrupted summary with how to resume. A second signal
-stops the node processes at once (the summary is still written); a third
-quits at once. None of them prints a traceback (a second Ctrl-C used to
-raise ``KeyboardInterrupt`` in the engine's thread pool).
-
-A write that fails for want of space (``disk_full``) ends the run the same
-way: the summary says so and how to resume, in one line, never a traceback.
+The simulation's main thread installs a handler that only sets this flag; the round loop checks it while
+waiting for replies and the ServerApp writes an interrupted summary with how to resume. A second signal
+stops the node processes, a third quits at once, never with a traceback. A full disk (``disk_full``) ends
+the run the same way.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """Fixed per-clip log-mel statistics with a linear head: the voice model that learns under DP-SGD.
 
-The log-mel front end is already fixed; what makes a recurrent network hard
-to train under DP-SGD is its parameter count and the steps it needs, against
-30-odd clips per hospital. Following Tramer and Boneh (2021), this model
-trains only a linear layer on fixed, per-clip features: for every mel band,
-the mean and the standard deviation of the normalised log-mel energy over
-the clip's valid frames, and the mean absolute frame-to-frame change (a
-crude modulation measure). Each feature depends on that clip alone, so
-DP-SGD's per-sample clipping and accounting hold unchanged.
-
-The model keeps the voice models' normalisation buffers (``feature_mean``,
-``feature_std``) and ``set_feature_stats``, so the coordinator sets them
-exactly as for ``voice_crnn`` (fixed, data-independent values under DP).
+A recurrent network has too many parameters for DP-SGD on 30-odd clips per hospital; following Tramer and
+Boneh (2021) only a linear layer trains, on per-band mean, std and mean absolute frame-to-frame change of
+the clip's normalised log-mel. Each feature depends on its clip alone, so per-sample clipping holds. It
+keeps the voice models' normalisation buffers, set by the coordinator as for ``voice_crnn``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""A simulation's data, ready before Flower's engine starts.
+"""A simulation's data, ready before Flower's engine starts (``fedemo simulate``, ``fedemo baseline``).
 
-Writing the embedded synthetic dataset is research tooling, so it happens
-here, on the simulation's side (``fedemo simulate``, ``fedemo baseline``), not
-inside the coordinator; the folder must then pass the coordinator's own check
-(``server_app.dataset_folder``: there and not empty). Then the folder
-goes through the same check a hospital runs before joining
-(``fedemo data check``, client/tools/data_check.py): a folder that holds files but
-no usable dataset stops the run with one line naming the problem, instead
-of every virtual node failing with a traceback of its own. The check runs the
-run's partitioner (every node must get ``min-partition-size`` samples) and
-decodes a sample of the clips (``DECODE_SAMPLE``; all of them if none of those
-decodes), so an all-NaN folder or a 5-row CSV for 10 nodes stops here too.
-Faces and clips kept but flagged (constant or tiny faces, clips at a rate
-resampled by a rounded ratio) are counted in the run's log.
+Writes the embedded synthetic dataset here, on the research side, not in the coordinator; then runs the
+check a hospital runs (``fedemo data check``) with the run's partitioner and a sample of decoded clips, so a
+folder without a usable dataset stops the run with one line naming the problem instead of every virtual
+node failing with its own traceback. Flagged faces and clips are counted in the run's log.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """CREMA-D reader: ``AudioWAV/<ActorID>_<SENTENCE>_<EMOTION>_<LEVEL>.wav`` plus ``VideoDemographics.csv``.
 
-Only indexes clips (waveforms are decoded on demand by
-``shared_models.audio_features.read_waveform``), but opens every header with
-``soundfile.info`` because the real release ships broken files
-(``1076_MTI_SAD_XX`` has no audio): those are named and skipped here, not
-discovered mid-training. With ``with_faces`` it also reads the 48x48 frame a
-user extracted from each clip's video (``FaceFrames/<clip stem>.png``) and
-returns "fusion" data; constant and tiny frames are flagged.
-
-``VideoDemographics.csv`` is refused when it would be silently wrong: a column
-named twice, its header repeated mid-file, or an ActorID listed twice with
-different values (the last line used to win and rewrite an actor's sex, age or
-race). An ActorID repeated with the same values is a note, not an error.
+Indexes clips (decoded on demand) but opens every header, so the release's broken files are named and
+skipped here, not mid-training. ``with_faces`` adds each clip's extracted 48x48 frame (``FaceFrames/``) as
+"fusion" data. A demographics file that would be silently wrong (a duplicated column, a repeated header,
+an ActorID listed twice with different values) is refused.
 """
 
 from __future__ import annotations

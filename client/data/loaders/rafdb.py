@@ -1,16 +1,8 @@
-"""RAF-DB (basic) reader: JPEG faces, a label list, and per-image attribute files.
+"""RAF-DB (basic) reader: JPEG faces, a label list, and per-image attribute files (published layout).
 
-Layout (as published): ``EmoLabel/list_patition_label.txt`` (sic) lists
-``<image name> <label>``; images are ``Image/aligned/<stem>_aligned.jpg``
-(100x100, preferred: the face is already centred) or ``Image/original/<name>``;
-``Annotation/manual/<stem>_manu_attri.txt`` holds 5 landmark lines and then
-gender, race and age codes. The train/test split is the name prefix.
-
-Faces are converted to 48x48 grayscale so RAF-DB and FER2013 feed the same
-models (constant images and images under 24 px are kept and flagged, see
-``client.data.loaders.images``). RAF-DB has no subject ids. A missing or malformed attribute file keeps
-the image with "unknown" demographics (the label is still good); an image that
-is missing or cannot be decoded, or a bad label line, is skipped and named.
+Faces become 48x48 grayscale so RAF-DB and FER2013 feed the same models (constant and tiny images flagged).
+No subject ids. A missing or malformed attribute file keeps the image with "unknown" demographics; a
+missing or undecodable image, or a bad label line, is skipped and named.
 """
 
 from __future__ import annotations
