@@ -1,22 +1,10 @@
 """Benchmark: peak memory of decoding one clip to 16 kHz, per source sample rate.
 
-    python -m simulations.benchmarks.resample_memory [--seconds 30] [--rates 8000 44101 ...] [--limit-mb 2048]
-        [--json]
+    python -m simulations.benchmarks.resample_memory [--seconds 30] [--rates 8000 44101 ...] [--limit-mb 2048] [--json]
 
-Each rate runs in a fresh process (a subprocess per rate, so one rate's peak
-cannot hide another's): it writes a ``--seconds`` clip (a 440 Hz tone) at
-that rate, imports the decoder, records its resident set, then decodes the
-clip exactly as a node and ``fedemo data check`` do
-(``shared_models.audio_features.read_waveform``) and reports the peak resident
-set (``ru_maxrss``) and its rise over the baseline. The child also caps its own
-address space at baseline + ``--limit-mb``, so a resampler whose kernel grows
-with the reduced ratio (44,101 Hz wanted 2.8 GB, 383,999 Hz 24.6 GB) fails in
-its own process instead of exhausting the machine; such a rate shows
-"failed" with the error.
-
-Rates: 8, 22.05, 44.1, 44.101, 48 and 96 kHz, 383,999 Hz and the largest
-accepted rate (``client.data.loaders.audio_files.MAX_SAMPLE_RATE``). Figures, not
-tests; ``tests/test_voice_data.py`` asserts the bound on the same child.
+Each rate runs in a fresh subprocess that writes a tone clip at that rate, decodes it as a node does
+(``read_waveform``) and reports the peak resident set and its rise, under an address-space cap so a runaway
+resampler kernel fails in its own process. Figures, not tests (results: docs/data.md, "Resampling").
 """
 
 from __future__ import annotations
