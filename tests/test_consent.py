@@ -264,3 +264,26 @@ def test_a_run_rolls_back_only_to_a_round_whose_checkpoint_it_kept(tmp_path, cap
     roll_back(run, 1)
     back = Checkpoint.load(run)
     assert back.server_round == 1 and back.arrays["w"].numpy().tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_report_says_when_no_manifest_was_applied_and_which_runs_need_retraining():
+    from server.report.consent_section import consent_html, consent_section
+
+    def train(client: str, manifest: str, tainted: list[str]) -> dict:
+        return {"client": client, "num_examples": 9, "consent": {
+            "manifest": manifest, "policy": "exclude", "tracked": True, "used": 9, "excluded": 2, "withdrawn": 1,
+            "withdrawn_new": 1, "runs_on_withdrawn": tainted}}
+
+    rounds = [{"round": 0}, {"round": 1, "train": {"clients": [train("a", "", []), train("b", "", [])]}}]
+    page = consent_html({"consent": consent_section({}, rounds, "now")})
+    assert "No consent manifest was applied" in page and "consent was since withdrawn" not in page
+
+    rounds[1]["train"]["clients"] = [train("a", "ab" * 32, ["older", "now"]), train("b", "", [])]
+    fresh = consent_section({}, rounds, "now")
+    resumed = consent_section({"resumed_parts": [{"flower_run_id": 2}]}, rounds, "now")
+    assert fresh["hospitals_with_runs_on_withdrawn"] == ["a"] and fresh["remedy"]
+    assert [c["started_from_withdrawn"] for c in fresh["clients"]] == [False, False]
+    assert [c["started_from_withdrawn"] for c in resumed["clients"]] == [True, False]
+    page = consent_html({"consent": resumed})
+    assert "No consent manifest was applied" not in page and "this run started from such a model" in page
+    assert "older, now" in page and "consent was since withdrawn" in page and "--from-round" in page
