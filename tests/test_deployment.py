@@ -42,6 +42,7 @@ pytestmark = pytest.mark.slow
 # name -> (format, samples, seed): two published face layouts, different sizes (the audit test uses that)
 HOSPITALS = {"hospital-a": ("fer2013", 120, 1), "hospital-b": ("rafdb", 150, 2), "hospital-c": ("fer2013", 180, 3)}
 ROUNDS = 2
+CONSENT_HOSPITAL = "hospital-b"  # keeps a consent manifest (a fifth refused) and has one withdrawal before the run
 STARTUP_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 540
 
@@ -194,9 +195,15 @@ def federation(tmp_path_factory) -> Federation:
                *hospitals)
         # Each hospital's data, written in its published layout and checked locally before joining.
         for name, (fmt, n, seed) in HOSPITALS.items():
-            fedemo("data", "synth", fmt, "--out", str(root / name / "data"), "--n", str(n), "--seed", str(seed))
+            consent = ["--consent-refusal-rate", "0.2"] if name == CONSENT_HOSPITAL else []
+            fedemo("data", "synth", fmt, "--out", str(root / name / "data"), "--n", str(n), "--seed", str(seed),
+                   *consent)
             report = json.loads(fedemo("data", "check", str(root / name / "data"), "--format", fmt, "--json"))
-            assert report["ready"] and report["samples"] == n, report
+            assert report["ready"] and report["samples"] == n - report["consent"].get("excluded", 0), report
+            if consent:  # a patient withdraws: recorded in the node's state folder before it starts
+                record = _consented_record(root / name / "data")
+                fedemo("node", "withdraw", "--state-dir", str(root / name / "state"), "--dataset-id",
+                       f"{name}-{fmt}", "--data-path", str(root / name / "data"), "--format", fmt, record)
 
         # The coordinator: TLS, node authentication, a persistent state database.
         superlink = creds / "superlink"
@@ -253,6 +260,37 @@ def federation(tmp_path_factory) -> Federation:
 
 def _rounds(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _consented_record(data: Path) -> str:
+    return next(line.split(",")[0] for line in (data / "consent.csv").read_text().splitlines() if ",yes," in line)
+
+
+def test_consent_manifest_and_withdrawal_are_honoured_and_reported(federation):
+    """Hospital B's refused and withdrawn records stay home: counts and the manifest's hash leave, no record id."""
+    import hashlib
+
+    assert federation.run_returncode == 0, federation.run_output[-4000:]
+    data = federation.root / CONSENT_HOSPITAL / "data"
+    manifest = (data / "consent.csv").read_bytes()
+    refused = manifest.decode().count(",no,")
+    withdrawn = _consented_record(data)
+    for entry in _rounds(federation.run_dir)[1:]:
+        for client in entry["train"]["clients"]:
+            consent = client["consent"]
+            assert consent["used"] == client["num_examples"]
+            if client["client"] == CONSENT_HOSPITAL:
+                assert consent["manifest"] == hashlib.sha256(manifest).hexdigest()
+                assert consent["excluded"] == refused + 1 and consent["withdrawn"] == 1
+            else:
+                assert consent["manifest"] == "" and consent["excluded"] == 0
+    # The training-set size is the consented count less the withdrawal, less the test split.
+    report = json.loads((federation.run_dir / "report.json").read_text())["consent"]
+    assert {c["client"]: c["applied"] for c in report["clients"]} == {name: name == CONSENT_HOSPITAL
+                                                                     for name in HOSPITALS}
+    sent = (federation.state_dir(CONSENT_HOSPITAL) / "outgoing_messages.jsonl").read_text()
+    assert "consent-manifest" in sent and withdrawn not in sent
+    assert withdrawn not in (federation.run_dir / "metrics.jsonl").read_text()
 
 
 def test_dp_federation_runs_over_tls_with_authenticated_nodes(federation):
