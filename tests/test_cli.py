@@ -52,6 +52,7 @@ def mounted_commands() -> list[str]:
     (["report", "run"], "server.tools.commands"),
     (["predict", "run", "face.png"], "client.inference.commands"),
     (["export", "run", "--format", "onnx", "--int8"], "simulations.export_command"),
+    (["audit", "configs/quickstart_dp.toml"], "simulations.audit.command"),
 ])
 def test_each_command_runs_code_that_lives_with_its_users(argv, module):
     args = build_parser().parse_args(argv)
@@ -62,7 +63,7 @@ def test_the_parametrised_list_above_covers_every_mounted_command():
     assert sorted(mounted_commands()) == sorted([
         "simulate", "baseline", "evaluate", "compare", "plot", "data synth", "data check", "ledger", "node check",
         "node sent", "node approve", "node dry-run", "node withdraw",
-        "credentials init", "credentials add-hospital", "verify", "report", "predict", "export",
+        "credentials init", "credentials add-hospital", "verify", "report", "predict", "export", "audit",
     ])
 
 
