@@ -3,7 +3,7 @@
 ``python -m simulations.benchmarks.audit_table [--rounds R] [--only face50_dp:sample:8 ...] [--out FILE]``
 runs, for face50_dp and voice50_dp, no DP / epsilon 8 / epsilon 1, a sample-level audit (canary records in
 DP-SGD) and a client-level audit (canary nodes under central-dp server-fixed, noise multiplier calibrated to
-the epsilon over the run's rounds), then a normal run of face50_dp at epsilon 8 for the wall-clock cost.
+the epsilon over the run's rounds), and a normal run of face50_dp at epsilon 8 for the wall-clock cost.
 Each finished cell is appended to FILE (JSON lines) and printed, so a stopped run keeps what it measured.
 """
 
@@ -42,35 +42,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=None, help="cells as CONFIG:MODE:EPSILON (none for no DP)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "audit-table.jsonl")
-    parser.add_argument("--normal", action="store_true", help="also a normal face50_dp run at epsilon 8 (cost)")
     args = parser.parse_args()
     from simulations.audit.run import run_audit
     from simulations.simulate import run_simulation
 
     cells = [(c, m, e) for m in ("sample", "client") for c in ("face50_dp", "voice50_dp") for e in (None, 8.0, 1.0)]
+    cells.insert(2, ("face50_dp", "normal", 8.0))  # MODE "normal": the same config without an audit (cost)
     if args.only:
         cells = [(c, m, None if e == "none" else float(e)) for c, m, e in (x.split(":") for x in args.only)]
     for config, mode, epsilon in cells:
         started = time.time()
-        run_dir = run_audit(REPO / "configs" / f"{config}.toml", cell_overrides(config, mode, epsilon, args.rounds))
-        audit = json.loads((run_dir / "audit.json").read_text())
-        row = {"config": config, "mode": mode, "epsilon": epsilon, "rounds": args.rounds, "m": audit["m"],
-               "guesses": audit["guesses"], "correct": audit["correct"], "lower_bound": audit["lower_bound"],
-               "ceiling": audit["ceiling"], "claimed": audit["claimed_epsilon"], "passed": audit["passed"],
-               "wall_clock_s": round(time.time() - started, 1), "run_dir": str(run_dir)}
+        if mode == "normal":  # the same run without an audit: the cost figure
+            run_dir = run_simulation(REPO / "configs" / f"{config}.toml", {
+                "num-server-rounds": args.rounds, "runs-dir": str(REPO / "runs" / "audit-table"),
+                "dp-epsilon": epsilon or 8.0})
+            row = {"config": config, "mode": "normal run", "epsilon": epsilon, "rounds": args.rounds}
+        else:
+            run_dir = run_audit(REPO / "configs" / f"{config}.toml", cell_overrides(config, mode, epsilon, args.rounds))
+            audit = json.loads((run_dir / "audit.json").read_text())
+            row = {"config": config, "mode": mode, "epsilon": epsilon, "rounds": args.rounds, "m": audit["m"],
+                   "guesses": audit["guesses"], "correct": audit["correct"], "lower_bound": audit["lower_bound"],
+                   "ceiling": audit["ceiling"], "claimed": audit["claimed_epsilon"], "passed": audit["passed"]}
+        summary = json.loads((run_dir / "summary.json").read_text())
+        row.update({"wall_clock_s": round(time.time() - started, 1), "simulation_s": summary.get("wall_clock_s"),
+                    "run_dir": str(run_dir)})
         with args.out.open("a") as out:
             out.write(json.dumps(row) + "\n")
         print(row, flush=True)
-    if args.normal:
-        started = time.time()
-        run_dir = run_simulation(REPO / "configs" / "face50_dp.toml", {
-            "num-server-rounds": args.rounds, "runs-dir": str(REPO / "runs" / "audit-table")})
-        row = {"config": "face50_dp", "mode": "normal run", "epsilon": 8.0, "rounds": args.rounds,
-               "wall_clock_s": round(time.time() - started, 1), "run_dir": str(run_dir)}
-        with args.out.open("a") as out:
-            out.write(json.dumps(row) + "\n")
-        print(row, flush=True)
-
 
 if __name__ == "__main__":
     main()
