@@ -7,11 +7,12 @@ and ``mask`` (N, 6) bool. Outputs: ``logits`` (N, 7), plus ``valence_arousal``
 outside the graph by the same code as in training (``shared_models.preprocessing``,
 ``shared_models.audio_features``).
 
-``face_scatter``: the fixed scattering front end (kymatio, FFT based) is
-exported as its own graph when the exporter can take it whole; otherwise the
-ONNX file holds the trained head on scattering features and its metadata
-(``fedemo.preprocessing = scatter_features``) tells ``preprocessing_for`` to
-compute the features in PyTorch first (``shared_models.models.scatter_models``).
+``face_scatter``: kymatio's fixed scattering front end does not go through
+the exporter (its traced constants are not exportable), so the ONNX file holds
+the trained head on scattering features (input ``scatter_features``) and its
+metadata (``fedemo.preprocessing = scatter_features``) tells
+``preprocessing_for`` to compute the features in PyTorch first, with the
+training code (``shared_models.models.scatter_models.scatter_features``).
 """
 
 from __future__ import annotations
