@@ -136,6 +136,13 @@ def test_withdrawal_is_recorded_checked_and_leaves_the_node_from_the_next_call(t
     assert all(trained[0] not in json.dumps(v) for v in (metrics, client))  # record ids never leave
     assert [e["run"] for e in read_log(state)] == ["run-a", "run-b"]
 
+    # The hospital edits its manifest (one more refusal): the next message reads it again.
+    refuse = record_ids(after.train.data)[0]
+    manifest = folder / "consent.csv"
+    manifest.write_text(manifest.read_text().replace(f"{refuse},yes,", f"{refuse},no,"))
+    edited = client_samples(_settings(), node, "")
+    assert len(edited.train) == len(after.train) - 1 and refuse not in record_ids(edited.train.data)
+
 
 def test_dp_allowlist_lets_consent_counts_through_and_nothing_else_new():
     from flwr.app import ConfigRecord, MetricRecord, RecordDict

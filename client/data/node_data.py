@@ -87,11 +87,14 @@ class ConsentRule:
     stamp: tuple = ()  # the manifest's (path, mtime, size): an edited manifest is read again
 
 
+def stamped(rule: ConsentRule, root: str) -> ConsentRule:
+    """``rule`` with the stamp of the manifest it applies to ``root``: every cache below keys on it."""
+    return ConsentRule(rule.policy, rule.manifest, manifest_stamp(root, rule.manifest or None))
+
+
 def _load(dataset: str, root: str, task: str, rule: ConsentRule = ConsentRule()) -> EmotionData:
     """One parse per dataset folder, however it is spelled (relative or absolute), consent applied."""
-    root = str(Path(root).resolve())
-    rule = ConsentRule(rule.policy, rule.manifest, manifest_stamp(root, rule.manifest or None))
-    return _load_resolved(dataset, root, task, rule)
+    return _load_resolved(dataset, str(Path(root).resolve()), task, rule)
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
@@ -119,8 +122,8 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
         root = str(node_config["data-path"])
         client_id = str(node_config.get(msgs.CLIENT_ID, Path(root).name))
         dataset_id = str(node_config.get("dataset-id", f"{dataset}:{Path(root).resolve()}"))
-        rule = ConsentRule(str(node_config.get("consent-default", "exclude")),
-                           str(node_config.get("consent-manifest", "")))
+        rule = stamped(ConsentRule(str(node_config.get("consent-default", "exclude")),
+                                   str(node_config.get("consent-manifest", ""))), root)
         state_dir = str(node_config.get("state-dir", ""))
         withdrawn = frozenset(read_withdrawals(state_dir, dataset_id))
         return _hospital_samples(dataset, root, client_id, dataset_id, settings.task, settings.seed,
@@ -136,8 +139,8 @@ def client_samples(settings: RunSettings, node_config: Mapping[str, Any], data_d
     root = settings.state_dir or state_root
     withdrawn = frozenset(read_withdrawals(root, folder_dataset_id(settings.dataset, data_dir)))
     return _simulated_samples(settings.dataset, data_dir, settings.task, spec, pid, settings.test_fraction,
-                              settings.augment, settings.dp, ConsentRule(settings.consent_default), withdrawn,
-                              str(root))
+                              settings.augment, settings.dp, stamped(ConsentRule(settings.consent_default), data_dir),
+                              withdrawn, str(root))
 
 
 def folder_dataset_id(dataset: str, root: str | Path) -> str:
