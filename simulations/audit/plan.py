@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from shared_models.atomic_files import atomic_write_json
-from shared_models.settings.run_settings import RunSettings
+from shared_models.settings.run_settings import ConfigError, RunSettings
 
 PLAN_ENV = "FEDEMO_AUDIT_PLAN"  # the plan file's path, for the canary ClientApp in the engine's workers
 
@@ -68,7 +68,8 @@ def sample_plan(settings: RunSettings, data_dir: str) -> dict[str, Any]:
     pool = [(pid, int(row)) for pid, (_, test) in enumerate(splits) for row in test]
     m = settings.audit_canaries
     if len(pool) < m:
-        raise ValueError(f"audit-canaries = {m}: the hospitals hold only {len(pool)} test rows to make canaries of")
+        raise ConfigError(f"run-config audit-canaries = {m}: the simulated hospitals hold only {len(pool)} test rows "
+                          "to make canaries of; lower it or raise synth-samples")
     rng = np.random.default_rng([settings.seed, 23])  # the choice and the wrong labels are public; the coins are not
     chosen = sorted(rng.choice(len(pool), size=m, replace=False).tolist())
     classes = np.unique(data.labels)
