@@ -43,6 +43,8 @@ def run_audit(config_file: str | Path | None, overrides: dict[str, Any] | None =
     if settings.audit == "client":
         # The canary nodes join the federation; FedAvg (a robust rule would trim them: not what is audited).
         extra.update({"num-supernodes": settings.num_supernodes + settings.audit_canaries, "aggregation": "fedavg"})
+        if settings.task != "face":  # the canary nodes hold no audio to send sums of: fixed normalisation
+            extra["feature-normalisation"] = "fixed"
     plan = plans.sample_plan(settings, str(data_dir)) if settings.audit == "sample" \
         else plans.client_plan(settings, str(data_dir))
     plan_file = plans.write_plan(plan, Path(settings.runs_dir) / ".audit-plans" / f"{config['run-name']}.json")
