@@ -294,3 +294,19 @@ def test_the_report_says_when_no_manifest_was_applied_and_which_runs_need_retrai
     page = consent_html({"consent": resumed})
     assert "No consent manifest was applied" not in page and "this run started from such a model" in page
     assert "older, now" in page and "consent was since withdrawn" in page and "--from-round" in page
+
+
+def test_a_template_names_every_record_as_the_node_reads_it(tmp_path):
+    folder = tmp_path / "fer2013"
+    synthesize("fer2013", folder, 40, 5)
+    template = tmp_path / "template.csv"
+    assert fedemo(["data", "check", str(folder), "--format", "fer2013", "--consent-template", str(template)]) == 0
+    lines = template.read_text().splitlines()
+    assert lines[0] == "record,consent,form_version,date" and all(line.endswith(",,,") for line in lines[1:])
+    # The hospital fills it in: the first record refused, every other one consented.
+    filled = [lines[0]] + [line.replace(",,,", f",{'no' if i == 0 else 'yes'},v1,2026-01-0{1 + i % 9}")
+                           for i, line in enumerate(lines[1:])]
+    (folder / "consent.csv").write_text("\n".join(filled) + "\n")
+    data = load_dataset("fer2013", folder, "face")
+    assert data.consent.missing == 0 and data.consent.refused == 1 and len(data) == 39
+    assert fedemo(["data", "check", str(folder), "--format", "fer2013", "--consent-template", str(template)]) == 2

@@ -8,9 +8,10 @@ NOT READY (the node would refuse it), each problem on its own line.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
-from client.data.consent import ConsentError, ConsentSummary, manifest_path, read_manifest
+from client.data.consent import COLUMNS, ConsentError, ConsentSummary, manifest_path, read_manifest, record_ids
 
 SHOW = 10
 
@@ -71,3 +72,22 @@ def coverage_lines(consent: dict) -> list[str]:
     if len(consent["unknown"]) > SHOW:
         lines.append(f"  ... and {len(consent['unknown']) - SHOW} more unknown ids (--json lists all)")
     return lines
+
+
+def write_template(dataset: str, folder: str | Path, out: str | Path, task: str | None = None) -> int:
+    """Write ``out``: a manifest naming every record of the folder, consent, form and date left blank to fill in.
+
+    The one way to get FER2013's row keys (and the exact paths the loader reads) without reading code. Refuses
+    to overwrite a file. Returns the number of records named.
+    """
+    from client.data.loaders.registry import every_record
+
+    out = Path(out)
+    if out.exists():
+        raise ConsentError(out, "exists already; the template is never written over a file (a manifest?)")
+    ids = list(dict.fromkeys(record_ids(every_record(dataset, folder, task))))  # identical FER2013 rows: once
+    with open(out, "x", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows([record, "", "", ""] for record in ids)
+    return len(ids)

@@ -50,6 +50,8 @@ def add_node_commands(commands: argparse._SubParsersAction,
                    help="the node's policy for records consent.csv does not name (its node config's consent-default)")
     p.add_argument("--consent-manifest", type=Path, default=None,
                    help="the node config's consent-manifest, when the manifest is not DATA_DIR/consent.csv")
+    p.add_argument("--consent-template", type=Path, default=None, metavar="FILE",
+                   help="write FILE: every record id of the folder (FER2013: its row keys), consent to fill in")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=data_check_command)
 
@@ -203,6 +205,13 @@ def data_check_command(args: argparse.Namespace) -> int:
     if args.nodes is not None or args.min_partition_size is not None:  # a simulation's: every node's share
         size = {} if args.min_partition_size is None else {"min_size": args.min_partition_size}
         spec = PartitionSpec(method=args.partitioner, num_partitions=args.nodes or 1, **size)
+    if args.consent_template is not None:
+        from client.data.consent_check import write_template
+
+        n = write_template(args.format, args.data_dir, args.consent_template, args.task)
+        print(f"Wrote {args.consent_template}: {n} record ids; fill in consent (yes/no), form_version and date "
+              f"(YYYY-MM-DD), then save it as {args.data_dir / 'consent.csv'}")
+        return 0
     report = check_data_dir(args.data_dir, args.format, args.task, partition_spec=spec,
                             consent_default=args.consent_default, consent_manifest=args.consent_manifest)
     print(json.dumps(report.to_json(), indent=2) if args.json else describe(report))
