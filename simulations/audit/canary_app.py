@@ -11,6 +11,7 @@ and refuses evaluation (it holds no test data). Research runs only: ``fedemo aud
 from __future__ import annotations
 
 import dataclasses
+import json
 import functools
 import os
 
@@ -23,7 +24,8 @@ from client.data.loaders.base import EmotionData
 from client.data.node_data import ClientSamples
 from client.data.torch_data import EmotionSamples
 from shared_models import messages as msgs
-from simulations.audit.plan import PLAN_ENV, full_dataset, canary_direction, initial_path, read_plan
+from simulations.audit.plan import PLAN_ENV, canary_direction, full_dataset, initial_path, read_plan, updates_path
+from simulations.audit.scores import canary_inputs, margins
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,7 +147,42 @@ def train(msg: Message, context: Context) -> Message:
     index = _canary_index(context)
     if index is not None:
         return _canary_reply(msg, index)
-    return node.app(msg, _hospital_context(context))
+    reply = node.app(msg, _hospital_context(context))
+    if plan()["mode"] == "sample" and not reply.has_error() and msgs.ARRAYS in reply.content:
+        _record_gains(msg, reply, context)
+    return reply
+
+
+_INPUTS: dict[str, tuple] = {}  # client id -> (its canaries' indices, the canaries, their model inputs)
+
+
+def _record_gains(msg: Message, reply: Message, context: Context) -> None:
+    """This node's canaries' margin under the model it sends minus under the global model it got, for this round."""
+    from shared_models.models.registry import build_model
+    from shared_models.settings.run_settings import RunSettings
+    from client.data.torch_data import NUM_MODEL_INPUTS
+
+    settings = RunSettings.from_config(context.run_config)
+    client_id = str(reply.content[msgs.CLIENT][msgs.CLIENT_ID])
+    model = build_model(settings.model, valence_arousal=settings.valence_arousal)
+    if client_id not in _INPUTS:
+        the_plan = plan()
+        indices = [i for i, c in enumerate(the_plan["canaries"]) if str(c["node"]) == client_id]
+        canaries = [the_plan["canaries"][i] for i in indices]
+        data_dir = str(msg.content[msgs.CONFIG].get(msgs.DATA_DIR, settings.data_dir))
+        _INPUTS[client_id] = (indices, canaries, canary_inputs(settings, canaries, data_dir, model) if indices else None)
+    indices, canaries, inputs = _INPUTS[client_id]
+    if not indices:
+        return
+    n_inputs = NUM_MODEL_INPUTS[settings.task]
+    model.load_state_dict(msg.content[msgs.ARRAYS].to_torch_state_dict())
+    before = margins(model, inputs, canaries, n_inputs)
+    model.load_state_dict(reply.content[msgs.ARRAYS].to_torch_state_dict())
+    after = margins(model, inputs, canaries, n_inputs)
+    line = {"round": int(msg.content[msgs.CONFIG].get(msgs.SERVER_ROUND, 0)), "canaries": indices,
+            "gains": [float(g) for g in after - before]}
+    with open(updates_path(os.environ[PLAN_ENV], client_id), "a") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 @app.evaluate()

@@ -106,6 +106,12 @@ def initial_path(plan_file: str | Path) -> Path:
     return plan_file.with_name(plan_file.stem + "-initial.npz")
 
 
+def updates_path(plan_file: str | Path, node: int | str) -> Path:
+    """Where hospital ``node`` writes its canaries' margin gains, one line per round (sample audits)."""
+    plan_file = Path(plan_file)
+    return plan_file.with_name(f"{plan_file.stem}-updates-{node}.jsonl")
+
+
 def read_plan(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 

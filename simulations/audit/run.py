@@ -2,8 +2,9 @@
 
 1. prepare the canaries and draw their secret coins (simulations/audit/plan.py);
 2. run the simulation with the canary ClientApp (simulations/audit/canary_app.py);
-3. score every canary on the result: ``sample``, black-box: the final global model's log-probability of the
-   canary's wrong label minus that of its true label on the canary record; ``client``: the cosine between the canary's direction and the
+3. score every canary on the result: ``sample``, white-box (what the coordinator sees): the sum over rounds
+   of how much its node's sent model raised log p(canary label | x) - log p(true label | x) over the global
+   model it got (the black-box margin under the final model is kept beside it, for comparison); ``client``: the cosine between the canary's direction and the
    final model delta (final global model minus the initial one);
 4. reveal the coins, guess "in" for the top-k scores, and compute the bound (shared_models/privacy_audit/);
 5. write audit.json beside the run's other files and sign the report again with its audit section.
@@ -70,6 +71,8 @@ def run_audit(config_file: str | Path | None, overrides: dict[str, Any] | None =
     atomic_write_json(run_dir / AUDIT_FILE, audit)
     plan_file.unlink()  # the coins now live in audit.json
     plans.initial_path(plan_file).unlink(missing_ok=True)
+    for node in {c.get("node") for c in plan["canaries"]}:
+        plans.updates_path(plan_file, node).unlink(missing_ok=True)
     resign_report(run_dir, run_settings)
     print(audit_line(audit))
     return run_dir
@@ -78,20 +81,27 @@ def run_audit(config_file: str | Path | None, overrides: dict[str, Any] | None =
 def score_and_bound(run_dir: Path, settings: RunSettings, plan: dict[str, Any], data_dir: str,
                     plan_file: Path) -> dict[str, Any]:
     coins = np.array(plan["coins"], dtype=bool)
+    extra: dict[str, Any] = {}
+    guesses = settings.audit_guesses or None
     if plan["mode"] == "sample":
-        from simulations.audit.scores import sample_scores
+        from simulations.audit.scores import sample_scores, update_scores
 
-        scores, score_name = sample_scores(run_dir, settings, plan, data_dir), \
-            ("log p(canary label | x) - log p(true label | x) under the final global model (black-box: its "
-                          "outputs only)")
+        scores, score_name = update_scores(plan, plan_file), \
+            ("white-box, what the coordinator sees: the sum over rounds of how much the canary's node's sent model "
+             "raised log p(canary label | x) - log p(true label | x) over the global model it got")
+        # Secondary, for comparison only (its bound is not the verdict): the black-box score on the final model.
+        final = sample_scores(run_dir, settings, plan, data_dir)
         claimed, delta = sample_claim(run_dir, settings, plan, data_dir)
+        black = audit_scores(final, coins, significance=settings.audit_significance, delta=delta, guesses=guesses)
+        extra["black_box"] = {"score": "log p(canary label | x) - log p(true label | x) under the final global model",
+                              "scores": [float(v) for v in final], "guesses": black.guesses,
+                              "correct": black.correct, "lower_bound": black.lower_bound}
     else:
         from simulations.audit.scores import client_scores
 
         scores, score_name = client_scores(run_dir, plan, plans.initial_path(plan_file)), \
             "cosine between the canary node's direction and the final model delta (final minus initial global model)"
         claimed, delta = client_claim(run_dir, settings)
-    guesses = settings.audit_guesses or None
     outcome = audit_scores(scores, coins, significance=settings.audit_significance, delta=delta, guesses=guesses)
     top = ceiling(len(coins), settings.audit_significance, delta, outcome.guess_grid)
     return {
@@ -108,7 +118,7 @@ def score_and_bound(run_dir: Path, settings: RunSettings, plan: dict[str, Any], 
         "guesses": outcome.guesses, "correct": outcome.correct, "threshold": outcome.threshold,
         "significance": settings.audit_significance, "significance_per_k": outcome.significance,
         "delta": delta, "lower_bound": outcome.lower_bound, "ceiling": top, "claimed_epsilon": claimed,
-        "passed": claimed is None or outcome.lower_bound <= claimed,
+        "passed": claimed is None or outcome.lower_bound <= claimed, **extra,
     }
 
 
