@@ -132,7 +132,7 @@ def test_withdrawal_is_recorded_checked_and_leaves_the_node_from_the_next_call(t
     metrics, client = consent_wire(after, "run-b", "202")
     assert metrics == {"consent-used": len(after.train), "consent-excluded": after.consent.excluded,
                        "consent-withdrawn": 3, "consent-withdrawn-new": 3}
-    assert client["consent-tainted-runs"] == "run-a" and client["consent-manifest"] == before.consent.manifest_sha256
+    assert client["consent-tainted-runs"] == "run-a" and client["consent-sha256"] == before.consent.manifest_sha256
     assert all(trained[0] not in json.dumps(v) for v in (metrics, client))  # record ids never leave
     assert [e["run"] for e in read_log(state)] == ["run-a", "run-b"]
 
