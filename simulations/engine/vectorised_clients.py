@@ -1,0 +1,174 @@
+"""Vectorised clients: the local training of many clients of one model as one batched computation.
+
+Each client's round is what client/local_training.py's ``train_epochs`` does without DP (same batches, same
+loss, Adam or SGD as ``make_optimizer`` builds them, state fresh every round). Here the clients' trainable
+parameters are stacked along a client axis (``torch.func.stack_module_state``); one step computes every
+client's loss and gradient at once (``vmap`` over ``functional_call`` and ``grad``) and updates every
+client's slice with its own optimiser state. Clients with fewer batches are masked: a short batch is padded
+with copies of its own rows at weight zero, and a client with no batch left keeps its parameters and its
+optimiser state unchanged, so each client's result equals its sequential one (tests/test_vectorised_clients.py).
+
+DP-SGD is refused (``refuse_dp``): per-sample clipping per client and each node's noise from its own secret
+generator are not implemented in the batched step, and a silent fallback would mislabel the run.
+Dropout draws differ from the sequential run's (``vmap`` draws per client), so only dropout-free models are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from shared_models import messages as msgs
+from shared_models.models.voice_models import ccc_loss
+
+DP_REFUSAL = ("vectorised clients do not run DP-SGD: per-sample clipping per client and each node's noise from "
+              "its own secret generator are not implemented in the batched step; set dp = false or turn "
+              "vectorised clients off")
+
+
+@dataclass(frozen=True)
+class OptimiserSpec:
+    """The local optimiser ``make_optimizer`` builds (torch's defaults for what the settings leave out)."""
+
+    kind: str  # "adam" | "sgd"
+    lr: float
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adam only
+    eps: float = 1e-8  # adam only
+
+
+def optimiser_spec(settings) -> OptimiserSpec:
+    """The run settings' local optimiser (``optimizer``, ``learning-rate``, ``momentum``, ``weight-decay``)."""
+    return OptimiserSpec(kind=settings.optimizer, lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                         momentum=settings.momentum if settings.optimizer == "sgd" else 0.0)
+
+
+def refuse_dp(dp: bool) -> None:
+    """Vectorised clients train without DP only (the module docstring says why)."""
+    if dp:
+        raise ValueError(DP_REFUSAL)
+
+
+def epoch_batches(loader, epochs: int) -> list[tuple]:
+    """Every batch ``train_epochs`` would take from ``loader`` over ``epochs`` epochs, in order."""
+    return [tuple(batch) for _ in range(epochs) for batch in loader if len(batch[0]) > 0]
+
+
+def _masked_ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``ccc_loss`` over the rows where ``mask`` is 1 (padding rows carry no weight in any moment)."""
+    w = mask[:, None]
+    n = mask.sum().clamp(min=1.0)
+    mp, mt = (pred * w).sum(0) / n, (target * w).sum(0) / n
+    dp, dt = pred - mp, target - mt
+    cov, vp, vt = (dp * dt * w).sum(0) / n, (dp * dp * w).sum(0) / n, (dt * dt * w).sum(0) / n
+    return 1.0 - (2 * cov / (vp + vt + (mp - mt) ** 2 + 1e-8)).mean()
+
+
+def _pad_rows(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Rows 0..n-1, then copies of them up to ``size`` (finite values, never zeros a model could divide by)."""
+    return t if len(t) == size else t[torch.arange(size) % len(t)]
+
+
+class _Stepper:
+    """One batched optimiser over stacked parameters, with per-client state and an active mask per step."""
+
+    def __init__(self, spec: OptimiserSpec, params: dict[str, torch.Tensor], clients: int) -> None:
+        if spec.kind not in ("adam", "sgd"):
+            raise ValueError(f"vectorised clients: unknown optimizer {spec.kind!r} (adam | sgd)")
+        self.spec = spec
+        self.steps = torch.zeros(clients, dtype=torch.float64)
+        self.m = {k: torch.zeros_like(v) for k, v in params.items()}
+        self.v = {k: torch.zeros_like(v) for k, v in params.items()} if spec.kind == "adam" else {}
+
+    @torch.no_grad()
+    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], active: torch.Tensor) -> None:
+        s = self.spec
+        self.steps += active.to(self.steps.dtype).cpu()
+        if s.kind == "adam":
+            b1, b2 = s.betas
+            bc1 = 1 - b1 ** self.steps.clamp(min=1)
+            step_size = (s.lr / bc1).to(active.device)  # float64 like torch's Python floats; cast per parameter
+            bc2_sqrt = (1 - b2 ** self.steps.clamp(min=1)).sqrt().to(active.device)
+        for name, p in params.items():
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            on = active.view(shape)
+            g = grads[name] if s.weight_decay == 0 else grads[name] + s.weight_decay * p
+            if s.kind == "adam":
+                m = torch.where(on, self.m[name].lerp(g, 1 - b1), self.m[name])
+                v = torch.where(on, self.v[name] * b2 + (1 - b2) * g * g, self.v[name])
+                denom = v.sqrt() / bc2_sqrt.view(shape).to(p.dtype) + s.eps
+                update = p - step_size.view(shape).to(p.dtype) * m / denom
+                self.m[name], self.v[name] = m, v
+            elif s.momentum:
+                buf = torch.where(on, self.m[name] * s.momentum + g, self.m[name])  # torch: buf = g at step 1
+                update = p - s.lr * buf
+                self.m[name] = buf
+            else:
+                update = p - s.lr * g
+            p.copy_(torch.where(on, update, p))
+
+
+def train_clients(model: nn.Module, client_batches: Sequence[Sequence[tuple]], spec: OptimiserSpec, *,
+                  n_inputs: int, device: torch.device, va_weight: float = 1.0
+                  ) -> list[tuple[dict[str, torch.Tensor], dict[str, float]]]:
+    """Train one copy of ``model`` per client, all at once; ``client_batches[c]`` is client c's batch sequence.
+
+    ``model`` holds the global weights (left unchanged). Returns, per client, its state dict after training and
+    its metrics as ``train_epochs`` reports them (mean loss, samples seen).
+    """
+    clients = len(client_batches)
+    model = model.to(device)
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    frozen = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}
+    buffers = {**{k: b.detach() for k, b in model.named_buffers()}, **frozen}
+    stacked, _ = stack_module_state([model] * clients)
+    params = {k: v.detach().clone().contiguous() for k, v in stacked.items() if k in trainable}
+    stepper = _Stepper(spec, params, clients)
+
+    def loss_fn(p, inputs, labels, va, weights, mask):
+        out = functional_call(model, (p, buffers), inputs)
+        logits, va_pred = out if isinstance(out, tuple) else (out, None)
+        ce = nn.functional.cross_entropy(logits, labels, reduction="none")
+        loss = (ce * weights * mask).sum() / mask.sum().clamp(min=1.0)
+        if va_pred is not None:
+            loss = loss + va_weight * _masked_ccc_loss(va_pred, va, mask)
+        return loss
+
+    batched = vmap(grad_and_value(loss_fn), in_dims=(0, 0, 0, 0, 0, 0), randomness="different")
+    model.train()
+    loss_sums, seen = [0.0] * clients, [0] * clients
+    for t in range(max((len(b) for b in client_batches), default=0)):
+        rows = max(len(b[t][n_inputs]) for b in client_batches if t < len(b))
+        fields, masks, active = [], [], []
+        for c, batches in enumerate(client_batches):
+            on = t < len(batches)
+            batch = batches[t] if on else next(b[t] for b in client_batches if t < len(b))  # shape filler, weight 0
+            n = len(batch[n_inputs])
+            weights = batch[n_inputs + 2] if len(batch) > n_inputs + 2 else torch.ones(n)
+            fields.append([_pad_rows(x, rows) for x in (*batch[:n_inputs + 2], weights)])
+            masks.append((torch.arange(rows) < n).float() * on)
+            active.append(on)
+            if on:
+                seen[c] += n
+        stacked_fields = [torch.stack(column).to(device, non_blocking=True) for column in zip(*fields)]
+        inputs = tuple(stacked_fields[:n_inputs])
+        labels, va, weights = stacked_fields[n_inputs:]
+        mask = torch.stack(masks).to(device)
+        grads, losses = batched(params, inputs, labels, va.float(), weights.float(), mask)
+        on = torch.tensor(active, device=device)
+        stepper.step(params, grads, on)
+        counts = mask.sum(1).cpu()
+        for c, loss in enumerate(losses.detach().cpu().tolist()):
+            loss_sums[c] += loss * float(counts[c])
+    results = []
+    for c in range(clients):
+        state = {k: (params[k][c].detach().clone() if k in params else v.detach().clone())
+                 for k, v in model.state_dict().items()}
+        results.append((state, {msgs.TRAIN_LOSS: loss_sums[c] / max(seen[c], 1), msgs.TRAIN_SAMPLES: float(seen[c])}))
+    return results
+
