@@ -102,6 +102,7 @@ def test_a_checkpoint_that_cannot_be_trusted_is_refused_in_one_line_naming_the_f
     assert str(run_dir / CHECKPOINT_FILE) in err and problem in err, err
 
 
+@pytest.mark.slow  # over 5 s on 2 quiet cores (per-test CPU time measured under load)
 def test_every_flipped_byte_of_a_checkpoint_is_caught(tmp_path):
     """The zip's CRC-32 covers the arrays, not its headers; the SHA-256 after the .npz covers every byte."""
     run_dir = resumable_folder(tmp_path)

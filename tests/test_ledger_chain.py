@@ -123,6 +123,7 @@ def rehash(path: Path) -> None:
     path.write_text(json.dumps(raw))
 
 
+@pytest.mark.slow  # over 5 s on 2 quiet cores (per-test CPU time measured under load)
 def test_the_report_lists_every_head_the_nodes_sent_and_untouched_ledgers_hold_them(federation, capsys):
     fed, run_dir, replies = federation
     report = json.loads((run_dir / "report.json").read_text())
@@ -143,6 +144,7 @@ def test_the_report_lists_every_head_the_nodes_sent_and_untouched_ledgers_hold_t
         "valid")
 
 
+@pytest.mark.slow  # over 5 s on 2 quiet cores (per-test CPU time measured under load)
 def test_deleted_events_of_an_earlier_run_are_caught_with_or_without_rehashing(federation, capsys):
     fed, run_dir, _ = federation
     path = fed.ledger("0")
@@ -171,6 +173,7 @@ def test_deleted_events_of_an_earlier_run_are_caught_with_or_without_rehashing(f
     assert rebuilt_check(run_dir)["ok"]
 
 
+@pytest.mark.slow  # over 5 s on 2 quiet cores (per-test CPU time measured under load)
 def test_a_deleted_ledger_and_a_fresh_one_in_its_place_are_caught(federation):
     fed, run_dir, _ = federation
     state = fed.ledger("1").parent
@@ -186,6 +189,7 @@ def test_a_deleted_ledger_and_a_fresh_one_in_its_place_are_caught(federation):
     assert not check["ok"] and not client["chain"]["ok"] and client["chain"]["status"] == "heads missing"
 
 
+@pytest.mark.slow  # over 5 s on 2 quiet cores (per-test CPU time measured under load)
 def test_verify_checks_a_ledger_the_coordinator_never_saw(federation, tmp_path, capsys):
     fed, run_dir, _ = federation
     # Deployed: the ledgers stay at the hospitals; the report can only list the heads it recorded.

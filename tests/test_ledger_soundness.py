@@ -99,6 +99,7 @@ def test_every_epsilon_of_a_real_dp_run_recomputes_within_the_budget_under_repla
     assert recomputed > 7.0
 
 
+@pytest.mark.slow  # over 5 s on 2 quiet cores (per-test CPU time measured under load)
 def test_add_remove_calibration_at_quickstart_dp_figures_overspends_under_replace_one():
     """quickstart_dp: n = 1,600 per node, batch 64 -> q = 1/25, 25 steps x 8 rounds, delta 1/(10 n). The noise
     Opacus's add/remove PRV calibrates for epsilon 8 keeps 8 under add/remove but not under replace-one,

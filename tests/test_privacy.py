@@ -50,6 +50,7 @@ def test_ledger_epsilons_are_dp_accountings_under_each_kinds_adjacency(tmp_path)
     assert epsilon_of(train, 1e-5) > epsilon_of(train[:2], 1e-5) > epsilon_of(train[:1], 1e-5)  # composition
 
 
+@pytest.mark.slow  # over 5 s on 2 quiet cores (per-test CPU time measured under load)
 def test_calibration_meets_the_target_like_dp_accountings_own_calibration():
     from dp_accounting import mechanism_calibration
 
