@@ -38,6 +38,7 @@ MODELS: dict[str, Model] = {
     "face_cnn": Model("face", False),
     "face_resnet": Model("face", False),
     "face_scatter": Model("face", False),  # fixed scattering + linear head: the DP model
+    "face_scatter_lcn": Model("face", False),  # the same after local contrast normalisation: the fair DP model
     "voice_crnn": Model("voice", True),
     "voice_stats": Model("voice", False),  # fixed clip statistics + linear head: the DP model
     "fusion": Model("fusion", True),

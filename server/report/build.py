@@ -23,6 +23,7 @@ from server.report.baseline import baseline_section, hospitals_section
 from server.report.calibration import calibration_report
 from server.report.audit_section import audit_part
 from server.report.consent_section import consent_part
+from server.report.fair_dp_section import fair_dp_part
 from server.report.fairness_section import fairness_sections
 from server.report.ledger_check import check_ledgers, ledger_path  # noqa: F401 (callers import them from here)
 from server.report.privacy_section import DP_FIELDS, evaluation_epsilons, privacy_section  # noqa: F401
@@ -102,7 +103,7 @@ def calibration_part(run: RunFolder, report: dict[str, Any]) -> dict[str, Any]:
 # before it, and returns the keys it adds. A new section: one module with a builder, one line here.
 Section = Callable[[RunFolder, dict[str, Any]], dict[str, Any]]
 SECTIONS: list[Section] = [run_section, rounds_part, baseline_part, hospitals_part, privacy_part, fairness_part,
-                           calibration_part, consent_part, audit_part]
+                           calibration_part, consent_part, audit_part, fair_dp_part]
 
 
 def _clean(value: Any) -> Any:

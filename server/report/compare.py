@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from server.report.fair_dp_section import FAIR_MODELS
 from server.report.html import source_digest
 from server.report.plots import pct
 from server.report.signing import REPORT_FILE, verify_run
@@ -78,6 +79,9 @@ def _label(report: dict[str, Any]) -> str:
         parts.append(f"central DP {config['central-dp']}")
     if config.get("fairness-reweight"):
         parts.append(f"reweighted by {config['fairness-reweight']}")
+    fair = report.get("fair_dp") or {}  # server/report/fair_dp_section.py
+    if fair.get("method") in FAIR_MODELS:
+        parts.append(f"fairness method {fair['method']} (extra epsilon {fair.get('extra_epsilon', 0):g})")
     return ", ".join(parts)
 
 

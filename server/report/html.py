@@ -17,6 +17,7 @@ from typing import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from server.report.fair_dp_section import fair_dp_html
 from server.report.calibration import calibration_section
 from server.report.audit_section import audit_banner, audit_html
 from server.report.consent_section import consent_html
@@ -73,6 +74,7 @@ PAGE_SECTIONS: list[PageSection] = [
     (None, calibration_section),  # ECE per group and reliability diagram (server/report/calibration.py)
     (None, consent_html),  # patients' consent per hospital (server/report/consent_section.py)
     (None, audit_html),  # an audit run's empirical lower bound on epsilon (server/report/audit_section.py)
+    (None, fair_dp_html),  # which fairness lever the run used and its privacy cost (server/report/fair_dp_section.py)
 ]
 
 

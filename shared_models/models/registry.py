@@ -16,7 +16,7 @@ from shared_models.datasets import MODELS as MODEL_TABLE
 from shared_models.datasets import TASKS, same_names
 from shared_models.models.face_models import FaceCNN, FaceResNet
 from shared_models.models.fusion_model import FusionNet
-from shared_models.models.scatter_models import FaceScatterLinear
+from shared_models.models.scatter_models import FaceScatterLCNLinear, FaceScatterLinear
 from shared_models.models.voice_models import VoiceCRNN
 from shared_models.models.voice_stats_model import VoiceStatsLinear
 
@@ -36,6 +36,7 @@ class ModelSpec:
 
 CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
     "face_cnn": FaceCNN, "face_resnet": FaceResNet, "face_scatter": FaceScatterLinear,
+    "face_scatter_lcn": FaceScatterLCNLinear,
     "voice_crnn": VoiceCRNN, "voice_stats": VoiceStatsLinear, "fusion": FusionNet,
 }
 same_names("shared_models/models/registry.py", CONSTRUCTORS, MODEL_TABLE)

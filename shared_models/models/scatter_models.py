@@ -58,6 +58,41 @@ def scatter_features(faces: torch.Tensor, batch_size: int = 256) -> torch.Tensor
     return torch.cat(out) if out else torch.zeros(0, NUM_FEATURES, device=faces.device)
 
 
+LCN_SIGMA = 2.0  # pixels: the Gaussian neighbourhood of local contrast normalisation (eye/brow scale at 48 px)
+LCN_MIN_STD = 1e-3  # on the [0, 1] scale: a flat image stays flat instead of dividing by zero
+
+
+def local_contrast_normalise(faces: torch.Tensor, sigma: float = LCN_SIGMA) -> torch.Tensor:
+    """Per face: subtract the local (Gaussian) mean, divide by the local std floored at the face's mean local std.
+
+    Features drawn with low contrast (dark skin in under-exposed photos) come out at the contrast of the
+    rest, while flat, noisy regions are not blown up (the floor; Jarrett et al. 2009). Each output pixel
+    depends on its own face only, so DP-SGD's per-sample sensitivity is untouched.
+    """
+    half = int(3 * sigma)
+    t = torch.arange(-half, half + 1, dtype=torch.float32, device=faces.device)
+    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :])[None, None]
+    x = faces.float()
+
+    def blur(z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(z, (half,) * 4, mode="reflect"), kernel)
+
+    centred = x - blur(x)
+    local_std = blur(centred * centred).clamp_min(0).sqrt()
+    floor = local_std.mean(dim=(2, 3), keepdim=True).clamp_min(LCN_MIN_STD)
+    return centred / torch.maximum(local_std, floor)
+
+
+@torch.no_grad()
+def lcn_scatter_features(faces: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """``scatter_features`` of the locally contrast-normalised faces (the face_scatter_lcn front end)."""
+    out = [scatter_features(local_contrast_normalise(faces[s:s + batch_size]), batch_size)
+           for s in range(0, len(faces), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, NUM_FEATURES, device=faces.device)
+
+
 class FaceScatterLinear(nn.Module):
     """Scattering features (fixed) -> linear classifier (trained). Returns logits (B, num_classes)."""
 
@@ -70,5 +105,12 @@ class FaceScatterLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:  # raw faces; nodes pass precomputed features instead
-            x = scatter_features(x)
+            x = self.fixed_features(x)
         return self.head(self.dropout(x))
+
+
+class FaceScatterLCNLinear(FaceScatterLinear):
+    """face_scatter with local contrast normalisation before the transform: the fairness front end
+    (docs/fairness.md, "DP without widening the gaps"). Same head, same parameters, no extra privacy cost."""
+
+    fixed_features = staticmethod(lcn_scatter_features)

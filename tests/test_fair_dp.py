@@ -1,0 +1,103 @@
+"""DP without widening the gaps (issue 24): the face_scatter_lcn front end, its privacy argument, the report and the benchmark.
+
+The lever is a fixed per-sample transform (local contrast normalisation before the scattering transform), so
+its privacy argument is that each sample's features depend on that sample alone and the DP step still bounds
+each sample's contribution by the clipping norm (brute force, as the clipping tests do).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import clipping_reference as ref
+from server.report.fair_dp_section import fair_dp_report
+from shared_models.models.registry import build_model, model_task
+from shared_models.models.scatter_models import lcn_scatter_features, local_contrast_normalise, scatter_features
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def faces(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 48, 48, generator=g)
+
+
+def test_lcn_features_of_a_face_depend_on_that_face_alone():
+    """Replacing every other face in the batch leaves a face's features unchanged: per-sample sensitivity holds."""
+    a, b, c = faces(1, 1), faces(3, 2), faces(3, 3)
+    with_b = lcn_scatter_features(torch.cat([a, b]))[0]
+    with_c = lcn_scatter_features(torch.cat([c, a]))[3]
+    torch.testing.assert_close(with_b, with_c, atol=1e-5, rtol=1e-5)
+
+
+def test_lcn_front_end_is_blind_to_exposure_and_contrast_where_plain_scattering_is_not():
+    """An under-exposed, low-contrast copy (0.4 x + 0.1, as a dark face in a dim photo) gets the same features."""
+    x = faces(4, 5)
+    dim = 0.4 * x + 0.1
+    torch.testing.assert_close(local_contrast_normalise(dim), local_contrast_normalise(x), atol=1e-4, rtol=1e-4)
+    lcn_gap = (lcn_scatter_features(dim) - lcn_scatter_features(x)).abs().max().item()
+    plain_gap = (scatter_features(dim) - scatter_features(x)).abs().max().item()
+    assert lcn_gap < 1e-2 < plain_gap, (lcn_gap, plain_gap)
+
+
+def test_a_flat_face_stays_finite():
+    out = lcn_scatter_features(torch.full((2, 1, 48, 48), 0.5))
+    assert torch.isfinite(out).all()
+
+
+def test_face_scatter_lcn_is_a_registered_face_model_with_the_face_scatter_head():
+    model = build_model("face_scatter_lcn")
+    assert model_task("face_scatter_lcn") == "face"
+    plain = build_model("face_scatter")
+    assert [p.shape for p in model.parameters()] == [p.shape for p in plain.parameters()]
+    x = faces(3)
+    torch.testing.assert_close(model(x), model.head(lcn_scatter_features(x)))
+
+
+def test_the_node_path_bounds_each_samples_contribution_by_the_clipping_norm_brute_force():
+    """A node trains face_scatter_lcn's head on precomputed LCN features: its DP step equals the sum of each
+    sample's own gradient clipped to C (plain autograd, no Opacus), on batches of 5, 1, 0 and 7 samples."""
+    n = 13
+    g = torch.Generator().manual_seed(7)
+    data = TensorDataset(lcn_scatter_features(faces(n, 11)), torch.randint(0, 7, (n,), generator=g),
+                         torch.rand(n, 2, generator=g) * 2 - 1, torch.rand(n, generator=g) + 0.5)
+    dp = ref.check_steps(ref.model("face_scatter_lcn"), data, ref.batches(data), 1)
+    assert dp.clipping == "book-keeping"
+
+
+def test_the_report_names_the_method_and_its_privacy_cost():
+    lcn = fair_dp_report({"model": "face_scatter_lcn", "dp": True, "fairness-reweight": ""})
+    assert lcn["method"] == "face_scatter_lcn" and lcn["extra_epsilon"] == 0.0 and lcn["extra_statistics"] == []
+    plain = fair_dp_report({"model": "face_scatter", "dp": True, "fairness-reweight": ""})
+    assert plain["method"] == "none"
+    reweighted = fair_dp_report({"model": "face_cnn", "dp": False, "fairness-reweight": "race"})
+    assert reweighted["method"] == "fairness-reweight=race" and reweighted["extra_epsilon"] is None
+
+
+@pytest.mark.slow
+def test_a_dp_run_with_the_fair_front_end_reports_it_and_the_benchmark_tabulates_it(tmp_path):
+    """A real Flower run (2 nodes, 1 round) of face_scatter_lcn under DP: the signed report names the method at
+    extra epsilon 0, and the benchmark's row has exact accuracy, each attribute's gap with its interval and
+    the training epsilon within the budget."""
+    from simulations.benchmarks.fair_dp import markdown, run_row
+    from simulations.simulate import run_simulation
+
+    config = {"data-dir": str(tmp_path / "data"), "runs-dir": str(tmp_path / "runs"), "run-name": "lcn",
+              "synth-samples": 600, "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 1,
+              "model": "face_scatter_lcn", "partitioner": "iid"}
+    run_dir = Path(run_simulation(REPO / "configs" / "quickstart_dp.toml", config))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["fair_dp"]["method"] == "face_scatter_lcn" and report["fair_dp"]["extra_epsilon"] == 0.0
+    assert "Fairness method and its privacy cost" in (run_dir / "report.html").read_text()
+    row = run_row(run_dir)
+    assert row["model"] == "face_scatter_lcn" and 0.0 <= row["accuracy"] <= 1.0 and row["test_rows"] > 0
+    assert 0 < row["training_epsilon"] <= 8.0
+    assert set(row["attributes"]) >= {"sex"}
+    item = row["attributes"]["sex"]
+    assert item["gap_ci"][0] <= item["gap"] <= item["gap_ci"][1]
+    assert "face_scatter_lcn" in markdown([row])
