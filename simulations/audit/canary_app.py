@@ -170,15 +170,18 @@ def _record_gains(msg: Message, reply: Message, context: Context) -> None:
         indices = [i for i, c in enumerate(the_plan["canaries"]) if str(c["node"]) == client_id]
         canaries = [the_plan["canaries"][i] for i in indices]
         data_dir = str(msg.content[msgs.CONFIG].get(msgs.DATA_DIR, settings.data_dir))
-        _INPUTS[client_id] = (indices, canaries, canary_inputs(settings, canaries, data_dir, model) if indices else None)
+        _INPUTS[client_id] = (indices, canaries, [canary_inputs(settings, canaries, data_dir, model, key)
+                                                  for key in ("row", "control_row")] if indices else None)
     indices, canaries, inputs = _INPUTS[client_id]
     if not indices:
         return
     n_inputs = NUM_MODEL_INPUTS[settings.task]
-    model.load_state_dict(msg.content[msgs.ARRAYS].to_torch_state_dict())
-    before = margins(model, inputs, canaries, n_inputs)
-    model.load_state_dict(reply.content[msgs.ARRAYS].to_torch_state_dict())
-    after = margins(model, inputs, canaries, n_inputs)
+
+    def controlled_margins(arrays) -> np.ndarray:  # the canary's margin minus its control's (same two labels)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return margins(model, inputs[0], canaries, n_inputs) - margins(model, inputs[1], canaries, n_inputs)
+
+    before, after = controlled_margins(msg.content[msgs.ARRAYS]), controlled_margins(reply.content[msgs.ARRAYS])
     line = {"round": int(msg.content[msgs.CONFIG].get(msgs.SERVER_ROUND, 0)), "canaries": indices,
             "gains": [float(g) for g in after - before]}
     with open(updates_path(os.environ[PLAN_ENV], client_id), "a") as out:

@@ -1,7 +1,7 @@
 """The audit's canaries and their secret coins, prepared before training (docs/privacy.md "Empirical audit").
 
 ``sample``: m canaries are test rows of the simulated hospitals (never trained on in a normal run), each
-given a wrong label chosen in public. Each canary is a slot in its hospital's training set that holds the
+given a wrong label chosen in public, and a control row (a test record of the same node and class). Each canary is a slot in its hospital's training set that holds the
 mislabelled record when its coin is 1 and the same record with its true label when it is 0: the two
 training sets differ by replacing one record, the adjacency DP-SGD is accounted under, and the training-set
 size (which a node sends) does not depend on the coins.
@@ -73,12 +73,17 @@ def sample_plan(settings: RunSettings, data_dir: str) -> dict[str, Any]:
     rng = np.random.default_rng([settings.seed, 23])  # the choice and the wrong labels are public; the coins are not
     chosen = sorted(rng.choice(len(pool), size=m, replace=False).tolist())
     classes = np.unique(data.labels)
+    taken = {pool[index] for index in chosen}
     canaries = []
     for index in chosen:
         pid, row = pool[index]
         true = int(data.labels[row])
         others = classes[classes != true]
-        canaries.append({"node": pid, "row": row, "true_label": true, "canary_label": int(rng.choice(others))})
+        # A control: another of the node's test records of the same class, never a canary (it stays in the test
+        # set): its margin moves with the class-level drift of every update, which the score subtracts.
+        same = [int(r) for r in splits[pid][1] if int(data.labels[r]) == true and (pid, int(r)) not in taken]
+        canaries.append({"node": pid, "row": row, "true_label": true, "canary_label": int(rng.choice(others)),
+                         "control_row": int(rng.choice(same)) if same else row})
     return {"mode": "sample", "canaries": canaries, "coins": secret_coins(m)}
 
 

@@ -28,14 +28,15 @@ def final_model(run_dir: Path, settings: RunSettings) -> torch.nn.Module:
     return model.eval()
 
 
-def canary_inputs(settings: RunSettings, canaries: list[dict[str, Any]], data_dir: str, model: torch.nn.Module):
-    """The canary records as the model takes them (fixed features where the model has them), in plan order."""
+def canary_inputs(settings: RunSettings, canaries: list[dict[str, Any]], data_dir: str, model: torch.nn.Module,
+                  row_key: str = "row"):
+    """The canary records (or with ``row_key="control_row"`` their controls) as the model takes them, in plan order."""
     from client.data.fixed_features import feature_dataset, uses_fixed_features
     from client.data.torch_data import EmotionSamples
     from simulations.audit.plan import full_dataset
 
     data = full_dataset(settings.dataset, data_dir, settings.task)
-    samples = EmotionSamples(data.subset([c["row"] for c in canaries]), settings.task, augment=False, seed=[0])
+    samples = EmotionSamples(data.subset([c[row_key] for c in canaries]), settings.task, augment=False, seed=[0])
     if len(samples) != len(canaries):
         raise RuntimeError(f"{len(canaries) - len(samples)} canary clips did not decode")
     return feature_dataset(samples, model.fixed_features) if uses_fixed_features(model) else samples
@@ -60,12 +61,12 @@ def margins(model: torch.nn.Module, dataset, canaries: list[dict[str, Any]], n_i
 
 
 def sample_scores(run_dir: Path, settings: RunSettings, plan: dict[str, Any], data_dir: str) -> np.ndarray:
-    """Black-box: each canary's margin under the final global model."""
+    """Black-box: each canary's margin under the final global model, minus its control's (the same two labels)."""
     from client.data.torch_data import NUM_MODEL_INPUTS
 
-    model = final_model(run_dir, settings)
-    return margins(model, canary_inputs(settings, plan["canaries"], data_dir, model), plan["canaries"],
-                   NUM_MODEL_INPUTS[settings.task])
+    model, canaries, n_inputs = final_model(run_dir, settings), plan["canaries"], NUM_MODEL_INPUTS[settings.task]
+    return (margins(model, canary_inputs(settings, canaries, data_dir, model), canaries, n_inputs)
+            - margins(model, canary_inputs(settings, canaries, data_dir, model, "control_row"), canaries, n_inputs))
 
 
 def update_scores(plan: dict[str, Any], plan_file: Path) -> np.ndarray:
