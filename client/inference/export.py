@@ -95,6 +95,7 @@ def export_run(run, out_dir: Path, *, int8: bool, calibration: InputSet | None, 
     result = {"model": run.name, "task": run.task, "test_inputs": test.source, "n_test": len(test),
               "preprocessing_outside_graph": "scatter_features (PyTorch)" if prepare else "",
               "fp32_max_abs_difference": float(np.abs(logits_t - logits_o).max()),
+              "fp32_difference_of": "log-softmax outputs (the logits less each input's log-sum-exp)",
               "forms": {"pytorch_fp32": torch_row, "onnxruntime_fp32": fp32_row},
               "files": {"fp32": str(fp32_path)}}
     if int8:
