@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from server.report.fair_dp_section import FAIR_MODELS
+from server.report.compare_html import METRIC_LABELS, _short, render_comparison_html  # noqa: F401 (METRIC_LABELS)
 from server.report.html import source_digest
 from server.report.plots import pct
 from server.report.signing import REPORT_FILE, verify_run
@@ -25,8 +26,6 @@ COMPARISON_SCHEMA_VERSION = 1
 COMPARISON_JSON = "comparison.json"
 COMPARISON_HTML = "comparison.html"
 GLOBAL_METRICS = ("accuracy", "macro_f1", "uar", "loss")
-METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "uar": "UAR (mean recall over emotions)",
-                 "loss": "loss (cross-entropy)"}
 PUBLIC_SPLIT_FACTS = ("dataset", "seed", "test-fraction")  # with data-dir: what decides the test rows
 IGNORED_CONFIG_KEYS = ("run-name",)  # always differs, says nothing about the runs
 
@@ -143,10 +142,6 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             "flagged": {"a": side(fa, "flagged"), "b": side(fb, "flagged")},
         }
     return out
-
-
-def _short(digest: dict[str, Any] | None) -> str:
-    return f"{digest['n']} rows, SHA-256 {digest['sha256'][:12]}" if digest and digest.get("sha256") else "unknown"
 
 
 def test_rows_check(a: dict[str, Any], b: dict[str, Any], computed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -273,7 +268,5 @@ def compare_runs(run_a: Path, run_b: Path, out_dir: Path, *, test_splits: dict[s
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / COMPARISON_JSON
     path.write_text(json.dumps(comparison, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-    from server.report.compare_html import render_comparison_html
-
     (out_dir / COMPARISON_HTML).write_text(render_comparison_html(comparison), encoding="utf-8")
     return path

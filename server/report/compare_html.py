@@ -6,10 +6,16 @@ import json
 from html import escape
 from typing import Any
 
-from server.report.compare import METRIC_LABELS, _short
 from server.report.html_parts import html_table, interval, num
 from server.report.page_style import CSS
 from server.report.plots import _plt, _ticker, figure_img, pct
+
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "uar": "UAR (mean recall over emotions)",
+                 "loss": "loss (cross-entropy)"}
+
+
+def _short(digest: dict[str, Any] | None) -> str:
+    return f"{digest['n']} rows, SHA-256 {digest['sha256'][:12]}" if digest and digest.get("sha256") else "unknown"
 
 
 def points(x: float | None) -> str:
