@@ -14,6 +14,7 @@ from simulations.cli import main as fedemo
 from simulations.run_config import load_run_config
 
 
+@pytest.mark.slow  # over 5 s on 2 quiet cores (trains the pooled baseline and signs its report)
 def test_baseline_pools_client_splits_and_writes_its_run_folder(tmp_path):
     overrides = {"data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": "central",
                  "synth-samples": 400, "num-supernodes": 4, "partitioner": "dirichlet", "dirichlet-alpha": 1.0}
