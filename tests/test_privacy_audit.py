@@ -144,3 +144,20 @@ def test_sample_canary_slots_make_coin_neighbours_differ_by_one_replaced_record(
         assert not slot_refs & set(samples.test.data.refs.tolist())
     assert list(trains[0].refs) == list(trains[1].refs)
     assert int((trains[0].labels != trains[1].labels).sum()) == 1
+
+
+@pytest.mark.slow
+def test_sample_level_audit_of_a_dp_run_at_epsilon_2_stays_below_2_and_records_every_canary(tmp_path):
+    from simulations.audit.run import run_audit
+
+    run_dir = run_audit(REPO / "configs" / "quickstart_dp.toml", {
+        "data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": "sample-eps2",
+        "synth-samples": 600, "num-supernodes": 3, "min-available-nodes": 3, "num-server-rounds": 2,
+        "dp-epsilon": 2.0, "divergence-rounds": 0, "audit": "sample", "audit-canaries": 60})
+    audit = json.loads((run_dir / "audit.json").read_text())
+    assert audit["mode"] == "sample" and audit["m"] == 60 and 1.5 < audit["claimed_epsilon"] <= 2.0
+    assert len(audit["scores"]) == len(audit["coins"]) == len(audit["black_box"]["scores"]) == 60
+    assert any(s != 0 for s in audit["scores"])  # every node wrote its canaries' gains
+    assert audit["lower_bound"] <= 2.0 and audit["black_box"]["lower_bound"] <= 2.0 and audit["passed"]
+    assert json.loads((run_dir / "report.json").read_text())["audit"]["passed"] is True
+    assert not list((tmp_path / "runs" / ".audit-plans").iterdir())  # the coins live in audit.json only
