@@ -12,7 +12,11 @@ cancels in the ratios:
 3. the single-process compute bound: the same client work (load the global
    weights into one model object, train, evaluate every client's test split)
    in one plain Python loop without Flower, torch using every core; and the same loop on one
-   core, from which the ideal parallel time (one-core loop / workers) follows.
+   core, from which the ideal parallel time (one-core loop / workers) follows;
+4. peers on the same work (simulations/benchmarks/peers.py): the plain loop with every client's
+   training vectorised (simulations/engine/vectorised_clients.py), and Apple's pfl-research
+   (``pfl``, pyproject's ``bench`` extra; where it is missing the JSON says so), with what keeps
+   that comparison from being exact listed in the JSON.
 
 A round's cost is the mean of the warm rounds (2..R; round 1 also reads and
 caches every node's data, in both the federation and the loop), taken from
@@ -36,9 +40,12 @@ from torch.utils.data import DataLoader
 from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
 from client.data.node_data import client_samples
 from client.data.torch_data import NUM_MODEL_INPUTS
-from shared_models.models.registry import build_model
+from shared_models.models.registry import build_model, model_task
+from simulations.benchmarks.peers import PFL_DIFFERENCES, load_settings, parameter_count, pfl_loop, vectorised_loop
 from simulations.run_config import load_run_config
 from simulations.simulate import run_simulation
+
+DATASET_OF_TASK = {"face": "fer2013", "voice": "cremad", "fusion": "cremad"}  # a synthetic dataset per model's task
 
 
 def plain_loop(overrides: dict, threads: int) -> list[float]:
@@ -88,18 +95,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-per-client", type=int, default=50)
     parser.add_argument("--model", default="face_cnn")
     parser.add_argument("--skip-ray", action="store_true", help="only the local backend and the bound")
+    parser.add_argument("--skip-flower", action="store_true", help="no Flower run: the loops and pfl only")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-engine"))
     args = parser.parse_args(argv)
     out = args.out.resolve()
     base = {"data-dir": str(out / "data"), "runs-dir": str(out / "runs"), "synth-samples": args.clients * args.samples_per_client,
             "num-supernodes": args.clients, "min-available-nodes": args.clients, "num-server-rounds": args.rounds,
             "local-epochs": 1, "partitioner": "iid", "min-partition-size": 5, "model": args.model,
-            "client-num-cpus": 1.0}
+            "client-num-cpus": 1.0, "task": model_task(args.model), "dataset": DATASET_OF_TASK[model_task(args.model)]}
     cores = len(os.sched_getaffinity(0))
     cuda = torch.cuda.is_available()
+    settings = load_settings(base)
     results: dict = {"clients": args.clients, "rounds": args.rounds, "samples_per_client": args.samples_per_client,
-                     "model": args.model, "cores": cores, "cuda": torch.cuda.get_device_name(0) if cuda else None}
-    backends = ["local"] if args.skip_ray else ["ray", "local"]
+                     "model": args.model, "parameters": parameter_count(args.model), "optimizer": settings.optimizer,
+                     "learning_rate": settings.learning_rate, "batch_size": settings.batch_size,
+                     "local_epochs": settings.local_epochs, "cores": cores,
+                     "load_average_at_start": list(os.getloadavg()),
+                     "cuda": torch.cuda.get_device_name(0) if cuda else None}
+    backends = [] if args.skip_flower else ["local"] if args.skip_ray else ["ray", "local"]
     for backend in backends:
         name = f"{backend}-{int(time.time())}"
         started = time.time()
@@ -111,21 +124,35 @@ def main(argv: list[str] | None = None) -> None:
                             "final_accuracy": summary.get("final", {}).get("accuracy")}
     loop_all = plain_loop(base, threads=cores)
     loop_one = plain_loop(base, threads=1) if not cuda else loop_all
-    workers = results["local"]["engine"].get("workers", 1)
+    workers = results["local"]["engine"].get("workers", 1) if "local" in results else cores
     results["bound"] = {"loop_all_cores_round_s": [round(r, 2) for r in loop_all],
                         "loop_one_core_round_s": [round(r, 2) for r in loop_one],
                         "single_process_bound_s": round(warm_mean(loop_all), 3),
                         "ideal_parallel_s": round(warm_mean(loop_one) / workers, 3)}
     bound = results["bound"]["single_process_bound_s"]
     ideal = results["bound"]["ideal_parallel_s"]
-    for backend in backends:
+    vectorised = vectorised_loop(base, threads=cores)
+    results["vectorised"] = {"round_s": [round(r, 2) for r in vectorised], "warm_round_s": round(warm_mean(vectorised), 3)}
+    try:
+        pfl = pfl_loop(base, threads=cores)
+        results["pfl"] = {"round_s": [round(r, 2) for r in pfl], "warm_round_s": round(warm_mean(pfl), 3),
+                          "not_identical": PFL_DIFFERENCES}
+    except ImportError as err:
+        results["pfl"] = {"missing": f"pfl-research is not installed ({err}); see pyproject's bench extra"}
+    peers = [name for name in ("vectorised", "pfl") if "warm_round_s" in results[name]]
+    for backend in backends + peers:
         results[backend]["ratio_to_single_process_bound"] = round(results[backend]["warm_round_s"] / bound, 2)
         results[backend]["ratio_to_ideal_parallel"] = round(results[backend]["warm_round_s"] / ideal, 2)
+    if "pfl" in peers:
+        results["vectorised"]["ratio_to_pfl"] = round(results["vectorised"]["warm_round_s"] / results["pfl"]["warm_round_s"], 2)
+    results["load_average_at_end"] = list(os.getloadavg())
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    print(f"\n{args.clients} clients x {args.rounds} rounds ({args.model}, {args.samples_per_client} samples each), "
-          f"{cores} cores" + (f", {results['cuda']}" if cuda else ", no GPU"))
+    print(f"\n{args.clients} clients x {args.rounds} rounds ({args.model}, {results['parameters']:,} parameters, "
+          f"{args.samples_per_client} samples each, {settings.optimizer} lr {settings.learning_rate}, batch "
+          f"{settings.batch_size}, {settings.local_epochs} epoch), {cores} cores" + (f", {results['cuda']}" if cuda else ", no GPU")
+          + f", load average {results['load_average_at_start'][0]:.1f} at the start")
     print(f"  single-process bound (plain loop, {cores} threads): {bound:7.2f} s per round")
     print(f"  ideal parallel (one-core loop / {workers} workers)  : {ideal:7.2f} s per round")
     for backend in backends:
@@ -143,6 +170,15 @@ def main(argv: list[str] | None = None) -> None:
         if gpu:
             print(f"        GPU utilisation mean {gpu['gpu_util_mean_pct']}% (max {gpu['gpu_util_max_pct']}%), "
                   f"memory used max {gpu['gpu_memory_used_max_mib']} MiB, torch peak {r['engine'].get('peak_cuda_mib')}")
+    for name in ("vectorised", "pfl"):
+        r = results[name]
+        if "warm_round_s" not in r:
+            print(f"  {name}: {r['missing']}")
+            continue
+        print(f"  {name:10s}: {r['warm_round_s']:7.2f} s per warm round; x{r['ratio_to_single_process_bound']:.2f} the "
+              f"single-process bound" + (f", x{r['ratio_to_pfl']:.2f} pfl-research" if "ratio_to_pfl" in r else ""))
+    if "not_identical" in results["pfl"]:
+        print("  pfl-research's work differs in: " + "; ".join(results["pfl"]["not_identical"]))
     print(f"  written to {out / 'benchmark.json'}")
 
 
