@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from client.privacy.clipping.book_keeping import BookKeepingCapture, book_keeping_layers
-from client.privacy.private_step import BOOK_KEEPING, CLIPPING, PrivateStep
+from client.privacy.private_step import BOOK_KEEPING, CLIPPING, HOOKS, PrivateStep
 from shared_models.privacy_ledger import ACCOUNTANT, REPLACE_ONE, BudgetExceeded, PrivacyLedger, epsilon_of
 
 _MIN_SIGMA = 0.05
@@ -127,7 +127,7 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
     where its rules cover every trained layer, else Opacus's hooks) changes the cost, never the mechanism.
     """
     layers = book_keeping_layers(model)
-    clipping = clipping or (BOOK_KEEPING if layers is not None else "hooks")
+    clipping = clipping or (BOOK_KEEPING if layers is not None else HOOKS)
     if clipping not in CLIPPING:
         raise ValueError(f"clipping must be one of {CLIPPING}, got {clipping!r}")
     if clipping == BOOK_KEEPING and layers is None:
