@@ -310,3 +310,37 @@ def test_a_template_names_every_record_as_the_node_reads_it(tmp_path):
     data = load_dataset("fer2013", folder, "face")
     assert data.consent.missing == 0 and data.consent.refused == 1 and len(data) == 39
     assert fedemo(["data", "check", str(folder), "--format", "fer2013", "--consent-template", str(template)]) == 2
+
+
+@pytest.mark.slow
+def test_a_dp_hospital_node_trains_on_consented_records_and_its_audit_holds_no_record_id(tmp_path):
+    """The real ClientApp, as a SuperNode runs it: DP-SGD on a hospital folder with a manifest and a withdrawal."""
+    import time
+
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+
+    from client.client_app import app
+    from shared_models import messages as msgs
+    from shared_models.models.registry import build_model
+    from simulations.run_config import load_run_config
+
+    folder, state = _dataset(tmp_path, "rafdb", 80), tmp_path / "state"
+    raw = every_record("rafdb", folder)
+    withdrawn = next(r for r, refused in zip(record_ids(raw), _refused(raw)) if not refused)
+    assert fedemo(["node", "withdraw", "--state-dir", str(state), "--dataset-id", "hospital-a-rafdb", withdrawn]) == 0
+    run_config, settings = load_run_config(None, {"dataset": "rafdb", "dp": True, "batch-size": 16,
+                                                  "num-server-rounds": 1})
+    node = {**_hospital(folder, state), "approve-first": False}
+    context = Context(run_id=7, node_id=1, node_config=node, state=RecordDict(), run_config=run_config)
+    content = RecordDict({msgs.ARRAYS: ArrayRecord(build_model(settings.model).state_dict()),
+                          msgs.CONFIG: ConfigRecord({msgs.SERVER_ROUND: 1})})
+    reply = app(Message(content=content, metadata=Metadata(
+        run_id=7, message_id=f"m-{time.time_ns()}", src_node_id=1, dst_node_id=0, reply_to_message_id="",
+        group_id="", created_at=time.time(), ttl=3600.0, message_type="train")), context)
+    assert not reply.has_error(), reply.error
+    metrics, client = reply.content[msgs.METRICS], reply.content[msgs.CLIENT]
+    assert metrics[msgs.CONSENT_EXCLUDED] == int(_refused(raw).sum()) + 1 and metrics[msgs.CONSENT_WITHDRAWN] == 1
+    assert metrics[msgs.CONSENT_USED] == metrics[msgs.NUM_EXAMPLES] > 0 and msgs.DP_EPSILON_SPENT in metrics
+    assert client[msgs.CONSENT_MANIFEST] == read_manifest(folder / "consent.csv").sha256
+    audit = (state / "outgoing_messages.jsonl").read_text()
+    assert msgs.CONSENT_EXCLUDED in audit and withdrawn not in audit
