@@ -1,20 +1,9 @@
 """Fairness-aware local training: weight each sample's loss by the inverse frequency of its group.
 
-With ``fairness-reweight = "race"`` (or another attribute) every training
-sample of a node carries a weight ``n / (groups x n_group)`` computed on that
-node's training split (scikit-learn's ``compute_sample_weight("balanced")``),
-so each group present on the node contributes equally to the loss and the
-weights average 1 (the learning rate keeps its meaning). "unknown" is a group
-like any other.
-
-The weight travels with the sample, as one more item field, and multiplies
-that sample's own loss term: the loss stays a mean of per-sample terms.
-(Normalising by the batch's weight sum would tie samples together.)
-
-It is refused with ``dp = true`` (shared_models/settings/run_settings.py): the weights
-come from the node's private group counts, so removing one record changes
-every other record's weight, and DP-SGD's per-sample sensitivity would no
-longer hold.
+``fairness-reweight = "race"`` gives each training sample ``n / (groups x n_group)`` on its node
+(scikit-learn's "balanced"), so each group present contributes equally and the weights average 1.
+Refused with ``dp = true``: the weights come from private group counts, so one record changes every
+other record's weight and DP-SGD's sensitivity would no longer hold. Details: docs/design_notes.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """``fedemo predict RUN_DIR INPUT...``: the run's model on a hospital's images, clips, videos and folders.
 
-One record per input (image, clip, fusion pair ``FACE+CLIP``) or per classified
-video frame: the file, frame and time, the face box and how it was found, the 7
-emotion probabilities, the top emotion, valence/arousal where the model has
-them, or an ``error`` for that input alone (unreadable file, no face): errors
-are counted, a batch never stops on one. Faces go through the training
-preprocessing (``shared_models.preprocessing.faces``), clips through the
-training decoder and log-mel front end (``decode_clip``, ``clip_segments``).
-
-Faces: ``crop="detect"`` (default) looks for a face with OpenCV's cascade and
-reports "no face found" when there is none; ``crop="whole"`` takes the whole
-picture as the face, for files that are already face crops (FER2013-style
-48x48 pictures, RAF-DB aligned faces), and says so in ``box_source``.
+One record per input or classified video frame (file, frame, face box, 7 probabilities, top emotion,
+valence/arousal where the model has them) or a per-input ``error``: a batch never stops on one bad file.
+Faces and clips go through the training preprocessing (``shared_models.preprocessing``), so the model sees
+what it was trained on. Details: docs/design_notes.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """``model_card.json``: what an exported model is, how it was trained and what int8 costs, signed.
 
-The card states the run (datasets, hospitals, rounds, epsilon per hospital,
-from the signed report.json), the exported files with their SHA-256 and
-sizes, fp32 vs int8 accuracy overall and per demographic group on the test
-inputs (groups losing more than 2 points are flagged), latency (p50, p95) and
-throughput on one thread of the machine named in ``measured_on``, and the
-calibration set's source.
-
-Signing: the card is written in canonical JSON (``signing.canonical_bytes``)
-and ``model_card.sig`` holds an Ed25519 signature, by the key that signed
-report.json, over a statement naming the card's and report.json's SHA-256
-(``card_statement``). ``fedemo verify`` checks it (``card_problems``): a
-changed byte in the card, a card signed by another key, or a card bound to
-another report.json is reported.
+The run (datasets, hospitals, rounds, epsilon per hospital, from the signed report), the exported files'
+SHA-256 and sizes, fp32 vs int8 accuracy overall and per group (groups losing > 2 points flagged), latency
+and throughput, and the calibration set. Signed by the key that signed report.json over the card's and the
+report's SHA-256, and checked by ``fedemo verify``. Details: docs/design_notes.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """A trained model to ONNX through PyTorch's current exporter (``torch.onnx.export(..., dynamo=True)``).
 
-Inputs keep the training layout, with a dynamic batch axis: ``face``
-(N, 1, 48, 48) float32 in [0, 1]; ``features`` (N, 6, 128, 32) float32 log-mel
-and ``mask`` (N, 6) bool. Outputs: ``logits`` (N, 7), plus ``valence_arousal``
-(N, 2) for models with that head. Face crops and log-mel features are made
-outside the graph by the same code as in training (``shared_models.preprocessing``,
-``shared_models.audio_features``).
-
-``face_scatter``: kymatio's fixed scattering front end does not go through
-the exporter (its traced constants are not exportable), so the ONNX file holds
-the trained head on scattering features (input ``scatter_features``) and its
-metadata (``fedemo.preprocessing = scatter_features``) tells
-``preprocessing_for`` to compute the features in PyTorch first, with the
-training code (``shared_models.models.scatter_models.scatter_features``).
+Inputs keep the training layout with a dynamic batch axis; crops and log-mel features are made outside the
+graph by the training code. face_scatter exports its trained head only (kymatio's front end does not
+export); the file's metadata says so and ``preprocessing_for`` computes the features first.
+Details: docs/design_notes.md.
 """
 
 from __future__ import annotations

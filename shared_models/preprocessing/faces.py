@@ -1,18 +1,8 @@
 """A face picture to the model's input: the one function training and prediction both call.
 
-Training reads face files through ``client.data.loaders.images`` and FER2013
-rows as 48x48 bytes; prediction crops a detected face out of a photo or a
-video frame. Both reach the model through the same two steps:
-
-- ``face_pixels(image)``: a PIL image (any mode, any size: the whole file in
-  training, the detector's crop in prediction) -> 48x48 grayscale uint8, with
-  high-bit-depth grayscale scaled by its depth and colour converted to
-  luminance (ITU-R 601-2, Pillow's ``convert("L")``), resized with Lanczos;
-- ``face_tensor(pixels)``: uint8 (48, 48) -> float32 (1, 48, 48) in [0, 1]
-  (the models standardise internally).
-
-``tests/test_predict.py`` checks that the training dataset and the predictor
-call these very functions.
+``face_pixels``: any PIL image -> 48x48 grayscale uint8 (luminance, Lanczos); ``face_tensor``: -> float32
+(1, 48, 48) in [0, 1]. Training's loaders and ``fedemo predict`` call these very functions
+(tests/test_predict.py checks it), so a deployed model sees what it was trained on.
 """
 
 from __future__ import annotations

@@ -2,21 +2,10 @@
 
     python -m simulations.benchmarks.inference [--models face_cnn ...] [--run RUN_DIR ...] [--out FILE]
 
-Per model: file size, latency per input at batch 1 on one thread (p50, p95),
-single-thread throughput at batch 32, and accuracy overall and per
-demographic group, measured by the same code as ``fedemo export``
-(``client.inference.export``). face_cnn is trained first (configs/quickstart.toml,
-4 hospitals x 5 rounds, on its own synthetic folder) and scored on the run's
-test rows; a ``--run`` folder replaces that run for its model. Other families
-use seeded untrained weights (size and speed; their accuracy is not a figure)
-unless a ``--run`` of theirs is given.
-
-Video: a 640x480 MJPG video of a synthetic face, through ``fedemo predict``'s
-own pipeline (decode, detect every 5th frame with the box carried, crop,
-preprocess, classify) on one core, with PyTorch and with the int8 file.
-Voice: a 3 s clip from file to probabilities (decode, log-mel, model) after load.
-Figures go to the console and to JSON (``--out``, default
-simulations/benchmarks/results/inference.json).
+Per model: size, batch-1 latency (p50, p95) and throughput on one thread, accuracy overall and per group
+(face_cnn trained by configs/quickstart.toml first; other families untrained unless ``--run``). Video:
+640x480 through ``fedemo predict``'s pipeline on one core. Voice: a 3 s clip after load. Figures go to the
+console and JSON (default simulations/benchmarks/results/inference.json).
 """
 
 from __future__ import annotations
