@@ -58,7 +58,7 @@ def scatter_features(faces: torch.Tensor, batch_size: int = 256) -> torch.Tensor
     return torch.cat(out) if out else torch.zeros(0, NUM_FEATURES, device=faces.device)
 
 
-LCN_SIGMA = 2.0  # pixels: the Gaussian neighbourhood of local contrast normalisation (eye/brow scale at 48 px)
+LCN_SIGMA = 3.0  # pixels: the Gaussian neighbourhood of local contrast normalisation (2 kept less of the face: docs/fairness.md)
 LCN_MIN_STD = 1e-3  # on the [0, 1] scale: a flat image stays flat instead of dividing by zero
 
 
