@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                             "warm_round_s": round(warm_mean(rounds), 3), "engine": summary.get("engine", {}),
                             "final_accuracy": summary.get("final", {}).get("accuracy")}
     loop_all = plain_loop(base, threads=cores)
-    loop_one = plain_loop(base, threads=1) if not cuda else loop_all
+    loop_one = plain_loop(base, threads=1) if backends and not cuda else loop_all  # the ideal is for the backends
     workers = results["local"]["engine"].get("workers", 1) if "local" in results else cores
     results["bound"] = {"loop_all_cores_round_s": [round(r, 2) for r in loop_all],
                         "loop_one_core_round_s": [round(r, 2) for r in loop_one],
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     peers = [name for name in ("vectorised", "pfl") if "warm_round_s" in results[name]]
     for backend in backends + peers:
         results[backend]["ratio_to_single_process_bound"] = round(results[backend]["warm_round_s"] / bound, 2)
-        results[backend]["ratio_to_ideal_parallel"] = round(results[backend]["warm_round_s"] / ideal, 2)
+        if backend in backends:
+            results[backend]["ratio_to_ideal_parallel"] = round(results[backend]["warm_round_s"] / ideal, 2)
     if "pfl" in peers:
         results["vectorised"]["ratio_to_pfl"] = round(results["vectorised"]["warm_round_s"] / results["pfl"]["warm_round_s"], 2)
     results["load_average_at_end"] = list(os.getloadavg())
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{settings.batch_size}, {settings.local_epochs} epoch), {cores} cores" + (f", {results['cuda']}" if cuda else ", no GPU")
           + f", load average {results['load_average_at_start'][0]:.1f} at the start")
     print(f"  single-process bound (plain loop, {cores} threads): {bound:7.2f} s per round")
-    print(f"  ideal parallel (one-core loop / {workers} workers)  : {ideal:7.2f} s per round")
+    if backends:
+        print(f"  ideal parallel (one-core loop / {workers} workers)  : {ideal:7.2f} s per round")
     for backend in backends:
         r = results[backend]
         memory = r["engine"].get("peak_rss_mib", {})
