@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -84,6 +85,12 @@ def two_node_cluster(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
         _kill_processes_under(ray_tmp)  # what --block left behind (raylets outlive a SIGTERM), never another Ray
+        # `ray start` notes the cluster for later ray.init() calls; a note left pointing at this dead cluster
+        # would make every later local Ray (Flower's, another test's) try to join it
+        for note in (Path(ray_tmp) / "ray_current_cluster", Path("/tmp/ray/ray_current_cluster")):
+            if note.exists() and note.read_text().strip().endswith(f":{port}"):
+                note.unlink()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_a_simulation_runs_its_clients_on_both_nodes_of_a_ray_cluster(tmp_path, two_node_cluster):
