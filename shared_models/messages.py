@@ -58,11 +58,12 @@ CONSENT_WITHDRAWN = "consent-withdrawn"  # of those, withdrawn (the node's state
 CONSENT_WITHDRAWN_NEW = "consent-withdrawn-new"  # withdrawals recorded since the node's previous run
 CONSENT_MANIFEST = "consent-sha256"      # in CLIENT: sha256 of the consent manifest applied; "" without one
 CONSENT_POLICY = "consent-policy"        # in CLIENT: exclude | include, for records the manifest does not name
-CONSENT_TRACKED = "consent-tracked"      # in CLIENT: whether the node keeps a consent log (a state folder)
-CONSENT_TAINTED_RUNS = "consent-tainted-runs"  # in CLIENT: run names (newline-separated) that trained on
-#                                                records withdrawn since
-CONSENT_METRICS = (CONSENT_USED, CONSENT_EXCLUDED, CONSENT_WITHDRAWN, CONSENT_WITHDRAWN_NEW)
-CONSENT_CLIENT_KEYS = (CONSENT_MANIFEST, CONSENT_POLICY, CONSENT_TRACKED, CONSENT_TAINTED_RUNS)
+CONSENT_TRACKED = "consent-tracked"      # 1 when the node keeps a consent log (a state folder), else 0
+CONSENT_RUNS_ON_WITHDRAWN = "consent-runs-on-withdrawn"  # the node's runs that trained on records withdrawn since
+CONSENT_THIS_RUN_ON_WITHDRAWN = "consent-this-run-on-withdrawn"  # 1 when this run (an earlier part) is one of them
+CONSENT_METRICS = (CONSENT_USED, CONSENT_EXCLUDED, CONSENT_WITHDRAWN, CONSENT_WITHDRAWN_NEW, CONSENT_TRACKED,
+                   CONSENT_RUNS_ON_WITHDRAWN, CONSENT_THIS_RUN_ON_WITHDRAWN)
+CONSENT_CLIENT_KEYS = (CONSENT_MANIFEST, CONSENT_POLICY)
 
 # evaluate reply
 LOSS_SUM = "loss-sum"
@@ -131,10 +132,10 @@ def consent_report(metrics: Mapping[str, Any], client: Mapping[str, Any]) -> dic
     """metrics.jsonl's "consent" entry from a train reply; {} when the node sent none (an older node)."""
     if CONSENT_MANIFEST not in client:
         return {}
-    tainted = str(client.get(CONSENT_TAINTED_RUNS, ""))
     return {"manifest": str(client[CONSENT_MANIFEST]), "policy": str(client.get(CONSENT_POLICY, "")),
-            "tracked": bool(client.get(CONSENT_TRACKED, False)),
+            "tracked": bool(metrics.get(CONSENT_TRACKED, 0)),
             "used": int(metrics.get(CONSENT_USED, 0)), "excluded": int(metrics.get(CONSENT_EXCLUDED, 0)),
             "withdrawn": int(metrics.get(CONSENT_WITHDRAWN, 0)),
             "withdrawn_new": int(metrics.get(CONSENT_WITHDRAWN_NEW, 0)),
-            "runs_on_withdrawn": [run for run in tainted.split("\n") if run]}
+            "runs_on_withdrawn": int(metrics.get(CONSENT_RUNS_ON_WITHDRAWN, 0)),
+            "this_run_on_withdrawn": bool(metrics.get(CONSENT_THIS_RUN_ON_WITHDRAWN, 0))}

@@ -131,8 +131,11 @@ def test_withdrawal_is_recorded_checked_and_leaves_the_node_from_the_next_call(t
     log_training(after, "run-b", "202")
     metrics, client = consent_wire(after, "run-b", "202")
     assert metrics == {"consent-used": len(after.train), "consent-excluded": after.consent.excluded,
-                       "consent-withdrawn": 3, "consent-withdrawn-new": 3}
-    assert client["consent-tainted-runs"] == "run-a" and client["consent-sha256"] == before.consent.manifest_sha256
+                       "consent-withdrawn": 3, "consent-withdrawn-new": 3, "consent-tracked": 1,
+                       "consent-runs-on-withdrawn": 1, "consent-this-run-on-withdrawn": 0}
+    assert client == {"consent-sha256": before.consent.manifest_sha256, "consent-policy": "exclude"}
+    assert fedemo(["node", "withdraw", "--node-config", config, trained[0]]) == 0  # already: names the runs
+    assert "Runs that trained on records withdrawn so far" in capsys.readouterr().out
     assert all(trained[0] not in json.dumps(v) for v in (metrics, client))  # record ids never leave
     assert [e["run"] for e in read_log(state)] == ["run-a", "run-b"]
 
@@ -150,12 +153,9 @@ def test_dp_allowlist_lets_consent_counts_through_and_nothing_else_new():
     from client.privacy.dp_allowlist import disallowed_content
     from shared_models import messages as msgs
 
-    content = RecordDict({msgs.METRICS: MetricRecord({msgs.NUM_EXAMPLES: 5, msgs.CONSENT_USED: 5,
-                                                       msgs.CONSENT_EXCLUDED: 2, msgs.CONSENT_WITHDRAWN: 1,
-                                                       msgs.CONSENT_WITHDRAWN_NEW: 1}),
+    content = RecordDict({msgs.METRICS: MetricRecord({msgs.NUM_EXAMPLES: 5, **{k: 1 for k in msgs.CONSENT_METRICS}}),
                           msgs.CLIENT: ConfigRecord({msgs.CLIENT_ID: "a", msgs.CONSENT_MANIFEST: "ab",
-                                                     msgs.CONSENT_POLICY: "exclude", msgs.CONSENT_TRACKED: True,
-                                                     msgs.CONSENT_TAINTED_RUNS: ""})})
+                                                     msgs.CONSENT_POLICY: "exclude"})})
     assert disallowed_content(content, "train", eval_counts_noised=True) == []
     content[msgs.CLIENT]["consent-record-ids"] = "x"
     assert disallowed_content(content, "train", eval_counts_noised=True) == ["client.consent-record-ids"]
@@ -230,7 +230,8 @@ def test_withdrawal_between_runs_changes_the_second_runs_counts_and_resume_keeps
     digests = {record_digest(r) for r in withdrawn}
     trained_on = {cid for cid in consent
                   if digests & set(read_log(tmp_path / "state" / f"client-{cid}")[0]["trained"])}
-    assert trained_on and {cid for cid, c in consent.items() if c["runs_on_withdrawn"] == ["first"]} == trained_on
+    assert trained_on and {cid for cid, c in consent.items() if c["runs_on_withdrawn"] == 1} == trained_on
+    assert not any(c["this_run_on_withdrawn"] for c in consent.values())
 
     # Resume the first run across the withdrawal: its next round leaves the records out, and says what it started from.
     resumed_run = _simulate(tmp_path, "fer2013", folder, "", resume=tmp_path / "runs" / "first",
@@ -276,16 +277,16 @@ def test_a_run_rolls_back_only_to_a_round_whose_checkpoint_it_kept(tmp_path, cap
 def test_the_report_says_when_no_manifest_was_applied_and_which_runs_need_retraining():
     from server.report.consent_section import consent_html, consent_section
 
-    def train(client: str, manifest: str, tainted: list[str]) -> dict:
+    def train(client: str, manifest: str, runs: int, this_run: bool = False) -> dict:
         return {"client": client, "num_examples": 9, "consent": {
             "manifest": manifest, "policy": "exclude", "tracked": True, "used": 9, "excluded": 2, "withdrawn": 1,
-            "withdrawn_new": 1, "runs_on_withdrawn": tainted}}
+            "withdrawn_new": 1, "runs_on_withdrawn": runs, "this_run_on_withdrawn": this_run}}
 
-    rounds = [{"round": 0}, {"round": 1, "train": {"clients": [train("a", "", []), train("b", "", [])]}}]
+    rounds = [{"round": 0}, {"round": 1, "train": {"clients": [train("a", "", 0), train("b", "", 0)]}}]
     page = consent_html({"consent": consent_section({}, rounds, "now")})
     assert "No consent manifest was applied" in page and "consent was since withdrawn" not in page
 
-    rounds[1]["train"]["clients"] = [train("a", "ab" * 32, ["older", "now"]), train("b", "", [])]
+    rounds[1]["train"]["clients"] = [train("a", "ab" * 32, 2, this_run=True), train("b", "", 0)]
     fresh = consent_section({}, rounds, "now")
     resumed = consent_section({"resumed_parts": [{"flower_run_id": 2}]}, rounds, "now")
     assert fresh["hospitals_with_runs_on_withdrawn"] == ["a"] and fresh["remedy"]
@@ -293,7 +294,7 @@ def test_the_report_says_when_no_manifest_was_applied_and_which_runs_need_retrai
     assert [c["started_from_withdrawn"] for c in resumed["clients"]] == [True, False]
     page = consent_html({"consent": resumed})
     assert "No consent manifest was applied" not in page and "this run started from such a model" in page
-    assert "older, now" in page and "consent was since withdrawn" in page and "--from-round" in page
+    assert "consent was since withdrawn" in page and "--from-round" in page
 
 
 def test_a_template_names_every_record_as_the_node_reads_it(tmp_path):

@@ -6,7 +6,8 @@ the manifest's hash, and a short digest of each training record's id (the ids th
 state folder, and the digests only make the log smaller). A run whose line holds a record that has since
 been withdrawn trained on it: every global model from that run on carries it, and the remedy is to retrain
 from a checkpoint saved before that run (docs/data.md, "Consent"). What the node sends about this is a
-count and run names, never record ids (``consent_wire``).
+count of such runs and whether the current run is one, never record ids or run names (``consent_wire``);
+``fedemo node withdraw`` names the runs to the hospital.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def withdrawals_since_last_run(log: list[dict], withdrawals: dict[str, Withdrawa
 
 
 def consent_wire(samples, run_name: str, flower_run: str) -> tuple[dict, dict]:
-    """(metrics, client keys) a train reply carries about consent: counts, the manifest's hash, run names.
+    """(metrics, client keys) a train reply carries about consent: counts and the manifest's hash.
 
     Without a manifest the hash is "" (the report then says no manifest was applied). Called after
     ``log_training``, so this run's own line is in the log.
@@ -102,11 +103,11 @@ def consent_wire(samples, run_name: str, flower_run: str) -> tuple[dict, dict]:
         return {}, {}
     withdrawals = read_withdrawals(consent.withdrawals_dir, consent.consent_dataset_id)
     log = read_log(consent.state_dir)
+    tainted = runs_on_withdrawn(log, withdrawals)  # their names stay in the log: `fedemo node withdraw` lists them
     metrics = {msgs.CONSENT_USED: len(samples.train), msgs.CONSENT_EXCLUDED: consent.excluded,
                msgs.CONSENT_WITHDRAWN: consent.withdrawn,
-               msgs.CONSENT_WITHDRAWN_NEW: withdrawals_since_last_run(log, withdrawals, flower_run)}
-    tainted = runs_on_withdrawn(log, withdrawals)
-    client = {msgs.CONSENT_MANIFEST: consent.manifest_sha256, msgs.CONSENT_POLICY: consent.policy,
-              msgs.CONSENT_TRACKED: bool(consent.state_dir),
-              msgs.CONSENT_TAINTED_RUNS: "\n".join(sorted(tainted))}  # run names are printable: no newline
+               msgs.CONSENT_WITHDRAWN_NEW: withdrawals_since_last_run(log, withdrawals, flower_run),
+               msgs.CONSENT_TRACKED: int(bool(consent.state_dir)), msgs.CONSENT_RUNS_ON_WITHDRAWN: len(tainted),
+               msgs.CONSENT_THIS_RUN_ON_WITHDRAWN: int(run_name in tainted)}
+    client = {msgs.CONSENT_MANIFEST: consent.manifest_sha256, msgs.CONSENT_POLICY: consent.policy}
     return metrics, client

@@ -71,15 +71,32 @@ def withdraw_command(args: argparse.Namespace) -> int:
                                           f"recorded): {', '.join(unknown[:5])}")
     new = record_withdrawals(state_dir, str(dataset_id), records, args.date)
     result = {"state_dir": str(state_dir), "dataset_id": str(dataset_id), "recorded": [w.record for w in new],
-              "already": sorted(set(r.strip() for r in records if r.strip()) - {w.record for w in new})}
+              "already": sorted(set(r.strip() for r in records if r.strip()) - {w.record for w in new}),
+              "runs_on_withdrawn": runs_trained_on(state_dir, str(dataset_id))}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"Recorded {len(new)} withdrawal(s) for dataset {dataset_id!r} in {state_dir / WITHDRAWALS_FILE}"
               + (f" ({len(result['already'])} already withdrawn)" if result["already"] else "")
-              + ": the node leaves them out from its next round on; the next run's report lists earlier runs that "
-              "trained on them")
+              + ": the node leaves them out from its next round on")
+        if result["runs_on_withdrawn"]:
+            runs = ", ".join(f"{run} ({n} records)" for run, n in result["runs_on_withdrawn"].items())
+            print(f"Runs that trained on records withdrawn so far (retrain from a checkpoint before the first, "
+                  f"docs/data.md): {runs}")
     return 0
+
+
+def runs_trained_on(state_dir: Path, dataset_id: str) -> dict[str, int]:
+    """Run name -> withdrawn records it trained on, from the consent logs in ``state_dir`` (or its client-*)."""
+    from client.data.consent_log import read_log, runs_on_withdrawn
+    from client.data.consent_withdrawals import read_withdrawals
+
+    withdrawals = read_withdrawals(state_dir, dataset_id)
+    found: dict[str, int] = {}
+    for folder in [Path(state_dir), *sorted(Path(state_dir).glob("client-*"))]:
+        for run, n in runs_on_withdrawn(read_log(folder), withdrawals).items():
+            found[run] = found.get(run, 0) + n
+    return found
 
 
 def unknown_records(dataset: str, data_path: Path, records: list[str]) -> list[str]:

@@ -1,10 +1,11 @@
 """The report's consent section: per hospital, which consent manifest it applied and what consent left out.
 
-Built from the ``consent`` entries of the nodes' train replies in metrics.jsonl (counts, the manifest's
-hash, run names; never record ids, ``shared_models.messages.consent_report``): whether a manifest was
-applied (its sha256, which the hospital can match against its own file), the policy for records it does
-not name, records trained on and left out, withdrawals recorded since the node's previous run, and the
-runs that trained on records withdrawn since. A run that resumed from a checkpoint of such a run started
+Built from the ``consent`` entries of the nodes' train replies in metrics.jsonl (counts and the manifest's
+hash; never record ids, ``shared_models.messages.consent_report``): whether a manifest was applied (its
+sha256, which the hospital can match against its own file), the policy for records it does not name,
+records trained on and left out, withdrawals recorded since the node's previous run, how many of its runs
+trained on records withdrawn since (``fedemo node withdraw`` names them at the hospital), and whether this
+run is one. A run that resumed from a checkpoint of such a run started
 from a model trained on withdrawn records; the remedy is to retrain from a checkpoint saved before the
 first such run (docs/data.md, "Consent").
 """
@@ -31,14 +32,13 @@ def consent_section(config: dict[str, Any], rounds: list[dict[str, Any]], run_na
     clients = []
     for client_id in sorted(latest, key=lambda c: (len(c), c)):
         c = latest[client_id]
-        tainted = list(c.get("runs_on_withdrawn") or [])
+        this_run = bool(c.get("this_run_on_withdrawn"))
         clients.append({
             "client": client_id, "manifest": c.get("manifest", ""), "applied": bool(c.get("manifest")),
             "policy": c.get("policy", ""), "used": c.get("used"), "excluded": c.get("excluded"),
             "withdrawn": c.get("withdrawn"), "withdrawn_since_last_run": c.get("withdrawn_new"),
-            "tracked": c.get("tracked", False), "runs_on_withdrawn": tainted,
-            "this_run_on_withdrawn": run_name in tainted,
-            "started_from_withdrawn": resumed and run_name in tainted,
+            "tracked": c.get("tracked", False), "runs_on_withdrawn": int(c.get("runs_on_withdrawn") or 0),
+            "this_run_on_withdrawn": this_run, "started_from_withdrawn": resumed and this_run,
         })
     affected = [c["client"] for c in clients if c["runs_on_withdrawn"]]
     return {
@@ -71,7 +71,7 @@ def consent_html(report: dict[str, Any]) -> str:
     rows = []
     for c in section["clients"]:
         manifest = f"<code>{escape(c['manifest'][:16])}</code>..." if c["applied"] else "<strong>none applied</strong>"
-        runs = ", ".join(escape(r) for r in c["runs_on_withdrawn"]) or "none"
+        runs = str(c["runs_on_withdrawn"]) if c["runs_on_withdrawn"] else "none"
         if c["started_from_withdrawn"]:
             runs += " (<strong>this run started from such a model</strong>)"
         elif c["this_run_on_withdrawn"]:

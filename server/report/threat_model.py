@@ -126,7 +126,8 @@ def released_in_plain(dp: bool, eval_noise: float, central: str, secagg: bool) -
                 "same size; it says how many, not who or what"},
         {"value": "consent figures: the hash of each hospital's consent manifest, the records it trained on (the "
                    "training-set size again) and left out (refused, not named, withdrawn), withdrawals since its "
-                   "last run, and the names of its runs that trained on records withdrawn since (never record ids)",
+                   "last run, how many of its runs trained on records withdrawn since and whether this run is "
+                   "one (never record ids or run names)",
          "why": "treated like the training-set size: public metadata about how many, never who or what; none "
                 "changes when one training record is replaced or one test record added or removed, so no epsilon "
                 "covers them and none needs to (docs/privacy.md)"},
