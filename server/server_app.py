@@ -17,10 +17,11 @@ One run, in order (``main`` reads as this outline):
 
 from __future__ import annotations
 
+import os
 import random
 import shlex
 import time
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,8 @@ def main(grid: Grid, context: Context) -> None:
             raise interruption.DiskFull(disk_full_line(err, context)) from None  # one line, no traceback
     except BaseException as err:
         console.end_run_log(err)
+        if isinstance(err, Exception) and console.STARTED_ENV not in os.environ:  # flwr run: no fedemo CLI says it
+            log(ERROR, "[fedemo] the run stopped: %s", err)  # Flower's console shows only its exit code
         raise
     finally:
         release_run_folders()  # the run folder is free again, however the run ended
