@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared_models.datasets import MODELS as MODEL_TABLE
+
 from simulations.cli import main as fedemo
 from tests.inference_files import run_folder, write_images
 
@@ -83,7 +85,7 @@ def test_calibration_folder_is_named_in_the_card(exported, tmp_path, capsys):
     assert (out / "model.int8.onnx").is_file()
 
 
-@pytest.mark.parametrize("name", ["face_cnn", "face_resnet", "face_scatter", "voice_crnn", "voice_stats", "fusion"])
+@pytest.mark.parametrize("name", sorted(MODEL_TABLE))  # every family the table registers, face_scatter_lcn too
 def test_every_model_family_exports_equal_and_quantises(name, tmp_path):
     import torch
 

@@ -79,7 +79,7 @@ def export_run(run, out_dir: Path, *, int8: bool, calibration: InputSet | None, 
 
     from client.inference.engines import OrtEngine, TorchEngine
     from shared_models.export.int8 import quantize_int8, quantized_operators
-    from shared_models.export.onnx_export import export_onnx, preprocessing_for
+    from shared_models.export.onnx_export import export_onnx, metadata, preprocessing_for
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ def export_run(run, out_dir: Path, *, int8: bool, calibration: InputSet | None, 
     logits_t = _logits(TorchEngine(run.model), test)
     logits_o = _logits(ort_fp32, test)
     result = {"model": run.name, "task": run.task, "test_inputs": test.source, "n_test": len(test),
-              "preprocessing_outside_graph": "scatter_features (PyTorch)" if prepare else "",
+              "preprocessing_outside_graph": f"{metadata(fp32_path)['fedemo.preprocessing']} (PyTorch)" if prepare else "",
               "fp32_max_abs_difference": float(np.abs(logits_t - logits_o).max()),
               "fp32_difference_of": "log-softmax outputs (the logits less each input's log-sum-exp)",
               "forms": {"pytorch_fp32": torch_row, "onnxruntime_fp32": fp32_row},

@@ -15,6 +15,7 @@ import numpy as np
 
 INPUT_NAMES = {"face": ["face"], "voice": ["features", "mask"], "fusion": ["face", "features", "mask"]}
 SCATTER_PREPROCESSING = "scatter_features"
+FRONT_ENDS = (SCATTER_PREPROCESSING, "lcn_scatter_features")  # fixed front ends run before an exported head
 
 
 def example_inputs(task: str, batch: int = 2, seed: int = 0):
@@ -58,11 +59,10 @@ def export_onnx(model, name: str, task: str, path: Path) -> Path:
     inputs = example_inputs(task)
     names = list(INPUT_NAMES[task])
     preprocessing = ""
-    if name == "face_scatter":
-        from shared_models.models.scatter_models import scatter_features
-
-        model, inputs, names = _ScatterHead.module(model), (scatter_features(inputs[0]),), ["scatter_features"]
-        preprocessing = SCATTER_PREPROCESSING
+    front_end = getattr(model, "fixed_features", None)  # face_scatter, face_scatter_lcn: a fixed front end
+    if front_end is not None:
+        model, inputs, names = _ScatterHead.module(model), (front_end(inputs[0]),), ["scatter_features"]
+        preprocessing = front_end.__name__  # the scatter_models function predict runs before the graph
     outputs = ["logits", "valence_arousal"] if getattr(model, "valence_arousal", False) else ["logits"]
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), torch.no_grad():
@@ -98,15 +98,18 @@ def metadata(path: Path) -> dict[str, str]:
 
 
 def preprocessing_for(path: Path):
-    """The step an exported file needs before its graph (None for most): face_scatter's scattering features."""
-    if metadata(path).get("fedemo.preprocessing") != SCATTER_PREPROCESSING:
+    """The step an exported file needs before its graph (None for most): the scattering models' fixed front end
+    (``scatter_features``, or ``lcn_scatter_features`` for face_scatter_lcn), run with the training code."""
+    tag = metadata(path).get("fedemo.preprocessing", "")
+    if tag not in FRONT_ENDS:
         return None
 
     def scatter(inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
         import torch
 
-        from shared_models.models.scatter_models import scatter_features
+        from shared_models.models import scatter_models
 
-        return (scatter_features(torch.from_numpy(np.ascontiguousarray(inputs[0]))).numpy(),)
+        front_end = getattr(scatter_models, tag)
+        return (front_end(torch.from_numpy(np.ascontiguousarray(inputs[0]))).numpy(),)
 
     return scatter
