@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 # Opacus hooks the first layer, whose input does not require grad; torch warns about that, harmlessly.
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 
-NAMES = ["face_cnn", "face_resnet", "face_scatter", "voice_crnn", "voice_stats", "fusion"]
+NAMES = ["face_cnn", "face_resnet", "face_scatter", "face_scatter_lcn", "voice_crnn", "voice_stats", "fusion"]
 VA_NAMES = ["voice_crnn", "fusion"]
 S, MELS, FRAMES = 6, 128, 32
 
@@ -271,7 +271,7 @@ def test_ccc_loss_is_differentiable():
 
 def test_registry():
     assert set(MODELS) == set(NAMES)
-    assert [model_task(n) for n in NAMES] == ["face", "face", "face", "voice", "voice", "fusion"]
+    assert [model_task(n) for n in NAMES] == ["face", "face", "face", "face", "voice", "voice", "fusion"]
     assert count_parameters(build_model("face_cnn")) < 500_000
     model = build_model("face_cnn", width=8)
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())

@@ -44,10 +44,12 @@ def register_hook_rules() -> None:
     from torch import nn
 
     from client.privacy.clipping.convolution import conv2d_grad_sample, segment_conv2d_grad_sample
-    from shared_models.models.segment_layers import SegmentConv2d
+    from client.privacy.clipping.segment_rules import compute_segment_group_norm_grad_sample
+    from shared_models.models.segment_layers import SegmentConv2d, SegmentGroupNorm
 
     register_grad_sampler(nn.Conv2d)(conv2d_grad_sample)
     register_grad_sampler(SegmentConv2d)(segment_conv2d_grad_sample)
+    register_grad_sampler(SegmentGroupNorm)(compute_segment_group_norm_grad_sample)
 
 
 @functools.cache

@@ -4,8 +4,8 @@ Per-sample gradients require every parametrised layer to see the sample as
 its batch dimension. Running a plain CNN on (B*S) segment images would give
 Opacus B*S "samples" and silently break per-sample clipping. These layers
 take (B, S, C, H, W), compute on the flattened (B*S) images (fast 2-D
-kernels) and register grad samplers that sum each sample's segment
-gradients. GroupNorm statistics are per segment, so a padded segment cannot
+kernels); their per-sample gradient rules, which sum each sample's segment
+gradients, live with the node's clipping engine (client/privacy/clipping/segment_rules.py). GroupNorm statistics are per segment, so a padded segment cannot
 leak into a real one. See shared_models/models/voice_models.py for the whole model.
 """
 
@@ -16,7 +16,6 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from opacus.grad_sample import register_grad_sampler
 
 __all__ = ["SegmentCNN", "SegmentConv2d", "SegmentGroupNorm", "SegmentMaxPool2d"]
 
@@ -62,46 +61,6 @@ class SegmentMaxPool2d(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-
-
-@register_grad_sampler(SegmentConv2d)
-def compute_segment_conv_grad_sample(
-    layer: SegmentConv2d, activations: list[torch.Tensor], backprops: torch.Tensor
-) -> dict[nn.Parameter, torch.Tensor]:
-    """Per-sample conv gradients: per-segment im2col gradients, summed over the sample's segments.
-
-    The (N*S, O, C*kh*kw) per-segment product is small next to the im2col
-    matrix; contracting segments inside one einsum instead would force a
-    transposed copy of that matrix.
-    """
-    x = activations[0].to(backprops.dtype)
-    n, s = x.shape[:2]
-    ret = {}
-    grads = backprops.flatten(0, 1).flatten(2)  # (N*S, O, L)
-    if layer.weight.requires_grad:
-        cols = F.unfold(
-            x.flatten(0, 1), layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride
-        )  # (N*S, C*kh*kw, L)
-        per_segment = torch.bmm(grads, cols.transpose(1, 2))  # (N*S, O, C*kh*kw)
-        ret[layer.weight] = per_segment.unflatten(0, (n, s)).sum(dim=1).reshape(n, *layer.weight.shape)
-    if layer.bias is not None and layer.bias.requires_grad:
-        ret[layer.bias] = grads.sum(dim=2).unflatten(0, (n, s)).sum(dim=1)
-    return ret
-
-
-@register_grad_sampler(SegmentGroupNorm)
-def compute_segment_group_norm_grad_sample(
-    layer: SegmentGroupNorm, activations: list[torch.Tensor], backprops: torch.Tensor
-) -> dict[nn.Parameter, torch.Tensor]:
-    """Per-sample GroupNorm affine gradients, summed over the sample's segments and positions."""
-    x = activations[0].to(backprops.dtype)
-    ret = {}
-    if layer.weight is not None and layer.weight.requires_grad:
-        normed = F.group_norm(x.flatten(0, 1), layer.num_groups, eps=layer.eps).unflatten(0, x.shape[:2])
-        ret[layer.weight] = (normed * backprops).sum(dim=(1, 3, 4))
-    if layer.bias is not None and layer.bias.requires_grad:
-        ret[layer.bias] = backprops.sum(dim=(1, 3, 4))
-    return ret
 
 
 class SegmentCNN(nn.Module):

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from opacus.grad_sample.conv import compute_conv_grad_sample
 from torch import nn
 
-from shared_models.models.segment_layers import SegmentConv2d, compute_segment_conv_grad_sample
+from client.privacy.clipping.segment_rules import compute_segment_conv_grad_sample
+from shared_models.models.segment_layers import SegmentConv2d
 
 __all__ = ["conv2d_grad_sample", "segment_conv2d_grad_sample"]
 

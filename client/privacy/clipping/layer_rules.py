@@ -16,7 +16,8 @@ from opacus.grad_sample.linear import compute_linear_norm_sample
 from torch import nn
 
 from client.privacy.clipping.convolution import conv2d_grad_sample, segment_conv2d_grad_sample
-from shared_models.models.segment_layers import SegmentConv2d, SegmentGroupNorm, compute_segment_group_norm_grad_sample
+from client.privacy.clipping.segment_rules import compute_segment_group_norm_grad_sample
+from shared_models.models.segment_layers import SegmentConv2d, SegmentGroupNorm
 
 Setter = Callable[[torch.Tensor], None]
 
