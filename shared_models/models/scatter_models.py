@@ -1,21 +1,9 @@
 """Fixed scattering features with a small trained head: the face model that learns under DP-SGD.
 
-Tramer and Boneh (2021) showed that at small data a fixed, data-independent
-feature extractor with a linear head beats end-to-end CNNs under
-differential privacy: the noise DP-SGD adds grows with the number of trained
-parameters and the steps needed, and a wavelet scattering transform (Bruna
-and Mallat) already gives features that separate expressions. Here the
-transform is kymatio's 2-D scattering (J = 2, L = 8 orientations: 81
-channels of 12 x 12 for a 48 x 48 face), each sample's channels are
-standardised in groups of three (per-sample group normalisation, which
-depends on that sample only, so DP-SGD's per-sample sensitivity holds), and
-only a linear layer is trained.
-
-The transform has no parameters and is not part of the state dict, so
-nothing but the head travels between nodes and coordinator. A node computes
-the features of its samples once (``fixed_features``) and trains the head on
-them; ``forward`` also accepts raw faces, so every other caller (the
-centralised baseline, evaluation code) works unchanged.
+A fixed, data-independent wavelet scattering transform (kymatio, J=2, L=8) with a linear head beats an
+end-to-end CNN under DP at small data (Tramer and Boneh 2021): DP noise grows with trained parameters.
+Features are standardised per sample, so per-sample sensitivity holds; only the head travels. The LCN
+variant normalises local contrast first (the fairness front end, docs/fairness.md). Details: docs/design_notes.md.
 """
 
 from __future__ import annotations

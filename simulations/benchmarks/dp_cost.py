@@ -3,16 +3,9 @@
     python -m simulations.benchmarks.dp_cost [--steps 20] [--min-seconds 2] [--no-accuracy]
         [--models face_cnn ...] [--modes book-keeping hooks] [--out runs/bench-dp]
 
-1. Time per local step as a node takes it (``client.local_training.train_epochs`` over a loader of the node's kind
-   of data; face_scatter on the cached scattering features), without DP and under DP-SGD
-   (``client.privacy.dp_training.make_private``) with each clipping path: book-keeping and Opacus's hooks
-   (client/privacy/private_step.py). Each (model, path) runs in a fresh process after the node's start-up call,
-   alternating epochs with a non-private twin so the shared machine's load hits both alike; the ratio is the
-   median over paired epochs. A path that cannot run a model is shown as n/a with the reason.
-2. Global accuracy of a short face simulation with the DP recipe (configs/quickstart_dp.toml) at epsilon 1, 3
-   and 8, without DP, and the plain quickstart recipe, each with the majority-class rate of the same test rows.
-
-Prints a table and writes ``<out>/benchmark_dp.json``. Figures, not tests.
+Time per local step as a node takes it, without DP and under DP-SGD with each clipping path (book-keeping,
+Opacus's hooks), paired epochs in a fresh process per (model, path); then a short face simulation's accuracy
+at epsilon 1, 3, 8 and without DP. Prints a table, writes ``<out>/benchmark_dp.json``; asserts nothing.
 """
 
 from __future__ import annotations

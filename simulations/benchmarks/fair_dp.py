@@ -3,15 +3,8 @@
     python -m simulations.benchmarks.fair_dp [CONFIG ...] [--rounds 8] [--epsilons 8 3] [--out DIR]
     python -m simulations.benchmarks.fair_dp --tabulate RUN_DIR ... [--out DIR]   (runs already made)
 
-For each config (default configs/face50_dp.toml) it runs: no DP with the config's model, no DP with the
-fair model, and at each epsilon plain DP-SGD and DP-SGD with the fair model (``FAIR_MODELS``: the face
-scattering front end with local contrast normalisation; a config whose model has no fair variant runs its
-plain cells only). Every run's final model is scored exactly on every simulated node's test rows (a
-research measurement, as ``fedemo evaluate``; the report's own figures are the noised ones), and the
-per-group counts go through the report's fairness view (server/report/fairness.py), so each attribute's
-gap carries the same best-minus-worst interval as the report. It writes ``fair_dp.json`` and ``fair_dp.md``
-(overall accuracy, each attribute's gap and interval, the worst group's accuracy, the training epsilon and
-the evaluation-count epsilon, rounds and wall clock). It prints figures; it asserts nothing.
+No DP and DP-SGD at each epsilon, with the config's model and its fair variant; each final model scored
+exactly on the test rows, gaps with the report's intervals. Writes fair_dp.json and fair_dp.md; asserts nothing.
 """
 
 from __future__ import annotations

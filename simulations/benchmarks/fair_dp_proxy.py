@@ -3,16 +3,9 @@
     python -m simulations.benchmarks.fair_dp_proxy [--model face_scatter_lcn] [--epsilon 8] [--rounds 8]
         [--no-dp] [--lr 0.03] [--clip 1] [--prior-weights race] [--noise-seed 0] [--out FILE.jsonl]
 
-A 50-hospital DP run of the product took 18 minutes on the shared 2-core machine; a lever is screened here in
-seconds and only the winner goes to the product benchmark (simulations/benchmarks/fair_dp.py). Same data
-(data/fer2013-synth-25k and its demographics sidecar), 50 nodes with a Dirichlet(1) label split and a 20%
-test side each, the model's own fixed features (computed once, cached as float16), then per round every
-node runs one epoch of DP-SGD on the linear head: Poisson batches (expected 64), the closed-form per-sample
-gradient (p - y) [a, 1], each clipped to C and optionally weighted by a public-prior weight at most 1
-(min share / group share: the sensitivity stays C), Gaussian noise of std z C with z from the node's own
-``calibrate_noise`` for the planned steps, divided by the expected batch; FedAvg by examples with server
-momentum 0.9. Accuracy, and per attribute each group's accuracy and the gap, come from the pooled test rows
-exactly. It is a research proxy, not the product: its figures are labelled so in docs/fairness.md.
+Same data and split as face50_dp, closed-form per-sample gradients of the linear head, clipping, the node's
+own noise calibration and FedAvgM: a lever is screened in seconds before the product benchmark. A research
+proxy, not the product (docs/fairness.md labels its rows). Details: docs/design_notes.md.
 """
 
 from __future__ import annotations
