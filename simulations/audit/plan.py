@@ -1,17 +1,9 @@
 """The audit's canaries and their secret coins, prepared before training (docs/privacy.md "Empirical audit").
 
-``sample``: m canaries are test rows of the simulated hospitals (never trained on in a normal run), each
-given a wrong label chosen in public, and a control row (a test record of the same node and class). Each canary is a slot in its hospital's training set that holds the
-mislabelled record when its coin is 1 and the same record with its true label when it is 0: the two
-training sets differ by replacing one record, the adjacency DP-SGD is accounted under, and the training-set
-size (which a node sends) does not depend on the coins.
-
-``client``: m canary nodes join the federation; canary i sends a random unit direction (public seed) times
-the clipping norm every round when its coin is 1, and a zero update (the global model back) when it is 0:
-replacing one node's contribution, client-level DP's adjacency.
-
-Coins come from the OS CSPRNG (``secrets``). The plan file holds them, read by the simulated nodes that
-must act on them and by the auditor after training; the coordinator's code never reads it.
+``sample``: m canary slots in hospitals' training sets hold a mislabelled record (coin 1) or the same record
+with its true label (coin 0): one record replaced, DP-SGD's adjacency, and n unchanged. ``client``: m canary
+nodes send a random unit direction at the clipping norm (coin 1) or nothing (coin 0). Coins come from
+``secrets``; the plan file is read by the simulated canaries and the auditor, never by the coordinator.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """The engine benchmark's peers: vectorised clients and Apple's pfl-research on the same client work.
 
 Called by simulations/benchmarks/simulation_engine.py beside the plain loop; each returns seconds per round.
-
-* ``vectorised_loop``: the plain loop's round with training done by
-  simulations/engine/vectorised_clients.py (every client at once); the same
-  loaders (shuffled as the loop's), FedAvg weighted by samples and
-  per-client evaluation of the global model as in the plain loop.
-* ``pfl_loop``: pfl-research 0.6 (``pip install --no-deps pfl==0.6.0``, see
-  pyproject's ``bench`` extra) running FedAvg on the same model class, the
-  same nodes' train and test tensors, optimiser, learning rate, batch size and
-  epochs, every client in every round's cohort, evaluating every round.
-  What is not identical is listed in ``PFL_DIFFERENCES`` (written to the JSON).
+``vectorised_loop``: the loop with training by simulations/engine/vectorised_clients.py. ``pfl_loop``:
+pfl-research 0.6 (``pip install --no-deps pfl==0.6.0``) on the same model, data, optimiser and rounds; what
+is not identical is listed in ``PFL_DIFFERENCES`` (written to the JSON).
 """
 
 from __future__ import annotations

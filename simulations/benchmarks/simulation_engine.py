@@ -2,28 +2,10 @@
 
     python -m simulations.benchmarks.simulation_engine [--clients 50] [--rounds 4] [--out runs/bench-engine]
 
-Runs the same small face federation (every client trains one local epoch and
-evaluates, every round) in one run, side by side, so the machine's noise
-cancels in the ratios:
-
-1. ``fedemo simulate`` on Flower's Ray backend (``client-num-cpus = 1``);
-2. the same on the local backend (simulations/engine/local_backend.py; automatic
-   worker count: one per core, or one on a GPU);
-3. the single-process compute bound: the same client work (load the global
-   weights into one model object, train, evaluate every client's test split)
-   in one plain Python loop without Flower, torch using every core; and the same loop on one
-   core, from which the ideal parallel time (one-core loop / workers) follows;
-4. peers on the same work (simulations/benchmarks/peers.py): the plain loop with every client's
-   training vectorised (simulations/engine/vectorised_clients.py), and Apple's pfl-research
-   (``pfl``, pyproject's ``bench`` extra; where it is missing the JSON says so), with what keeps
-   that comparison from being exact listed in the JSON.
-
-A round's cost is the mean of the warm rounds (2..R; round 1 also reads and
-caches every node's data, in both the federation and the loop), taken from
-each run's ``metrics.jsonl``. Also printed: peak resident memory (the
-coordinator plus every worker), and on CUDA the GPU's utilisation (sampled
-with nvidia-smi during each run: simulations/engine/gpu_usage.py) and peak memory. Results go to ``<out>/benchmark.json``.
-Figures, not assertions: speed belongs here, not in timed tests.
+One run, side by side so the machine's noise cancels in the ratios: ``fedemo simulate`` on Ray and on the
+local backend, the plain single-process loop (all cores, and one core for the ideal parallel time), and the
+peers (simulations/benchmarks/peers.py: vectorised clients, pfl-research). A round's cost is the mean of the
+warm rounds; peak memory and, on CUDA, GPU utilisation too. Writes ``<out>/benchmark.json``; asserts nothing.
 """
 
 from __future__ import annotations

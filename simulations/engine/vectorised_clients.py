@@ -1,16 +1,9 @@
 """Vectorised clients: the local training of many clients of one model as one batched computation.
 
-Each client's round is what client/local_training.py's ``train_epochs`` does without DP (same batches, same
-loss, Adam or SGD as ``make_optimizer`` builds them, state fresh every round). Here the clients' trainable
-parameters are stacked along a client axis (``torch.func.stack_module_state``); one step computes every
-client's loss and gradient at once (``vmap`` over ``functional_call`` and ``grad``) and updates every
-client's slice with its own optimiser state. Clients with fewer batches are masked: a short batch is padded
-with copies of its own rows at weight zero, and a client with no batch left keeps its parameters and its
-optimiser state unchanged, so each client's result equals its sequential one (tests/test_vectorised_clients.py).
-
-DP-SGD is refused (``refuse_dp``): per-sample clipping per client and each node's noise from its own secret
-generator are not implemented in the batched step, and a silent fallback would mislabel the run.
-Dropout draws differ from the sequential run's (``vmap`` draws per client), so only dropout-free models are exact.
+The clients' parameters are stacked (``torch.func.stack_module_state``) and one ``vmap``-ed step trains every
+client with its own optimiser state; short clients are masked, so each client's result equals its sequential
+``train_epochs`` one (tests/test_vectorised_clients.py). DP-SGD is refused (``refuse_dp``): per-client
+per-sample clipping and per-node secret noise are not implemented here. Details: docs/design_notes.md.
 """
 
 from __future__ import annotations
