@@ -1,18 +1,9 @@
-"""FedEmo ServerApp: the coordinator (Flower Message API).
+"""FedEmo ServerApp: the coordinator (Flower Message API), pyproject's ``serverapp``.
 
-One run, in order (``main`` reads as this outline):
-
-1. parse and check the run config (a bad key stops the run here, by name);
-2. open the run folder (a new one, or the one ``resume`` names, with its checkpoint);
-3. for audio tasks, build the global log-mel normalisation from the nodes'
-   per-band sums and counts (a ``query`` round), stored in the model's buffers;
-4. evaluate the initial model on every node (round 0, the baseline to beat);
-5. run the rounds with the FedEmo strategy (server/aggregation/strategy.py: Flower's
-   aggregation of screened updates, every round recorded), wrapped by
-   client-level DP or run under SecAgg+ when configured, checkpointing each
-   round (server/rounds/round_loop.py); a stop request ends the run cleanly;
-6. save the final weights, the summary and the signed report; a run in which
-   no round aggregated ``min-trained-nodes`` updates fails, with the reasons.
+``main`` reads as the run's outline: check the run config; open the run folder (or the one ``resume``
+names); for audio tasks build the global log-mel normalisation; evaluate the initial model (round 0); run
+the rounds (server/rounds/round_loop.py) with the FedEmo strategy, wrapped by central DP or under SecAgg+,
+checkpointing each round; save the final weights, the summary and the signed report.
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
 """Run a FedEmo simulation on Flower's own simulation engine (its virtual-client engine).
 
-This is what ``flwr run .`` does inside its managed SuperLink, minus the
-background daemon and the app packaging: the same ServerApp and ClientApp,
-the same fused run config, Flower's engine. The ClientApps run on the
-backend ``simulation-backend`` names: ``local`` (default; a few worker
-processes kept for the whole run, simulations/engine/local_backend.py) or ``ray``
-(Flower's actor pool, per-client resources, for multi-machine simulation).
-Flower's private pieces are used in one module, simulations/engine/flower_seam.py.
-
-Before the engine starts, the data is made ready and checked
-(simulations/synthetic/data_prep.py). While it runs, the first Ctrl-C (SIGINT or
-SIGTERM) asks the coordinator to stop cleanly (server/rounds/interruption.py): the
-run folder then says it was interrupted and how to resume
-(``fedemo simulate --resume RUN_DIR``, which continues from the last
-checkpointed round).
+What ``flwr run .`` does inside its managed SuperLink, without the daemon: the same ServerApp and ClientApp
+on the backend ``simulation-backend`` names (``local`` worker processes, or ``ray``, also across a Ray
+cluster). The data is made ready and checked before the engine starts; the first Ctrl-C stops the run
+cleanly and ``fedemo simulate --resume RUN_DIR`` continues it.
 """
 
 from __future__ import annotations

@@ -1,69 +1,10 @@
 """Client-level central DP: Flower's DP strategy wrappers plus an accountant that says what they spent.
 
-Sample-level DP-SGD (``dp = true``) protects each record inside a hospital;
-this protects each *hospital's whole update*: updates are clipped to an L2
-norm (on the server, or on the node by Flower's clipping mods), averaged with
-equal weights, and Gaussian noise of std ``z * C / m`` is added to the average
-of the ``m`` sampled updates (McMahan et al. 2018, Andrew et al. 2021).
-
-Accounting is client-level under **replace-one-hospital** adjacency: the
-population and the number ``m`` of nodes sampled per round are fixed and
-public, and two neighbouring federations differ in one hospital's whole
-data. Replacing one clipped update by another moves the mean of ``m``
-updates by up to ``2C/m``, twice the add/remove bound, so a release with
-noise std ``z C / m`` is a Gaussian mechanism with effective multiplier
-``z k / (2 m)``, ``k`` the number of update slots the mean divides by (``m``
-unless more nodes were sent the round's instructions). Each release is
-composed with dp-accounting's RDP accountant at that multiplier; no
-amplification by sampling is claimed (Flower samples a fixed number of nodes
-with the run's ``seed``, which is public). Flower's own accountant is not
-used: it accounts each release at ``z``, which holds only for zero-out
-adjacency.
-
-**Every sampled node fills a slot; nothing else decides the release.** Which
-replies are usable can depend on one hospital's data: an update over
-``update-max-norm``, NaN from a diverged training, a node that crashed on
-one of its records or timed out on a large set. Had such a reply simply been
-dropped, the mean of the others would cost more epsilon (fewer terms, same
-noise), the budget would refuse the round, and the unchanged global model
-would tell every reader that one hospital's update was unusable (measured:
-norm 4.5 released, 6.0 not). So :meth:`CentralDP.slot_inputs` averages a fixed
-``k = max(m, nodes sent the round's instructions)`` slots: each usable reply
-fills one with equal weight (the ``update-weight`` a node sends is not
-trusted), and every sampled node without a usable update (screened out by
-server/aggregation/update_checks.py for any reason, failed, or silent) fills its slot
-with a *zero update* (the global model sent back). A zero update is one of
-the clipped updates the ``2C/m`` bound already covers, so the release, its
-noise (``z C / m``), its account (``z k / 2m``) and the adaptive clipped
-fraction (over ``k``) never depend on which replies were usable; whether a
-round is released depends only on the count of earlier releases. Rejections
-that are not data-dependent (a reply malformed by structure) are handled the
-same way: the coordinator cannot tell them apart from data-dependent ones.
-
-- adaptive clipping: Flower raises the update noise so that update and
-  clipped count together are one Gaussian mechanism with multiplier ``z``
-  under add/remove (``compute_adaptive_noise_params``, Andrew et al. Thm. 1);
-  under replacement both sensitivities double, so the same ``z / 2``
-  accounting covers them.
-
-**Trust.** Central DP trusts the coordinator: it sees every update before
-noise (or, with client-side clipping, every clipped update). The guarantee
-covers what is released from it, the sequence of global models, against
-everyone else: other hospitals, the model's users, anyone reading it.
-
-Equal weights are required (an update weighted by its sample count would
-have an unbounded influence): every node sends ``update-weight`` 1, and the
-slots FedAvg averages carry weight 1 whatever a node sent (a node claiming a
-tiny weight would otherwise enlarge everyone else's influence).
-
-**Flower's wrappers** are subclassed in one module, server/privacy/flower_dp_seam.py, which
-also says what its overrides correct (secret noise, zero-norm clipping, the adaptive step).
-
-**Resume.** The account is checkpointed each round (:meth:`CentralDP.state`)
-and each release is journaled to ``central_dp_releases.json`` as it is made,
-before the model reaches any node: a resumed run counts every release, the one
-made in the round the coordinator died in included (its rerun counts again);
-the adaptive clipping norm continues from the checkpointed round.
+Each hospital's whole update is clipped, averaged with equal weights over a fixed k slots, and noised
+(z C / m); accounting is replace-one-hospital (sensitivity 2C/m, multiplier z k / 2m, RDP, no sampling
+amplification claimed). Every sampled node fills a slot (a zero update when its reply is unusable), so the
+release and its account never depend on which replies were usable. The account is checkpointed and each
+release journaled before the model reaches any node. The reasoning in full: docs/design_notes.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,9 @@
 """The DP-wrapper seam: FedEmo's subclasses of Flower's DP strategy wrappers, the one place that overrides them.
 
-Flower 1.41's wrappers are used as they are except where they are wrong for
-us; each override names what it fixes (docs/upstream.md has a reproduction of
-each against Flower 1.41):
-
-* secret noise: Flower draws the release noise and the adaptive clipped-count
-  noise from numpy's global generator, which anyone holding the run config
-  could seed alike; ``_SecretNoise`` draws both from a fresh OS-seeded
-  generator per release;
-* zero-norm clipping: Flower's server-side clipping divides by the update's
-  norm, so an update equal to the global model raised ``ZeroDivisionError``;
-  ``_ZeroSafeServer*`` run Flower's ``aggregate_train`` steps with
-  :func:`clip_update`, which leaves a zero update as it is;
-* adaptive clipping direction: Flower's geometric update shrinks the norm
-  when most updates are clipped (``_AndrewClipUpdate`` follows Andrew et al.);
-  and it moves the norm before the round's noise is drawn, so the noise
-  follows the round's clipping norm here (``release_clipping_norm``).
-
-How many update slots a release averages, and what it costs, is
-server/privacy/central_dp.py's (``CentralDP.slot_inputs``, ``count_release``).
-``PRIVATE_*`` and ``OVERRIDES`` list every non-public Flower name, signature,
-attribute and overridden method used here; tests/test_flower_seams.py checks
-each against the installed Flower.
+Overrides, each with a reproduction against Flower 1.41 in docs/upstream.md: secret noise (Flower draws from
+numpy's global generator), zero-norm clipping (Flower divides by zero), and the adaptive clipping direction
+and noise norm. ``PRIVATE_*`` and ``OVERRIDES`` list every non-public Flower name, attribute and overridden
+method used here; tests/test_flower_seams.py checks each against the installed Flower.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """The engine seam: every private piece of Flower's simulation engine FedEmo uses, and only here.
 
-Flower 1.41 has no public entry point that runs a ServerApp and a ClientApp
-by reference with a given run config, and its engine's ``start_vce`` always
-builds a ``RayBackend``; its ``run_api`` does take any ``Backend``. So this
-module assembles, from Flower's own pieces and in Flower's order
-(``_main_loop``/``start_vce`` in flwr/simulation/run_simulation.py and
-flwr/server/superlink/fleet/vce/vce_api.py), a simulation that differs only
-in the backend (``run_on_backend``; ``run_on_ray`` is Flower's own), and
-hands simulations/engine/local_backend.py the ``Backend`` interface.
-
-``PRIVATE_NAMES``, ``PRIVATE_CALLS`` and ``PRIVATE_ATTRIBUTES`` list every
-non-public Flower name, signature and attribute used here;
-tests/test_flower_seams.py checks each against the installed Flower and
-fails on any private use outside the seam modules.
+Flower 1.41's ``start_vce`` always builds a ``RayBackend`` but its ``run_api`` takes any ``Backend``: this module
+assembles Flower's own pieces, in Flower's order, into a simulation that differs only in the backend
+(``run_on_backend``; ``run_on_ray`` is Flower's own). ``PRIVATE_NAMES``, ``PRIVATE_CALLS`` and
+``PRIVATE_ATTRIBUTES`` list every non-public name used; tests/test_flower_seams.py checks them.
 """
 
 from __future__ import annotations

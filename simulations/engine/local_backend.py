@@ -1,25 +1,9 @@
 """A lean simulation backend for Flower's virtual-client engine: a few long-lived worker processes.
 
-Flower's engine hands every message for a virtual node to a ``Backend``
-(reached through simulations/engine/flower_seam.py); Flower 1.41 ships only
-Ray's actor pool. This backend keeps the engine and replaces only where a
-ClientApp runs:
-
-* ``workers`` plain processes (``python -m simulations.engine.local_backend``),
-  started once per run, all at once; each loads the ClientApp by reference and
-  keeps it, with everything it caches per process, for every round. No Ray
-  head, no object store, no per-round process start.
-* A message and its node's context travel by pickle over a socket pair to the
-  node's own worker (partition-id modulo the worker count), so each worker
-  caches only its share of the nodes' data. On a GPU the default is one
-  worker: one CUDA context for all virtual nodes.
-* A ClientApp that raises is answered as Ray's backend answers it (an error
-  reply for that node). A worker that dies (``os._exit``, a segfault, the OOM
-  killer) is replaced and its message answered with an error naming the
-  node's partition and the exit code.
-* Workers ignore SIGINT/SIGTERM: the first Ctrl-C belongs to the coordinator
-  (server/rounds/interruption.py); a second one stops every worker at once
-  (``stop_now``), each message in hand answered with an error reply.
+``workers`` plain processes, started once per run, each loading the ClientApp once and caching its share of
+the nodes' data (node = partition-id modulo workers; one worker, one CUDA context on a GPU). Messages travel
+by pickle over socket pairs. A ClientApp error is answered as Ray's backend answers it; a dead worker is
+replaced and its message answered with an error naming the node. Details: docs/design_notes.md.
 """
 
 from __future__ import annotations
