@@ -338,3 +338,21 @@ def test_two_resumes_at_once_the_second_is_refused_in_one_line(tmp_path, capsys)
     assert rounds == [0, 1, 2, 3, 4]
     assert lock.read_text() == ""  # released at the end of the run
     assert fedemo(["verify", str(run_dir)]) == 0
+
+
+def test_a_run_saved_before_a_key_existed_resumes_with_its_default_but_not_with_another_value(tmp_path):
+    """A later FedEmo adds keys; a run folder written before them has no such key in config.json. Its
+    default is what the older code did, so resuming with it changes nothing; any other value is refused."""
+    from shared_models.settings.defaults import default_run_config
+    from shared_models.settings.run_settings import check_resume_changes, resume_changes
+
+    defaults = default_run_config()
+    saved = {k: v for k, v in defaults.items() if k not in ("consent-default", "audit")}  # an older run's config
+    assert resume_changes(saved, defaults) == {}
+    check_resume_changes(resume_changes(saved, defaults), tmp_path)  # nothing refused
+    changed = {**defaults, "audit": "client"}
+    assert resume_changes(saved, changed) == {"audit": [None, "client"]}
+    with pytest.raises(ConfigError, match="audit cannot change on resume"):
+        check_resume_changes(resume_changes(saved, changed), tmp_path)
+    with pytest.raises(ConfigError, match="seed cannot change on resume"):  # a key the run saved: as before
+        check_resume_changes(resume_changes(saved, {**defaults, "seed": defaults["seed"] + 1}), tmp_path)

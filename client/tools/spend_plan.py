@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from shared_models.atomic_files import atomic_write_text
 from shared_models.config_error import ConfigError
 from shared_models.privacy_ledger import LEDGER_FILE, LedgerError, PrivacyLedger
+from shared_models.settings.defaults import default_run_config
 from shared_models.settings.run_settings import RunSettings
 
 APPROVAL_FILE = "spend_approval.json"
@@ -64,8 +65,7 @@ def parse_node_config(text: str) -> dict[str, Any]:
 
 def run_settings(run_config_file: str | Path | None) -> RunSettings:
     """The federation's run config as the node will receive it: pyproject defaults fused with the file."""
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    config = dict(tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"])
+    config = dict(default_run_config())
     if run_config_file is not None:
         path = Path(run_config_file)
         if not path.is_file():

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from shared_models.config_error import ConfigError
+from shared_models.settings.defaults import default_run_config
 
 # Keys a resumed run may change: where the run lives, how many rounds it plans, and the machines it runs on.
 # Everything else decides what was already trained or how it was accounted (model, data, seed, privacy,
@@ -16,10 +17,15 @@ RESUMABLE_KEYS = frozenset({"num-server-rounds", "round-timeout", "resume", "run
 
 
 def resume_changes(saved: Mapping[str, Any], resumed: Mapping[str, Any]) -> dict[str, list[Any]]:
-    """{key: [saved value, resumed value]} for every key ``resumed`` sets to another value than ``saved``."""
+    """{key: [saved value, resumed value]} for every key ``resumed`` sets to another value than ``saved``.
+
+    A key the saved run predates (absent from its config: added by a later FedEmo) is a change only when the
+    resumed value differs from its default, since a new key's default is what the older code did.
+    """
     missing = object()
+    defaults = default_run_config()
     return {key: [saved.get(key), value] for key, value in sorted(resumed.items())
-            if saved.get(key, missing) != value}
+            if saved.get(key, missing) != value and not (key not in saved and defaults.get(key, missing) == value)}
 
 
 def check_resume_changes(changes: Mapping[str, list[Any]], run_dir: str | Path) -> None:
