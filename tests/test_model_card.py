@@ -51,6 +51,16 @@ def test_a_card_of_another_key_or_report_or_unsigned_is_refused(card_folder):
     assert any("UNSIGNED" in p for p in card_problems(folder, key.public_key()))
 
 
+def test_the_card_page_shows_the_signed_card_and_an_edited_page_is_caught(card_folder):
+    from server.report.model_card_page import CARD_PAGE_FILE
+
+    folder, key = card_folder
+    page = folder / CARD_PAGE_FILE
+    assert b"Model card" in page.read_bytes() and card_problems(folder, key.public_key()) == []
+    page.write_bytes(page.read_bytes().replace(b"How it was trained", b"How it was tested"))
+    assert any(p.startswith(f"{CARD_PAGE_FILE} CHANGED") for p in card_problems(folder, key.public_key()))
+
+
 @pytest.mark.slow
 def test_newcomer_path_train_predict_export_and_a_verified_card(tmp_path, capsys):
     runs = tmp_path / "runs"

@@ -15,6 +15,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from server.report.model_card_page import CARD_PAGE_FILE, render_card_page
 from server.report.signing import REPORT_FILE, SIGNATURE_FILE, canonical_bytes, key_id
 
 CARD_FILE = "model_card.json"
@@ -67,6 +68,7 @@ def write_card(run_dir: Path, card: dict[str, Any], key) -> Path:
     run_dir = Path(run_dir)
     data = canonical_bytes(card)
     atomic_write_bytes(run_dir / CARD_FILE, data)
+    atomic_write_bytes(run_dir / CARD_PAGE_FILE, render_card_page(json.loads(data)))  # as verify reads the card
     if key is not None:
         public = key.public_key()
         atomic_write_json(run_dir / CARD_SIG_FILE, {
@@ -88,8 +90,8 @@ def check_card(run_dir: Path, verification) -> None:
     if problems:
         verification.valid = False
         verification.problems.extend(problems)
-        if any("CHANGED" in p for p in problems):
-            verification.changed_files.append(CARD_FILE)
+        verification.changed_files.extend(name for name in (CARD_FILE, CARD_PAGE_FILE)
+                                          if any(p.startswith(f"{name} CHANGED") for p in problems))
 
 
 def card_problems(run_dir: Path, public) -> list[str]:
@@ -116,6 +118,14 @@ def card_problems(run_dir: Path, public) -> list[str]:
         public.verify(signature, card_statement(data, report_sha256))
     except InvalidSignature:
         problems.append(f"model_card.json CHANGED: {card_path} is not the card signed with this run's key")
+    page = run_dir / CARD_PAGE_FILE
+    try:
+        expected_page = render_card_page(json.loads(data.decode("utf-8")))
+    except (UnicodeDecodeError, ValueError, AttributeError):  # a card that is not JSON: reported above
+        expected_page = None
+    if page.is_file() and page.read_bytes() != expected_page:
+        problems.append(f"{CARD_PAGE_FILE} CHANGED: {page} is not the page of the signed model_card.json "
+                        "(`fedemo export` writes it again)")
     current = hashlib.sha256((run_dir / REPORT_FILE).read_bytes()).hexdigest()
     if report_sha256 != current:
         problems.append(f"model_card.json was signed for another report.json (sha256 {report_sha256}, the file is "
