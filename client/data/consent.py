@@ -83,7 +83,10 @@ def manifest_path(root: str | Path, override: str | Path | None = None) -> Path 
             raise ConsentError(path, "consent manifest not found (named by the node config's consent-manifest)")
         return path
     path = Path(root) / MANIFEST_FILE
-    return path if path.is_file() else None
+    try:
+        return path if path.is_file() else None
+    except OSError as err:  # an unreadable folder: whether a manifest governs it cannot be known, so nothing is read
+        raise ConsentError(path, f"cannot tell whether a consent manifest is here: {(err.strerror or str(err)).lower()}")
 
 
 def manifest_stamp(root: str | Path, override: str | Path | None = None) -> tuple:
