@@ -110,11 +110,9 @@ def _canary_reply(msg: Message, index: int) -> Message:
     # The keys an honest node without dp sends (FedAvg aggregates only replies with the same keys); no loss to report
     metrics = {msgs.NUM_EXAMPLES: the_plan["num_examples"], msgs.SKIPPED: 0, msgs.TRAIN_LOSS: 0.0,
                msgs.TRAIN_SAMPLES: the_plan["num_examples"], msgs.UPDATE_WEIGHT: 1,
-               **{key: 0 for key in getattr(msgs, "CONSENT_METRICS", ())}}  # no records: none used or left out
-    client = {msgs.CLIENT_ID: f"canary-{index}"}
-    if hasattr(msgs, "CONSENT_CLIENT_KEYS"):  # the consent fields every node's reply carries (no manifest, no log)
-        client.update({msgs.CONSENT_MANIFEST: "", msgs.CONSENT_POLICY: "exclude", msgs.CONSENT_TRACKED: False,
-                       msgs.CONSENT_TAINTED_RUNS: ""})
+               **{key: 0 for key in msgs.CONSENT_METRICS}}  # no records: none used or left out
+    # the consent fields every node's reply carries (client/data/consent_log.py's consent_wire): no manifest, no log
+    client = {msgs.CLIENT_ID: f"canary-{index}", msgs.CONSENT_MANIFEST: "", msgs.CONSENT_POLICY: "exclude"}
     content = RecordDict({msgs.ARRAYS: ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in zip(names, current)}),
                           msgs.METRICS: MetricRecord(metrics),
                           msgs.CLIENT: ConfigRecord(client)})
