@@ -8,7 +8,6 @@ checkpointing each round; save the final weights, the summary and the signed rep
 
 from __future__ import annotations
 
-import os
 import random
 import shlex
 import time
@@ -55,7 +54,7 @@ def main(grid: Grid, context: Context) -> None:
             raise interruption.DiskFull(disk_full_line(err, context)) from None  # one line, no traceback
     except BaseException as err:
         console.end_run_log(err)
-        if isinstance(err, Exception) and console.STARTED_ENV not in os.environ:  # flwr run: no fedemo CLI says it
+        if isinstance(err, Exception) and not console.started_by_fedemo():  # flwr run: no fedemo CLI says it
             log(ERROR, "[fedemo] the run stopped: %s", err)  # Flower's console shows only its exit code
         raise
     finally:

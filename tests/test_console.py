@@ -233,3 +233,15 @@ def test_round_lines_fit_100_columns_and_run_log_keeps_every_figure(tmp_path, mo
     out.seek(0)
     recorder.log(1000, worst_case_round(1000)[1])
     assert "details of round 1000/1000" in out.getvalue()
+
+
+def test_a_start_time_older_than_the_process_is_not_this_runs(monkeypatch):
+    """FEDEMO_STARTED inherited from a shell or an earlier simulation: neither the wall clock nor who reports."""
+    from server.rounds import console
+
+    monkeypatch.setenv(console.STARTED_ENV, "1000")
+    assert not console.started_by_fedemo()
+    assert console.run_started() == console.process_started()
+    console.mark_start()
+    assert console.started_by_fedemo()
+    assert console.run_started() >= console.process_started()

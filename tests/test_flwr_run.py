@@ -65,9 +65,9 @@ def test_flwr_run_from_the_repo_root(tmp_path):
     # the app's dependencies into a fresh 6 GB environment on every new FLWR_HOME (see README).
     # RAY_ADDRESS=local: Flower's simulation starts a Ray of its own, never joins (or hangs on) a cluster that a
     # `ray start` on this machine left in /tmp/ray/ray_current_cluster.
-    # FEDEMO_*: what earlier in-process simulations of this test session set (a stale FEDEMO_STARTED broke the run)
-    fresh_shell = {k: v for k, v in os.environ.items() if not k.startswith("FEDEMO_")}
-    env = {**fresh_shell, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    # FEDEMO_STARTED=1000: a start time that a shell exported, or that an earlier in-process simulation left; the
+    # coordinator must ignore it (it once hid the one-line reason below: Flower showed only its exit code 700).
+    env = {**os.environ, "FEDEMO_STARTED": "1000", "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "RAY_ADDRESS": "local", "PATH": f"{Path(flwr).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     run_config = (f'data-dir="{tmp_path / "data"}" runs-dir="{tmp_path / "runs"}" run-name="flwr-run" '
                   "synth-samples=300 num-server-rounds=1")

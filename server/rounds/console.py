@@ -73,10 +73,23 @@ def mark_start(when: float | None = None) -> None:
 
 def run_started() -> float:
     """When the user's command started: FEDEMO_STARTED, else this process's start (``flwr run``'s app process)."""
+    marked = _marked_start()
+    return process_started() if marked is None else marked
+
+
+def started_by_fedemo() -> bool:
+    """Whether a fedemo command in this process marked the start (it then says a failed run's reason itself)."""
+    return _marked_start() is not None
+
+
+def _marked_start() -> float | None:
+    """FEDEMO_STARTED, if this process set it: a value older than the process was inherited (a shell that exported
+    it, or ``flwr run`` started from a process that ran a simulation) and says nothing about this run."""
     try:
-        return float(os.environ[STARTED_ENV])
+        marked = float(os.environ[STARTED_ENV])
     except (KeyError, ValueError):
-        return process_started()
+        return None
+    return marked if marked >= process_started() - 1.0 else None
 
 
 def process_started() -> float:
