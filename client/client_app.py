@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import threading
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -95,6 +97,38 @@ def _reply(msg: Message, samples: ClientSamples, metrics: dict, arrays: ArrayRec
     return Message(content=content, reply_to=msg)
 
 
+@dataclass
+class LocalTraining:
+    """One node's non-DP local training, prepared from its train message: what ``train_epochs`` is given."""
+
+    settings: RunSettings
+    model: torch.nn.Module  # holds the global weights; holds the node's trained weights afterwards
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    n_inputs: int
+    device: torch.device
+
+    def run(self) -> dict[str, float]:
+        return train_epochs(self.model, self.loader, self.optimizer, epochs=self.settings.local_epochs,
+                            n_inputs=self.n_inputs, device=self.device)
+
+
+# A simulation worker that trains several nodes' messages as one batched computation installs, in each of
+# their threads, a runner that takes the prepared training and returns its metrics with the trained weights
+# loaded into its model (simulations/engine/client_groups.py). Without one, each node trains on its own.
+_training_runner = threading.local()
+
+
+def set_training_runner(runner: Callable[[LocalTraining], dict[str, float]] | None) -> None:
+    """Install (or with None remove) this thread's runner of non-DP local training."""
+    _training_runner.run = runner
+
+
+def run_local_training(training: LocalTraining) -> dict[str, float]:
+    runner = getattr(_training_runner, "run", None)
+    return training.run() if runner is None else runner(training)
+
+
 # Mods run outermost first: SecAgg+ and clipping pass through unless their mode is on; the DP allowlist
 # sits innermost, on exactly what the handler produced.
 @app.train(mods=[secure_aggregation_mod, central_dp_clipping_mod, dp_allowlist_mod])
@@ -123,7 +157,7 @@ def train(msg: Message, context: Context) -> Message:
     consent_metrics, consent_client = consent_wire(samples, run_name, str(context.run_id))
     metrics: dict = {msgs.NUM_EXAMPLES: len(samples.train), **consent_metrics}
     if not settings.dp:
-        trained = train_epochs(model, loader, optimizer, epochs=settings.local_epochs, n_inputs=n_inputs, device=device)
+        trained = run_local_training(LocalTraining(settings, model, loader, optimizer, n_inputs, device))
         metrics.update({msgs.SKIPPED: samples.skipped, msgs.TRAIN_LOSS: trained[msgs.TRAIN_LOSS],
                         msgs.TRAIN_SAMPLES: trained[msgs.TRAIN_SAMPLES]})
         return _reply(msg, samples, metrics, ArrayRecord(_cpu_state(model)), consent_client)

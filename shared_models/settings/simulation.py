@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from shared_models.settings.checks import need
 
 SIMULATION_BACKENDS = ("local", "ray")
+# Models whose local training vectorised clients reproduce (simulations/engine/vectorised_clients.py): no dropout
+# by default (under vmap each client's dropout draws differ from its own training's) and no batch statistics.
+VECTORISABLE_MODELS = ("face_cnn", "face_scatter", "face_scatter_lcn", "voice_stats")
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,7 @@ class SimulationSettings:
     ray_address: str  # ray backend: an existing Ray cluster's head (host:port); "" = RAY_ADDRESS or a local Ray
     device: str
     client_threads: int
+    vectorised_clients: bool  # local backend: a worker trains its nodes' train messages of a round as one batch
 
     def check(self) -> None:
         need(self, self.num_supernodes >= 1, "num-supernodes", "must be >= 1")
@@ -33,3 +37,13 @@ class SimulationSettings:
         need(self, self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "choose auto, cpu or cuda[:N]")
         need(self, self.client_threads >= 1, "client-threads", "must be >= 1")
+        if self.vectorised_clients:
+            need(self, self.simulation_backend == "local", "vectorised-clients",
+                 "only with simulation-backend = \"local\" (its workers group their nodes' train messages)")
+            need(self, not self.dp, "vectorised-clients",  # type: ignore[attr-defined]  # DPSettings' key
+                 "not with dp = true: per-sample clipping per client and each node's noise from its own secret "
+                 "generator are not implemented in the batched step (set dp = false or vectorised-clients = false)")
+            model = self.model  # type: ignore[attr-defined]  # TrainingSettings' key
+            need(self, model in VECTORISABLE_MODELS, "vectorised-clients",
+                 f"model {model!r} is not supported (its dropout draws would differ from each node's own "
+                 f"training); supported: {', '.join(VECTORISABLE_MODELS)}")

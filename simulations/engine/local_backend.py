@@ -28,6 +28,19 @@ from simulations.engine.flower_seam import Backend, BackendConfig, ClientAppExce
 CONFIG_KEY = "local"  # this backend's section of Flower's backend config
 STOPPED = "the simulation stopped while this node was working"
 ENGINE_THREADS_PER_WORKER = 16  # messages in hand per worker (LocalBackend.num_workers says why)
+GROUP_THREADS_PER_WORKER = 64  # vectorised clients: up to this many nodes' messages in hand per worker
+GATHER_QUIET_S = 0.02  # a group is sent once no further message of its worker arrived for this long
+GATHER_MAX_S = 0.5
+
+
+@dataclass
+class _Pending:
+    """A train message waiting for its worker's next group."""
+
+    message: Message
+    context: Context
+    outcome: tuple | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -52,6 +65,7 @@ class BackendStats:
     workers_started: int = 0
     workers_replaced: int = 0
     messages: int = 0
+    groups: list[int] = field(default_factory=list)  # vectorised clients: the size of each group of train messages
     peaks: list[WorkerPeak] = field(default_factory=list)
 
 
@@ -114,6 +128,10 @@ def worker_main(conn: Connection, reference: str, app_dir: str) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)  # skip the interpreter's teardown of torch and friends (seconds, nothing to save)
+        if isinstance(request, list):  # train messages of several nodes: their training vectorised
+            from simulations.engine.client_groups import run_group
+            conn.send(("group", run_group(app, request)))
+            continue
         message, context = request
         try:
             reply = app(message=message, context=context)
@@ -139,6 +157,8 @@ class LocalBackend(Backend):
         self.app_dir = str(settings.get("app_dir", ""))
         self.workers = max(1, int(settings.get("workers", 1)))
         self.environment = {str(k): str(v) for k, v in dict(settings.get("environment", {})).items()}
+        self.vectorised = bool(settings.get("vectorised", False))  # group each worker's train messages
+        self._pending: list[list[_Pending]] = [[] for _ in range(self.workers)]
         self.stats = BackendStats()
         self._slots: list[_Worker] = []  # slot i serves the nodes whose partition-id % workers == i
         self._busy = [threading.Lock() for _ in range(self.workers)]
@@ -162,7 +182,7 @@ class LocalBackend(Backend):
         with a few per worker, a slower worker would gather every thread while
         the other worker has work queued that no thread holds, and idles.
         """
-        return ENGINE_THREADS_PER_WORKER * self.workers
+        return (GROUP_THREADS_PER_WORKER if self.vectorised else ENGINE_THREADS_PER_WORKER) * self.workers
 
     def is_worker_idle(self) -> bool:
         return any(not busy.locked() for busy in self._busy)
@@ -177,6 +197,8 @@ class LocalBackend(Backend):
         """
         partition = context.node_config.get("partition-id", "?")
         slot = int(partition) % self.workers if str(partition).isdigit() else 0
+        if self.vectorised and message.metadata.message_type.split(".")[0] == "train":
+            return self._process_in_group(slot, message, context)
         with self._busy[slot]:
             worker = self._slots[slot]
             try:
@@ -192,6 +214,61 @@ class LocalBackend(Backend):
         if status == "ok":
             return payload
         raise ClientAppException(str(payload))
+
+    def _process_in_group(self, slot: int, message: Message, context: Context) -> tuple[Message, Context]:
+        """Queue the train message for its worker; whichever waiting thread gets the worker sends the group.
+
+        The sender waits until no further message for the worker has arrived for ``GATHER_QUIET_S`` (the
+        engine hands a round's messages out within milliseconds), then sends every queued one as one group.
+        """
+        item = _Pending(message, context)
+        with self._lock:
+            self._pending[slot].append(item)
+        while not item.done.is_set():
+            with self._busy[slot]:
+                if item.done.is_set():
+                    break
+                self._gather(slot)
+                with self._lock:
+                    group, self._pending[slot] = self._pending[slot], []
+                self._send_group(slot, group)
+        status, payload = item.outcome  # type: ignore[misc]
+        if status == "ok":
+            return payload
+        if status == "stopped":
+            return stopped_reply(message, STOPPED), context
+        raise ClientAppException(str(payload))
+
+    def _gather(self, slot: int) -> None:
+        waited, seen = 0.0, -1
+        while waited < GATHER_MAX_S:
+            with self._lock:
+                count = len(self._pending[slot])
+            if count == seen:
+                return
+            seen = count
+            self._stopping.wait(GATHER_QUIET_S)
+            waited += GATHER_QUIET_S
+
+    def _send_group(self, slot: int, group: list[_Pending]) -> None:
+        """Run ``group`` on the slot's worker (held by the caller) and give each member its outcome."""
+        worker = self._slots[slot]
+        try:
+            worker.conn.send([(p.message, p.context) for p in group])
+            status, outcomes = worker.conn.recv()
+        except (EOFError, OSError):
+            if self._stopping.is_set():
+                outcomes = [("stopped", None)] * len(group)
+            else:
+                code = self._replace(slot)
+                partitions = ", ".join(str(p.context.node_config.get("partition-id", "?")) for p in group)
+                outcomes = [("error", f"the node process for partitions {partitions} died (exit code {code}); "
+                                      "a fresh worker replaces it")] * len(group)
+        self.stats.messages += len(group)
+        self.stats.groups.append(len(group))
+        for pending, outcome in zip(group, outcomes):
+            pending.outcome = outcome
+            pending.done.set()
 
     def stop_now(self) -> bool:
         """A second Ctrl-C: kill every worker, busy or idle; messages in hand are answered as stopped.

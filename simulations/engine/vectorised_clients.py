@@ -106,20 +106,24 @@ class _Stepper:
             p.copy_(torch.where(on, update, p))
 
 
-def train_clients(model: nn.Module, client_batches: Sequence[Sequence[tuple]], spec: OptimiserSpec, *,
-                  n_inputs: int, device: torch.device, va_weight: float = 1.0
+def train_clients(model: nn.Module | Sequence[nn.Module], client_batches: Sequence[Sequence[tuple]],
+                  spec: OptimiserSpec, *, n_inputs: int, device: torch.device, va_weight: float = 1.0
                   ) -> list[tuple[dict[str, torch.Tensor], dict[str, float]]]:
     """Train one copy of ``model`` per client, all at once; ``client_batches[c]`` is client c's batch sequence.
 
-    ``model`` holds the global weights (left unchanged). Returns, per client, its state dict after training and
+    ``model`` holds the global weights (left unchanged), or is a list of one model per client (same architecture
+    and buffers) holding each client's starting weights. Returns, per client, its state dict after training and
     its metrics as ``train_epochs`` reports them (mean loss, samples seen).
     """
     clients = len(client_batches)
-    model = model.to(device)
+    starts = [model] * clients if isinstance(model, nn.Module) else list(model)
+    if len(starts) != clients:
+        raise ValueError(f"vectorised clients: {len(starts)} models for {clients} clients")
+    model = starts[0].to(device)
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}
     frozen = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}
     buffers = {**{k: b.detach() for k, b in model.named_buffers()}, **frozen}
-    stacked, _ = stack_module_state([model] * clients)
+    stacked, _ = stack_module_state([m.to(device) for m in starts])
     params = {k: v.detach().clone().contiguous() for k, v in stacked.items() if k in trainable}
     stepper = _Stepper(spec, params, clients)
 

@@ -1,0 +1,134 @@
+"""A worker's group of train messages: each node's message and reply as alone, their training batched.
+
+The local backend (``vectorised-clients = true``) hands a worker the train messages of several of its nodes that
+arrived together. Each message runs through the ClientApp exactly as alone (its mods, settings, data, global
+weights, loader, consent log, reply and DP allowlist) in a thread of its own; only the local training step is
+pooled: the ClientApp's training runner (client/client_app.py ``set_training_runner``) hands each node's prepared
+training to a ``TrainingRendezvous``, which, once every member has handed its training in or finished without
+one, trains them as one vectorised computation (simulations/engine/vectorised_clients.py) and gives each node its
+own weights and metrics back. Details: docs/design_notes.md.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from client.client_app import LocalTraining, set_training_runner
+from simulations.engine.vectorised_clients import epoch_batches, optimiser_spec, train_clients
+
+Outcome = tuple[str, Any]  # ("ok", (reply, context)) | ("error", reason): what a worker sends back per message
+
+
+@dataclass
+class _Slot:
+    training: LocalTraining
+    batches: list[tuple]
+    metrics: dict[str, float] | None = None
+    error: BaseException | None = None
+
+
+def _group_key(training: LocalTraining) -> tuple:
+    """Trainings that can share one vectorised computation: same architecture, optimiser, inputs and device."""
+    s = training.settings
+    return (s.model, s.valence_arousal, optimiser_spec(s), training.n_inputs, str(training.device))
+
+
+def train_together(slots: list[_Slot]) -> None:
+    """Train every slot's model in one vectorised computation per group key; fill in metrics (or the error)."""
+    groups: dict[tuple, list[_Slot]] = {}
+    for slot in slots:
+        groups.setdefault(_group_key(slot.training), []).append(slot)
+    for members in groups.values():
+        first = members[0].training
+        try:
+            trained = train_clients([m.training.model for m in members], [m.batches for m in members],
+                                    optimiser_spec(first.settings), n_inputs=first.n_inputs, device=first.device)
+            for member, (state, metrics) in zip(members, trained):
+                member.training.model.load_state_dict(state)
+                member.metrics = metrics
+        except Exception as err:  # noqa: BLE001 - each member's node answers with the error
+            for member in members:
+                member.error = err
+
+
+@dataclass
+class TrainingRendezvous:
+    """Collects the members' prepared trainings; the member that completes the group trains them all."""
+
+    members: int
+    train: Callable[[list[_Slot]], None] = train_together
+    _pending: int = field(init=False)
+    _slots: list[_Slot] = field(default_factory=list, init=False)
+    _done: bool = field(default=False, init=False)
+    _cond: threading.Condition = field(default_factory=threading.Condition, init=False)
+
+    def __post_init__(self) -> None:
+        self._pending = self.members
+
+    def submit(self, training: LocalTraining) -> dict[str, float]:
+        """A member's training step: wait for the group, return this node's metrics (weights in its model)."""
+        try:  # this node's batches, drawn in its own thread (loader order and augmentation as alone)
+            slot = _Slot(training, epoch_batches(training.loader, training.settings.local_epochs))
+        except BaseException:
+            self._arrive()
+            raise
+        with self._cond:
+            self._slots.append(slot)
+        self._arrive()
+        with self._cond:
+            self._cond.wait_for(lambda: self._done)
+        if slot.error is not None:
+            raise RuntimeError(f"vectorised local training failed: {slot.error}") from slot.error
+        return slot.metrics  # type: ignore[return-value]
+
+    def withdraw(self) -> None:
+        """A member finished (or failed) without handing in a training: the group no longer waits for it."""
+        self._arrive()
+
+    def _arrive(self) -> None:
+        with self._cond:
+            self._pending -= 1
+            last = self._pending == 0
+        if last:
+            try:
+                if self._slots:
+                    self.train(self._slots)
+            finally:
+                with self._cond:
+                    self._done = True
+                    self._cond.notify_all()
+
+
+def run_group(app: Callable[..., Any], requests: list[tuple[Any, Any]]) -> list[Outcome]:
+    """Answer each (message, context) through ``app`` in its own thread, their local training batched."""
+    rendezvous = TrainingRendezvous(len(requests))
+    outcomes: list[Outcome] = [("error", "the node's thread did not finish")] * len(requests)
+
+    def member(i: int, message: Any, context: Any) -> None:
+        submitted = False
+
+        def runner(training: LocalTraining) -> dict[str, float]:
+            nonlocal submitted
+            submitted = True
+            return rendezvous.submit(training)
+
+        set_training_runner(runner)
+        try:
+            reply = app(message=message, context=context)
+            outcomes[i] = ("ok", (reply, context))
+        except Exception as err:  # noqa: BLE001 - one node's failure is its own error reply, as alone
+            outcomes[i] = ("error", str(err) or type(err).__name__)
+        finally:
+            set_training_runner(None)
+            if not submitted:
+                rendezvous.withdraw()
+
+    threads = [threading.Thread(target=member, args=(i, m, c), name=f"node-{i}") for i, (m, c) in enumerate(requests)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
