@@ -74,7 +74,7 @@ def local_backend_config(settings: RunSettings, client_reference: str, app_dir: 
     threads = {name: str(settings.client_threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                                 "OPENBLAS_NUM_THREADS") if name not in os.environ}
     return {"local": {"client_app": client_reference, "app_dir": app_dir, "workers": local_workers(settings),
-                      "environment": threads}}
+                      "environment": threads, "vectorised": settings.vectorised_clients}}
 
 
 def engine_summary(settings: RunSettings, backend: Any) -> dict[str, Any]:
@@ -91,6 +91,7 @@ def engine_summary(settings: RunSettings, backend: Any) -> dict[str, Any]:
     own_pss = pss_mib()
     engine = {"backend": "local", "workers": backend.workers, "workers_replaced": backend.stats.workers_replaced,
               "messages": backend.stats.messages,
+              **({"vectorised_groups": backend.stats.groups} if backend.vectorised else {}),
               "peak_rss_mib": {"coordinator": round(coordinator, 1), "workers": workers,
                                "total": round(coordinator + sum(workers), 1)},
               "final_pss_mib": {"coordinator": round(own_pss, 1), "workers": shared,
