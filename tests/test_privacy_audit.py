@@ -161,3 +161,78 @@ def test_sample_level_audit_of_a_dp_run_at_epsilon_2_stays_below_2_and_records_e
     assert audit["lower_bound"] <= 2.0 and audit["black_box"]["lower_bound"] <= 2.0 and audit["passed"]
     assert json.loads((run_dir / "report.json").read_text())["audit"]["passed"] is True
     assert not list((tmp_path / "runs" / ".audit-plans").iterdir())  # the coins live in audit.json only
+
+
+# ---- the client canaries' length (issue 23 at 50 hospitals: norm-1 canaries drowned in unclipped updates) -------
+
+def _train_message(arrays: dict, server_round: int):
+    import time
+
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
+    from shared_models import messages as msgs
+
+    content = RecordDict({msgs.ARRAYS: ArrayRecord({n: Array(a) for n, a in arrays.items()}),
+                          msgs.CONFIG: ConfigRecord({msgs.SERVER_ROUND: server_round})})
+    return Message(content=content, metadata=Metadata(
+        run_id=7, message_id=f"m-{time.time_ns()}", src_node_id=1, dst_node_id=0, reply_to_message_id="",
+        group_id="", created_at=time.time(), ttl=3600.0, message_type="train"))
+
+
+def test_a_client_canary_sends_its_direction_at_the_plans_canary_norm_not_the_clipping_norm(tmp_path, monkeypatch):
+    from shared_models import messages as msgs
+    from simulations.audit import canary_app, plan as plans
+
+    arrays = {"head.weight": np.zeros((7, 30), dtype=np.float32), "head.bias": np.ones(7, dtype=np.float32)}
+    plan = {"mode": "client", "hospitals": 2, "clipping_norm": 1.0, "canary_norm": 7.5, "num_examples": 10,
+            "canaries": [{"node": 2, "seed": 11}, {"node": 3, "seed": 12}], "coins": [1, 0]}
+    plans.write_plan(plan, tmp_path / "plan.json")
+    monkeypatch.setenv(plans.PLAN_ENV, str(tmp_path / "plan.json"))
+    canary_app.plan.cache_clear()
+    try:
+        for index, expected in [(0, 7.5), (1, 0.0)]:
+            reply = canary_app._canary_reply(_train_message(arrays, 2), index)
+            sent = reply.content[msgs.ARRAYS]
+            update = np.concatenate([(sent[n].numpy().astype(np.float64) - a).ravel() for n, a in arrays.items()])
+            assert np.linalg.norm(update) == pytest.approx(expected, rel=1e-5)
+            if expected:  # along the canary's own direction
+                direction = np.concatenate([d.ravel() for d in plans.canary_direction(11, [a.shape for a in arrays.values()])])
+                assert float(update @ direction) == pytest.approx(expected, rel=1e-5)
+    finally:
+        canary_app.plan.cache_clear()
+
+
+def test_client_canary_norm_is_the_clipping_norm_under_central_dp_and_measured_or_set_without():
+    from simulations.audit.plan import client_canary_norm
+    from simulations.run_config import load_run_config
+    from shared_models.settings.run_settings import ConfigError, RunSettings
+
+    def settings(**overrides):
+        config, _ = load_run_config(REPO / "configs" / "quickstart_dp.toml", {
+            "audit": "client", "dp": False, "server-momentum": 0.0, **overrides})
+        return RunSettings.from_config(config)
+
+    central = {"central-dp": "server-fixed", "central-dp-clipping-norm": 0.5}
+    assert client_canary_norm(settings(**central))[0] == 0.5
+    assert client_canary_norm(settings(**central, **{"audit-canary-norm": 0.5}))[0] == 0.5
+    with pytest.raises(ConfigError, match="audit-canary-norm.*central-dp-clipping-norm"):
+        settings(**central, **{"audit-canary-norm": 3.0})  # a longer canary would test a weaker claim than made
+    assert client_canary_norm(settings())[0] is None  # measured every round
+    assert client_canary_norm(settings(**{"audit-canary-norm": 4.0}))[0] == 4.0
+    with pytest.raises(ConfigError, match="audit-canary-norm"):
+        settings(**{"audit-canary-norm": -1.0})
+
+
+@pytest.mark.slow
+def test_without_central_dp_canaries_are_as_long_as_the_median_honest_update_of_their_round(tmp_path):
+    # lr 1 without clipping: honest updates many times the clipping norm (1), which would drown norm-1 canaries
+    audit = tiny_audit(tmp_path, "measured", **{"learning-rate": 1.0, "audit-canaries": 40, "num-server-rounds": 2})
+    norms = audit["honest_update_norms_by_round"]
+    assert sorted(norms) == ["1", "2"] and audit["canary_norm_by_round"].keys() == norms.keys()
+    for r, measured in norms.items():
+        assert measured["hospitals"] == [0, 1, 2] and len(measured["norms"]) == 3
+        assert audit["canary_norm_by_round"][r] == pytest.approx(float(np.median(measured["norms"])))
+        assert audit["canary_norm_by_round"][r] > 3 * audit["clipping_norm"]
+    coins, scores = np.array(audit["coins"], dtype=bool), np.array(audit["scores"])
+    assert scores[coins].min() > scores[~coins].max()  # not drowned: every in-canary scores above every out-canary
+    assert audit["lower_bound"] > 0.8 * audit["ceiling"]
+    assert not list((tmp_path / "runs" / ".audit-plans").iterdir())  # the measured norms live in audit.json only

@@ -4,7 +4,8 @@ A research run only: canaries are synthetic records or synthetic nodes inside a 
 hospital's data or ledger, so an audit needs a simulated federation (a data-dir) and the mechanism it
 audits: ``sample`` audits DP-SGD's records (or a run without DP, to show the audit has teeth), ``client``
 audits client-level central DP's nodes (fixed clipping: each canary node sends its direction at the
-clipping norm).
+clipping norm; without central DP at ``audit-canary-norm``, or by default the median norm of the hospitals' own
+updates that round, so that the canaries are as long as an honest node's update and not drowned by it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class AuditSettings:
     audit_canaries: int
     audit_guesses: int
     audit_significance: float
+    audit_canary_norm: float
 
     def check(self) -> None:
         need(self, self.audit in AUDIT_MODES, "audit", f"choose one of {', '.join(AUDIT_MODES)}")
@@ -39,7 +41,12 @@ class AuditSettings:
              "an audit spends into its run's own fresh ledgers (leave state-dir empty): canaries never reach a "
              "ledger that other runs compose")
         need(self, not self.resume, "audit", "an audit run cannot be resumed (its canaries' coins belong to one run)")
+        need(self, self.audit_canary_norm >= 0, "audit-canary-norm",
+             "must be >= 0 (0: the clipping norm under central DP, else the median honest update norm)")
         if self.audit == "client":
+            need(self, self.central_dp == "off" or self.audit_canary_norm in (0, self.central_dp_clipping_norm),
+                 "audit-canary-norm", "under central DP a canary node sends at central-dp-clipping-norm (the "
+                 "replace-one-node adjacency the claim covers): leave it 0")
             need(self, not self.dp, "audit",
                  "client audits client-level central DP: set dp = false (a canary node has no records to account)")
             need(self, self.central_dp in ("off", "server-fixed", "client-fixed"), "audit",

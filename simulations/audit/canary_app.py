@@ -1,8 +1,9 @@
 """The audit run's ClientApp: FedEmo's own node, with the canaries of the plan (simulations/audit/plan.py).
 
-``sample``: every hospital is the real node (``client.client_app.app``, its DP-SGD, ledger and mods) whose
-data source is its partition plus its canary slots: the slot rows join its training set (mislabelled when
-the coin is 1, with their true label when it is 0) and leave its test set. ``client``: partitions
+``sample``: every hospital is the real node (``client.client_app.app``, its DP-SGD, ledger and mods, its data
+untouched); around a train message of a hospital holding canaries this app sets the training seam
+(``client.local_training.STEP_OBSERVER``) to its white-box gradient canaries (simulations/audit/gradient_canaries.py)
+and writes their scores for the round beside the plan. ``client``: partitions
 0..H-1 are the real node over H partitions (the canary nodes own no data), and each canary node answers a
 training round with the global model plus its direction at the clipping norm (coin 1) or unchanged (coin 0),
 and refuses evaluation (it holds no test data). Research runs only: ``fedemo audit`` loads this app.
@@ -11,6 +12,7 @@ and refuses evaluation (it holds no test data). Research runs only: ``fedemo aud
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import functools
 import os
@@ -20,69 +22,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.clientapp import ClientApp
 
 import client.client_app as node
-from client.data.loaders.base import EmotionData
-from client.data.node_data import ClientSamples
-from client.data.torch_data import EmotionSamples
 from shared_models import messages as msgs
-from simulations.audit.plan import PLAN_ENV, canary_direction, full_dataset, initial_path, read_plan, updates_path
-from simulations.audit.scores import canary_inputs, margins
+from simulations.audit.gradient_canaries import GradientCanaries
+from simulations.audit.plan import PLAN_ENV, canary_direction, initial_path, norms_path, read_plan, updates_path
 
 
 @functools.lru_cache(maxsize=1)
 def plan() -> dict:
     return read_plan(os.environ[PLAN_ENV])
-
-
-def concat(a: EmotionData, b: EmotionData) -> EmotionData:
-    """The rows of ``a`` then those of ``b`` (one dataset folder)."""
-    both = lambda x, y: None if x is None else np.concatenate([x, y])  # noqa: E731
-    return EmotionData(dataset=a.dataset, modality=a.modality, root=a.root, refs=both(a.refs, b.refs),
-                       labels=both(a.labels, b.labels), subjects=both(a.subjects, b.subjects),
-                       demographics={k: both(v, b.demographics[k]) for k, v in a.demographics.items()},
-                       published_split=both(a.published_split, b.published_split),
-                       valence_arousal=both(a.valence_arousal, b.valence_arousal), faces=both(a.faces, b.faces),
-                       skipped=list(a.skipped), flagged=dict(a.flagged))
-
-
-_SLOTTED: dict[int, tuple[ClientSamples, ClientSamples]] = {}  # id(node's samples) -> (them, with slots)
-
-
-def _with_slots(samples: ClientSamples, dataset: str, data_dir: str, task: str) -> ClientSamples:
-    """``samples`` with this node's canary slots moved from its test set into its training set (once per object)."""
-    kept = _SLOTTED.get(id(samples))
-    if kept is None or kept[0] is not samples:
-        kept = _SLOTTED[id(samples)] = (samples, _slotted(samples, dataset, data_dir, task))
-    return kept[1]
-
-
-def _slotted(samples: ClientSamples, dataset: str, data_dir: str, task: str) -> ClientSamples:
-    the_plan = plan()
-    mine = [(c, coin) for c, coin in zip(the_plan["canaries"], the_plan["coins"]) if str(c["node"]) == samples.client_id]
-    if not mine:
-        return samples
-    data = full_dataset(dataset, data_dir, task)
-    slots = data.subset([c["row"] for c, _ in mine])
-    slots.labels = np.array([c["canary_label"] if coin else c["true_label"] for c, coin in mine], dtype=np.int64)
-    slot_refs = set(slots.refs.tolist())
-    test = samples.test.data
-    keep = np.array([ref not in slot_refs for ref in test.refs.tolist()])
-    # seed None: a secret stream; the node reseeds it every round anyway (public without dp, secret with dp)
-    train = EmotionSamples(concat(samples.train.data, slots), task, augment=samples.train.augment, seed=None)
-    return dataclasses.replace(samples, train=train,
-                               test=EmotionSamples(test.subset(np.flatnonzero(keep)), task, augment=False, seed=None))
-
-
-_real_client_samples = node.client_samples
-
-
-def client_samples_with_canaries(settings, node_config, data_dir, *args, **kwargs):
-    samples = _real_client_samples(settings, node_config, data_dir, *args, **kwargs)
-    if settings.audit != "sample":
-        return samples
-    return _with_slots(samples, settings.dataset, str(data_dir), settings.task)
-
-
-node.client_samples = client_samples_with_canaries  # the real node's one data source, in this process only
 
 
 def _hospital_context(context: Context) -> Context:
@@ -103,7 +50,7 @@ def _canary_reply(msg: Message, index: int) -> Message:
     if int(msg.content[msgs.CONFIG].get(msgs.SERVER_ROUND, 0)) == 1:  # the initial model: the scores' origin
         _keep_initial({names[i]: current[i] for i in floats})
     if coin:
-        scale = the_plan["clipping_norm"] * (1 - 1e-6)  # at the clipping norm, never clipped further
+        scale = canary_norm(msg) * (1 - 1e-6)  # under central DP: at the clipping norm, never clipped further
         direction = canary_direction(canary["seed"], [current[i].shape for i in floats])
         for i, d in zip(floats, direction):
             current[i] = (current[i].astype(np.float64) + scale * d).astype(current[i].dtype)
@@ -117,6 +64,61 @@ def _canary_reply(msg: Message, index: int) -> Message:
                           msgs.METRICS: MetricRecord(metrics),
                           msgs.CLIENT: ConfigRecord(client)})
     return Message(content=content, reply_to=msg)
+
+
+def canary_norm(msg: Message) -> float:
+    """The L2 norm of a coin-1 canary's update this round: the plan's, or the median measured honest update norm."""
+    fixed = plan().get("canary_norm")
+    return float(fixed) if fixed else honest_norms(msg)["median"]
+
+
+_NORMS: dict[int, dict] = {}  # round -> its measured honest update norms (this process's copy of the file)
+
+
+def honest_norms(msg: Message) -> dict:
+    """This round's update norms of the plan's ``norm_hospitals``, trained by the real node on the round's model.
+
+    Computed once per round across the engine's processes (an exclusive lock on a file beside the plan); without
+    dp the nodes' training streams are public and reseeded per round, so these are the hospitals' own updates.
+    """
+    server_round = int(msg.content[msgs.CONFIG].get(msgs.SERVER_ROUND, 0))
+    if server_round in _NORMS:
+        return _NORMS[server_round]
+    target = norms_path(os.environ[PLAN_ENV])
+    with open(target.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        known = json.loads(target.read_text()) if target.exists() else {}
+        if str(server_round) not in known:
+            hospitals = plan()["norm_hospitals"]
+            norms = [_update_norm(msg, pid) for pid in hospitals]
+            known[str(server_round)] = {"hospitals": hospitals, "norms": norms, "median": float(np.median(norms))}
+            partial = target.with_name(f".{target.name}.{os.getpid()}")
+            partial.write_text(json.dumps(known))
+            os.replace(partial, target)
+    _NORMS[server_round] = known[str(server_round)]
+    return _NORMS[server_round]
+
+
+def _update_norm(msg: Message, pid: int) -> float:
+    """The L2 norm of hospital ``pid``'s update to the model in ``msg`` (its floating-point arrays), by the real node."""
+    context = _MEASURING_CONTEXT[0]
+    hospital = dataclasses.replace(context, node_config={**context.node_config, "partition-id": pid,
+                                                         "num-partitions": plan()["hospitals"]}, state=RecordDict())
+    reply = node.app(msg, hospital)
+    if reply.has_error():
+        raise RuntimeError(f"audit: hospital {pid} failed to train while measuring the canary norm: "
+                           f"{reply.error.reason}")
+    sent = reply.content[msgs.ARRAYS]
+    got = msg.content[msgs.ARRAYS]
+    total = 0.0
+    for name in got.keys():
+        before = np.asarray(got[name].numpy())
+        if np.issubdtype(before.dtype, np.floating):
+            total += float(np.square(np.asarray(sent[name].numpy()).astype(np.float64) - before).sum())
+    return float(np.sqrt(total))
+
+
+_MEASURING_CONTEXT: list[Context] = []  # the canary's context while it measures (run config, node config)
 
 
 def _keep_initial(arrays: dict[str, np.ndarray]) -> None:
@@ -144,46 +146,42 @@ def _canary_index(context: Context) -> int | None:
 def train(msg: Message, context: Context) -> Message:
     index = _canary_index(context)
     if index is not None:
+        _MEASURING_CONTEXT[:] = [context]
         return _canary_reply(msg, index)
-    reply = node.app(msg, _hospital_context(context))
-    if plan()["mode"] == "sample" and not reply.has_error() and msgs.ARRAYS in reply.content:
-        _record_gains(msg, reply, context)
-    return reply
+    if plan()["mode"] == "sample":
+        return _train_with_canaries(msg, context)
+    return node.app(msg, _hospital_context(context))
 
 
-_INPUTS: dict[str, tuple] = {}  # client id -> (its canaries' indices, the canaries, their model inputs)
-
-
-def _record_gains(msg: Message, reply: Message, context: Context) -> None:
-    """This node's canaries' margin under the model it sends minus under the global model it got, for this round."""
-    from shared_models.models.registry import build_model
+def _train_with_canaries(msg: Message, context: Context) -> Message:
+    """The hospital's own train handler, its steps carrying its gradient canaries; their scores for the round."""
+    from client.local_training import STEP_OBSERVER
     from shared_models.settings.run_settings import RunSettings
-    from client.data.torch_data import NUM_MODEL_INPUTS
 
+    the_plan, pid = plan(), str(context.node_config.get("partition-id", ""))
+    mine = [i for i, c in enumerate(the_plan["canaries"]) if str(c["node"]) == pid]
+    if not mine:
+        return node.app(msg, context)
     settings = RunSettings.from_config(context.run_config)
-    client_id = str(reply.content[msgs.CLIENT][msgs.CLIENT_ID])
-    model = build_model(settings.model, valence_arousal=settings.valence_arousal)
-    if client_id not in _INPUTS:
-        the_plan = plan()
-        indices = [i for i, c in enumerate(the_plan["canaries"]) if str(c["node"]) == client_id]
-        canaries = [the_plan["canaries"][i] for i in indices]
-        data_dir = str(msg.content[msgs.CONFIG].get(msgs.DATA_DIR, settings.data_dir))
-        _INPUTS[client_id] = (indices, canaries, [canary_inputs(settings, canaries, data_dir, model, key)
-                                                  for key in ("row", "control_row")] if indices else None)
-    indices, canaries, inputs = _INPUTS[client_id]
-    if not indices:
-        return
-    n_inputs = NUM_MODEL_INPUTS[settings.task]
-
-    def controlled_margins(arrays) -> np.ndarray:  # the canary's margin minus its control's (same two labels)
-        model.load_state_dict(arrays.to_torch_state_dict())
-        return margins(model, inputs[0], canaries, n_inputs) - margins(model, inputs[1], canaries, n_inputs)
-
-    before, after = controlled_margins(msg.content[msgs.ARRAYS]), controlled_margins(reply.content[msgs.ARRAYS])
-    line = {"round": int(msg.content[msgs.CONFIG].get(msgs.SERVER_ROUND, 0)), "canaries": indices,
-            "gains": [float(g) for g in after - before]}
-    with open(updates_path(os.environ[PLAN_ENV], client_id), "a") as out:
+    canaries = GradientCanaries([the_plan["canaries"][i]["seed"] for i in mine], [the_plan["coins"][i] for i in mine],
+                                default_norm=settings.dp_max_grad_norm)
+    token = STEP_OBSERVER.set(canaries)
+    try:
+        reply = node.app(msg, context)
+    finally:
+        STEP_OBSERVER.reset(token)
+    if reply.has_error() or msgs.ARRAYS not in reply.content:  # declined (its budget): no step, nothing released
+        return reply
+    if canaries.steps == 0:
+        raise RuntimeError(f"audit: hospital {pid} trained without a step through its optimizer (the audit's seam "
+                           "was bypassed; vectorised-clients cannot carry gradient canaries)")
+    line = {"round": int(msg.content[msgs.CONFIG].get(msgs.SERVER_ROUND, 0)), "canaries": mine,
+            "steps": canaries.steps, "sample_rate": canaries.sample_rate, "clipping_norm": canaries.clipping_norm,
+            "scores": canaries.scores.tolist(), "released": canaries.released.tolist(),
+            "inclusions": canaries.inclusions.tolist()}
+    with open(updates_path(os.environ[PLAN_ENV], pid), "a") as out:
         out.write(json.dumps(line) + "\n")
+    return reply
 
 
 @app.evaluate()

@@ -1,8 +1,10 @@
 """The audit's canaries and their secret coins, prepared before training (docs/privacy.md "Empirical audit").
 
-``sample``: m canary slots in hospitals' training sets hold a mislabelled record (coin 1) or the same record
-with its true label (coin 0): one record replaced, DP-SGD's adjacency, and n unchanged. ``client``: m canary
-nodes send a random unit direction at the clipping norm (coin 1) or nothing (coin 0). Coins come from
+``sample``: m white-box gradient canaries spread over the hospitals (simulations/audit/gradient_canaries.py), each
+a record slot whose clipped gradient is +C e_i (coin 1) or -C e_i (coin 0), e_i from its seed: one record
+replaced, DP-SGD's adjacency, and n unchanged. ``client``: m canary
+nodes send a random unit direction at the canary norm (coin 1: the clipping norm under central DP, otherwise the
+median honest update norm or ``audit-canary-norm``) or nothing (coin 0). Coins come from
 ``secrets``; the plan file is read by the simulated canaries and the auditor, never by the coordinator.
 """
 
@@ -55,28 +57,16 @@ def node_rows(settings: RunSettings, data_dir: str) -> tuple[Any, list[tuple[np.
 
 
 def sample_plan(settings: RunSettings, data_dir: str) -> dict[str, Any]:
-    """m test rows spread over the hospitals, each with a public wrong label, and their secret coins."""
-    data, splits = node_rows(settings, data_dir)
-    pool = [(pid, int(row)) for pid, (_, test) in enumerate(splits) for row in test]
-    m = settings.audit_canaries
-    if len(pool) < m:
-        raise ConfigError(f"run-config audit-canaries = {m}: the simulated hospitals hold only {len(pool)} test rows "
-                          "to make canaries of; lower it or raise synth-samples")
-    rng = np.random.default_rng([settings.seed, 23])  # the choice and the wrong labels are public; the coins are not
-    chosen = sorted(rng.choice(len(pool), size=m, replace=False).tolist())
-    classes = np.unique(data.labels)
-    taken = {pool[index] for index in chosen}
-    canaries = []
-    for index in chosen:
-        pid, row = pool[index]
-        true = int(data.labels[row])
-        others = classes[classes != true]
-        # A control: another of the node's test records of the same class, never a canary (it stays in the test
-        # set): its margin moves with the class-level drift of every update, which the score subtracts.
-        same = [int(r) for r in splits[pid][1] if int(data.labels[r]) == true and (pid, int(r)) not in taken]
-        canaries.append({"node": pid, "row": row, "true_label": true, "canary_label": int(rng.choice(others)),
-                         "control_row": int(rng.choice(same)) if same else row})
-    return {"mode": "sample", "canaries": canaries, "coins": secret_coins(m)}
+    """m gradient canaries dealt round-robin to the hospitals (public), a direction seed each, and the secret coins.
+
+    Every hospital trains in DP-SGD with its own sample rate and steps, so each canary is audited under its own
+    node's mechanism; ``data_dir`` is unused (gradient canaries touch no record), kept for the common signature.
+    """
+    del data_dir
+    m, hospitals = settings.audit_canaries, settings.num_supernodes
+    seeds = [secrets.randbits(63) for _ in range(m)]  # the directions need not be secret; the coins must be
+    return {"mode": "sample", "hospitals": hospitals, "canary_gradient": "+C e_i (coin 1) or -C e_i (coin 0)",
+            "canaries": [{"node": i % hospitals, "seed": s} for i, s in enumerate(seeds)], "coins": secret_coins(m)}
 
 
 def client_plan(settings: RunSettings, data_dir: str) -> dict[str, Any]:
@@ -85,9 +75,29 @@ def client_plan(settings: RunSettings, data_dir: str) -> dict[str, Any]:
     m = settings.audit_canaries
     seeds = [secrets.randbits(63) for _ in range(m)]  # the directions need not be secret; fresh ones cost nothing
     weight = int(round(np.mean([len(train) for train, _ in splits])))  # FedAvg's weight without central-dp
-    return {"mode": "client", "hospitals": settings.num_supernodes, "clipping_norm": settings.central_dp_clipping_norm,
-            "num_examples": weight, "canaries": [{"node": settings.num_supernodes + i, "seed": s}
+    hospitals = settings.num_supernodes
+    norm, rule = client_canary_norm(settings)
+    return {"mode": "client", "hospitals": hospitals, "clipping_norm": settings.central_dp_clipping_norm,
+            "canary_norm": norm, "canary_norm_rule": rule,
+            "norm_hospitals": sorted({0, hospitals // 2, hospitals - 1}),  # public picks, measured every round
+            "num_examples": weight, "canaries": [{"node": hospitals + i, "seed": s}
                                                  for i, s in enumerate(seeds)], "coins": secret_coins(m)}
+
+
+def client_canary_norm(settings: RunSettings) -> tuple[float | None, str]:
+    """A coin-1 canary's update norm (None: measured every round) and the rule, as audit.json states it.
+
+    Under central DP the clipping norm: the claim covers one node's update of at most that norm, so a canary at
+    it is the worst case the accountant assumes. Without central DP nothing bounds an honest update, and canaries
+    at the clipping norm drown in unclipped updates many times longer; by default they are as long as the
+    median honest update of the same round (a node like the others), or ``audit-canary-norm``.
+    """
+    if settings.central_dp != "off":
+        return settings.central_dp_clipping_norm, "central-dp-clipping-norm (the adjacency the claim covers)"
+    if settings.audit_canary_norm > 0:
+        return settings.audit_canary_norm, "audit-canary-norm (set in the run config)"
+    return None, ("the median L2 norm of the updates of hospitals norm_hospitals, trained by the real node on "
+                  "each round's global model (no central DP: nothing clips an honest update)")
 
 
 def write_plan(plan: dict[str, Any], path: Path) -> Path:
@@ -103,8 +113,14 @@ def initial_path(plan_file: str | Path) -> Path:
     return plan_file.with_name(plan_file.stem + "-initial.npz")
 
 
+def norms_path(plan_file: str | Path) -> Path:
+    """Where the canary nodes keep each round's measured honest update norms (client audits without central DP)."""
+    plan_file = Path(plan_file)
+    return plan_file.with_name(plan_file.stem + "-norms.json")
+
+
 def updates_path(plan_file: str | Path, node: int | str) -> Path:
-    """Where hospital ``node`` writes its canaries' margin gains, one line per round (sample audits)."""
+    """Where hospital ``node`` writes its gradient canaries' scores, one line per round (sample audits)."""
     plan_file = Path(plan_file)
     return plan_file.with_name(f"{plan_file.stem}-updates-{node}.jsonl")
 

@@ -2,10 +2,10 @@
 
 1. prepare the canaries and draw their secret coins (simulations/audit/plan.py);
 2. run the simulation with the canary ClientApp (simulations/audit/canary_app.py);
-3. score every canary on the result: ``sample``, white-box (what the coordinator sees): the sum over rounds
-   of how much its node's sent model raised log p(canary label | x) - log p(true label | x) over the global
-   model it got (the black-box margin under the final model is kept beside it, for comparison); ``client``: the cosine between the canary's direction and the
-   final model delta (final global model minus the initial one);
+3. score every canary on the result: ``sample``, white-box gradient canaries: the sum over every DP-SGD step
+   of <noisy clipped sum released minus the node's own records' clipped sum, e_i> (the release alone is kept
+   beside it, for comparison; simulations/audit/gradient_canaries.py); ``client``: the cosine between the
+   canary's direction and the final model delta (final global model minus the initial one);
 4. reveal the coins, guess "in" for the top-k scores, and compute the bound (shared_models/privacy_audit/);
 5. write audit.json beside the run's other files and sign the report again with its audit section.
 """
@@ -71,6 +71,8 @@ def run_audit(config_file: str | Path | None, overrides: dict[str, Any] | None =
     atomic_write_json(run_dir / AUDIT_FILE, audit)
     plan_file.unlink()  # the coins now live in audit.json
     plans.initial_path(plan_file).unlink(missing_ok=True)
+    plans.norms_path(plan_file).unlink(missing_ok=True)
+    plans.norms_path(plan_file).with_suffix(".lock").unlink(missing_ok=True)
     for node in {c.get("node") for c in plan["canaries"]}:
         plans.updates_path(plan_file, node).unlink(missing_ok=True)
     resign_report(run_dir, run_settings)
@@ -84,24 +86,14 @@ def score_and_bound(run_dir: Path, settings: RunSettings, plan: dict[str, Any], 
     extra: dict[str, Any] = {}
     guesses = settings.audit_guesses or None
     if plan["mode"] == "sample":
-        from simulations.audit.scores import sample_scores, update_scores
-
-        scores, score_name = update_scores(plan, plan_file), \
-            ("white-box, what the coordinator sees: the sum over rounds of how much the canary's node's sent model "
-             "raised log p(canary label | x) - log p(true label | x) over the global model it got")
-        # Secondary, for comparison only (its bound is not the verdict): the black-box score on the final model.
-        final = sample_scores(run_dir, settings, plan, data_dir)
-        claimed, delta = sample_claim(run_dir, settings, plan, data_dir)
-        black = audit_scores(final, coins, significance=settings.audit_significance, delta=delta, guesses=guesses)
-        extra["black_box"] = {"score": "log p(canary label | x) - log p(true label | x) under the final global model",
-                              "scores": [float(v) for v in final], "guesses": black.guesses,
-                              "correct": black.correct, "lower_bound": black.lower_bound}
+        scores, score_name, claimed, delta = sample_audit(run_dir, settings, plan, data_dir, plan_file, extra)
     else:
         from simulations.audit.scores import client_scores
 
         scores, score_name = client_scores(run_dir, plan, plans.initial_path(plan_file)), \
             "cosine between the canary node's direction and the final model delta (final minus initial global model)"
         claimed, delta = client_claim(run_dir, settings)
+        extra.update(client_norms(plan, plan_file))
     outcome = audit_scores(scores, coins, significance=settings.audit_significance, delta=delta, guesses=guesses)
     top = ceiling(len(coins), settings.audit_significance, delta, outcome.guess_grid)
     return {
@@ -109,9 +101,9 @@ def score_and_bound(run_dir: Path, settings: RunSettings, plan: dict[str, Any], 
         "mechanism": "sample-level DP-SGD (dp = true)" if settings.dp else
                      ("client-level central DP (" + settings.central_dp + ")" if settings.central_dp != "off"
                       else "none (no DP: the audit's teeth)"),
-        "adjacency": "replace one record: each canary slot holds the mislabelled record (coin 1) or the same record "
-                     "with its true label (coin 0)" if plan["mode"] == "sample" else
-                     "replace one node: each canary node sends its direction at the clipping norm (coin 1) or a "
+        "adjacency": "replace one record: each canary is a record slot whose clipped gradient is +C e_i (coin 1) or "
+                     "-C e_i (coin 0), the worst pair replace-one accounting covers" if plan["mode"] == "sample" else
+                     "replace one node: each canary node sends its direction at the canary norm (coin 1) or a "
                      "zero update (coin 0)",
         "score": score_name, "m": len(coins), "scores": [float(s) for s in scores], "coins": [int(c) for c in coins],
         "canaries": plan["canaries"], "how_k_chosen": outcome.how_k_chosen, "guess_grid": list(outcome.guess_grid),
@@ -122,13 +114,51 @@ def score_and_bound(run_dir: Path, settings: RunSettings, plan: dict[str, Any], 
     }
 
 
+def client_norms(plan: dict[str, Any], plan_file: Path) -> dict[str, Any]:
+    """audit.json's account of the canaries' length: the rule, and the norm each round used (with what was measured)."""
+    import json
+
+    out: dict[str, Any] = {"canary_norm_rule": plan["canary_norm_rule"], "clipping_norm": plan["clipping_norm"]}
+    if plan["canary_norm"]:
+        out["canary_norm"] = plan["canary_norm"]
+        return out
+    path = plans.norms_path(plan_file)
+    measured = json.loads(path.read_text()) if path.is_file() else {}
+    out["canary_norm_by_round"] = {r: v["median"] for r, v in sorted(measured.items(), key=lambda kv: int(kv[0]))}
+    out["honest_update_norms_by_round"] = {r: {"hospitals": v["hospitals"], "norms": v["norms"]}
+                                           for r, v in sorted(measured.items(), key=lambda kv: int(kv[0]))}
+    return out
+
+
+def sample_audit(run_dir: Path, settings: RunSettings, plan: dict[str, Any], data_dir: str, plan_file: Path,
+                 extra: dict[str, Any]) -> tuple[np.ndarray, str, float | None, float]:
+    """White-box gradient canaries' scores, the claim, delta; ``extra`` gets the comparison score and the details."""
+    from simulations.audit.gradient_canaries import CANARY_GRADIENT, RELEASED_SCORE, SCORE
+    from simulations.audit.scores import gradient_scores
+
+    seen = gradient_scores(plan, plan_file)
+    claimed, delta = sample_claim(run_dir, settings, plan, data_dir)
+    coins = np.array(plan["coins"], dtype=bool)
+    # For comparison only (its bound is not the verdict): the release itself, the records' own gradients in it.
+    raw = audit_scores(seen.released, coins, significance=settings.audit_significance, delta=delta,
+                       guesses=settings.audit_guesses or None)
+    extra.update({
+        "canary_gradient": CANARY_GRADIENT, "observation": "white-box: every step's noisy clipped sum (what DP-SGD's "
+        "accountant composes), and the node's own records' clipped sum, which DP lets an adversary know",
+        "sample_rate_by_hospital": seen.sample_rates, "clipping_norm_by_hospital": seen.clipping_norms,
+        "steps_by_hospital": seen.steps, "inclusions": [int(v) for v in seen.inclusions],
+        "released_sum": {"score": RELEASED_SCORE, "scores": [float(v) for v in seen.released], "guesses": raw.guesses,
+                         "correct": raw.correct, "lower_bound": raw.lower_bound},
+    })
+    return seen.scores, SCORE, claimed, delta
+
+
 def sample_claim(run_dir: Path, settings: RunSettings, plan: dict[str, Any], data_dir: str) -> tuple[float | None, float]:
     """The largest training epsilon any node's ledger recorded (None without dp), and the largest node delta."""
     import json
 
     _, splits = plans.node_rows(settings, data_dir)
-    slots = np.bincount([c["node"] for c in plan["canaries"]], minlength=len(splits))
-    sizes = [len(train) + int(slots[pid]) for pid, (train, _) in enumerate(splits)]
+    sizes = [len(train) for train, _ in splits]  # gradient canaries are no records of the node's data set
     delta = settings.dp_delta or 1.0 / (10 * min(sizes))  # each node's default 1/(10 n): the largest is the weakest
     if not settings.dp:
         return None, delta
