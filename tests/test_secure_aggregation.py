@@ -49,6 +49,9 @@ def test_secure_aggregation_gives_the_fedavg_model_without_seeing_updates(tmp_pa
         assert [c["client"] for c in train["clients"]] == ["0", "1", "2"] and not train["failures"]
         assert all(c["num_examples"] > 0 and math.isfinite(c["train_loss"]) for c in train["clients"])
         assert train["secagg"] == {"nodes_aggregated": 3, "updates_clipped": 0}
+        # Consent figures travel in the clear beside the masked update, as on the plain path.
+        assert all(c["consent"]["used"] == c["num_examples"] and c["consent"]["manifest"] == ""
+                   for c in train["clients"]), train["clients"]
 
     init = initial_weights()
     w_plain, w_secagg = torch.load(plain_dir / "global_model.pt"), torch.load(secagg_dir / "global_model.pt")
@@ -58,6 +61,8 @@ def test_secure_aggregation_gives_the_fedavg_model_without_seeing_updates(tmp_pa
     assert distance(w_secagg, w_plain) < 0.02 * moved, (distance(w_secagg, w_plain), moved)
     build_model("face_cnn").load_state_dict(w_secagg)  # a complete model
 
+    report = json.loads((secagg_dir / "report.json").read_text())
+    assert [c["client"] for c in report["consent"]["clients"]] == ["0", "1", "2"], report["consent"]
     summary = json.loads((secagg_dir / "summary.json").read_text())
     assert summary["secagg"]["rounds_halted"] == [] and summary["secagg"]["clip_norm"] == 10.0
     assert "secagg" not in json.loads((plain_dir / "summary.json").read_text())
