@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import secrets
 import warnings
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from client.privacy.clipping.book_keeping import BookKeepingCapture, book_keeping_layers
+from client.privacy.dp_optimizer import secret_generator, with_secret_noise
 from client.privacy.private_step import BOOK_KEEPING, CLIPPING, HOOKS, PrivateStep
 from shared_models.privacy_ledger import ACCOUNTANT, REPLACE_ONE, BudgetExceeded, PrivacyLedger, epsilon_of
 
@@ -113,17 +113,13 @@ def plan_round(ledger: PrivacyLedger, run: str, *, batches_per_epoch: int, local
     return DPPlan(sigma, sample_rate, steps_per_round, max_grad_norm)
 
 
-def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch generator seeded from the OS CSPRNG: nothing the coordinator sends or knows determines it."""
-    return torch.Generator(device=device).manual_seed(secrets.randbits(64))
-
-
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, plan: DPPlan, *,
                  accountant: str, secure_mode: bool = False, clipping: str | None = None) -> PrivateStep:
     """Opacus's one entry point, with the Poisson masks and the noise drawn from secret generators.
 
     Opacus's DPDataLoader takes the passed loader's generator for its masks (outside secure mode), so the loader
-    is rebuilt on a secret one; the noise generator lives on the model's device. ``clipping`` (default: book-keeping
+    is rebuilt on a secret one; the noise generator lives on the model's device and draws every parameter's noise
+    at once (client/privacy/dp_optimizer.py). ``clipping`` (default: book-keeping
     where its rules cover every trained layer, else Opacus's hooks) changes the cost, never the mechanism.
     """
     layers = book_keeping_layers(model)
@@ -147,7 +143,8 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
         noise_generator=None if secure_mode else secret_generator(device),
         grad_sample_mode="ghost" if clipping == BOOK_KEEPING else "hooks",
     )
-    private_model, private_optimizer, private_loader = private[0], private[1], private[-1]
+    private_model, private_loader = private[0], private[-1]
+    private_optimizer = with_secret_noise(private[1])  # same mechanism and hook; one flat secret draw per step
     capture = None
     if clipping == BOOK_KEEPING:
         private_model.remove_hooks()

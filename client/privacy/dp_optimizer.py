@@ -1,0 +1,121 @@
+"""The DP optimizers a node steps: Opacus's, with the Gaussian noise of every trained parameter drawn in one flat
+draw from a secret generator, and without per-step work whose result is already at hand.
+
+``make_private`` (client/privacy/dp_training.py) swaps Opacus's optimizer for one of these, keeping its wrapped
+optimizer, noise multiplier, clipping bound, expected batch size and the accountant's step hook. The mechanism is
+Opacus's: the clipped sum in ``p.summed_grad``, ``add_noise`` (the one place it becomes the noised ``p.grad``),
+``scale_grad`` by the expected batch size, the accountant's hook, the wrapped optimizer's step. Opacus's secure
+mode (torchcsprng) keeps Opacus's own ``add_noise``.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import torch
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGradientClipping
+
+__all__ = ["BookKeepingDPOptimizer", "HooksDPOptimizer", "SecretNoise", "secret_generator", "with_secret_noise"]
+
+
+def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded from the OS CSPRNG: nothing the coordinator sends or knows determines it."""
+    return torch.Generator(device=device).manual_seed(secrets.randbits(64))
+
+
+class SecretNoise:
+    """Unit Gaussian draws for all of a list of parameters at once (one flat buffer, refilled in place each step)
+    from a torch generator seeded from the OS CSPRNG on the parameters' device; never torch's global generator,
+    which a run's seed fixes. torch's CPU normal (vectorised Box-Muller over Mersenne Twister) draws float32
+    faster than numpy's ziggurat on PCG64 or SFC64 here, so it is kept, but drawn once per step, not per tensor."""
+
+    def __init__(self, params: list[torch.Tensor], generator: torch.Generator | None = None) -> None:
+        device, dtype = params[0].device, params[0].dtype
+        self.generator = generator if generator is not None else secret_generator(device)
+        self.buffer = torch.empty(sum(p.numel() for p in params), device=device, dtype=dtype)
+
+    @staticmethod
+    def covers(params: list[torch.Tensor]) -> bool:
+        """One flat draw needs one device and one dtype for every parameter."""
+        return bool(params) and len({(p.device, p.dtype) for p in params}) == 1
+
+    def draw(self) -> torch.Tensor:
+        """A fresh N(0, 1) vector with one entry per parameter element (valid until the next draw)."""
+        return self.buffer.normal_(generator=self.generator)
+
+
+class _FlatSecretNoise:
+    """``add_noise`` from one flat secret draw (mixed into both Opacus optimizers below)."""
+
+    noise: SecretNoise | None = None
+
+    def add_noise(self) -> None:
+        """Contract (kept for anything that wraps this method on the instance, e.g. the privacy audit): every
+        trained ``p`` holds its clipped sum in ``p.summed_grad``; afterwards ``p.grad`` is a new tensor,
+        ``p.summed_grad`` + N(0, (noise_multiplier x max_grad_norm)^2) per element, shaped like ``p``, and
+        ``p.summed_grad`` is left unchanged (marked processed, as Opacus does). This is the one place where the
+        clipped sum becomes the noised gradient."""
+        params = self.params
+        if self.secure_mode or self.noise is None:
+            return super().add_noise()
+        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+        for p in params:
+            _check_processed_flag(p.summed_grad)
+        unit = self.noise.draw() if std != 0 else None
+        offset = 0
+        for p in params:
+            summed = p.summed_grad.view_as(p)
+            if unit is None:
+                p.grad = summed.clone()
+            else:
+                p.grad = torch.add(summed, unit[offset:offset + p.numel()].view_as(p), alpha=std)
+            offset += p.numel()
+            _mark_as_processed(p.summed_grad)
+
+
+class HooksDPOptimizer(_FlatSecretNoise, DPOptimizer):
+    """Opacus's DPOptimizer (it clips the per-sample gradients its hooks computed), noised by ``SecretNoise``."""
+
+
+class BookKeepingDPOptimizer(_FlatSecretNoise, DPOptimizerFastGradientClipping):
+    """Opacus's ghost-clipping optimizer for book-keeping clipping, which leaves the clipped sum in ``.grad``:
+    ``pre_step`` moves it to ``summed_grad`` (no copy: ``add_noise`` writes a new ``.grad``) instead of Opacus's
+    per-parameter deepcopy, then noises, scales and calls the accountant's hook exactly as Opacus does."""
+
+    def pre_step(self, closure=None) -> bool:
+        for p in self.params:
+            if p.summed_grad is None:
+                p.summed_grad, p.grad = p.grad, None
+            else:  # a skipped step's sum accumulates (Opacus's virtual steps)
+                p.summed_grad.add_(p.grad)
+                p.grad = None
+        if self._check_skip_next_step():
+            self._is_last_step_skipped = True
+            return False
+        self.add_noise()
+        self.scale_grad()
+        if self.step_hook:
+            self.step_hook(self)
+        self._is_last_step_skipped = False
+        return True
+
+
+def with_secret_noise(optimizer: DPOptimizer) -> DPOptimizer:
+    """Opacus's ``optimizer`` (from ``PrivacyEngine.make_private``) as the matching class above, with the same
+    wrapped optimizer, settings, generator and accountant hook; a ``SecretNoise`` on that (secret) generator
+    where one flat draw covers every trained parameter."""
+    classes = {DPOptimizerFastGradientClipping: BookKeepingDPOptimizer, DPOptimizer: HooksDPOptimizer}
+    if type(optimizer) not in classes:
+        raise TypeError(f"no secret-noise variant of {type(optimizer).__name__}")
+    cls = classes[type(optimizer)]
+    fast = cls(optimizer.original_optimizer, noise_multiplier=optimizer.noise_multiplier,
+               max_grad_norm=optimizer.max_grad_norm, expected_batch_size=optimizer.expected_batch_size,
+               loss_reduction=optimizer.loss_reduction, generator=optimizer.generator,
+               secure_mode=optimizer.secure_mode)
+    fast.attach_step_hook(optimizer.step_hook)
+    params = fast.params
+    if not optimizer.secure_mode and optimizer.generator is not None and SecretNoise.covers(params):
+        fast.noise = SecretNoise(params, optimizer.generator)
+    return fast
