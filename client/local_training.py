@@ -8,6 +8,8 @@ to give exactly the pooled metric, and they reveal far less than predictions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,13 @@ from shared_models.models.voice_models import ccc_loss
 
 if TYPE_CHECKING:  # Opacus loads only under DP
     from client.privacy.private_step import PrivateStep
+
+# The one research seam (docs/design_notes.md "The audit's seam"): the sample-level audit's ClientApp
+# (simulations/audit/canary_app.py) sets it around one train message to add gradient canaries to the steps of
+# the optimizer it is handed. Default None: training untouched. No product entry point sets it
+# (tests/test_audit_sample.py checks).
+STEP_OBSERVER: ContextVar[Callable[[torch.optim.Optimizer, DataLoader, "PrivateStep | None"], None] | None] = \
+    ContextVar("fedemo_step_observer", default=None)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,6 +79,9 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     """
     if private is not None and (private.model is not model or private.optimizer is not optimizer):
         raise ValueError("train_epochs: under DP pass the private step's own model and optimizer")
+    observer = STEP_OBSERVER.get()
+    if observer is not None:
+        observer(optimizer, loader, private)
     model.train()
     criterion = nn.CrossEntropyLoss()
     total_loss, seen = 0.0, 0

@@ -107,60 +107,7 @@ def test_a_mechanism_that_drops_its_noise_is_caught_and_the_report_marks_the_aud
     assert main(["verify", str(run_dir)]) == 0  # the audit's section is signed data: the report still verifies
 
 
-@pytest.mark.slow  # synthesises 400 faces
-def test_sample_canary_slots_make_coin_neighbours_differ_by_one_replaced_record(tmp_path, monkeypatch):
-    # The adjacency the audit tests: flipping one coin replaces one training record (same size, same rows, one
-    # label), and the canary rows leave the node's test set.
-    from simulations.audit import canary_app, plan as plans
-    from simulations.run_config import load_run_config
-    from simulations.synthetic.data_prep import prepare_data
-    from shared_models.settings.run_settings import RunSettings
-    from client.data.node_data import client_samples
-
-    config, _ = load_run_config(REPO / "configs" / "quickstart_dp.toml", {
-        "data-dir": str(tmp_path / "fer"), "synth-samples": 400, "num-supernodes": 2, "min-available-nodes": 2,
-        "audit": "sample", "audit-canaries": 20})
-    settings = RunSettings.from_config(config)
-    data_dir = str(prepare_data(settings))
-    plan = plans.sample_plan(settings, data_dir)
-    assert len(plan["canaries"]) == 20 and all(c["canary_label"] != c["true_label"] for c in plan["canaries"])
-    node = {"partition-id": 0, "num-partitions": 2}
-    mine = [i for i, c in enumerate(plan["canaries"]) if c["node"] == 0]
-    assert mine, "node 0 holds canaries"
-    trains = []
-    for flip in (0, 1):
-        coins = list(plan["coins"])
-        coins[mine[0]] = flip
-        plans.write_plan({**plan, "coins": coins}, tmp_path / f"plan{flip}.json")
-        monkeypatch.setenv(plans.PLAN_ENV, str(tmp_path / f"plan{flip}.json"))
-        canary_app.plan.cache_clear()
-        canary_app._SLOTTED.clear()
-        samples = canary_app.client_samples_with_canaries(settings, node, data_dir)
-        trains.append(samples.train.data)
-        base = client_samples(settings, node, data_dir)
-        assert len(samples.train) == len(base.train) + len(mine)
-        assert len(samples.test) == len(base.test) - len(mine)
-        slot_refs = {str(data_ref) for data_ref in samples.train.data.refs[-len(mine):]}
-        assert not slot_refs & set(samples.test.data.refs.tolist())
-    assert list(trains[0].refs) == list(trains[1].refs)
-    assert int((trains[0].labels != trains[1].labels).sum()) == 1
-
-
-@pytest.mark.slow
-def test_sample_level_audit_of_a_dp_run_at_epsilon_2_stays_below_2_and_records_every_canary(tmp_path):
-    from simulations.audit.run import run_audit
-
-    run_dir = run_audit(REPO / "configs" / "quickstart_dp.toml", {
-        "data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": "sample-eps2",
-        "synth-samples": 600, "num-supernodes": 3, "min-available-nodes": 3, "num-server-rounds": 2,
-        "dp-epsilon": 2.0, "divergence-rounds": 0, "audit": "sample", "audit-canaries": 60})
-    audit = json.loads((run_dir / "audit.json").read_text())
-    assert audit["mode"] == "sample" and audit["m"] == 60 and 1.5 < audit["claimed_epsilon"] <= 2.0
-    assert len(audit["scores"]) == len(audit["coins"]) == len(audit["black_box"]["scores"]) == 60
-    assert any(s != 0 for s in audit["scores"])  # every node wrote its canaries' gains
-    assert audit["lower_bound"] <= 2.0 and audit["black_box"]["lower_bound"] <= 2.0 and audit["passed"]
-    assert json.loads((run_dir / "report.json").read_text())["audit"]["passed"] is True
-    assert not list((tmp_path / "runs" / ".audit-plans").iterdir())  # the coins live in audit.json only
+# Sample-level audits (white-box gradient canaries): tests/test_audit_sample.py
 
 
 # ---- the client canaries' length (issue 23 at 50 hospitals: norm-1 canaries drowned in unclipped updates) -------
