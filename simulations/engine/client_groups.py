@@ -102,9 +102,10 @@ class TrainingRendezvous:
                     self._cond.notify_all()
 
 
-def run_group(app: Callable[..., Any], requests: list[tuple[Any, Any]]) -> list[Outcome]:
+def run_group(app: Callable[..., Any], requests: list[tuple[Any, Any]],
+              train: Callable[[list[_Slot]], None] = train_together) -> list[Outcome]:
     """Answer each (message, context) through ``app`` in its own thread, their local training batched."""
-    rendezvous = TrainingRendezvous(len(requests))
+    rendezvous = TrainingRendezvous(len(requests), train)
     outcomes: list[Outcome] = [("error", "the node's thread did not finish")] * len(requests)
 
     def member(i: int, message: Any, context: Any) -> None:
