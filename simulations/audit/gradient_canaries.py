@@ -1,20 +1,11 @@
 """White-box gradient canaries for the sample-level audit (Steinke, Nasr, Jagielski 2023; Nasr et al. 2023).
 
-A hospital holding canary slots trains as usual (its DP-SGD, ledger and Opacus). Each of its canaries is one
-more record: Poisson-sampled in every step at the node's own sample rate q from a secret generator, exactly like
-a real record, with a fixed clipped gradient: ``+C e_i`` when its secret coin is 1, ``-C e_i`` when it is 0
-(``e_i`` a random unit direction over every trained parameter, from the canary's public seed; ``C`` the
-clipping norm). The slot is a record in both worlds (n and q do not depend on the coin), and ``+C e`` against
-``-C e`` is the worst replace-one pair the ledger accounts for (shared_models/ledger_accounting.py). The
-canaries' gradients join the clipped sum before the noise: ``add_noise`` is wrapped on this optimizer instance
-(the one place Opacus turns ``p.summed_grad`` into the noised ``p.grad``). Without DP they join the batch's
-plain gradient sum, at ``C`` = dp-max-grad-norm.
-
-Scores, per step, summed over every step of every round:
-``scores``: <released sum - the node's own records' clipped sum, e_i>: DP allows an adversary who knows every
-other record (and, independent of the canary, which were sampled), so this is the strongest observation the
-accountant's claim covers; ``released``: <released noisy sum, e_i>, for comparison (the records' own
-gradients blur it).
+Each canary is one more record of its hospital: Poisson-sampled in every step at the node's own rate q from a
+secret generator, with a fixed clipped gradient +C e_i (coin 1) or -C e_i (coin 0), e_i a random unit direction
+from its seed: the worst pair replace-one accounting covers. The sampled canaries join the clipped sum before
+the noise (Opacus's ``add_noise``, wrapped on this optimizer instance), or without DP the plain batch sum. Score:
+the sum over steps of <release - the node's own records' clipped sum, e_i> (DP allows an adversary who knows
+every other record), and <release, e_i> for comparison. docs/privacy.md "Empirical audit" says more.
 """
 
 from __future__ import annotations
