@@ -18,15 +18,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CANARIES = {"face50_dp": 1000, "voice50_dp": 300}  # voice50's hospitals hold about 400 test clips in all
+CANARIES = {"face50_dp": 1000, "voice50_dp": 1000}  # white-box gradient canaries: no records needed
 CLIENT_CANARIES = 1000  # canary nodes: a model copy per round each, no data, no model built (ceiling 4.6)
 
 
 def cell_overrides(config: str, mode: str, epsilon: float | None, rounds: int) -> dict:
     common = {"num-server-rounds": rounds, "audit": mode, "runs-dir": str(REPO / "runs" / "audit-table"),
               "divergence-rounds": 0}  # without DP's clipping the DP recipe's loss jumps in round 1: keep training
-    if mode == "sample":
-        common["audit-canaries"] = CANARIES[config]
+    if mode == "sample":  # delta 1e-5 as the client cells (the default 1/(10 n) caps the bound near 2.2)
+        common.update({"audit-canaries": CANARIES[config], "dp-delta": 1e-5})
         if epsilon is None:
             return {**common, "dp": False, "eval-dp-noise-multiplier": 0.0}
         return {**common, "dp": True, "dp-epsilon": epsilon}
@@ -50,7 +50,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=None, help="cells as CONFIG:MODE:EPSILON (none for no DP)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "audit-table.jsonl")
+    parser.add_argument("--client-canaries", type=int, default=1000, help="m of the client cells")
     args = parser.parse_args()
+    globals()["CLIENT_CANARIES"] = args.client_canaries
     from simulations.audit.run import run_audit
     from simulations.simulate import run_simulation
 
@@ -65,7 +67,7 @@ def main() -> None:
             keys = {"num-server-rounds": args.rounds, "runs-dir": str(REPO / "runs" / "audit-table"),
                     "divergence-rounds": 0}
             keys.update(client_mechanism(epsilon, args.rounds) if mode == "normal-client" else
-                        {"dp-epsilon": epsilon or 8.0})
+                        {"dp-epsilon": epsilon or 8.0, "dp-delta": 1e-5})
             run_dir = run_simulation(REPO / "configs" / f"{config}.toml", keys)
             row = {"config": config, "mode": mode + " run (no audit)", "epsilon": epsilon, "rounds": args.rounds}
         else:
