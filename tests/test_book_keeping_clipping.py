@@ -95,6 +95,47 @@ def test_hand_built_layers_match_brute_force():
         assert getattr(p, "grad_sample", None) is None  # nothing per sample was materialised by Opacus
 
 
+class _SmallOutputConvs(nn.Module):
+    """Convolutions whose output is small next to their kernel, which book-keeping clips by ghost norms
+    (client/privacy/clipping/ghost_conv.py): with bias and padding, with dilation and no bias, with a frozen bias;
+    before them a wide-output one that keeps per-sample gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(1, 24, 3, padding=1)
+        self.g = nn.GroupNorm(4, 24)
+        self.c2 = nn.Conv2d(24, 32, 3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(32, 32, 3, dilation=2, padding=2, bias=False)
+        self.c4 = nn.Conv2d(32, 40, 2, stride=2)
+        self.c4.bias.requires_grad_(False)
+        self.head = nn.Linear(40 * 4, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.g(self.wide(x)))
+        h = torch.tanh(self.c4(torch.relu(self.c3(torch.relu(self.c2(h))))))
+        return self.head(h.flatten(1))
+
+
+def test_ghost_norm_convolutions_match_brute_force():
+    from client.privacy.clipping.ghost_conv import ghost_conv2d, ghost_pays
+
+    torch.manual_seed(0)
+    net = _SmallOutputConvs()
+    positions = {net.wide: 64, net.c2: 16, net.c3: 16, net.c4: 4}  # output pixels on an 8 x 8 input
+    assert [ghost_pays(layer, n) for layer, n in positions.items()] == [False, True, True, True]
+    data = _rows(12, 8, seed=4, image=True)
+    ref.check_steps(net, data, ref.batches(data, (4, 0, 6, 2)), 1)
+    # each rule's squared norms alone, bias included, against one sample's autograd at a time
+    for layer, shape in ((net.c2, (5, 24, 8, 8)), (net.c3, (5, 32, 4, 4)), (net.c4, (5, 32, 4, 4))):
+        a = torch.randn(shape)
+        g = torch.randn_like(layer(a))
+        sq, _ = ghost_conv2d(layer, a, g)
+        trained = [p for p in layer.parameters() if p.requires_grad]
+        for i in range(len(a)):
+            grads = torch.autograd.grad((layer(a[i:i + 1]) * g[i:i + 1]).sum(), trained)
+            torch.testing.assert_close(sq[i], sum(gr.square().sum() for gr in grads), rtol=1e-4, atol=0)
+
+
 def test_every_registered_model_takes_book_keeping():
     for name in MODELS:
         assert book_keeping_layers(build_model(name)) is not None, name

@@ -2,8 +2,9 @@
 squared gradient norm over the layer's trained parameters, and a setter that writes their clipped sums.
 
 Linear layers use ghost norms (||g_i a_i^T|| = ||g_i|| ||a_i||; Opacus's einsum for sequences) and one matrix
-product for the clipped sum; convolutions and GroupNorm compute per-sample gradients (client/privacy/clipping/
-convolution.py, the segment layers' rules) and sum them weighted by the clipping factors.
+product for the clipped sum; convolutions with a small output next to their kernel ghost norms too (ghost_conv.py);
+other convolutions and GroupNorm compute per-sample gradients (convolution.py, the segment layers' rules) and sum
+them weighted by the clipping factors.
 """
 
 from __future__ import annotations
@@ -11,15 +12,21 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from opacus.grad_sample.linear import compute_linear_norm_sample
 from torch import nn
 
 from client.privacy.clipping.convolution import conv2d_grad_sample, segment_conv2d_grad_sample
+from client.privacy.clipping.ghost_conv import ghost_conv2d, ghost_pays
+from client.privacy.clipping.group_norm import image_affine_grads
 from client.privacy.clipping.segment_rules import compute_segment_group_norm_grad_sample
 from shared_models.models.segment_layers import SegmentConv2d, SegmentGroupNorm
 
 Setter = Callable[[torch.Tensor], None]
+
+
+def _row_sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """Each row's squared L2 norm, in one read of ``x`` (no squared copy of it)."""
+    return torch.linalg.vector_norm(x, dim=1).square()
 
 
 def linear(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Setter]:
@@ -27,9 +34,9 @@ def linear(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Te
     bias = layer.bias is not None and layer.bias.requires_grad
     a = a.to(g.dtype)
     if g.dim() == 2:
-        sq = g.square().sum(1)
+        sq = _row_sq_norms(g)
         if weight:
-            sq = sq * (a.square().sum(1) + 1.0) if bias else sq * a.square().sum(1)
+            sq = sq * (_row_sq_norms(a) + 1.0) if bias else sq * _row_sq_norms(a)
     else:
         norms = compute_linear_norm_sample(layer, [a], g)
         sq = sum(n.square() for p, n in norms.items() if p.requires_grad)
@@ -46,13 +53,7 @@ def linear(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Te
 
 def group_norm_grad_sample(layer: nn.GroupNorm, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
     """Per-sample gradients of a GroupNorm's affine parameters (B, channels)."""
-    grads = {}
-    if layer.weight is not None and layer.weight.requires_grad:
-        normalized = F.group_norm(activations[0].to(backprops.dtype), layer.num_groups, eps=layer.eps)
-        grads[layer.weight] = (normalized * backprops).flatten(2).sum(2)
-    if layer.bias is not None and layer.bias.requires_grad:
-        grads[layer.bias] = backprops.flatten(2).sum(2)
-    return grads
+    return image_affine_grads(layer, activations[0], backprops)
 
 
 def from_per_sample(grad_sample: Callable) -> Callable:
@@ -60,7 +61,7 @@ def from_per_sample(grad_sample: Callable) -> Callable:
 
     def rule(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Setter]:
         flat = {p: gs.reshape(gs.shape[0], -1) for p, gs in grad_sample(layer, [a], g).items() if p.requires_grad}
-        sq = sum(f.square().sum(1) for f in flat.values())
+        sq = sum(_row_sq_norms(f) for f in flat.values())
 
         def clipped(coef: torch.Tensor) -> None:
             for p, f in flat.items():
@@ -71,10 +72,20 @@ def from_per_sample(grad_sample: Callable) -> Callable:
     return rule
 
 
+_conv2d_per_sample = from_per_sample(conv2d_grad_sample)
+
+
+def conv2d(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Setter]:
+    """Ghost norms where they are cheaper (clipping/ghost_conv.py), else per-sample gradients."""
+    if ghost_pays(layer, g.shape[2] * g.shape[3]):
+        return ghost_conv2d(layer, a, g)
+    return _conv2d_per_sample(layer, a, g)
+
+
 # Exact types: a subclass may compute something else from the same parameters.
 RULES: dict[type, Callable] = {
     nn.Linear: linear,
-    nn.Conv2d: from_per_sample(conv2d_grad_sample),
+    nn.Conv2d: conv2d,
     nn.GroupNorm: from_per_sample(group_norm_grad_sample),
     SegmentConv2d: from_per_sample(segment_conv2d_grad_sample),
     SegmentGroupNorm: from_per_sample(compute_segment_group_norm_grad_sample),

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from client.privacy.clipping.group_norm import image_affine_grads
 from shared_models.models.segment_layers import SegmentConv2d, SegmentGroupNorm
 
 
@@ -41,12 +42,9 @@ def compute_segment_conv_grad_sample(
 def compute_segment_group_norm_grad_sample(
     layer: SegmentGroupNorm, activations: list[torch.Tensor], backprops: torch.Tensor
 ) -> dict[nn.Parameter, torch.Tensor]:
-    """Per-sample GroupNorm affine gradients, summed over the sample's segments and positions."""
-    x = activations[0].to(backprops.dtype)
-    ret = {}
-    if layer.weight is not None and layer.weight.requires_grad:
-        normed = F.group_norm(x.flatten(0, 1), layer.num_groups, eps=layer.eps).unflatten(0, x.shape[:2])
-        ret[layer.weight] = (normed * backprops).sum(dim=(1, 3, 4))
-    if layer.bias is not None and layer.bias.requires_grad:
-        ret[layer.bias] = backprops.sum(dim=(1, 3, 4))
-    return ret
+    """Per-sample GroupNorm affine gradients: each segment image's (clipping/group_norm.py), summed over the
+    sample's segments."""
+    x = activations[0]
+    n, s = x.shape[:2]
+    return {p: grads.view(n, s, grads.shape[-1]).sum(dim=1)
+            for p, grads in image_affine_grads(layer, x.flatten(0, 1), backprops.flatten(0, 1)).items()}
