@@ -45,13 +45,35 @@ def client_mechanism(epsilon: float | None, rounds: int) -> dict:
             "central-dp-noise-multiplier": round(central_noise_for(epsilon, rounds, 1e-5), 4)}
 
 
+def tabulate(rows: list[dict]) -> str:
+    """docs/privacy.md's measured table: one line per cell, the normal runs' wall clock beside."""
+    lines = ["| config | audit | run | rounds | m | right / guesses | lower bound | ceiling | claimed epsilon | verdict "
+             "| wall clock (simulation) | load |", "|" + " --- |" * 12]
+    for r in rows:
+        run = "no DP" if r["epsilon"] is None else f"epsilon {r['epsilon']:g}"
+        if r["mode"].startswith("normal"):
+            lines.append(f"| {r['config']} | none ({r['mode']}) | {run} | {r['rounds']} | | | | | | "
+                         f"| {r['wall_clock_s']:.0f} s ({r['simulation_s']:.0f} s) | {r['load_at_start']} |")
+            continue
+        verdict = "no claim" if r["claimed"] is None else ("PASSED" if r["passed"] else "**FAILED**")
+        claimed = "none" if r["claimed"] is None else f"{r['claimed']:.2f}"
+        lines.append(f"| {r['config']} | {r['mode']}-level | {run} | {r['rounds']} | {r['m']} | {r['correct']} / "
+                     f"{r['guesses']} | {r['lower_bound']:.2f} | {r['ceiling']:.2f} | {claimed} | {verdict} "
+                     f"| {r['wall_clock_s']:.0f} s ({r['simulation_s']:.0f} s) | {r.get('load_at_start', '')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=None, help="cells as CONFIG:MODE:EPSILON (none for no DP)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "audit-table.jsonl")
     parser.add_argument("--client-canaries", type=int, default=1000, help="m of the client cells")
+    parser.add_argument("--tabulate", type=Path, default=None, help="print FILE's rows as docs/privacy.md's table")
     args = parser.parse_args()
+    if args.tabulate:
+        print(tabulate([json.loads(line) for line in args.tabulate.read_text().splitlines() if line.strip()]))
+        return
     globals()["CLIENT_CANARIES"] = args.client_canaries
     from simulations.audit.run import run_audit
     from simulations.simulate import run_simulation
