@@ -41,6 +41,7 @@ MODELS: dict[str, Model] = {
     "face_scatter_lcn": Model("face", False),  # the same after local contrast normalisation: the fair DP model
     "voice_crnn": Model("voice", True),
     "voice_stats": Model("voice", False),  # fixed clip statistics + linear head: the DP model
+    "voice_stats_norm": Model("voice", False),  # the same, each clip's statistics standardised: the fair DP model
     "fusion": Model("fusion", True),
 }
 

@@ -1,4 +1,5 @@
-"""DP without widening the gaps (issue 24): the face_scatter_lcn front end, its privacy argument, the report and the benchmark.
+"""DP without widening the gaps (issue 24): the face_scatter_lcn and voice_stats_norm front ends, their privacy
+argument, the report and the benchmark.
 
 The lever is a fixed per-sample transform (local contrast normalisation before the scattering transform), so
 its privacy argument is that each sample's features depend on that sample alone and the DP step still bounds
@@ -18,6 +19,7 @@ import clipping_reference as ref
 from server.report.fair_dp_section import fair_dp_report
 from shared_models.models.registry import build_model, model_task
 from shared_models.models.scatter_models import lcn_scatter_features, local_contrast_normalise, scatter_features
+from shared_models.models.voice_stats_model import clip_statistics, standardise_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,9 +72,68 @@ def test_the_node_path_bounds_each_samples_contribution_by_the_clipping_norm_bru
     assert dp.clipping == "book-keeping"
 
 
+def test_voice_stats_norm_features_of_a_clip_depend_on_that_clip_alone():
+    """A clip's logits are the same in any batch, padded segments and all: per-sample sensitivity holds."""
+    net = ref.model("voice_stats_norm").eval()
+    data = ref.dataset("voice_stats_norm", 7, seed=3)
+    x, mask = data.tensors[0], data.tensors[1]
+    alone = torch.cat([net(x[i:i + 1], mask[i:i + 1]) for i in range(len(x))])
+    together = net(x, mask)
+    shuffled = net(x.flip(0), mask.flip(0)).flip(0)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shuffled, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_voice_stats_norm_is_blind_to_a_clips_level_and_gain_where_voice_stats_is_not():
+    """A louder recording (+6 dB in every band) and a wider one (log-mel x 1.5 about its level) give
+    voice_stats_norm the same features, each block at mean 0 and std 1 across the bands; voice_stats sees them."""
+    data = ref.dataset("voice_stats_norm", 4, seed=5)
+    x, mask = data.tensors[0], data.tensors[1]
+    norm, plain = ref.model("voice_stats_norm").eval(), ref.model("voice_stats").eval()
+    louder = x + 6.0
+    wider = x * 1.5
+    for other in (louder, wider):
+        torch.testing.assert_close(norm(other, mask), norm(x, mask), atol=1e-4, rtol=1e-4)
+        assert (plain(other, mask) - plain(x, mask)).abs().max() > 1e-2
+    blocks = standardise_blocks(clip_statistics(x, mask)).reshape(4, 3, -1)
+    torch.testing.assert_close(blocks.mean(-1), torch.zeros(4, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(blocks.std(-1, correction=0), torch.ones(4, 3), atol=1e-3, rtol=0)
+    assert torch.isfinite(standardise_blocks(torch.zeros(2, 3 * 128))).all()  # a silent clip stays finite
+
+
+def test_voice_stats_norm_is_a_registered_voice_model_with_the_voice_stats_head():
+    model, plain = build_model("voice_stats_norm"), build_model("voice_stats")
+    assert model_task("voice_stats_norm") == "voice"
+    assert [(n, p.shape) for n, p in model.named_parameters()] == [(n, p.shape) for n, p in plain.named_parameters()]
+    assert set(model.state_dict()) == set(plain.state_dict())  # the coordinator's normalisation buffers too
+
+
+def test_the_voice_node_path_bounds_each_clips_contribution_by_the_clipping_norm_brute_force():
+    """voice_stats_norm's DP step (Opacus on the node's path) equals the sum of each clip's own gradient clipped
+    to C (plain autograd), on batches of 5, 1, 0 and 7 clips, some with a leading padded segment."""
+    data = ref.dataset("voice_stats_norm", 13, seed=9)
+    ref.check_steps(ref.model("voice_stats_norm"), data, ref.batches(data), 2)
+
+
+def test_the_benchmark_runs_plain_and_fair_models_of_both_dp_configs():
+    """fair_dp's cells: no DP, and DP at each epsilon with and without the fair front end, for a config that
+    names the plain model (voice50_dp before) or the fair one (face50_dp)."""
+    from simulations.benchmarks.fair_dp import cells
+
+    for config, plain, fair in (("face50_dp", "face_scatter", "face_scatter_lcn"),
+                                ("voice50_dp", "voice_stats", "voice_stats_norm")):
+        got = dict(cells(str(REPO / "configs" / f"{config}.toml"), [8.0, 3.0]))
+        for eps in (8, 3):
+            assert got[f"{config}-eps{eps}-{plain}"] == {"dp": True, "dp-epsilon": eps, "model": plain}
+            assert got[f"{config}-eps{eps}-{fair}"] == {"dp": True, "dp-epsilon": eps, "model": fair}
+        assert got[f"{config}-nodp-{plain}"] == {"dp": False, "model": plain}
+
+
 def test_the_report_names_the_method_and_its_privacy_cost():
     lcn = fair_dp_report({"model": "face_scatter_lcn", "dp": True, "fairness-reweight": ""})
     assert lcn["method"] == "face_scatter_lcn" and lcn["extra_epsilon"] == 0.0 and lcn["extra_statistics"] == []
+    voice = fair_dp_report({"model": "voice_stats_norm", "dp": True, "fairness-reweight": ""})
+    assert voice["method"] == "voice_stats_norm" and voice["extra_epsilon"] == 0.0 and voice["extra_statistics"] == []
     plain = fair_dp_report({"model": "face_scatter", "dp": True, "fairness-reweight": ""})
     assert plain["method"] == "none"
     reweighted = fair_dp_report({"model": "face_cnn", "dp": False, "fairness-reweight": "race"})

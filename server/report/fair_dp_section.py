@@ -17,6 +17,8 @@ from typing import Any
 FAIR_MODELS = {
     "face_scatter_lcn": "local contrast normalisation of each face before the scattering transform "
                         "(raises the low feature contrast of under-exposed, dark-skinned faces to that of the rest)",
+    "voice_stats_norm": "each clip's log-mel statistics standardised across the mel bands "
+                        "(divides out the clip's level and spread, which differ with the speaker's sex and the recording)",
 }
 NO_STATISTIC = ("a fixed transform of each sample on its own: no statistic of any other record is used or "
                 "released, DP-SGD's per-sample sensitivity is unchanged, and the extra epsilon is 0")

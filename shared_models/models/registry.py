@@ -18,7 +18,7 @@ from shared_models.models.face_models import FaceCNN, FaceResNet
 from shared_models.models.fusion_model import FusionNet
 from shared_models.models.scatter_models import FaceScatterLCNLinear, FaceScatterLinear
 from shared_models.models.voice_models import VoiceCRNN
-from shared_models.models.voice_stats_model import VoiceStatsLinear
+from shared_models.models.voice_stats_model import VoiceStatsLinear, VoiceStatsNormLinear
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "count_parameters", "model_task"]
 
@@ -37,7 +37,8 @@ class ModelSpec:
 CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
     "face_cnn": FaceCNN, "face_resnet": FaceResNet, "face_scatter": FaceScatterLinear,
     "face_scatter_lcn": FaceScatterLCNLinear,
-    "voice_crnn": VoiceCRNN, "voice_stats": VoiceStatsLinear, "fusion": FusionNet,
+    "voice_crnn": VoiceCRNN, "voice_stats": VoiceStatsLinear,
+    "voice_stats_norm": VoiceStatsNormLinear, "fusion": FusionNet,
 }
 same_names("shared_models/models/registry.py", CONSTRUCTORS, MODEL_TABLE)
 # the table's task and valence/arousal head of each model, with its constructor

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-FAIR_MODELS = {"face_scatter": "face_scatter_lcn"}  # model -> its fair variant (same head, own front end)
+FAIR_MODELS = {"face_scatter": "face_scatter_lcn", "voice_stats": "voice_stats_norm"}  # model -> its fair variant
+BASE_MODELS = {fair: base for base, fair in FAIR_MODELS.items()}  # (same head, own fixed front end)
 ATTRIBUTES = ("race", "age", "sex")
 
 
@@ -35,8 +36,11 @@ def exact_group_counts(run_dir: Path) -> tuple[float, int, dict[str, dict[str, l
     from shared_models.models.registry import build_model
     from shared_models.settings.run_settings import RunSettings
 
+    from simulations.run_config import default_config
+
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    settings = RunSettings.from_config(config["run_config"])
+    # a run made before a key existed ran at that key's default
+    settings = RunSettings.from_config({**default_config(), **config["run_config"]})
     model = build_model(settings.model, valence_arousal=settings.valence_arousal)
     model.load_state_dict(torch.load(run_dir / "global_model.pt", map_location="cpu", weights_only=True))
     schema = group_schema(settings.dataset)
@@ -118,13 +122,14 @@ def cells(config: str, epsilons: list[float]) -> list[tuple[str, dict[str, Any]]
     import tomllib
 
     model = tomllib.loads(Path(config).read_text(encoding="utf-8")).get("model", "")
+    model = BASE_MODELS.get(model, model)  # a config that already uses the fair variant: its base is the baseline
     fair = FAIR_MODELS.get(model)
     stem = Path(config).stem
-    out = [(f"{stem}-nodp-{model}", {"dp": False})]
+    out = [(f"{stem}-nodp-{model}", {"dp": False, "model": model})]
     if fair:
         out.append((f"{stem}-nodp-{fair}", {"dp": False, "model": fair}))
     for eps in epsilons:
-        out.append((f"{stem}-eps{eps:g}-{model}", {"dp": True, "dp-epsilon": eps}))
+        out.append((f"{stem}-eps{eps:g}-{model}", {"dp": True, "dp-epsilon": eps, "model": model}))
         if fair:
             out.append((f"{stem}-eps{eps:g}-{fair}", {"dp": True, "dp-epsilon": eps, "model": fair}))
     return out

@@ -74,9 +74,46 @@ def with_bias(x: np.ndarray) -> torch.Tensor:
     return torch.cat([x, torch.ones(len(x), 1)], 1)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def train_head(nodes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dim: int, *, rounds: int,
+               epsilon: float | None, lr: float, clip: float, batch: int, gen: torch.Generator,
+               classes: int = 7) -> torch.Tensor:
+    """FedAvgM (every node every round, one local epoch) of a linear head on fixed features; DP-SGD at
+    ``epsilon`` (Poisson sampling, per-sample clipping in closed form, the node's own noise calibration) or none."""
     from client.privacy.dp_training import calibrate_noise
 
+    weights = torch.zeros(classes, dim)
+    momentum = torch.zeros_like(weights)
+    for _ in range(rounds):
+        deltas, sizes = [], []
+        for x, y, w in nodes:
+            n = len(x)
+            q, steps = min(1.0, batch / n), max(1, round(n / batch))
+            z = 0.0 if epsilon is None else calibrate_noise([], q, steps * rounds, target_epsilon=epsilon,
+                                                            delta=1 / (10 * n))
+            local = weights.clone()
+            for s in range(steps):
+                pick = (torch.rand(n, generator=gen) < q) if epsilon is not None else \
+                    torch.randperm(n, generator=gen)[s * batch:(s + 1) * batch]
+                xb, yb, wb = x[pick], y[pick], w[pick]
+                err = torch.softmax(xb @ local.T, 1)
+                err[torch.arange(len(yb)), yb] -= 1
+                if epsilon is None:
+                    grad = (err * wb[:, None]).T @ xb / max(1, len(yb))
+                else:
+                    norms = err.norm(dim=1) * xb.norm(dim=1)
+                    scale = torch.clamp(clip / (norms + 1e-12), max=1.0) * wb
+                    grad = ((err * scale[:, None]).T @ xb
+                            + torch.randn(local.shape, generator=gen) * z * clip) / (q * n)
+                local -= lr * grad
+            deltas.append(local - weights)
+            sizes.append(n)
+        avg = sum(d * n for d, n in zip(deltas, sizes)) / sum(sizes)
+        momentum = SERVER_MOMENTUM * momentum + avg
+        weights = weights + momentum
+    return weights
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO / "data" / "fer2013-synth-25k"))
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "fedemo-fair-dp-proxy"))
@@ -87,6 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=0.03)
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--prior-weights", default="", choices=["", *PRIORS])
+    parser.add_argument("--reweight", default="", choices=["", "race", "age", "sex"],
+                        help="no DP only: fairness-reweight's balanced weights per node (n / (groups x n_group))")
+    parser.add_argument("--reweight-power", type=float, default=1.0, help="those weights to this power, mean 1")
     parser.add_argument("--seed", type=int, default=0, help="the split")
     parser.add_argument("--noise-seed", type=int, default=0)
     parser.add_argument("--out", default="")
@@ -99,41 +139,20 @@ def main(argv: list[str] | None = None) -> dict:
     for idx in train:
         w = prior_weights(groups[args.prior_weights][idx], PRIORS[args.prior_weights]) if args.prior_weights \
             else np.ones(len(idx))
+        if args.reweight:
+            from client.data.fairness_weights import inverse_frequency_weights
+
+            w = inverse_frequency_weights(groups[args.reweight][idx]).astype(np.float64) ** args.reweight_power
+            w = w / w.mean()
         nodes.append((with_bias(features[idx]), torch.from_numpy(labels[idx]), torch.from_numpy(w).float()))
     gen = torch.Generator().manual_seed(1000 + args.seed + 7919 * args.noise_seed)
-    weights = torch.zeros(7, x_test.shape[1])
-    momentum = torch.zeros_like(weights)
     start = time.perf_counter()
-    for _ in range(args.rounds):
-        deltas, sizes = [], []
-        for x, y, w in nodes:
-            n = len(x)
-            q, steps = min(1.0, BATCH / n), max(1, round(n / BATCH))
-            z = 0.0 if args.no_dp else calibrate_noise([], q, steps * args.rounds, target_epsilon=args.epsilon,
-                                                       delta=1 / (10 * n))
-            local = weights.clone()
-            for s in range(steps):
-                pick = (torch.rand(n, generator=gen) < q) if not args.no_dp else \
-                    torch.randperm(n, generator=gen)[s * BATCH:(s + 1) * BATCH]
-                xb, yb, wb = x[pick], y[pick], w[pick]
-                err = torch.softmax(xb @ local.T, 1)
-                err[torch.arange(len(yb)), yb] -= 1
-                if args.no_dp:
-                    grad = (err * wb[:, None]).T @ xb / max(1, len(yb))
-                else:
-                    norms = err.norm(dim=1) * xb.norm(dim=1)
-                    scale = torch.clamp(args.clip / (norms + 1e-12), max=1.0) * wb
-                    grad = ((err * scale[:, None]).T @ xb
-                            + torch.randn(local.shape, generator=gen) * z * args.clip) / (q * n)
-                local -= args.lr * grad
-            deltas.append(local - weights)
-            sizes.append(n)
-        avg = sum(d * n for d, n in zip(deltas, sizes)) / sum(sizes)
-        momentum = SERVER_MOMENTUM * momentum + avg
-        weights = weights + momentum
+    weights = train_head(nodes, x_test.shape[1], rounds=args.rounds, epsilon=None if args.no_dp else args.epsilon,
+                         lr=args.lr, clip=args.clip, batch=BATCH, gen=gen)
     correct = (x_test @ weights.T).argmax(1).numpy() == y_test
     result = {"model": args.model, "dp": not args.no_dp, "epsilon": None if args.no_dp else args.epsilon,
               "rounds": args.rounds, "lr": args.lr, "clip": args.clip, "prior_weights": args.prior_weights,
+              "reweight": args.reweight, "reweight_power": args.reweight_power,
               "seed": args.seed, "noise_seed": args.noise_seed, "accuracy": float(correct.mean()),
               "wall_s": time.perf_counter() - start}
     for attribute, g in groups.items():
