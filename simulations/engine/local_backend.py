@@ -3,7 +3,9 @@
 ``workers`` plain processes, started once per run, each loading the ClientApp once and caching its share of
 the nodes' data (node = partition-id modulo workers; one worker, one CUDA context on a GPU). Messages travel
 by pickle over socket pairs. A ClientApp error is answered as Ray's backend answers it; a dead worker is
-replaced and its message answered with an error naming the node. Details: docs/design_notes.md.
+replaced and its message answered with an error naming the node. With ``vectorised`` (``vectorised-clients``)
+a worker's train messages that arrive together go as one group (simulations/engine/client_groups.py: each
+node's message and reply as alone, their training batched). Details: docs/design_notes.md.
 """
 
 from __future__ import annotations

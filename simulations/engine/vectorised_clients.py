@@ -2,8 +2,10 @@
 
 The clients' parameters are stacked (``torch.func.stack_module_state``) and one ``vmap``-ed step trains every
 client with its own optimiser state; short clients are masked, so each client's result equals its sequential
-``train_epochs`` one (tests/test_vectorised_clients.py). DP-SGD is refused (``refuse_dp``): per-client
-per-sample clipping and per-node secret noise are not implemented here. Details: docs/design_notes.md.
+``train_epochs`` one (tests/test_vectorised_clients.py). Used by the local backend's groups
+(``vectorised-clients``, simulations/engine/client_groups.py) and the engine benchmark. DP-SGD is refused
+(``refuse_dp``): per-client per-sample clipping and per-node secret noise are not implemented here. Details:
+docs/design_notes.md.
 """
 
 from __future__ import annotations
