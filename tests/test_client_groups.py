@@ -78,8 +78,8 @@ def test_a_group_of_train_messages_answers_each_node_as_it_alone_would(tmp_path,
         assert dict(got.content[msgs.CLIENT]) == dict(alone.content[msgs.CLIENT])
         metrics, expected = dict(got.content[msgs.METRICS]), dict(alone.content[msgs.METRICS])
         assert metrics.keys() == expected.keys()
-        for key, value in expected.items():
-            assert metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-5), key
+        for key, value in expected.items():  # the mean training loss to float32 rounding; the rest exactly
+            assert metrics[key] == (pytest.approx(value, rel=1e-4) if key == msgs.TRAIN_LOSS else value), key
         if message.metadata.message_type == MessageType.EVALUATE:
             assert msgs.ARRAYS not in got.content
             continue
@@ -129,7 +129,7 @@ def test_vectorised_clients_are_refused_where_they_cannot_hold(overrides, why):
 
 @pytest.mark.slow
 def test_a_simulation_with_vectorised_clients_equals_the_one_without(tmp_path):
-    """Real runs on the local backend: each node's training loss and the global model every round agree."""
+    """Real runs on the local backend: each node's training loss, every round's loss and the final model agree."""
     def simulate(name: str, vectorised: bool) -> Path:
         config = {"data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": name,
                   "synth-samples": 400, "num-supernodes": 6, "min-available-nodes": 6, "num-server-rounds": 2,
@@ -148,8 +148,8 @@ def test_a_simulation_with_vectorised_clients_equals_the_one_without(tmp_path):
         losses_b = {c["client"]: c["train_loss"] for c in b["train"]["clients"]}
         assert losses_a.keys() == losses_b.keys() and len(losses_a) == 6
         for client, loss in losses_a.items():
-            assert losses_b[client] == pytest.approx(loss, abs=1e-5), client
-        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+            assert losses_b[client] == pytest.approx(loss, rel=1e-4), client  # float32 rounding
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
     state_off, state_on = (torch.load(run / "global_model.pt") for run in (off, on))  # the final state dicts
     for name, tensor in state_off.items():
-        torch.testing.assert_close(state_on[name], tensor, atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(state_on[name], tensor, atol=1e-4, rtol=0, msg=name)

@@ -2,8 +2,8 @@
 
 The local backend (``vectorised-clients = true``) hands a worker the train messages of several of its nodes that
 arrived together. Each message runs through the ClientApp exactly as alone (its mods, settings, data, global
-weights, loader, consent log, reply and DP allowlist) in a thread of its own; only the local training step is
-pooled: the ClientApp's training runner (client/client_app.py ``set_training_runner``) hands each node's prepared
+weights, loader, consent log, reply and DP allowlist) in a thread of its own, the threads preparing one at a
+time; only the local training step is pooled: the ClientApp's training runner (client/client_app.py ``set_training_runner``) hands each node's prepared
 training to a ``TrainingRendezvous``, which, once every member has handed its training in or finished without
 one, trains them as one vectorised computation (simulations/engine/vectorised_clients.py) and gives each node its
 own weights and metrics back. Details: docs/design_notes.md.
@@ -68,9 +68,9 @@ class TrainingRendezvous:
     def __post_init__(self) -> None:
         self._pending = self.members
 
-    def submit(self, training: LocalTraining) -> dict[str, float]:
-        """A member's training step: wait for the group, return this node's metrics (weights in its model)."""
-        try:  # this node's batches, drawn in its own thread (loader order and augmentation as alone)
+    def hand_in(self, training: LocalTraining) -> _Slot:
+        """A member's prepared training: draw its batches (loader order and augmentation as alone) and queue it."""
+        try:
             slot = _Slot(training, epoch_batches(training.loader, training.settings.local_epochs))
         except BaseException:
             self._arrive()
@@ -78,6 +78,10 @@ class TrainingRendezvous:
         with self._cond:
             self._slots.append(slot)
         self._arrive()
+        return slot
+
+    def result(self, slot: _Slot) -> dict[str, float]:
+        """Wait for the group's training; this node's metrics (its trained weights are in its model)."""
         with self._cond:
             self._cond.wait_for(lambda: self._done)
         if slot.error is not None:
@@ -104,18 +108,31 @@ class TrainingRendezvous:
 
 def run_group(app: Callable[..., Any], requests: list[tuple[Any, Any]],
               train: Callable[[list[_Slot]], None] = train_together) -> list[Outcome]:
-    """Answer each (message, context) through ``app`` in its own thread, their local training batched."""
+    """Answer each (message, context) through ``app`` in its own thread, their local training batched.
+
+    The members prepare one at a time (``turn``: each node's data loading, caches and logs as in a loop over
+    the messages, and no more threads at work than one), up to handing in their training or finishing
+    without one; the batched training follows, then every member finishes its reply.
+    """
     rendezvous = TrainingRendezvous(len(requests), train)
+    turn = threading.Lock()
     outcomes: list[Outcome] = [("error", "the node's thread did not finish")] * len(requests)
 
     def member(i: int, message: Any, context: Any) -> None:
-        submitted = False
+        holding = True
+        handed_in = False
 
         def runner(training: LocalTraining) -> dict[str, float]:
-            nonlocal submitted
-            submitted = True
-            return rendezvous.submit(training)
+            nonlocal holding, handed_in
+            handed_in = True
+            try:
+                slot = rendezvous.hand_in(training)
+            finally:
+                holding = False
+                turn.release()
+            return rendezvous.result(slot)
 
+        turn.acquire()
         set_training_runner(runner)
         try:
             reply = app(message=message, context=context)
@@ -124,8 +141,10 @@ def run_group(app: Callable[..., Any], requests: list[tuple[Any, Any]],
             outcomes[i] = ("error", str(err) or type(err).__name__)
         finally:
             set_training_runner(None)
-            if not submitted:
+            if not handed_in:
                 rendezvous.withdraw()
+            if holding:
+                turn.release()
 
     threads = [threading.Thread(target=member, args=(i, m, c), name=f"node-{i}") for i, (m, c) in enumerate(requests)]
     for thread in threads:
