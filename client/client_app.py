@@ -147,7 +147,8 @@ def train(msg: Message, context: Context) -> Message:
     train_set = feature_dataset(samples.train, model.fixed_features) if uses_fixed_features(model) else samples.train
     # fairness-reweight (never with dp: the weights depend on every record's group, see run_settings)
     if settings.fairness_reweight:
-        train_set = WeightedSamples(train_set, settings.fairness_reweight, data=samples.train.data)
+        train_set = WeightedSamples(train_set, settings.fairness_reweight, data=samples.train.data,
+                                    power=settings.fairness_reweight_power)
     loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = make_optimizer(model, settings)
     n_inputs = NUM_MODEL_INPUTS[settings.task]

@@ -129,6 +129,39 @@ def test_the_benchmark_runs_plain_and_fair_models_of_both_dp_configs():
         assert got[f"{config}-nodp-{plain}"] == {"dp": False, "model": plain}
 
 
+def test_reweight_power_one_balances_the_groups_and_a_higher_power_leans_on_the_rarest():
+    """fairness-reweight-power: weights (n / (k n_group)) ** power at mean 1; power 1 gives each group the same
+    total weight (scikit-learn's "balanced", as before), power 4 gives a sample of the group 6 times rarer 6**4
+    times the weight."""
+    import numpy as np
+
+    from client.data.fairness_weights import inverse_frequency_weights
+
+    groups = np.array(["a"] * 6 + ["b"] * 3 + ["c"] * 1)
+    for power in (1.0, 4.0):
+        w = inverse_frequency_weights(groups, power)
+        assert w.dtype == np.float32 and abs(w.mean() - 1) < 1e-6
+        assert np.allclose(w[9] / w[0], 6.0 ** power, rtol=1e-5) and np.allclose(w[6] / w[0], 2.0 ** power, rtol=1e-5)
+    balanced = inverse_frequency_weights(groups, 1.0)
+    assert np.allclose([balanced[groups == g].sum() for g in "abc"], 10 / 3, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides,problem", [
+    ({"fairness-reweight": "race", "fairness-reweight-power": 0.5}, "between 1"),
+    ({"fairness-reweight": "race", "fairness-reweight-power": 9.0}, "between 1"),
+    ({"fairness-reweight-power": 4.0}, "set fairness-reweight too"),
+    ({"fairness-reweight": "race", "fairness-reweight-power": 4.0, "dp": True}, "fairness-reweight"),
+])
+def test_reweight_power_out_of_range_alone_or_under_dp_is_refused_in_one_line(overrides, problem):
+    from shared_models.config_error import ConfigError
+    from simulations.run_config import load_run_config
+
+    with pytest.raises(ConfigError, match=problem):
+        load_run_config(None, overrides)
+    _, ok = load_run_config(None, {"fairness-reweight": "race", "fairness-reweight-power": 4.0})
+    assert ok.fairness_reweight_power == 4.0
+
+
 def test_the_report_names_the_method_and_its_privacy_cost():
     lcn = fair_dp_report({"model": "face_scatter_lcn", "dp": True, "fairness-reweight": ""})
     assert lcn["method"] == "face_scatter_lcn" and lcn["extra_epsilon"] == 0.0 and lcn["extra_statistics"] == []
@@ -138,6 +171,27 @@ def test_the_report_names_the_method_and_its_privacy_cost():
     assert plain["method"] == "none"
     reweighted = fair_dp_report({"model": "face_cnn", "dp": False, "fairness-reweight": "race"})
     assert reweighted["method"] == "fairness-reweight=race" and reweighted["extra_epsilon"] is None
+    sharper = fair_dp_report({"model": "face_scatter_lcn", "dp": False, "fairness-reweight": "race",
+                              "fairness-reweight-power": 4.0})
+    assert sharper["method"] == "face_scatter_lcn + fairness-reweight=race, power 4"
+    assert sharper["extra_epsilon"] is None and "local contrast" in sharper["description"]
+    powered = fair_dp_report({"model": "face_scatter", "dp": False, "fairness-reweight": "race",
+                              "fairness-reweight-power": 4.0})
+    assert powered["method"] == "fairness-reweight=race, power 4" and "power 4" in powered["description"]
+
+
+def test_compare_labels_the_front_end_and_the_reweighting_of_a_non_dp_run():
+    """fedemo compare's run label names both levers of a non-DP run that uses the LCN front end with
+    fairness-reweight at power 4 (no extra epsilon to print: nothing is claimed without DP)."""
+    from server.report.compare import _label
+
+    config = {"model": "face_scatter_lcn", "dp": False, "fairness-reweight": "race", "fairness-reweight-power": 4.0}
+    label = _label({"run": {"run_id": "r"}, "config": config, "privacy": {}, "fair_dp": fair_dp_report(config)})
+    assert "reweighted by race (power 4)" in label and "fairness method face_scatter_lcn + " in label
+    assert "extra epsilon" not in label
+    dp = {"model": "voice_stats_norm", "dp": True, "fairness-reweight": ""}
+    assert "fairness method voice_stats_norm (extra epsilon 0)" in _label(
+        {"run": {"run_id": "v"}, "config": dp, "privacy": {"sample_level_dp": True}, "fair_dp": fair_dp_report(dp)})
 
 
 @pytest.mark.slow

@@ -77,10 +77,12 @@ def _label(report: dict[str, Any]) -> str:
     if config.get("central-dp", "off") != "off":
         parts.append(f"central DP {config['central-dp']}")
     if config.get("fairness-reweight"):
-        parts.append(f"reweighted by {config['fairness-reweight']}")
+        power = float(config.get("fairness-reweight-power", 1.0))
+        parts.append(f"reweighted by {config['fairness-reweight']}" + (f" (power {power:g})" if power != 1 else ""))
     fair = report.get("fair_dp") or {}  # server/report/fair_dp_section.py
-    if fair.get("method") in FAIR_MODELS:
-        parts.append(f"fairness method {fair['method']} (extra epsilon {fair.get('extra_epsilon', 0):g})")
+    if str(fair.get("method", "")).split(" + ")[0] in FAIR_MODELS:  # a front end, alone or with reweighting
+        extra = fair.get("extra_epsilon")
+        parts.append(f"fairness method {fair['method']}" + ("" if extra is None else f" (extra epsilon {extra:g})"))
     return ", ".join(parts)
 
 

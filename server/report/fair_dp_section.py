@@ -28,14 +28,19 @@ def fair_dp_report(run_config: dict[str, Any]) -> dict[str, Any]:
     """{"method", "description", "extra_statistics", "extra_epsilon", "why"} from the run's config."""
     model = str(run_config.get("model", ""))
     reweight = str(run_config.get("fairness-reweight") or "")
-    if model in FAIR_MODELS:
-        return {"method": model, "description": FAIR_MODELS[model], "extra_statistics": [], "extra_epsilon": 0.0,
-                "why": NO_STATISTIC, "dp": bool(run_config.get("dp"))}
-    if reweight:
-        return {"method": f"fairness-reweight={reweight}",
-                "description": f"each training sample's loss weighted by 1 / its {reweight} group's share on its node",
+    front = {"method": model, "description": FAIR_MODELS[model]} if model in FAIR_MODELS else None
+    if reweight:  # never under DP (refused at validation); with a fair front end, both are named
+        power = float(run_config.get("fairness-reweight-power", 1.0))
+        method = f"fairness-reweight={reweight}" + (f", power {power:g}" if power != 1 else "")
+        description = (f"each training sample's loss weighted by (1 / its {reweight} group's share on its "
+                       f"node) to the power {power:g}, mean 1")
+        return {"method": f"{front['method']} + {method}" if front else method,
+                "description": f"{front['description']}; {description}" if front else description,
                 "extra_statistics": ["the node's group counts (exact, used only inside the node)"],
                 "extra_epsilon": None, "why": "not under DP (refused at validation): no privacy claim to spend",
+                "dp": bool(run_config.get("dp"))}
+    if front:
+        return {**front, "extra_statistics": [], "extra_epsilon": 0.0, "why": NO_STATISTIC,
                 "dp": bool(run_config.get("dp"))}
     return {"method": "none", "description": "no fairness lever: plain training", "extra_statistics": [],
             "extra_epsilon": 0.0, "why": "nothing beyond training and evaluation was computed",
