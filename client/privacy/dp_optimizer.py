@@ -26,15 +26,15 @@ def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
 
 
 class SecretNoise:
-    """Unit Gaussian draws for all of a list of parameters at once (one flat buffer, refilled in place each step)
-    from a torch generator seeded from the OS CSPRNG on the parameters' device; never torch's global generator,
-    which a run's seed fixes. torch's CPU normal (vectorised Box-Muller over Mersenne Twister) draws float32
-    faster than numpy's ziggurat on PCG64 or SFC64 here, so it is kept, but drawn once per step, not per tensor."""
+    """Unit Gaussian draws for all of a list of parameters at once (one flat tensor per step) from a torch generator
+    seeded from the OS CSPRNG on the parameters' device; never torch's global generator, which a run's seed fixes.
+    torch's CPU normal (vectorised Box-Muller over Mersenne Twister) draws float32 faster than numpy's ziggurat on
+    PCG64 or SFC64 here, so it is kept, but drawn once per step, not per tensor."""
 
     def __init__(self, params: list[torch.Tensor], generator: torch.Generator | None = None) -> None:
-        device, dtype = params[0].device, params[0].dtype
-        self.generator = generator if generator is not None else secret_generator(device)
-        self.buffer = torch.empty(sum(p.numel() for p in params), device=device, dtype=dtype)
+        self.device, self.dtype = params[0].device, params[0].dtype
+        self.size = sum(p.numel() for p in params)
+        self.generator = generator if generator is not None else secret_generator(self.device)
 
     @staticmethod
     def covers(params: list[torch.Tensor]) -> bool:
@@ -42,8 +42,8 @@ class SecretNoise:
         return bool(params) and len({(p.device, p.dtype) for p in params}) == 1
 
     def draw(self) -> torch.Tensor:
-        """A fresh N(0, 1) vector with one entry per parameter element (valid until the next draw)."""
-        return self.buffer.normal_(generator=self.generator)
+        """A new N(0, 1) vector with one entry per parameter element."""
+        return torch.empty(self.size, device=self.device, dtype=self.dtype).normal_(generator=self.generator)
 
 
 class _FlatSecretNoise:
@@ -56,21 +56,20 @@ class _FlatSecretNoise:
         trained ``p`` holds its clipped sum in ``p.summed_grad``; afterwards ``p.grad`` is a new tensor,
         ``p.summed_grad`` + N(0, (noise_multiplier x max_grad_norm)^2) per element, shaped like ``p``, and
         ``p.summed_grad`` is left unchanged (marked processed, as Opacus does). This is the one place where the
-        clipped sum becomes the noised gradient."""
+        clipped sum becomes the noised gradient. The new gradients are views into this step's one flat draw,
+        each noise element turned into its gradient element in place (nothing else holds the draw)."""
         params = self.params
         if self.secure_mode or self.noise is None:
             return super().add_noise()
         std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
         for p in params:
             _check_processed_flag(p.summed_grad)
-        unit = self.noise.draw() if std != 0 else None
+        flat = self.noise.draw()
         offset = 0
         for p in params:
-            summed = p.summed_grad.view_as(p)
-            if unit is None:
-                p.grad = summed.clone()
-            else:
-                p.grad = torch.add(summed, unit[offset:offset + p.numel()].view_as(p), alpha=std)
+            grad = flat[offset:offset + p.numel()].view_as(p)
+            torch.add(p.summed_grad.view_as(p), grad, alpha=std, out=grad)  # summed + std x N(0, 1)
+            p.grad = grad
             offset += p.numel()
             _mark_as_processed(p.summed_grad)
 
