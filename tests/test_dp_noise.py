@@ -85,3 +85,21 @@ def test_add_noise_turns_the_clipped_sum_into_a_new_noised_grad_and_leaves_the_s
     assert abs(float(noise.std()) - 1) < 0.02 and abs(float(noise.mean())) < 0.02
     with pytest.raises(ValueError, match="zero_grad"):  # Opacus's guard: a clipped sum is noised once
         dp.optimizer.add_noise()
+
+
+def test_an_opacus_optimizer_without_a_generator_gets_a_secret_one_not_the_global_one():
+    from opacus.optimizers import DPOptimizer
+
+    from client.privacy.dp_optimizer import with_secret_noise
+
+    net = torch.nn.Linear(50, 40)
+    fast = with_secret_noise(DPOptimizer(torch.optim.SGD(net.parameters(), lr=1.0), noise_multiplier=Z,
+                                         max_grad_norm=CLIP, expected_batch_size=1, loss_reduction="sum"))
+    assert isinstance(fast, HooksDPOptimizer) and fast.generator not in (None, torch.default_generator)
+    for p in net.parameters():
+        p.summed_grad, p.grad = torch.zeros_like(p), None
+    state = torch.get_rng_state()
+    fast.add_noise()
+    assert torch.equal(torch.get_rng_state(), state)
+    noise = torch.cat([p.grad.flatten() for p in net.parameters()]) / (Z * CLIP)
+    assert abs(float(noise.std()) - 1) < 0.05

@@ -103,8 +103,9 @@ class BookKeepingDPOptimizer(_FlatSecretNoise, DPOptimizerFastGradientClipping):
 
 def with_secret_noise(optimizer: DPOptimizer) -> DPOptimizer:
     """Opacus's ``optimizer`` (from ``PrivacyEngine.make_private``) as the matching class above, with the same
-    wrapped optimizer, settings, generator and accountant hook; a ``SecretNoise`` on that (secret) generator
-    where one flat draw covers every trained parameter."""
+    wrapped optimizer, settings, generator and accountant hook; outside secure mode, a ``SecretNoise`` on that
+    (secret) generator, or on a secret one of its own where Opacus had none, whenever one flat draw covers every
+    trained parameter."""
     classes = {DPOptimizerFastGradientClipping: BookKeepingDPOptimizer, DPOptimizer: HooksDPOptimizer}
     if type(optimizer) not in classes:
         raise TypeError(f"no secret-noise variant of {type(optimizer).__name__}")
@@ -115,6 +116,7 @@ def with_secret_noise(optimizer: DPOptimizer) -> DPOptimizer:
                secure_mode=optimizer.secure_mode)
     fast.attach_step_hook(optimizer.step_hook)
     params = fast.params
-    if not optimizer.secure_mode and optimizer.generator is not None and SecretNoise.covers(params):
-        fast.noise = SecretNoise(params, optimizer.generator)
+    if not optimizer.secure_mode and SecretNoise.covers(params):
+        fast.noise = SecretNoise(params, optimizer.generator)  # without one, a secret generator of its own
+        fast.generator = fast.noise.generator
     return fast
