@@ -39,6 +39,7 @@ MODELS: dict[str, Model] = {
     "face_resnet": Model("face", False),
     "face_scatter": Model("face", False),  # fixed scattering + linear head: the DP model
     "face_scatter_lcn": Model("face", False),  # the same after local contrast normalisation: the fair DP model
+    "face_scatter_lcn_blur": Model("face", False),  # the same after a 1-pixel low-pass: the fair non-DP model
     "voice_crnn": Model("voice", True),
     "voice_stats": Model("voice", False),  # fixed clip statistics + linear head: the DP model
     "voice_stats_norm": Model("voice", False),  # the same, each clip's statistics standardised: the fair DP model

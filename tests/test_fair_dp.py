@@ -18,7 +18,8 @@ from torch.utils.data import TensorDataset
 import clipping_reference as ref
 from server.report.fair_dp_section import fair_dp_report
 from shared_models.models.registry import build_model, model_task
-from shared_models.models.scatter_models import lcn_scatter_features, local_contrast_normalise, scatter_features
+from shared_models.models.scatter_models import (blur_lcn_scatter_features, lcn_scatter_features,
+                                                 local_contrast_normalise, scatter_features)
 from shared_models.models.voice_stats_model import clip_statistics, standardise_blocks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,27 +49,52 @@ def test_lcn_front_end_is_blind_to_exposure_and_contrast_where_plain_scattering_
 
 
 def test_a_flat_face_stays_finite():
-    out = lcn_scatter_features(torch.full((2, 1, 48, 48), 0.5))
-    assert torch.isfinite(out).all()
+    for front_end in (lcn_scatter_features, blur_lcn_scatter_features):
+        assert torch.isfinite(front_end(torch.full((2, 1, 48, 48), 0.5))).all()
 
 
-def test_face_scatter_lcn_is_a_registered_face_model_with_the_face_scatter_head():
-    model = build_model("face_scatter_lcn")
-    assert model_task("face_scatter_lcn") == "face"
+def test_blur_front_end_features_of_a_face_depend_on_that_face_alone():
+    a, b, c = faces(1, 1), faces(3, 2), faces(3, 3)
+    torch.testing.assert_close(blur_lcn_scatter_features(torch.cat([a, b]))[0],
+                               blur_lcn_scatter_features(torch.cat([c, a]))[3], atol=1e-5, rtol=1e-5)
+
+
+def test_blur_front_end_moves_less_under_pixel_noise_than_lcn_alone():
+    """Pixel noise (std 0.01 on a smooth, low-contrast face) moves face_scatter_lcn_blur's features less than
+    half as far as face_scatter_lcn's, relative to the clean face's: the low-pass raises the signal-to-noise ratio."""
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    clean = (0.35 + 0.15 * torch.sin(xx / 4) * torch.cos(yy / 5))[None, None].repeat(4, 1, 1, 1)
+    noisy = clean + torch.randn(clean.shape, generator=g) * 0.01
+
+    def moved(front_end) -> float:
+        ref_features = front_end(clean)
+        return float(((front_end(noisy) - ref_features).norm(dim=1) / ref_features.norm(dim=1)).mean())
+
+    assert moved(blur_lcn_scatter_features) < 0.5 * moved(lcn_scatter_features)
+
+
+@pytest.mark.parametrize("name,front_end", [("face_scatter_lcn", lcn_scatter_features),
+                                            ("face_scatter_lcn_blur", blur_lcn_scatter_features)])
+def test_the_fair_face_models_are_registered_face_models_with_the_face_scatter_head(name, front_end):
+    model = build_model(name)
+    assert model_task(name) == "face"
     plain = build_model("face_scatter")
     assert [p.shape for p in model.parameters()] == [p.shape for p in plain.parameters()]
     x = faces(3)
-    torch.testing.assert_close(model(x), model.head(lcn_scatter_features(x)))
+    torch.testing.assert_close(model(x), model.head(front_end(x)))
 
 
-def test_the_node_path_bounds_each_samples_contribution_by_the_clipping_norm_brute_force():
-    """A node trains face_scatter_lcn's head on precomputed LCN features: its DP step equals the sum of each
+@pytest.mark.parametrize("name", ["face_scatter_lcn", "face_scatter_lcn_blur"])
+def test_the_node_path_bounds_each_samples_contribution_by_the_clipping_norm_brute_force(name):
+    """A node trains the fair face model's head on its precomputed features: its DP step equals the sum of each
     sample's own gradient clipped to C (plain autograd, no Opacus), on batches of 5, 1, 0 and 7 samples."""
     n = 13
     g = torch.Generator().manual_seed(7)
-    data = TensorDataset(lcn_scatter_features(faces(n, 11)), torch.randint(0, 7, (n,), generator=g),
+    net = ref.model(name)
+    data = TensorDataset(net.fixed_features(faces(n, 11)), torch.randint(0, 7, (n,), generator=g),
                          torch.rand(n, 2, generator=g) * 2 - 1, torch.rand(n, generator=g) + 0.5)
-    dp = ref.check_steps(ref.model("face_scatter_lcn"), data, ref.batches(data), 1)
+    dp = ref.check_steps(net, data, ref.batches(data), 1)
     assert dp.clipping == "book-keeping"
 
 
@@ -117,16 +143,18 @@ def test_the_voice_node_path_bounds_each_clips_contribution_by_the_clipping_norm
 
 def test_the_benchmark_runs_plain_and_fair_models_of_both_dp_configs():
     """fair_dp's cells: no DP, and DP at each epsilon with and without the fair front end, for a config that
-    names the plain model (voice50_dp before) or the fair one (face50_dp)."""
+    names the plain model or the fair one; and face50_dp's non-DP lever without DP."""
     from simulations.benchmarks.fair_dp import cells
 
     for config, plain, fair in (("face50_dp", "face_scatter", "face_scatter_lcn"),
                                 ("voice50_dp", "voice_stats", "voice_stats_norm")):
         got = dict(cells(str(REPO / "configs" / f"{config}.toml"), [8.0, 3.0]))
+        got_face = got if config == "face50_dp" else got_face
         for eps in (8, 3):
             assert got[f"{config}-eps{eps}-{plain}"] == {"dp": True, "dp-epsilon": eps, "model": plain}
             assert got[f"{config}-eps{eps}-{fair}"] == {"dp": True, "dp-epsilon": eps, "model": fair}
         assert got[f"{config}-nodp-{plain}"] == {"dp": False, "model": plain}
+    assert got_face["face50_dp-nodp-face_scatter_lcn_blur"] == {"dp": False, "model": "face_scatter_lcn_blur"}
 
 
 def test_reweight_power_one_balances_the_groups_and_a_higher_power_leans_on_the_rarest():

@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 # Opacus hooks the first layer, whose input does not require grad; torch warns about that, harmlessly.
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 
-NAMES = ["face_cnn", "face_resnet", "face_scatter", "face_scatter_lcn", "voice_crnn", "voice_stats", "voice_stats_norm", "fusion"]
+NAMES = ["face_cnn", "face_resnet", "face_scatter", "face_scatter_lcn", "face_scatter_lcn_blur", "voice_crnn", "voice_stats", "voice_stats_norm", "fusion"]
 VA_NAMES = ["voice_crnn", "fusion"]
 S, MELS, FRAMES = 6, 128, 32
 

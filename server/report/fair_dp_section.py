@@ -17,6 +17,8 @@ from typing import Any
 FAIR_MODELS = {
     "face_scatter_lcn": "local contrast normalisation of each face before the scattering transform "
                         "(raises the low feature contrast of under-exposed, dark-skinned faces to that of the rest)",
+    "face_scatter_lcn_blur": "a 1-pixel Gaussian low-pass, then local contrast normalisation, of each face before the "
+                             "scattering transform (raises the signal-to-noise ratio of low-contrast faces)",
     "voice_stats_norm": "each clip's log-mel statistics standardised across the mel bands "
                         "(divides out the clip's level and spread, which differ with the speaker's sex and the recording)",
 }

@@ -15,7 +15,7 @@ import numpy as np
 
 INPUT_NAMES = {"face": ["face"], "voice": ["features", "mask"], "fusion": ["face", "features", "mask"]}
 SCATTER_PREPROCESSING = "scatter_features"
-FRONT_ENDS = (SCATTER_PREPROCESSING, "lcn_scatter_features")  # fixed front ends run before an exported head
+FRONT_ENDS = (SCATTER_PREPROCESSING, "lcn_scatter_features", "blur_lcn_scatter_features")  # fixed front ends run before an exported head
 
 
 def example_inputs(task: str, batch: int = 2, seed: int = 0):

@@ -16,7 +16,7 @@ from shared_models.datasets import MODELS as MODEL_TABLE
 from shared_models.datasets import TASKS, same_names
 from shared_models.models.face_models import FaceCNN, FaceResNet
 from shared_models.models.fusion_model import FusionNet
-from shared_models.models.scatter_models import FaceScatterLCNLinear, FaceScatterLinear
+from shared_models.models.scatter_models import FaceScatterLCNBlurLinear, FaceScatterLCNLinear, FaceScatterLinear
 from shared_models.models.voice_models import VoiceCRNN
 from shared_models.models.voice_stats_model import VoiceStatsLinear, VoiceStatsNormLinear
 
@@ -36,7 +36,7 @@ class ModelSpec:
 
 CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
     "face_cnn": FaceCNN, "face_resnet": FaceResNet, "face_scatter": FaceScatterLinear,
-    "face_scatter_lcn": FaceScatterLCNLinear,
+    "face_scatter_lcn": FaceScatterLCNLinear, "face_scatter_lcn_blur": FaceScatterLCNBlurLinear,
     "voice_crnn": VoiceCRNN, "voice_stats": VoiceStatsLinear,
     "voice_stats_norm": VoiceStatsNormLinear, "fusion": FusionNet,
 }

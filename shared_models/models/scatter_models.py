@@ -50,6 +50,16 @@ LCN_SIGMA = 3.0  # pixels: the Gaussian neighbourhood of local contrast normalis
 LCN_MIN_STD = 1e-3  # on the [0, 1] scale: a flat image stays flat instead of dividing by zero
 
 
+def gaussian_blur(faces: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each face (B, 1, H, W) low-passed by a Gaussian of ``sigma`` pixels (reflect padding): its own pixels only."""
+    half = max(1, int(3 * sigma))
+    t = torch.arange(-half, half + 1, dtype=torch.float32, device=faces.device)
+    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :])[None, None]
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(faces.float(), (half,) * 4, mode="reflect"), kernel)
+
+
 def local_contrast_normalise(faces: torch.Tensor, sigma: float = LCN_SIGMA) -> torch.Tensor:
     """Per face: subtract the local (Gaussian) mean, divide by the local std floored at the face's mean local std.
 
@@ -81,6 +91,20 @@ def lcn_scatter_features(faces: torch.Tensor, batch_size: int = 256) -> torch.Te
     return torch.cat(out) if out else torch.zeros(0, NUM_FEATURES, device=faces.device)
 
 
+DENOISE_SIGMA = 1.0  # pixels: the low-pass before LCN (face_scatter_lcn_blur); the faces' features are smooth, pixel noise is not
+
+
+@torch.no_grad()
+def blur_lcn_scatter_features(faces: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """``lcn_scatter_features`` of the faces low-passed at ``DENOISE_SIGMA`` (the face_scatter_lcn_blur front end).
+
+    Pixel noise does not scale with a face's contrast, so low-contrast (dark-skinned) faces have the lowest
+    signal-to-noise ratio; averaging neighbouring pixels first raises it before LCN rescales the contrast."""
+    out = [lcn_scatter_features(gaussian_blur(faces[s:s + batch_size], DENOISE_SIGMA), batch_size)
+           for s in range(0, len(faces), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, NUM_FEATURES, device=faces.device)
+
+
 class FaceScatterLinear(nn.Module):
     """Scattering features (fixed) -> linear classifier (trained). Returns logits (B, num_classes)."""
 
@@ -102,3 +126,10 @@ class FaceScatterLCNLinear(FaceScatterLinear):
     (docs/fairness.md, "DP without widening the gaps"). Same head, same parameters, no extra privacy cost."""
 
     fixed_features = staticmethod(lcn_scatter_features)
+
+
+class FaceScatterLCNBlurLinear(FaceScatterLinear):
+    """face_scatter_lcn after a 1-pixel Gaussian low-pass of each face: the non-DP fairness front end
+    (docs/fairness.md). Same head, same parameters; under DP, too, a per-sample transform with no privacy cost."""
+
+    fixed_features = staticmethod(blur_lcn_scatter_features)

@@ -18,6 +18,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 FAIR_MODELS = {"face_scatter": "face_scatter_lcn", "voice_stats": "voice_stats_norm"}  # model -> its fair variant
 BASE_MODELS = {fair: base for base, fair in FAIR_MODELS.items()}  # (same head, own fixed front end)
+NON_DP_MODELS = {"face_scatter": "face_scatter_lcn_blur"}  # model -> its variant that narrows the non-DP gap
+BASE_MODELS.update({lever: base for base, lever in NON_DP_MODELS.items()})
 ATTRIBUTES = ("race", "age", "sex")
 
 
@@ -128,6 +130,8 @@ def cells(config: str, epsilons: list[float]) -> list[tuple[str, dict[str, Any]]
     out = [(f"{stem}-nodp-{model}", {"dp": False, "model": model})]
     if fair:
         out.append((f"{stem}-nodp-{fair}", {"dp": False, "model": fair}))
+    if model in NON_DP_MODELS:
+        out.append((f"{stem}-nodp-{NON_DP_MODELS[model]}", {"dp": False, "model": NON_DP_MODELS[model]}))
     for eps in epsilons:
         out.append((f"{stem}-eps{eps:g}-{model}", {"dp": True, "dp-epsilon": eps, "model": model}))
         if fair:

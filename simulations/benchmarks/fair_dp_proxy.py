@@ -27,19 +27,30 @@ PRIORS = {  # the synthetic population's published shares (simulations/synthetic
 NODES, TEST_FRACTION, BATCH, SERVER_MOMENTUM = 50, 0.2, 64, 0.9
 
 
-def load(data_dir: Path, model: str, cache: Path) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """(labels, {attribute: groups}, features) of the FER2013-layout folder, features cached per model."""
+def blurred(faces: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each face low-passed by a Gaussian of ``sigma`` pixels (a per-face denoiser screened as a front end)."""
+    half = max(1, int(3 * sigma))
+    t = torch.arange(-half, half + 1, dtype=torch.float32)
+    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = (g / g.sum())[:, None] * (g / g.sum())[None, :]
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(faces, (half,) * 4, mode="reflect"), k[None, None])
+
+
+def load(data_dir: Path, model: str, cache: Path, blur: float = 0.0) -> tuple[np.ndarray, dict[str, np.ndarray],
+                                                                               np.ndarray]:
+    """(labels, {attribute: groups}, features) of the FER2013-layout folder, features cached per model (and blur)."""
     from shared_models.models.registry import build_model
 
     rows = list(csv.reader(open(data_dir / "fer2013.csv", encoding="utf-8")))[1:]
     labels = np.array([int(r[0]) for r in rows])
     demo = list(csv.DictReader(open(data_dir / "fer2013_demographics.csv", encoding="utf-8")))
     groups = {a: np.array([d[a] for d in demo]) for a in ("race", "age", "sex")}
-    path = cache / f"{data_dir.name}-{model}.npy"
+    path = cache / (f"{data_dir.name}-{model}" + (f"-blur{blur:g}" if blur else "") + ".npy")
     if not path.exists():
         pixels = np.stack([np.array(r[1].split(), dtype=np.uint8) for r in rows]).reshape(-1, 1, 48, 48)
         features = build_model(model).fixed_features
-        out = [features(torch.from_numpy(pixels[s:s + 1000]).float() / 255).half().numpy()
+        front = (lambda x: features(blurred(x, blur))) if blur else features
+        out = [front(torch.from_numpy(pixels[s:s + 1000]).float() / 255).half().numpy()
                for s in range(0, len(pixels), 1000)]
         cache.mkdir(parents=True, exist_ok=True)
         np.save(path, np.concatenate(out))
@@ -119,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "fedemo-fair-dp-proxy"))
     parser.add_argument("--model", default="face_scatter", choices=["face_scatter", "face_scatter_lcn"])
     parser.add_argument("--no-dp", action="store_true")
+    parser.add_argument("--blur", type=float, default=0.0, help="low-pass each face (sigma, px) before the model")
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.03)
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    labels, groups, features = load(Path(args.data), args.model, Path(args.cache))
+    labels, groups, features = load(Path(args.data), args.model, Path(args.cache), args.blur)
     train, test = split(labels, args.seed)
     x_test, y_test = with_bias(features[test]), labels[test]
     nodes = []
@@ -152,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     correct = (x_test @ weights.T).argmax(1).numpy() == y_test
     result = {"model": args.model, "dp": not args.no_dp, "epsilon": None if args.no_dp else args.epsilon,
               "rounds": args.rounds, "lr": args.lr, "clip": args.clip, "prior_weights": args.prior_weights,
-              "reweight": args.reweight, "reweight_power": args.reweight_power,
+              "reweight": args.reweight, "blur": args.blur, "reweight_power": args.reweight_power,
               "seed": args.seed, "noise_seed": args.noise_seed, "accuracy": float(correct.mean()),
               "wall_s": time.perf_counter() - start}
     for attribute, g in groups.items():
