@@ -88,7 +88,8 @@ def test_dp_recipe_config_parses_and_server_momentum_is_checked():
     assert settings.dp and settings.num_supernodes == 50 and settings.server_momentum == 0.9
     assert settings.model == "face_scatter_lcn"  # the fair front end (issue 24, docs/fairness.md)
     _, settings = load_run_config(REPO / "configs" / "voice50_dp.toml")
-    assert settings.dp and settings.num_supernodes == 50 and settings.model == "voice_stats"
+    assert settings.dp and settings.num_supernodes == 50
+    assert settings.model == "voice_stats_norm"  # the fair front end for voices (issue 24, docs/fairness.md)
     with pytest.raises(ConfigError, match="server-momentum.*must be in"):
         load_run_config(None, {"server-momentum": 1.0})
     with pytest.raises(ConfigError, match="server-momentum.*central-dp"):
