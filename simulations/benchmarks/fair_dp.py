@@ -71,6 +71,8 @@ def run_row(run_dir: Path, wall_s: float | None = None) -> dict[str, Any]:
     accuracy, rows, groups = exact_group_counts(run_dir)
     view = fairness_view(groups, min_group_size=config["fairness-min-group-size"],
                          gap_threshold=config["fairness-gap-threshold"])
+    if wall_s is None and (run_dir / "summary.json").exists():  # a finished run's own wall clock
+        wall_s = json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("wall_clock_s")
     row: dict[str, Any] = {"run": run_dir.name, "model": config["model"], "dp": config["dp"],
                            "dp_epsilon_budget": config["dp-epsilon"] if config["dp"] else None,
                            "rounds": config["num-server-rounds"], "test_rows": rows, "accuracy": accuracy,
@@ -98,9 +100,9 @@ def _pp(x: float | None) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| run | model | DP epsilon (training / eval counts) | rounds | accuracy | "
+    head = ("| run | model | DP epsilon (training / eval counts) | extra epsilon | rounds | accuracy | "
             + " | ".join(f"{a} gap pp [95% CI], worst group acc" for a in ATTRIBUTES) + " | wall clock |")
-    lines = [head, "| " + " | ".join(["---"] * (6 + len(ATTRIBUTES))) + " |"]
+    lines = [head, "| " + " | ".join(["---"] * (7 + len(ATTRIBUTES))) + " |"]
     for r in rows:
         eps = "no DP" if not r["dp"] else (f"{r['training_epsilon']:.2f} / "
                                           f"{r['eval_epsilon']:.2f}" if r["training_epsilon"] is not None
@@ -114,7 +116,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             ci = item["gap_ci"] or [None, None]
             cells.append(f"{_pp(item['gap'])} [{_pp(ci[0])}, {_pp(ci[1])}], {item['worst']} {item['worst_accuracy']:.3f}")
         wall = f"{r['wall_s']:.0f} s" if r.get("wall_s") else "-"
-        lines.append(f"| {r['run']} | {r['model']} | {eps} | {r['rounds']} | {r['accuracy']:.3f} | "
+        extra = "-" if not r["dp"] else f"{r.get('extra_statistics_epsilon') or 0:g}"
+        lines.append(f"| {r['run']} | {r['model']} | {eps} | {extra} | {r['rounds']} | {r['accuracy']:.3f} | "
                      + " | ".join(cells) + f" | {wall} |")
     return "\n".join(lines) + "\n"
 
