@@ -244,3 +244,20 @@ def test_a_dp_run_with_the_fair_front_end_reports_it_and_the_benchmark_tabulates
     item = row["attributes"]["sex"]
     assert item["gap_ci"][0] <= item["gap"] <= item["gap_ci"][1]
     assert "face_scatter_lcn" in markdown([row])
+
+
+@pytest.mark.slow
+def test_a_voice_dp_run_with_voice_stats_norm_reports_it_and_stays_within_its_budget(tmp_path):
+    """voice50_dp's recipe (now voice_stats_norm) as a real Flower run, 2 nodes and 1 round: the signed report
+    names the method at extra epsilon 0, and the benchmark's row scores it with a training epsilon within 8."""
+    from simulations.benchmarks.fair_dp import run_row
+    from simulations.simulate import run_simulation
+
+    config = {"data-dir": str(tmp_path / "data"), "runs-dir": str(tmp_path / "runs"), "run-name": "norm",
+              "synth-samples": 120, "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 1,
+              "partitioner": "iid"}
+    run_dir = Path(run_simulation(REPO / "configs" / "voice50_dp.toml", config))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["fair_dp"]["method"] == "voice_stats_norm" and report["fair_dp"]["extra_epsilon"] == 0.0
+    row = run_row(run_dir)
+    assert row["model"] == "voice_stats_norm" and row["test_rows"] > 0 and 0 < row["training_epsilon"] <= 8.0
