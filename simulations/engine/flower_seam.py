@@ -8,8 +8,10 @@ assembles Flower's own pieces, in Flower's order, into a simulation that differs
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from queue import Empty, Queue
 from typing import Any
 
@@ -106,6 +108,7 @@ PRIVATE_ATTRIBUTES = [
     ("flwr.supercore.task_identity", "TaskIdentity", "node_id"),
     ("flwr.supercore.telemetry", "EventType", "PYTHON_API_RUN_SIMULATION_LEAVE"),
     ("flwr.common.constant", "ErrorCode", "CLIENT_APP_RAISED_EXCEPTION"),
+    (VCE, "vce_api", "ThreadPoolExecutor"),  # engine_threads: the executor run_api builds its threads with
 ]
 
 
@@ -185,6 +188,22 @@ class NodeFilteredLinkState(InMemoryLinkState):
         return found
 
 
+@contextmanager
+def engine_threads(count: int) -> Iterator[None]:
+    """While in the block, Flower's engine runs ``count`` message threads (the backend's ``num_workers``).
+
+    Flower 1.41's ``run_api`` submits ``num_workers`` message loops to a ``ThreadPoolExecutor()`` built
+    without a size, which runs min(32, cores + 4) of them: 6 on 2 cores, whatever the backend asked for.
+    Vectorised clients need a round's messages in hand at once to group them.
+    """
+    original = vce_api.ThreadPoolExecutor
+    vce_api.ThreadPoolExecutor = functools.partial(original, max_workers=max(1, count))  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        vce_api.ThreadPoolExecutor = original  # type: ignore[misc]
+
+
 def new_run(run_config: dict[str, Any]) -> tuple[Run, Context]:
     """A fresh Flower run carrying ``run_config``, and the ServerApp's context for it."""
     run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
@@ -250,10 +269,13 @@ def run_on_backend(backend: Backend, *, run: Run, server_context: Context, serve
                                      grid=grid, app_dir=app_dir, f_stop=f_stop, exception_queue=server_errors,
                                      enable_tf_gpu_growth=False, ctx_queue=contexts)
     engine_failed = True
+    # Vectorised clients group the messages in hand: the engine then runs as many threads as the backend asks.
+    threads = engine_threads(backend.num_workers) if getattr(backend, "vectorised", False) else nullcontext()
     try:
-        vce_api.run_api(app_fn=lambda: None, backend_fn=lambda: backend,  # type: ignore[arg-type,return-value]
-                        nodes_mapping=nodes, state_factory=state_factory, node_info_stores=node_stores,
-                        f_stop=f_stop, metrics=metrics)
+        with threads:
+            vce_api.run_api(app_fn=lambda: None, backend_fn=lambda: backend,  # type: ignore[arg-type,return-value]
+                            nodes_mapping=nodes, state_factory=state_factory, node_info_stores=node_stores,
+                            f_stop=f_stop, metrics=metrics)
         engine_failed = False
     finally:
         f_stop.set()

@@ -30,12 +30,9 @@ from simulations.engine.flower_seam import Backend, BackendConfig, ClientAppExce
 CONFIG_KEY = "local"  # this backend's section of Flower's backend config
 STOPPED = "the simulation stopped while this node was working"
 ENGINE_THREADS_PER_WORKER = 16  # messages in hand per worker (LocalBackend.num_workers says why)
-GROUP_THREADS_PER_WORKER = 64  # vectorised clients: up to this many nodes' messages in hand per worker
-# A group is sent once no further train message for its worker arrived for GATHER_QUIET_S (at most GATHER_MAX_S
-# after the first): the coordinator's messages of a round reach the engine one by one, about 0.1 s apart on a
-# loaded 2-core machine (measured: with 0.02 s the groups held 1-4 of a worker's 25 nodes).
-GATHER_QUIET_S = 0.3
-GATHER_MAX_S = 5.0
+GROUP_THREADS_PER_WORKER = 64  # vectorised clients: messages in hand per worker (flower_seam.engine_threads)
+GATHER_QUIET_S = 0.05  # a group is sent once no further train message for its worker arrived for this long
+GATHER_MAX_S = 2.0
 
 
 @dataclass
