@@ -53,7 +53,11 @@ def _arrays(reply: Message) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in reply.content[msgs.ARRAYS].items()}
 
 
-@pytest.mark.parametrize("model,dataset", [("face_cnn", "fer2013"), ("voice_stats", "cremad")])
+@pytest.mark.parametrize("model,dataset", [("face_cnn", "fer2013"), ("voice_stats", "cremad"),
+                                           pytest.param("face_scatter_lcn", "fer2013", marks=pytest.mark.slow),
+                                           pytest.param("face_scatter", "fer2013", marks=pytest.mark.slow),
+                                           pytest.param("face_scatter_lcn_blur", "fer2013", marks=pytest.mark.slow),
+                                           ("voice_stats_norm", "cremad")])
 def test_a_group_of_train_messages_answers_each_node_as_it_alone_would(tmp_path, task_identity, model, dataset):
     request, global_arrays = _requests(tmp_path, model, dataset)
     # Beside the nodes' train messages: an evaluate message (never trains) and a node that fails while preparing

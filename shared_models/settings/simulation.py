@@ -9,7 +9,8 @@ from shared_models.settings.checks import need
 SIMULATION_BACKENDS = ("local", "ray")
 # Models whose local training vectorised clients reproduce (simulations/engine/vectorised_clients.py): no dropout
 # by default (under vmap each client's dropout draws differ from its own training's) and no batch statistics.
-VECTORISABLE_MODELS = ("face_cnn", "face_scatter", "face_scatter_lcn", "voice_stats")
+VECTORISABLE_MODELS = ("face_cnn", "face_scatter", "face_scatter_lcn", "face_scatter_lcn_blur", "voice_stats",
+                       "voice_stats_norm")
 
 
 @dataclass(frozen=True)
