@@ -44,7 +44,7 @@ def test_gradient_canaries_join_the_clipped_sum_before_the_noise_at_plus_or_minu
     coins = [1, 0, 1, 0, 1, 0, 1, 0]
     seeds = list(range(100, 108))
     step, canaries = _private_training(0.0, GradientCanaries(seeds, coins, default_norm=9.0))
-    assert canaries.steps == 12 and canaries.sample_rate == 0.25 and canaries.clipping_norm == 0.5  # the node's C
+    assert canaries.steps == 12 and canaries.sample_rate == 0.25 and canaries.canary_norm == 0.5  # the node's C
     assert 0 < canaries.inclusions.sum() < 8 * 12  # Poisson-sampled, not always in
     # No noise: release minus the records' own clipped sum is exactly the sampled canaries' +-C e_i, so each
     # score is +-C x its inclusions plus the other canaries' small overlaps with its direction.
@@ -77,7 +77,7 @@ def test_gradient_canaries_without_dp_join_the_plain_batch_sum_at_the_default_no
                      device=torch.device("cpu"))
     finally:
         STEP_OBSERVER.reset(token)
-    assert canaries.steps == 6 and canaries.clipping_norm == 1.0 and abs(canaries.sample_rate - 1 / 3) < 1e-12
+    assert canaries.steps == 6 and canaries.canary_norm == 1.0 and abs(canaries.sample_rate - 1 / 3) < 1e-12
     signs = np.array([1, 1, -1, -1])
     assert np.all(np.abs(canaries.scores - signs * canaries.inclusions) < 0.5 * canaries.inclusions.sum() + 1e-4)
 

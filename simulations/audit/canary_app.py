@@ -176,7 +176,7 @@ def _train_with_canaries(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"audit: hospital {pid} trained without a step through its optimizer (the audit's seam "
                            "was bypassed; vectorised-clients cannot carry gradient canaries)")
     line = {"round": int(msg.content[msgs.CONFIG].get(msgs.SERVER_ROUND, 0)), "canaries": mine,
-            "steps": canaries.steps, "sample_rate": canaries.sample_rate, "clipping_norm": canaries.clipping_norm,
+            "steps": canaries.steps, "sample_rate": canaries.sample_rate, "clipping_norm": canaries.canary_norm,
             "scores": canaries.scores.tolist(), "released": canaries.released.tolist(),
             "inclusions": canaries.inclusions.tolist()}
     with open(updates_path(os.environ[PLAN_ENV], pid), "a") as out:

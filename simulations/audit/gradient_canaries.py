@@ -59,7 +59,7 @@ class GradientCanaries:
     default_norm: float  # C without dp (dp-max-grad-norm); under dp the private step's own clipping norm
     steps: int = 0
     sample_rate: float = 0.0
-    clipping_norm: float = 0.0
+    canary_norm: float = 0.0  # C: the private step's clipping norm, or default_norm without dp
     scores: np.ndarray = field(init=False)
     released: np.ndarray = field(init=False)
     inclusions: np.ndarray = field(init=False)
@@ -77,7 +77,7 @@ class GradientCanaries:
         self._directions = directions(self.seeds, sum(p.numel() for p in params), params[0].device)
         self.sample_rate = 1.0 / len(loader)  # Opacus's q (1 / batches per epoch), and a plain loader's share
         if private is not None:
-            self.clipping_norm = float(private.max_grad_norm)
+            self.canary_norm = float(private.max_grad_norm)
             real_add_noise = optimizer.add_noise
 
             def add_noise() -> None:  # p.summed_grad (clipped sum) -> p.grad (noised): the release
@@ -88,7 +88,7 @@ class GradientCanaries:
 
             optimizer.add_noise = add_noise
             return
-        self.clipping_norm = float(self.default_norm)
+        self.canary_norm = float(self.default_norm)
         batch = float(loader.batch_size or 1)  # the plain loss is a batch mean: the sum is batch x the mean
         real_step = optimizer.step
 
@@ -108,7 +108,7 @@ class GradientCanaries:
         """This step's sampled canaries' gradients, summed (Poisson: each in with probability q, secretly)."""
         included = torch.rand(len(self.seeds), generator=self._generator) < self.sample_rate
         self.inclusions += included.numpy()
-        weights = (self._signs * included * self.clipping_norm).to(self._directions.device)
+        weights = (self._signs * included * self.canary_norm).to(self._directions.device)
         return weights @ self._directions
 
     def _score(self, released: torch.Tensor, own: torch.Tensor) -> None:
