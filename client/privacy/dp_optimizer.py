@@ -5,7 +5,8 @@ draw from a secret generator, and without per-step work whose result is already 
 optimizer, noise multiplier, clipping bound, expected batch size and the accountant's step hook. The mechanism is
 Opacus's: the clipped sum in ``p.summed_grad``, ``add_noise`` (the one place it becomes the noised ``p.grad``),
 ``scale_grad`` by the expected batch size, the accountant's hook, the wrapped optimizer's step. Opacus's secure
-mode (torchcsprng) keeps Opacus's own ``add_noise``.
+mode (torchcsprng) keeps Opacus's own ``add_noise``. This is also the Opacus seam: every non-public Opacus name
+FedEmo touches is listed here and used only here (tests/test_opacus_seam.py; upstream fix: docs/upstream.md).
 """
 
 from __future__ import annotations
@@ -17,7 +18,22 @@ from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGradientClipping
 
-__all__ = ["BookKeepingDPOptimizer", "HooksDPOptimizer", "SecretNoise", "secret_generator", "with_secret_noise"]
+__all__ = ["BookKeepingDPOptimizer", "HooksDPOptimizer", "SecretNoise", "secret_generator", "with_secret_noise",
+           "trained_module"]
+
+# Opacus 1.6's non-public names used here and nowhere else: (module, name) imported, and members read, set or
+# called on Opacus's own objects (DPOptimizer and its subclasses, GradSampleModule).
+PRIVATE_NAMES = (("opacus.optimizers.optimizer", "_check_processed_flag"),
+                 ("opacus.optimizers.optimizer", "_mark_as_processed"))
+PRIVATE_MEMBERS = (("opacus.optimizers.optimizer", "DPOptimizer", "_check_skip_next_step"),
+                   ("opacus.optimizers.optimizer", "DPOptimizer", "_is_last_step_skipped"),
+                   ("opacus.grad_sample.grad_sample_module", "GradSampleModule", "_module"))
+OPTIONAL_MEMBERS = ("_adjusted_noise_multiplier",)  # read with getattr and a default: Opacus sets it only sometimes
+
+
+def trained_module(private_model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside Opacus's wrapper (``GradSampleModule``): what a node trains and sends."""
+    return private_model._module
 
 
 def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from client.privacy.clipping.book_keeping import BookKeepingCapture, book_keeping_layers
-from client.privacy.dp_optimizer import secret_generator, with_secret_noise
+from client.privacy.dp_optimizer import secret_generator, trained_module, with_secret_noise
 from client.privacy.private_step import BOOK_KEEPING, CLIPPING, HOOKS, PrivateStep
 from shared_models.privacy_ledger import ACCOUNTANT, REPLACE_ONE, BudgetExceeded, PrivacyLedger, epsilon_of
 
@@ -148,5 +148,5 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
     capture = None
     if clipping == BOOK_KEEPING:
         private_model.remove_hooks()
-        capture = BookKeepingCapture(private_model._module, layers)
+        capture = BookKeepingCapture(trained_module(private_model), layers)
     return PrivateStep(private_model, private_optimizer, private_loader, engine, plan.max_grad_norm, capture)

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from client.privacy.clipping.book_keeping import BookKeepingCapture, clip_and_sum
+from client.privacy.dp_optimizer import trained_module
 
 BOOK_KEEPING, HOOKS = "book-keeping", "hooks"
 CLIPPING = (BOOK_KEEPING, HOOKS)
@@ -40,7 +41,7 @@ class PrivateStep:
     @property
     def module(self) -> nn.Module:
         """The trained model itself (what a node sends)."""
-        return self.model._module
+        return trained_module(self.model)
 
     def step(self, loss_per_sample: torch.Tensor) -> None:
         """Update the model by one DP-SGD step from this batch's loss, one term per sample (empty for an empty

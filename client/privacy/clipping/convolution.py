@@ -40,7 +40,7 @@ def _grouped_conv_weight_grad(layer: nn.Conv2d, x: torch.Tensor, grad_out: torch
     """
     padding = layer.padding
     if layer.padding_mode != "zeros":
-        x, padding = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode), (0, 0)
+        x, padding = F.pad(x, _pad_widths(layer.padding), mode=layer.padding_mode), (0, 0)
     grouped_weight = _shape_only_weight(samples * layer.out_channels, layer.weight.shape[1:], x.dtype, x.device)
     _, weight_grad, _ = torch.ops.aten.convolution_backward(
         grad_out, x, grouped_weight, None, layer.stride, padding, layer.dilation,
@@ -86,3 +86,8 @@ def segment_conv2d_grad_sample(layer: SegmentConv2d, activations: list[torch.Ten
     if layer.bias is not None and layer.bias.requires_grad:
         ret[layer.bias] = backprops.sum(dim=(1, 3, 4))
     return ret
+
+
+def _pad_widths(padding: tuple[int, ...]) -> tuple[int, ...]:
+    """F.pad's widths (last dimension first, each side) for a convolution's per-dimension ``padding``."""
+    return tuple(width for size in reversed(padding) for width in (size, size))
