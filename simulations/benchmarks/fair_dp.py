@@ -76,6 +76,8 @@ def run_row(run_dir: Path, wall_s: float | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"run": run_dir.name, "model": config["model"], "dp": config["dp"],
                            "dp_epsilon_budget": config["dp-epsilon"] if config["dp"] else None,
                            "rounds": config["num-server-rounds"], "test_rows": rows, "accuracy": accuracy,
+                           "fairness_reweight": config.get("fairness-reweight") or "",
+                           "fairness_reweight_power": float(config.get("fairness-reweight-power", 1.0)),
                            "wall_s": wall_s, "attributes": {}}
     eps = [(c.get("dp") or {}).get("epsilon") for r in rounds for c in ((r.get("train") or {}).get("clients") or [])]
     eps = [e for e in eps if isinstance(e, (int, float))]
@@ -117,7 +119,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             cells.append(f"{_pp(item['gap'])} [{_pp(ci[0])}, {_pp(ci[1])}], {item['worst']} {item['worst_accuracy']:.3f}")
         wall = f"{r['wall_s']:.0f} s" if r.get("wall_s") else "-"
         extra = "-" if not r["dp"] else f"{r.get('extra_statistics_epsilon') or 0:g}"
-        lines.append(f"| {r['run']} | {r['model']} | {eps} | {extra} | {r['rounds']} | {r['accuracy']:.3f} | "
+        model = r["model"] + (f" + reweight {r['fairness_reweight']} (power {r.get('fairness_reweight_power', 1):g})"
+                              if r.get("fairness_reweight") else "")
+        lines.append(f"| {r['run']} | {model} | {eps} | {extra} | {r['rounds']} | {r['accuracy']:.3f} | "
                      + " | ".join(cells) + f" | {wall} |")
     return "\n".join(lines) + "\n"
 
