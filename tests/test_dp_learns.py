@@ -86,7 +86,7 @@ def test_dp_recipe_config_parses_and_server_momentum_is_checked():
     assert settings.dp and settings.server_momentum == 0.9 and settings.model == "face_scatter"
     _, settings = load_run_config(REPO / "configs" / "face50_dp.toml")
     assert settings.dp and settings.num_supernodes == 50 and settings.server_momentum == 0.9
-    assert settings.model == "face_scatter_lcn"  # the fair front end (issue 24, docs/fairness.md)
+    assert settings.model == "face_scatter_lcn_blur"  # the fair front end (issue 24, docs/fairness.md)
     _, settings = load_run_config(REPO / "configs" / "voice50_dp.toml")
     assert settings.dp and settings.num_supernodes == 50
     assert settings.model == "voice_stats_norm"  # the fair front end for voices (issue 24, docs/fairness.md)

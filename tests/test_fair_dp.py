@@ -146,7 +146,7 @@ def test_the_benchmark_runs_plain_and_fair_models_of_both_dp_configs():
     names the plain model or the fair one; and face50_dp's non-DP lever without DP."""
     from simulations.benchmarks.fair_dp import cells
 
-    for config, plain, fair in (("face50_dp", "face_scatter", "face_scatter_lcn"),
+    for config, plain, fair in (("face50_dp", "face_scatter", "face_scatter_lcn_blur"),
                                 ("voice50_dp", "voice_stats", "voice_stats_norm")):
         got = dict(cells(str(REPO / "configs" / f"{config}.toml"), [8.0, 3.0]))
         got_face = got if config == "face50_dp" else got_face

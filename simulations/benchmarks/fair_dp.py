@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-FAIR_MODELS = {"face_scatter": "face_scatter_lcn", "voice_stats": "voice_stats_norm"}  # model -> its fair variant
+FAIR_MODELS = {"face_scatter": "face_scatter_lcn_blur", "voice_stats": "voice_stats_norm"}  # model -> its fair variant
 BASE_MODELS = {fair: base for base, fair in FAIR_MODELS.items()}  # (same head, own fixed front end)
 NON_DP_MODELS = {"face_scatter": "face_scatter_lcn_blur"}  # model -> its variant that narrows the non-DP gap
 BASE_MODELS.update({lever: base for base, lever in NON_DP_MODELS.items()})
