@@ -68,7 +68,8 @@ def standardise_blocks(stats: torch.Tensor) -> torch.Tensor:
     room, are divided out; the shape across the bands (formants, tilt, where the pitch harmonics move)
     stays. Each clip's features depend on that clip alone, so DP-SGD's per-sample sensitivity holds.
     """
-    blocks = stats.reshape(len(stats), STATS_PER_BAND, stats.shape[-1] // STATS_PER_BAND)  # an empty batch too
+    # unflatten, not reshape(len(stats), ...): an empty batch works, and ONNX export keeps the batch dimension free
+    blocks = stats.unflatten(-1, (STATS_PER_BAND, stats.shape[-1] // STATS_PER_BAND))
     blocks = (blocks - blocks.mean(-1, keepdim=True)) / (blocks.std(-1, correction=0, keepdim=True) + NORM_EPS)
     return blocks.reshape(stats.shape)
 
