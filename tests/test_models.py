@@ -271,7 +271,7 @@ def test_ccc_loss_is_differentiable():
 
 def test_registry():
     assert set(MODELS) == set(NAMES)
-    assert [model_task(n) for n in NAMES] == ["face", "face", "face", "face", "voice", "voice", "fusion"]
+    assert [model_task(n) for n in NAMES] == ["face"] * 5 + ["voice"] * 3 + ["fusion"]
     assert count_parameters(build_model("face_cnn")) < 500_000
     model = build_model("face_cnn", width=8)
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
