@@ -167,15 +167,22 @@ def main(argv: list[str] | None = None) -> dict:
               "reweight": args.reweight, "blur": args.blur, "reweight_power": args.reweight_power,
               "seed": args.seed, "noise_seed": args.noise_seed, "accuracy": float(correct.mean()),
               "wall_s": time.perf_counter() - start}
+    return record_groups(result, correct, {attribute: g[test] for attribute, g in groups.items()}, args.out)
+
+
+def record_groups(result: dict, correct: np.ndarray, groups: dict[str, np.ndarray], out: str,
+                  digits: int | None = None) -> dict:
+    """``result`` with each attribute's per-group accuracy (groups of 20 or more test rows) and gap, printed and
+    appended to ``out`` as a JSON line (both proxies)."""
+    rounded = (lambda v: v) if digits is None else (lambda v: round(v, digits))  # noqa: E731
     for attribute, g in groups.items():
-        g = g[test]
-        acc = {k: float(correct[g == k].mean()) for k in np.unique(g)
+        acc = {k: rounded(float(correct[g == k].mean())) for k in np.unique(g)
                if (g == k).sum() >= 20 and k not in ("unknown", "unsure")}
         result[attribute] = acc
-        result[f"{attribute}_gap"] = max(acc.values()) - min(acc.values())
+        result[f"{attribute}_gap"] = rounded(max(acc.values()) - min(acc.values()))
     print(json.dumps(result))
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as f:
+    if out:
+        with open(out, "a", encoding="utf-8") as f:
             f.write(json.dumps(result) + "\n")
     return result
 

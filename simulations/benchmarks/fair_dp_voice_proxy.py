@@ -12,7 +12,6 @@ product (docs/fairness.md labels its rows).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simulations.benchmarks.fair_dp_proxy import train_head, with_bias
+from simulations.benchmarks.fair_dp_proxy import record_groups, train_head, with_bias
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "voice50_dp.toml"
@@ -118,16 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
               "rounds": args.rounds, "lr": args.lr, "clip": args.clip, "noise_seed": args.noise_seed,
               "accuracy": float(correct.mean()), "test_rows": int(len(y_test)),
               "wall_s": round(time.perf_counter() - start, 1)}
-    for attribute, g in groups.items():
-        acc = {k: round(float(correct[g == k].mean()), 3) for k in np.unique(g)
-               if (g == k).sum() >= 20 and k not in ("unknown", "unsure")}
-        result[attribute] = acc
-        result[f"{attribute}_gap"] = round(max(acc.values()) - min(acc.values()), 3)
-    print(json.dumps(result))
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as f:
-            f.write(json.dumps(result) + "\n")
-    return result
+    return record_groups(result, correct, groups, args.out, digits=3)
 
 
 if __name__ == "__main__":
