@@ -79,12 +79,11 @@ def local_backend_config(settings: RunSettings, client_reference: str, app_dir: 
 
 def engine_summary(settings: RunSettings, backend: Any) -> dict[str, Any]:
     """Which backend ran the nodes, with how many workers, and the memory they peaked at."""
-    import resource
+    from simulations.engine.local_backend import peak_rss_mib, pss_mib
 
-    coordinator = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    coordinator = peak_rss_mib()
     if backend is None:  # Ray: its actors' memory is Ray's to report
         return {"backend": "ray", "peak_rss_mib": {"coordinator": round(coordinator, 1)}}
-    from simulations.engine.local_backend import pss_mib
 
     workers = [round(p.rss_mib, 1) for p in backend.stats.peaks]
     shared = [round(p.pss_mib, 1) for p in backend.stats.peaks]

@@ -118,3 +118,20 @@ def test_gpu_figures_come_from_nvidia_smi_samples(tmp_path, monkeypatch):
 
     line = gpu_line({"workers": 1, "gpu": figures, "peak_cuda_mib": [812.4]})
     assert line == "GPU: utilisation 37% on average (37% at most), 1024 MiB used at most; torch's peak per worker 812 MiB (1 worker(s), one CUDA context each)"
+
+
+def test_a_workers_peak_memory_is_its_own_not_the_coordinators_that_started_it():
+    """Linux keeps ru_maxrss across fork and exec: a worker started by a 300 MB parent reported >= 300 MB."""
+    import subprocess
+    import sys
+
+    held = bytearray(300 * 2**20)
+    for i in range(0, len(held), 4096):  # resident, not just reserved
+        held[i] = 1
+    code = "from simulations.engine.local_backend import peak_rss_mib; print(peak_rss_mib())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    from simulations.engine.local_backend import peak_rss_mib
+
+    assert 0 < float(out.stdout) < 250, out.stdout  # the child imports little: far below the parent's 300 MB
+    assert peak_rss_mib() >= 300
+    del held

@@ -82,7 +82,18 @@ def load_client_app(reference: str, app_dir: str) -> ClientApp:
     return app
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
+    """This process's own peak resident memory (Linux ``VmHWM``; ``ru_maxrss`` where /proc cannot tell).
+
+    Not ``ru_maxrss``: Linux keeps it across ``fork`` and ``execve``, so a worker
+    started by a coordinator holding 2 GB would report at least 2 GB.
+    """
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -125,7 +136,7 @@ def worker_main(conn: Connection, reference: str, app_dir: str) -> None:
         except EOFError:  # the backend went away
             return
         if request is None:
-            conn.send(("stopped", (_peak_rss_mib(), _cuda_peak_mib(), pss_mib())))  # plain values: no class to unpickle
+            conn.send(("stopped", (peak_rss_mib(), _cuda_peak_mib(), pss_mib())))  # plain values: no class to unpickle
             conn.close()
             sys.stdout.flush()
             sys.stderr.flush()
