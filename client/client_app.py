@@ -25,6 +25,7 @@ from client.privacy.central_dp_clipping import central_dp_clipping_mod
 from client.privacy.dp_allowlist import dp_allowlist_mod
 from client.privacy.dp_training import make_private, plan_round, planned_participation
 from client.privacy.node_runtime import start_node_runtime
+from client.privacy.private_step import PrivateStep
 from client.data.fairness_weights import WeightedSamples
 from client.data.fixed_features import feature_dataset, uses_fixed_features
 from client.privacy.group_counts import (eval_noise_multiplier, group_calibration_metrics, group_count_metrics,
@@ -99,7 +100,9 @@ def _reply(msg: Message, samples: ClientSamples, metrics: dict, arrays: ArrayRec
 
 @dataclass
 class LocalTraining:
-    """One node's non-DP local training, prepared from its train message: what ``train_epochs`` is given."""
+    """One node's local training, prepared from its train message: what ``train_epochs`` is given. Under DP,
+    ``private`` is the node's own DP-SGD step (its model, optimizer, secret noise generator, plan and Poisson
+    loader from ``make_private``), and ``model``, ``loader`` and ``optimizer`` are that step's."""
 
     settings: RunSettings
     model: torch.nn.Module  # holds the global weights; holds the node's trained weights afterwards
@@ -107,10 +110,11 @@ class LocalTraining:
     optimizer: torch.optim.Optimizer
     n_inputs: int
     device: torch.device
+    private: PrivateStep | None = None
 
     def run(self) -> dict[str, float]:
         return train_epochs(self.model, self.loader, self.optimizer, epochs=self.settings.local_epochs,
-                            n_inputs=self.n_inputs, device=self.device)
+                            n_inputs=self.n_inputs, device=self.device, private=self.private)
 
 
 # A simulation worker that trains several nodes' messages as one batched computation installs, in each of
@@ -120,7 +124,7 @@ _training_runner = threading.local()
 
 
 def set_training_runner(runner: Callable[[LocalTraining], dict[str, float]] | None) -> None:
-    """Install (or with None remove) this thread's runner of non-DP local training."""
+    """Install (or with None remove) this thread's runner of local training (non-DP and DP alike)."""
     _training_runner.run = runner
 
 
@@ -177,8 +181,7 @@ def train(msg: Message, context: Context) -> Message:
     # after Opacus's loader read dataset[0] for its empty-batch shapes (so whichever record is first uses no draw).
     samples.train.reseed_secret()
     # The loss and the samples seen stay on the node: neither is accounted for.
-    train_epochs(dp.model, dp.loader, dp.optimizer, epochs=settings.local_epochs,
-                 n_inputs=n_inputs, device=device, private=dp)
+    run_local_training(LocalTraining(settings, dp.model, dp.loader, dp.optimizer, n_inputs, device, private=dp))
     steps = dp.steps_taken()  # Opacus's Poisson loader takes exactly the planned steps; recompute if not
     # Binding check-and-record under the ledger's lock, before anything is sent (raises: nothing sent).
     event = ledger.spend(run=run, server_round=server_round, noise_multiplier=plan.noise_multiplier,

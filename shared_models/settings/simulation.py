@@ -11,6 +11,9 @@ SIMULATION_BACKENDS = ("local", "ray")
 # by default (under vmap each client's dropout draws differ from its own training's) and no batch statistics.
 VECTORISABLE_MODELS = ("face_cnn", "face_scatter", "face_scatter_lcn", "face_scatter_lcn_blur", "voice_stats",
                        "voice_stats_norm")
+# Under dp = true: models whose every trained layer book-keeping clips (each node's DP optimizer is book-keeping's)
+# and whose per-sample gradients the batched DP step computes exactly (no dropout, no batch statistics).
+VECTORISABLE_DP_MODELS = VECTORISABLE_MODELS
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,12 @@ class SimulationSettings:
         if self.vectorised_clients:
             need(self, self.simulation_backend == "local", "vectorised-clients",
                  "only with simulation-backend = \"local\" (its workers group their nodes' train messages)")
-            need(self, not self.dp, "vectorised-clients",  # type: ignore[attr-defined]  # DPSettings' key
-                 "not with dp = true: per-sample clipping per client and each node's noise from its own secret "
-                 "generator are not implemented in the batched step (set dp = false or vectorised-clients = false)")
             model = self.model  # type: ignore[attr-defined]  # TrainingSettings' key
+            dp = self.dp  # type: ignore[attr-defined]  # DPSettings' key
+            need(self, not dp or model in VECTORISABLE_DP_MODELS, "vectorised-clients",
+                 f"not with dp = true for model {model!r}: the batched DP step (simulations/engine/vectorised_dp.py) "
+                 f"clips per client and per sample exactly only for {', '.join(VECTORISABLE_DP_MODELS)} (set "
+                 "vectorised-clients = false)")
             need(self, model in VECTORISABLE_MODELS, "vectorised-clients",
                  f"model {model!r} is not supported (its dropout draws would differ from each node's own "
                  f"training); supported: {', '.join(VECTORISABLE_MODELS)}")

@@ -5,8 +5,10 @@ arrived together. Each message runs through the ClientApp exactly as alone (its 
 weights, loader, consent log, reply and DP allowlist) in a thread of its own, the threads preparing one at a
 time; only the local training step is pooled: the ClientApp's training runner (client/client_app.py ``set_training_runner``) hands each node's prepared
 training to a ``TrainingRendezvous``, which, once every member has handed its training in or finished without
-one, trains them as one vectorised computation (simulations/engine/vectorised_clients.py) and gives each node its
-own weights and metrics back. Details: docs/design_notes.md.
+one, trains them as one vectorised computation (simulations/engine/vectorised_clients.py; under DP
+simulations/engine/vectorised_dp.py, each node with its own private step, Poisson loader, noise generator and
+ledger) and gives each node its own weights and metrics back. A node whose training carries the audit's step
+observer trains alone (its canaries need its own steps). Details: docs/design_notes.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client.client_app import LocalTraining, set_training_runner
+from client.local_training import STEP_OBSERVER
+from shared_models.models.registry import build_model
 from simulations.engine.vectorised_clients import epoch_batches, optimiser_spec, train_clients
+from simulations.engine.vectorised_dp import PrivateClient, private_batches, train_private_clients
 
 Outcome = tuple[str, Any]  # ("ok", (reply, context)) | ("error", reason): what a worker sends back per message
 
@@ -31,9 +36,21 @@ class _Slot:
 
 
 def _group_key(training: LocalTraining) -> tuple:
-    """Trainings that can share one vectorised computation: same architecture, optimiser, inputs and device."""
+    """Trainings that can share one vectorised computation: same architecture, optimiser, inputs and device
+    (under DP each node steps its own optimizer, so the optimiser is not in the key)."""
     s = training.settings
+    if training.private is not None:
+        return ("dp", s.model, s.valence_arousal, training.n_inputs, str(training.device))
     return (s.model, s.valence_arousal, optimiser_spec(s), training.n_inputs, str(training.device))
+
+
+def _train_private(members: list[_Slot]) -> None:
+    first = members[0].training
+    template = build_model(first.settings.model, valence_arousal=first.settings.valence_arousal)
+    metrics = train_private_clients(template, [PrivateClient(m.training.private, m.batches) for m in members],
+                                    n_inputs=first.n_inputs, device=first.device)
+    for member, m in zip(members, metrics):
+        member.metrics = m
 
 
 def train_together(slots: list[_Slot]) -> None:
@@ -44,6 +61,9 @@ def train_together(slots: list[_Slot]) -> None:
     for members in groups.values():
         first = members[0].training
         try:
+            if first.private is not None:
+                _train_private(members)
+                continue
             trained = train_clients([m.training.model for m in members], [m.batches for m in members],
                                     optimiser_spec(first.settings), n_inputs=first.n_inputs, device=first.device)
             for member, (state, metrics) in zip(members, trained):
@@ -69,9 +89,11 @@ class TrainingRendezvous:
         self._pending = self.members
 
     def hand_in(self, training: LocalTraining) -> _Slot:
-        """A member's prepared training: draw its batches (loader order and augmentation as alone) and queue it."""
+        """A member's prepared training: draw its batches (loader order and augmentation as alone; under DP its
+        Poisson batches, empty ones too, from its own secret generator) and queue it."""
         try:
-            slot = _Slot(training, epoch_batches(training.loader, training.settings.local_epochs))
+            draw = private_batches if training.private is not None else epoch_batches
+            slot = _Slot(training, draw(training.loader, training.settings.local_epochs))
         except BaseException:
             self._arrive()
             raise
@@ -124,6 +146,8 @@ def run_group(app: Callable[..., Any], requests: list[tuple[Any, Any]],
 
         def runner(training: LocalTraining) -> dict[str, float]:
             nonlocal holding, handed_in
+            if STEP_OBSERVER.get() is not None:  # the audit's canaries ride this node's own steps: it trains alone
+                return training.run()
             handed_in = True
             try:
                 slot = rendezvous.hand_in(training)

@@ -3,9 +3,9 @@
 The clients' parameters are stacked (``torch.func.stack_module_state``) and one ``vmap``-ed step trains every
 client with its own optimiser state; short clients are masked, so each client's result equals its sequential
 ``train_epochs`` one (tests/test_vectorised_clients.py). Used by the local backend's groups
-(``vectorised-clients``, simulations/engine/client_groups.py) and the engine benchmark. DP-SGD is refused
-(``refuse_dp``): per-client per-sample clipping and per-node secret noise are not implemented here. Details:
-docs/design_notes.md.
+(``vectorised-clients``, simulations/engine/client_groups.py) and the engine benchmark. This step is non-DP
+(``refuse_dp``): under DP-SGD the groups batch each node's private step in simulations/engine/vectorised_dp.py.
+Details: docs/design_notes.md.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from shared_models import messages as msgs
 from shared_models.models.voice_models import ccc_loss
 
-DP_REFUSAL = ("vectorised clients do not run DP-SGD: per-sample clipping per client and each node's noise from "
-              "its own secret generator are not implemented in the batched step; set dp = false or turn "
-              "vectorised clients off")
+DP_REFUSAL = ("this batched step does not run DP-SGD (no per-sample clipping, no noise): DP nodes train through "
+              "simulations/engine/vectorised_dp.py, each with its own private step and secret generator")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,218 @@
+"""Vectorised DP-SGD: the per-sample clipping of many nodes' private steps as one batched computation.
+
+Each node keeps its own ``PrivateStep`` (client/privacy/private_step.py, from ``make_private``): its Poisson
+batches (its DPDataLoader, secret generator), its plan (noise multiplier calibrated against its own ledger, sample
+rate, clipping norm), its optimizer and accountant. Only the clipping is batched: at step t every node with a t-th
+batch contributes its rows, padded to the longest (padding rows weigh exactly zero); each sample's gradient over
+all trained parameters is clipped to its node's ``max_grad_norm`` (Opacus's factor min(1, C / (norm + 1e-6))) and
+summed per node. That sum goes to the node's ``.grad`` and the node's own optimizer steps, exactly as
+``PrivateStep.step`` after book-keeping clipping: one flat noise draw from the node's secret generator, scaling by
+its expected batch size, its accountant's hook, its SGD/Adam step. An empty Poisson batch is a noise-only step.
+
+Two clipping engines, both exact (tests/test_vectorised_dp.py against a per-sample brute force and the loop):
+- ghost, where the one trained layer is an ``nn.Linear`` on a (rows, features) input whose output is the model's
+  output (face_scatter*, voice_stats*): norms ||g_i||^2 (||a_i||^2 + 1), clipped sums by one batched matmul;
+- per-sample, otherwise (face_cnn): ``torch.func`` per-sample gradients.
+Memory is bounded by chunking over nodes: nodes x rows x (per-row elements) <= ``CHUNK_ELEMENTS`` (2^25 floats,
+128 MiB in float32), where a row's elements are the head's in + out features (ghost) or every trained parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from client.privacy.dp_optimizer import BookKeepingDPOptimizer
+from client.privacy.private_step import PrivateStep
+from shared_models import messages as msgs
+
+CHUNK_ELEMENTS = 2 ** 25
+
+
+@dataclass
+class PrivateClient:
+    """One node's private training as the batched step takes it: its private step and its Poisson batches."""
+
+    step: PrivateStep
+    batches: list[tuple]
+
+
+def private_batches(loader, epochs: int) -> list[tuple]:
+    """Every Poisson batch ``train_epochs`` would take, in order; empty ones kept (each is a noised step)."""
+    return [tuple(batch) for _ in range(epochs) for batch in loader]
+
+
+def refusal(step: PrivateStep) -> str | None:
+    """Why this node's private step cannot be batched here (None: it can)."""
+    if type(step.optimizer) is not BookKeepingDPOptimizer:
+        return (f"its DP optimizer is {type(step.optimizer).__name__}, not book-keeping's: the batched step "
+                "writes each node's clipped sum for that optimizer to noise, scale and account")
+    for module in step.module.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return "the model has active dropout: its draws would not be the node's own"
+    return None
+
+
+def _trained(module: nn.Module) -> list[str]:
+    return [name for name, p in module.named_parameters() if p.requires_grad]
+
+
+def ghost_layer(template: nn.Module) -> str | None:
+    """The name of the one trained ``nn.Linear`` holding every trained parameter, or None."""
+    names = set(_trained(template))
+    for name, module in template.named_modules():
+        own = {f"{name}.{k}" if name else k for k, p in module.named_parameters(recurse=False) if p.requires_grad}
+        if own and own == names and type(module) is nn.Linear:
+            return name
+    return None
+
+
+def _pad(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """Rows 0..n-1, then copies of them up to ``rows`` (finite values; the mask gives them weight zero)."""
+    return t if len(t) == rows else t[torch.arange(rows) % len(t)]
+
+
+def _stack_batches(batches: Sequence[tuple], n_inputs: int, device: torch.device):
+    """Each node's batch padded to the longest: fields (inputs..., labels, va, weights) stacked, and the mask."""
+    rows = max(len(b[n_inputs]) for b in batches)
+    filler = next(b for b in batches if len(b[n_inputs]) == rows)  # an empty batch takes another's rows, weight 0
+    fields, masks = [], []
+    for batch in batches:
+        n = len(batch[n_inputs])
+        source = batch if n else filler
+        weights = source[n_inputs + 2] if len(source) > n_inputs + 2 else torch.ones(len(source[n_inputs]))
+        fields.append([_pad(x, rows) for x in (*source[:n_inputs + 2], weights)])
+        masks.append((torch.arange(rows) < n).float())
+    stacked = [torch.stack(column).to(device, non_blocking=True) for column in zip(*fields)]
+    return stacked, torch.stack(masks).to(device)
+
+
+def _coefficients(sq: torch.Tensor, clips: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Opacus's clipping factor per sample and node, zero on padding rows."""
+    return (clips[:, None] / (sq.sqrt() + 1e-6)).clamp(max=1.0) * mask
+
+
+def _sample_losses(logits, va_pred, labels, va, weights, va_weight: float) -> torch.Tensor:
+    """One loss term per sample, as ``train_epochs`` forms it under DP (CE x weight + va_weight x MSE)."""
+    per = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+    per = per.view(labels.shape) * weights
+    if va_pred is not None:
+        per = per + va_weight * nn.functional.mse_loss(va_pred, va, reduction="none").mean(-1)
+    return per
+
+
+def _ghost_sums(template, layer: str, states, fields, mask, clips, n_inputs: int, va_weight: float):
+    """Clipped sums of the one trained Linear ``layer``, from its inputs and output gradients (no per-sample
+    gradients): each sample's squared norm is ||g_i||^2 (||a_i||^2 + [bias])."""
+    head = template.get_submodule(layer)
+    seen: list = []
+    hook = head.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    try:
+        acts = []
+        with torch.no_grad():
+            for c, state in enumerate(states):
+                seen.clear()
+                out = functional_call(template, state, tuple(f[c] for f in fields[:n_inputs]))
+                if len(seen) != 1 or seen[0][1] is not out or seen[0][0].dim() != 2:
+                    raise RuntimeError(f"vectorised DP: the trained layer {layer!r} is not the model's one output "
+                                       "layer on a (rows, features) input; the ghost engine cannot clip it")
+                acts.append(seen[0][0])
+    finally:
+        hook.remove()
+    a = torch.stack(acts)  # (nodes, rows, in)
+    w_name, b_name = f"{layer}.weight" if layer else "weight", f"{layer}.bias" if layer else "bias"
+    weight = torch.stack([s[w_name] for s in states])
+    bias = torch.stack([s[b_name] for s in states]) if b_name in states[0] else None
+    logits = torch.bmm(a, weight.transpose(1, 2))
+    if bias is not None:
+        logits = logits + bias[:, None, :]
+    logits = logits.detach().requires_grad_(True)
+    labels, va, weights = fields[n_inputs:]
+    with torch.enable_grad():
+        losses = _sample_losses(logits, None, labels, va, weights, va_weight)
+        (g,) = torch.autograd.grad(losses.sum(), logits)
+    a_sq = torch.linalg.vector_norm(a, dim=2).square()
+    sq = torch.linalg.vector_norm(g, dim=2).square() * (a_sq + 1.0 if bias is not None else a_sq)
+    cg = g * _coefficients(sq, clips, mask)[..., None]
+    sums = {w_name: torch.bmm(cg.transpose(1, 2), a)}
+    if bias is not None:
+        sums[b_name] = cg.sum(1)
+    return sums, losses.detach()
+
+
+def _per_sample_sums(template, names, states, fields, mask, clips, n_inputs: int, va_weight: float):
+    """Clipped sums from ``torch.func`` per-sample gradients (one per node and row), weighted by their factors."""
+    params = {k: torch.stack([s[k] for s in states]) for k in names}
+    fixed = {k: torch.stack([s[k] for s in states]) for k in states[0] if k not in params}
+
+    def sample_loss(p, b, *row):
+        out = functional_call(template, (p, b), tuple(x.unsqueeze(0) for x in row[:n_inputs]))
+        logits, va_pred = out if isinstance(out, tuple) else (out, None)
+        label, va, weight = (x.unsqueeze(0) for x in row[n_inputs:])
+        return _sample_losses(logits, va_pred, label, va, weight, va_weight).sum()
+
+    per_row = vmap(grad_and_value(sample_loss), in_dims=(None, None, *([0] * (n_inputs + 3))))
+    grads, losses = vmap(per_row, in_dims=(0, 0, *([0] * (n_inputs + 3))))(params, fixed, *fields)
+    sq = sum(g.flatten(2).square().sum(2) for g in grads.values())
+    coef = _coefficients(sq, clips, mask)
+    return {k: torch.einsum("cr,cr...->c...", coef, g) for k, g in grads.items()}, losses.detach()
+
+
+def _apply(step: PrivateStep, sums: dict[str, torch.Tensor]) -> None:
+    """The node's own DP step from its clipped sum: noise (its generator), scale, account, optimizer step."""
+    step.optimizer.zero_grad(set_to_none=True)
+    for name, p in step.module.named_parameters():
+        if p.requires_grad:
+            p.grad = sums[name].to(p.dtype).clone()
+    step.optimizer.step()
+
+
+def train_private_clients(template: nn.Module, clients: Sequence[PrivateClient], *, n_inputs: int,
+                          device: torch.device, va_weight: float = 1.0) -> list[dict[str, float]]:
+    """Train every node's private step on its batches, the clipping batched; returns each node's metrics as
+    ``train_epochs`` reports them under DP. ``template`` is a model of the nodes' architecture without hooks
+    (its own weights unused). The nodes' models hold their trained weights afterwards."""
+    for client in clients:
+        reason = refusal(client.step)
+        if reason is not None:
+            raise ValueError(f"vectorised DP: {reason}")
+    template = template.to(device).train()
+    names = _trained(template)
+    layer = ghost_layer(template)
+    if layer is not None:
+        head = template.get_submodule(layer)
+        per_row = head.in_features + head.out_features
+    else:
+        per_row = sum(p.numel() for p in template.parameters() if p.requires_grad)
+    loss_sums, seen = [0.0] * len(clients), [0] * len(clients)
+    for t in range(max((len(c.batches) for c in clients), default=0)):
+        active = [i for i, c in enumerate(clients) if t < len(c.batches)]
+        rows = max(len(clients[i].batches[t][n_inputs]) for i in active)
+        chunk = max(1, CHUNK_ELEMENTS // max(1, rows * per_row))
+        for start in range(0, len(active), chunk):
+            members = active[start:start + chunk]
+            steps = [clients[i].step for i in members]
+            batches = [clients[i].batches[t] for i in members]
+            if rows == 0:  # every node's batch is empty: each clipped sum is zero, each step noise alone
+                for step in steps:
+                    _apply(step, {k: torch.zeros_like(p) for k, p in step.module.named_parameters()})
+                continue
+            fields, mask = _stack_batches(batches, n_inputs, device)
+            states = [{**dict(s.module.named_parameters()), **dict(s.module.named_buffers())} for s in steps]
+            states = [{k: v.detach() for k, v in state.items()} for state in states]
+            clips = torch.tensor([s.max_grad_norm for s in steps], device=device, dtype=fields[0].dtype
+                                 if fields[0].is_floating_point() else torch.float32)
+            engine = _ghost_sums if layer is not None else _per_sample_sums
+            sums, losses = engine(template, layer if layer is not None else names, states, fields, mask, clips,
+                                  n_inputs, va_weight)
+            totals = (losses * mask).sum(1).cpu().tolist()
+            for j, (i, step) in enumerate(zip(members, steps)):
+                _apply(step, {k: v[j] for k, v in sums.items()})
+                loss_sums[i] += totals[j]
+                seen[i] += len(batches[j][n_inputs])
+    return [{msgs.TRAIN_LOSS: loss_sums[i] / max(seen[i], 1), msgs.TRAIN_SAMPLES: float(seen[i])}
+            for i in range(len(clients))]
