@@ -4,7 +4,9 @@ torch reports the memory its own allocator peaked at (each worker sends it
 when it stops: simulations/engine/local_backend.py); how busy the GPU was is only
 known to the driver, so a thread samples ``nvidia-smi`` twice a second. The
 figures go to summary.json's ``engine`` and the final console line, so a
-researcher sees whether 50 virtual nodes kept one GPU busy or starved it.
+researcher sees whether 50 virtual nodes kept one GPU busy or starved it. A field nvidia-smi cannot
+fill (``[N/A]`` for a MIG slice's utilisation, ``[Not Supported]``) is no figure: that GPU's row is left out.
+The prepared GPU check (simulations/benchmarks/gpu_check.sh) samples per step with the same parsing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,21 @@ import subprocess
 import threading
 
 QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
+
+
+def number(field: str) -> float | None:
+    """One CSV field of nvidia-smi (``--format=csv,nounits``) as a number; None for ``[N/A]`` and the like."""
+    try:
+        return float(field.strip())
+    except ValueError:
+        return None
+
+
+def busiest_gpu(text: str) -> tuple[float, float] | None:
+    """QUERY's answer (one ``utilisation, memory`` line per GPU) -> the busiest GPU's pair; None if none is known."""
+    rows = [tuple(number(f) for f in line.split(",")) for line in text.splitlines() if line.strip()]
+    known = [row for row in rows if len(row) == 2 and None not in row]
+    return max(known) if known else None  # type: ignore[return-value,type-var]
 
 
 class GpuSampler:
@@ -35,9 +52,9 @@ class GpuSampler:
                 out = subprocess.run(QUERY, capture_output=True, text=True, timeout=10)
             except (OSError, subprocess.TimeoutExpired):
                 continue
-            rows = [line.split(",") for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
-            if rows:
-                self.samples.append(max((float(u), float(m)) for u, m in rows))
+            busiest = busiest_gpu(out.stdout) if out.returncode == 0 else None
+            if busiest is not None:
+                self.samples.append(busiest)
 
     def __enter__(self) -> "GpuSampler":
         self._thread.start()
