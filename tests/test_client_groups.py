@@ -121,7 +121,7 @@ def test_a_failing_vectorised_step_fails_each_of_its_nodes_and_nothing_hangs(tmp
 
 @pytest.mark.parametrize("overrides,why", [
     ({"simulation-backend": "ray"}, 'only with simulation-backend = "local"'),
-    ({"dp": True}, "not with dp = true: per-sample clipping per client"),
+    ({"dp": True, "model": "face_resnet"}, "not with dp = true for model 'face_resnet'"),
     ({"model": "voice_crnn", "task": "voice", "dataset": "cremad"}, "model 'voice_crnn' is not supported"),
 ])
 def test_vectorised_clients_are_refused_where_they_cannot_hold(overrides, why):
