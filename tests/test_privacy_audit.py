@@ -52,6 +52,23 @@ def test_audit_settings_refuse_what_cannot_be_audited():
             settings(**overrides)
 
 
+def test_an_audit_with_vectorised_clients_is_refused_at_start_in_one_line(tmp_path):
+    """The batched step bypasses the audit's seam (STEP_OBSERVER): the audit used to fail only mid-run."""
+    from simulations.audit.run import run_audit
+    from shared_models.settings.run_settings import ConfigError
+
+    for mode, extra in [("sample", {}), ("client", {"central-dp": "off"})]:
+        with pytest.raises(ConfigError) as refused:
+            run_audit(REPO / "configs" / "quickstart.toml", {
+                "data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": mode,
+                "synth-samples": 600, "num-supernodes": 3, "min-available-nodes": 3, "num-server-rounds": 1,
+                "audit": mode, "audit-canaries": 10, "vectorised-clients": True, **extra})
+        message = str(refused.value)
+        assert message.startswith("run-config audit = '" + mode + "': not with vectorised-clients = true")
+        assert "\n" not in message
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "fer").exists()  # nothing ran, nothing written
+
+
 # ---- audits of real runs (Flower simulations): client-level canaries on a tiny face federation ----------------
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +152,7 @@ def test_a_client_canary_sends_its_direction_at_the_plans_canary_norm_not_the_cl
     canary_app.plan.cache_clear()
     try:
         for index, expected in [(0, 7.5), (1, 0.0)]:
-            reply = canary_app._canary_reply(_train_message(arrays, 2), index)
+            reply = canary_app._canary_reply(_train_message(arrays, 2), index, _context(2 + index, "a"))
             sent = reply.content[msgs.ARRAYS]
             update = np.concatenate([(sent[n].numpy().astype(np.float64) - a).ravel() for n, a in arrays.items()])
             assert np.linalg.norm(update) == pytest.approx(expected, rel=1e-5)
@@ -144,6 +161,53 @@ def test_a_client_canary_sends_its_direction_at_the_plans_canary_norm_not_the_cl
                 assert float(update @ direction) == pytest.approx(expected, rel=1e-5)
     finally:
         canary_app.plan.cache_clear()
+
+
+def _context(partition: int, marker: str):
+    from flwr.app import Context, RecordDict
+
+    return Context(run_id=7, node_id=partition + 1, node_config={"partition-id": partition, "num-partitions": 4},
+                   state=RecordDict(), run_config={"marker": marker})
+
+
+def test_canaries_answering_in_threads_each_measure_honest_norms_with_their_own_context(tmp_path, monkeypatch):
+    """The measuring canary's context was a process global: a second canary's thread overwrote it mid-measurement."""
+    import threading
+    import time
+
+    from flwr.app import Array, ArrayRecord, Message, RecordDict
+    from shared_models import messages as msgs
+    from simulations.audit import canary_app, plan as plans
+
+    arrays = {"head.bias": np.zeros(7, dtype=np.float32)}
+    plan = {"mode": "client", "hospitals": 2, "clipping_norm": 1.0, "canary_norm": None, "num_examples": 10,
+            "norm_hospitals": [0, 1], "canaries": [{"node": 2, "seed": 11}, {"node": 3, "seed": 12}], "coins": [1, 1]}
+    plans.write_plan(plan, tmp_path / "plan.json")
+    monkeypatch.setenv(plans.PLAN_ENV, str(tmp_path / "plan.json"))
+    monkeypatch.setattr(canary_app, "_NORMS", {})
+    canary_app.plan.cache_clear()
+    measured_with, second = [], threading.Thread(
+        target=lambda: canary_app.train(_train_message(arrays, 2), _context(3, "b")))
+
+    def hospital(msg, context):  # the honest node's training, reduced to what the measurement reads: its update
+        measured_with.append((context.node_config["partition-id"], context.run_config["marker"]))
+        if len(measured_with) == 1:  # the second canary starts measuring while the first is half-way
+            second.start()
+            time.sleep(0.5)
+        got = msg.content[msgs.ARRAYS]
+        return Message(RecordDict({msgs.ARRAYS: ArrayRecord({n: Array(got[n].numpy() + 1) for n in got.keys()})}),
+                       reply_to=msg)
+
+    monkeypatch.setattr(canary_app.node, "app", hospital)
+    try:
+        reply = canary_app.train(_train_message(arrays, 2), _context(2, "a"))
+        second.join(60)
+    finally:
+        canary_app.plan.cache_clear()
+    assert measured_with == [(0, "a"), (1, "a")]  # the first canary's own run config for both hospitals
+    assert not reply.has_error()
+    norms = json.loads(plans.norms_path(tmp_path / "plan.json").read_text())["2"]
+    assert norms["norms"] == pytest.approx([7 ** 0.5, 7 ** 0.5])  # measured once per round, shared by the second
 
 
 def test_client_canary_norm_is_the_clipping_norm_under_central_dp_and_measured_or_set_without():

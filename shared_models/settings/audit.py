@@ -41,6 +41,10 @@ class AuditSettings:
              "an audit spends into its run's own fresh ledgers (leave state-dir empty): canaries never reach a "
              "ledger that other runs compose")
         need(self, not self.resume, "audit", "an audit run cannot be resumed (its canaries' coins belong to one run)")
+        need(self, not self.vectorised_clients, "audit",  # type: ignore[attr-defined]  # SimulationSettings' key
+             "not with vectorised-clients = true: an audit needs each node's own training loop (sample: its "
+             "gradient canaries ride on every optimizer step; client: honest update norms measured by the real "
+             "node), which the batched step bypasses; set vectorised-clients = false")
         need(self, self.audit_canary_norm >= 0, "audit-canary-norm",
              "must be >= 0 (0: the clipping norm under central DP, else the median honest update norm)")
         if self.audit == "client":

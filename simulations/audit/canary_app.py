@@ -40,7 +40,7 @@ def _hospital_context(context: Context) -> Context:
     return dataclasses.replace(context, node_config={**context.node_config, "num-partitions": the_plan["hospitals"]})
 
 
-def _canary_reply(msg: Message, index: int) -> Message:
+def _canary_reply(msg: Message, index: int, context: Context) -> Message:
     the_plan = plan()
     canary, coin = the_plan["canaries"][index], the_plan["coins"][index]
     arrays = msg.content[msgs.ARRAYS]
@@ -50,7 +50,7 @@ def _canary_reply(msg: Message, index: int) -> Message:
     if int(msg.content[msgs.CONFIG].get(msgs.SERVER_ROUND, 0)) == 1:  # the initial model: the scores' origin
         _keep_initial({names[i]: current[i] for i in floats})
     if coin:
-        scale = canary_norm(msg) * (1 - 1e-6)  # under central DP: at the clipping norm, never clipped further
+        scale = canary_norm(msg, context) * (1 - 1e-6)  # under central DP: at the clipping norm, never clipped further
         direction = canary_direction(canary["seed"], [current[i].shape for i in floats])
         for i, d in zip(floats, direction):
             current[i] = (current[i].astype(np.float64) + scale * d).astype(current[i].dtype)
@@ -66,19 +66,21 @@ def _canary_reply(msg: Message, index: int) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def canary_norm(msg: Message) -> float:
+def canary_norm(msg: Message, context: Context) -> float:
     """The L2 norm of a coin-1 canary's update this round: the plan's, or the median measured honest update norm."""
     fixed = plan().get("canary_norm")
-    return float(fixed) if fixed else honest_norms(msg)["median"]
+    return float(fixed) if fixed else honest_norms(msg, context)["median"]
 
 
 _NORMS: dict[int, dict] = {}  # round -> its measured honest update norms (this process's copy of the file)
 
 
-def honest_norms(msg: Message) -> dict:
+def honest_norms(msg: Message, context: Context) -> dict:
     """This round's update norms of the plan's ``norm_hospitals``, trained by the real node on the round's model.
 
-    Computed once per round across the engine's processes (an exclusive lock on a file beside the plan); without
+    The measuring canary's ``context`` (run and node config) is handed down the calls, never kept in a global, so
+    canaries answering in threads of one process each measure with their own. Computed once per round across the
+    engine's processes (an exclusive lock on a file beside the plan); without
     dp the nodes' training streams are public and reseeded per round, so these are the hospitals' own updates.
     """
     server_round = int(msg.content[msgs.CONFIG].get(msgs.SERVER_ROUND, 0))
@@ -90,7 +92,7 @@ def honest_norms(msg: Message) -> dict:
         known = json.loads(target.read_text()) if target.exists() else {}
         if str(server_round) not in known:
             hospitals = plan()["norm_hospitals"]
-            norms = [_update_norm(msg, pid) for pid in hospitals]
+            norms = [_update_norm(msg, pid, context) for pid in hospitals]
             known[str(server_round)] = {"hospitals": hospitals, "norms": norms, "median": float(np.median(norms))}
             partial = target.with_name(f".{target.name}.{os.getpid()}")
             partial.write_text(json.dumps(known))
@@ -99,9 +101,8 @@ def honest_norms(msg: Message) -> dict:
     return _NORMS[server_round]
 
 
-def _update_norm(msg: Message, pid: int) -> float:
+def _update_norm(msg: Message, pid: int, context: Context) -> float:
     """The L2 norm of hospital ``pid``'s update to the model in ``msg`` (its floating-point arrays), by the real node."""
-    context = _MEASURING_CONTEXT[0]
     hospital = dataclasses.replace(context, node_config={**context.node_config, "partition-id": pid,
                                                          "num-partitions": plan()["hospitals"]}, state=RecordDict())
     reply = node.app(msg, hospital)
@@ -116,9 +117,6 @@ def _update_norm(msg: Message, pid: int) -> float:
         if np.issubdtype(before.dtype, np.floating):
             total += float(np.square(np.asarray(sent[name].numpy()).astype(np.float64) - before).sum())
     return float(np.sqrt(total))
-
-
-_MEASURING_CONTEXT: list[Context] = []  # the canary's context while it measures (run config, node config)
 
 
 def _keep_initial(arrays: dict[str, np.ndarray]) -> None:
@@ -146,8 +144,7 @@ def _canary_index(context: Context) -> int | None:
 def train(msg: Message, context: Context) -> Message:
     index = _canary_index(context)
     if index is not None:
-        _MEASURING_CONTEXT[:] = [context]
-        return _canary_reply(msg, index)
+        return _canary_reply(msg, index, context)
     if plan()["mode"] == "sample":
         return _train_with_canaries(msg, context)
     return node.app(msg, _hospital_context(context))
