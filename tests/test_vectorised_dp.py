@@ -31,7 +31,7 @@ SIZES = ((5, 1, 0, 7), (3, 4, 0), (0, 2, 0, 0, 6))
 MODELS = ["face_scatter", "voice_stats", pytest.param("face_cnn", marks=pytest.mark.slow)]
 
 
-def _nodes(name: str, *, z: float, identical: bool = False):
+def _nodes(name: str, *, z: float, identical: bool = False, clips=CLIPS):
     """Three nodes' nets (different weights unless ``identical``), data and batches; two private steps each
     (vectorised, loop) on copies of the same net, their noise generators in equal states."""
     nodes = []
@@ -43,7 +43,7 @@ def _nodes(name: str, *, z: float, identical: bool = False):
                     p.add_(0.02 * c * torch.randn(p.shape, generator=torch.Generator().manual_seed(c)))
         data = dataset(name, 20, seed=1 if identical else c + 1, weighted=(c == 1 and not identical))
         steps = batches(data, SIZES[0] if identical else SIZES[c])
-        clip = 0.5 if identical else CLIPS[c]
+        clip = 0.5 if identical else clips[c]
         vec, loop = private(copy.deepcopy(net), data, z=z, clip=clip), private(copy.deepcopy(net), data, z=z, clip=clip)
         state = vec.optimizer.noise.generator.get_state()
         loop.optimizer.noise.generator.set_state(state)
@@ -115,7 +115,7 @@ def test_each_nodes_noise_comes_from_its_own_generator(name):
     """Real noise (z = 1): with each node's generator in the loop's state, the same update and generator state
     afterwards (the same draws, in the same order); under fresh secret generators identical nodes differ."""
     n_in = n_inputs(name)
-    nodes = _nodes(name, z=1.0)
+    nodes = _nodes(name, z=1.0, clips=(0.05, 0.5, 1.0))  # noise std z x C: a huge C amplifies float32 rounding
     _run_vectorised(name, nodes, n_in)
     _run_loop(nodes, n_in)
     for net, _, _, _, vec, loop in nodes:
