@@ -1,7 +1,7 @@
 """The engine benchmark's peers: vectorised clients and Apple's pfl-research on the same client work.
 
-Called by simulations/benchmarks/simulation_engine.py beside the plain loop; each returns seconds per round.
-``vectorised_loop``: the loop with training by simulations/engine/vectorised_clients.py. ``pfl_loop``:
+Called by simulations/benchmarks/simulation_engine.py beside the plain loop. ``vectorised_loop``: the loop's
+rounds (simulations/benchmarks/loop_bounds.py, phases timed) with training by simulations/engine/vectorised_clients.py. ``pfl_loop``:
 pfl-research 0.6 (``pip install --no-deps pfl==0.6.0``) on the same model, data, optimiser and rounds; what
 is not identical is listed in ``PFL_DIFFERENCES`` (written to the JSON).
 """
@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 
 from client.data.node_data import client_samples
 from client.data.torch_data import NUM_MODEL_INPUTS
-from client.local_training import evaluate, resolve_device
 from shared_models.models.registry import build_model
-from simulations.engine.vectorised_clients import epoch_batches, optimiser_spec, train_clients
+from simulations.benchmarks.loop_bounds import nodes_of, phased_rounds
+from simulations.engine.vectorised_clients import optimiser_spec, train_clients
 from simulations.run_config import load_run_config
 from simulations.synthetic.data_prep import prepare_data
 
@@ -40,32 +40,16 @@ def load_settings(overrides: dict):
     return settings
 
 
-def _nodes(settings) -> list[dict]:
-    return [{"partition-id": pid, "num-partitions": settings.num_supernodes} for pid in range(settings.num_supernodes)]
+def vectorised_training(global_model, batches, settings, device) -> list[dict[str, torch.Tensor]]:
+    """Every client's local training from the global weights in one vectorised computation."""
+    trained = train_clients(global_model, batches, optimiser_spec(settings), n_inputs=NUM_MODEL_INPUTS[settings.task],
+                            device=device)
+    return [state for state, _ in trained]
 
 
-def vectorised_loop(overrides: dict, threads: int) -> list[float]:
-    """The plain loop's rounds with every client's local training in one vectorised computation."""
-    settings = load_settings(overrides)
-    torch.set_num_threads(threads)
-    device = resolve_device(settings.device)
-    global_model = build_model(settings.model).to(device)
-    n_inputs = NUM_MODEL_INPUTS[settings.task]
-    spec = optimiser_spec(settings)
-    rounds = []
-    for _ in range(settings.num_server_rounds):
-        started = time.perf_counter()
-        samples = [client_samples(settings, node, settings.data_dir) for node in _nodes(settings)]
-        batches = [epoch_batches(DataLoader(s.train, batch_size=settings.batch_size, shuffle=True),
-                                 settings.local_epochs) for s in samples]
-        trained = train_clients(global_model, batches, spec, n_inputs=n_inputs, device=device)
-        sizes = [len(s.train) for s in samples]
-        total = sum(sizes)
-        global_model.load_state_dict({k: sum(n * state[k].float() for n, (state, _) in zip(sizes, trained)) / total
-                                      for k in trained[0][0]})
-        for s in samples:
-            evaluate(global_model, DataLoader(s.test, batch_size=64), n_inputs=n_inputs, device=device)
-        rounds.append(time.perf_counter() - started)
+def vectorised_loop(overrides: dict, threads: int) -> list[dict[str, float]]:
+    """The plain loop's rounds (loop_bounds.phased_rounds) with every client's training vectorised."""
+    rounds, _ = phased_rounds(load_settings(overrides), vectorised_training, threads)
     return rounds
 
 
@@ -117,7 +101,7 @@ def pfl_loop(overrides: dict, threads: int) -> list[float]:
     torch.set_num_threads(threads)
     n_inputs = NUM_MODEL_INPUTS[settings.task]
     keep = n_inputs + 1  # inputs and the label
-    samples = [client_samples(settings, node, settings.data_dir) for node in _nodes(settings)]
+    samples = [client_samples(settings, node, settings.data_dir) for node in nodes_of(settings)]
     train = {i: _tensors(s.train)[:keep] for i, s in enumerate(samples)}
     test = {i: _tensors(s.test)[:keep] for i, s in enumerate(samples)}
     users = list(train)

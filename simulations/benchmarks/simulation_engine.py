@@ -5,8 +5,11 @@
 
 One run, side by side so the machine's noise cancels in the ratios, per model: ``fedemo simulate`` on Ray, on
 the local backend and on the local backend with vectorised clients, the plain single-process loop (all cores,
-and one core for the ideal parallel time), and the peers (simulations/benchmarks/peers.py: vectorised clients, pfl-research). A round's cost is the mean of the
-warm rounds; peak memory and, on CUDA, GPU utilisation too. Writes ``<out>/benchmark.json``; asserts nothing.
+and one core for the ideal parallel time), and the peers (simulations/benchmarks/peers.py: vectorised clients,
+pfl-research). The loops time each round's fetch, training and evaluation; the compute floor (one model on the
+same samples, simulations/benchmarks/loop_bounds.py) and the frontier it sets are measured in the same run. A
+round's cost is the mean of the warm rounds; peak memory and, on CUDA, GPU utilisation too. Writes
+``<out>/benchmark.json`` with what keeps each comparison from being exact; asserts nothing.
 """
 
 from __future__ import annotations
@@ -19,47 +22,28 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from client.local_training import evaluate, make_optimizer, resolve_device, train_epochs
-from client.data.node_data import client_samples
-from client.data.torch_data import NUM_MODEL_INPUTS
-from shared_models.models.registry import build_model, model_task
+from shared_models.models.registry import model_task
 from shared_models.settings.simulation import VECTORISABLE_MODELS
+from simulations.benchmarks.loop_bounds import FLOOR_DIFFERENCES, PHASES, compute_floor, loop_training, phased_rounds
 from simulations.benchmarks.peers import PFL_DIFFERENCES, load_settings, parameter_count, pfl_loop, vectorised_loop
-from simulations.run_config import load_run_config
 from simulations.simulate import run_simulation
 
 DATASET_OF_TASK = {"face": "fer2013", "voice": "cremad", "fusion": "cremad"}  # a synthetic dataset per model's task
 
 
-def plain_loop(overrides: dict, threads: int) -> list[float]:
-    """The federation's client work in one process; seconds per round."""
-    _, settings = load_run_config(None, overrides)
-    torch.set_num_threads(threads)
-    device = resolve_device(settings.device)
-    global_model = build_model(settings.model).to(device)
-    model = build_model(settings.model).to(device)  # one model object, each node's round loads the global weights
-    nodes = [{"partition-id": pid, "num-partitions": settings.num_supernodes} for pid in range(settings.num_supernodes)]
-    rounds = []
-    for _ in range(settings.num_server_rounds):
-        started = time.perf_counter()
-        states = []
-        for node in nodes:
-            samples = client_samples(settings, node, settings.data_dir)  # cached after round 1, as on a node
-            model.load_state_dict(global_model.state_dict())
-            loader = DataLoader(samples.train, batch_size=settings.batch_size, shuffle=True)
-            train_epochs(model, loader, make_optimizer(model, settings), epochs=settings.local_epochs,
-                         n_inputs=NUM_MODEL_INPUTS[settings.task], device=device)
-            states.append((len(samples.train), {k: v.detach().clone() for k, v in model.state_dict().items()}))
-        total = sum(n for n, _ in states)
-        global_model.load_state_dict({k: sum(n * s[k].float() for n, s in states) / total for k in states[0][1]})
-        for node in nodes:
-            samples = client_samples(settings, node, settings.data_dir)
-            evaluate(global_model, DataLoader(samples.test, batch_size=64), n_inputs=NUM_MODEL_INPUTS[settings.task],
-                     device=device)
-        rounds.append(time.perf_counter() - started)
-    return rounds
+def plain_loop(overrides: dict, threads: int) -> tuple[list[dict[str, float]], dict]:
+    """The federation's client work in one process, one client after another; phases per round, last inputs."""
+    return phased_rounds(load_settings(overrides), loop_training, threads)
+
+
+def totals(rounds: list[dict[str, float]]) -> list[float]:
+    return [sum(r.values()) for r in rounds]
+
+
+def warm_phases(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Mean seconds of each phase over the warm rounds."""
+    return {phase: round(warm_mean([r[phase] for r in rounds]), 3) for phase in PHASES}
 
 
 def round_seconds(run_dir: Path) -> list[float]:
@@ -72,6 +56,47 @@ def warm_mean(rounds: list[float]) -> float:
     warm = rounds[1:] or rounds
     return sum(warm) / len(warm)
 
+
+def floor_and_frontier(base: dict, clients: int, threads: int, workers: int, bound: float, phased: list,
+                       last: dict, phased_one: list, last_one: dict) -> dict:
+    """The compute floor per group size, and the frontier: the loop's fetch and evaluation + the best floor.
+
+    ``frontier_round_s`` is the fastest round any training engine could reach in one process on this data path
+    (fetch and evaluation as the loop's, training as the floor's best batching); ``frontier_parallel_s`` the
+    same from one-thread phases, divided by the workers (the multi-process ideal).
+    """
+    settings = load_settings(base)
+    sizes = sorted({g for g in (1, 4, 16, clients) if g <= clients})
+    floor = compute_floor(settings, last, sizes, threads)
+    best = min(floor, key=floor.get)
+    phases = warm_phases(phased)
+    frontier = phases["fetch"] + floor[best] + phases["evaluate"]
+    out = {"threads": threads, "group_sizes": sizes, "batch_rows": {g: g * settings.batch_size for g in sizes},
+           "train_s": {g: round(t, 3) for g, t in floor.items()}, "best_group": best,
+           "loop_train_s": phases["train"], "frontier_round_s": round(frontier, 3),
+           "frontier_ratio_to_plain_loop": round(frontier / bound, 2), "not_identical": FLOOR_DIFFERENCES}
+    if phased_one is not phased:
+        one = compute_floor(settings, last_one, [best], threads=1)[best]
+        ones = warm_phases(phased_one)
+        parallel = (ones["fetch"] + one + ones["evaluate"]) / workers
+        out.update({"one_thread_train_s": round(one, 3), "frontier_parallel_s": round(parallel, 3),
+                    "frontier_parallel_ratio_to_plain_loop": round(parallel / bound, 2), "workers": workers})
+    return out
+
+
+# What keeps the setups' rounds from being the same computation (the floor's and pfl's lists are their modules').
+COMPARISONS = {
+    "Flower backends vs the loops": [
+        "a Flower run adds the server's strategy, message serialisation, each node's ledgers, records and consent "
+        "log, and evaluates through the ClientApps; the loops call the training and evaluation functions directly",
+        "round times of a Flower run come from its metrics.jsonl (between the server's evaluations); the loops' "
+        "from their own clocks around fetch, training, FedAvg and evaluation"],
+    "loops against each other": [
+        "every loop fetches through the product's data path, but each draws its own shuffles and augmentation "
+        "(the same amount of work, not the same values)",
+        "the loops run one after another in one invocation: machine load can differ between them (load averages "
+        "are recorded per model)"],
+}
 
 FLOWER_RUNS = {"ray": {"simulation-backend": "ray"}, "local": {"simulation-backend": "local"},
                "local_vectorised": {"simulation-backend": "local", "vectorised-clients": True}}
@@ -102,11 +127,14 @@ def bench_model(model: str, args: argparse.Namespace, out: Path, cores: int) -> 
         results[backend] = {"wall_s": round(time.time() - started, 1), "round_s": [round(r, 2) for r in rounds],
                             "warm_round_s": round(warm_mean(rounds), 3), "engine": summary.get("engine", {}),
                             "final_accuracy": summary.get("final", {}).get("accuracy")}
-    loop_all = plain_loop(base, threads=cores)
-    loop_one = plain_loop(base, threads=1) if backends and not cuda else loop_all  # the ideal is for the backends
+    phased_all, last_all = plain_loop(base, threads=cores)
+    phased_one, last_one = plain_loop(base, threads=1) if backends and not cuda else (phased_all, last_all)
+    loop_all, loop_one = totals(phased_all), totals(phased_one)
     workers = results["local"]["engine"].get("workers", 1) if "local" in results else cores
     results["bound"] = {"loop_all_cores_round_s": [round(r, 2) for r in loop_all],
                         "loop_one_core_round_s": [round(r, 2) for r in loop_one],
+                        "loop_all_cores_phases_s": warm_phases(phased_all),
+                        "loop_one_core_phases_s": warm_phases(phased_one),
                         "single_process_bound_s": round(warm_mean(loop_all), 3),
                         "ideal_parallel_s": round(warm_mean(loop_one) / workers, 3)}
     # On a loaded machine torch's threads on every core can be slower than one (they wait for each other):
@@ -116,8 +144,13 @@ def bench_model(model: str, args: argparse.Namespace, out: Path, cores: int) -> 
     results["bound"]["peer_threads"] = threads
     bound = results["bound"]["plain_loop_s"]
     ideal = results["bound"]["ideal_parallel_s"]
+    results["floor"] = floor_and_frontier(base, args.clients, threads, workers, bound,
+                                          phased_all if threads == cores else phased_one,
+                                          last_all if threads == cores else last_one, phased_one, last_one)
     vectorised = vectorised_loop(base, threads=threads)
-    results["vectorised"] = {"round_s": [round(r, 2) for r in vectorised], "warm_round_s": round(warm_mean(vectorised), 3)}
+    results["vectorised"] = {"round_s": [round(r, 2) for r in totals(vectorised)],
+                             "warm_round_s": round(warm_mean(totals(vectorised)), 3),
+                             "phases_s": warm_phases(vectorised)}
     try:
         pfl = pfl_loop(base, threads=threads)
         results["pfl"] = {"round_s": [round(r, 2) for r in pfl], "warm_round_s": round(warm_mean(pfl), 3),
@@ -144,8 +177,11 @@ def print_model(r: dict, args: argparse.Namespace, cores: int, cuda: str | None)
     bound, ideal = r["bound"]["plain_loop_s"], r["bound"]["ideal_parallel_s"]
     print(f"  plain loop, {cores} threads: {r['bound']['single_process_bound_s']:7.2f} s per round; one thread: "
           f"{warm_mean(r['bound']['loop_one_core_round_s']):7.2f} s (peers ran on {r['bound']['peer_threads']})")
+    print("  the loop's warm round: " + phase_text(r["bound"]["loop_all_cores_phases_s"]) + f" ({cores} threads); "
+          + phase_text(r["bound"]["loop_one_core_phases_s"]) + " (one thread)")
     if r["backends"]:
         print(f"  ideal parallel (one-core loop / workers)      : {ideal:7.2f} s per round")
+    print_floor(r["floor"], r["batch_size"])
     for backend in r["backends"]:
         b = r[backend]
         memory = b["engine"].get("peak_rss_mib", {})
@@ -166,7 +202,25 @@ def print_model(r: dict, args: argparse.Namespace, cores: int, cuda: str | None)
             continue
         label = {"vectorised": "loop, vectorised", "pfl": "pfl-research"}[name]
         print(f"  {label:16s}: {p['warm_round_s']:7.2f} s per warm round; x{p['ratio_to_plain_loop']:.2f} "
-              f"the loop" + (f", x{p['ratio_to_pfl']:.2f} pfl-research" if "ratio_to_pfl" in p else ""))
+              f"the loop" + (f", x{p['ratio_to_pfl']:.2f} pfl-research" if "ratio_to_pfl" in p else "")
+              + (f"; {phase_text(p['phases_s'])}" if "phases_s" in p else ""))
+
+
+def phase_text(phases: dict[str, float]) -> str:
+    return " + ".join(f"{phase} {phases[phase]:.2f} s" for phase in PHASES)
+
+
+def print_floor(f: dict, batch_size: int) -> None:
+    """The compute floor per group size and the frontier it sets (floor_and_frontier)."""
+    sizes = ", ".join(f"{g} ({g * batch_size} rows) {f['train_s'][g]:.2f} s" for g in f["group_sizes"])
+    print(f"  compute floor, ONE model on the same samples, batches of g clients' batches ({f['threads']} threads): "
+          f"{sizes}; best g = {f['best_group']}; the loop trains in {f['loop_train_s']:.2f} s")
+    line = (f"  frontier (the loop's fetch and evaluation + the best floor): {f['frontier_round_s']:7.2f} s per round, "
+            f"x{f['frontier_ratio_to_plain_loop']:.2f} the loop")
+    if "frontier_parallel_s" in f:
+        line += (f"; from one-thread phases over {f['workers']} workers: {f['frontier_parallel_s']:.2f} s, "
+                 f"x{f['frontier_parallel_ratio_to_plain_loop']:.2f}")
+    print(line)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,7 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     results: dict = {"clients": args.clients, "rounds": args.rounds, "samples_per_client": args.samples_per_client,
                      "cores": cores, "cuda": cuda, "command": "python -m simulations.benchmarks.simulation_engine "
-                     + " ".join(argv if argv is not None else sys.argv[1:]), "models": {}}
+                     + " ".join(argv if argv is not None else sys.argv[1:]), "models": {},
+                     "not_identical": {**COMPARISONS, "compute floor": FLOOR_DIFFERENCES,
+                                       "pfl-research": PFL_DIFFERENCES}}
     started = time.time()
     for model in args.model:
         results["models"][model] = bench_model(model, args, out, cores)
@@ -194,9 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     (out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     for r in results["models"].values():
         print_model(r, args, cores, cuda)
-    pfl = next((r["pfl"] for r in results["models"].values() if "not_identical" in r["pfl"]), None)
-    if pfl:
-        print("  pfl-research's work differs in: " + "; ".join(pfl["not_identical"]))
+    print("\nWhat keeps each comparison from being exact:")
+    for setup, notes in results["not_identical"].items():
+        print(f"  {setup}: " + "; ".join(notes))
     print(f"  written to {out / 'benchmark.json'} ({results['wall_s']:.0f} s in all)")
 
 
