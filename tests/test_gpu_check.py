@@ -176,3 +176,13 @@ def test_a_cpu_worker_reports_no_cuda_memory():
     from simulations.engine.local_backend import _cuda_peak_mib
 
     assert "torch" in sys.modules and _cuda_peak_mib() == 0.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the branch for a machine without CUDA")
+def test_a_nodes_device_is_the_cpu_under_auto_and_cuda_without_a_gpu_is_refused_in_one_line():
+    """The nodes' device placement (client/local_training.py resolve_device) on a machine without CUDA."""
+    from client.local_training import resolve_device
+
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match=r"^device 'cuda:0' requested but CUDA is not available on this machine$"):
+        resolve_device("cuda:0")

@@ -29,7 +29,7 @@ from simulations.engine.flower_seam import Backend, BackendConfig, ClientAppExce
 
 CONFIG_KEY = "local"  # this backend's section of Flower's backend config
 STOPPED = "the simulation stopped while this node was working"
-ENGINE_THREADS_PER_WORKER = 16  # messages in hand per worker (LocalBackend.num_workers says why)
+ENGINE_THREADS_PER_WORKER = 16  # asked per worker; Flower runs min(32, cores + 4) in all (LocalBackend.num_workers)
 GROUP_THREADS_PER_WORKER = 64  # vectorised clients: messages in hand per worker (flower_seam.engine_threads)
 GATHER_QUIET_S = 0.05  # a group is sent once no further train message for its worker arrived for this long
 GATHER_MAX_S = 2.0
@@ -189,11 +189,15 @@ class LocalBackend(Backend):
 
     @property
     def num_workers(self) -> int:
-        """Engine threads, each holding one message until its node's worker is free.
+        """Engine threads asked for, each holding one message until its node's worker is free.
 
-        Many per worker: a thread waits on the worker of the node it took, so
-        with a few per worker, a slower worker would gather every thread while
-        the other worker has work queued that no thread holds, and idles.
+        Without vectorised clients this is an upper bound only: Flower 1.41's
+        engine runs its message loops in a ``ThreadPoolExecutor()`` of
+        min(32, cores + 4) threads whatever is asked (6 on 2 cores), and the
+        loops beyond that never start. Lifting the cap for the plain backend
+        (``flower_seam.engine_threads``) measured no faster (docs/design_notes.md),
+        so it is lifted only for vectorised clients, whose groups need a
+        round's messages in hand at once.
         """
         return (GROUP_THREADS_PER_WORKER if self.vectorised else ENGINE_THREADS_PER_WORKER) * self.workers
 
