@@ -20,7 +20,7 @@ from server.record.run_record import finite_json, run_is_finished
 from shared_models.atomic_files import atomic_write_json
 from shared_models.settings.run_settings import ConfigError, RunSettings, check_resume_changes, resume_changes
 from simulations.synthetic.data_prep import prepare_data
-from simulations.engine.gpu_usage import GpuSampler
+from simulations.engine.gpu_usage import GpuSampler, check_cuda_here
 from simulations.run_config import load_run_config, prepare_run, project_dir
 
 
@@ -162,6 +162,7 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
         config, settings = resume_config(resume, overrides)
     else:
         config, settings = prepare_run(config_file, overrides, label=str(os.getpid()))
+    check_cuda_here(settings.device, settings.simulation_backend)  # before any data or engine: one line
     if settings.central_dp != "off":  # a plan over the client-level budget stops here, before any work
         from server.privacy.central_dp import check_central_budget
 

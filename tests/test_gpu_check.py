@@ -186,3 +186,23 @@ def test_a_nodes_device_is_the_cpu_under_auto_and_cuda_without_a_gpu_is_refused_
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(RuntimeError, match=r"^device 'cuda:0' requested but CUDA is not available on this machine$"):
         resolve_device("cuda:0")
+
+
+@pytest.mark.slow  # two CLI processes
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal on a machine without CUDA")
+def test_a_local_simulation_on_cuda_without_a_gpu_is_refused_at_start_in_one_line(tmp_path):
+    """It used to start, synthesise the data, and fail every node's first message (their tracebacks in the log)."""
+    config = {"data-dir": str(tmp_path / "fer"), "runs-dir": str(tmp_path / "runs"), "run-name": "cuda",
+              "synth-samples": 300, "num-supernodes": 3, "min-available-nodes": 3, "num-server-rounds": 1}
+    for device in ("cuda", "cuda:1"):
+        done = subprocess.run([sys.executable, "-m", "simulations.cli", "simulate", str(REPO / "configs" / "quickstart.toml"),
+                               *[f"--set={k}={v}" for k, v in {**config, "device": device}.items()]],
+                              capture_output=True, text=True, timeout=300, cwd=REPO)
+        said = (done.stdout + done.stderr).strip().splitlines()
+        assert done.returncode != 0 and len(said) == 1, said
+        assert f"run-config device = '{device}': CUDA is not available on this machine" in said[0]
+        assert not (tmp_path / "fer").exists() and not (tmp_path / "runs" / "cuda").exists()
+    from simulations.engine.gpu_usage import check_cuda_here
+
+    check_cuda_here("cuda", "ray")  # a Ray cluster's nodes may have the GPUs this machine lacks
+    check_cuda_here("cpu", "local")

@@ -71,3 +71,25 @@ class GpuSampler:
         utils = [u for u, _ in self.samples]
         return {"gpu_util_mean_pct": round(sum(utils) / len(utils), 1), "gpu_util_max_pct": max(utils),
                 "gpu_memory_used_max_mib": max(m for _, m in self.samples), "gpu_samples": len(self.samples)}
+
+
+def check_cuda_here(device: str, backend: str) -> None:
+    """The local backend runs every node on this machine: a CUDA device it lacks stops the run at start, in one line.
+
+    Under Ray the nodes may run on other machines of a cluster (their GPUs, not this one's), so only
+    ``simulation-backend = "local"`` is checked; the nodes' own ``resolve_device`` stays the last word.
+    """
+    if backend != "local" or not device.startswith("cuda"):
+        return
+    import torch
+
+    from shared_models.config_error import ConfigError
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"run-config device = {device!r}: CUDA is not available on this machine (torch "
+                          f"{torch.__version__} sees no GPU) and the local backend runs every node here; use "
+                          "device = \"auto\" or \"cpu\"")
+    index = device.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise ConfigError(f"run-config device = {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s), numbered from 0")
