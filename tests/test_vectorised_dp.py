@@ -97,17 +97,21 @@ def test_the_batched_clipped_update_equals_the_brute_force_and_the_loop(name):
 
 
 @pytest.mark.parametrize("name", ["face_scatter", "voice_stats"])
-def test_chunks_over_nodes_give_the_same_update(name, monkeypatch):
-    """A memory bound small enough for one node per chunk: the same clipped updates as all nodes at once."""
+def test_both_clipping_engines_and_any_chunking_give_the_same_update(name, monkeypatch):
+    """The ghost engine (a trained linear head), the per-sample engine with every node in one chunk, and with a
+    memory bound small enough for one node per chunk: the same clipped updates."""
     n_in = n_inputs(name)
-    together, chunked = _nodes(name, z=0.0), _nodes(name, z=0.0)
-    _run_vectorised(name, together, n_in)
+    ghost, per_sample, chunked = _nodes(name, z=0.0), _nodes(name, z=0.0), _nodes(name, z=0.0)
+    _run_vectorised(name, ghost, n_in)
+    monkeypatch.setattr("simulations.engine.vectorised_dp.ghost_layer", lambda template: None)
+    _run_vectorised(name, per_sample, n_in)
     monkeypatch.setattr("simulations.engine.vectorised_dp.CHUNK_ELEMENTS", 1)
     assert CHUNK_ELEMENTS > 1
     _run_vectorised(name, chunked, n_in)
-    for a, b in zip(together, chunked):
-        for p, q in zip(a[4].module.parameters(), b[4].module.parameters()):
-            torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)  # float32 rounding
+    for a, b, c in zip(ghost, per_sample, chunked):
+        for p, q, r in zip(a[4].module.parameters(), b[4].module.parameters(), c[4].module.parameters()):
+            torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5)  # float32 rounding
+            torch.testing.assert_close(r, q, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODELS)

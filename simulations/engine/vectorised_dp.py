@@ -105,43 +105,92 @@ def _sample_losses(logits, va_pred, labels, va, weights, va_weight: float) -> to
     return per
 
 
-def _ghost_sums(template, layer: str, states, fields, mask, clips, n_inputs: int, va_weight: float):
-    """Clipped sums of the one trained Linear ``layer``, from its inputs and output gradients (no per-sample
-    gradients): each sample's squared norm is ||g_i||^2 (||a_i||^2 + [bias])."""
-    head = template.get_submodule(layer)
+class _Captured(Exception):
+    """Stops a forward pass at the trained layer, carrying that layer's input."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__()
+        self.x = x
+
+
+def ghost_applies(template: nn.Module, layer: str, batch: tuple, n_inputs: int) -> bool:
+    """Whether the trained ``layer`` runs once, on a (rows, features) input, and its output is the model's output
+    (checked once on a real batch: then each sample's loss depends on the layer's output row alone)."""
     seen: list = []
-    hook = head.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    handle = template.get_submodule(layer).register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
     try:
-        acts = []
         with torch.no_grad():
-            for c, state in enumerate(states):
-                seen.clear()
-                out = functional_call(template, state, tuple(f[c] for f in fields[:n_inputs]))
-                if len(seen) != 1 or seen[0][1] is not out or seen[0][0].dim() != 2:
-                    raise RuntimeError(f"vectorised DP: the trained layer {layer!r} is not the model's one output "
-                                       "layer on a (rows, features) input; the ghost engine cannot clip it")
-                acts.append(seen[0][0])
+            out = template(*batch[:n_inputs])
     finally:
-        hook.remove()
-    a = torch.stack(acts)  # (nodes, rows, in)
-    w_name, b_name = f"{layer}.weight" if layer else "weight", f"{layer}.bias" if layer else "bias"
-    weight = torch.stack([s[w_name] for s in states])
-    bias = torch.stack([s[b_name] for s in states]) if b_name in states[0] else None
-    logits = torch.bmm(a, weight.transpose(1, 2))
-    if bias is not None:
-        logits = logits + bias[:, None, :]
+        handle.remove()
+    return len(seen) == 1 and seen[0][1] is out and seen[0][0].dim() == 2
+
+
+def _ghost_sums(template: nn.Module, layer: str, steps: Sequence[PrivateStep], batches: Sequence[tuple],
+                n_inputs: int, va_weight: float, device: torch.device):
+    """Each node's clipped sum for the one trained Linear ``layer`` from its inputs a_i and output gradients g_i
+    (no per-sample gradient): squared norm ||g_i||^2 (||a_i||^2 + [bias]), the sum (c_i g_i)^T a. The layer inputs
+    (the fixed front end, run to the layer and stopped there) and the clipped sums are per node; the loss, its
+    output gradients, norms and factors for all nodes' rows at once. No padding: an empty batch sums to zero."""
+    head = template.get_submodule(layer)
+
+    def stop(module, args):
+        raise _Captured(args[0])
+
+    handle = head.register_forward_pre_hook(stop)
+    acts, weights, biases = [], [], []
+    try:
+        with torch.no_grad():
+            for step, batch in zip(steps, batches):
+                own = step.module.get_submodule(layer)
+                weights.append(own.weight.detach())
+                biases.append(own.bias.detach() if own.bias is not None and own.bias.requires_grad else None)
+                inputs = tuple(t.to(device, non_blocking=True) for t in batch[:n_inputs])
+                if len(batch[n_inputs]) == 0:
+                    acts.append(None)
+                    continue
+                state = {**dict(step.module.named_parameters()), **dict(step.module.named_buffers())}
+                try:
+                    functional_call(template, state, inputs)
+                except _Captured as captured:
+                    acts.append(captured.x)
+                else:
+                    raise RuntimeError(f"vectorised DP: the trained layer {layer!r} did not run")
+    finally:
+        handle.remove()
+    full = [i for i, a in enumerate(acts) if a is not None]
+    sums = [{f"{layer}.weight": torch.zeros_like(w), **({f"{layer}.bias": torch.zeros_like(b)} if b is not None
+             else {})} for w, b in zip(weights, biases)]
+    loss_sums = [0.0] * len(steps)
+    if not full:
+        return sums, loss_sums
+    own_bias = [biases[i] if biases[i] is not None else None for i in full]
+    logits = torch.cat([nn.functional.linear(acts[i], weights[i], own_bias[k]) for k, i in enumerate(full)])
     logits = logits.detach().requires_grad_(True)
-    labels, va, weights = fields[n_inputs:]
+    rows = [len(acts[i]) for i in full]
+    labels, va, sample_w = (torch.cat([_field(batches[i], n_inputs, f).to(device) for i in full])
+                            for f in range(3))
     with torch.enable_grad():
-        losses = _sample_losses(logits, None, labels, va, weights, va_weight)
+        losses = _sample_losses(logits, None, labels, va, sample_w, va_weight)
         (g,) = torch.autograd.grad(losses.sum(), logits)
-    a_sq = torch.linalg.vector_norm(a, dim=2).square()
-    sq = torch.linalg.vector_norm(g, dim=2).square() * (a_sq + 1.0 if bias is not None else a_sq)
-    cg = g * _coefficients(sq, clips, mask)[..., None]
-    sums = {w_name: torch.bmm(cg.transpose(1, 2), a)}
-    if bias is not None:
-        sums[b_name] = cg.sum(1)
-    return sums, losses.detach()
+    a_sq = torch.cat([torch.linalg.vector_norm(acts[i].to(g.dtype), dim=1).square() for i in full])
+    has_bias = torch.cat([torch.full((n,), float(biases[i] is not None), device=device) for n, i in zip(rows, full)])
+    sq = torch.linalg.vector_norm(g, dim=1).square() * (a_sq + has_bias)
+    clips = torch.cat([torch.full((n,), float(steps[i].max_grad_norm), device=device) for n, i in zip(rows, full)])
+    cg = g * (clips / (sq.sqrt() + 1e-6)).clamp(max=1.0)[:, None]
+    for i, part, loss in zip(full, cg.split(rows), losses.detach().split(rows)):
+        sums[i][f"{layer}.weight"] = part.t() @ acts[i].to(g.dtype)
+        if biases[i] is not None:
+            sums[i][f"{layer}.bias"] = part.sum(0)
+        loss_sums[i] = float(loss.sum())
+    return sums, loss_sums
+
+
+def _field(batch: tuple, n_inputs: int, which: int) -> torch.Tensor:
+    """A batch's labels (0), valence/arousal (1) or per-sample loss weights (2; ones when it has none)."""
+    if which < 2:
+        return batch[n_inputs + which]
+    return batch[n_inputs + 2] if len(batch) > n_inputs + 2 else torch.ones(len(batch[n_inputs]))
 
 
 def _per_sample_sums(template, names, states, fields, mask, clips, n_inputs: int, va_weight: float):
@@ -167,7 +216,7 @@ def _apply(step: PrivateStep, sums: dict[str, torch.Tensor]) -> None:
     step.optimizer.zero_grad(set_to_none=True)
     for name, p in step.module.named_parameters():
         if p.requires_grad:
-            p.grad = sums[name].to(p.dtype).clone()
+            p.grad = sums[name].to(p.dtype)  # its own tensor or a view of this step's sums (never reused)
     step.optimizer.step()
 
 
@@ -183,32 +232,36 @@ def train_private_clients(template: nn.Module, clients: Sequence[PrivateClient],
     template = template.to(device).train()
     names = _trained(template)
     layer = ghost_layer(template)
-    if layer is not None:
-        head = template.get_submodule(layer)
-        per_row = head.in_features + head.out_features
-    else:
-        per_row = sum(p.numel() for p in template.parameters() if p.requires_grad)
+    sample = next((b for c in clients for b in c.batches if len(b[n_inputs])), None)
+    if layer is not None and sample is not None and not ghost_applies(template, layer, sample, n_inputs):
+        layer = None
+    per_row = sum(p.numel() for p in template.parameters() if p.requires_grad)
     loss_sums, seen = [0.0] * len(clients), [0] * len(clients)
     for t in range(max((len(c.batches) for c in clients), default=0)):
         active = [i for i, c in enumerate(clients) if t < len(c.batches)]
+        if layer is not None:
+            sums, losses = _ghost_sums(template, layer, [clients[i].step for i in active],
+                                       [clients[i].batches[t] for i in active], n_inputs, va_weight, device)
+            for i, node_sums, loss in zip(active, sums, losses):
+                _apply(clients[i].step, node_sums)
+                loss_sums[i] += loss
+                seen[i] += len(clients[i].batches[t][n_inputs])
+            continue
         rows = max(len(clients[i].batches[t][n_inputs]) for i in active)
         chunk = max(1, CHUNK_ELEMENTS // max(1, rows * per_row))
         for start in range(0, len(active), chunk):
             members = active[start:start + chunk]
             steps = [clients[i].step for i in members]
             batches = [clients[i].batches[t] for i in members]
-            if rows == 0:  # every node's batch is empty: each clipped sum is zero, each step noise alone
+            if not any(len(b[n_inputs]) for b in batches):  # all empty: each clipped sum zero, each step noise alone
                 for step in steps:
                     _apply(step, {k: torch.zeros_like(p) for k, p in step.module.named_parameters()})
                 continue
             fields, mask = _stack_batches(batches, n_inputs, device)
             states = [{**dict(s.module.named_parameters()), **dict(s.module.named_buffers())} for s in steps]
             states = [{k: v.detach() for k, v in state.items()} for state in states]
-            clips = torch.tensor([s.max_grad_norm for s in steps], device=device, dtype=fields[0].dtype
-                                 if fields[0].is_floating_point() else torch.float32)
-            engine = _ghost_sums if layer is not None else _per_sample_sums
-            sums, losses = engine(template, layer if layer is not None else names, states, fields, mask, clips,
-                                  n_inputs, va_weight)
+            clips = torch.tensor([s.max_grad_norm for s in steps], device=device)
+            sums, losses = _per_sample_sums(template, names, states, fields, mask, clips, n_inputs, va_weight)
             totals = (losses * mask).sum(1).cpu().tolist()
             for j, (i, step) in enumerate(zip(members, steps)):
                 _apply(step, {k: v[j] for k, v in sums.items()})
