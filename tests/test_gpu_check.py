@@ -206,3 +206,21 @@ def test_a_local_simulation_on_cuda_without_a_gpu_is_refused_at_start_in_one_lin
 
     check_cuda_here("cuda", "ray")  # a Ray cluster's nodes may have the GPUs this machine lacks
     check_cuda_here("cpu", "local")
+
+
+def test_vectorised_groups_never_mix_nodes_training_on_different_devices():
+    """A worker's group splits by device (client_groups._group_key): one batched step runs on one device."""
+    from client.client_app import LocalTraining
+    from shared_models.models.registry import build_model
+    from simulations.engine.client_groups import _group_key
+    from simulations.run_config import load_run_config
+
+    _, settings = load_run_config(REPO / "configs" / "quickstart.toml", {"vectorised-clients": True})
+
+    def training(device: str) -> LocalTraining:
+        model = build_model(settings.model)
+        return LocalTraining(settings, model, loader=[], optimizer=torch.optim.Adam(model.parameters()), n_inputs=1,
+                             device=torch.device(device))  # a CUDA device object needs no GPU
+
+    assert _group_key(training("cpu")) == _group_key(training("cpu"))
+    assert _group_key(training("cpu")) != _group_key(training("cuda:0")) != _group_key(training("cuda:1"))
