@@ -136,12 +136,12 @@ def _script_simulations() -> list[tuple[str, dict[str, str]]]:
     return steps
 
 
-def test_every_simulate_step_of_the_script_is_a_valid_gpu_run_and_one_is_vectorised():
+def test_every_simulate_step_of_the_script_is_a_valid_gpu_run_and_face50s_run_vectorised_too():
     from shared_models.settings.simulation import VECTORISABLE_MODELS
     from simulations.run_config import load_run_config, parse_overrides
 
     steps = _script_simulations()
-    assert [c for c, _ in steps] == ["face50", "face50", "face50_dp"]
+    assert [c for c, _ in steps] == ["face50", "face50", "face50_dp", "face50_dp"]
     vectorised = []
     for config, sets in steps:
         sets = {**sets, "num-server-rounds": "3", "runs-dir": "/tmp/x", "run-name": "check"}  # the script's $VARs
@@ -150,7 +150,7 @@ def test_every_simulate_step_of_the_script_is_a_valid_gpu_run_and_one_is_vectori
         assert settings.device == "cuda"
         if settings.vectorised_clients:
             vectorised.append(settings.model)
-    assert vectorised == ["face_cnn"] and vectorised[0] in VECTORISABLE_MODELS
+    assert vectorised == ["face_cnn", "face_scatter_lcn_blur"] and set(vectorised) <= set(VECTORISABLE_MODELS)
 
 
 def test_the_run_sampler_survives_fields_nvidia_smi_cannot_fill(tmp_path, monkeypatch):

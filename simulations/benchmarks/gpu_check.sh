@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The GPU path, proven on a machine with CUDA: the engine benchmark, face50 (as configured, and with vectorised
-# clients: issue 27's >= 70% utilisation target for face_cnn) and face50_dp for a few rounds on the GPU. Prints,
+# clients: issue 27's >= 70% utilisation target for face_cnn) and face50_dp (as configured, and with vectorised
+# clients' batched DP step) for a few rounds on the GPU. Prints,
 # per step: wall clock, GPU utilisation (mean and peak, sampled from nvidia-smi twice a second while the step
 # runs), CUDA memory per worker and whether every simulated node shared one CUDA context
 # (simulations/benchmarks/gpu_report.py reads the samples back). On a machine without CUDA it stops at once,
 # in one line, with exit status 3.
 # Usage: simulations/benchmarks/gpu_check.sh [ROUNDS]   (default 3)
-#   STEPS="engine face50 face50_vectorised face50_dp" (default: all four; name a subset to rerun some)
+#   STEPS="engine face50 face50_vectorised face50_dp face50_dp_vectorised" (default: all; a subset reruns some)
 #   OUT=folder (default runs/gpu-check-<time>; every step's log, the sampler CSVs and the runs go there)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 ROUNDS=${1:-3}
-STEPS=${STEPS:-engine face50 face50_vectorised face50_dp}
+STEPS=${STEPS:-engine face50 face50_vectorised face50_dp face50_dp_vectorised}
 "$PY" -m simulations.benchmarks.gpu_report preflight  # exit 3 in one line without CUDA
 OUT=${OUT:-runs/gpu-check-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
@@ -53,6 +54,7 @@ step engine "$OUT/engine/benchmark.json" "$PY" -m simulations.benchmarks.simulat
 simulate face50 face50
 simulate face50_vectorised face50 --set vectorised-clients=true  # face_cnn: in VECTORISABLE_MODELS
 simulate face50_dp face50_dp
+simulate face50_dp_vectorised face50_dp --set vectorised-clients=true  # in VECTORISABLE_DP_MODELS
 kill $SAMPLER 2>/dev/null || true
 wait $SAMPLER 2>/dev/null || true
 echo
