@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from client.local_training import make_optimizer, train_epochs
 from shared_models import messages as msgs
 from shared_models.models.registry import build_model
-from simulations.engine.vectorised_clients import (DP_REFUSAL, epoch_batches, optimiser_spec, refuse_dp,
-                                                   train_clients)
+from simulations.engine.vectorised_clients import (CPU_GROUP_CLIENTS, DP_REFUSAL, epoch_batches, group_size_for,
+                                                   optimiser_spec, refuse_dp, train_clients)
 
 CPU = torch.device("cpu")
 SIZES = [21, 13, 5, 9]  # batch size 8: 3, 2, 1 and 2 batches per epoch, last ones short
@@ -54,14 +54,16 @@ def _loaders(datasets, seed: int):
             for i, d in enumerate(datasets)]
 
 
-def _check(model_name: str, datasets, settings: Settings, n_inputs: int, epochs: int = 2, **model_kwargs) -> None:
+def _check(model_name: str, datasets, settings: Settings, n_inputs: int, epochs: int = 2, group_size: int | None = None,
+           **model_kwargs) -> None:
     dtype = torch.float64 if settings.optimizer == "adam" else torch.float32  # the module docstring says why
     datasets = _cast(datasets, dtype)
     torch.manual_seed(0)
     global_model = build_model(model_name, **model_kwargs).to(dtype)
     before = {k: v.clone() for k, v in global_model.state_dict().items()}
     batches = [epoch_batches(loader, epochs) for loader in _loaders(datasets, seed=5)]
-    vectorised = train_clients(global_model, batches, optimiser_spec(settings), n_inputs=n_inputs, device=CPU)
+    vectorised = train_clients(global_model, batches, optimiser_spec(settings), n_inputs=n_inputs, device=CPU,
+                               group_size=group_size)
     assert all(torch.equal(before[k], v) for k, v in global_model.state_dict().items()), "global model changed"
     for c, loader in enumerate(_loaders(datasets, seed=5)):
         model = build_model(model_name, **model_kwargs).to(dtype)
@@ -83,6 +85,22 @@ def _check(model_name: str, datasets, settings: Settings, n_inputs: int, epochs:
 def test_face_cnn_clients_equal_their_sequential_training(optimizer, weight_decay):
     g = torch.Generator().manual_seed(1)
     _check("face_cnn", [_face(n, g) for n in SIZES], Settings(optimizer, weight_decay), n_inputs=1)
+
+
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_clients_trained_in_groups_equal_their_sequential_training(group_size):
+    """Groups of 3 split the 4 clients unevenly (3 + 1); groups of 1 run each client alone through vmap."""
+    g = torch.Generator().manual_seed(5)
+    _check("face_cnn", [_face(n, g) for n in SIZES], Settings("adam"), n_inputs=1, group_size=group_size)
+
+
+def test_group_size_all_clients_on_a_gpu_a_few_on_a_cpu():
+    assert group_size_for("cuda", 50) == 50 and group_size_for(torch.device("cuda:0"), 50) == 50
+    assert group_size_for("cpu", 50) == CPU_GROUP_CLIENTS < 50
+    assert group_size_for("cpu", 2) == 2 and group_size_for("cuda", 50, group_size=7) == 7
+    assert group_size_for("cpu", 3, group_size=10) == 3
+    with pytest.raises(ValueError, match="group size 0"):
+        group_size_for("cpu", 5, group_size=0)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
@@ -111,6 +129,6 @@ def test_a_client_with_no_batches_keeps_the_global_weights():
 
 def test_dp_is_refused_with_the_reason():
     refuse_dp(False)
-    with pytest.raises(ValueError, match="do not run DP-SGD") as refused:
+    with pytest.raises(ValueError, match="DP-SGD") as refused:
         refuse_dp(True)
     assert str(refused.value) == DP_REFUSAL

@@ -24,6 +24,12 @@ DP_REFUSAL = ("this batched step does not run DP-SGD (no per-sample clipping, no
               "simulations/engine/vectorised_dp.py, each with its own private step and secret generator")
 
 
+# Clients per batched computation on a CPU. vmap turns each client's convolutions into one grouped convolution
+# and every elementwise op into one over all clients' activations: with many clients these leave the caches
+# and run at memory speed (the engine benchmark's compute floor shows the same for one model on large batches).
+CPU_GROUP_CLIENTS = 4
+
+
 @dataclass(frozen=True)
 class OptimiserSpec:
     """The local optimiser ``make_optimizer`` builds (torch's defaults for what the settings leave out)."""
@@ -107,16 +113,33 @@ class _Stepper:
             p.copy_(torch.where(on, update, p))
 
 
+def group_size_for(device: torch.device | str, clients: int, group_size: int | None = None) -> int:
+    """How many clients one batched computation holds: ``group_size`` if given, else all of them on a GPU and
+    ``CPU_GROUP_CLIENTS`` on a CPU (where a larger group's activations outgrow the caches)."""
+    if group_size is not None and group_size < 1:
+        raise ValueError(f"vectorised clients: group size {group_size} (need 1 or more)")
+    size = group_size or (clients if torch.device(device).type == "cuda" else CPU_GROUP_CLIENTS)
+    return max(1, min(size, clients))
+
+
 def train_clients(model: nn.Module | Sequence[nn.Module], client_batches: Sequence[Sequence[tuple]],
-                  spec: OptimiserSpec, *, n_inputs: int, device: torch.device, va_weight: float = 1.0
-                  ) -> list[tuple[dict[str, torch.Tensor], dict[str, float]]]:
+                  spec: OptimiserSpec, *, n_inputs: int, device: torch.device, va_weight: float = 1.0,
+                  group_size: int | None = None) -> list[tuple[dict[str, torch.Tensor], dict[str, float]]]:
     """Train one copy of ``model`` per client, all at once; ``client_batches[c]`` is client c's batch sequence.
 
     ``model`` holds the global weights (left unchanged), or is a list of one model per client (same architecture
     and buffers) holding each client's starting weights. Returns, per client, its state dict after training and
-    its metrics as ``train_epochs`` reports them (mean loss, samples seen).
+    its metrics as ``train_epochs`` reports them (mean loss, samples seen). The clients are trained in groups of
+    ``group_size_for(device, ...)``, one batched computation each (every client's result is the same).
     """
     clients = len(client_batches)
+    size = group_size_for(device, clients, group_size)
+    if size < clients:
+        many = not isinstance(model, nn.Module)
+        return [result for start in range(0, clients, size)
+                for result in train_clients(list(model)[start:start + size] if many else model,
+                                            client_batches[start:start + size], spec, n_inputs=n_inputs,
+                                            device=device, va_weight=va_weight, group_size=size)]
     starts = [model] * clients if isinstance(model, nn.Module) else list(model)
     if len(starts) != clients:
         raise ValueError(f"vectorised clients: {len(starts)} models for {clients} clients")
