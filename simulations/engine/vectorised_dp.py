@@ -62,11 +62,11 @@ def _trained(module: nn.Module) -> list[str]:
 
 
 def ghost_layer(template: nn.Module) -> str | None:
-    """The name of the one trained ``nn.Linear`` holding every trained parameter, or None."""
+    """The name of the one trained ``nn.Linear`` (its weight trained) holding every trained parameter, or None."""
     names = set(_trained(template))
     for name, module in template.named_modules():
         own = {f"{name}.{k}" if name else k for k, p in module.named_parameters(recurse=False) if p.requires_grad}
-        if own and own == names and type(module) is nn.Linear:
+        if own == names and type(module) is nn.Linear and module.weight.requires_grad:
             return name
     return None
 
@@ -113,14 +113,14 @@ class _Captured(Exception):
         self.x = x
 
 
-def ghost_applies(template: nn.Module, layer: str, batch: tuple, n_inputs: int) -> bool:
+def ghost_applies(template: nn.Module, layer: str, batch: tuple, n_inputs: int, device: torch.device) -> bool:
     """Whether the trained ``layer`` runs once, on a (rows, features) input, and its output is the model's output
     (checked once on a real batch: then each sample's loss depends on the layer's output row alone)."""
     seen: list = []
     handle = template.get_submodule(layer).register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
     try:
         with torch.no_grad():
-            out = template(*batch[:n_inputs])
+            out = template(*(t.to(device) for t in batch[:n_inputs]))
     finally:
         handle.remove()
     return len(seen) == 1 and seen[0][1] is out and seen[0][0].dim() == 2
@@ -138,13 +138,14 @@ def _ghost_sums(template: nn.Module, layer: str, steps: Sequence[PrivateStep], b
         raise _Captured(args[0])
 
     handle = head.register_forward_pre_hook(stop)
-    acts, weights, biases = [], [], []
+    acts, weights, biases, trained_bias = [], [], [], []
     try:
         with torch.no_grad():
             for step, batch in zip(steps, batches):
                 own = step.module.get_submodule(layer)
                 weights.append(own.weight.detach())
-                biases.append(own.bias.detach() if own.bias is not None and own.bias.requires_grad else None)
+                biases.append(own.bias.detach() if own.bias is not None else None)
+                trained_bias.append(own.bias is not None and own.bias.requires_grad)
                 inputs = tuple(t.to(device, non_blocking=True) for t in batch[:n_inputs])
                 if len(batch[n_inputs]) == 0:
                     acts.append(None)
@@ -159,13 +160,12 @@ def _ghost_sums(template: nn.Module, layer: str, steps: Sequence[PrivateStep], b
     finally:
         handle.remove()
     full = [i for i, a in enumerate(acts) if a is not None]
-    sums = [{f"{layer}.weight": torch.zeros_like(w), **({f"{layer}.bias": torch.zeros_like(b)} if b is not None
-             else {})} for w, b in zip(weights, biases)]
+    sums = [{f"{layer}.weight": torch.zeros_like(w), **({f"{layer}.bias": torch.zeros_like(b)} if t else {})}
+            for w, b, t in zip(weights, biases, trained_bias)]
     loss_sums = [0.0] * len(steps)
     if not full:
         return sums, loss_sums
-    own_bias = [biases[i] if biases[i] is not None else None for i in full]
-    logits = torch.cat([nn.functional.linear(acts[i], weights[i], own_bias[k]) for k, i in enumerate(full)])
+    logits = torch.cat([nn.functional.linear(acts[i], weights[i], biases[i]) for i in full])
     logits = logits.detach().requires_grad_(True)
     rows = [len(acts[i]) for i in full]
     labels, va, sample_w = (torch.cat([_field(batches[i], n_inputs, f).to(device) for i in full])
@@ -174,13 +174,13 @@ def _ghost_sums(template: nn.Module, layer: str, steps: Sequence[PrivateStep], b
         losses = _sample_losses(logits, None, labels, va, sample_w, va_weight)
         (g,) = torch.autograd.grad(losses.sum(), logits)
     a_sq = torch.cat([torch.linalg.vector_norm(acts[i].to(g.dtype), dim=1).square() for i in full])
-    has_bias = torch.cat([torch.full((n,), float(biases[i] is not None), device=device) for n, i in zip(rows, full)])
+    has_bias = torch.cat([torch.full((n,), float(trained_bias[i]), device=device) for n, i in zip(rows, full)])
     sq = torch.linalg.vector_norm(g, dim=1).square() * (a_sq + has_bias)
     clips = torch.cat([torch.full((n,), float(steps[i].max_grad_norm), device=device) for n, i in zip(rows, full)])
     cg = g * (clips / (sq.sqrt() + 1e-6)).clamp(max=1.0)[:, None]
     for i, part, loss in zip(full, cg.split(rows), losses.detach().split(rows)):
         sums[i][f"{layer}.weight"] = part.t() @ acts[i].to(g.dtype)
-        if biases[i] is not None:
+        if trained_bias[i]:
             sums[i][f"{layer}.bias"] = part.sum(0)
         loss_sums[i] = float(loss.sum())
     return sums, loss_sums
@@ -233,7 +233,7 @@ def train_private_clients(template: nn.Module, clients: Sequence[PrivateClient],
     names = _trained(template)
     layer = ghost_layer(template)
     sample = next((b for c in clients for b in c.batches if len(b[n_inputs])), None)
-    if layer is not None and sample is not None and not ghost_applies(template, layer, sample, n_inputs):
+    if layer is not None and sample is not None and not ghost_applies(template, layer, sample, n_inputs, device):
         layer = None
     per_row = sum(p.numel() for p in template.parameters() if p.requires_grad)
     loss_sums, seen = [0.0] * len(clients), [0] * len(clients)
