@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from client.data.node_data import client_samples
 from client.data.torch_data import NUM_MODEL_INPUTS
+from client.local_training import resolve_device
 from shared_models.models.registry import build_model
 from simulations.benchmarks.loop_bounds import nodes_of, phased_rounds
 from simulations.engine.vectorised_clients import optimiser_spec, train_clients
@@ -47,10 +48,24 @@ def vectorised_training(global_model, batches, settings, device) -> list[dict[st
     return [state for state, _ in trained]
 
 
-def vectorised_loop(overrides: dict, threads: int) -> list[dict[str, float]]:
+def vectorised_loop(overrides: dict, threads: int) -> tuple[list[dict[str, float]], dict]:
     """The plain loop's rounds (loop_bounds.phased_rounds) with every client's training vectorised."""
-    rounds, _ = phased_rounds(load_settings(overrides), vectorised_training, threads)
-    return rounds
+    return phased_rounds(load_settings(overrides), vectorised_training, threads)
+
+
+def vectorised_groups(settings, last: dict, group_sizes, threads: int) -> dict[int, float]:
+    """Seconds to train the last round's clients vectorised in groups of g (``train_clients``' group_size), per g."""
+    torch.set_num_threads(threads)
+    device = resolve_device(settings.device)
+    global_model = build_model(settings.model).to(device)
+    global_model.load_state_dict(last["global_state"])
+    seconds = {}
+    for g in group_sizes:
+        started = time.perf_counter()
+        train_clients(global_model, last["batches"], optimiser_spec(settings), n_inputs=NUM_MODEL_INPUTS[settings.task],
+                      device=device, group_size=g)
+        seconds[g] = time.perf_counter() - started
+    return seconds
 
 
 def _tensors(dataset) -> list[torch.Tensor]:

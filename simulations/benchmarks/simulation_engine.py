@@ -23,10 +23,13 @@ from pathlib import Path
 
 import torch
 
+from client.local_training import resolve_device
 from shared_models.models.registry import model_task
 from shared_models.settings.simulation import VECTORISABLE_MODELS
 from simulations.benchmarks.loop_bounds import FLOOR_DIFFERENCES, PHASES, compute_floor, loop_training, phased_rounds
-from simulations.benchmarks.peers import PFL_DIFFERENCES, load_settings, parameter_count, pfl_loop, vectorised_loop
+from simulations.benchmarks.peers import (PFL_DIFFERENCES, load_settings, parameter_count, pfl_loop,
+                                          vectorised_groups, vectorised_loop)
+from simulations.engine.vectorised_clients import group_size_for
 from simulations.simulate import run_simulation
 
 DATASET_OF_TASK = {"face": "fer2013", "voice": "cremad", "fusion": "cremad"}  # a synthetic dataset per model's task
@@ -147,10 +150,13 @@ def bench_model(model: str, args: argparse.Namespace, out: Path, cores: int) -> 
     results["floor"] = floor_and_frontier(base, args.clients, threads, workers, bound,
                                           phased_all if threads == cores else phased_one,
                                           last_all if threads == cores else last_one, phased_one, last_one)
-    vectorised = vectorised_loop(base, threads=threads)
+    vectorised, last_vectorised = vectorised_loop(base, threads=threads)
+    groups = vectorised_groups(load_settings(base), last_vectorised, results["floor"]["group_sizes"], threads)
     results["vectorised"] = {"round_s": [round(r, 2) for r in totals(vectorised)],
                              "warm_round_s": round(warm_mean(totals(vectorised)), 3),
-                             "phases_s": warm_phases(vectorised)}
+                             "phases_s": warm_phases(vectorised),
+                             "group_size": group_size_for(resolve_device(load_settings(base).device), args.clients),
+                             "train_s_by_group_size": {g: round(t, 3) for g, t in groups.items()}}
     try:
         pfl = pfl_loop(base, threads=threads)
         results["pfl"] = {"round_s": [round(r, 2) for r in pfl], "warm_round_s": round(warm_mean(pfl), 3),
@@ -204,6 +210,9 @@ def print_model(r: dict, args: argparse.Namespace, cores: int, cuda: str | None)
         print(f"  {label:16s}: {p['warm_round_s']:7.2f} s per warm round; x{p['ratio_to_plain_loop']:.2f} "
               f"the loop" + (f", x{p['ratio_to_pfl']:.2f} pfl-research" if "ratio_to_pfl" in p else "")
               + (f"; {phase_text(p['phases_s'])}" if "phases_s" in p else ""))
+        if "train_s_by_group_size" in p:
+            print(f"  {'':16s}  groups of {p['group_size']} clients; training the same batches in groups of g: "
+                  + ", ".join(f"{g} {t:.2f} s" for g, t in p["train_s_by_group_size"].items()))
 
 
 def phase_text(phases: dict[str, float]) -> str:
