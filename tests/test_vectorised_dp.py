@@ -59,10 +59,7 @@ def _run_loop(nodes, n_in: int) -> None:
 
 
 def _run_vectorised(name: str, nodes, n_in: int):
-    template = model(name)
-    for k, p in nodes[0][0].named_parameters():
-        template.get_parameter(k).requires_grad_(p.requires_grad)
-    return train_private_clients(template, [PrivateClient(vec, steps) for _, _, steps, _, vec, _ in nodes],
+    return train_private_clients(model(name), [PrivateClient(vec, steps) for _, _, steps, _, vec, _ in nodes],
                                  n_inputs=n_in, device=CPU)
 
 

@@ -230,6 +230,12 @@ def train_private_clients(template: nn.Module, clients: Sequence[PrivateClient],
         if reason is not None:
             raise ValueError(f"vectorised DP: {reason}")
     template = template.to(device).train()
+    if clients:  # the template trains what the nodes train (every node the same parameters)
+        trained = [_trained(c.step.module) for c in clients]
+        if any(t != trained[0] for t in trained):
+            raise ValueError("vectorised DP: the nodes' models train different parameters")
+        for name, p in template.named_parameters():
+            p.requires_grad_(name in trained[0])
     names = _trained(template)
     layer = ghost_layer(template)
     sample = next((b for c in clients for b in c.batches if len(b[n_inputs])), None)
