@@ -61,7 +61,7 @@ def warm_mean(rounds: list[float]) -> float:
 
 
 def floor_and_frontier(base: dict, clients: int, threads: int, workers: int, bound: float, phased: list,
-                       last: dict, phased_one: list, last_one: dict) -> dict:
+                       last: dict, phased_one: list | None, last_one: dict) -> dict:
     """The compute floor per group size, and the frontier: the loop's fetch and evaluation + the best floor.
 
     ``frontier_round_s`` is the fastest round any training engine could reach in one process on this data path
@@ -78,8 +78,8 @@ def floor_and_frontier(base: dict, clients: int, threads: int, workers: int, bou
            "train_s": {g: round(t, 3) for g, t in floor.items()}, "best_group": best,
            "loop_train_s": phases["train"], "frontier_round_s": round(frontier, 3),
            "frontier_ratio_to_plain_loop": round(frontier / bound, 2), "not_identical": FLOOR_DIFFERENCES}
-    if phased_one is not phased:
-        one = compute_floor(settings, last_one, [best], threads=1)[best]
+    if phased_one is not None:  # the backends ran: the multi-process ideal's frontier too
+        one = floor[best] if phased_one is phased else compute_floor(settings, last_one, [best], threads=1)[best]
         ones = warm_phases(phased_one)
         parallel = (ones["fetch"] + one + ones["evaluate"]) / workers
         out.update({"one_thread_train_s": round(one, 3), "frontier_parallel_s": round(parallel, 3),
@@ -149,7 +149,8 @@ def bench_model(model: str, args: argparse.Namespace, out: Path, cores: int) -> 
     ideal = results["bound"]["ideal_parallel_s"]
     results["floor"] = floor_and_frontier(base, args.clients, threads, workers, bound,
                                           phased_all if threads == cores else phased_one,
-                                          last_all if threads == cores else last_one, phased_one, last_one)
+                                          last_all if threads == cores else last_one,
+                                          phased_one if backends and not cuda else None, last_one)
     vectorised, last_vectorised = vectorised_loop(base, threads=threads)
     groups = vectorised_groups(load_settings(base), last_vectorised, results["floor"]["group_sizes"], threads)
     results["vectorised"] = {"round_s": [round(r, 2) for r in totals(vectorised)],
