@@ -2,19 +2,21 @@
 
 Each node keeps its own ``PrivateStep`` (client/privacy/private_step.py, from ``make_private``): its Poisson
 batches (its DPDataLoader, secret generator), its plan (noise multiplier calibrated against its own ledger, sample
-rate, clipping norm), its optimizer and accountant. Only the clipping is batched: at step t every node with a t-th
-batch contributes its rows, padded to the longest (padding rows weigh exactly zero); each sample's gradient over
-all trained parameters is clipped to its node's ``max_grad_norm`` (Opacus's factor min(1, C / (norm + 1e-6))) and
-summed per node. That sum goes to the node's ``.grad`` and the node's own optimizer steps, exactly as
-``PrivateStep.step`` after book-keeping clipping: one flat noise draw from the node's secret generator, scaling by
-its expected batch size, its accountant's hook, its SGD/Adam step. An empty Poisson batch is a noise-only step.
+rate, clipping norm), its optimizer and accountant. Only the clipping is batched: at step t, for every node with a
+t-th batch, each sample's gradient over all trained parameters is clipped to that node's ``max_grad_norm``
+(Opacus's factor min(1, C / (norm + 1e-6))) and summed per node. The sum goes to the node's ``.grad`` and the
+node's own optimizer steps, exactly as ``PrivateStep.step`` after book-keeping clipping: one flat noise draw from
+the node's secret generator, scaling by its expected batch size, its accountant's hook, its SGD/Adam step. An
+empty Poisson batch is a noise-only step.
 
-Two clipping engines, both exact (tests/test_vectorised_dp.py against a per-sample brute force and the loop):
+Two clipping engines, both exact (tests/test_vectorised_dp.py: a per-sample brute force and the loop):
 - ghost, where the one trained layer is an ``nn.Linear`` on a (rows, features) input whose output is the model's
-  output (face_scatter*, voice_stats*): norms ||g_i||^2 (||a_i||^2 + 1), clipped sums by one batched matmul;
-- per-sample, otherwise (face_cnn): ``torch.func`` per-sample gradients.
-Memory is bounded by chunking over nodes: nodes x rows x (per-row elements) <= ``CHUNK_ELEMENTS`` (2^25 floats,
-128 MiB in float32), where a row's elements are the head's in + out features (ghost) or every trained parameter.
+  output (face_scatter family, voice_stats(_norm)): norms ||g_i||^2 (||a_i||^2 + 1) and factors for all nodes'
+  rows at once, each node's clipped sum one matrix product; no per-sample gradient, no padding, so beyond the
+  batches the memory is one gradient-sized sum per node;
+- per-sample, otherwise (face_cnn): ``torch.func`` per-sample gradients, batches padded to the step's longest
+  (padding rows weigh exactly zero) and chunked over nodes so that nodes x rows x trained parameters <=
+  ``CHUNK_ELEMENTS`` (2^25 floats, 128 MiB in float32).
 """
 
 from __future__ import annotations
