@@ -119,12 +119,17 @@ def contexts(apps: list[AppSample]) -> dict[int, float]:
     return seen
 
 
+def _pid_list(pids: dict[int, float], shown: int = 4) -> str:
+    listed = ", ".join(f"pid {p} {m:.0f} MiB" for p, m in sorted(pids.items())[:shown])
+    return listed + (f" and {len(pids) - shown} more" if len(pids) > shown else "")
+
+
 def context_check(pids: dict[int, float], engine: dict) -> str:
     """Whether the step's simulated nodes shared one CUDA context, from nvidia-smi or else torch's per-worker peaks."""
     clients = engine.get("num_supernodes", "the")
     torch_peaks = engine.get("peak_cuda_mib") or []
     if pids:
-        count, source = len(pids), "nvidia-smi: " + ", ".join(f"pid {p} {m:.0f} MiB" for p, m in sorted(pids.items()))
+        count, source = len(pids), "nvidia-smi: " + _pid_list(pids)
     elif torch_peaks:  # a container's PID namespace often hides the processes from nvidia-smi
         count, source = len(torch_peaks), "torch: workers that allocated CUDA memory (nvidia-smi listed no process)"
     else:
@@ -189,8 +194,7 @@ def step_lines(step: Step, gpu: list[GpuSample], apps: list[AppSample]) -> list[
     if engine:
         lines.append("  " + context_check(pids, engine))
     elif pids:
-        lines.append(f"  processes with a CUDA context: {len(pids)} ("
-                     + ", ".join(f"pid {p} {m:.0f} MiB" for p, m in sorted(pids.items())) + ")")
+        lines.append(f"  processes with a CUDA context: {len(pids)} ({_pid_list(pids)})")
     if step.summary and Path(step.summary).is_file() and step.summary.endswith("benchmark.json"):
         lines.extend(_benchmark_lines(Path(step.summary)))
     return lines
