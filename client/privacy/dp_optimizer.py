@@ -3,9 +3,10 @@ draw from a secret generator, and without per-step work whose result is already 
 
 ``make_private`` (client/privacy/dp_training.py) swaps Opacus's optimizer for one of these, keeping its wrapped
 optimizer, noise multiplier, clipping bound, expected batch size and the accountant's step hook. The mechanism is
-Opacus's: the clipped sum in ``p.summed_grad``, ``add_noise`` (the one place it becomes the noised ``p.grad``),
-``scale_grad`` by the expected batch size, the accountant's hook, the wrapped optimizer's step. Opacus's secure
-mode (torchcsprng) keeps Opacus's own ``add_noise``. This is also the Opacus seam: every non-public Opacus name
+Opacus's: the clipped sum in ``p.summed_grad``, ``add_noise`` (it becomes the noised ``p.grad``), ``scale_grad``
+by the expected batch size (on the book-keeping path both in one pass, ``noise_and_scale``, unless a wrapper
+replaced one of them), the accountant's hook, the wrapped optimizer's step. Opacus's secure mode (torchcsprng)
+keeps Opacus's own ``add_noise``. This is also the Opacus seam: every non-public Opacus name
 FedEmo touches is listed here and used only here (tests/test_opacus_seam.py; upstream fix: docs/upstream.md).
 """
 
@@ -57,37 +58,89 @@ class SecretNoise:
         """One flat draw needs one device and one dtype for every parameter."""
         return bool(params) and len({(p.device, p.dtype) for p in params}) == 1
 
-    def draw(self) -> torch.Tensor:
-        """A new N(0, 1) vector with one entry per parameter element."""
-        return torch.empty(self.size, device=self.device, dtype=self.dtype).normal_(generator=self.generator)
+    def draw(self, std: float = 1.0) -> torch.Tensor:
+        """A new N(0, std^2) vector with one entry per parameter element (torch scales inside the draw)."""
+        return torch.empty(self.size, device=self.device, dtype=self.dtype).normal_(0.0, std, generator=self.generator)
 
 
 class _FlatSecretNoise:
-    """``add_noise`` from one flat secret draw (mixed into both Opacus optimizers below)."""
+    """``add_noise`` from one flat secret draw (mixed into both Opacus optimizers below), ``scale_grad`` as one
+    operation on that draw, and ``zero_grad`` without the wrapped optimizer's call when there is nothing to clear."""
 
     noise: SecretNoise | None = None
+    _noised: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # this step's flat draw and the grads viewing it
+    _clears_grad_sample = True  # Opacus's DPOptimizer.zero_grad also drops per-sample gradients
 
     def add_noise(self) -> None:
         """Contract (kept for anything that wraps this method on the instance, e.g. the privacy audit): every
         trained ``p`` holds its clipped sum in ``p.summed_grad``; afterwards ``p.grad`` is a new tensor,
         ``p.summed_grad`` + N(0, (noise_multiplier x max_grad_norm)^2) per element, shaped like ``p``, and
-        ``p.summed_grad`` is left unchanged (marked processed, as Opacus does). This is the one place where the
-        clipped sum becomes the noised gradient. The new gradients are views into this step's one flat draw,
+        ``p.summed_grad`` is left unchanged (marked processed, as Opacus does). The new gradients are views into this step's one flat draw,
         each noise element turned into its gradient element in place (nothing else holds the draw)."""
         params = self.params
+        self._noised = None
         if self.secure_mode or self.noise is None:
             return super().add_noise()
         std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
         for p in params:
             _check_processed_flag(p.summed_grad)
         flat = self.noise.draw()
-        offset = 0
+        offset, grads = 0, []
         for p in params:
             grad = flat[offset:offset + p.numel()].view_as(p)
             torch.add(p.summed_grad.view_as(p), grad, alpha=std, out=grad)  # summed + std x N(0, 1)
             p.grad = grad
+            grads.append(grad)
             offset += p.numel()
             _mark_as_processed(p.summed_grad)
+        self._noised = (flat, grads)
+
+    def noise_and_scale(self) -> None:
+        """``add_noise`` then ``scale_grad``, as Opacus's step takes them. Where neither is replaced on this instance
+        (the privacy audit wraps ``add_noise``) and one flat draw covers every parameter, in one pass fewer: each
+        ``p.grad`` = ``p.summed_grad`` / s + N(0, (std / s)^2), s the expected batch size (1 for a summed loss):
+        the same Gaussian mechanism, its scale taken inside the draw instead of a division afterwards."""
+        if self.secure_mode or self.noise is None or {"add_noise", "scale_grad"} & vars(self).keys():
+            self.add_noise()
+            self.scale_grad()
+            return
+        params = self.params
+        scale = self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
+        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+        for p in params:
+            _check_processed_flag(p.summed_grad)
+        flat = self.noise.draw(std / scale)
+        offset = 0
+        for p in params:
+            grad = flat[offset:offset + p.numel()].view_as(p)
+            grad.add_(p.summed_grad.view_as(p), alpha=1.0 / scale)
+            p.grad = grad
+            offset += p.numel()
+            _mark_as_processed(p.summed_grad)
+
+    def scale_grad(self) -> None:
+        """Opacus's ``scale_grad``; when every ``p.grad`` is still this step's view of the flat draw, one division
+        of the draw instead of one per parameter (the same division of the same elements)."""
+        noised, self._noised = self._noised, None
+        if (self.loss_reduction == "mean" and noised is not None
+                and all(p.grad is g for p, g in zip(self.params, noised[1], strict=True))):
+            noised[0].div_(self.expected_batch_size * self.accumulated_iterations)
+            return
+        super().scale_grad()
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Opacus's ``zero_grad``. With ``set_to_none`` and no gradient set on any of the wrapped optimizer's
+        parameters (a node's step clears what its training loop has just cleared), the wrapped optimizer's own
+        ``zero_grad``, which would then change nothing, is not called."""
+        groups = self.original_optimizer.param_groups
+        if not set_to_none or any(p.grad is not None for group in groups for p in group["params"]):
+            return super().zero_grad(set_to_none)
+        for p in self.params:
+            if self._clears_grad_sample:
+                p.grad_sample = None
+            if not self._is_last_step_skipped:
+                p.summed_grad = None
+        return None
 
 
 class HooksDPOptimizer(_FlatSecretNoise, DPOptimizer):
@@ -97,7 +150,10 @@ class HooksDPOptimizer(_FlatSecretNoise, DPOptimizer):
 class BookKeepingDPOptimizer(_FlatSecretNoise, DPOptimizerFastGradientClipping):
     """Opacus's ghost-clipping optimizer for book-keeping clipping, which leaves the clipped sum in ``.grad``:
     ``pre_step`` moves it to ``summed_grad`` (no copy: ``add_noise`` writes a new ``.grad``) instead of Opacus's
-    per-parameter deepcopy, then noises, scales and calls the accountant's hook exactly as Opacus does."""
+    per-parameter deepcopy, then noises and scales (``noise_and_scale``) and calls the accountant's hook as Opacus
+    does."""
+
+    _clears_grad_sample = False  # as Opacus's DPOptimizerFastGradientClipping.zero_grad
 
     def pre_step(self, closure=None) -> bool:
         for p in self.params:
@@ -109,8 +165,7 @@ class BookKeepingDPOptimizer(_FlatSecretNoise, DPOptimizerFastGradientClipping):
         if self._check_skip_next_step():
             self._is_last_step_skipped = True
             return False
-        self.add_noise()
-        self.scale_grad()
+        self.noise_and_scale()
         if self.step_hook:
             self.step_hook(self)
         self._is_last_step_skipped = False

@@ -19,12 +19,13 @@ import statistics
 import time
 from pathlib import Path
 
-# model -> (task, batch, optimizer): face_cnn, voice_crnn and fusion at their non-DP configs' settings; face_scatter,
-# face_scatter_lcn (face50_dp's model) and voice_stats as the DP configs train them (configs/face50_dp.toml,
-# voice50_dp.toml); face_resnet as face_cnn.
+# model -> (task, batch, optimizer): face_cnn (the default config), voice_crnn and fusion at their non-DP configs'
+# settings; the face_scatter family (face50_dp's model: face_scatter_lcn_blur) and the voice_stats pair (voice50_dp's:
+# voice_stats_norm) as the DP configs train them (configs/face50_dp.toml, voice50_dp.toml); face_resnet as face_cnn.
 MODELS = {"face_cnn": ("face", 32, "adam"), "voice_crnn": ("voice", 16, "adam"),
           "face_scatter": ("face", 64, "sgd"), "face_scatter_lcn": ("face", 64, "sgd"),
-          "voice_stats": ("voice", 16, "sgd"),
+          "face_scatter_lcn_blur": ("face", 64, "sgd"),
+          "voice_stats": ("voice", 8, "sgd"), "voice_stats_norm": ("voice", 8, "sgd"),
           "face_resnet": ("face", 32, "adam"), "fusion": ("fusion", 16, "adam")}
 DP_MODES = ("book-keeping", "hooks")  # client.privacy.private_step.CLIPPING
 

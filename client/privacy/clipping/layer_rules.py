@@ -25,18 +25,19 @@ Setter = Callable[[torch.Tensor], None]
 
 
 def _row_sq_norms(x: torch.Tensor) -> torch.Tensor:
-    """Each row's squared L2 norm, in one read of ``x`` (no squared copy of it)."""
-    return torch.linalg.vector_norm(x, dim=1).square()
+    """Each row's squared L2 norm, in one read of ``x`` (no squared copy of it); a fresh tensor."""
+    return torch.linalg.vector_norm(x, dim=1).square_()
 
 
 def linear(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Setter]:
     weight = layer.weight.requires_grad
     bias = layer.bias is not None and layer.bias.requires_grad
     a = a.to(g.dtype)
-    if g.dim() == 2:
+    if g.dim() == 2:  # ||g_i a_i^T||^2 + ||g_i||^2 = ||g_i||^2 (||a_i||^2 + 1), in place on fresh (B,) tensors
         sq = _row_sq_norms(g)
         if weight:
-            sq = sq * (_row_sq_norms(a) + 1.0) if bias else sq * _row_sq_norms(a)
+            a_sq = _row_sq_norms(a)
+            sq.mul_(a_sq.add_(1.0) if bias else a_sq)
     else:
         norms = compute_linear_norm_sample(layer, [a], g)
         sq = sum(n.square() for p, n in norms.items() if p.requires_grad)
@@ -44,7 +45,7 @@ def linear(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Te
     def clipped(coef: torch.Tensor) -> None:
         cg = (g * coef.view(-1, *([1] * (g.dim() - 1)))).reshape(-1, layer.out_features)
         if weight:
-            layer.weight.grad = cg.t() @ a.reshape(-1, layer.in_features)
+            layer.weight.grad = torch.mm(cg.t(), a.reshape(-1, layer.in_features))
         if bias:
             layer.bias.grad = cg.sum(0)
 
