@@ -65,7 +65,7 @@ class SecretNoise:
 
 class _FlatSecretNoise:
     """``add_noise`` from one flat secret draw (mixed into both Opacus optimizers below), ``scale_grad`` as one
-    operation on that draw, and ``zero_grad`` without the wrapped optimizer's call when there is nothing to clear."""
+    operation on that draw (or both in one pass), and ``zero_grad`` without the wrapped optimizer's call."""
 
     noise: SecretNoise | None = None
     _noised: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # this step's flat draw and the grads viewing it
@@ -75,8 +75,9 @@ class _FlatSecretNoise:
         """Contract (kept for anything that wraps this method on the instance, e.g. the privacy audit): every
         trained ``p`` holds its clipped sum in ``p.summed_grad``; afterwards ``p.grad`` is a new tensor,
         ``p.summed_grad`` + N(0, (noise_multiplier x max_grad_norm)^2) per element, shaped like ``p``, and
-        ``p.summed_grad`` is left unchanged (marked processed, as Opacus does). The new gradients are views into this step's one flat draw,
-        each noise element turned into its gradient element in place (nothing else holds the draw)."""
+        ``p.summed_grad`` is left unchanged (marked processed, as Opacus does). The new gradients are views into this
+        step's one flat draw, each noise element turned into its gradient element in place (nothing else holds the
+        draw)."""
         params = self.params
         self._noised = None
         if self.secure_mode or self.noise is None:
@@ -129,17 +130,18 @@ class _FlatSecretNoise:
         super().scale_grad()
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        """Opacus's ``zero_grad``. With ``set_to_none`` and no gradient set on any of the wrapped optimizer's
-        parameters (a node's step clears what its training loop has just cleared), the wrapped optimizer's own
-        ``zero_grad``, which would then change nothing, is not called."""
-        groups = self.original_optimizer.param_groups
-        if not set_to_none or any(p.grad is not None for group in groups for p in group["params"]):
+        """Opacus's ``zero_grad``; with ``set_to_none`` the wrapped optimizer's gradients are set to None here, as its
+        own ``zero_grad(set_to_none=True)`` does, without that call (a node's step clears twice what it trains)."""
+        if not set_to_none:
             return super().zero_grad(set_to_none)
         for p in self.params:
             if self._clears_grad_sample:
                 p.grad_sample = None
             if not self._is_last_step_skipped:
                 p.summed_grad = None
+        for group in self.original_optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
         return None
 
 

@@ -103,6 +103,6 @@ def clip_and_sum(capture: BookKeepingCapture, loss_per_sample: torch.Tensor, max
         sq, clipped = RULES[type(layer)](layer, x, g)
         total = sq if total is None else total + sq
         setters.append(clipped)
-    coef = (max_grad_norm / (total.sqrt() + 1e-6)).clamp(max=1.0)
+    coef = total.sqrt_().add_(1e-6).reciprocal_().mul_(max_grad_norm).clamp_(max=1.0)  # in place on a fresh sum
     for clipped in setters:
         clipped(coef)

@@ -2,9 +2,9 @@
 squared gradient norm over the layer's trained parameters, and a setter that writes their clipped sums.
 
 Linear layers use ghost norms (||g_i a_i^T|| = ||g_i|| ||a_i||; Opacus's einsum for sequences) and one matrix
-product for the clipped sum; convolutions with a small output next to their kernel ghost norms too (ghost_conv.py);
-other convolutions and GroupNorm compute per-sample gradients (convolution.py, the segment layers' rules) and sum
-them weighted by the clipping factors.
+product for the clipped sum (ghost_linear.py); convolutions with a small output next to their kernel ghost norms too
+(ghost_conv.py); other convolutions and GroupNorm compute per-sample gradients (convolution.py, the segment layers'
+rules) and sum them weighted by the clipping factors.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from opacus.grad_sample.linear import compute_linear_norm_sample
 from torch import nn
 
 from client.privacy.clipping.convolution import conv2d_grad_sample, segment_conv2d_grad_sample
 from client.privacy.clipping.ghost_conv import ghost_conv2d, ghost_pays
+from client.privacy.clipping.ghost_linear import ghost_linear
 from client.privacy.clipping.group_norm import image_affine_grads
 from client.privacy.clipping.segment_rules import compute_segment_group_norm_grad_sample
 from shared_models.models.segment_layers import SegmentConv2d, SegmentGroupNorm
@@ -27,29 +27,6 @@ Setter = Callable[[torch.Tensor], None]
 def _row_sq_norms(x: torch.Tensor) -> torch.Tensor:
     """Each row's squared L2 norm, in one read of ``x`` (no squared copy of it); a fresh tensor."""
     return torch.linalg.vector_norm(x, dim=1).square_()
-
-
-def linear(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Setter]:
-    weight = layer.weight.requires_grad
-    bias = layer.bias is not None and layer.bias.requires_grad
-    a = a.to(g.dtype)
-    if g.dim() == 2:  # ||g_i a_i^T||^2 + ||g_i||^2 = ||g_i||^2 (||a_i||^2 + 1), in place on fresh (B,) tensors
-        sq = _row_sq_norms(g)
-        if weight:
-            a_sq = _row_sq_norms(a)
-            sq.mul_(a_sq.add_(1.0) if bias else a_sq)
-    else:
-        norms = compute_linear_norm_sample(layer, [a], g)
-        sq = sum(n.square() for p, n in norms.items() if p.requires_grad)
-
-    def clipped(coef: torch.Tensor) -> None:
-        cg = (g * coef.view(-1, *([1] * (g.dim() - 1)))).reshape(-1, layer.out_features)
-        if weight:
-            layer.weight.grad = torch.mm(cg.t(), a.reshape(-1, layer.in_features))
-        if bias:
-            layer.bias.grad = cg.sum(0)
-
-    return sq, clipped
 
 
 def group_norm_grad_sample(layer: nn.GroupNorm, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
@@ -85,7 +62,7 @@ def conv2d(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Te
 
 # Exact types: a subclass may compute something else from the same parameters.
 RULES: dict[type, Callable] = {
-    nn.Linear: linear,
+    nn.Linear: ghost_linear,
     nn.Conv2d: conv2d,
     nn.GroupNorm: from_per_sample(group_norm_grad_sample),
     SegmentConv2d: from_per_sample(segment_conv2d_grad_sample),
