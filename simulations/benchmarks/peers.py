@@ -1,9 +1,10 @@
 """The engine benchmark's peers: vectorised clients and Apple's pfl-research on the same client work.
 
 Called by simulations/benchmarks/simulation_engine.py beside the plain loop. ``vectorised_loop``: the loop's
-rounds (simulations/benchmarks/loop_bounds.py, phases timed) with training by simulations/engine/vectorised_clients.py. ``pfl_loop``:
-pfl-research 0.6 (``pip install --no-deps pfl==0.6.0``) on the same model, data, optimiser and rounds; what
-is not identical is listed in ``PFL_DIFFERENCES`` (written to the JSON).
+rounds (simulations/benchmarks/loop_bounds.py, phases timed) with training by
+simulations/engine/vectorised_clients.py; ``vectorised_groups``: that training alone per group size.
+``pfl_loop``: pfl-research 0.6 (``pip install --no-deps pfl==0.6.0``) on the same model, data, optimiser and
+rounds; what is not identical is listed in ``PFL_DIFFERENCES`` (written to the JSON).
 """
 
 from __future__ import annotations
