@@ -95,7 +95,8 @@ def clip_and_sum(capture: BookKeepingCapture, loss_per_sample: torch.Tensor, max
             for p in _trainable(layer):
                 p.grad = torch.zeros_like(p)
         return
-    backprops = torch.autograd.grad(loss_per_sample.sum(), [out for _, _, out in taken], allow_unused=True)
+    backprops = torch.autograd.grad(loss_per_sample, [out for _, _, out in taken],  # d(sum of the terms) / d(out)
+                                    grad_outputs=torch.ones_like(loss_per_sample), allow_unused=True)
     total, setters = None, []
     for (layer, x, out), g in zip(taken, backprops):
         if g is None:  # the layer's output does not reach the loss: its gradient is zero for every sample
