@@ -96,9 +96,7 @@ NON_FINITE = {"nan-input": lambda t: torch.full_like(t, float("nan")), "overflow
 
 
 @pytest.mark.parametrize("poison", list(NON_FINITE))
-@pytest.mark.parametrize("name", ["face_scatter", pytest.param("face_cnn", marks=pytest.mark.xfail(
-    strict=True, reason="vectorised_dp._stack_batches fills an empty batch with another node's rows; mask x "
-                        "non-finite gradient = NaN enters the empty node's clipped sum (0 * nan); see review"))])
+@pytest.mark.parametrize("name", ["face_scatter", "face_cnn"])  # face_cnn: padding rows are zeroed, not weighted
 def test_a_node_with_an_empty_batch_is_untouched_by_another_nodes_non_finite_sample(name, poison):
     """Node 0's sample gives a non-finite gradient (its own update is then NaN, as in the loop path); node 1's
     Poisson batch at that step is empty: without noise its model must not move at all, as when it trains alone."""
@@ -242,9 +240,6 @@ def test_a_group_with_two_models_and_different_plans_trains_each_node_as_alone()
         assert slot.training.private.steps_taken() == loop.steps_taken() == len(slot.batches)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "client_groups.train_together: one member's failure (here its label out of range in the shared "
-    "cross-entropy) is every member's error; a node's outcome depends on another node's data; see review"))
 def test_one_nodes_bad_label_fails_only_that_node():
     face = _settings()
     bad = dataset("face_scatter", 8, seed=1)

@@ -50,7 +50,10 @@ def _train_private(members: list[_Slot]) -> None:
     metrics = train_private_clients(template, [PrivateClient(m.training.private, m.batches) for m in members],
                                     n_inputs=first.n_inputs, device=first.device)
     for member, m in zip(members, metrics):
-        member.metrics = m
+        if isinstance(m, Exception):
+            member.error = m  # this node's own step failed (as it would alone); the others trained
+        else:
+            member.metrics = m
 
 
 def train_together(slots: list[_Slot]) -> None:

@@ -208,9 +208,13 @@ def _per_sample_sums(template, names, states, fields, mask, clips, n_inputs: int
 
     per_row = vmap(grad_and_value(sample_loss), in_dims=(None, None, *([0] * (n_inputs + 3))))
     grads, losses = vmap(per_row, in_dims=(0, 0, *([0] * (n_inputs + 3))))(params, fixed, *fields)
+    padding = mask == 0
+    for g in grads.values():  # exactly zero, whatever a padding row (another node's rows, for an empty batch) gave
+        g.masked_fill_(padding.view(*padding.shape, *([1] * (g.dim() - 2))), 0.0)
     sq = sum(g.flatten(2).square().sum(2) for g in grads.values())
     coef = _coefficients(sq, clips, mask)
-    return {k: torch.einsum("cr,cr...->c...", coef, g) for k, g in grads.items()}, losses.detach()
+    sums = {k: torch.einsum("cr,cr...->c...", coef, g) for k, g in grads.items()}
+    return sums, losses.detach().masked_fill(padding, 0.0)
 
 
 def _apply(step: PrivateStep, sums: dict[str, torch.Tensor]) -> None:
@@ -223,10 +227,12 @@ def _apply(step: PrivateStep, sums: dict[str, torch.Tensor]) -> None:
 
 
 def train_private_clients(template: nn.Module, clients: Sequence[PrivateClient], *, n_inputs: int,
-                          device: torch.device, va_weight: float = 1.0) -> list[dict[str, float]]:
-    """Train every node's private step on its batches, the clipping batched; returns each node's metrics as
-    ``train_epochs`` reports them under DP. ``template`` is a model of the nodes' architecture without hooks
-    (its own weights unused). The nodes' models hold their trained weights afterwards."""
+                          device: torch.device, va_weight: float = 1.0) -> list[dict[str, float] | Exception]:
+    """Train every node's private step on its batches, the clipping batched; returns, per node, its metrics as
+    ``train_epochs`` reports them under DP, or the error its own training met (as alone: a step that fails for
+    one node is retried node by node, and only the nodes whose own step fails stop). ``template`` is a model of
+    the nodes' architecture without hooks (its own weights unused). The nodes' models hold their trained weights
+    afterwards."""
     for client in clients:
         reason = refusal(client.step)
         if reason is not None:
@@ -244,36 +250,53 @@ def train_private_clients(template: nn.Module, clients: Sequence[PrivateClient],
     if layer is not None and sample is not None and not ghost_applies(template, layer, sample, n_inputs, device):
         layer = None
     per_row = sum(p.numel() for p in template.parameters() if p.requires_grad)
-    loss_sums, seen = [0.0] * len(clients), [0] * len(clients)
-    for t in range(max((len(c.batches) for c in clients), default=0)):
-        active = [i for i, c in enumerate(clients) if t < len(c.batches)]
+
+    def clip(members: list[int], t: int) -> list[tuple[dict[str, torch.Tensor], float]]:
+        steps = [clients[i].step for i in members]
+        batches = [clients[i].batches[t] for i in members]
         if layer is not None:
-            sums, losses = _ghost_sums(template, layer, [clients[i].step for i in active],
-                                       [clients[i].batches[t] for i in active], n_inputs, va_weight, device)
-            for i, node_sums, loss in zip(active, sums, losses):
-                _apply(clients[i].step, node_sums)
-                loss_sums[i] += loss
-                seen[i] += len(clients[i].batches[t][n_inputs])
-            continue
-        rows = max(len(clients[i].batches[t][n_inputs]) for i in active)
-        chunk = max(1, CHUNK_ELEMENTS // max(1, rows * per_row))
-        for start in range(0, len(active), chunk):
+            return list(zip(*_ghost_sums(template, layer, steps, batches, n_inputs, va_weight, device)))
+        if not any(len(b[n_inputs]) for b in batches):  # all empty: each clipped sum zero, each step noise alone
+            return [({k: torch.zeros_like(p) for k, p in s.module.named_parameters()}, 0.0) for s in steps]
+        fields, mask = _stack_batches(batches, n_inputs, device)
+        states = [{k: v.detach() for k, v in (*s.module.named_parameters(), *s.module.named_buffers())}
+                  for s in steps]
+        clips = torch.tensor([s.max_grad_norm for s in steps], device=device)
+        sums, losses = _per_sample_sums(template, names, states, fields, mask, clips, n_inputs, va_weight)
+        return [({k: v[j] for k, v in sums.items()}, total) for j, total in enumerate(losses.sum(1).cpu().tolist())]
+
+    loss_sums, seen = [0.0] * len(clients), [0] * len(clients)
+    failed: dict[int, Exception] = {}
+    for t in range(max((len(c.batches) for c in clients), default=0)):
+        active = [i for i, c in enumerate(clients) if t < len(c.batches) and i not in failed]
+        rows = max((len(clients[i].batches[t][n_inputs]) for i in active), default=0)
+        chunk = len(active) if layer is not None else max(1, CHUNK_ELEMENTS // max(1, rows * per_row))
+        for start in range(0, len(active), max(chunk, 1)):
             members = active[start:start + chunk]
-            steps = [clients[i].step for i in members]
-            batches = [clients[i].batches[t] for i in members]
-            if not any(len(b[n_inputs]) for b in batches):  # all empty: each clipped sum zero, each step noise alone
-                for step in steps:
-                    _apply(step, {k: torch.zeros_like(p) for k, p in step.module.named_parameters()})
-                continue
-            fields, mask = _stack_batches(batches, n_inputs, device)
-            states = [{**dict(s.module.named_parameters()), **dict(s.module.named_buffers())} for s in steps]
-            states = [{k: v.detach() for k, v in state.items()} for state in states]
-            clips = torch.tensor([s.max_grad_norm for s in steps], device=device)
-            sums, losses = _per_sample_sums(template, names, states, fields, mask, clips, n_inputs, va_weight)
-            totals = (losses * mask).sum(1).cpu().tolist()
-            for j, (i, step) in enumerate(zip(members, steps)):
-                _apply(step, {k: v[j] for k, v in sums.items()})
-                loss_sums[i] += totals[j]
-                seen[i] += len(batches[j][n_inputs])
-    return [{msgs.TRAIN_LOSS: loss_sums[i] / max(seen[i], 1), msgs.TRAIN_SAMPLES: float(seen[i])}
+            for i, result in zip(members, _each_alone_on_failure(lambda ms: clip(ms, t), members)):
+                if isinstance(result, Exception):
+                    failed[i] = result
+                    continue
+                _apply(clients[i].step, result[0])
+                loss_sums[i] += result[1]
+                seen[i] += len(clients[i].batches[t][n_inputs])
+    return [failed[i] if i in failed else
+            {msgs.TRAIN_LOSS: loss_sums[i] / max(seen[i], 1), msgs.TRAIN_SAMPLES: float(seen[i])}
             for i in range(len(clients))]
+
+
+def _each_alone_on_failure(clip, members: list[int]) -> list:
+    """``clip(members)``; if it raises, each member's own ``clip([member])`` result or error (a node's failure is
+    its own, as alone; nothing has stepped yet when a clipping computation raises)."""
+    try:
+        return clip(members)
+    except Exception as err:  # noqa: BLE001 - located below, node by node
+        if len(members) == 1:
+            return [err]
+    results = []
+    for member in members:
+        try:
+            results.extend(clip([member]))
+        except Exception as err:  # noqa: BLE001 - this node's own error
+            results.append(err)
+    return results
