@@ -90,10 +90,13 @@ def test_a_group_of_train_messages_answers_each_node_as_it_alone_would(tmp_path,
         ours, theirs = _arrays(got), _arrays(alone)
         start = {k: v.numpy() for k, v in global_arrays.items()}
         assert any(not np.allclose(ours[k], v, atol=1e-4) for k, v in start.items())  # it trained
-        for name, array in theirs.items():  # float32, summed in another order: equal to rounding, not bit for bit
-            np.testing.assert_allclose(ours[name], array, atol=1e-4, rtol=0, err_msg=name)
+        # float32, summed in another order: equal to rounding, not bit for bit. Adam's second step divides by
+        # the root of the squared gradients, which magnifies the rounding of small ones: 1.7% of the node's
+        # own step was seen in 1 run of 10 (a mixed-up node or batch is off by about 100%).
+        for name, array in theirs.items():
+            np.testing.assert_allclose(ours[name], array, atol=2e-4, rtol=0, err_msg=name)
             update = np.abs(array - start[name]).max()
-            assert np.abs(ours[name] - array).max() <= 0.01 * update + 1e-7, name  # 1% of the node's own step
+            assert np.abs(ours[name] - array).max() <= 0.05 * update + 1e-7, name  # 5% of the node's own step
     status, reason = outcomes[-1]
     assert status == "error" and reason == _alone_error(app, *bad)
 

@@ -31,6 +31,7 @@ Outcome = tuple[str, Any]  # ("ok", (reply, context)) | ("error", reason): what 
 class _Slot:
     training: LocalTraining
     batches: list[tuple]
+    order: int = 0  # the message's place in the group: the batched computation's order, whatever the threads' turns
     metrics: dict[str, float] | None = None
     error: BaseException | None = None
 
@@ -59,7 +60,7 @@ def _train_private(members: list[_Slot]) -> None:
 def train_together(slots: list[_Slot]) -> None:
     """Train every slot's model in one vectorised computation per group key; fill in metrics (or the error)."""
     groups: dict[tuple, list[_Slot]] = {}
-    for slot in slots:
+    for slot in sorted(slots, key=lambda s: s.order):  # a run repeats its float sums: same order every time
         groups.setdefault(_group_key(slot.training), []).append(slot)
     for members in groups.values():
         first = members[0].training
@@ -91,12 +92,12 @@ class TrainingRendezvous:
     def __post_init__(self) -> None:
         self._pending = self.members
 
-    def hand_in(self, training: LocalTraining) -> _Slot:
+    def hand_in(self, training: LocalTraining, order: int = 0) -> _Slot:
         """A member's prepared training: draw its batches (loader order and augmentation as alone; under DP its
         Poisson batches, empty ones too, from its own secret generator) and queue it."""
         try:
             draw = private_batches if training.private is not None else epoch_batches
-            slot = _Slot(training, draw(training.loader, training.settings.local_epochs))
+            slot = _Slot(training, draw(training.loader, training.settings.local_epochs), order)
         except BaseException:
             self._arrive()
             raise
@@ -153,7 +154,7 @@ def run_group(app: Callable[..., Any], requests: list[tuple[Any, Any]],
                 return training.run()
             handed_in = True
             try:
-                slot = rendezvous.hand_in(training)
+                slot = rendezvous.hand_in(training, i)
             finally:
                 holding = False
                 turn.release()
