@@ -227,10 +227,26 @@ def _dp_slot(settings, name, data, *, z, clip, sizes, batch_size=4):
     return _Slot(training, batches(data, sizes)), loop
 
 
+def _plain_slot():
+    """A non-DP face_scatter node's prepared training (quickstart.toml: Adam, 3 epochs) and its twin trained alone."""
+    from client.client_app import LocalTraining
+    from client.local_training import make_optimizer
+    from simulations.engine.vectorised_clients import epoch_batches
+
+    settings = load_run_config(REPO / "configs" / "quickstart.toml", {"vectorised-clients": True,
+                                                                      "model": "face_scatter"})[1]
+    net, data = model("face_scatter"), dataset("face_scatter", 10, seed=4)
+    twin = copy.deepcopy(net)
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    training = LocalTraining(settings, net, loader, make_optimizer(net, settings), 1, CPU)
+    train_epochs(twin, loader, make_optimizer(twin, settings), epochs=settings.local_epochs, n_inputs=1, device=CPU)
+    return _Slot(training, epoch_batches(loader, settings.local_epochs)), twin
+
+
 def test_a_group_with_two_models_and_different_plans_trains_each_node_as_alone():
-    """One worker's group: two face_scatter nodes with different noise, clipping norms and batch sizes, and a
-    voice_stats node (another model: another vectorised group); each node's update equals its loop twin's, noise
-    included, and no member fails."""
+    """One worker's group: two face_scatter nodes with different noise, clipping norms and batch sizes, a
+    voice_stats node (another model: another vectorised group) and a non-DP face_scatter node; each node's update
+    equals its loop twin's, noise included, and no member fails."""
     face, voice = _settings(), _settings(model="voice_stats", task="voice", dataset="cremad")
     members = [
         _dp_slot(face, "face_scatter", dataset("face_scatter", 16, seed=1), z=1.0, clip=0.05, sizes=(3, 0, 5)),
@@ -238,7 +254,10 @@ def test_a_group_with_two_models_and_different_plans_trains_each_node_as_alone()
         _dp_slot(face, "face_scatter", dataset("face_scatter", 16, seed=3), z=2.0, clip=1.0, sizes=(4,),
                  batch_size=8),
     ]
-    train_together([slot for slot, _ in members])
+    plain, plain_twin = _plain_slot()
+    train_together([slot for slot, _ in members] + [plain])
+    assert plain.error is None  # a non-DP node of the same model: its own (non-DP) group, trained as alone
+    torch.testing.assert_close(_flat(plain.training.model), _flat(plain_twin), atol=1e-5, rtol=1e-4)
     for slot, loop in members:
         assert slot.error is None and slot.metrics is not None
         train_epochs(loop.model, slot.batches, loop.optimizer, epochs=1, n_inputs=slot.training.n_inputs,
@@ -306,3 +325,24 @@ def test_what_a_dp_node_sends_is_the_same_with_and_without_vectorised_clients(tm
     assert len(on) == 3 and on == off
     assert all(entry["dp"]["steps"] > 1 for entry in on)
     assert all(set(entry) == {"client", "consent", "dp", "num_examples"} for entry in on)
+
+
+@pytest.mark.parametrize("name", ["voice_stats", "voice_stats_norm"])
+def test_each_node_runs_its_own_buffers_not_the_templates(name):
+    """The nodes' fixed front ends hold buffers the coordinator sends (the audio normalisation): two nodes with
+    different buffers, neither the template's defaults; each batched update equals its loop twin's."""
+    n_in, twins = n_inputs(name), []
+    for c in (1, 2):
+        net = model(name)
+        with torch.no_grad():
+            net.feature_mean.copy_(torch.randn(net.feature_mean.shape, generator=torch.Generator().manual_seed(c)))
+            net.feature_std.uniform_(0.2 * c, 2.0 * c)
+        data = dataset(name, 12, seed=c)
+        vec, loop = (private(copy.deepcopy(net), data, z=0.0, clip=0.5) for _ in range(2))
+        twins.append((vec, loop, batches(data, (3, 5))))
+    train_private_clients(model(name), [PrivateClient(vec, steps) for vec, _, steps in twins], n_inputs=n_in,
+                          device=CPU)
+    for vec, loop, steps in twins:
+        train_epochs(loop.model, steps, loop.optimizer, epochs=1, n_inputs=n_in, device=CPU, private=loop)
+        torch.testing.assert_close(_flat(vec.module), _flat(loop.module), atol=1e-6, rtol=1e-5)
+        assert not torch.equal(_flat(vec.module), _flat(model(name)))
