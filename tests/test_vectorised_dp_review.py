@@ -346,3 +346,24 @@ def test_each_node_runs_its_own_buffers_not_the_templates(name):
         train_epochs(loop.model, steps, loop.optimizer, epochs=1, n_inputs=n_in, device=CPU, private=loop)
         torch.testing.assert_close(_flat(vec.module), _flat(loop.module), atol=1e-6, rtol=1e-5)
         assert not torch.equal(_flat(vec.module), _flat(model(name)))
+
+
+@pytest.mark.slow  # about 10 s: six face_cnn group steps
+def test_chunking_over_nodes_neither_changes_nor_mixes_clipped_sums(monkeypatch):
+    """face_cnn's per-sample engine with a memory bound that splits the group into chunks (two nodes, then one
+    per chunk): every node's clipped sum equals the unchunked one, and a replaced sample of node 1 moves only node
+    1's sum, by <= 2C."""
+    from simulations.engine import vectorised_dp
+
+    name, clips, sizes = "face_cnn", (0.3, 0.05, 2.0), (2, 4, 6)
+    datas = [dataset(name, 12, seed=s) for s in (1, 2, 3)]
+    adjacent_datas = [datas[0], _replace(datas[1], 0, **ADVERSARIES["huge-input"]), datas[2]]
+    whole = _clipped_sums(name, datas, sizes, clips)
+    per_row = sum(p.numel() for p in model(name).parameters())
+    for bound in (2 * 6 * per_row, 1):  # two nodes per chunk (6 rows each at most), then one
+        monkeypatch.setattr(vectorised_dp, "CHUNK_ELEMENTS", bound)
+        chunked, adjacent = _clipped_sums(name, datas, sizes, clips), _clipped_sums(name, adjacent_datas, sizes, clips)
+        for a, b in zip(whole, chunked):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+        assert torch.equal(chunked[0], adjacent[0]) and torch.equal(chunked[2], adjacent[2])
+        assert 0 < float((chunked[1] - adjacent[1]).double().norm()) <= 2 * clips[1] * (1 + 1e-4)
