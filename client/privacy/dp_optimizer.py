@@ -148,6 +148,19 @@ class _FlatSecretNoise:
 class HooksDPOptimizer(_FlatSecretNoise, DPOptimizer):
     """Opacus's DPOptimizer (it clips the per-sample gradients its hooks computed), noised by ``SecretNoise``."""
 
+    def clip_and_accumulate(self) -> None:
+        """Opacus's clipping, a sample whose gradient is not finite counted as zero first: its factor
+        C / (NaN + 1e-6), or 0 x inf, would make the whole sum NaN, and the released model would reveal it."""
+        samples = self.grad_samples
+        if samples and len(samples[0]):
+            bad = torch.zeros(len(samples[0]), dtype=torch.bool, device=samples[0].device)
+            for g in samples:
+                bad |= ~torch.isfinite(g.reshape(len(g), -1)).all(1)
+            if bool(bad.any()):
+                for p, g in zip(self.params, samples):
+                    p.grad_sample = g.masked_fill(bad.view(-1, *[1] * (g.dim() - 1)), 0.0)
+        super().clip_and_accumulate()
+
 
 class BookKeepingDPOptimizer(_FlatSecretNoise, DPOptimizerFastGradientClipping):
     """Opacus's ghost-clipping optimizer for book-keeping clipping, which leaves the clipped sum in ``.grad``:

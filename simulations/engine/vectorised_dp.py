@@ -1,22 +1,12 @@
 """Vectorised DP-SGD: the per-sample clipping of many nodes' private steps as one batched computation.
 
-Each node keeps its own ``PrivateStep`` (client/privacy/private_step.py, from ``make_private``): its Poisson
-batches (its DPDataLoader, secret generator), its plan (noise multiplier calibrated against its own ledger, sample
-rate, clipping norm), its optimizer and accountant. Only the clipping is batched: at step t, for every node with a
-t-th batch, each sample's gradient over all trained parameters is clipped to that node's ``max_grad_norm``
-(Opacus's factor min(1, C / (norm + 1e-6))) and summed per node. The sum goes to the node's ``.grad`` and the
-node's own optimizer steps, exactly as ``PrivateStep.step`` after book-keeping clipping: one flat noise draw from
-the node's secret generator, scaling by its expected batch size, its accountant's hook, its SGD/Adam step. An
-empty Poisson batch is a noise-only step.
-
-Two clipping engines, both exact (tests/test_vectorised_dp.py: a per-sample brute force and the loop):
-- ghost, where the one trained layer is an ``nn.Linear`` on a (rows, features) input whose output is the model's
-  output (face_scatter family, voice_stats(_norm)): norms ||g_i||^2 (||a_i||^2 + 1) and factors for all nodes'
-  rows at once, each node's clipped sum one matrix product; no per-sample gradient, no padding, so beyond the
-  batches the memory is one gradient-sized sum per node;
-- per-sample, otherwise (face_cnn): ``torch.func`` per-sample gradients, batches padded to the step's longest
-  (padding rows weigh exactly zero) and chunked over nodes so that nodes x rows x trained parameters <=
-  ``CHUNK_ELEMENTS`` (2^25 floats, 128 MiB in float32).
+Each node keeps its own ``PrivateStep`` (Poisson loader and noise on secret generators, plan from its own
+ledger, optimizer, accountant); only the clipping is batched: each sample's gradient clipped to its node's
+``max_grad_norm`` and summed per node, then the node's own optimizer noises, scales, accounts and steps exactly
+as ``PrivateStep.step``. A sample whose gradient is not finite counts as zero, as in the loop path. Two exact
+engines (tests/test_vectorised_dp.py): ghost norms for a trained ``nn.Linear`` output layer (face_scatter
+family, voice_stats), ``torch.func`` per-sample gradients otherwise (face_cnn), chunked over nodes to at most
+``CHUNK_ELEMENTS`` floats. Why and the memory bounds: docs/design_notes.md.
 """
 
 from __future__ import annotations
@@ -179,9 +169,16 @@ def _ghost_sums(template: nn.Module, layer: str, steps: Sequence[PrivateStep], b
     has_bias = torch.cat([torch.full((n,), float(trained_bias[i]), device=device) for n, i in zip(rows, full)])
     sq = torch.linalg.vector_norm(g, dim=1).square() * (a_sq + has_bias)
     clips = torch.cat([torch.full((n,), float(steps[i].max_grad_norm), device=device) for n, i in zip(rows, full)])
-    cg = g * (clips / (sq.sqrt() + 1e-6)).clamp(max=1.0)[:, None]
-    for i, part, loss in zip(full, cg.split(rows), losses.detach().split(rows)):
-        sums[i][f"{layer}.weight"] = part.t() @ acts[i].to(g.dtype)
+    bad = ~torch.isfinite(sq)  # a non-finite row of a_i or g_i makes its norm non-finite: counted as zero
+    cg = g * (clips / (sq.sqrt() + 1e-6)).clamp(max=1.0).masked_fill(bad, 0.0)[:, None]
+    any_bad = bool(bad.any())
+    if any_bad:
+        cg.masked_fill_(bad[:, None], 0.0)
+    for i, part, loss, dropped in zip(full, cg.split(rows), losses.detach().split(rows), bad.split(rows)):
+        a = acts[i].to(g.dtype)
+        if any_bad:
+            a = a.masked_fill(dropped[:, None], 0.0)
+        sums[i][f"{layer}.weight"] = part.t() @ a
         if trained_bias[i]:
             sums[i][f"{layer}.bias"] = part.sum(0)
         loss_sums[i] = float(loss.sum())
@@ -212,7 +209,10 @@ def _per_sample_sums(template, names, states, fields, mask, clips, n_inputs: int
     for g in grads.values():  # exactly zero, whatever a padding row (another node's rows, for an empty batch) gave
         g.masked_fill_(padding.view(*padding.shape, *([1] * (g.dim() - 2))), 0.0)
     sq = sum(g.flatten(2).square().sum(2) for g in grads.values())
-    coef = _coefficients(sq, clips, mask)
+    bad = ~torch.isfinite(sq)  # a sample whose gradient is not finite counts as zero (within C: the 2C bound holds)
+    for g in grads.values():
+        g.masked_fill_(bad.view(*bad.shape, *([1] * (g.dim() - 2))), 0.0)
+    coef = _coefficients(sq, clips, mask).masked_fill(bad, 0.0)
     sums = {k: torch.einsum("cr,cr...->c...", coef, g) for k, g in grads.items()}
     return sums, losses.detach().masked_fill(padding, 0.0)
 

@@ -97,13 +97,34 @@ def clip_and_sum(capture: BookKeepingCapture, loss_per_sample: torch.Tensor, max
         return
     backprops = torch.autograd.grad(loss_per_sample, [out for _, _, out in taken],  # d(sum of the terms) / d(out)
                                     grad_outputs=torch.ones_like(loss_per_sample), allow_unused=True)
-    total, setters = None, []
+    total, setters, calls = None, [], []
     for (layer, x, out), g in zip(taken, backprops):
         if g is None:  # the layer's output does not reach the loss: its gradient is zero for every sample
             g = torch.zeros_like(out)
         sq, clipped = RULES[type(layer)](layer, x, g)
         total = sq if total is None else total + sq
         setters.append(clipped)
+        calls.append((layer, x, g))
+    finite = torch.isfinite(total)
     coef = total.sqrt_().add_(1e-6).reciprocal_().mul_(max_grad_norm).clamp_(max=1.0)  # in place on a fresh sum
+    coef.masked_fill_(~finite, 0.0)
     for clipped in setters:
         clipped(coef)
+    if not bool(torch.stack([torch.isfinite(p.grad).all() for layer, _, _ in calls for p in _trainable(layer)]).all()):
+        _clip_without_non_finite(calls, coef, finite)
+
+
+def _clip_without_non_finite(calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]], coef: torch.Tensor,
+                             finite: torch.Tensor) -> None:
+    """The clipped sums again, each sample whose gradient is not finite (a NaN input, an overflow inside the
+    network) counted as a zero gradient: 0 x NaN would make the whole sum, and the released model, NaN, which
+    reveals the sample. A zero is within C, so the replace-one bound of 2C holds."""
+    bad = ~finite
+    for _, x, g in calls:
+        bad |= ~torch.isfinite(x).flatten(1).all(1) | ~torch.isfinite(g).flatten(1).all(1)
+    coef = coef.masked_fill(bad, 0.0)
+    for layer, x, g in calls:
+        rows = bad.view(-1, *[1] * (x.dim() - 1))
+        x = torch.where(rows, torch.zeros((), dtype=x.dtype), x)
+        g = torch.where(bad.view(-1, *[1] * (g.dim() - 1)), torch.zeros((), dtype=g.dtype), g)
+        RULES[type(layer)](layer, x, g)[1](coef)
