@@ -224,3 +224,16 @@ def test_vectorised_groups_never_mix_nodes_training_on_different_devices():
 
     assert _group_key(training("cpu")) == _group_key(training("cpu"))
     assert _group_key(training("cpu")) != _group_key(training("cuda:0")) != _group_key(training("cuda:1"))
+
+
+def test_on_a_gpu_the_engine_benchmarks_ray_actors_get_a_share_of_it():
+    """With client-num-gpus = 0 Ray hides the GPU from its actors: the benchmark's Ray rows on a GPU machine were
+    CPU figures. Each setup's settings must still be valid as a run's settings (ray's on a GPU share)."""
+    from simulations.benchmarks.simulation_engine import FLOWER_RUNS, flower_run
+    from simulations.run_config import load_run_config
+
+    for backend in FLOWER_RUNS:
+        for cuda in (False, True):
+            sets = flower_run(backend, cuda)
+            _, settings = load_run_config(REPO / "configs" / "face50.toml", sets)
+            assert settings.client_num_gpus == (0.25 if cuda and backend == "ray" else 0.0), (backend, cuda)

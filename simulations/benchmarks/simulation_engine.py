@@ -103,6 +103,13 @@ COMPARISONS = {
 
 FLOWER_RUNS = {"ray": {"simulation-backend": "ray"}, "local": {"simulation-backend": "local"},
                "local_vectorised": {"simulation-backend": "local", "vectorised-clients": True}}
+RAY_GPU_SHARE = 0.25  # four Ray actors per GPU: with client-num-gpus = 0 Ray hides the GPU from its actors
+
+
+def flower_run(backend: str, cuda: bool) -> dict:
+    """The settings of one Flower setup; on a GPU, Ray's actors get a share of it, as the local backend's
+    worker gets the whole GPU, so that the Ray rows are not CPU figures."""
+    return {**FLOWER_RUNS[backend], **({"client-num-gpus": RAY_GPU_SHARE} if cuda and backend == "ray" else {})}
 
 
 def bench_model(model: str, args: argparse.Namespace, out: Path, cores: int) -> dict:
@@ -124,7 +131,7 @@ def bench_model(model: str, args: argparse.Namespace, out: Path, cores: int) -> 
     for backend in backends:
         name = f"{model}-{backend}-{int(time.time())}"
         started = time.time()
-        run_dir = run_simulation(None, {**base, **FLOWER_RUNS[backend], "run-name": name})
+        run_dir = run_simulation(None, {**base, **flower_run(backend, cuda), "run-name": name})
         summary = json.loads((run_dir / "summary.json").read_text())
         rounds = round_seconds(run_dir)
         results[backend] = {"wall_s": round(time.time() - started, 1), "round_s": [round(r, 2) for r in rounds],
