@@ -153,9 +153,9 @@ class HooksDPOptimizer(_FlatSecretNoise, DPOptimizer):
         C / (NaN + 1e-6), or 0 x inf, would make the whole sum NaN, and the released model would reveal it."""
         samples = self.grad_samples
         if samples and len(samples[0]):
-            bad = torch.zeros(len(samples[0]), dtype=torch.bool, device=samples[0].device)
-            for g in samples:
-                bad |= ~torch.isfinite(g.reshape(len(g), -1)).all(1)
+            # a row's sum is not finite if any of its values is not (or if it overflows: then its norm is
+            # inf and its factor 0 anyway, so zeroing it changes nothing)
+            bad = ~torch.isfinite(torch.stack([g.reshape(len(g), -1).sum(1) for g in samples]).sum(0))
             if bool(bad.any()):
                 for p, g in zip(self.params, samples):
                     p.grad_sample = g.masked_fill(bad.view(-1, *[1] * (g.dim() - 1)), 0.0)

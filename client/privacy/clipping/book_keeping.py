@@ -105,18 +105,21 @@ def clip_and_sum(capture: BookKeepingCapture, loss_per_sample: torch.Tensor, max
         total = sq if total is None else total + sq
         setters.append(clipped)
         calls.append((layer, x, g))
+    # A non-finite value in a sample's layer input or output gradient makes its squared norm non-finite (IEEE:
+    # NaN and inf propagate, 0 x inf is NaN), so a finite ``total`` is all this check needs to read (B numbers).
     finite = torch.isfinite(total)
+    all_finite = bool(finite.all())
     coef = total.sqrt_().add_(1e-6).reciprocal_().mul_(max_grad_norm).clamp_(max=1.0)  # in place on a fresh sum
-    coef.masked_fill_(~finite, 0.0)
+    if not all_finite:
+        _clip_without_non_finite(calls, coef, finite)
+        return
     for clipped in setters:
         clipped(coef)
-    if not bool(torch.stack([torch.isfinite(p.grad).all() for layer, _, _ in calls for p in _trainable(layer)]).all()):
-        _clip_without_non_finite(calls, coef, finite)
 
 
 def _clip_without_non_finite(calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]], coef: torch.Tensor,
                              finite: torch.Tensor) -> None:
-    """The clipped sums again, each sample whose gradient is not finite (a NaN input, an overflow inside the
+    """The clipped sums with each sample whose gradient is not finite (a NaN input, an overflow inside the
     network) counted as a zero gradient: 0 x NaN would make the whole sum, and the released model, NaN, which
     reveals the sample. A zero is within C, so the replace-one bound of 2C holds."""
     bad = ~finite
