@@ -82,19 +82,25 @@ def load_client_app(reference: str, app_dir: str) -> ClientApp:
     return app
 
 
+def _proc_kib(path: str, field: str) -> int | None:
+    """A ``field:  N kB`` line of a /proc file of this process, in KiB; None where /proc cannot tell."""
+    try:
+        for line in open(path, encoding="ascii"):
+            if line.startswith(field):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mib() -> float:
     """This process's own peak resident memory (Linux ``VmHWM``; ``ru_maxrss`` where /proc cannot tell).
 
     Not ``ru_maxrss``: Linux keeps it across ``fork`` and ``execve``, so a worker
     started by a coordinator holding 2 GB would report at least 2 GB.
     """
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    kib = _proc_kib("/proc/self/status", "VmHWM:")
+    return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 def pss_mib() -> float:
@@ -104,13 +110,7 @@ def pss_mib() -> float:
     them among the processes sharing them, so the sum over processes is the
     memory the simulation really holds.
     """
-    try:
-        for line in open("/proc/self/smaps_rollup", encoding="ascii"):
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return (_proc_kib("/proc/self/smaps_rollup", "Pss:") or 0) / 1024
 
 
 def _cuda_peak_mib() -> float:
