@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from client.local_training import train_epochs
 from client.privacy.dp_training import DPPlan, make_private
+from client.privacy.node_runtime import start_node_runtime
 from shared_models.models.registry import MODELS, build_model, model_task
 from shared_models.models.scatter_models import NUM_FEATURES
 
@@ -94,6 +95,7 @@ def clipped_sum(net: nn.Module, batch, n_in: int, clip: float, va_weight: float 
 
 def private(net: nn.Module, data, *, z: float = 0.0, clip: float = C, clipping: str | None = None,
             batch_size: int = 4):
+    start_node_runtime()  # as a DP node does before it trains: Opacus's hooks then use the segment layers' rules
     loader = DataLoader(data, batch_size=batch_size)
     return make_private(net, torch.optim.SGD(net.parameters(), lr=1.0), loader, DPPlan(z, 1 / len(loader), 1, clip),
                         accountant="rdp", clipping=clipping)
