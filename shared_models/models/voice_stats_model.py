@@ -70,7 +70,9 @@ def standardise_blocks(stats: torch.Tensor) -> torch.Tensor:
     """
     # unflatten, not reshape(len(stats), ...): an empty batch works, and ONNX export keeps the batch dimension free
     blocks = stats.unflatten(-1, (STATS_PER_BAND, stats.shape[-1] // STATS_PER_BAND))
-    blocks = (blocks - blocks.mean(-1, keepdim=True)) / (blocks.std(-1, correction=0, keepdim=True) + NORM_EPS)
+    centred = blocks - blocks.mean(-1, keepdim=True)
+    spread = centred.square().mean(-1, keepdim=True).sqrt()  # std(correction=0), without its warning on no rows
+    blocks = centred / (spread + NORM_EPS)
     return blocks.reshape(stats.shape)
 
 
