@@ -69,7 +69,7 @@ def _masked_ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return 1.0 - (2 * cov / (vp + vt + (mp - mt) ** 2 + 1e-8)).mean()
 
 
-def _pad_rows(t: torch.Tensor, size: int) -> torch.Tensor:
+def pad_rows(t: torch.Tensor, size: int) -> torch.Tensor:
     """Rows 0..n-1, then copies of them up to ``size`` (finite values, never zeros a model could divide by)."""
     return t if len(t) == size else t[torch.arange(size) % len(t)]
 
@@ -171,7 +171,7 @@ def train_clients(model: nn.Module | Sequence[nn.Module], client_batches: Sequen
             batch = batches[t] if on else next(b[t] for b in client_batches if t < len(b))  # shape filler, weight 0
             n = len(batch[n_inputs])
             weights = batch[n_inputs + 2] if len(batch) > n_inputs + 2 else torch.ones(n)
-            fields.append([_pad_rows(x, rows) for x in (*batch[:n_inputs + 2], weights)])
+            fields.append([pad_rows(x, rows) for x in (*batch[:n_inputs + 2], weights)])
             masks.append((torch.arange(rows) < n).float() * on)
             active.append(on)
             if on:

@@ -20,6 +20,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from client.privacy.dp_optimizer import BookKeepingDPOptimizer
 from client.privacy.private_step import PrivateStep
+from simulations.engine.vectorised_clients import pad_rows
 from shared_models import messages as msgs
 
 CHUNK_ELEMENTS = 2 ** 25
@@ -63,11 +64,6 @@ def ghost_layer(template: nn.Module) -> str | None:
     return None
 
 
-def _pad(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """Rows 0..n-1, then copies of them up to ``rows`` (finite values; the mask gives them weight zero)."""
-    return t if len(t) == rows else t[torch.arange(rows) % len(t)]
-
-
 def _stack_batches(batches: Sequence[tuple], n_inputs: int, device: torch.device):
     """Each node's batch padded to the longest: fields (inputs..., labels, va, weights) stacked, and the mask."""
     rows = max(len(b[n_inputs]) for b in batches)
@@ -76,8 +72,7 @@ def _stack_batches(batches: Sequence[tuple], n_inputs: int, device: torch.device
     for batch in batches:
         n = len(batch[n_inputs])
         source = batch if n else filler
-        weights = source[n_inputs + 2] if len(source) > n_inputs + 2 else torch.ones(len(source[n_inputs]))
-        fields.append([_pad(x, rows) for x in (*source[:n_inputs + 2], weights)])
+        fields.append([pad_rows(x, rows) for x in (*source[:n_inputs + 2], _field(source, n_inputs, 2))])
         masks.append((torch.arange(rows) < n).float())
     stacked = [torch.stack(column).to(device, non_blocking=True) for column in zip(*fields)]
     return stacked, torch.stack(masks).to(device)
