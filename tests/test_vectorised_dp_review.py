@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from client.privacy.private_step import HOOKS
+from client.privacy.secret_gaussian import SecretGaussian
 from client.local_training import train_epochs
 from simulations.engine.client_groups import _Slot, train_together
 from simulations.engine.vectorised_dp import PrivateClient, private_batches, train_private_clients
@@ -143,8 +144,8 @@ def test_a_non_finite_sample_moves_its_nodes_clipped_sum_by_at_most_2C(name, poi
     assert float((clean - adjacent).double().norm()) <= 2 * clip * (1 + 1e-4)
 
 
-def _twin(gen: torch.Generator) -> torch.Generator:
-    copy_ = torch.Generator(device=gen.device)
+def _twin(gen: SecretGaussian) -> SecretGaussian:
+    copy_ = SecretGaussian()
     copy_.set_state(gen.get_state())
     return copy_
 
@@ -159,13 +160,13 @@ def test_each_nodes_noise_has_std_z_times_its_own_clip_over_its_own_expected_bat
     steps = [private(copy.deepcopy(net), data, z=z, clip=c, batch_size=b) for z, c, b, _ in plans]
     assert [s.optimizer.expected_batch_size for s in steps] == [2, 4, 8]
     gens = [s.optimizer.noise.generator for s in steps]
-    assert len({id(g) for g in gens}) == 3 and torch.default_generator not in gens
-    assert len({g.initial_seed() for g in gens}) == 3
+    assert len({id(g) for g in gens}) == 3 and all(isinstance(g, SecretGaussian) for g in gens)
+    assert len({bytes(g.get_state().tolist()) for g in gens}) == 3  # each keyed from the OS on its own
     expected = []
     for (z, c, b, n), s, g in zip(plans, steps, gens):
         twin, start = _twin(g), _flat(s.module)
         for _ in range(n):
-            start = start - torch.empty(start.numel()).normal_(0.0, z * c / b, generator=twin)
+            start = start - twin.normal_(torch.empty(start.numel()), z * c / b)
         expected.append(start)
     empty = batches(data, (0,))[0]
     train_private_clients(model(name), [PrivateClient(s, [empty] * n) for s, (*_, n) in zip(steps, plans)],

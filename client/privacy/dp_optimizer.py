@@ -19,6 +19,8 @@ from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGradientClipping
 
+from client.privacy.secret_gaussian import SecretGaussian
+
 __all__ = ["BookKeepingDPOptimizer", "HooksDPOptimizer", "SecretNoise", "secret_generator", "with_secret_noise",
            "trained_module"]
 
@@ -43,24 +45,32 @@ def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
 
 
 class SecretNoise:
-    """Unit Gaussian draws for all of a list of parameters at once (one flat tensor per step) from a torch generator
-    seeded from the OS CSPRNG on the parameters' device; never torch's global generator, which a run's seed fixes.
-    torch's CPU normal (vectorised Box-Muller over Mersenne Twister) draws float32 faster than numpy's ziggurat on
-    PCG64 or SFC64 here, so it is kept, but drawn once per step, not per tensor."""
+    """Unit Gaussian draws for all of a list of parameters at once (one flat tensor per step), never from torch's
+    global generator, which a run's seed fixes. On the CPU from ``SecretGaussian`` (an AES-256-CTR keystream keyed
+    from the OS CSPRNG, client/privacy/secret_gaussian.py): cryptographically secure, and faster than torch's
+    Mersenne Twister normal; on an accelerator from a torch generator (``generator``, or one of its own) seeded
+    from the OS CSPRNG on the parameters' device."""
 
     def __init__(self, params: list[torch.Tensor], generator: torch.Generator | None = None) -> None:
         self.device, self.dtype = params[0].device, params[0].dtype
         self.size = sum(p.numel() for p in params)
-        self.generator = generator if generator is not None else secret_generator(self.device)
+        if self.device.type == "cpu":
+            self.generator: SecretGaussian | torch.Generator = SecretGaussian()
+        else:
+            self.generator = generator if generator is not None else secret_generator(self.device)
 
     @staticmethod
     def covers(params: list[torch.Tensor]) -> bool:
-        """One flat draw needs one device and one dtype for every parameter."""
-        return bool(params) and len({(p.device, p.dtype) for p in params}) == 1
+        """One flat draw needs one device and one floating dtype for every parameter."""
+        return (bool(params) and len({(p.device, p.dtype) for p in params}) == 1
+                and params[0].dtype.is_floating_point)
 
     def draw(self, std: float = 1.0) -> torch.Tensor:
-        """A new N(0, std^2) vector with one entry per parameter element (torch scales inside the draw)."""
-        return torch.empty(self.size, device=self.device, dtype=self.dtype).normal_(0.0, std, generator=self.generator)
+        """A new N(0, std^2) vector with one entry per parameter element (the scale taken inside the draw)."""
+        out = torch.empty(self.size, device=self.device, dtype=self.dtype)
+        if isinstance(self.generator, SecretGaussian):
+            return self.generator.normal_(out, std)
+        return out.normal_(0.0, std, generator=self.generator)
 
 
 class _FlatSecretNoise:
@@ -189,9 +199,9 @@ class BookKeepingDPOptimizer(_FlatSecretNoise, DPOptimizerFastGradientClipping):
 
 def with_secret_noise(optimizer: DPOptimizer) -> DPOptimizer:
     """Opacus's ``optimizer`` (from ``PrivacyEngine.make_private``) as the matching class above, with the same
-    wrapped optimizer, settings, generator and accountant hook; outside secure mode, a ``SecretNoise`` on that
-    (secret) generator, or on a secret one of its own where Opacus had none, whenever one flat draw covers every
-    trained parameter."""
+    wrapped optimizer, settings, generator and accountant hook; outside secure mode, a ``SecretNoise`` whenever one
+    flat draw covers every trained parameter (on an accelerator on that secret generator, or on a secret one of
+    its own where Opacus had none)."""
     classes = {DPOptimizerFastGradientClipping: BookKeepingDPOptimizer, DPOptimizer: HooksDPOptimizer}
     if type(optimizer) not in classes:
         raise TypeError(f"no secret-noise variant of {type(optimizer).__name__}")
@@ -203,6 +213,9 @@ def with_secret_noise(optimizer: DPOptimizer) -> DPOptimizer:
     fast.attach_step_hook(optimizer.step_hook)
     params = fast.params
     if not optimizer.secure_mode and SecretNoise.covers(params):
-        fast.noise = SecretNoise(params, optimizer.generator)  # without one, a secret generator of its own
-        fast.generator = fast.noise.generator
+        fast.noise = SecretNoise(params, optimizer.generator)  # on an accelerator, without one, a secret one
+        if isinstance(fast.noise.generator, torch.Generator):
+            fast.generator = fast.noise.generator
+    if fast.generator is None and not optimizer.secure_mode:  # Opacus's own draws (none when noised above): secret
+        fast.generator = secret_generator(params[0].device if params else "cpu")
     return fast
