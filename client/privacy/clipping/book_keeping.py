@@ -8,6 +8,8 @@ written to ``.grad`` for Opacus's optimizer to noise, scale and account.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -97,24 +99,32 @@ def clip_and_sum(capture: BookKeepingCapture, loss_per_sample: torch.Tensor, max
         return
     backprops = torch.autograd.grad(loss_per_sample, [out for _, _, out in taken],  # d(sum of the terms) / d(out)
                                     grad_outputs=torch.ones_like(loss_per_sample), allow_unused=True)
-    total, setters, calls = None, [], []
+    total, setters = None, []
     for (layer, x, out), g in zip(taken, backprops):
         if g is None:  # the layer's output does not reach the loss: its gradient is zero for every sample
             g = torch.zeros_like(out)
         sq, clipped = RULES[type(layer)](layer, x, g)
         total = sq if total is None else total + sq
         setters.append(clipped)
-        calls.append((layer, x, g))
     # A non-finite value in a sample's layer input or output gradient makes its squared norm non-finite (IEEE:
-    # NaN and inf propagate, 0 x inf is NaN), so a finite ``total`` is all this check needs to read (B numbers).
-    finite = torch.isfinite(total)
-    all_finite = bool(finite.all())
-    coef = total.sqrt_().add_(1e-6).reciprocal_().mul_(max_grad_norm).clamp_(max=1.0)  # in place on a fresh sum
-    if not all_finite:
-        _clip_without_non_finite(calls, coef, finite)
-        return
+    # NaN and inf propagate, 0 x inf is NaN), and a non-finite norm makes the batch's sum of them non-finite: one
+    # reduction read back (a sum of finite norms that overflows only takes the exact per-sample path below).
+    if not math.isfinite(float(total.sum())):
+        finite = torch.isfinite(total)
+        if not bool(finite.all()):
+            calls = [(layer, x, g if g is not None else torch.zeros_like(out))
+                     for (layer, x, out), g in zip(taken, backprops)]
+            _clip_without_non_finite(calls, _clip_factors(total, max_grad_norm), finite)
+            return
+    coef = _clip_factors(total, max_grad_norm)
     for clipped in setters:
         clipped(coef)
+
+
+def _clip_factors(total: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    """Opacus's factors min(1, C / (norm + 1e-6)) from the squared norms ``total`` (a fresh sum: taken in place),
+    with one true division as Opacus computes them."""
+    return torch.div(max_grad_norm, total.sqrt_().add_(1e-6)).clamp_(max=1.0)
 
 
 def _clip_without_non_finite(calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]], coef: torch.Tensor,

@@ -22,7 +22,8 @@ def ghost_linear(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> tuple[to
     ``a`` the layer's input (B, ..., in), ``g`` its output's gradient (B, ..., out)."""
     weight = layer.weight.requires_grad
     bias = layer.bias is not None and layer.bias.requires_grad
-    a = a.to(g.dtype)
+    if a.dtype != g.dtype:
+        a = a.to(g.dtype)
     if g.dim() == 2:
         sq = torch.linalg.vecdot(g, g)  # ||g_i||^2 (a small (B, out) tensor)
         if weight:
