@@ -91,7 +91,8 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
             weights = batch[n_inputs + 2].to(device) if len(batch) > n_inputs + 2 else None
             if len(labels) == 0 and private is None:
                 continue
-            optimizer.zero_grad(set_to_none=True)
+            if private is None:  # a private step clears them itself, right before it clips
+                optimizer.zero_grad(set_to_none=True)
             logits, va_pred = _forward(model, inputs)
             if private is not None:  # mean(w x CE) + va_weight x MSE, one term per sample (every head in it)
                 per_sample = nn.functional.cross_entropy(logits, labels, reduction="none")
