@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.utils.data import DataLoader
 
 from client.privacy.clipping.book_keeping import BookKeepingCapture, book_keeping_layers
 from client.privacy.dp_optimizer import secret_generator, trained_module, with_secret_noise
+from client.privacy.poisson_sampler import BlockPoissonSampler
 from client.privacy.private_step import BOOK_KEEPING, CLIPPING, HOOKS, PrivateStep
 from shared_models.privacy_ledger import ACCOUNTANT, REPLACE_ONE, BudgetExceeded, PrivacyLedger, epsilon_of
 
@@ -143,10 +145,22 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
         noise_generator=None if secure_mode else secret_generator(device),
         grad_sample_mode="ghost" if clipping == BOOK_KEEPING else "hooks",
     )
-    private_model, private_loader = private[0], private[-1]
+    private_model, private_loader = private[0], _block_sampled(private[-1])
     private_optimizer = with_secret_noise(private[1])  # same mechanism and hook; one flat secret draw per step
     capture = None
     if clipping == BOOK_KEEPING:
         private_model.remove_hooks()
         capture = BookKeepingCapture(trained_module(private_model), layers)
     return PrivateStep(private_model, private_optimizer, private_loader, engine, plan.max_grad_norm, capture)
+
+
+def _block_sampled(loader: DataLoader) -> DataLoader:
+    """Opacus's Poisson loader with its masks drawn a block of steps at a time (client/privacy/poisson_sampler.py):
+    the same sampler settings, generator, dataset and empty-batch collation, so the same batches."""
+    sampler = loader.batch_sampler
+    if type(sampler) is not UniformWithReplacementSampler:  # Opacus's distributed sampler: left as it is
+        return loader
+    block = BlockPoissonSampler(num_samples=sampler.num_samples, sample_rate=sampler.sample_rate,
+                                generator=sampler.generator, steps=sampler.steps)
+    return DataLoader(loader.dataset, batch_sampler=block, collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory, generator=loader.generator)
