@@ -4,7 +4,8 @@ Its bits are exactly AES-256-CTR's keystream, continued across draws and across 
 maps given words to the float64 formula's values, with no infinite or NaN draw at the extreme words; the draws pass
 a Kolmogorov-Smirnov test, have the moments of N(0, std^2) and no correlation between a pair's halves or between
 draws; two sources (and a forked copy of one) draw different noise, and the global seeds leave them alone; a
-node's CPU optimizer noises through it.
+node's CPU optimizer noises through it, its draws made a few steps ahead being exactly the draws one at a time
+would give, never more than the round's planned steps, and never reused at another scale.
 """
 
 from __future__ import annotations
@@ -163,3 +164,53 @@ def test_a_nodes_cpu_optimizer_noises_from_the_keystream():
     replay = SecretGaussian()
     replay.set_state(state)
     torch.testing.assert_close(drawn, replay.normal_(torch.empty(33), 0.5), rtol=0, atol=0)
+
+
+def _twin_of(noise: SecretNoise) -> SecretGaussian:
+    twin = SecretGaussian()
+    twin.set_state(noise.generator.get_state())
+    return twin
+
+
+def test_draws_made_ahead_are_the_draws_one_at_a_time_would_be_and_none_beyond_the_expected():
+    noise = SecretNoise([torch.zeros(10, 3), torch.zeros(3)])
+    twin = _twin_of(noise)
+    noise.expect(11)  # 8 made at the first draw, 3 at the ninth
+    for _ in range(11):
+        torch.testing.assert_close(noise.draw(0.5), twin.normal_(torch.empty(33), 0.5), rtol=0, atol=0)
+    assert torch.equal(noise.generator.get_state(), twin.get_state())  # exactly 11 drawn
+    noise.draw(0.5)  # beyond the expected: one at a time
+    twin.normal_(torch.empty(33), 0.5)
+    assert torch.equal(noise.generator.get_state(), twin.get_state())
+
+
+def test_a_draw_at_another_scale_drops_the_draws_made_ahead():
+    noise = SecretNoise([torch.zeros(64)])
+    twin = _twin_of(noise)
+    noise.expect(4)
+    first = noise.draw(1.0)
+    torch.testing.assert_close(first, twin.normal_(torch.empty(64), 1.0), rtol=0, atol=0)
+    for _ in range(3):  # the three made ahead at scale 1: dropped, never handed out at scale 2
+        twin.normal_(torch.empty(64), 1.0)
+    torch.testing.assert_close(noise.draw(2.0), twin.normal_(torch.empty(64), 2.0), rtol=0, atol=0)
+
+
+def test_a_rounds_private_step_draws_exactly_its_planned_steps():
+    """make_private tells the noise the round's steps (plan.steps_per_round): a round of two epochs draws exactly
+    that many, each fresh, as one draw per step would."""
+    from client.local_training import train_epochs
+    from client.privacy.dp_training import DPPlan, make_private
+    from tests.clipping_reference import CPU, dataset, model, n_inputs
+
+    data = dataset("face_scatter", 24)
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    net = model("face_scatter")
+    step = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), loader,
+                        DPPlan(1.0, 1 / len(loader), 2 * len(loader), 1.0), accountant="prv")
+    twin = _twin_of(step.optimizer.noise)
+    train_epochs(step.model, step.loader, step.optimizer, epochs=2, n_inputs=n_inputs("face_scatter"), device=CPU,
+                 private=step)
+    assert step.steps_taken() == 12
+    for _ in range(12):
+        twin.normal_(torch.empty(step.optimizer.noise.size), 1.0)
+    assert torch.equal(step.optimizer.noise.generator.get_state(), twin.get_state())

@@ -147,6 +147,8 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
     )
     private_model, private_loader = private[0], _block_sampled(private[-1])
     private_optimizer = with_secret_noise(private[1])  # same mechanism and hook; one flat secret draw per step
+    if private_optimizer.noise is not None:
+        private_optimizer.noise.expect(plan.steps_per_round)  # the round's draws: a few at a time, none beyond
     capture = None
     if clipping == BOOK_KEEPING:
         private_model.remove_hooks()

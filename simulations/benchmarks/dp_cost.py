@@ -85,6 +85,8 @@ def _trainer(model_name: str, mode: str, steps: int):
     def epoch(data=loader) -> tuple[float, float]:
         """ms per step of one epoch: wall clock and the process's CPU time (which other processes' load on a
         shared machine inflates far less)."""
+        if dp is not None and dp.optimizer.noise is not None:
+            dp.optimizer.noise.expect(len(data))  # each epoch a round's worth of steps, as make_private plans one
         started, cpu = time.perf_counter(), time.process_time()
         train_epochs(model, data, optimizer, epochs=1, n_inputs=n_inputs, device=torch.device("cpu"), private=dp)
         return ((time.perf_counter() - started) / len(data) * 1000, (time.process_time() - cpu) / len(data) * 1000)
