@@ -99,21 +99,20 @@ def clip_and_sum(capture: BookKeepingCapture, loss_per_sample: torch.Tensor, max
         return
     backprops = torch.autograd.grad(loss_per_sample, [out for _, _, out in taken],  # d(sum of the terms) / d(out)
                                     grad_outputs=torch.ones_like(loss_per_sample), allow_unused=True)
-    total, setters = None, []
+    total, setters, calls = None, [], []
     for (layer, x, out), g in zip(taken, backprops):
         if g is None:  # the layer's output does not reach the loss: its gradient is zero for every sample
             g = torch.zeros_like(out)
         sq, clipped = RULES[type(layer)](layer, x, g)
         total = sq if total is None else total + sq
         setters.append(clipped)
+        calls.append((layer, x, g))
     # A non-finite value in a sample's layer input or output gradient makes its squared norm non-finite (IEEE:
     # NaN and inf propagate, 0 x inf is NaN), and a non-finite norm makes the batch's sum of them non-finite: one
     # reduction read back (a sum of finite norms that overflows only takes the exact per-sample path below).
     if not math.isfinite(float(total.sum())):
         finite = torch.isfinite(total)
         if not bool(finite.all()):
-            calls = [(layer, x, g if g is not None else torch.zeros_like(out))
-                     for (layer, x, out), g in zip(taken, backprops)]
             _clip_without_non_finite(calls, _clip_factors(total, max_grad_norm), finite)
             return
     coef = _clip_factors(total, max_grad_norm)
