@@ -2,14 +2,13 @@
 
 One clip: ``read_waveform`` (``audio_io``: mono, 16 kHz) -> ``clip_segments``: peak-normalise to -3 dBFS, up to
 six 0.5 s segments (centre-cropped, zero-padded, masked), log-mel each in librosa's convention (spelled out in
-``_mel_transform``; docs/data.md). No per-clip min-max scaling (it erases the level that carries emotion):
+``log_mel``; docs/data.md). No per-clip min-max scaling (it erases the level that carries emotion):
 nodes send per-band moments (``feature_moments``), the coordinator combines them (``combine_moments``) into
 the model's mean/std buffers. ``WaveAugment``: train-time waveform augmentation.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -17,9 +16,8 @@ from typing import Iterable
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
-import torchaudio.transforms as AT
 
+from shared_models.audio_dsp import hann, istft, mel_power, phase_vocoder
 from shared_models.audio_io import (MAX_KERNEL_CELLS, RATIO_TOLERANCE, SAMPLE_RATE,  # noqa: F401 (re-exported)
                                     normalize_peak, read_waveform, resample, resample_ratio, resampling_note)
 
@@ -57,30 +55,17 @@ DEFAULT_CONFIG = LogMelConfig()
 # ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
-def _mel_transform(cfg: LogMelConfig) -> AT.MelSpectrogram:
-    """Built once per config: the filterbank and window are reused for every clip."""
-    return AT.MelSpectrogram(
-        sample_rate=SAMPLE_RATE,
-        n_fft=cfg.n_fft,
-        hop_length=cfg.hop_length,
-        n_mels=cfg.n_mels,
-        f_min=0.0,
-        f_max=SAMPLE_RATE / 2,
-        window_fn=torch.hann_window,  # periodic, like scipy/librosa "hann"
-        power=2.0,
-        center=True,
-        pad_mode="constant",
-        norm="slaney",
-        mel_scale="slaney",
-    )
-
-
 def log_mel(waves: np.ndarray | torch.Tensor, cfg: LogMelConfig = DEFAULT_CONFIG) -> torch.Tensor:
-    """Log-mel (dB, librosa ``power_to_db`` with ref 1, no top_db) of (..., samples) -> (..., mels, frames)."""
+    """Log-mel (dB, librosa ``power_to_db`` with ref 1, no top_db) of (..., samples) -> (..., mels, frames).
+
+    The power is ``torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft, hop_length, n_mels,
+    f_min=0, f_max=8000, window_fn=torch.hann_window (periodic, like scipy/librosa "hann"), power=2,
+    center=True, pad_mode="constant", norm="slaney", mel_scale="slaney")``, computed by ``audio_dsp.mel_power``
+    (the same to float rounding, a fraction of the time).
+    """
     x = torch.as_tensor(np.asarray(waves, dtype=np.float32) if isinstance(waves, np.ndarray) else waves)
     with torch.no_grad():
-        power = _mel_transform(cfg)(x.float())
+        power = mel_power(x.float(), SAMPLE_RATE, cfg.n_fft, cfg.hop_length, cfg.n_mels)
         return 10.0 * torch.log10(torch.clamp(power, min=AMIN))
 
 
@@ -187,12 +172,12 @@ def time_stretch(wave: np.ndarray, factor: float) -> np.ndarray:
     if len(wave) <= _PV_N_FFT:  # too short to frame (loaders skip such clips): stretch by resampling instead
         return resample(wave, 1, 1) if factor == 1 else change_speed(wave, 1.0 / factor)
     x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    window = torch.hann_window(_PV_N_FFT)
-    spec = torch.stft(x, _PV_N_FFT, _PV_HOP, window=window, return_complex=True)
+    spec = torch.stft(x, _PV_N_FFT, _PV_HOP, window=hann(_PV_N_FFT), return_complex=True)  # centred, reflect-padded
+    length = int(round(len(wave) * factor))
+    if factor == 1.0:  # torchaudio's phase_vocoder returns the spectrogram itself at rate 1
+        return torch.istft(spec, _PV_N_FFT, _PV_HOP, window=hann(_PV_N_FFT), length=length).numpy()
     advance = torch.linspace(0, math.pi * _PV_HOP, spec.shape[-2])[..., None]
-    stretched = AF.phase_vocoder(spec, 1.0 / factor, advance)
-    out = torch.istft(stretched, _PV_N_FFT, _PV_HOP, window=window, length=int(round(len(wave) * factor)))
-    return out.numpy()
+    return istft(phase_vocoder(spec, 1.0 / factor, advance), _PV_N_FFT, _PV_HOP, length).numpy()
 
 
 def pitch_shift(wave: np.ndarray, semitones: float) -> np.ndarray:
@@ -218,8 +203,10 @@ def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.n
     power = float(np.mean(np.square(wave, dtype=np.float64)))
     if power <= 0.0:
         return np.asarray(wave, dtype=np.float32)
-    noise = rng.standard_normal(len(wave)) * math.sqrt(power / 10.0 ** (snr_db / 10.0))
-    return (wave + noise).astype(np.float32)
+    noise = rng.standard_normal(len(wave))
+    noise *= math.sqrt(power / 10.0 ** (snr_db / 10.0))
+    noise += wave  # in place: the same float64 sum as wave + noise, without two temporaries
+    return noise.astype(np.float32)
 
 
 @dataclass(frozen=True)

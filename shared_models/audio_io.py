@@ -13,9 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
-
+from shared_models.audio_dsp import sinc_resample
 from shared_models.dataset_format_error import DatasetFormatError
 
 SAMPLE_RATE = 16000
@@ -100,14 +98,16 @@ def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     passed through ``resample_ratio``: exact for common rates, rounded (by at
     most 0.094 %) for rates such as 44,101 Hz that share no factor with the
     target. Peak memory then stays within a few tens of MB above the clip
-    itself for any accepted rate (``simulations/benchmarks/resample_memory.py``).
+    itself for any accepted rate (``simulations/benchmarks/resample_memory.py``). ``audio_dsp.sinc_resample``
+    computes what ``torchaudio.functional.resample`` does (to float rounding), with the kernel of small ratios
+    (the augmentation's speed and pitch) built once.
     """
     if orig_rate == new_rate:
         return np.asarray(wave, dtype=np.float32)
     ratio = resample_ratio(int(orig_rate), int(new_rate))
-    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    out = AF.resample(x, ratio.numerator, ratio.denominator)
-    return out.numpy()
+    if ratio == 1:
+        return np.asarray(wave, dtype=np.float32)
+    return sinc_resample(wave, ratio.numerator, ratio.denominator)
 
 
 def normalize_peak(wave: np.ndarray, dbfs: float = -3.0) -> np.ndarray:
