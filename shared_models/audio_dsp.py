@@ -138,12 +138,13 @@ _BLOCK_CELLS = 1 << 20  # strided frames x taps multiplied at a time: bounds the
 
 
 def sinc_resample(wave: np.ndarray, orig: int, new: int) -> np.ndarray:
-    """``torchaudio.functional.resample(wave, orig, new)`` (defaults) of a 1-D float32 wave; ``orig``, ``new`` coprime.
+    """``torchaudio.functional.resample(wave, orig, new)`` (its defaults) of a 1-D float32 wave, integer rates.
 
     Output block j is the kernel applied to the ``taps`` padded samples from ``j * orig``: torchaudio's strided
     ``conv1d``, here a matrix product over a strided view, a bounded number of frames at a time.
     """
-    orig, new = int(orig), int(new)
+    common = math.gcd(int(orig), int(new))
+    orig, new = int(orig) // common, int(new) // common
     kernel, width = (_cached_sinc_kernel if orig * new <= _CACHED_KERNEL_CELLS else _sinc_kernel)(orig, new)
     x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
     length = x.numel()
