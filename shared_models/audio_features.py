@@ -66,7 +66,7 @@ def log_mel(waves: np.ndarray | torch.Tensor, cfg: LogMelConfig = DEFAULT_CONFIG
     x = torch.as_tensor(np.asarray(waves, dtype=np.float32) if isinstance(waves, np.ndarray) else waves)
     with torch.no_grad():
         power = mel_power(x.float(), SAMPLE_RATE, cfg.n_fft, cfg.hop_length, cfg.n_mels)
-        return 10.0 * torch.log10(torch.clamp(power, min=AMIN))
+        return power.clamp_(min=AMIN).log10_().mul_(10.0)  # 10 * log10(max(power, AMIN)), in place
 
 
 def clip_segments(
