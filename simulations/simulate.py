@@ -156,7 +156,10 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     """
     from server.rounds import console
 
+    from simulations.engine.local_backend import reset_peak_rss
+
     console.mark_start()  # the run's one wall-clock figure (the coordinator's wall_clock_s) counts from here
+    peak_from_start = reset_peak_rss()  # the coordinator's peak memory is this run's, whatever the process held before
     console.begin()  # before the first line: no doubled lines, Flower's own lines only with --verbose, run.log
     if resume is not None:
         config, settings = resume_config(resume, overrides)
@@ -210,6 +213,7 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     summary = json.loads(summary_path.read_text())
     summary["num_supernodes"] = settings.num_supernodes
     summary["engine"] = engine_summary(settings, backend)
+    summary["engine"]["coordinator_peak_since"] = "run start" if peak_from_start else "process start"
     if gpu and gpu.figures():
         summary["engine"]["gpu"] = gpu.figures()
     try:

@@ -135,3 +135,41 @@ def test_a_workers_peak_memory_is_its_own_not_the_coordinators_that_started_it()
     assert 0 < float(out.stdout) < 250, out.stdout  # the child imports little: far below the parent's 300 MB
     assert peak_rss_mib() >= 300
     del held
+
+
+_EARLIER_WORK_THEN_A_RUN = """
+import json, sys
+from pathlib import Path
+from simulations.engine.local_backend import peak_rss_mib
+from simulations.simulate import run_simulation
+
+held = bytearray(2048 * 2**20)
+for i in range(0, len(held), 4096):  # resident, not just reserved
+    held[i] = 1
+del held  # returned to the system: the process's current memory falls, its high-water mark does not
+before = peak_rss_mib()
+tmp = Path(sys.argv[1])
+run_dir = run_simulation(Path(sys.argv[2]) / "configs" / "quickstart.toml", {
+    "data-dir": str(tmp / "fer"), "runs-dir": str(tmp / "runs"), "run-name": "peak", "synth-samples": 200,
+    "num-supernodes": 2, "min-available-nodes": 2, "num-server-rounds": 1, "simulation-backend": "local",
+    "simulation-workers": 1})
+engine = json.loads((run_dir / "summary.json").read_text())["engine"]
+print(json.dumps({"before": before, "coordinator": engine["peak_rss_mib"]["coordinator"],
+                  "since": engine.get("coordinator_peak_since")}))
+"""
+
+
+@pytest.mark.slow
+def test_a_runs_coordinator_peak_is_the_runs_own_not_what_its_process_held_before(tmp_path):
+    """A benchmark runs several simulations in one process: the coordinator's peak (VmHWM) kept the 4 GB an earlier
+    model's loops had held, and the README reported it as the voice run's memory."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _EARLIER_WORK_THEN_A_RUN, str(tmp_path), str(REPO)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["before"] >= 2048, figures
+    assert 0 < figures["coordinator"] < figures["before"] - 1024, figures  # the run itself holds far less than 2 GB
+    assert figures["since"] == "run start", figures

@@ -103,6 +103,18 @@ def peak_rss_mib() -> float:
     return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
+def reset_peak_rss() -> bool:
+    """Start this process's ``VmHWM`` again from its current resident memory (Linux 4.0+: ``clear_refs`` 5), so
+    that ``peak_rss_mib`` is the peak of what follows, not of everything the process did before (a benchmark or
+    a test runs several simulations in one process). False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def pss_mib() -> float:
     """This process's proportional set size (Linux); 0 where /proc cannot tell.
 
