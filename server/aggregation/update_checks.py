@@ -188,6 +188,40 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.multiply(a, b, dtype=np.float64).sum() / (na * nb)) if na > 0 and nb > 0 else 0.0
 
 
+_GRAM_COLUMNS = 1 << 16  # columns per block: a block's float64 copy is 512 KB per update, whatever the model
+
+
+def gram(rows: np.ndarray) -> np.ndarray:
+    """Every pair's inner product of the n float32 rows, (n, n) float64: the float32 products are exact in float64
+    and summed there, as ``cosine`` does, in one matrix product per block of columns (bounded memory) instead of
+    n^2 / 2 passes over the updates."""
+    n, d = rows.shape
+    products = np.zeros((n, n))
+    for lo in range(0, d, _GRAM_COLUMNS):
+        block = rows[:, lo:lo + _GRAM_COLUMNS].astype(np.float64)
+        products += block @ block.T
+    return products
+
+
+def coordinate_median(stacked: np.ndarray) -> np.ndarray:
+    """``np.median(stacked, axis=0)``, the same values: numpy sorts the short columns of n updates far faster than
+    it partitions them (the mean of the two middle values as np.median takes it; np.median itself where a value
+    is not finite, for its NaN handling)."""
+    n = len(stacked)
+    if not np.isfinite(stacked).all():
+        return np.median(stacked, axis=0)
+    ordered = np.sort(stacked, axis=0)
+    return ordered[n // 2] if n % 2 else np.mean(ordered[n // 2 - 1:n // 2 + 1], axis=0)
+
+
+def pair_cosines(rows: np.ndarray) -> np.ndarray:
+    """``cosine`` of every pair of rows at once (from ``gram``; 0 where either row is zero)."""
+    products = gram(rows)
+    norms = np.sqrt(np.maximum(np.diag(products), 0.0))
+    scale = np.outer(norms, norms)
+    return np.divide(products, scale, out=np.zeros_like(products), where=scale > 0)
+
+
 DUPLICATE_COSINE = 0.99  # two nodes' updates this close are one update sent twice (replayed or colluding)
 # Up to this many updates in a round, each is compared with the median of the others: in a median of few, an
 # update's own values (wherever the honest ones disagree) pull the centre towards it (a flipped update measured
@@ -228,21 +262,21 @@ def direction_rejections(candidates: list[tuple[Message, float]], global_arrays:
     stacked = np.stack(vectors)
     if len(vectors) <= LEAVE_ONE_OUT_UP_TO:  # each update against the median of the others
         cosines = [cosine(v, centre) for v, centre in zip(vectors, leave_one_out_medians(stacked))]
-    else:
-        centre = np.median(stacked, axis=0)
-        cosines = [cosine(v, centre) for v in vectors]
+        pairs = pair_cosines(stacked)
+    else:  # the median as one more row: its cosines to every update come with the pairs'
+        with_centre = np.vstack([stacked, coordinate_median(stacked)[None].astype(np.float32)])
+        everything = pair_cosines(with_centre)
+        cosines, pairs = [float(c) for c in everything[-1, :-1]], everything[:-1, :-1]
     reasons = {i: f"update opposed to the round's median update (cosine {c:.3f} < update-min-cosine {min_cosine:g})"
                for i, c in enumerate(cosines) if c < min_cosine}
     ids = [client_id(reply) for reply, _ in candidates]
     if cosines_out is not None:
         cosines_out.update({cid: round(c, 4) for cid, c in zip(ids, cosines)})
-    for i in range(len(vectors)):
-        for j in range(i + 1, len(vectors)):
-            c = cosine(vectors[i], vectors[j])
-            if c > DUPLICATE_COSINE:
-                for a, b in ((i, j), (j, i)):
-                    reasons.setdefault(a, f"update is the same as client {ids[b]}'s (cosine {c:.4f}): replayed "
-                                          f"or colluding nodes")
+    for i, j in np.argwhere(np.triu(pairs > DUPLICATE_COSINE, k=1)):  # pairs in the order i, then j > i
+        c = float(pairs[i, j])
+        for a, b in ((int(i), int(j)), (int(j), int(i))):
+            reasons.setdefault(a, f"update is the same as client {ids[b]}'s (cosine {c:.4f}): replayed "
+                                  f"or colluding nodes")
     if reasons and 2 * len(reasons) >= len(candidates):
         flagged = ", ".join(f"client {ids[i]}" for i in sorted(reasons))
         verdict = f"no honest majority in the round: {len(reasons)} of {len(candidates)} updates flagged ({flagged})"
