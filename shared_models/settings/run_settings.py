@@ -10,7 +10,9 @@ have their defaults in pyproject.toml and their rows under the section's heading
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Mapping
 
@@ -48,7 +50,20 @@ class RunSettings(*reversed(SECTIONS)):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "RunSettings":
-        """Parse Flower's flat run config (hyphenated keys); unknown keys are refused."""
+        """Parse Flower's flat run config (hyphenated keys); unknown keys are refused.
+
+        A node parses the same run config for every message, in each mod and handler: a config seen before (the
+        same keys, values and value types, from the same working folder, as relative paths resolve against it)
+        returns the settings it gave then (frozen, so shareable)."""
+        try:
+            key = (os.getcwd(), tuple(sorted((k, type(v).__name__, v) for k, v in config.items())))
+            hash(key)
+        except (TypeError, OSError):  # an unhashable value or no working folder: parsed afresh
+            return cls._parse(config)
+        return _parsed(cls, key)
+
+    @classmethod
+    def _parse(cls, config: Mapping[str, Any]) -> "RunSettings":
         known = {f.name.replace("_", "-"): f for f in fields(cls)}
         unknown = sorted(set(config) - set(known))
         if unknown:
@@ -78,6 +93,12 @@ class RunSettings(*reversed(SECTIONS)):
         for section in SECTIONS:
             section.check(self)
         check_supported_combination(self)  # privacy settings that do not work together (docs/privacy.md)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(cls: type, key: tuple) -> RunSettings:
+    """``RunSettings._parse`` of a config given as ``from_config``'s key (a config that fails raises every time)."""
+    return cls._parse({name: value for name, _, value in key[1]})
 
 
 def unknown_keys_error(unknown: Iterable[str], known: Iterable[str], where: str = "") -> ConfigError:

@@ -27,7 +27,7 @@ from simulations.synthetic.data_prep import prepare_data
 PFL_DIFFERENCES = [
     "pfl's Dataset.iter takes batches in stored order (no shuffle); FedEmo's loaders shuffle every epoch",
     "pfl trains on each node's train tensors drawn once (augmentation fixed at load); FedEmo's datasets draw "
-    "augmentation per fetch",
+    "augmentation per fetch (the fixed_data rows run all three with augmentation off: the same data)",
     "pfl's FedAvg weights every client's update equally (the iid partitions here are equal-sized to within one "
     "sample, so the aggregate is near-identical) and applies it with a central SGD at learning rate 1.0",
     "pfl evaluates with its metrics (loss and accuracy sums per client); FedEmo's evaluate also computes the "

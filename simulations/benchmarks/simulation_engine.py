@@ -112,6 +112,28 @@ def flower_run(backend: str, cuda: bool) -> dict:
     return {**FLOWER_RUNS[backend], **({"client-num-gpus": RAY_GPU_SHARE} if cuda and backend == "ray" else {})}
 
 
+def fixed_data_rows(base: dict, threads: int, cuda: bool, flower: bool) -> dict:
+    """The local backend, the plain loop and pfl-research with augmentation off: all three then train on the
+    same fixed samples (pfl draws its data once at load; FedEmo's nodes cache their clean features), which
+    removes the one difference in data between them (PFL_DIFFERENCES); seconds per warm round."""
+    fixed = {**base, "augment": False}
+    rows: dict = {"loop_warm_round_s": round(warm_mean(totals(plain_loop(fixed, threads)[0])), 3)}
+    if flower:
+        run_dir = run_simulation(None, {**fixed, **flower_run("local", cuda),
+                                        "run-name": f"{base['model']}-local-fixed-{int(time.time())}"})
+        rows["local_warm_round_s"] = round(warm_mean(round_seconds(run_dir)), 3)
+    try:
+        rows["pfl_warm_round_s"] = round(warm_mean(pfl_loop(fixed, threads=threads)), 3)
+    except ImportError as err:
+        rows["pfl_missing"] = f"pfl-research is not installed ({err})"
+    for name in ("local", "pfl"):
+        if f"{name}_warm_round_s" in rows:
+            rows[f"{name}_ratio_to_loop"] = round(rows[f"{name}_warm_round_s"] / rows["loop_warm_round_s"], 2)
+    if "local_warm_round_s" in rows and "pfl_warm_round_s" in rows:
+        rows["local_ratio_to_pfl"] = round(rows["local_warm_round_s"] / rows["pfl_warm_round_s"], 2)
+    return rows
+
+
 def bench_model(model: str, args: argparse.Namespace, out: Path, cores: int) -> dict:
     """Every setup on one model's work; seconds per warm round and the ratios."""
     cuda = torch.cuda.is_available()
@@ -179,6 +201,8 @@ def bench_model(model: str, args: argparse.Namespace, out: Path, cores: int) -> 
         if "pfl" in peers and setup != "pfl":
             results[setup]["ratio_to_pfl"] = round(results[setup]["warm_round_s"] / results["pfl"]["warm_round_s"], 2)
     results["backends"], results["peers"] = backends, peers
+    if settings.augment:  # the same work on the same data: augmentation off for FedEmo, the loop and pfl alike
+        results["fixed_data"] = fixed_data_rows(base, threads, cuda, flower="local" in backends)
     results["load_average_at_end"] = list(os.getloadavg())
     return results
 
@@ -221,6 +245,15 @@ def print_model(r: dict, args: argparse.Namespace, cores: int, cuda: str | None)
         if "train_s_by_group_size" in p:
             print(f"  {'':16s}  groups of {p['group_size']} clients; training the same batches in groups of g: "
                   + ", ".join(f"{g} {t:.2f} s" for g, t in p["train_s_by_group_size"].items()))
+    fixed = r.get("fixed_data")
+    if fixed:
+        parts = [f"plain loop {fixed['loop_warm_round_s']:.2f} s"]
+        parts += [f"{label} {fixed[f'{name}_warm_round_s']:.2f} s (x{fixed[f'{name}_ratio_to_loop']:.2f} the loop)"
+                  for name, label in (("local", "local backend"), ("pfl", "pfl-research"))
+                  if f"{name}_warm_round_s" in fixed]
+        print("  the same fixed data (augmentation off): " + ", ".join(parts)
+              + (f"; local backend x{fixed['local_ratio_to_pfl']:.2f} pfl-research" if "local_ratio_to_pfl" in fixed
+                 else ""))
 
 
 def phase_text(phases: dict[str, float]) -> str:
