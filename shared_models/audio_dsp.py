@@ -1,18 +1,13 @@
-"""The voice data path's DSP kernels, written for speed on CPU: log-mel power, phase vocoder, inverse STFT, sinc resampling.
+"""The voice data path's DSP kernels, written for speed on CPU: log-mel power, phase vocoder, inverse STFT, resampling.
 
-Why a module of its own: every training fetch of a voice clip augments the waveform and computes its log-mel
-segments, so these few operations are most of a voice client's round. torchaudio's generic versions spend their
-time on complex ``abs``/``angle`` of copies, ``polar``, a dense 513 x 128 filterbank product, a resampling kernel
-rebuilt on every call and a strided ``conv1d``. Each function here computes the same thing as its torchaudio
-counterpart, to float rounding (``tests/test_voice_features_fast.py`` compares them):
-
-- ``mel_power``: ``torchaudio.transforms.MelSpectrogram`` (power 2, centred constant-padded framing, periodic
-  Hann window): the same STFT, its squared real and imaginary parts weighted by the same filterbank, applied
-  block of bands by block (the filterbank's zeros skipped);
-- ``phase_vocoder`` + ``istft``: ``torchaudio.functional.phase_vocoder`` (the same float32 phase arithmetic, each
-  frame's angle and magnitude taken once) and ``torch.istft`` (overlap-add of shifted frames);
-- ``sinc_resample``: ``torchaudio.functional.resample`` (the same float32 windowed-sinc kernel, cached per ratio,
-  applied as a matrix product over the strided frames of the padded wave).
+Every training fetch of a voice clip augments the waveform and computes its log-mel segments, so these few
+operations are most of a voice client's round; torchaudio's generic versions spend it on complex abs/angle of
+copies, a dense filterbank product, a resampling kernel rebuilt per call and a strided conv1d. Each function
+computes what its torchaudio counterpart does, to float rounding (tests/test_voice_features_fast.py):
+``mel_power`` as ``MelSpectrogram`` (power 2, centred constant padding, periodic Hann; the filterbank applied by
+blocks of bands, its zeros skipped), ``phase_vocoder`` + ``istft`` as ``functional.phase_vocoder`` (the same
+float32 phase arithmetic) and ``torch.istft``, ``sinc_resample`` as ``functional.resample`` (the same float32
+windowed-sinc kernel, cached per ratio, applied as a matrix product over strided frames).
 """
 
 from __future__ import annotations
