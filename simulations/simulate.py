@@ -159,7 +159,7 @@ def run_simulation(config_file: str | Path | None = None, overrides: dict[str, A
     from simulations.engine.local_backend import reset_peak_rss
 
     console.mark_start()  # the run's one wall-clock figure (the coordinator's wall_clock_s) counts from here
-    peak_from_start = reset_peak_rss()  # the coordinator's peak memory is this run's, whatever the process held before
+    peak_from_start = reset_peak_rss()  # the coordinator's peak counts from here, not memory the process freed before
     console.begin()  # before the first line: no doubled lines, Flower's own lines only with --verbose, run.log
     if resume is not None:
         config, settings = resume_config(resume, overrides)

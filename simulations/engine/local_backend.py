@@ -105,8 +105,9 @@ def peak_rss_mib() -> float:
 
 def reset_peak_rss() -> bool:
     """Start this process's ``VmHWM`` again from its current resident memory (Linux 4.0+: ``clear_refs`` 5), so
-    that ``peak_rss_mib`` is the peak of what follows, not of everything the process did before (a benchmark or
-    a test runs several simulations in one process). False where the kernel does not allow it."""
+    that ``peak_rss_mib`` is the peak from now on (what the process holds now included), not the peak of
+    memory it used and freed before (a benchmark or a test runs several simulations in one process). False
+    where the kernel does not allow it."""
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
             refs.write("5")
