@@ -44,7 +44,7 @@ def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(secrets.randbits(64))
 
 
-_AHEAD_DRAWS, _AHEAD_ELEMENTS = 8, 1 << 21  # draws made back to back: at most 8, and 8 MB of float32 at once
+_AHEAD_DRAWS, _AHEAD_ELEMENTS = 32, 1 << 21  # draws made back to back: at most 32, and 8 MB of float32 at once
 
 
 class SecretNoise:
@@ -55,9 +55,10 @@ class SecretNoise:
     from the OS CSPRNG on the parameters' device.
 
     On the CPU, once told how many draws are still to come (``expect``: the round's steps), a draw also makes the
-    next few, back to back, while their code and buffers are warm: between two steps the step's own work leaves
-    a single draw 30-40% slower. Each is the draw it would have been (the same calls on the same stream, in
-    order), handed out once; none is made beyond the expected count, and a draw at another scale drops them."""
+    next ones, back to back, while their code and buffers are warm (up to 32 draws and 8 MB at once: a small
+    model's whole round): after a step's own work the first draw costs about twice one made right after another.
+    Each is the draw it would have been (the same calls on the same stream, in order), handed out once; none is
+    made beyond the expected count, and a draw at another scale drops them."""
 
     def __init__(self, params: list[torch.Tensor], generator: torch.Generator | None = None) -> None:
         self.device, self.dtype = params[0].device, params[0].dtype
@@ -100,6 +101,7 @@ class _FlatSecretNoise:
 
     noise: SecretNoise | None = None
     _noised: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # this step's flat draw and the grads viewing it
+    _noised_first: list[torch.Tensor] | None = None  # the grads ``noise_first`` set this step (the sums go into them)
     _clears_grad_sample = True  # Opacus's DPOptimizer.zero_grad also drops per-sample gradients
 
     def add_noise(self) -> None:
@@ -163,6 +165,7 @@ class _FlatSecretNoise:
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Opacus's ``zero_grad``; with ``set_to_none`` the wrapped optimizer's gradients are set to None here, as its
         own ``zero_grad(set_to_none=True)`` does, without that call (a node's step clears twice what it trains)."""
+        self._noised_first = None
         if not set_to_none:
             return super().zero_grad(set_to_none)
         for p in self.params:
@@ -197,11 +200,52 @@ class BookKeepingDPOptimizer(_FlatSecretNoise, DPOptimizerFastGradientClipping):
     """Opacus's ghost-clipping optimizer for book-keeping clipping, which leaves the clipped sum in ``.grad``:
     ``pre_step`` moves it to ``summed_grad`` (no copy: ``add_noise`` writes a new ``.grad``) instead of Opacus's
     per-parameter deepcopy, then noises and scales (``noise_and_scale``) and calls the accountant's hook as Opacus
-    does."""
+    does. A node's step (client/privacy/private_step.py) draws the noise first instead (``noise_first``), and the
+    clipping adds the scaled sums into it."""
 
     _clears_grad_sample = False  # as Opacus's DPOptimizerFastGradientClipping.zero_grad
 
+    def noise_first(self) -> float | None:
+        """The step's noise before its clipped sums, so that clipping adds them into it (book-keeping: the sums
+        then need no buffer and no pass of their own): each trained ``p.grad`` becomes its view of this step's flat
+        draw, N(0, (std / s)^2) per element (s the expected batch size; 1 for a summed loss), and the factor 1 / s
+        the clipped sums must be added with is returned; ``step`` then releases ``p.grad`` as it is (the same
+        Gaussian mechanism as ``noise_and_scale``: p.summed_grad / s + N(0, (std / s)^2)), calling the accountant's
+        hook as Opacus does. None, and nothing set, where this optimizer must take Opacus's order instead: secure
+        mode, no flat draw, ``add_noise`` or ``scale_grad`` replaced on the instance (the privacy audit), or a
+        step being accumulated (Opacus's skipped steps). Call it after ``zero_grad``."""
+        if (self.secure_mode or self.noise is None or {"add_noise", "scale_grad"} & vars(self).keys()
+                or self._is_last_step_skipped or self._check_skip_next_step(pop_next=False)):
+            return None
+        params = self.params
+        scale = self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
+        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+        flat = self.noise.draw(std / scale)
+        grads = [view.view_as(p) for p, view in zip(params, flat.split([p.numel() for p in params]), strict=True)]
+        for p, grad in zip(params, grads):
+            if p.grad is not None or getattr(p, "summed_grad", None) is not None:
+                raise ValueError("noise_first: call zero_grad first (a gradient of this step is already there)")
+            p.grad = grad
+        self._noised_first = grads
+        return 1.0 / scale
+
+    def _take_noised_first(self) -> bool:
+        """Whether this step's grads came from ``noise_first`` (then already noised and scaled); raises if one was
+        replaced since: releasing it would release a gradient without its noise."""
+        grads, self._noised_first = self._noised_first, None
+        if grads is None:
+            return False
+        if not all(p.grad is g for p, g in zip(self.params, grads, strict=True)):
+            raise RuntimeError("a gradient was replaced after noise_first drew this step's noise into it: "
+                               "releasing it would skip the noise")
+        return True
+
     def pre_step(self, closure=None) -> bool:
+        if self._take_noised_first():  # the clipped sums went into this step's noise (noise_first): released as is
+            if self.step_hook:
+                self.step_hook(self)
+            self._is_last_step_skipped = False
+            return True
         for p in self.params:
             if p.summed_grad is None:
                 p.summed_grad, p.grad = p.grad, None

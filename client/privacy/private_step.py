@@ -3,7 +3,9 @@
 ``make_private`` (client/privacy/dp_training.py) builds one ``PrivateStep``; ``train_epochs``
 (client/local_training.py) hands it each batch's per-sample loss. Clipping is book-keeping when its rules cover
 every trained layer (client/privacy/clipping/), else Opacus's hooks; the noise (secret generator), the scaling by
-the expected batch size, the accounting and the Poisson loader are Opacus's in both.
+the expected batch size, the accounting and the Poisson loader are Opacus's in both. With book-keeping the
+optimizer draws the step's noise first and the clipping adds its scaled sums into it
+(``BookKeepingDPOptimizer.noise_first``): the same mechanism, a pass and a buffer fewer.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ class PrivateStep:
         Poisson batch, whose step is the noise alone). The terms must come from a forward pass of ``model``
         in which every output (every head) reaches them."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self.capture is not None:
-            clip_and_sum(self.capture, loss_per_sample, self.max_grad_norm)
+        if self.capture is not None:  # the clipped sums go into this step's noise where the optimizer draws it first
+            factor = self.optimizer.noise_first()
+            clip_and_sum(self.capture, loss_per_sample, self.max_grad_norm, 1.0 if factor is None else factor)
         elif len(loss_per_sample):
             loss_per_sample.mean().backward()  # Opacus's hooks (loss_reduction "mean") rescale to per-sample sums
         else:

@@ -3,7 +3,8 @@
 Forward hooks record each trained layer's input and output; one ``autograd.grad`` of the summed per-sample loss
 to those outputs gives every layer's backprops (row i is sample i's: no layer mixes samples under DP-SGD); the
 layer rules (layer_rules.py) give each sample's norm, jointly over all trained parameters, and the clipped sums,
-written to ``.grad`` for Opacus's optimizer to noise, scale and account.
+written to ``.grad`` for Opacus's optimizer to noise, scale and account, or added, already scaled, into this
+step's noise where the optimizer drew it first (grad_sums.py).
 """
 
 from __future__ import annotations
@@ -88,14 +89,17 @@ class BookKeepingCapture:
             handle.remove()
 
 
-def clip_and_sum(capture: BookKeepingCapture, loss_per_sample: torch.Tensor, max_grad_norm: float) -> None:
-    """``.grad`` of every trained parameter = the sum over the batch of each sample's gradient (of its loss term,
-    all trained parameters jointly) clipped to ``max_grad_norm`` with Opacus's factor min(1, C / (norm + 1e-6))."""
+def clip_and_sum(capture: BookKeepingCapture, loss_per_sample: torch.Tensor, max_grad_norm: float,
+                 factor: float = 1.0) -> None:
+    """``.grad`` of every trained parameter = ``factor`` x the sum over the batch of each sample's gradient (of its
+    loss term, all trained parameters jointly) clipped to ``max_grad_norm`` with Opacus's factor
+    min(1, C / (norm + 1e-6)); added to ``.grad`` where it is not None (this step's noise)."""
     taken = capture.take()
     if loss_per_sample.numel() == 0:  # an empty Poisson batch: every clipped sum is zero, the step is noise alone
         for layer in capture.layers:
             for p in _trainable(layer):
-                p.grad = torch.zeros_like(p)
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         return
     backprops = torch.autograd.grad(loss_per_sample, [out for _, _, out in taken],  # d(sum of the terms) / d(out)
                                     grad_outputs=torch.ones_like(loss_per_sample), allow_unused=True)
@@ -113,17 +117,18 @@ def clip_and_sum(capture: BookKeepingCapture, loss_per_sample: torch.Tensor, max
     if not math.isfinite(float(total.sum())):
         finite = torch.isfinite(total)
         if not bool(finite.all()):
-            _clip_without_non_finite(calls, _clip_factors(total, max_grad_norm), finite)
+            _clip_without_non_finite(calls, _clip_factors(total, max_grad_norm, factor), finite)
             return
-    coef = _clip_factors(total, max_grad_norm)
+    coef = _clip_factors(total, max_grad_norm, factor)
     for clipped in setters:
         clipped(coef)
 
 
-def _clip_factors(total: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+def _clip_factors(total: torch.Tensor, max_grad_norm: float, factor: float = 1.0) -> torch.Tensor:
     """Opacus's factors min(1, C / (norm + 1e-6)) from the squared norms ``total`` (a fresh sum: taken in place),
-    with one true division as Opacus computes them."""
-    return torch.div(max_grad_norm, total.sqrt_().add_(1e-6)).clamp_(max=1.0)
+    with one true division as Opacus computes them; times ``factor`` where it is not 1."""
+    coef = torch.div(max_grad_norm, total.sqrt_().add_(1e-6)).clamp_(max=1.0)
+    return coef if factor == 1.0 else coef.mul_(factor)
 
 
 def _clip_without_non_finite(calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]], coef: torch.Tensor,

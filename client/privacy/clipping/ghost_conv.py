@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from client.privacy.clipping.grad_sums import add_to_grad
+
 from client.privacy.clipping.convolution import few_patches, unfold_input
 
 __all__ = ["ghost_conv2d", "ghost_pays"]
@@ -78,8 +80,8 @@ def ghost_conv2d(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> tuple[to
         _, weight_grad, _ = torch.ops.aten.convolution_backward(
             weighted, a, layer.weight.detach(), None, layer.stride, layer.padding, layer.dilation,
             False, [0, 0], 1, [False, True, False])
-        layer.weight.grad = weight_grad
+        add_to_grad(layer.weight, weight_grad)
         if bias:
-            layer.bias.grad = weighted.sum(dim=(0, 2, 3))
+            add_to_grad(layer.bias, weighted.sum(dim=(0, 2, 3)))
 
     return sq, clipped

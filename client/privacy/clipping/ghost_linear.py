@@ -2,7 +2,7 @@
 
 Sample i's weight gradient is g_i a_i^T (a_i its input row, g_i its output's gradient), so its squared norm is
 ||g_i||^2 ||a_i||^2, plus ||g_i||^2 for the bias: no per-sample gradient is formed. The clipped sums are
-(c ⊙ G)^T A and (c ⊙ G)^T 1 for the clipping factors c. Inputs with a sequence dimension take Opacus's ghost norm
+(c ⊙ G)^T A and (c ⊙ G)^T 1 for the clipping factors c, added into what ``.grad`` holds (grad_sums.py). Inputs with a sequence dimension take Opacus's ghost norm
 (an einsum over the positions). Few, fused operations: a head's DP step is short, and every call counts.
 """
 
@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from opacus.grad_sample.linear import compute_linear_norm_sample
 from torch import nn
+
+from client.privacy.clipping.grad_sums import add_product_to_grad, add_to_grad
 
 __all__ = ["ghost_linear"]
 
@@ -33,9 +35,9 @@ def ghost_linear(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> tuple[to
         def clipped(coef: torch.Tensor) -> None:
             weighted = g.t() * coef  # (out, B): column i is c_i g_i
             if weight:
-                layer.weight.grad = torch.mm(weighted, a)
+                add_product_to_grad(layer.weight, weighted, a)
             if bias:
-                layer.bias.grad = weighted.sum(1)
+                add_to_grad(layer.bias, weighted.sum(1))
 
         return sq, clipped
 
@@ -45,8 +47,8 @@ def ghost_linear(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> tuple[to
     def clipped_sequence(coef: torch.Tensor) -> None:
         cg = (g * coef.view(-1, *([1] * (g.dim() - 1)))).reshape(-1, layer.out_features)
         if weight:
-            layer.weight.grad = torch.mm(cg.t(), a.reshape(-1, layer.in_features))
+            add_product_to_grad(layer.weight, cg.t(), a.reshape(-1, layer.in_features))
         if bias:
-            layer.bias.grad = cg.sum(0)
+            add_to_grad(layer.bias, cg.sum(0))
 
     return sq, clipped_sequence

@@ -17,6 +17,7 @@ from torch import nn
 from client.privacy.clipping.convolution import conv2d_grad_sample, segment_conv2d_grad_sample
 from client.privacy.clipping.ghost_conv import ghost_conv2d, ghost_pays
 from client.privacy.clipping.ghost_linear import ghost_linear
+from client.privacy.clipping.grad_sums import add_to_grad
 from client.privacy.clipping.group_norm import image_affine_grads
 from client.privacy.clipping.segment_rules import compute_segment_group_norm_grad_sample
 from shared_models.models.segment_layers import SegmentConv2d, SegmentGroupNorm
@@ -43,7 +44,7 @@ def from_per_sample(grad_sample: Callable) -> Callable:
 
         def clipped(coef: torch.Tensor) -> None:
             for p, f in flat.items():
-                p.grad = (coef.to(f.dtype) @ f).view_as(p)
+                add_to_grad(p, coef.to(f.dtype) @ f)
 
         return sq, clipped
 
