@@ -126,9 +126,9 @@ def clip_and_sum(capture: BookKeepingCapture, loss_per_sample: torch.Tensor, max
 
 def _clip_factors(total: torch.Tensor, max_grad_norm: float, factor: float = 1.0) -> torch.Tensor:
     """Opacus's factors min(1, C / (norm + 1e-6)) from the squared norms ``total`` (a fresh sum: taken in place),
-    with one true division as Opacus computes them; times ``factor`` where it is not 1."""
-    coef = torch.div(max_grad_norm, total.sqrt_().add_(1e-6)).clamp_(max=1.0)
-    return coef if factor == 1.0 else coef.mul_(factor)
+    with one true division as Opacus computes them; times ``factor``, taken into C and the bound (exact where
+    ``factor`` is a power of two, as 1 / batch size often is; else within a rounding)."""
+    return torch.div(max_grad_norm * factor, total.sqrt_().add_(1e-6)).clamp_(max=factor)
 
 
 def _clip_without_non_finite(calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]], coef: torch.Tensor,
