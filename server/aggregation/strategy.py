@@ -13,15 +13,17 @@ from logging import INFO
 from typing import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
-from server.aggregation.flower_strategy_seam import momentum_state, restore_momentum_state
+from server.aggregation.flower_strategy_seam import (momentum_state, restore_momentum_state, train_metrics,
+                                                     valid_train_replies)
 from server.rounds.global_metrics import aggregate_evaluation
 from server.record.round_recorder import RoundRecorder
 from server.aggregation.robust_aggregation import chosen_aggregation, nodes_per_round
+from server.aggregation.trimmed_mean import trimmed_mean
 from server.aggregation.update_checks import UpdatePolicy, global_values, inspect, model_spec, screen
 from shared_models import messages as msgs
 from shared_models.settings.run_settings import UPDATE_WEIGHT_KEY, RunSettings
@@ -107,7 +109,20 @@ class FedEmoFedMedian(FedEmoMixin, FedMedian):
 
 
 class FedEmoFedTrimmedAvg(FedEmoMixin, FedTrimmedAvg):
-    pass
+    """Flower's FedTrimmedAvg with the trimmed mean from one sort (server/aggregation/trimmed_mean.py): the same
+    replies, arrays and metrics as Flower 1.41's ``aggregate_train`` (tests/test_flower_seams.py watches it)."""
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid = valid_train_replies(self, replies)
+        if not valid:
+            return None, None
+        record_key = next(iter(valid[0].content.array_records))
+        arrays = ArrayRecord()
+        for array_key in list(valid[0].content[record_key].keys()):
+            layers = [msg.content[record_key].pop(array_key).numpy() for msg in valid]  # freed as Flower frees them
+            arrays[array_key] = Array(np.asarray(trimmed_mean(np.stack(layers), self.beta)))
+        return arrays, train_metrics(self, valid)
 
 
 class FedEmoKrum(FedEmoMixin, Krum):
