@@ -218,13 +218,13 @@ class BookKeepingDPOptimizer(_FlatSecretNoise, DPOptimizerFastGradientClipping):
                 or self._is_last_step_skipped or self._check_skip_next_step(pop_next=False)):
             return None
         params = self.params
+        if any(p.grad is not None or getattr(p, "summed_grad", None) is not None for p in params):
+            raise ValueError("noise_first: call zero_grad first (a gradient of this step is already there)")
         scale = self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
         std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
         flat = self.noise.draw(std / scale)
         grads = [view.view_as(p) for p, view in zip(params, flat.split([p.numel() for p in params]), strict=True)]
         for p, grad in zip(params, grads):
-            if p.grad is not None or getattr(p, "summed_grad", None) is not None:
-                raise ValueError("noise_first: call zero_grad first (a gradient of this step is already there)")
             p.grad = grad
         self._noised_first = grads
         return 1.0 / scale

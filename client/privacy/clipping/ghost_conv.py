@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client.privacy.clipping.grad_sums import add_to_grad
-
 from client.privacy.clipping.convolution import few_patches, unfold_input
+from client.privacy.clipping.grad_sums import add_to_grad
 
 __all__ = ["ghost_conv2d", "ghost_pays"]
 

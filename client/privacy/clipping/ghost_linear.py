@@ -2,8 +2,9 @@
 
 Sample i's weight gradient is g_i a_i^T (a_i its input row, g_i its output's gradient), so its squared norm is
 ||g_i||^2 ||a_i||^2, plus ||g_i||^2 for the bias: no per-sample gradient is formed. The clipped sums are
-(c ⊙ G)^T A and (c ⊙ G)^T 1 for the clipping factors c, added into what ``.grad`` holds (grad_sums.py). Inputs with a sequence dimension take Opacus's ghost norm
-(an einsum over the positions). Few, fused operations: a head's DP step is short, and every call counts.
+(c ⊙ G)^T A and (c ⊙ G)^T 1 for the clipping factors c, added into what ``.grad`` holds (grad_sums.py). Inputs
+with a sequence dimension take Opacus's ghost norm (an einsum over the positions). Few, fused operations: a
+head's DP step is short, and every call counts.
 """
 
 from __future__ import annotations
