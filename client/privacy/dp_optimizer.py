@@ -104,6 +104,19 @@ class _FlatSecretNoise:
     _noised_first: list[torch.Tensor] | None = None  # the grads ``noise_first`` set this step (the sums go into them)
     _clears_grad_sample = True  # Opacus's DPOptimizer.zero_grad also drops per-sample gradients
 
+    def _noise_std(self) -> float:
+        """The Gaussian's standard deviation before scaling: noise multiplier x clipping bound, as Opacus takes them."""
+        return getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+
+    def _batch_scale(self) -> float:
+        """What the noised sum is divided by: the expected batch size (times accumulated steps) for a mean loss."""
+        return self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
+
+    def _one_pass_allowed(self) -> bool:
+        """Whether noise and scaling may take one flat draw in one pass: outside secure mode, with a flat draw, and
+        neither ``add_noise`` nor ``scale_grad`` replaced on this instance (the privacy audit wraps ``add_noise``)."""
+        return not (self.secure_mode or self.noise is None or {"add_noise", "scale_grad"} & vars(self).keys())
+
     def add_noise(self) -> None:
         """Contract (kept for anything that wraps this method on the instance, e.g. the privacy audit): every
         trained ``p`` holds its clipped sum in ``p.summed_grad``; afterwards ``p.grad`` is a new tensor,
@@ -115,7 +128,7 @@ class _FlatSecretNoise:
         self._noised = None
         if self.secure_mode or self.noise is None:
             return super().add_noise()
-        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+        std = self._noise_std()
         for p in params:
             _check_processed_flag(p.summed_grad)
         flat = self.noise.draw()
@@ -134,13 +147,13 @@ class _FlatSecretNoise:
         (the privacy audit wraps ``add_noise``) and one flat draw covers every parameter, in one pass fewer: each
         ``p.grad`` = ``p.summed_grad`` / s + N(0, (std / s)^2), s the expected batch size (1 for a summed loss):
         the same Gaussian mechanism, its scale taken inside the draw instead of a division afterwards."""
-        if self.secure_mode or self.noise is None or {"add_noise", "scale_grad"} & vars(self).keys():
+        if not self._one_pass_allowed():
             self.add_noise()
             self.scale_grad()
             return
         params = self.params
-        scale = self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
-        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+        scale = self._batch_scale()
+        std = self._noise_std()
         for p in params:
             _check_processed_flag(p.summed_grad)
         flat = self.noise.draw(std / scale)
@@ -214,14 +227,13 @@ class BookKeepingDPOptimizer(_FlatSecretNoise, DPOptimizerFastGradientClipping):
         hook as Opacus does. None, and nothing set, where this optimizer must take Opacus's order instead: secure
         mode, no flat draw, ``add_noise`` or ``scale_grad`` replaced on the instance (the privacy audit), or a
         step being accumulated (Opacus's skipped steps). Call it after ``zero_grad``."""
-        if (self.secure_mode or self.noise is None or {"add_noise", "scale_grad"} & vars(self).keys()
-                or self._is_last_step_skipped or self._check_skip_next_step(pop_next=False)):
+        if not self._one_pass_allowed() or self._is_last_step_skipped or self._check_skip_next_step(pop_next=False):
             return None
         params = self.params
         if any(p.grad is not None or getattr(p, "summed_grad", None) is not None for p in params):
             raise ValueError("noise_first: call zero_grad first (a gradient of this step is already there)")
-        scale = self.expected_batch_size * self.accumulated_iterations if self.loss_reduction == "mean" else 1
-        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+        scale = self._batch_scale()
+        std = self._noise_std()
         flat = self.noise.draw(std / scale)
         grads = [view.view_as(p) for p, view in zip(params, flat.split([p.numel() for p in params]), strict=True)]
         for p, grad in zip(params, grads):
