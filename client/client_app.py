@@ -37,6 +37,7 @@ from client.tools.outgoing_audit import outgoing_audit_mod
 from client.privacy.secure_aggregation import secure_aggregation_mod
 from client.tools.spend_plan import require_approval
 from client.data.torch_data import NUM_MODEL_INPUTS
+from client.global_weights import global_state_dict
 from shared_models import messages as msgs
 from shared_models.privacy_ledger import LedgerError, PrivacyLedger, run_folder_name, simulated_state_dir
 from shared_models.quiet_warnings import install as quiet_known_warnings
@@ -79,7 +80,7 @@ def _global_model(msg: Message, settings: RunSettings, device: torch.device, *, 
         model = build_model(settings.model, valence_arousal=settings.valence_arousal).to(device)
     else:
         model = _reusable_model(settings.model, settings.valence_arousal, device, threading.get_ident())
-    model.load_state_dict(msg.content[msgs.ARRAYS].to_torch_state_dict())
+    model.load_state_dict(global_state_dict(msg.content[msgs.ARRAYS]))  # copied in: the decoded tensors are shared
     return model
 
 

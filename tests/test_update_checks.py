@@ -276,3 +276,68 @@ def test_the_coordinate_median_is_numpys(n):
     np.testing.assert_array_equal(coordinate_median(stacked), np.median(stacked, axis=0))
     stacked[0, 50] = np.nan
     np.testing.assert_array_equal(coordinate_median(stacked), np.median(stacked, axis=0))
+
+
+@pytest.mark.parametrize("n", [5, 16, 17, 40])
+def test_updates_kept_at_inspection_give_the_screen_its_verdicts_and_cosines(n):
+    """The round loop keeps each sound reply's flat update as it inspects it (FedEmoMixin.inspect_train_reply);
+    the direction check then takes those instead of deserialising and subtracting again: the same verdicts,
+    cosines and norms as a screen from the replies alone, and every kept update taken out of the dict."""
+    rng = np.random.default_rng(n)
+    updates = [honest(int(s)) for s in rng.integers(0, 10_000, n)]
+    updates[1] = updates[0]  # replayed
+    updates[2] = honest(7, -3.0)  # flipped
+    nan = trained(3)
+    nan[next(iter(nan))].flat[0] = np.nan
+    replies = [reply(str(i), u) for i, u in enumerate(updates)] + [reply(str(n), nan)]
+    current = global_values(GLOBAL)
+    kept: dict[str, np.ndarray] = {}
+    inspected = {}
+    for r in replies:
+        out: list[np.ndarray] = []
+        inspected[r.metadata.message_id] = inspect(r, current, SPEC, UpdatePolicy(), out)
+        if out:
+            kept[r.metadata.message_id] = out[0]
+    assert len(kept) == n  # not the NaN reply's
+    from server.aggregation.update_checks import update_vector
+    for r in replies[:n]:
+        np.testing.assert_array_equal(kept[r.metadata.message_id], update_vector(r, current))  # bit for bit
+    plain_notes: dict = {}
+    kept_notes: dict = {}
+    plain = screen(replies, GLOBAL, SPEC, UpdatePolicy(), notes=plain_notes)
+    with_kept = screen(replies, GLOBAL, SPEC, UpdatePolicy(), inspected, notes=kept_notes, updates=kept)
+    assert [m.metadata.message_id for m in with_kept[0]] == [m.metadata.message_id for m in plain[0]]
+    assert with_kept[1] == plain[1] and with_kept[2] == plain[2]
+    assert kept_notes == plain_notes and set(kept_notes["update_cosines"]) == {str(i) for i in range(n)}
+    assert {r.client for r in plain[1]} >= {"0", "1", str(n)}  # the replayed pair and the NaN reply
+    assert not kept  # each kept update was taken out by the screen that used it
+
+
+def test_a_kept_update_of_another_shape_is_not_used():
+    """A kept vector that does not fit the model (it cannot come from inspect) is recomputed from the reply."""
+    from server.aggregation.update_checks import direction_rejections
+
+    replies = [reply(str(i), honest(i)) for i in range(4)]
+    values = global_values(GLOBAL)
+    cosines_plain: dict = {}
+    cosines_kept: dict = {}
+    want = direction_rejections([(r, 1.0) for r in replies], values, -0.1, cosines_plain)
+    wrong = {replies[0].metadata.message_id: np.ones(7, np.float32)}
+    got = direction_rejections([(r, 1.0) for r in replies], values, -0.1, cosines_kept, wrong)
+    assert got == want and cosines_kept == cosines_plain
+
+
+@pytest.mark.parametrize("shape", [(1,), (5,), (17, 3), (50, 4, 3, 3), (2, 0), (0, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64])
+def test_sorting_each_coordinate_as_a_row_is_numpys_sort_along_the_nodes(shape, dtype):
+    from server.aggregation.coordinate_sort import sort_by_coordinate
+
+    rng = np.random.default_rng(sum(shape))
+    stacked = (rng.standard_normal(shape) * 100).astype(dtype)
+    if stacked.size and np.issubdtype(dtype, np.floating) and stacked.ndim > 1 and shape[0] > 2:
+        stacked[:, 0] = stacked[0, 0]  # ties
+        stacked[1, -1] = np.nan
+        stacked[2, -1] = -np.inf
+    got = sort_by_coordinate(stacked)
+    assert got.shape == stacked.shape and got.dtype == stacked.dtype and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, np.sort(stacked, axis=0))

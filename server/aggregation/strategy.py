@@ -39,11 +39,12 @@ class FedEmoMixin:
         self.spec = model_spec(template)  # names, shapes, dtypes every reply must match
         self._round, self._global = 0, template
         self._global_values, self._inspected = None, {}  # this round's checks taken as replies arrived
+        self._updates: dict[str, np.ndarray] = {}  # their flat updates, for the direction check (by message id)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._round, self._global = server_round, arrays  # what this round's updates are measured from
-        self._global_values, self._inspected = None, {}
+        self._global_values, self._inspected, self._updates = None, {}, {}
         return super().configure_train(server_round, arrays, config, grid)
 
     def inspect_train_reply(self, reply: Message) -> None:
@@ -52,13 +53,18 @@ class FedEmoMixin:
             return
         if self._global_values is None:
             self._global_values = global_values(self._global)
-        self._inspected[reply.metadata.message_id] = inspect(reply, self._global_values, self.spec, self.policy)
+        kept: list[np.ndarray] | None = [] if self.policy.min_cosine > -1.0 else None  # no direction check: none kept
+        self._inspected[reply.metadata.message_id] = inspect(reply, self._global_values, self.spec, self.policy, kept)
+        if kept:
+            self._updates[reply.metadata.message_id] = kept[0]
 
     def screen_train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """The replies fit to aggregate (and those that failed); the round record gets the rejected ones."""
         notes: dict[str, dict] = {}
         passed, rejected, norms = screen(replies, self._global, self.spec, self.policy, self._inspected,
-                                         reference_norm=accepted_norm_median(self.recorder.history), notes=notes)
+                                         reference_norm=accepted_norm_median(self.recorder.history), notes=notes,
+                                         updates=self._updates)
+        self._updates = {}  # those of rejected or unchecked replies: freed with the round
         self.recorder.train_replies(server_round, passed, rejected, norms)
         # weights_clipped ({client: [claimed, used]}) and update_cosines ({client: cosine to the median update})
         self.recorder.train_of(server_round).update(notes)

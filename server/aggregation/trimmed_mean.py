@@ -1,14 +1,17 @@
 """The coordinate-wise trimmed mean of a round's updates, from one sort instead of Flower's partition.
 
 Flower's FedTrimmedAvg (``trim_mean``) partitions the stacked updates along the node axis, a strided
-introselect per coordinate; numpy sorts those short columns several times faster (a 50-node face_cnn round:
-docs/design_notes.md). Both keep the same values per coordinate (the middle ``n - 2 * int(beta * n)``), so the
-mean is Flower's up to the order of a float sum.
+introselect per coordinate; numpy sorts each coordinate's values several times faster, as one contiguous row
+(server/aggregation/coordinate_sort.py; a 50-node face_cnn round: docs/design_notes.md). Both keep the same
+values per coordinate (the middle ``n - 2 * int(beta * n)``), so the mean is Flower's up to the order of a float
+sum.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from server.aggregation.coordinate_sort import sort_by_coordinate
 
 __all__ = ["trimmed_mean"]
 
@@ -21,5 +24,5 @@ def trimmed_mean(stacked: np.ndarray, beta: float) -> np.ndarray:
         raise ValueError(f"the trimmed mean's cut fraction must be in [0, 0.5), not {beta}")
     n = stacked.shape[0]
     cut = int(beta * n)
-    kept = np.sort(stacked, axis=0)[cut:n - cut] if cut else stacked
+    kept = sort_by_coordinate(stacked)[cut:n - cut] if cut else stacked
     return np.mean(kept, axis=0)

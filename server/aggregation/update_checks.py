@@ -15,6 +15,7 @@ from typing import Iterable
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
+from server.aggregation.coordinate_sort import sort_by_coordinate
 from shared_models import messages as msgs
 from shared_models.settings.run_settings import RunSettings
 
@@ -107,15 +108,21 @@ def structure_problem(reply: Message, spec: dict[str, ArraySpec]) -> str | None:
     return None
 
 
-def values_problem_or_norm(reply: Message, global_arrays: dict[str, np.ndarray]) -> str | float:
+def values_problem_or_norm(reply: Message, global_arrays: dict[str, np.ndarray],
+                           update_out: list[np.ndarray] | None = None) -> str | float:
     """Why a structurally sound reply's values are unusable (NaN or Inf), else the L2 norm of its update
     (new - global weights over the floating arrays; integer buffers are counters).
 
     One pass, each array deserialised once: the coordinator screens every reply of a round while the
-    nodes wait for the next message, so this is on the round's critical path.
+    nodes wait for the next message, so this is on the round's critical path. ``update_out`` (when given)
+    receives the flat float32 update ``update_vector`` would compute, from the same pass, for a sound reply.
     """
     arrays = next(iter(reply.content.array_records.values()))
     total = 0.0
+    flat, at = None, 0
+    if update_out is not None:
+        flat = np.empty(sum(old.size for old in global_arrays.values() if np.issubdtype(old.dtype, np.floating)),
+                        np.float32)
     for name, old in global_arrays.items():
         values = arrays[name].numpy()
         if not np.issubdtype(values.dtype, np.floating):
@@ -125,7 +132,12 @@ def values_problem_or_norm(reply: Message, global_arrays: dict[str, np.ndarray])
             kind = "NaN" if np.isnan(values).any() else "Inf"
             return f"array {name} holds {int(values.size - finite.sum())} non-finite values ({kind})"
         diff = values.astype(np.float64) - old
+        if flat is not None:
+            flat[at:at + diff.size] = diff.ravel()  # float64 to float32 as update_vector's astype rounds it
+            at += diff.size
         total += float(np.square(diff, out=diff).sum())  # numpy's own sum: no BLAS threads spinning beside the nodes
+    if update_out is not None:
+        update_out.append(flat)
     return float(np.sqrt(total))
 
 
@@ -136,15 +148,16 @@ def global_values(global_arrays: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def inspect(reply: Message, current: dict[str, np.ndarray], spec: dict[str, ArraySpec],
-            policy: UpdatePolicy) -> str | float:
+            policy: UpdatePolicy, update_out: list[np.ndarray] | None = None) -> str | float:
     """One reply on its own: why it is unusable (structure, weight, values), else its update norm.
 
     The part of screening that needs no other reply, so the round loop can
     run it as each reply arrives (server/rounds/round_loop.py ``exchange``), while the
-    other nodes still train.
+    other nodes still train. ``update_out`` receives a sound reply's flat update for the direction check
+    (``screen``'s ``updates``), which then neither deserialises the reply again nor recomputes it.
     """
     problem = structure_problem(reply, spec) or weight_problem(reply, policy.weight_key)
-    return problem if problem is not None else values_problem_or_norm(reply, current)
+    return problem if problem is not None else values_problem_or_norm(reply, current, update_out)
 
 
 def lower_median(values: list[float]) -> float:
@@ -181,6 +194,19 @@ def update_vector(reply: Message, global_arrays: dict[str, np.ndarray]) -> np.nd
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
+def update_rows(candidates: list[tuple[Message, float]], global_arrays: dict[str, np.ndarray],
+                updates: dict[str, np.ndarray], extra_rows: int = 0) -> np.ndarray:
+    """The candidates' flat updates as the rows of one float32 matrix, with ``extra_rows`` more rows left for
+    the caller: each from ``updates`` where ``inspect`` kept it (taken out: the matrix holds it now), else
+    computed from the reply. One allocation, no list of vectors to stack beside it."""
+    d = sum(old.size for old in global_arrays.values() if np.issubdtype(old.dtype, np.floating))
+    rows = np.empty((len(candidates) + extra_rows, d), np.float32)
+    for i, (reply, _) in enumerate(candidates):
+        kept = updates.pop(reply.metadata.message_id, None)
+        rows[i] = kept if kept is not None and kept.shape == (d,) else update_vector(reply, global_arrays)
+    return rows
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine of two flat updates, summed by numpy itself (BLAS's dot spins threads beside the nodes: 30 ms)."""
     na = float(np.sqrt(np.square(a, dtype=np.float64).sum()))
@@ -205,12 +231,12 @@ def gram(rows: np.ndarray) -> np.ndarray:
 
 def coordinate_median(stacked: np.ndarray) -> np.ndarray:
     """``np.median(stacked, axis=0)``, the same values: numpy sorts the short columns of n updates far faster than
-    it partitions them (the mean of the two middle values as np.median takes it; np.median itself where a value
-    is not finite, for its NaN handling)."""
+    it partitions them (server/aggregation/coordinate_sort.py; the mean of the two middle values as np.median
+    takes it; np.median itself where a value is not finite, for its NaN handling)."""
     n = len(stacked)
     if not np.isfinite(stacked).all():
         return np.median(stacked, axis=0)
-    ordered = np.sort(stacked, axis=0)
+    ordered = sort_by_coordinate(stacked)
     return ordered[n // 2] if n % 2 else np.mean(ordered[n // 2 - 1:n // 2 + 1], axis=0)
 
 
@@ -248,23 +274,26 @@ def leave_one_out_medians(stacked: np.ndarray) -> Iterable[np.ndarray]:
 
 
 def direction_rejections(candidates: list[tuple[Message, float]], global_arrays: dict[str, np.ndarray],
-                         min_cosine: float, cosines_out: dict[str, float] | None = None) -> dict[int, str]:
+                         min_cosine: float, cosines_out: dict[str, float] | None = None,
+                         updates: dict[str, np.ndarray] | None = None) -> dict[int, str]:
     """Reasons by candidate index for updates opposed to the round's coordinate-wise median, or duplicated.
 
     The coordinate-wise median of the round's updates (of the others', in a small round) is the honest
     majority's direction as long as the majority is honest; a sign-flipped update points away from it
     whatever its size. When half the
     candidates or more are flagged, the round has no majority to trust and every candidate is refused.
+    ``updates`` holds flat updates ``inspect`` kept, by reply message id; each one used is taken out of it.
     """
     if min_cosine <= -1.0 or len(candidates) < 3:
         return {}
-    vectors = [update_vector(reply, global_arrays) for reply, _ in candidates]
-    stacked = np.stack(vectors)
-    if len(vectors) <= LEAVE_ONE_OUT_UP_TO:  # each update against the median of the others
-        cosines = [cosine(v, centre) for v, centre in zip(vectors, leave_one_out_medians(stacked))]
+    n = len(candidates)
+    with_centre = update_rows(candidates, global_arrays, updates or {}, extra_rows=int(n > LEAVE_ONE_OUT_UP_TO))
+    stacked = with_centre[:n]
+    if n <= LEAVE_ONE_OUT_UP_TO:  # each update against the median of the others
+        cosines = [cosine(v, centre) for v, centre in zip(stacked, leave_one_out_medians(stacked))]
         pairs = pair_cosines(stacked)
     else:  # the median as one more row: its cosines to every update come with the pairs'
-        with_centre = np.vstack([stacked, coordinate_median(stacked)[None].astype(np.float32)])
+        with_centre[n] = coordinate_median(stacked)
         everything = pair_cosines(with_centre)
         cosines, pairs = [float(c) for c in everything[-1, :-1]], everything[:-1, :-1]
     reasons = {i: f"update opposed to the round's median update (cosine {c:.3f} < update-min-cosine {min_cosine:g})"
@@ -287,7 +316,7 @@ def direction_rejections(candidates: list[tuple[Message, float]], global_arrays:
 
 def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[str, ArraySpec],
            policy: UpdatePolicy, inspected: dict[str, str | float] | None = None, reference_norm: float = 0.0,
-           notes: dict[str, dict] | None = None,
+           notes: dict[str, dict] | None = None, updates: dict[str, np.ndarray] | None = None,
            ) -> tuple[list[Message], list[Rejection], dict[str, float]]:
     """Split a round's replies into those fit to aggregate and the rejected ones.
 
@@ -296,7 +325,8 @@ def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[st
     ``inspected`` holds ``inspect``'s verdicts already taken, by reply message id;
     ``reference_norm`` is the median norm of earlier rounds' accepted updates (0: none yet);
     ``notes`` (when given) receives ``weights_clipped`` ({client id: [claimed, used]}) and
-    ``update_cosines`` ({client id: cosine to the round's median update}) for the round record.
+    ``update_cosines`` ({client id: cosine to the round's median update}) for the round record;
+    ``updates`` holds the flat updates ``inspect`` kept, by message id (the direction check takes them out).
     Returns (replies to aggregate, in client-id order; rejections; update norm by client id).
     """
     passed, rejected, norms = [], [], {}
@@ -340,7 +370,7 @@ def screen(replies: Iterable[Message], global_arrays: ArrayRecord, spec: dict[st
     if sized and policy.min_cosine > -1.0 and len(sized) >= 3:
         current = global_values(global_arrays) if current is None else current
         cosines: dict[str, float] = {}
-        opposed = direction_rejections(sized, current, policy.min_cosine, cosines)
+        opposed = direction_rejections(sized, current, policy.min_cosine, cosines, updates)
         if notes is not None and cosines:
             notes["update_cosines"] = cosines
         for i, (reply, _) in enumerate(sized):
