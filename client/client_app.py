@@ -40,11 +40,13 @@ from client.data.torch_data import NUM_MODEL_INPUTS
 from client.global_weights import global_state_dict
 from shared_models import messages as msgs
 from shared_models.privacy_ledger import LedgerError, PrivacyLedger, run_folder_name, simulated_state_dir
+from shared_models.freed_memory import keep_freed_memory
 from shared_models.quiet_warnings import install as quiet_known_warnings
 from shared_models.models.registry import build_model
 from shared_models.settings.run_settings import RunSettings
 
 quiet_known_warnings()  # third-party warnings known to be harmless here, each silenced with its reason
+keep_freed_memory()  # every step's activations reuse freed memory, not fresh pages (shared_models/freed_memory.py)
 app = ClientApp(mods=[outgoing_audit_mod])  # a deployed node logs what it sends (client/tools/outgoing_audit.py)
 # Opacus's engine only counts this round's steps (PrivateStep.steps_taken); the ledger's PLD accountant accounts.
 OPACUS_STEP_COUNTER = "rdp"

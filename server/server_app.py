@@ -33,6 +33,7 @@ from server.rounds.round_loop import FIRST_ROUND_TIMEOUT_S, Interrupted, RoundDe
 from server.record.run_record import RunRecord, failure_reason, new_run_id
 from shared_models import messages as msgs
 from shared_models.atomic_files import remove_stale_temp_files
+from shared_models.freed_memory import keep_freed_memory
 from server.privacy.secure_aggregation import run_secure_aggregation
 from server.aggregation.strategy import FedEmoMixin, build_strategy
 from shared_models.audio_features import combine_moments
@@ -45,6 +46,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     console.begin()  # our lines, a progress line per round, run.log; Flower's own chatter only when verbose
+    keep_freed_memory()  # the round's screening and aggregation reuse freed memory (shared_models/freed_memory.py)
     try:
         try:
             coordinate(grid, context)
