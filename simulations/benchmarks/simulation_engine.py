@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from client.local_training import resolve_device
+from shared_models.freed_memory import keep_freed_memory
 from shared_models.models.registry import model_task
 from shared_models.settings.simulation import VECTORISABLE_MODELS
 from simulations.benchmarks.loop_bounds import FLOOR_DIFFERENCES, PHASES, compute_floor, loop_training, phased_rounds
@@ -97,6 +98,8 @@ COMPARISONS = {
     "loops against each other": [
         "every loop fetches through the product's data path, but each draws its own shuffles and augmentation "
         "(the same amount of work, not the same values)",
+        "every setup reuses freed memory (shared_models/freed_memory.py, set at the benchmark's start): the loops, "
+        "the floor and pfl-research in this process, FedEmo's workers and Ray's actors as the ClientApp loads",
         "the loops run one after another in one invocation: machine load can differ between them (load averages "
         "are recorded per model)"],
 }
@@ -283,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-flower", action="store_true", help="no Flower run: the loops and pfl only")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-engine"))
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every FedEmo process does: the in-process loops and peers run under the same malloc
     out = args.out.resolve()
     cores = len(os.sched_getaffinity(0))
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
