@@ -108,6 +108,11 @@ def structure_problem(reply: Message, spec: dict[str, ArraySpec]) -> str | None:
     return None
 
 
+def update_size(global_arrays: dict[str, np.ndarray]) -> int:
+    """The length of a flat update: the floating arrays' values (integer buffers are counters, not weights)."""
+    return sum(old.size for old in global_arrays.values() if np.issubdtype(old.dtype, np.floating))
+
+
 def values_problem_or_norm(reply: Message, global_arrays: dict[str, np.ndarray],
                            update_out: list[np.ndarray] | None = None) -> str | float:
     """Why a structurally sound reply's values are unusable (NaN or Inf), else the L2 norm of its update
@@ -121,8 +126,7 @@ def values_problem_or_norm(reply: Message, global_arrays: dict[str, np.ndarray],
     total = 0.0
     flat, at = None, 0
     if update_out is not None:
-        flat = np.empty(sum(old.size for old in global_arrays.values() if np.issubdtype(old.dtype, np.floating)),
-                        np.float32)
+        flat = np.empty(update_size(global_arrays), np.float32)
     for name, old in global_arrays.items():
         values = arrays[name].numpy()
         if not np.issubdtype(values.dtype, np.floating):
@@ -199,7 +203,7 @@ def update_rows(candidates: list[tuple[Message, float]], global_arrays: dict[str
     """The candidates' flat updates as the rows of one float32 matrix, with ``extra_rows`` more rows left for
     the caller: each from ``updates`` where ``inspect`` kept it (taken out: the matrix holds it now), else
     computed from the reply. One allocation, no list of vectors to stack beside it."""
-    d = sum(old.size for old in global_arrays.values() if np.issubdtype(old.dtype, np.floating))
+    d = update_size(global_arrays)
     rows = np.empty((len(candidates) + extra_rows, d), np.float32)
     for i, (reply, _) in enumerate(candidates):
         kept = updates.pop(reply.metadata.message_id, None)
